@@ -1,0 +1,41 @@
+"""One exception family, with messages written for the user: what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+
+class DeconvvizError(Exception):
+    """Base of every error deconvviz raises on purpose; the CLI prints it as one line, exit code 2."""
+
+
+class LayerError(DeconvvizError, KeyError):
+    """Unknown layer name, or a layer that cannot be projected from."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SelectionError(DeconvvizError, ValueError):
+    """Channels out of range, bad mode or top."""
+
+
+class ImageError(DeconvvizError, ValueError):
+    """Missing, unreadable or too small image."""
+
+
+class WeightsError(DeconvvizError, RuntimeError):
+    """Weights that cannot be found, downloaded, converted or loaded."""
+
+
+class UnsupportedModelError(DeconvvizError, TypeError):
+    """A model or layer type the deconvnet rule cannot project through correctly."""
+
+
+def unknown_name(kind: str, name: str, valid: Sequence[str], fix: str = "") -> str:
+    """Message for an unknown name: a closest-match suggestion and the list of valid names."""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    shown = ", ".join(valid) if len(valid) <= 40 else ", ".join([*valid[:20], "...", *valid[-5:]])
+    return f"unknown {kind} '{name}'{hint} valid: {shown}{fix}"

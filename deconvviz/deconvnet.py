@@ -1,0 +1,105 @@
+"""The deconvnet: one forward pass recording switches, then selected activations projected to pixel space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ImageError
+from .forward import Switches, forward_chain
+from .layers import chain_of, layer_names, resolve
+from .rectified import layer_output, project_autograd
+from .reverse import Stage, reverse_chain
+from .selection import Selection, seeds, select
+
+
+@dataclass
+class Projection:
+    """Result of `Deconvnet.project`. images: (N, K, C, H, W), one reconstruction per image and selection."""
+
+    images: Tensor
+    selections: Selection
+    switches: dict[str, Switches]
+    stages: list[Stage] = field(default_factory=list)  # filled with keep_stages=True on chain models
+    layer: str = ""  # module path the projection started from
+
+
+class Deconvnet:
+    """Zeiler-Fergus deconvnet attached to a model; the model is never modified.
+
+    Chain models (torchvision VGG and AlexNet, nn.Sequential of standard layers) are mirrored
+    step by step (unpool, rectify, filter), with stages. Any other nn.Module is projected through
+    autograd with the deconvnet ReLU rule; what has no such rule is refused.
+    """
+
+    def __init__(self, model: nn.Module, *, max_batch_bytes: int = 1 << 30) -> None:
+        self.model = model
+        self.steps = chain_of(model)
+        self.max_batch_bytes = max_batch_bytes
+
+    def layers(self) -> list[str]:
+        """Every layer name `project` accepts, in forward order."""
+        return layer_names(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def _input(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ImageError(f"expected a preprocessed batch (N, C, H, W), got {shape}; use deconvviz.to_batch")
+        p = next(self.model.parameters(), None)
+        return x.to(self.device, p.dtype if p is not None and p.is_floating_point() else x.dtype)
+
+    def _chunk(self, per_selection: int) -> int:
+        return max(1, self.max_batch_bytes // max(per_selection, 1))
+
+    def project(self, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
+                top: int = 9, keep_stages: bool = False) -> Projection:  # fmt: skip
+        """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
+
+        channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
+        only each map's strongest activation, "map" the whole map.
+        """
+        x = self._input(x)
+        name = resolve(self.model, self.steps, layer)
+        if self.steps is None:
+            return self._project_autograd(x, name, layer, channels, mode, top)
+        upto = next(i for i, s in enumerate(self.steps) if s.name == name)
+        record = forward_chain(self.steps, x, upto)
+        sel = select(record.activation, layer, channels, mode, top)
+        n, k = sel.channels.shape
+        biggest = max(torch.Size(s[1:]).numel() for s in record.shapes)
+        chunk = self._chunk(biggest * x.element_size() * 4)
+        parts, stage_parts = [], []
+        with torch.no_grad():
+            for rows in torch.arange(n * k, device=x.device).split(chunk):
+                y, stages = reverse_chain(self.steps[: upto + 1], record, seeds(record.activation, sel, rows),
+                                          rows // k, keep_stages)  # fmt: skip
+                parts.append(y)
+                stage_parts.append(stages)
+        stages = [
+            Stage(nm, kind, step, torch.cat([p[j][3] for p in stage_parts]).unflatten(0, (n, k)))
+            for j, (nm, kind, step, _) in enumerate(stage_parts[0])
+        ]
+        return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, record.switches, stages, name)
+
+    def _project_autograd(self, x, name, layer, channels, mode, top) -> Projection:
+        xl, out, rec = layer_output(self.model, x, name)
+        act = out.detach()
+        sel = select(act, layer, channels, mode, top)
+        n, k = sel.channels.shape
+        chunk = self._chunk(x.numel() * x.element_size() * 16)
+        parts = []
+        for rows in torch.arange(n * k, device=x.device).split(chunk):
+            img = rows // k
+            seed = act.new_zeros(len(rows), *act.shape)
+            seed[torch.arange(len(rows)), img] = seeds(act, sel, rows)
+            parts.append(project_autograd(xl, out, seed)[torch.arange(len(rows)), img])
+        switches = {nm: Switches(idx, ()) for nm, idx in rec["switches"].items()}
+        return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, switches, [], name)

@@ -1,0 +1,155 @@
+"""Which layers a model has: the chain of steps a deconvnet can mirror, their names, receptive fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models import VGG, AlexNet
+
+from .errors import LayerError, unknown_name
+
+# Module types the explicit reverse pass mirrors exactly (exact types: a subclass may change forward).
+MIRRORED = (
+    nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity,
+    nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Step:
+    """One module of a chain; `name` is its module path (what a user types)."""
+
+    name: str
+    module: nn.Module
+
+
+def _leaves(prefix: str, module: nn.Module) -> list[Step]:
+    if type(module) is not nn.Sequential:
+        return [Step(prefix, module)]
+    # _modules, not named_children(): a module used twice in a Sequential is two steps.
+    return [s for key, child in module._modules.items() for s in _leaves(f"{prefix}.{key}".lstrip("."), child)]
+
+
+def chain_of(model: nn.Module) -> list[Step] | None:
+    """The model as a chain of mirrored steps, or None when its forward is not a plain chain of them."""
+    if type(model) is nn.Sequential:
+        steps = _leaves("", model)
+    elif type(model) in (VGG, AlexNet):  # forward: features, avgpool, flatten(1), classifier
+        flat = Step("flatten", nn.Flatten(1))
+        steps = [*_leaves("features", model.features), *_leaves("avgpool", model.avgpool), flat,
+                 *_leaves("classifier", model.classifier)]  # fmt: skip
+    else:
+        return None
+    ok = all(type(s.module) in MIRRORED for s in steps) and all(_plain(s.module) for s in steps)
+    return steps if ok else None
+
+
+def _plain(m: nn.Module) -> bool:
+    """Settings the explicit pass supports (others go through the autograd path)."""
+    if isinstance(m, nn.Conv2d):
+        return m.padding_mode == "zeros" and not isinstance(m.padding, str)
+    if isinstance(m, nn.BatchNorm2d):
+        return m.running_mean is not None
+    return True
+
+
+def vgg_aliases(steps: list[Step]) -> dict[str, str]:
+    """Familiar VGG names: conv5_3 is the rectified output of that conv, pool5 the 5th max-pool, fc6-fc8."""
+    aliases: dict[str, str] = {}
+    block, conv, pending = 1, 0, None
+    for s in steps:
+        if s.name.startswith("features."):
+            if isinstance(s.module, nn.Conv2d):
+                conv += 1
+                pending = f"conv{block}_{conv}"
+            elif isinstance(s.module, nn.ReLU) and pending:
+                aliases[pending], pending = s.name, None
+            elif isinstance(s.module, nn.MaxPool2d):
+                aliases[f"pool{block}"] = s.name
+                block, conv = block + 1, 0
+    linears = [i for i, s in enumerate(steps) if s.name.startswith("classifier.") and isinstance(s.module, nn.Linear)]
+    for n, i in enumerate(linears, start=6):
+        after = steps[i + 1] if i + 1 < len(steps) else None
+        aliases[f"fc{n}"] = after.name if after is not None and isinstance(after.module, nn.ReLU) else steps[i].name
+    return aliases
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Every name `project` accepts for this model, in forward order (aliases first for VGG)."""
+    steps = chain_of(model)
+    if steps is None:
+        return [name for name, _ in model.named_modules() if name]
+    aliases = list(vgg_aliases(steps)) if isinstance(model, VGG) else []
+    return aliases + [s.name for s in steps if s.name != "flatten"]
+
+
+def resolve(model: nn.Module, steps: list[Step] | None, layer: str) -> str:
+    """Module path for a layer name or alias; unknown names fail with a suggestion and the valid list."""
+    if steps is not None and isinstance(model, VGG):
+        layer = vgg_aliases(steps).get(layer, layer)
+    known = {s.name for s in steps} - {"flatten"} if steps is not None else {n for n, _ in model.named_modules() if n}
+    if steps is not None and layer not in known:
+        # a container (e.g. "features") means its last step's output
+        inside = [s.name for s in steps if s.name.startswith(layer + ".")]
+        if inside and layer in dict(model.named_modules()):
+            return inside[-1]
+    if layer not in known:
+        raise LayerError(unknown_name("layer", layer, layer_names(model), "; see `deconvviz layers`"))
+    return layer
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Input rows/cols feeding output position i: [i*stride - offset, i*stride - offset + size - 1]."""
+
+    size: int
+    stride: int
+    offset: int
+
+    def span(self, i: int, limit: int) -> tuple[int, int]:
+        """Half-open input range [lo, hi) seen by output position i, clipped to [0, limit)."""
+        lo = i * self.stride - self.offset
+        return max(lo, 0), min(lo + self.size, limit)
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def receptive_fields(steps: list[Step], upto: int) -> tuple[ReceptiveField, ReceptiveField]:
+    """(rows, cols) receptive field of one output position of step `upto` (inclusive)."""
+    out = []
+    for axis in (0, 1):
+        size, stride, offset = 1, 1, 0
+        for s in steps[: upto + 1]:
+            m = s.module
+            if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                k, st, p = _pair(m.kernel_size)[axis], _pair(m.stride)[axis], _pair(m.padding)[axis]
+                d = _pair(getattr(m, "dilation", 1))[axis]
+                size += (d * (k - 1)) * stride
+                offset += p * stride
+                stride *= st
+            elif not isinstance(m, (nn.ReLU, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)):
+                raise LayerError(f"no receptive field past '{s.name}' ({type(m).__name__}): it mixes all positions")
+        out.append(ReceptiveField(size, stride, offset))
+    return out[0], out[1]
+
+
+def output_shapes(model: nn.Module, steps: list[Step], size: tuple[int, int]) -> list[tuple[int, ...]]:
+    """Per-image output shape of every step for an input of `size` (runs a zero input through the model)."""
+    from .forward import forward_chain  # forward pass lives in its own stage
+
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, _in_channels(steps), *size, device=p.device if p is not None else None)
+    return [tuple(t[1:]) for t in forward_chain(steps, x, len(steps) - 1).shapes[1:]]
+
+
+def _in_channels(steps: list[Step]) -> int:
+    for s in steps:
+        if isinstance(s.module, nn.Conv2d):
+            return s.module.in_channels
+        if isinstance(s.module, (nn.Linear, nn.BatchNorm2d)):
+            break
+    return 3

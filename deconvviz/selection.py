@@ -1,0 +1,67 @@
+"""Which activations to project: the strongest one of a feature map (mode max) or the whole map (mode map)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import SelectionError
+
+MODES = ("max", "map")
+
+
+@dataclass
+class Selection:
+    """K selections per image. channels, values, positions: (N, K); positions index the flattened map."""
+
+    layer: str
+    mode: str
+    channels: Tensor
+    values: Tensor  # the map's strongest activation (what mode max keeps)
+    positions: Tensor
+    shape: tuple[int, ...]  # per-image activation shape (C, *spatial)
+
+    @property
+    def rows_cols(self) -> Tensor:
+        """(N, K, 2) row and column of each map's strongest activation (spatial layers only)."""
+        w = self.shape[-1] if len(self.shape) == 3 else 1
+        return torch.stack([self.positions // w, self.positions % w], dim=-1)
+
+
+def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
+           top: int = 9) -> Selection:  # fmt: skip
+    """Pick channels (given, or the `top` strongest per image) of an activation (N, C, ...)."""
+    if mode not in MODES:
+        raise SelectionError(f"unknown mode '{mode}'; use 'max' (strongest activation) or 'map' (whole feature map)")
+    n, c = activation.shape[:2]
+    peak, where = activation.reshape(n, c, -1).max(dim=2)  # (N, C)
+    if channels is None:
+        if top < 1:
+            raise SelectionError(f"top must be at least 1, got {top}")
+        chans = peak.topk(min(top, c), dim=1).indices
+    else:
+        chans = torch.as_tensor(list(channels), dtype=torch.long, device=activation.device)
+        bad = [int(i) for i in chans if not 0 <= i < c]
+        if bad or chans.numel() == 0:
+            what = f"channel {bad[0]} is out of range" if bad else "no channels given"
+            raise SelectionError(f"{what} for layer '{layer}' with {c} channels; use 0..{c - 1}")
+        chans = chans.expand(n, -1)
+    return Selection(layer, mode, chans, peak.gather(1, chans), where.gather(1, chans), tuple(activation.shape[1:]))
+
+
+def seeds(activation: Tensor, sel: Selection, rows: Tensor) -> Tensor:
+    """The layer with only the selected activations kept, the rest zeroed. rows index N*K; (B, C, ...)."""
+    n_img, k = sel.channels.shape
+    img, kk = rows // k, rows % k
+    chan = sel.channels[img, kk]
+    out = activation.new_zeros(len(rows), *sel.shape)
+    flat, src = out.view(len(rows), sel.shape[0], -1), activation.reshape(n_img, sel.shape[0], -1)
+    b = torch.arange(len(rows), device=rows.device)
+    if sel.mode == "max":
+        flat[b, chan, sel.positions[img, kk]] = sel.values[img, kk]
+    else:
+        flat[b, chan] = src[img, chan]
+    return out

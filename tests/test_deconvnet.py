@@ -1,0 +1,197 @@
+"""Deconvnet projections against captum's NeuronDeconvolution (independent autograd computation)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from oracle import layer_activation, oracle, rel_err
+from torch import nn
+
+import deconvviz
+from deconvviz.layers import vgg_aliases
+
+TOL = 1e-5
+VGGS = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights, and BatchNorm statistics far from (0, 1) so a wrong BN transpose shows."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 2 + 0.2)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def vgg(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return randomized(torchvision.models.get_model(name))
+
+
+def check(model, layer_name, module, x, top=2, modes=("max", "map"), channels=None):
+    dn = deconvviz.Deconvnet(model)
+    for mode in modes:
+        out = dn.project(x, layer_name, channels=channels, mode=mode, top=top)
+        sel = out.selections
+        want = oracle(model, module, x, sel.channels, sel.positions if mode == "max" else None)
+        assert out.images.shape == want.shape
+        assert want.abs().max() > 0, "degenerate test: the oracle projected nothing"
+        assert rel_err(out.images, want) <= TOL, (layer_name, mode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VGGS)
+def test_every_vgg_every_conv_and_pool_layer(name):
+    model = vgg(name)
+    steps = deconvviz.Deconvnet(model).steps
+    mods = dict(model.named_modules())
+    x224 = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    x_odd = torch.randn(2, 3, 45, 67, generator=torch.Generator().manual_seed(2))
+    for alias, path in vgg_aliases(steps).items():
+        if alias.startswith(("conv", "pool")):
+            check(model, alias, mods[path], x_odd)
+            check(model, alias, mods[path], x224, top=1)
+
+
+@pytest.mark.parametrize("layer", ["features.28", "features.0", "features.4", "pool5", "conv3_3"])
+def test_vgg16_module_paths_and_raw_conv_outputs(layer):
+    model = vgg("vgg16")
+    path = vgg_aliases(deconvviz.Deconvnet(model).steps).get(layer, layer)
+    x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(3))
+    check(model, layer, dict(model.named_modules())[path], x, top=3)
+
+
+@pytest.mark.parametrize("layer", ["classifier.0", "fc7", "classifier.6"])
+def test_project_from_the_classifier(layer):
+    model = vgg("vgg11_bn")
+    path = vgg_aliases(deconvviz.Deconvnet(model).steps).get(layer, layer)
+    x = torch.randn(1, 3, 100, 100, generator=torch.Generator().manual_seed(4))  # pool5 3x3 -> adaptive 7x7
+    check(model, layer, dict(model.named_modules())[path], x, top=2, modes=("max",))
+
+
+def test_alexnet_overlapping_pools_and_stride_4_conv():
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet().eval()
+    x = torch.randn(2, 3, 131, 117, generator=torch.Generator().manual_seed(5))
+    for layer in ["features.2", "features.4", "features.12", "features.10", "classifier.5"]:
+        check(model, layer, dict(model.named_modules())[layer], x, top=2)
+
+
+def test_sequential_with_ceil_mode_padded_pools_strided_padded_convs():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, dilation=1), nn.ReLU(), nn.Dropout(),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=4), nn.ReLU(),
+        nn.MaxPool2d(3, stride=1, dilation=2),
+    )  # fmt: skip
+    randomized(model)
+    x = torch.randn(2, 3, 97, 121, generator=torch.Generator().manual_seed(6))
+    assert deconvviz.Deconvnet(model).steps is not None
+    for i in ["3", "5", "7", "9", "10"]:
+        check(model, i, model[int(i)], x, top=3)
+    out = deconvviz.Deconvnet(model).project(x, "10", top=1)
+    assert out.images.shape[-2:] == x.shape[-2:]  # exactly the input's size on odd inputs
+
+
+def test_hand_computed_unpool_rectify_filter():
+    """1 channel, 4x4 input, conv 2x2 (weights 1, -1 / 2, 0), ReLU, max-pool 2x2 -- done on paper."""
+    conv = nn.Conv2d(1, 1, 2, bias=True)
+    conv.weight.data = torch.tensor([[[[1.0, -1.0], [2.0, 0.0]]]])
+    conv.bias.data = torch.tensor([-1.0])
+    model = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2, stride=1))
+    x = torch.tensor([[[[4.0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 3, 0], [0, 0, 0, 0]]]])
+    # conv: out[i,j] = x[i,j] - x[i,j+1] + 2 x[i+1,j] - 1 = [[3,-1,-1],[-1,-1,5],[-1,-4,2]]
+    # ReLU: [[3,0,0],[0,0,5],[0,0,2]]; max-pool 2x2 stride 1: [[3,5],[0,5]], the 5 of both right windows
+    # comes from (1,2), the 0 window picks its first position (1,0).
+    out = deconvviz.Deconvnet(model).project(x, "2", channels=[0], mode="map", keep_stages=True)
+    pooled = torch.tensor([[3.0, 5.0], [0.0, 5.0]])
+    assert torch.equal(out.selections.values, torch.tensor([[5.0]]))
+    # unpool: overlapping windows (1,2) twice -> 5 + 5 = 10 added, 3 at (0,0); the 0 goes anywhere
+    unpooled = torch.tensor([[3.0, 0, 0], [0, 0, 10], [0, 0, 0]])
+    stages = {s.name: s.tensor[0, 0, 0] for s in out.stages}
+    assert torch.equal(stages["unpool1"], unpooled)
+    assert torch.equal(layer_activation(model, model[2], x)[0, 0], pooled)
+    # rectify (no-op here), then filter with the transposed 2x2 kernel (full correlation with flipped kernel):
+    want = torch.zeros(4, 4)
+    for (i, j), v in {(0, 0): 3.0, (1, 2): 10.0}.items():
+        want[i : i + 2, j : j + 2] += v * conv.weight.data[0, 0]
+    assert torch.equal(out.images[0, 0, 0], want)  # the bias is not used
+    # a negative signal is rectified away before filtering
+    # projecting from the conv itself: no rectification before its filter, negative values pass
+    raw = deconvviz.Deconvnet(nn.Sequential(conv, nn.ReLU())).project(-x, "0", channels=[0], mode="map")
+    seed = conv(-x).detach()
+    assert torch.equal(raw.images[0, 0], torch.nn.grad.conv2d_input(x.shape, conv.weight.data, seed)[0])
+    relu_first = deconvviz.Deconvnet(nn.Sequential(nn.ReLU(), conv)).project(x, "1", channels=[0], mode="map")
+    conv_out = conv(x).detach()
+    want = torch.nn.grad.conv2d_input(x.shape, conv.weight.data, conv_out).clamp_min(0)[0]
+    assert torch.equal(relu_first.images[0, 0], want)
+
+
+def test_stages_of_vgg16_conv5_3_and_their_meaning():
+    model = vgg("vgg16")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+    out = deconvviz.Deconvnet(model).project(x, "conv5_3", top=2, keep_stages=True)
+    names = [(s.name, s.size) for s in out.stages]
+    assert names == [("deconv5", (14, 14)), ("unpool4", (28, 28)), ("deconv4", (28, 28)), ("unpool3", (56, 56)),
+                     ("deconv3", (56, 56)), ("unpool2", (112, 112)), ("deconv2", (112, 112)),
+                     ("unpool1", (224, 224)), ("deconv1", (224, 224))]  # fmt: skip
+    assert torch.equal(out.stages[-1].tensor, out.images)
+    # each unpool stage is the previous stage put back at the switches of that pool
+    sw = out.switches["features.23"].indices
+    prev, unp = out.stages[0].tensor[0], out.stages[1].tensor[0]
+    manual = torch.zeros(2, 512, 28 * 28)
+    manual.scatter_add_(2, sw.expand(2, -1, -1, -1).flatten(2), prev.flatten(2))
+    assert torch.equal(unp.flatten(2), manual)
+    assert out.switches["features.4"].indices.shape == (1, 64, 112, 112)
+
+
+def test_channels_top_batch_and_chunking():
+    model = vgg("vgg11")
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    dn = deconvviz.Deconvnet(model)
+    out = dn.project(x, "conv4_2", top=4)
+    act = layer_activation(model, dict(model.named_modules())[vgg_aliases(dn.steps)["conv4_2"]], x)
+    peaks = act.flatten(2).amax(2)
+    assert torch.equal(out.selections.channels, peaks.topk(4, dim=1).indices)  # per image, strongest first
+    assert torch.equal(out.selections.values, peaks.topk(4, dim=1).values)
+    small = deconvviz.Deconvnet(model, max_batch_bytes=1).project(x, "conv4_2", top=4)  # one selection a chunk
+    assert torch.allclose(small.images, out.images, rtol=0, atol=1e-7)
+    given = dn.project(x, "conv4_2", channels=[5, 5, 0])
+    assert given.images.shape == (3, 3, 3, 64, 64)
+    assert torch.equal(given.images[:, 0], given.images[:, 1])
+
+
+def test_bad_layer_channel_mode_input():
+    model = vgg("vgg11")
+    dn = deconvviz.Deconvnet(model)
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(deconvviz.LayerError, match=r"did you mean 'conv4_2'.*valid: conv1_1"):
+        dn.project(x, "conv4_3")
+    with pytest.raises(deconvviz.SelectionError, match=r"channel 512 is out of range .* 512 channels; use 0..511"):
+        dn.project(x, "conv5_2", channels=[1, 512])
+    with pytest.raises(deconvviz.SelectionError, match="unknown mode"):
+        dn.project(x, "conv5_2", mode="mean")
+    with pytest.raises(deconvviz.ImageError, match="too small"):
+        dn.project(torch.randn(1, 3, 16, 16), "pool5")
+    with pytest.raises(deconvviz.ImageError, match=r"\(N, C, H, W\)"):
+        dn.project(torch.randn(3, 64, 64), "pool5")
+
+
+def test_model_is_left_exactly_as_it_was():
+    model = vgg("vgg11_bn").train()
+    model.features[2].inplace = True
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    x = torch.randn(1, 3, 64, 64)
+    deconvviz.Deconvnet(model).project(x, "conv3_1", top=2)
+    assert flags == [m.training for m in model.modules()]
+    assert model.features[2].inplace is True
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())

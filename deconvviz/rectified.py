@@ -114,8 +114,10 @@ def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str) -> No
                                         "(only convolutions, linear maps, pools, BatchNorm, sums and ReLUs); "
                                         "choose a layer before it")  # fmt: skip
         if op in _PRODUCTS and len(feeding) > 1:
-            raise UnsupportedModelError(f"cannot project '{layer}' through {what}: it multiplies two "
-                                        "input-dependent signals, which has no deconvnet rule; choose a layer before it")  # fmt: skip
+            raise UnsupportedModelError(
+                f"cannot project '{layer}' through {what}: it multiplies two input-dependent signals, "
+                "which has no deconvnet rule; choose a layer before it"
+            )
         stack.extend(feeding)
 
 
@@ -157,7 +159,7 @@ def layer_output(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, Tenso
     outs = rec["outputs"]
     if len(outs) != 1 or not isinstance(outs[0], Tensor):
         n = len(outs)
-        why = "is not called in forward" if n == 0 else f"runs {n} times in one forward" if n > 1 else "returns no tensor"
+        why = f"runs {n} times in one forward" if n > 1 else "returns no tensor" if n else "is not called in forward"
         raise LayerError(f"layer '{layer}' {why}; choose a module that runs once and returns a tensor")
     out = outs[0]
     if out.grad_fn is None:

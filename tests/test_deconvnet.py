@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 import torchvision
@@ -10,6 +12,7 @@ from torch import nn
 
 import deconvviz
 from deconvviz.layers import vgg_aliases
+from deconvviz.reverse import reverse_cropped
 
 TOL = 1e-5
 VGGS = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
@@ -195,3 +198,36 @@ def test_model_is_left_exactly_as_it_was():
     assert model.features[2].inplace is True
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_receptive_field_crop_matches_full_pass_and_captum(crop):
+    """Windows that follow the receptive field give the full pass's numbers (incl. positions at borders)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        nn.Conv2d(8, 16, 3, padding=2, dilation=2), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+    )  # fmt: skip
+    randomized(model)
+    x = torch.randn(3, 3, 97, 83, generator=torch.Generator().manual_seed(9))
+    for layer in ["2", "3", "5", "7", "8", "10"]:
+        full = deconvviz.Deconvnet(model, crop=False).project(x, layer, top=6)
+        fast = deconvviz.Deconvnet(model, crop=crop).project(x, layer, top=6)
+        assert rel_err(fast.images, full.images) <= 1e-6, layer
+    check(model, "10", model[10], x, top=4, modes=("max",))
+
+
+def test_auto_crop_is_used_where_it_pays_and_agrees_on_vgg():
+    model = vgg("vgg11")
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(10))
+    a = deconvviz.Deconvnet(model, crop=False).project(x, "conv3_1", top=5)
+    with mock.patch("deconvviz.deconvnet.reverse_cropped", wraps=reverse_cropped) as spy:
+        b = deconvviz.Deconvnet(model).project(x, "conv3_1", top=5)  # field 40 px of 96: cropped
+        assert spy.called
+        deconvviz.Deconvnet(model).project(x, "conv5_2", top=1)  # field wider than the image: full pass
+        assert spy.call_count == 1
+    assert rel_err(b.images, a.images) <= 1e-6

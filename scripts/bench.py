@@ -1,0 +1,136 @@
+"""Benchmark deconvviz against its references, all measured in this one run; prints a table and a JSON line.
+
+    python scripts/bench.py [--device cuda] [--repeat 3]
+
+1 fp32 matmul rate (the ceiling), 2 VGG16 forward (one 224 image), 3 captum NeuronDeconvolution per map
+(K whole conv5_3 maps, one image, value-seeded), 4 deconvviz per map and the FLOP rate of its reverse pass,
+5 mode max at conv3_3, full reverse pass vs receptive-field crop (identical output), 6 projecting all 512
+conv5_3 maps of one image: peak memory (child process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+import deconvviz
+from deconvviz.weights import load_vgg
+
+
+def timed(fn, device, repeat):
+    """Best wall time of `repeat` runs after one warm-up (synchronizing CUDA)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def reverse_flops(model: nn.Module, upto: int, size: int) -> float:
+    """FLOPs of one full reverse pass from features[upto]: each transposed conv costs its forward conv's."""
+    total, hw = 0.0, size
+    for m in list(model.features)[: upto + 1]:
+        if isinstance(m, nn.MaxPool2d):
+            hw //= 2
+        if isinstance(m, nn.Conv2d):
+            total += 2 * m.in_channels * m.out_channels * 9 * hw * hw
+    return total
+
+
+def captum_maps(model, layer, x, channels):
+    from captum.attr import NeuronDeconvolution
+
+    k = len(channels)
+    act = model.features[:30](x.clone()).detach()
+    seed = torch.zeros(k, *act.shape[1:], device=x.device)
+    seed[torch.arange(k), channels] = act[0, channels]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return NeuronDeconvolution(model, layer).attribute(
+            x.expand(k, -1, -1, -1).clone(), neuron_selector=lambda o: (o * seed).flatten(1).sum(1)
+        )
+
+
+def peak_memory_child(device: str) -> float:
+    """Peak memory (GiB) of projecting all 512 conv5_3 maps of one image, in a fresh process."""
+    code = f"""
+import resource, torch, deconvviz
+from deconvviz.weights import load_vgg
+m, _ = load_vgg("vgg16", "random", device="{device}", verbose=False)
+x = torch.randn(1, 3, 224, 224, device="{device}")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = deconvviz.Deconvnet(m).project(x, "conv5_3", channels=range(512), mode="map")
+peak = torch.cuda.max_memory_allocated() if "{device}".startswith("cuda") else \
+    (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+print(peak / 2**30)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--k", type=int, default=16)
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    r = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"}
+
+    n = 4096 if dev.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    r["matmul_gflops"] = 2 * n**3 / timed(lambda: a @ b, dev, args.repeat) / 1e9
+
+    model, _ = load_vgg("vgg16", "random", device=dev, verbose=False)
+    x = torch.randn(1, 3, 224, 224, device=dev)
+    with torch.no_grad():
+        r["forward_s"] = timed(lambda: model(x), dev, args.repeat)
+
+    dn = deconvviz.Deconvnet(model)
+    channels = dn.project(x, "conv5_3", top=args.k).selections.channels[0]
+    r["captum_per_map_s"] = (
+        timed(lambda: captum_maps(model, model.features[29], x, channels), dev, args.repeat) / args.k
+    )
+    ours = lambda: dn.project(x, "conv5_3", channels=channels.tolist(), mode="map")  # noqa: E731
+    r["deconvviz_per_map_s"] = timed(ours, dev, args.repeat) / args.k
+    r["deconvviz_gflops"] = reverse_flops(model, 29, 224) / r["deconvviz_per_map_s"] / 1e9
+    want = captum_maps(model, model.features[29], x, channels)
+    got = ours().images[0]
+    r["max_rel_err_vs_captum"] = float((got - want).abs().max() / want.abs().max())
+
+    full = deconvviz.Deconvnet(model, crop=False)
+    crop = deconvviz.Deconvnet(model, crop=True)
+    one = lambda d: d.project(x, "conv3_3", top=1, mode="max")  # noqa: E731
+    r["conv3_3_full_s"] = timed(lambda: one(full), dev, args.repeat)
+    r["conv3_3_cropped_s"] = timed(lambda: one(crop), dev, args.repeat)
+    r["crop_identical"] = bool(torch.equal(one(full).images, one(crop).images))
+
+    r["all_512_maps_peak_gib"] = peak_memory_child(args.device)
+
+    ratios = {
+        "speedup_vs_captum (>= 4)": r["captum_per_map_s"] / r["deconvviz_per_map_s"],
+        "reverse_rate / matmul_rate (>= 0.6)": r["deconvviz_gflops"] / r["matmul_gflops"],
+        "conv3_3 crop speedup (>= 10)": r["conv3_3_full_s"] / r["conv3_3_cropped_s"],
+        "all 512 maps peak GiB (< 4)": r["all_512_maps_peak_gib"],
+    }
+    for k, v in {**r, **ratios}.items():
+        print(f"{k:<40} {v:.4g}" if isinstance(v, float) else f"{k:<40} {v}")
+    print(json.dumps({**r, "ratios": ratios}))
+
+
+if __name__ == "__main__":
+    main()

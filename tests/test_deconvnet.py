@@ -231,3 +231,11 @@ def test_auto_crop_is_used_where_it_pays_and_agrees_on_vgg():
         deconvviz.Deconvnet(model).project(x, "conv5_2", top=1)  # field wider than the image: full pass
         assert spy.call_count == 1
     assert rel_err(b.images, a.images) <= 1e-6
+
+
+def test_reruns_are_numerically_identical_on_cpu():
+    model = vgg("vgg11_bn")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(11))
+    runs = [deconvviz.Deconvnet(model).project(x, "conv4_1", top=3, keep_stages=True) for _ in range(2)]
+    assert torch.equal(runs[0].images, runs[1].images)
+    assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(runs[0].stages, runs[1].stages, strict=True))

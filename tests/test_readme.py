@@ -1,0 +1,18 @@
+"""The README's Python example runs as written."""
+
+import re
+from pathlib import Path
+
+import torch
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    out = scope["out"]
+    assert out.images.shape == (1, 2, 3, 224, 224) and len(out.stages) == 9
+    assert scope["picture"].shape == (224, 224, 3) and 0 <= scope["picture"].min() <= scope["picture"].max() <= 1
+    assert torch.equal(out.selections.channels, torch.tensor([[3, 17]]))

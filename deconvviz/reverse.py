@@ -128,10 +128,10 @@ def croppable(steps: list[Step]) -> bool:
     return all(isinstance(s.module, _LOCAL) for s in steps)
 
 
-def _geometry(m: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _geometry(m: nn.Module, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     pair = torch.nn.modules.utils._pair
     k, s, p, d = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding), pair(m.dilation)
-    return tuple(torch.tensor(v) for v in (k, s, p, d))
+    return tuple(torch.tensor(v, device=device) for v in (k, s, p, d))
 
 
 def _inside(origin: Tensor, size: tuple[int, int], limit: tuple[int, int]) -> Tensor:
@@ -157,8 +157,8 @@ def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin:
         elif isinstance(m, nn.BatchNorm2d):
             y = filter_(m, y, y.shape)
         elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            k, s, p, d = _geometry(m)
-            size = tuple(int(v) for v in (torch.tensor(y.shape[-2:]) - 1) * s + d * (k - 1) + 1)
+            k, s, p, d = _geometry(m, origin.device)
+            size = tuple(int(v) for v in (torch.tensor(y.shape[-2:], device=origin.device) - 1) * s + d * (k - 1) + 1)
             start = origin * s - p
             if isinstance(m, nn.Conv2d):
                 w = flips.setdefault(m, flipped(m)) if flips is not None else flipped(m)

@@ -243,5 +243,142 @@ def layers_(
             typer.echo(f"{alias.get(s.name, ''):<9} {s.name:<14} {kind:<18} {shape:<16} {rf[0]:>7} {rf[1]:>6}")
 
 
+@app.command()
+def occlusion(
+    image: Image = None,
+    layer: Annotated[str, typer.Option(help="Layer whose feature map is watched, e.g. conv5_3, conv4_3.")] = "conv5_3",
+    channel: Annotated[
+        int | None, typer.Option(help="Feature map to watch. Default: the strongest for this image.")
+    ] = None,
+    class_: Annotated[
+        int | None,
+        typer.Option("--class", help="Also map this class's probability (needs a classifier: --weights torchvision)."),
+    ] = None,
+    occluder_size: Annotated[
+        int | None, typer.Option(help="Side of the grey square in pixels. Default: 48 at --size 224, scaled with it.")
+    ] = None,
+    stride: Annotated[
+        int | None, typer.Option(help="Step between occluder positions. Default: a third of its side.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Occluded copies evaluated per forward pass.")] = 32,
+    model: Model = "vgg16",
+    weights: WeightsOpt = "auto",
+    device: Device = "auto",
+    size: Size = 224,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. "
+            "Default: figures/occlusion-LAYER-cCHANNEL.png"
+        ),
+    ] = None,
+    dpi: Dpi = 150,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Slide a grey square over the image: a feature map's total activation and a class's probability at each
+    position, beside the map's strongest activation projected to pixels (ZF Fig. 7)."""
+    with _errors(debug):
+        from . import figures
+        from .render import figure_format
+
+        if out is not None:
+            figure_format(out)
+        status = _Status(quiet)
+        try:
+            net, info = _load(model, weights, device, quiet, status)
+            fig, prov = figures.occlusion(net, info, image, layer, channel, class_, occluder_size, stride, size, model,
+                                          batch_size, status)  # fmt: skip
+            status("writing figure")
+            paths = figures.write(fig, prov, out or Path("figures") / f"occlusion-{layer}-c{prov['channel']}.png", dpi)
+        finally:
+            status.stop()
+        _done(paths, quiet)
+
+
+class _Bar:
+    """Progress bars with images per second on stderr, only on a terminal and without --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.on = not quiet and sys.stderr.isatty()
+        self._bar, self._tasks = None, {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.on:
+            return
+        import time
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if self._bar is None:
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn())  # fmt: skip
+            self._bar.start()
+        if phase not in self._tasks:
+            task = self._bar.add_task(phase, total=total, completed=done, rate="")
+            self._tasks[phase] = (task, done, time.monotonic())
+        task, first, start = self._tasks[phase]
+        seconds = time.monotonic() - start
+        rate = f"{(done - first) / seconds:.1f} images/s" if done > first and seconds > 0 else ""
+        self._bar.update(task, completed=done, total=total, rate=rate)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+@app.command()
+def scan(
+    folder: Annotated[Path, typer.Argument(help="Folder of images, read recursively: jpg, jpeg, png, bmp, webp.")],
+    layer: Annotated[
+        str, typer.Option(help="Layer: conv1_1 ... conv5_3, pool1 ... pool5, or a module path.")
+    ] = "conv5_3",
+    layers: Annotated[
+        str | None, typer.Option(help="Several layers, sharing one forward pass per batch, e.g. conv3_3,conv5_3.")
+    ] = None,
+    channels: Annotated[
+        str | None,
+        typer.Option(help="Feature maps to project and draw, e.g. 12,40, or all. Default: the 9 strongest."),
+    ] = None,
+    top: Annotated[int, typer.Option(help="Images kept per feature map: those where it responds most.")] = 9,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run directory: report.json, LAYER/channel-C.png, LAYER/overview.png, LAYER/projections.pt and "
+            "checkpoints. Default: runs/scan-LAYER"
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass; resume with the same.")] = 32,
+    workers: Annotated[int | None, typer.Option(help="Processes reading images. Default: min(4, CPU count).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Images between checkpoints (OUT/state.pt).")] = 1000,
+    model: Model = "vgg16",
+    weights: WeightsOpt = "auto",
+    device: Device = "auto",
+    size: Size = 224,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Each feature map's strongest images over a folder, projected to pixels beside their patches (ZF Fig. 2).
+
+    Run the same command again after an interruption to resume. Under `torchrun --nproc-per-node=P` the
+    images are shared out among P processes (one GPU each where there are GPUs) and the results merged.
+    """
+    with _errors(debug):
+        from .scan import scan_folder
+
+        names = [s.strip() for s in layers.split(",") if s.strip()] if layers else [layer]
+        chans = "all" if (channels or "").strip().lower() == "all" else _channels(channels)
+        out = out or Path("runs") / f"scan-{'_'.join(names)}"
+        bar = _Bar(quiet)
+        try:
+            result = scan_folder(folder, names, out, top=top, channels=chans, size=size, model=model, weights=weights,
+                                 device=device, batch_size=batch_size, workers=workers,
+                                 checkpoint_every=checkpoint_every, progress=bar, verbose=not quiet)  # fmt: skip
+        finally:
+            bar.stop()
+        if result.written and not quiet:
+            typer.echo(f"wrote {out / 'report.json'} and {len(result.written) - 1} figures and projections in {out}")
+
+
 def main() -> None:
     app(prog_name="deconvviz")

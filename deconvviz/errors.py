@@ -25,6 +25,10 @@ class ImageError(DeconvvizError, ValueError):
     """Missing, unreadable or too small image."""
 
 
+class OcclusionError(DeconvvizError, ValueError):
+    """Occluder size or stride that does not fit, or a class map asked of a model without a classifier."""
+
+
 class WeightsError(DeconvvizError, RuntimeError):
     """Weights that cannot be found, downloaded, converted or loaded."""
 

@@ -15,7 +15,8 @@ from torch import nn
 from . import __version__
 from .deconvnet import Deconvnet, Projection
 from .images import DEFAULT_IMAGE, load_image, to_batch, to_display
-from .render import GridRow, layer_grid, reconstruction_figure, save, write_atomic
+from .occlusion import occlusion_maps
+from .render import GridRow, layer_grid, occlusion_figure, reconstruction_figure, save, write_atomic
 from .weights import Weights
 
 Progress = Callable[[str], None]
@@ -97,6 +98,50 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str = "co
     fig = reconstruction_figure(to_display(x[0].cpu(), weights.preprocess), stages, weights.preprocess, title)
     prov = _provenance("reconstruct", image, model_name, weights, size, x, [_selections(dn, out)])
     prov["stages"] = [{"name": s.name, "kind": s.kind, "size": list(s.size), "undoes": s.step} for s in out.stages]
+    return fig, prov
+
+
+def occlusion(model: nn.Module, weights: Weights, image=None, layer: str = "conv5_3", channel: int | None = None,
+              cls: int | None = None, size: int | None = None, stride: int | None = None, image_size: int | None = 224,
+              model_name: str = "vgg16", batch_size: int = 32,
+              progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+    """Occlusion sensitivity (ZF Fig. 7) of one feature map (default: the image's strongest) and, with cls, a class.
+
+    The occluder is the dataset mean colour of the weights' preprocessing; size and stride as `occlusion_maps`.
+    """
+    dn = Deconvnet(model)
+    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, image_size,
+                 device=dn.device)  # fmt: skip
+    if progress:
+        progress(f"projecting {layer}")
+    out = dn.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1)
+    channel = int(out.selections.channels[0, 0])
+    res = occlusion_maps(model, x, layer, channel, size, stride, cls, weights.preprocess, batch_size, progress)
+    name = None
+    if cls is not None:
+        name = weights.categories[cls] if weights.categories and cls < len(weights.categories) else f"class {cls}"
+    title = f"{model_name} ({weights.name}): occluding the image, watching {layer} map {channel}"
+    title += f" and p({name})" if name else ""
+    picture = to_display(x[0].cpu(), weights.preprocess)
+    strongest = float(out.selections.values[0, 0])
+    fig = occlusion_figure(picture, res, out.images[0, 0].cpu(), strongest, weights.preprocess, title, name)
+    prov = _provenance("occlusion", image, model_name, weights, image_size, x, [_selections(dn, out)])
+    del prov["layers"]
+
+    def summary(m: torch.Tensor, baseline: float) -> dict:
+        i, j = divmod(int(m.argmin()), m.shape[1])
+        return {"unoccluded": baseline, "min": float(m.min()), "argmin": [int(res.rows[i]), int(res.cols[j])],
+                "max": float(m.max()), "map": m.tolist()}  # fmt: skip
+
+    prov |= {
+        "layer": layer, "module": res.layer, "channel": channel,
+        "occluder": {"size": res.size, "stride": res.stride, "grey": [round(float(g), 6) for g in res.grey],
+                     "positions": {"rows": res.rows.tolist(), "cols": res.cols.tolist()}},
+        "activation": summary(res.activation, res.baseline_activation),
+        "projection": _selections(dn, out) | {"channel": channel},
+    }  # fmt: skip
+    if cls is not None:
+        prov["class"] = {"index": cls, "name": name} | summary(res.probability, res.baseline_probability)
     return fig, prov
 
 

@@ -1,9 +1,11 @@
 """Figures drawn from projections. Rendering never changes numbers; it only normalizes for display:
 
 - reconstructions (pixel space): `centred` -- 0.5 + r / (2 s), s the 99.9th percentile of |r| over the
-  panel (the receptive-field crop in layer grids), so zero is mid-grey and the sign is kept;
+  panel (the receptive-field crop in layer grids and scan figures), so zero is mid-grey and the sign is kept;
 - intermediate stages (many channels): `stage_map` -- the channel mean of the rectified signal,
-  divided by its 99.5th percentile and clipped to [0, 1], shown in grey levels.
+  divided by its 99.5th percentile and clipped to [0, 1], shown in grey levels;
+- occlusion maps: the values themselves, colours spanning the map's range and its unoccluded value (marked
+  on the colorbar), each value drawn at the centre of its occluder position, over a faint copy of the image.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor  # noqa: E402
 
 from .errors import DeconvvizError  # noqa: E402
 from .images import centred  # noqa: E402
+from .occlusion import OcclusionResult  # noqa: E402
 from .preprocess import Preprocess  # noqa: E402
 from .reverse import Stage  # noqa: E402
 
@@ -131,6 +134,157 @@ def layer_grid(image: np.ndarray, rows: Sequence[GridRow], preprocess: Preproces
     fig.text(0.5, 0.005, "each pair: projection to pixels (mid-grey = 0, contrast: 99.9th percentile of |r| per panel) "
              "| image patch under its receptive field; 'map c: a' = feature map c, strongest activation a",
              ha="center", fontsize=7, color="0.3")  # fmt: skip
+    return fig
+
+
+def _edges(starts: Tensor, size: int) -> np.ndarray:
+    """Cell edges around occluder centres (start + size / 2): midways between neighbours."""
+    c = starts.double().numpy() + size / 2
+    if len(c) == 1:
+        return np.array([c[0] - size / 2, c[0] + size / 2])
+    mid = (c[:-1] + c[1:]) / 2
+    return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+
+
+def _occlusion_panel(fig: Figure, ax, image: np.ndarray, values: Tensor, baseline: float, res: OcclusionResult,
+                     what: str, fmt: str) -> None:  # fmt: skip
+    """One occlusion map in image coordinates over a faint grey copy of the image, with a colorbar."""
+    h, w = image.shape[:2]
+    v = values.double().numpy()
+    lo, hi = min(v.min(), baseline), max(v.max(), baseline)
+    varies = hi - lo > 1e-6 * max(abs(lo), abs(hi))  # beyond float32 rounding
+    ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=1, alpha=0.35, extent=(0, w, h, 0))
+    mesh = ax.pcolormesh(_edges(res.cols, res.size), _edges(res.rows, res.size), v, cmap="viridis",
+                         vmin=lo if varies else lo - 1, vmax=hi if varies else lo + 1)  # fmt: skip
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    bar = fig.colorbar(mesh, cax=ax.inset_axes((1.03, 0, 0.05, 1)))  # beside the map, which keeps its size
+    bar.ax.tick_params(labelsize=7)
+    bar.ax.axhline(baseline, color="w", lw=2)
+    bar.ax.axhline(baseline, color="k", lw=0.8)
+    if varies:
+        i, j = np.unravel_index(v.argmin(), v.shape)
+        what += f"\nlowest {v.min():{fmt}} (occluder at row {int(res.rows[i])}, col {int(res.cols[j])})"
+    else:
+        what += f"\nconstant: {lo:{fmt}} wherever the occluder is"
+    ax.set_xlabel(what + f"; unoccluded {baseline:{fmt}}", fontsize=8)
+
+
+def occlusion_figure(image: np.ndarray, res: OcclusionResult, projection: Tensor, strongest: float,
+                     preprocess: Preprocess, title: str, class_name: str | None = None) -> Figure:  # fmt: skip
+    """Zeiler-Fergus Fig. 7: (a) the input and the occluder, (b) the feature map's total activation for each
+    occluder position, (c) the projection of its strongest activation, (d) the class probability, if any.
+
+    image: (H, W, 3) RGB in [0, 1]; projection: (3, H, W) in input space.
+    """
+    n = 3 if res.probability is None else 4
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 4.1))
+    h, w = image.shape[:2]
+    for ax in axes:
+        _off(ax)
+    axes[0].imshow(image, interpolation="nearest", extent=(0, w, h, 0))
+    grey = preprocess.to_rgb(res.grey.view(3, 1, 1).float())[:, 0, 0].clamp(0, 1).tolist()
+    for colour, width in (("w", 2.5), ("k", 1)):  # the occluder, to scale, in the top-left corner
+        axes[0].add_patch(plt.Rectangle((2, 2), res.size, res.size, facecolor=grey, edgecolor=colour, lw=width))
+    axes[0].set_xlabel(f"(a) input {h}×{w}; occluder {res.size}×{res.size}\n(top left, to scale), stride {res.stride}",
+                       fontsize=8)  # fmt: skip
+    _occlusion_panel(fig, axes[1], image, res.activation, res.baseline_activation, res,
+                     f"(b) total activation of map {res.channel}", ".4g")  # fmt: skip
+    axes[2].imshow(pattern_rgb(projection, preprocess), interpolation="nearest", extent=(0, w, h, 0))
+    what = f"strongest activation\n({strongest:.4g}) projected to pixels"
+    what = what if projection.any() else f"strongest activation ({strongest:.4g})\nprojects to 0 everywhere"
+    axes[2].set_xlabel(f"(c) map {res.channel}'s {what}", fontsize=8)
+    if res.probability is not None:
+        label = f"(d) p({class_name or f'class {res.cls}'})"
+        _occlusion_panel(fig, axes[3], image, res.probability, res.baseline_probability, res, label, ".3g")
+    fig.suptitle(title, fontsize=10)
+    fig.text(0.5, 0.01, "maps: each value at the centre of its occluder position, colours spanning the map and the "
+             "unoccluded value (line on the colorbar) | projection: mid-grey = 0, contrast: 99.9th percentile of |r|",
+             ha="center", fontsize=7, color="0.3")  # fmt: skip
+    fig.tight_layout(rect=(0, 0.04, 1, 1), w_pad=2.5)
+    return fig
+
+
+@dataclass
+class TopImages:
+    """One feature map's k strongest images of a dataset scan: reconstructions (k, 3, H, W), the image patches
+    under their receptive fields ((h, w, 3) RGB in [0, 1]), boxes (top, bottom, left, right; None: all), values."""
+
+    layer: str
+    channel: int
+    reconstructions: Tensor
+    patches: Sequence[np.ndarray]
+    boxes: Sequence[tuple[int, int, int, int] | None]
+    values: Sequence[float]
+
+
+def _mosaic(tiles: Sequence[np.ndarray], cols: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Tiles (h, w, 3) centred in equal cells (the largest tile) on white, `cols` a row; and each cell's (x, y)."""
+    ch, cw = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    gap = max(1, max(ch, cw) // 24)
+    rows = -(-len(tiles) // cols)
+    canvas = np.ones((rows * (ch + gap) - gap, cols * (cw + gap) - gap, 3), np.float32)
+    corners = []
+    for i, t in enumerate(tiles):
+        y, x = (i // cols) * (ch + gap), (i % cols) * (cw + gap)
+        top, left = y + (ch - t.shape[0]) // 2, x + (cw - t.shape[1]) // 2
+        canvas[top : top + t.shape[0], left : left + t.shape[1]] = t
+        corners.append((x, y))
+    return canvas, corners
+
+
+def _top_mosaics(t: TopImages, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """The projections (cropped to the receptive field, `centred` per crop) and the patches, as two square-ish grids."""
+    crops = [pattern_rgb(r if b is None else r[:, b[0] : b[1], b[2] : b[3]], preprocess)
+             for r, b in zip(t.reconstructions, t.boxes, strict=True)]  # fmt: skip
+    cols = int(np.ceil(np.sqrt(len(crops))))
+    (proj, corners), (patches, _) = _mosaic(crops, cols), _mosaic(list(t.patches), cols)
+    return proj, patches, corners
+
+
+_SCAN_NOTE = ("projections to pixels (mid-grey = 0, contrast: 99.9th percentile of |r| per crop), cropped to the "
+              "receptive field of the activation | the image patches under it")  # fmt: skip
+
+
+def channel_figure(t: TopImages, preprocess: Preprocess, title: str | None = None) -> Figure:
+    """One feature map, Zeiler-Fergus Fig. 2 style: the projections of its k strongest images (left, each
+    labelled with its activation) beside the image patches that caused them (right)."""
+    proj, patches, corners = _top_mosaics(t, preprocess)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.06, wspace=0.06)
+    for ax, picture, what in zip(axes, (proj, patches), ("projections", "image patches"), strict=True):
+        _off(ax)
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(what, fontsize=9)
+    for (x, y), v in zip(corners, t.values, strict=True):
+        axes[0].text(
+            x, y, f"{v:.3g}", fontsize=7, va="top", ha="left", bbox={"fc": "white", "alpha": 0.8, "pad": 1, "lw": 0}
+        )
+    fig.suptitle(title or f"{t.layer}, feature map {t.channel}: its {len(t.values)} strongest images", fontsize=10)
+    fig.text(0.5, 0.02, _SCAN_NOTE, ha="center", fontsize=6.5, color="0.3", wrap=True)
+    return fig
+
+
+def overview_figure(items: Sequence[TopImages], preprocess: Preprocess, title: str) -> Figure:
+    """Several feature maps (Zeiler-Fergus Fig. 2): per map a grid of its top projections beside a grid of patches."""
+    per_row = int(np.ceil(np.sqrt(len(items))))
+    rows = -(-len(items) // per_row)
+    height = 1.95 * rows + 0.8
+    fig = plt.figure(figsize=(3.6 * per_row + 0.4, height))
+    ratios = ([1, 1, 0.15] * per_row)[:-1]
+    grid = fig.add_gridspec(rows, 3 * per_row - 1, width_ratios=ratios, wspace=0.04, hspace=0.25, left=0.02,
+                            right=0.98, top=1 - 0.55 / height, bottom=0.25 / height)  # fmt: skip
+    for i, t in enumerate(items):
+        r, c = divmod(i, per_row)
+        for j, picture in enumerate(_top_mosaics(t, preprocess)[:2]):
+            ax = fig.add_subplot(grid[r, 3 * c + j])
+            _off(ax)
+            ax.imshow(picture, interpolation="nearest")
+            if j == 0:
+                ax.set_title(f"map {t.channel}: {t.values[0]:.3g}", fontsize=8, loc="left")
+    fig.suptitle(title, fontsize=10)
+    fig.text(0.5, 0.005, f"each map: {_SCAN_NOTE}; 'map c: a' = feature map c, its strongest activation a",
+             ha="center", fontsize=6.5, color="0.3", wrap=True)  # fmt: skip
     return fig
 
 

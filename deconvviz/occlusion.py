@@ -1,0 +1,159 @@
+"""Occlusion sensitivity (Zeiler-Fergus Fig. 7): slide a grey square over the image and watch a feature map
+and, for a classifier, a class probability, with the square at each position."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ImageError, LayerError, OcclusionError, SelectionError
+from .forward import apply, forward_chain
+from .layers import chain_of, resolve
+from .preprocess import Preprocess
+from .rectified import evaluating
+
+Grey = Tensor | float | Preprocess | None
+
+
+@dataclass
+class OcclusionResult:
+    """Maps over occluder positions: activation[i, j] with the square's top-left corner at (rows[i], cols[j])."""
+
+    rows: Tensor  # (R,) top edge of each occluder row, pixels
+    cols: Tensor  # (C,) left edge of each occluder column
+    size: int  # occluder side, pixels
+    stride: int
+    grey: Tensor  # (3,) the occluder's value in the model's input space
+    layer: str  # module path of the layer
+    channel: int
+    activation: Tensor  # (R, C) total activation of the feature map (sum over its positions)
+    baseline_activation: float  # the same, unoccluded
+    cls: int | None = None
+    probability: Tensor | None = None  # (R, C) softmax probability of class `cls`
+    baseline_probability: float | None = None
+
+
+def mean_grey(preprocess: Preprocess) -> Tensor:
+    """The dataset mean colour in the model's input space (3,): what the occluder is painted with."""
+    rgb = torch.tensor(preprocess.mean, dtype=torch.float64) / preprocess.scale  # mean is in network channel order
+    rgb = rgb.flip(0) if preprocess.bgr else rgb
+    return preprocess.to_input(rgb.view(3, 1, 1))[:, 0, 0].float()
+
+
+def occluder_positions(extent: int, size: int, stride: int) -> list[int]:
+    """Top-left corners along one axis: 0, stride, ... with the square inside, plus one flush with the far edge."""
+    starts = list(range(0, extent - size + 1, stride))
+    return starts if starts[-1] == extent - size else [*starts, extent - size]
+
+
+def default_size(side: int) -> int:
+    """Occluder side for an image of `side` pixels: 48 at 224, scaled with the image."""
+    return max(1, round(side * 48 / 224))
+
+
+@contextlib.contextmanager
+def _reading(model: nn.Module, name: str) -> Iterator[list[Tensor]]:
+    """Eval mode and a forward hook collecting the output of module `name`; both undone after the call."""
+    got: list[Tensor] = []
+    handle = dict(model.named_modules())[name].register_forward_hook(lambda m, i, o: got.append(o))
+    try:
+        with evaluating(model), torch.no_grad():
+            yield got
+    finally:
+        handle.remove()
+
+
+def _band(coords: Tensor, start: Tensor, size: int) -> Tensor:
+    """(B, n): which coordinates each of B squares starting at `start` covers."""
+    return (coords >= start[:, None]) & (coords < start[:, None] + size)
+
+
+def occlusion_maps(model: nn.Module, x: Tensor, layer: str, channel: int, size: int | None = None,
+                   stride: int | None = None, cls: int | None = None, grey: Grey = None, batch_size: int = 32,
+                   progress: Callable[[str], None] | None = None) -> OcclusionResult:  # fmt: skip
+    """Occlusion maps for one image x (1, 3, H, W), already preprocessed.
+
+    size: occluder side (default 48 at 224, scaled); stride: step between positions (default size // 3);
+    grey: the occluder's input-space value, (3,) or a scalar, or a Preprocess: its dataset mean colour
+    (`mean_grey`); None: 0, the mean of mean-subtracted input. cls: also map this class's softmax probability
+    (the model's output must be class scores). The model is not modified: eval semantics for the call, no
+    hooks left behind.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] != 1:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ImageError(f"occlusion takes one preprocessed image (1, C, H, W), got {shape}; use deconvviz.to_batch")
+    h, w = x.shape[-2:]
+    size = default_size(min(h, w)) if size is None else size
+    stride = max(1, size // 3) if stride is None else stride
+    if not 1 <= size <= min(h, w):
+        raise OcclusionError(f"occluder size {size} does not fit the {h}x{w} image; use 1..{min(h, w)}")
+    if stride < 1 or batch_size < 1:
+        what = f"stride {stride}" if stride < 1 else f"batch size {batch_size}"
+        raise OcclusionError(f"{what} must be at least 1")
+    p = next(model.parameters(), None)
+    if p is not None:
+        x = x.to(p.device, p.dtype)
+    grey = mean_grey(grey) if isinstance(grey, Preprocess) else torch.as_tensor(0.0 if grey is None else grey)
+    grey = grey.to(x.device, x.dtype).expand(x.shape[1])
+
+    steps = chain_of(model)
+    name = resolve(model, steps, layer)
+    if steps is not None:
+        upto = next(i for i, s in enumerate(steps) if s.name == name)
+        last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
+        if cls is not None and not isinstance(last.module, nn.Linear):
+            raise OcclusionError(f"--class needs a model with a classifier, and this one ends with '{last.name}' "
+                                 "(no class scores); use --weights torchvision")  # fmt: skip
+        forward_chain(steps, x, len(steps) - 1 if cls is not None else upto)  # clear errors for too small inputs
+
+        def run(xb: Tensor) -> tuple[Tensor, Tensor]:
+            out = act = xb
+            with torch.no_grad():
+                for i, s in enumerate(steps[: len(steps) if cls is not None else upto + 1]):
+                    out = apply(s.module, out)
+                    act = out if i == upto else act
+            return act, out
+    else:
+
+        def run(xb: Tensor) -> tuple[Tensor, Tensor]:
+            with _reading(model, name) as got:
+                out = model(xb)
+            if len(got) != 1 or not isinstance(got[0], Tensor):
+                raise LayerError(f"layer '{layer}' must run once per forward and return a tensor")
+            return got[0], out
+
+    base_act, base_out = run(x)
+    if not 0 <= channel < base_act.shape[1]:
+        n = base_act.shape[1]
+        raise SelectionError(f"channel {channel} is out of range for layer '{layer}' with {n} channels; use 0..{n - 1}")
+    if cls is not None:
+        if not isinstance(base_out, Tensor) or base_out.dim() != 2:
+            shape = tuple(base_out.shape) if isinstance(base_out, Tensor) else type(base_out).__name__
+            raise OcclusionError(f"--class needs a model whose output is class scores (N, classes), got {shape}")
+        if not 0 <= cls < (n := base_out.shape[1]):
+            raise SelectionError(f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}")
+
+    rows, cols = (torch.tensor(occluder_positions(n, size, stride), device=x.device) for n in (h, w))
+    corners = torch.cartesian_prod(rows, cols)  # (R*C, 2), row-major
+    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    totals, probs = [], []
+    for start in range(0, len(corners), batch_size):
+        r, c = corners[start : start + batch_size].T
+        if progress:
+            progress(f"occluding: {start + len(r)}/{len(corners)} positions")
+        inside = _band(ys, r, size)[:, :, None] & _band(xs, c, size)[:, None, :]  # (B, H, W)
+        act, out = run(torch.where(inside[:, None], grey.view(1, -1, 1, 1), x))
+        totals.append(act[:, channel].reshape(len(r), -1).sum(1))
+        if cls is not None:
+            probs.append(out.softmax(1)[:, cls])
+    grid = (len(rows), len(cols))
+    return OcclusionResult(
+        rows.cpu(), cols.cpu(), size, stride, grey.cpu(), name, channel,
+        torch.cat(totals).view(grid).cpu(), float(base_act[0, channel].sum()), cls,
+        torch.cat(probs).view(grid).cpu() if cls is not None else None,
+        float(base_out.softmax(1)[0, cls]) if cls is not None else None,
+    )  # fmt: skip

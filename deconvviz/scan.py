@@ -1,0 +1,479 @@
+"""Dataset scan (Zeiler & Fergus Fig. 2): for each feature map, the k images that excite it most, projected to pixels.
+
+folder -> DataLoader (workers, batches) -> one chain forward per batch for all layers -> running top-k per
+channel (checkpointed; merged across torchrun processes) -> projections of the kept activations -> report, figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from . import __version__
+from .deconvnet import Deconvnet
+from .errors import DeconvvizError, ImageError, LayerError, SelectionError, UnsupportedModelError
+from .forward import apply
+from .images import to_batch, to_display
+from .layers import ReceptiveField, output_shapes, receptive_fields, resolve
+from .preprocess import Preprocess
+from .render import TopImages, channel_figure, overview_figure, save, write_atomic
+from .weights import load_vgg, pick_device
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SHOWN_CHANNELS = 9  # feature maps projected and drawn when none are given: the strongest over the folder
+OVERVIEW_CHANNELS = 16  # at most this many feature maps in overview.png
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass(frozen=True)
+class ScanArguments:
+    """Everything that decides a scan's result; a run directory belongs to one set of arguments.
+
+    batch_size is one of them: activations differ in the last bits with a batch's composition, and
+    the checkpoints, shards and merges are exact only because every run forms the same batches.
+    """
+
+    folder: str
+    layers: tuple[str, ...]
+    top: int
+    channels: tuple[int, ...] | str | None  # feature maps to project and draw; "all"; None: the strongest
+    size: int
+    model: str
+    weights: str
+    batch_size: int
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass
+class Record:
+    """One of a feature map's k strongest images: the map's strongest activation in it, where, and its input box."""
+
+    image: str  # path relative to the scanned folder
+    value: float
+    row: int
+    col: int
+    box: tuple[int, int, int, int] | None  # receptive field: top, bottom, left, right (half-open); None: all
+
+
+@dataclass
+class ChannelResult:
+    """A feature map's top-k records, best first; projections (k, 3, H, W) where the channel was projected."""
+
+    records: list[Record]
+    projections: Tensor | None = None  # record i: Deconvnet.project(x_i, layer, channels=[c], mode="max")
+
+
+@dataclass
+class ScanResult:
+    """What a scan found: per layer and channel the top-k records (and projections), and the files it skipped."""
+
+    arguments: ScanArguments
+    images: int  # image files found
+    skipped: list[dict]  # unreadable files: {"path", "reason"}
+    layers: dict[str, dict[int, ChannelResult]]
+    already_done: bool = False  # the run directory held this finished scan; nothing was recomputed
+    written: list[Path] = field(default_factory=list)  # files this call wrote (process 0 only)
+
+
+@dataclass
+class TopK:
+    """Per channel the k strongest images so far, best first (value desc, then image order asc). (C, k) each."""
+
+    values: Tensor  # the map's strongest activation in the image; -inf in unused slots
+    images: Tensor  # index in the scan's file order; -1 in unused slots
+    positions: Tensor  # flat position of that activation in the map
+
+    @classmethod
+    def empty(cls, channels: int, k: int) -> TopK:
+        full = torch.full((channels, k), -1, dtype=torch.long)
+        return cls(torch.full((channels, k), -math.inf), full, torch.zeros_like(full))
+
+    def add(self, activation: Tensor, images: Tensor) -> TopK:
+        """Merge in a batch: activation (B, C, ...) of the images with these indices (B,)."""
+        peak, where = activation.reshape(*activation.shape[:2], -1).max(dim=2)  # as selection.select does
+        c = peak.shape[1]
+        return self.merge(TopK(peak.T.float().cpu(), images.cpu()[None].expand(c, -1), where.T.cpu()))
+
+    def merge(self, *others: TopK) -> TopK:
+        """The k best of all candidates; sorted by image, then stably by value, so ties go to the earlier image."""
+        values, images, positions = (torch.cat([getattr(t, f) for t in (self, *others)], 1) for f in _FIELDS)
+        by_image = images.argsort(dim=1, stable=True)
+        best = values.gather(1, by_image).argsort(dim=1, descending=True, stable=True)[:, : self.values.shape[1]]
+        keep = by_image.gather(1, best)
+        return TopK(values.gather(1, keep), images.gather(1, keep), positions.gather(1, keep))
+
+
+_FIELDS = ("values", "images", "positions")
+
+
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """Every image under `folder` (recursive, by suffix) as sorted relative POSIX paths: the scan's fixed order."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ImageError(f"'{folder}' is not a folder; give a folder of images (read recursively)")
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ImageError(f"no images under '{folder}'; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
+    return files
+
+
+def preprocessed(path: Path, preprocess: Preprocess, size: int) -> Tensor:
+    """One image file as network input, exactly as the scan reads it (`to_batch` on CPU). (3, size, size)."""
+    return to_batch(path, preprocess, size)[0]
+
+
+class ImageFiles(Dataset):
+    """The scanned files, preprocessed; an unreadable one gives (None, index, reason) instead of failing."""
+
+    def __init__(self, root: Path, files: list[str], preprocess: Preprocess, size: int):
+        self.root, self.files, self.preprocess, self.size = root, files, preprocess, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor | None, int, str | None]:
+        try:
+            return preprocessed(self.root / self.files[i], self.preprocess, self.size), i, None
+        except Exception as e:  # noqa: BLE001 - one bad file never stops a scan; the reason goes into the report
+            return None, i, str(e) if isinstance(e, DeconvvizError) else f"{type(e).__name__}: {e}"
+
+
+def _collate(items: list) -> tuple[Tensor | None, Tensor, list[tuple[int, str]]]:
+    """A batch of the readable images (B, 3, H, W) with their indices (B,), and the unreadable (index, reason)."""
+    good = [(t, i) for t, i, _ in items if t is not None]
+    x = torch.stack([t for t, _ in good]) if good else None
+    return x, torch.tensor([i for _, i in good], dtype=torch.long), [(i, why) for t, i, why in items if t is None]
+
+
+@torch.no_grad()
+def activations(steps, x: Tensor, taps: dict[str, int]) -> dict[str, Tensor]:
+    """One pass along the chain up to the deepest tap, keeping the output of each tapped step (by layer name)."""
+    wanted, kept = set(taps.values()), {}
+    for i, s in enumerate(steps[: max(wanted) + 1]):
+        x = apply(s.module, x)
+        if i in wanted:
+            kept[i] = x
+    return {name: kept[i] for name, i in taps.items()}
+
+
+def scan_folder(
+    folder: str | os.PathLike,
+    layers: Sequence[str] = ("conv5_3",),
+    out: str | os.PathLike = "runs/scan",
+    *,
+    top: int = 9,
+    channels: Sequence[int] | str | None = None,
+    size: int = 224,
+    model: str = "vgg16",
+    weights: str | os.PathLike = "auto",
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    checkpoint_every: int = 1000,
+    progress: Progress | None = None,
+    verbose: bool = True,
+) -> ScanResult:
+    """For every channel of `layers`, the `top` images of `folder` with its strongest activations; the chosen
+    `channels` (None: the 9 strongest, "all") are projected and drawn. Everything is written under `out`.
+
+    Resumable: `out/state.pt` is checkpointed every `checkpoint_every` images; run again with the same
+    arguments after an interruption and the result is that of an uninterrupted run. A finished run
+    (`out/report.json`) is returned without recomputing. Under torchrun the batches are shared out among
+    the processes and the per-process top-k merged exactly; process 0 projects and writes.
+    """
+    chans = channels if channels is None or isinstance(channels, str) else tuple(int(c) for c in channels)
+    if isinstance(chans, str) and chans != "all":
+        raise SelectionError(f"channels '{chans}' is not a list of feature maps; give e.g. 12,40, or all")
+    args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, model, os.fspath(weights),
+                         batch_size)  # fmt: skip
+    for what, v in (("top", top), ("batch size", batch_size), ("checkpoint interval", checkpoint_every)):
+        if v < 1:
+            raise DeconvvizError(f"{what} must be at least 1, got {v}")
+    out = Path(out)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    say = (lambda text: print(f"deconvviz: {text}", file=sys.stderr)) if verbose and rank == 0 else lambda text: None
+    if (done := _finished(out, args)) is not None:
+        say(f"'{out}' holds this finished scan; nothing to do (give a new --out to scan again)")
+        return done
+    root, files = Path(args.folder), image_files(folder)  # resolved: the report must not depend on the cwd
+    dev = pick_device(device)
+    if world > 1 and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    net, info = load_vgg(model, weights, device=dev, verbose=verbose and rank == 0)
+    dn = Deconvnet(net)
+    if dn.steps is None:
+        raise UnsupportedModelError(f"{model} is not a chain of layers; the scan needs one")
+    taps = {name: _step_index(dn, name) for name in dict.fromkeys(layers)}
+    shapes = output_shapes(net, dn.steps, (size, size))  # fails early, and clearly, on a too small size
+    plan = {name: (shapes[i], _field(dn, i)) for name, i in taps.items()}
+    for name, (shape, _) in plan.items():
+        _check_channels(chans, name, shape[0])
+    with _processes(dev, world):
+        state = _scan_shard(dn, info.preprocess, root, files, taps, plan, args, out, dev, rank, world,
+                            workers, checkpoint_every, progress, say)  # fmt: skip
+        state = _gathered(state, world)
+        skipped = [{"path": files[i], "reason": why} for i, why in sorted(state["skipped"])]
+        if skipped:
+            say(f"{len(skipped)} unreadable file(s) skipped, listed in {out / 'report.json'}")
+        result = ScanResult(args, len(files), skipped, {})
+        for name, (shape, rf) in plan.items():
+            top_k = TopK(*(state["top"][name][f] for f in _FIELDS))
+            result.layers[name] = {c: ChannelResult(r) for c, r in _records(top_k, files, shape, rf, size).items()}
+        if rank == 0:
+            result.written = _project_and_write(dn, info, root, result, out, progress)
+    return result
+
+
+def _step_index(dn: Deconvnet, layer: str) -> int:
+    name = resolve(dn.model, dn.steps, layer)
+    return next(i for i, s in enumerate(dn.steps) if s.name == name)
+
+
+def _field(dn: Deconvnet, i: int) -> tuple[ReceptiveField, ReceptiveField] | None:
+    try:
+        return receptive_fields(dn.steps, i)
+    except LayerError:  # a classifier layer sees the whole image
+        return None
+
+
+def _check_channels(channels, layer: str, count: int) -> None:
+    bad = [c for c in channels if not 0 <= c < count] if isinstance(channels, tuple) else []
+    if bad or channels == ():
+        what = f"channel {bad[0]} is out of range" if bad else "no channels given"
+        raise SelectionError(f"{what} for layer '{layer}' with {count} channels; use 0..{count - 1}")
+
+
+@contextmanager
+def _processes(device: torch.device, world: int):
+    """Under torchrun (WORLD_SIZE > 1) a process group for the merge: gloo on CPU, nccl on CUDA; destroyed after."""
+    if world == 1 or dist.is_initialized():  # single process, or a group the caller owns
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _fingerprint(root: Path, files: list[str]) -> str:
+    """The file list and sizes: a resumed scan must see the same images in the same order."""
+    text = "".join(f"{f}\t{(root / f).stat().st_size}\n" for f in files)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _scan_shard(dn, preprocess, root, files, taps, plan, args, out, device, rank, world, workers, every, progress,
+                say) -> dict:  # fmt: skip
+    """Scan this process's batches (batch b goes to process b mod world), resuming from its checkpoint."""
+    path = out / ("state.pt" if world == 1 else f"state-rank{rank}.pt")
+    _remove_temporaries(out, f".{path.name}.")
+    b = args.batch_size
+    batches = [range(j * b, min(j * b + b, len(files))) for j in range(rank, -(-len(files) // b), world)]
+    empty = {name: asdict(TopK.empty(shape[0], args.top)) for name, (shape, _) in plan.items()}
+    state = {"arguments": args.to_json(), "files": _fingerprint(root, files), "world": world, "batches": 0,
+             "skipped": [], "top": empty}  # fmt: skip
+    if path.is_file():
+        state = _resumed(path, state, out, len(batches))
+        if 0 < state["batches"] < len(batches):
+            say(f"resuming: {sum(map(len, batches[: state['batches']]))} of {len(files)} images already scanned")
+    tops = {name: TopK(**t) for name, t in state["top"].items()}
+    total = sum(map(len, batches))
+    done = saved = sum(map(len, batches[: state["batches"]]))
+    p = next(dn.model.parameters())
+    loader = DataLoader(ImageFiles(root, files, preprocess, args.size), batch_sampler=batches[state["batches"] :],
+                        num_workers=min(4, os.cpu_count() or 1) if workers is None else workers,
+                        collate_fn=_collate)  # fmt: skip
+    if progress and rank == 0:
+        progress("scanning", done, total)
+    for x, index, bad in loader:
+        if x is not None:
+            for name, act in activations(dn.steps, x.to(device, p.dtype), taps).items():
+                tops[name] = tops[name].add(act, index)
+        state["skipped"] += bad
+        state["batches"] += 1
+        done += len(index) + len(bad)
+        if progress and rank == 0:
+            progress("scanning", done, total)
+        if done - saved >= every or state["batches"] == len(batches):
+            state["top"] = {name: asdict(t) for name, t in tops.items()}
+            write_atomic(path, lambda f: torch.save(state, f))
+            saved = done
+    return state
+
+
+def _resumed(path: Path, fresh: dict, out: Path, batches: int) -> dict:
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - checkpoints are written atomically; this one was not ours
+        raise DeconvvizError(f"cannot read the checkpoint {path} ({e}); delete it to scan again") from None
+    _same_arguments(out, state.get("arguments"), fresh["arguments"])
+    if state.get("files") != fresh["files"] or state.get("world") != fresh["world"] or state["batches"] > batches:
+        raise DeconvvizError(f"the images under '{fresh['arguments']['folder']}' (or the number of processes) "
+                             f"changed since the scan in '{out}' began; give a new --out")  # fmt: skip
+    return state
+
+
+def _same_arguments(out: Path, stored: dict | None, now: dict) -> None:
+    if stored != now:
+        stored = stored or {}
+        diff = "; ".join(f"{k} {stored.get(k)!r}, now {v!r}" for k, v in now.items() if stored.get(k) != v)
+        raise DeconvvizError(f"'{out}' holds a scan with other arguments ({diff}); rerun with the same "
+                             "arguments to resume or reuse it, or give a new --out")  # fmt: skip
+
+
+def _gathered(state: dict, world: int) -> dict:
+    """All processes' top-k merged (the same tie rule makes it equal to a single-process scan)."""
+    if world == 1:
+        return state
+    parts = [None] * world
+    dist.all_gather_object(parts, {"top": state["top"], "skipped": state["skipped"]})
+    top = {
+        name: asdict(TopK(**parts[0]["top"][name]).merge(*(TopK(**p["top"][name]) for p in parts[1:])))
+        for name in state["top"]
+    }
+    return {"top": top, "skipped": [s for p in parts for s in p["skipped"]]}
+
+
+def _records(top: TopK, files: list[str], shape, rf, size: int) -> dict[int, list[Record]]:
+    w = shape[-1] if len(shape) == 3 else 1
+    out = {}
+    rows = zip(top.values.tolist(), top.images.tolist(), top.positions.tolist(), strict=True)
+    for c, (vs, ims, ps) in enumerate(rows):
+        out[c] = []
+        for v, i, p in zip(vs, ims, ps, strict=True):
+            if i >= 0:
+                r, col = divmod(p, w)
+                box = (*rf[0].span(r, size), *rf[1].span(col, size)) if rf else None
+                out[c].append(Record(files[i], v, r, col, box))
+    return out
+
+
+def _shown(result: ScanResult, layer: str) -> list[int]:
+    """The channels to project: as given, all, or the SHOWN_CHANNELS with the strongest activation (ties: lower c)."""
+    chans, per_channel = result.arguments.channels, result.layers[layer]
+    if chans == "all":
+        return list(per_channel)
+    if chans is not None:
+        return list(dict.fromkeys(chans))
+    best = torch.tensor([r.records[0].value if r.records else -math.inf for r in per_channel.values()])
+    return best.argsort(descending=True, stable=True)[:SHOWN_CHANNELS].tolist()
+
+
+def _project(dn: Deconvnet, preprocess: Preprocess, root: Path, size: int, layer: str,
+             per_channel: dict[int, ChannelResult], shown: list[int], progress) -> list[TopImages]:  # fmt: skip
+    """Project the shown channels' records, one pass per image for all its channels; fills their projections."""
+    wanted: dict[str, list[int]] = {}  # image -> the shown channels whose top-k hold it
+    for c in shown:
+        for r in per_channel[c].records:
+            wanted.setdefault(r.image, []).append(c)
+    recon, patches, p = {}, {}, next(dn.model.parameters())
+    for n, (image, chans) in enumerate(sorted(wanted.items())):
+        if progress:
+            progress(f"projecting {layer}", n, len(wanted))
+        x = preprocessed(root / image, preprocess, size)[None].to(dn.device, p.dtype)
+        picture = to_display(x[0].cpu(), preprocess)
+        for c, y in zip(chans, dn.project(x, layer, channels=chans, mode="max").images[0].cpu(), strict=True):
+            box = next(r.box for r in per_channel[c].records if r.image == image)
+            top, bottom, left, right = box or (0, size, 0, size)  # None: a classifier layer sees all
+            recon[c, image], patches[c, image] = y, picture[top:bottom, left:right]
+    if progress:
+        progress(f"projecting {layer}", len(wanted), len(wanted))
+    items = []
+    for c in shown:
+        recs = per_channel[c].records
+        per_channel[c].projections = torch.stack([recon[c, r.image] for r in recs]) if recs else None
+        items.append(TopImages(layer, c, per_channel[c].projections, [patches[c, r.image] for r in recs],
+                               [r.box for r in recs], [r.value for r in recs]))  # fmt: skip
+    return items
+
+
+def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out: Path, progress) -> list[Path]:
+    """Project, draw and write everything; report.json comes last and marks the run finished.
+
+    Nothing written holds a clock or the run directory, so the files of a resumed run are byte-identical
+    to those of an uninterrupted one.
+    """
+    _remove_temporaries(out, ".", keep=".state")
+    args, layers, written = result.arguments, {}, []
+    for layer, per_channel in result.layers.items():
+        shown = _shown(result, layer)
+        drawn = [t for t in _project(dn, info.preprocess, root, args.size, layer, per_channel, shown, progress)
+                 if t.reconstructions is not None]  # fmt: skip
+        written += [save(channel_figure(t, info.preprocess), out / layer / f"channel-{t.channel}.png") for t in drawn]
+        if drawn:
+            title = f"{args.model} ({info.name}), {layer}: each feature map's {args.top} strongest images"
+            written.append(save(overview_figure(drawn[:OVERVIEW_CHANNELS], info.preprocess, title),
+                                out / layer / "overview.png"))  # fmt: skip
+        projections = {t.channel: t.reconstructions for t in drawn}
+        written.append(out / layer / "projections.pt")
+        write_atomic(written[-1], lambda f, pr=projections: torch.save(pr, f))
+        layers[layer] = {
+            "projected": shown,
+            "channels": {str(c): [asdict(r) for r in ch.records] for c, ch in per_channel.items()},
+        }
+    images = {"found": result.images, "read": result.images - len(result.skipped), "skipped": len(result.skipped)}
+    report = {
+        "command": "scan",
+        "deconvviz": __version__,
+        "arguments": args.to_json(),
+        "weights": {"name": info.name, "source": info.source, "preprocess": info.preprocess.name},
+        "images": images,
+        "skipped": result.skipped,
+        "layers": layers,
+    }
+    write_atomic(out / "report.json", lambda f: f.write((json.dumps(report, indent=1) + "\n").encode()))
+    return [*written, out / "report.json"]
+
+
+def _remove_temporaries(out: Path, prefix: str, keep: str | None = None) -> None:
+    """Half-written temp files of a killed run (write_atomic's `.NAME.*`) are removed before writing again."""
+    for p in out.rglob(f"{prefix}*") if out.is_dir() else []:
+        if p.is_file() and p.name.startswith(".") and not (keep and p.name.startswith(keep)):
+            p.unlink(missing_ok=True)
+
+
+def _finished(out: Path, args: ScanArguments) -> ScanResult | None:
+    if not (out / "report.json").is_file():
+        return None
+    result = load_result(out)
+    _same_arguments(out, result.arguments.to_json(), args.to_json())
+    result.already_done = True
+    return result
+
+
+def load_result(rundir: str | os.PathLike) -> ScanResult:
+    """A finished scan from its run directory: per layer and channel the records and (where drawn) projections."""
+    rundir = Path(rundir)
+    try:
+        report = json.loads((rundir / "report.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DeconvvizError(f"no finished scan in '{rundir}' ({e}); run `deconvviz scan` there first") from None
+    a = report["arguments"]
+    chans = tuple(a["channels"]) if isinstance(a["channels"], list) else a["channels"]
+    args = ScanArguments(**{**a, "layers": tuple(a["layers"]), "channels": chans})
+    layers = {}
+    for layer, rec in report["layers"].items():
+        proj = torch.load(rundir / layer / "projections.pt", weights_only=True)
+        layers[layer] = {
+            int(c): ChannelResult(
+                [Record(**{**r, "box": tuple(r["box"]) if r["box"] else None}) for r in recs], proj.get(int(c))
+            )  # fmt: skip
+            for c, recs in rec["channels"].items()
+        }
+    return ScanResult(args, report["images"]["found"], report["skipped"], layers)

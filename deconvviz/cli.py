@@ -103,7 +103,22 @@ def _load(model: str, weights: str, device: str, quiet: bool, status: _Status):
     return load_vgg(model, weights, device=device, verbose=not quiet)
 
 
-def _done(paths, quiet: bool) -> None:
+def _figure(out: Path | None, default_out, model: str, weights: str, device: str, dpi: int, quiet: bool, make):
+    """Load the model, make (figure, provenance) with make(net, weights, status), write both atomically.
+    default_out(provenance) names the figure when --out is not given."""
+    from . import figures
+    from .render import figure_format
+
+    if out is not None:
+        figure_format(out)  # an unknown format fails before any work
+    status = _Status(quiet)
+    try:
+        net, info = _load(model, weights, device, quiet, status)
+        fig, prov = make(net, info, status)
+        status("writing figure")
+        paths = figures.write(fig, prov, out or default_out(prov), dpi)
+    finally:
+        status.stop()
     if not quiet:
         for p in paths:
             typer.echo(f"wrote {p}")
@@ -139,20 +154,12 @@ def visualize(
     """Grid of feature maps of a layer: each projection to pixels beside its image patch (ZF Fig. 2)."""
     with _errors(debug):
         from . import figures
-        from .render import figure_format
 
         names = [s.strip() for s in layers.split(",") if s.strip()] if layers else [layer]
-        out = out or Path("figures") / f"visualize-{'_'.join(names)}.png"
-        figure_format(out)
-        status = _Status(quiet)
-        try:
-            net, info = _load(model, weights, device, quiet, status)
-            fig, prov = figures.visualize(net, info, image, names, top, _channels(channels), mode, size, model, status)
-            status("writing figure")
-            paths = figures.write(fig, prov, out, dpi)
-        finally:
-            status.stop()
-        _done(paths, quiet)
+        chans = _channels(channels)
+        _figure(out, lambda _: Path("figures") / f"visualize-{'_'.join(names)}.png", model, weights, device, dpi,
+                quiet, lambda net, info, status: figures.visualize(net, info, image, names, top, chans, mode, size,
+                                                                   model, status))  # fmt: skip
 
 
 @app.command()
@@ -182,30 +189,25 @@ def reconstruct(
     """Layer-by-layer reconstruction: input, then each unpooling and deconv stage down to pixels."""
     with _errors(debug):
         from . import figures
-        from .render import figure_format
 
-        out = out or Path("figures") / f"reconstruct-{layer}.png"
-        figure_format(out)
-        status = _Status(quiet)
-        try:
-            net, info = _load(model, weights, device, quiet, status)
-            chans = _channels(channels) if (channels or "").strip().lower() != "all" else _all_channels(net, layer)
-            fig, prov = figures.reconstruct(net, info, image, layer, chans, mode, size, model, status)
-            status("writing figure")
-            paths = figures.write(fig, prov, out, dpi)
-        finally:
-            status.stop()
-        _done(paths, quiet)
+        every = (channels or "").strip().lower() == "all"
+        chans = None if every else _channels(channels)
+
+        def make(net, info, status):
+            picked = _all_channels(net, layer, size) if every else chans
+            return figures.reconstruct(net, info, image, layer, picked, mode, size, model, status)
+
+        _figure(out, lambda _: Path("figures") / f"reconstruct-{layer}.png", model, weights, device, dpi, quiet, make)
 
 
-def _all_channels(net, layer: str) -> list[int]:
+def _all_channels(net, layer: str, size: int) -> list[int]:
     from .deconvnet import Deconvnet
     from .layers import output_shapes, resolve
 
     dn = Deconvnet(net)
     name = resolve(net, dn.steps, layer)
     i = next(i for i, s in enumerate(dn.steps) if s.name == name)
-    return list(range(output_shapes(net, dn.steps, (224, 224))[i][0]))
+    return list(range(output_shapes(net, dn.steps, (size, size))[i][0]))
 
 
 @app.command("layers")
@@ -280,20 +282,13 @@ def occlusion(
     position, beside the map's strongest activation projected to pixels (ZF Fig. 7)."""
     with _errors(debug):
         from . import figures
-        from .render import figure_format
 
-        if out is not None:
-            figure_format(out)
-        status = _Status(quiet)
-        try:
-            net, info = _load(model, weights, device, quiet, status)
-            fig, prov = figures.occlusion(net, info, image, layer, channel, class_, occluder_size, stride, size, model,
-                                          batch_size, status)  # fmt: skip
-            status("writing figure")
-            paths = figures.write(fig, prov, out or Path("figures") / f"occlusion-{layer}-c{prov['channel']}.png", dpi)
-        finally:
-            status.stop()
-        _done(paths, quiet)
+        def make(net, info, status):
+            return figures.occlusion(net, info, image, layer, channel, class_, occluder_size, stride, size, model,
+                                     batch_size, status)  # fmt: skip
+
+        _figure(out, lambda prov: Path("figures") / f"occlusion-{layer}-c{prov['channel']}.png", model, weights,
+                device, dpi, quiet, make)  # fmt: skip
 
 
 class _Bar:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -88,11 +91,53 @@ print((peak - base) / 2**30)
     return float(r.stdout.strip().splitlines()[-1])
 
 
+def scan_throughput(device: str, count: int) -> tuple[float, float]:
+    """Images/s of `deconvviz scan` (conv5_3, top 9) vs a plain forward to conv5_3 over the same batches and
+    the same DataLoader (decoding included in both), on a folder of crops of the built-in photo."""
+    from torch.utils.data import DataLoader
+
+    from deconvviz.images import DEFAULT_IMAGE, load_image
+    from deconvviz.scan import ImageFiles, _collate, image_files, scan_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        img = load_image(DEFAULT_IMAGE)
+        for i in range(count):
+            box = (i % 7 * 20, i // 7 % 7 * 20, 448 - i % 5 * 20, 448 - i // 5 % 5 * 20)
+            img.crop(box).save(f"{tmp}/{i:04d}.jpg")
+        model, info = load_vgg("vgg16", "random", device=device, verbose=False)
+        steps = deconvviz.Deconvnet(model).steps
+        files = image_files(tmp)
+        batches = [range(j, min(j + 32, len(files))) for j in range(0, len(files), 32)]
+
+        def plain():
+            loader = DataLoader(ImageFiles(Path(tmp), files, info.preprocess, 224), batch_sampler=batches,
+                                num_workers=min(4, os.cpu_count() or 1), collate_fn=_collate)  # fmt: skip
+            with torch.no_grad():
+                for x, _, _ in loader:
+                    forward_chain(steps, x.to(device), 29)
+
+        marks = []
+
+        def progress(what, done, total):
+            if what == "scanning" and (done == 0 or done == total):
+                marks.append(time.perf_counter())
+
+        plain()  # warm-up (page cache, allocator)
+        t = time.perf_counter()
+        plain()
+        plain_s = time.perf_counter() - t
+        scan_folder(tmp, ["conv5_3"], f"{tmp}/run", top=9, channels=[0], model="vgg16", weights="random",
+                    device=device, batch_size=32, progress=progress, verbose=False)  # fmt: skip
+        scan_s = marks[-1] - marks[0]
+    return count / scan_s, count / plain_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--images", type=int, default=96, help="images in the scan benchmark's folder")
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -132,6 +177,7 @@ def main() -> None:
     r["crop_max_rel_diff"] = float((a - b).abs().max() / a.abs().max())
 
     r["all_512_maps_peak_gib"] = peak_memory_child(args.device)
+    r["scan_images_per_s"], r["plain_forward_images_per_s"] = scan_throughput(args.device, args.images)
 
     ratios = {
         "speedup vs captum, batched (>= 4)": r["captum_batched_per_map_s"] / r["deconvviz_per_map_s"],
@@ -139,6 +185,7 @@ def main() -> None:
         "reverse rate / matmul rate (>= 0.6)": r["deconvviz_reverse_gflops"] / r["matmul_gflops"],
         "conv3_3 crop speedup (>= 10)": r["conv3_3_full_per_projection_s"] / r["conv3_3_cropped_per_projection_s"],
         "all 512 maps peak GiB (< 4)": r["all_512_maps_peak_gib"],
+        "scan overhead over plain forward (<= 0.15)": r["plain_forward_images_per_s"] / r["scan_images_per_s"] - 1,
     }
     for k, v in {**r, **ratios}.items():
         print(f"{k:<40} {v:.4g}" if isinstance(v, float) else f"{k:<40} {v}")

@@ -1,7 +1,9 @@
 """deconvviz: see what a convolutional network has learned, the Zeiler-Fergus way."""
 
-from .deconvnet import Deconvnet, Projection
-from .errors import (
+__version__ = "0.1.0"
+
+from .deconvnet import Deconvnet, Projection  # noqa: E402
+from .errors import (  # noqa: E402
     DeconvvizError,
     ImageError,
     LayerError,
@@ -10,13 +12,14 @@ from .errors import (
     UnsupportedModelError,
     WeightsError,
 )
-from .forward import Switches
-from .reverse import Stage
-from .selection import Selection
-
-__version__ = "0.1.0"
+from .forward import Switches  # noqa: E402
+from .images import DEFAULT_IMAGE, load_image, to_batch, to_display  # noqa: E402
+from .reverse import Stage  # noqa: E402
+from .selection import Selection  # noqa: E402
+from .weights import Weights, load_vgg  # noqa: E402
 
 __all__ = [
-    "Deconvnet", "DeconvvizError", "ImageError", "LayerError", "OcclusionError", "Projection", "Selection",
-    "SelectionError", "Stage", "Switches", "UnsupportedModelError", "WeightsError", "__version__",
+    "DEFAULT_IMAGE", "Deconvnet", "DeconvvizError", "ImageError", "LayerError", "OcclusionError", "Projection",
+    "Selection", "SelectionError", "Stage", "Switches", "UnsupportedModelError", "Weights", "WeightsError",
+    "__version__", "load_image", "load_vgg", "to_batch", "to_display",
 ]  # fmt: skip

@@ -207,3 +207,19 @@ def test_every_architecture_builds_with_random_weights(name):
     with torch.no_grad():
         out = model(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
+def test_vgg16_caffe_activation_statistics_on_the_default_image_are_stable(tmp_path, monkeypatch):
+    """Regression pin (recorded 2026-11-25 from these weights): a change in conversion, channel order or
+    preprocessing moves these numbers. The conversion itself is checked against onnxruntime above."""
+    import deconvviz
+
+    monkeypatch.setenv("DECONVVIZ_CACHE", str(tmp_path))
+    model, w = deconvviz.load_vgg("vgg16", "vgg16-caffe", device="cpu", verbose=False)
+    x = deconvviz.to_batch(deconvviz.load_image(deconvviz.DEFAULT_IMAGE), w.preprocess)
+    with torch.no_grad():
+        conv5_3 = model.features[:30](x)
+    assert conv5_3.flatten(2).amax(2)[0].argmax().item() == 303
+    assert conv5_3.amax().item() == pytest.approx(289.693, rel=1e-4)
+    assert conv5_3.mean().item() == pytest.approx(1.76434, rel=1e-4)
+    assert (conv5_3 > 0).float().mean().item() == pytest.approx(0.071947, rel=1e-3)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .errors import ImageError, LayerError
-from .forward import Switches, forward_chain
+from .errors import ImageError, LayerError, UnsupportedModelError
+from .forward import ForwardRecord, Switches, forward_chain
 from .layers import chain_of, layer_names, receptive_fields, resolve
 from .rectified import layer_output, project_autograd
 from .reverse import Stage, croppable, reverse_chain, reverse_cropped
@@ -58,6 +58,17 @@ class Deconvnet:
             raise ImageError(f"expected a preprocessed batch (N, C, H, W), got {shape}; use deconvviz.to_batch")
         p = next(self.model.parameters(), None)
         return x.to(self.device, p.dtype if p is not None and p.is_floating_point() else x.dtype)
+
+    def forward(self, x: Tensor) -> ForwardRecord:
+        """One forward pass through the whole chain, recording every max-pool's switches.
+
+        Returns the output, each step's input shape and `switches` (module path -> Switches)."""
+        if self.steps is None:
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} is not a chain of layers; its switches come with "
+                "project(...).switches, recorded by hooks on its nn.MaxPool2d modules"
+            )
+        return forward_chain(self.steps, self._input(x), len(self.steps) - 1)
 
     def _chunk(self, per_selection: int) -> int:
         return max(1, self.max_batch_bytes // max(per_selection, 1))

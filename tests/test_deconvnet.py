@@ -239,3 +239,18 @@ def test_reruns_are_numerically_identical_on_cpu():
     runs = [deconvviz.Deconvnet(model).project(x, "conv4_1", top=3, keep_stages=True) for _ in range(2)]
     assert torch.equal(runs[0].images, runs[1].images)
     assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(runs[0].stages, runs[1].stages, strict=True))
+
+
+def test_forward_records_every_switch():
+    model = vgg("vgg11")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(12))
+    rec = deconvviz.Deconvnet(model).forward(x)
+    assert list(rec.switches) == ["features.2", "features.5", "features.10", "features.15", "features.20"]
+    with torch.no_grad():
+        want = model(x)
+    assert torch.allclose(rec.activation, want, rtol=1e-5, atol=1e-6)
+    pool = model.features[20]
+    inp = model.features[:20](x).detach()
+    _, idx = torch.nn.functional.max_pool2d(inp, pool.kernel_size, pool.stride, return_indices=True)
+    assert torch.equal(rec.switches["features.20"].indices, idx)
+    assert rec.switches["features.20"].input_size == (4, 4) and not rec.switches["features.20"].overlapping

@@ -6,3 +6,12 @@ deconvviz reconstruct --weights vgg16-caffe --out figures/bicycle-reconstruction
 deconvviz visualize --weights vgg16-caffe --out figures/conv5_3-top9.png -q
 deconvviz visualize --weights vgg16-caffe --layers conv1_2,conv3_3,conv5_3 --top 6 --out figures/layers-grid.png -q
 deconvviz reconstruct --weights vgg16-caffe --mode map --channels all --out figures/bicycle-reconstruction-all-maps.png -q
+deconvviz occlusion --weights vgg16-caffe --out figures/occlusion-conv5_3.png -q
+# A small dataset scan over the darknet photos beside the checkout (and the built-in bicycle), when present.
+IMAGES=${IMAGES:-../shared/images}
+if [ -d "$IMAGES" ]; then
+    rm -rf runs/figures-scan && mkdir -p runs/figures-scan/photos
+    cp "$IMAGES"/*.jpg deconvviz/data/bicycle.jpg runs/figures-scan/photos/
+    deconvviz scan runs/figures-scan/photos --weights vgg16-caffe --layer conv4_3 --top 4 --out runs/figures-scan/run -q
+    cp runs/figures-scan/run/conv4_3/overview.png figures/scan-conv4_3-overview.png
+fi

@@ -74,20 +74,22 @@ class Deconvnet:
         return max(1, self.max_batch_bytes // max(per_selection, 1))
 
     def project(self, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
-                top: int = 9, keep_stages: bool = False, together: bool = False) -> Projection:  # fmt: skip
+                top: int = 9, keep_stages: bool = False, together: bool = False,
+                positions: Tensor | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
         only each map's strongest activation, "map" the whole map. together: project the K selections
-        of each image jointly, as one seed (images then (N, 1, C, H, W)).
+        of each image jointly, as one seed (images then (N, 1, C, H, W)). positions (N, K): in mode max,
+        the flat positions to keep instead of each map's strongest activation.
         """
         x = self._input(x)
         name = resolve(self.model, self.steps, layer)
         if self.steps is None:
-            return self._project_autograd(x, name, layer, channels, mode, top, together)
+            return self._project_autograd(x, name, layer, channels, mode, top, together, positions)
         upto = next(i for i, s in enumerate(self.steps) if s.name == name)
         record = forward_chain(self.steps, x, upto)
-        sel = select(record.activation, layer, channels, mode, top)
+        sel = select(record.activation, layer, channels, mode, top, positions)
         n, k = sel.channels.shape
         if mode == "max" and not (keep_stages or together) and self._cropping(upto, record):
             return self._project_cropped(x, name, upto, record, sel)
@@ -128,10 +130,10 @@ class Deconvnet:
                 parts.append(reverse_cropped(self.steps[: upto + 1], record, y, pos[r], img, flips))
         return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, record.switches, [], name)
 
-    def _project_autograd(self, x, name, layer, channels, mode, top, together) -> Projection:
+    def _project_autograd(self, x, name, layer, channels, mode, top, together, positions) -> Projection:
         xl, out, rec = layer_output(self.model, x, name)
         act = out.detach()
-        sel = select(act, layer, channels, mode, top)
+        sel = select(act, layer, channels, mode, top, positions)
         n, k = sel.channels.shape
         chunk = self._chunk(x.numel() * x.element_size() * 16)
         parts = []

@@ -383,12 +383,17 @@ def _project(dn: Deconvnet, preprocess: Preprocess, root: Path, size: int, layer
         for r in per_channel[c].records:
             wanted.setdefault(r.image, []).append(c)
     recon, patches, p = {}, {}, next(dn.model.parameters())
+    shape = output_shapes(dn.model, dn.steps, (size, size))[_step_index(dn, layer)]
+    width = shape[-1] if len(shape) == 3 else 1
     for n, (image, chans) in enumerate(sorted(wanted.items())):
         if progress:
             progress(f"projecting {layer}", n, len(wanted))
         x = preprocessed(root / image, preprocess, size)[None].to(dn.device, p.dtype)
         picture = to_display(x[0].cpu(), preprocess)
-        for c, y in zip(chans, dn.project(x, layer, channels=chans, mode="max").images[0].cpu(), strict=True):
+        # the recorded positions, not a fresh argmax: a near-tie in a batch of one cannot move the activation
+        pos = torch.tensor([[next(r.row * width + r.col for r in per_channel[c].records if r.image == image)
+                             for c in chans]])  # fmt: skip
+        for c, y in zip(chans, dn.project(x, layer, chans, "max", positions=pos).images[0].cpu(), strict=True):
             box = next(r.box for r in per_channel[c].records if r.image == image)
             top, bottom, left, right = box or (0, size, 0, size)  # None: a classifier layer sees all
             recon[c, image], patches[c, image] = y, picture[top:bottom, left:right]

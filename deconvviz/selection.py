@@ -32,8 +32,11 @@ class Selection:
 
 
 def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
-           top: int = 9) -> Selection:  # fmt: skip
-    """Pick channels (given, or the `top` strongest per image) of an activation (N, C, ...)."""
+           top: int = 9, positions: Tensor | None = None) -> Selection:  # fmt: skip
+    """Pick channels (given, or the `top` strongest per image) of an activation (N, C, ...).
+
+    positions (N, K): flat positions to keep in mode max instead of each map's strongest (e.g. recorded
+    by a dataset scan, so a near-tie cannot move the projected activation)."""
     if mode not in MODES:
         raise SelectionError(f"unknown mode '{mode}'; use 'max' (strongest activation) or 'map' (whole feature map)")
     n, c = activation.shape[:2]
@@ -49,7 +52,16 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
             what = f"channel {bad[0]} is out of range" if bad else "no channels given"
             raise SelectionError(f"{what} for layer '{layer}' with {c} channels; use 0..{c - 1}")
         chans = chans.expand(n, -1)
-    return Selection(layer, mode, chans, peak.gather(1, chans), where.gather(1, chans), tuple(activation.shape[1:]))
+    where = where.gather(1, chans)
+    if positions is not None:
+        where = torch.as_tensor(positions, dtype=torch.long, device=activation.device).reshape(chans.shape)
+        if mode != "max" or bool(((where < 0) | (where >= activation[0, 0].numel())).any()):
+            raise SelectionError(
+                f"positions must index the {tuple(activation.shape[2:])} maps of '{layer}' in mode max"
+            )
+        values = activation.reshape(n, c, -1)[torch.arange(n, device=chans.device)[:, None], chans, where]
+        return Selection(layer, mode, chans, values, where, tuple(activation.shape[1:]))
+    return Selection(layer, mode, chans, peak.gather(1, chans), where, tuple(activation.shape[1:]))
 
 
 def seeds(activation: Tensor, sel: Selection, rows: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from oracle import layer_activation, oracle, rel_err
 from torch import nn
 
 import deconvviz
+import deconvviz.rectified
 from deconvviz.layers import vgg_aliases
 from deconvviz.reverse import reverse_cropped
 
@@ -254,3 +255,27 @@ def test_forward_records_every_switch():
     _, idx = torch.nn.functional.max_pool2d(inp, pool.kernel_size, pool.stride, return_indices=True)
     assert torch.equal(rec.switches["features.20"].indices, idx)
     assert rec.switches["features.20"].input_size == (4, 4) and not rec.switches["features.20"].overlapping
+
+
+def test_given_positions_project_those_activations():
+    model = vgg("vgg11")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(13))
+    dn = deconvviz.Deconvnet(model, crop=False)
+    act = layer_activation(model, model.features[12], x)  # conv4_1's ReLU: (1, 512, 8, 8)
+    pos = torch.tensor([[9, 63]])
+    out = dn.project(x, "conv4_1", channels=[4, 7], positions=pos)
+    assert torch.equal(out.selections.values, act.flatten(2)[0, [4, 7]][[0, 1], [9, 63]][None])
+    # independent: autograd of the layer with the seed at those positions, ReLU backward rectified
+    xs = x.clone().requires_grad_(True)
+    with deconvviz.rectified.rectified_relus():
+        a = model.features[:13](xs)
+    want = []
+    for c, p in [(4, 9), (7, 63)]:
+        seed = torch.zeros_like(a)
+        seed.view(1, 512, -1)[0, c, p] = act.flatten(2)[0, c, p]
+        want.append(torch.autograd.grad(a, xs, seed, retain_graph=True)[0][0])
+    assert rel_err(out.images[0], torch.stack(want)) <= 1e-5
+    cropped = deconvviz.Deconvnet(model, crop=True).project(x, "conv4_1", channels=[4, 7], positions=pos)
+    assert rel_err(cropped.images, out.images) <= 1e-6
+    with pytest.raises(deconvviz.SelectionError, match="positions must index"):
+        dn.project(x, "conv4_1", channels=[4], positions=torch.tensor([[64]]))

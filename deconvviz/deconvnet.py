@@ -142,8 +142,7 @@ class Deconvnet:
             seed = act.new_zeros(len(rows), *act.shape)
             seed[torch.arange(len(rows)), img] = one
             parts.append(project_autograd(xl, out, seed)[torch.arange(len(rows)), img])
-        switches = {nm: Switches(idx, ()) for nm, idx in rec["switches"].items()}
-        return Projection(torch.cat(parts).unflatten(0, (n, 1 if together else k)), sel, switches, [], name)
+        return Projection(torch.cat(parts).unflatten(0, (n, 1 if together else k)), sel, rec["switches"], [], name)
 
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest

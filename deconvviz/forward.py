@@ -34,7 +34,8 @@ def _maxpool(m: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor]:
     return F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
 
 
-def _overlaps(m: nn.MaxPool2d) -> bool:
+def overlapping(m: nn.MaxPool2d) -> bool:
+    """True when two pooling windows can share an input position."""
     k, s, d = (torch.nn.modules.utils._pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.dilation))
     return any(dd * (kk - 1) + 1 > ss for kk, ss, dd in zip(k, s, d, strict=True))
 
@@ -73,7 +74,7 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int) -> ForwardRecord:
                 x, idx = _maxpool(s.module, x)
             except RuntimeError as e:
                 raise ImageError(f"input {tuple(shapes[0][-2:])} is too small for '{s.name}' ({e})") from None
-            switches[s.name] = Switches(idx, tuple(shapes[-1][-2:]), _overlaps(s.module))
+            switches[s.name] = Switches(idx, tuple(shapes[-1][-2:]), overlapping(s.module))
         else:
             x = apply(s.module, x)
         if x.numel() == 0:

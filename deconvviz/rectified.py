@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import LayerError, UnsupportedModelError
+from .forward import Switches, overlapping
 
 _RELUS = {F.relu: False, torch.relu: False, Tensor.relu: False, F.relu_: True, torch.relu_: True, Tensor.relu_: True}
 
@@ -137,7 +138,8 @@ def recording(model: nn.Module, layer: str) -> Iterator[dict]:
                 with torch.no_grad():
                     idx = F.max_pool2d(args[0], mod.kernel_size, mod.stride, mod.padding, mod.dilation,
                                        mod.ceil_mode, return_indices=True)[1]  # fmt: skip
-                rec["switches"][name if name not in rec["switches"] else f"{name}#{len(rec['switches'])}"] = idx
+                key = name if name not in rec["switches"] else f"{name}#{len(rec['switches'])}"
+                rec["switches"][key] = Switches(idx, tuple(args[0].shape[-2:]), overlapping(mod))
             if name == layer:
                 rec["outputs"].append(out)
 

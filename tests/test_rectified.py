@@ -112,7 +112,15 @@ def test_switches_recorded_and_model_untouched():
     model = Residual("functional").train()
     x = torch.randn(1, 3, 16, 16)
     out = deconvviz.Deconvnet(model).project(x, "b1", top=2)
-    assert out.switches["pool"].indices.shape == (1, 8, 8, 8)
+    sw = out.switches["pool"]
+    assert sw.indices.shape == (1, 8, 8, 8) and sw.input_size == (16, 16) and sw.overlapping
+    got = []
+    h = model.pool.register_forward_hook(lambda m, i, o: got.append(i[0].detach()))
+    with torch.no_grad():
+        model.eval()(x)
+    h.remove()
+    model.train()
+    assert torch.equal(sw.indices, F.max_pool2d(got[0], 3, 2, 1, return_indices=True)[1])
     assert model.training and all(m.training for m in model.modules())
     assert not any(m._forward_hooks for m in model.modules())
     assert out.images.shape == (1, 2, 3, 16, 16)

@@ -103,14 +103,18 @@ def _load(model: str, weights: str, device: str, quiet: bool, status: _Status):
     return load_vgg(model, weights, device=device, verbose=not quiet)
 
 
-def _figure(out: Path | None, default_out, model: str, weights: str, device: str, dpi: int, quiet: bool, make):
+def _figure(out: Path | None, default_out, model: str, weights: str, device: str, dpi: int, size: int, quiet: bool,
+            make):  # fmt: skip
     """Load the model, make (figure, provenance) with make(net, weights, status), write both atomically.
     default_out(provenance) names the figure when --out is not given."""
     from . import figures
-    from .render import figure_format
+    from .images import check_size
+    from .render import check_dpi, figure_format
 
     if out is not None:
-        figure_format(out)  # an unknown format fails before any work
+        figure_format(out)  # bad arguments fail before any work
+    check_dpi(dpi)
+    check_size(size)
     status = _Status(quiet)
     try:
         net, info = _load(model, weights, device, quiet, status)
@@ -157,9 +161,12 @@ def visualize(
 
         names = [s.strip() for s in layers.split(",") if s.strip()] if layers else [layer]
         chans = _channels(channels)
-        _figure(out, lambda _: Path("figures") / f"visualize-{'_'.join(names)}.png", model, weights, device, dpi,
-                quiet, lambda net, info, status: figures.visualize(net, info, image, names, top, chans, mode, size,
-                                                                   model, status))  # fmt: skip
+
+        def make(net, info, status):
+            return figures.visualize(net, info, image, names, top, chans, mode, size, model, status)
+
+        default = Path("figures") / f"visualize-{'_'.join(names)}.png"
+        _figure(out, lambda _: default, model, weights, device, dpi, size, quiet, make)
 
 
 @app.command()
@@ -197,7 +204,8 @@ def reconstruct(
             picked = _all_channels(net, layer, size) if every else chans
             return figures.reconstruct(net, info, image, layer, picked, mode, size, model, status)
 
-        _figure(out, lambda _: Path("figures") / f"reconstruct-{layer}.png", model, weights, device, dpi, quiet, make)
+        _figure(out, lambda _: Path("figures") / f"reconstruct-{layer}.png", model, weights, device, dpi, size, quiet,
+                make)  # fmt: skip
 
 
 def _all_channels(net, layer: str, size: int) -> list[int]:
@@ -288,7 +296,7 @@ def occlusion(
                                      batch_size, status)  # fmt: skip
 
         _figure(out, lambda prov: Path("figures") / f"occlusion-{layer}-c{prov['channel']}.png", model, weights,
-                device, dpi, quiet, make)  # fmt: skip
+                device, dpi, size, quiet, make)  # fmt: skip
 
 
 class _Bar:

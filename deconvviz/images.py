@@ -109,6 +109,12 @@ def _resize_crop(t: Tensor, size: int) -> Tensor:
     return t[:, top : top + size, left : left + size]
 
 
+def check_size(size: int | None) -> None:
+    """The network input side must be at least MIN_SIZE pixels (None: each image's own size)."""
+    if size is not None and size < MIN_SIZE:
+        raise ImageError(f"input size {size} is too small; use --size {MIN_SIZE} or more (224 is VGG's own)")
+
+
 def to_batch(
     images: Sequence[ImageSource] | ImageSource,
     preprocess: Preprocess,
@@ -121,6 +127,7 @@ def to_batch(
     Each image's shorter side is resized to `size` and the centre square cropped. `size=None` keeps
     the images' own size, which must then be the same for all.
     """
+    check_size(size)
     items = [images] if isinstance(images, (str, os.PathLike, Image.Image)) else list(images)
     if not items:
         raise ImageError("no images given; pass at least one image path or PIL image")

@@ -292,9 +292,15 @@ def save(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Write the figure atomically (temp file, then rename); the format follows the suffix."""
     path = Path(path)
     fmt = figure_format(path)
+    check_dpi(dpi)
     write_atomic(path, lambda f: fig.savefig(f, format="jpeg" if fmt == "jpg" else fmt, dpi=dpi, bbox_inches="tight"))
     plt.close(fig)
     return path
+
+
+def check_dpi(dpi: int) -> None:
+    if dpi < 1:
+        raise DeconvvizError(f"dpi {dpi} is not a resolution; use a positive --dpi such as 150")
 
 
 def figure_format(path: str | os.PathLike) -> str:

@@ -25,7 +25,7 @@ from . import __version__
 from .deconvnet import Deconvnet
 from .errors import DeconvvizError, ImageError, LayerError, SelectionError, UnsupportedModelError
 from .forward import apply
-from .images import to_batch, to_display
+from .images import check_size, to_batch, to_display
 from .layers import ReceptiveField, output_shapes, receptive_fields, resolve
 from .preprocess import Preprocess
 from .render import TopImages, channel_figure, overview_figure, save, write_atomic
@@ -200,6 +200,7 @@ def scan_folder(
         raise SelectionError(f"channels '{chans}' is not a list of feature maps; give e.g. 12,40, or all")
     args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, model, os.fspath(weights),
                          batch_size)  # fmt: skip
+    check_size(size)
     for what, v in (("top", top), ("batch size", batch_size), ("checkpoint interval", checkpoint_every)):
         if v < 1:
             raise DeconvvizError(f"{what} must be at least 1, got {v}")

@@ -91,8 +91,8 @@ class Deconvnet:
         record = forward_chain(self.steps, x, upto)
         sel = select(record.activation, layer, channels, mode, top, positions)
         n, k = sel.channels.shape
-        if mode == "max" and not (keep_stages or together) and self._cropping(upto, record):
-            return self._project_cropped(x, name, upto, record, sel)
+        if not (keep_stages or together) and self._croppable(upto, record):
+            return self._project_windows(x, name, upto, record, sel)
         biggest = max(torch.Size(s[1:]).numel() for s in record.shapes)
         chunk = self._chunk(biggest * x.element_size() * 4)
         parts, stage_parts, flips = [], [], {}
@@ -109,26 +109,45 @@ class Deconvnet:
         ]
         return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, record.switches, stages, name)
 
-    def _cropping(self, upto: int, record) -> bool:
-        if self.crop is False or len(record.activation.shape) != 4 or not croppable(self.steps[: upto + 1]):
-            return False
-        if self.crop:
-            return True
-        rows, cols = receptive_fields(self.steps, upto)
-        return rows.size * cols.size < 0.5 * record.shapes[0][-2] * record.shapes[0][-1]
+    def _croppable(self, upto: int, record) -> bool:
+        return self.crop is not False and record.activation.dim() == 4 and croppable(self.steps[: upto + 1])
 
-    def _project_cropped(self, x, name, upto, record, sel) -> Projection:
+    def _project_windows(self, x, name, upto, record, sel) -> Projection:
+        """Selections whose seeds are concentrated (mode max: one activation; mode map: a map whose nonzero
+        values fill a small box) are projected on windows that follow the receptive field of that box;
+        the others take the full-plane pass. Same numbers either way, up to float rounding."""
         n, k = sel.channels.shape
+        act, (h, w) = record.activation, record.shapes[0][-2:]
+        img, chan = torch.arange(n * k, device=x.device) // k, sel.channels.reshape(-1)
+        box = _seed_boxes(act, sel, img, chan)  # (N*K, 4): top, left, height, width at the layer
         rows, cols = receptive_fields(self.steps, upto)
-        per_sel = rows.size * cols.size * max(s[1] for s in record.shapes[: upto + 1]) * x.element_size() * 16
-        parts, flips, pos = [], {}, sel.rows_cols.reshape(n * k, 2)
+        reach = ((box[:, 2] - 1) * rows.stride + rows.size).clamp(max=h) * (
+            (box[:, 3] - 1) * cols.stride + cols.size
+        ).clamp(max=w)
+        windowed = torch.ones_like(reach, dtype=torch.bool) if self.crop else reach < 0.5 * h * w
+        out = x.new_zeros(n * k, x.shape[1], h, w)
+        steps, flips = self.steps[: upto + 1], {}
         with torch.no_grad():
-            for r in torch.arange(n * k, device=x.device).split(self._chunk(per_sel)):
-                img, kk = r // k, r % k
-                y = record.activation.new_zeros(len(r), sel.shape[0], 1, 1)
-                y[torch.arange(len(r)), sel.channels[img, kk], 0, 0] = sel.values[img, kk]
-                parts.append(reverse_cropped(self.steps[: upto + 1], record, y, pos[r], img, flips))
-        return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, record.switches, [], name)
+            full = torch.nonzero(~windowed).flatten()
+            if len(full):
+                biggest = max(torch.Size(s[1:]).numel() for s in record.shapes)
+                for r in full.split(self._chunk(biggest * x.element_size() * 4)):
+                    out[r] = reverse_chain(steps, record, seeds(act, sel, r), r // k, False, flips)[0]
+            small = torch.nonzero(windowed).flatten()
+            small = small[reach[small].argsort(stable=True)]  # similar windows share a chunk
+            if len(small):
+                per_sel = int(reach[small].max()) * max(s[1] for s in record.shapes[: upto + 1]) * x.element_size() * 16
+                for r in small.split(self._chunk(per_sel)):
+                    hh, ww = int(box[r, 2].max()), int(box[r, 3].max())
+                    y = act.new_zeros(len(r), act.shape[1], hh, ww)
+                    for j, (i, c, (t, left, bh, bw)) in enumerate(zip(img[r].tolist(), chan[r].tolist(),
+                                                                      box[r].tolist(), strict=True)):  # fmt: skip
+                        if sel.mode == "max":
+                            y[j, c, 0, 0] = sel.values.reshape(-1)[r[j]]
+                        else:
+                            y[j, c, :bh, :bw] = act[i, c, t : t + bh, left : left + bw]
+                    out[r] = reverse_cropped(steps, record, y, box[r, :2], img[r], flips)
+        return Projection(out.unflatten(0, (n, k)), sel, record.switches, [], name)
 
     def _project_autograd(self, x, name, layer, channels, mode, top, together, positions) -> Projection:
         xl, out, rec = layer_output(self.model, x, name)
@@ -158,6 +177,22 @@ class Deconvnet:
         rc = out.selections.rows_cols.tolist()
         boxes = [[(*rows.span(r, h), *cols.span(c, w)) for r, c in per_image] for per_image in rc]
         return torch.tensor(boxes, dtype=torch.long)
+
+
+def _seed_boxes(act: Tensor, sel: Selection, img: Tensor, chan: Tensor) -> Tensor:
+    """(B, 4) top, left, height, width of each selection's seed at the layer: the strongest activation
+    (mode max), or the bounding box of the map's nonzero values (mode map; an all-zero map: 1x1 at 0)."""
+    if sel.mode == "max":
+        rc = sel.rows_cols.reshape(-1, 2)
+        return torch.cat([rc, torch.ones_like(rc)], dim=1)
+    nz = act[img, chan] != 0  # (B, H, W)
+    out = []
+    for m in (nz.any(2), nz.any(1)):  # rows, then columns
+        first = m.int().argmax(1)
+        last = m.shape[1] - 1 - m.flip(1).int().argmax(1)
+        out.append((first, (last - first + 1).where(m.any(1), torch.ones_like(first))))
+    (top, hh), (left, ww) = out
+    return torch.stack([top, left, hh, ww], dim=1)
 
 
 def _seeds(act: Tensor, sel: Selection, rows: Tensor, together: bool) -> tuple[Tensor, Tensor]:

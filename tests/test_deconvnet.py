@@ -216,10 +216,30 @@ def test_receptive_field_crop_matches_full_pass_and_captum(crop):
     randomized(model)
     x = torch.randn(3, 3, 97, 83, generator=torch.Generator().manual_seed(9))
     for layer in ["2", "3", "5", "7", "8", "10"]:
-        full = deconvviz.Deconvnet(model, crop=False).project(x, layer, top=6)
-        fast = deconvviz.Deconvnet(model, crop=crop).project(x, layer, top=6)
-        assert rel_err(fast.images, full.images) <= 1e-6, layer
-    check(model, "10", model[10], x, top=4, modes=("max",))
+        for mode in ("max", "map"):
+            full = deconvviz.Deconvnet(model, crop=False).project(x, layer, top=6, mode=mode)
+            fast = deconvviz.Deconvnet(model, crop=crop).project(x, layer, top=6, mode=mode)
+            assert rel_err(fast.images, full.images) <= 1e-6, (layer, mode)
+    check(model, "10", model[10], x, top=4)
+
+
+def test_sparse_maps_take_windows_and_agree():
+    """A map whose nonzero values fill a small box is projected on a window around that box's field."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ReLU())  # fmt: skip
+    randomized(model)
+    x = torch.zeros(2, 3, 64, 64)
+    x[0, :, 5:9, 50:56] = torch.randn(3, 4, 6)  # a blob near a border: conv4 maps nonzero in a small box
+    x[1, :, 30:33, 20:24] = torch.randn(3, 3, 4)
+    model[0].bias.data.fill_(-0.05)
+    model[3].bias.data.fill_(-0.05)
+    full = deconvviz.Deconvnet(model, crop=False).project(x, "4", top=3, mode="map")
+    with mock.patch("deconvviz.deconvnet.reverse_cropped", wraps=reverse_cropped) as spy:
+        auto = deconvviz.Deconvnet(model).project(x, "4", top=3, mode="map")
+        assert spy.called
+    assert full.images.abs().max() > 0 and rel_err(auto.images, full.images) <= 1e-6
+    check(model, "4", model[4], x, top=3, modes=("map",))
 
 
 def test_auto_crop_is_used_where_it_pays_and_agrees_on_vgg():

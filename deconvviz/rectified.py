@@ -14,10 +14,13 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
 
-from .errors import LayerError, UnsupportedModelError
+from .errors import ImageError, LayerError, UnsupportedModelError
 from .forward import Switches, overlapping
 
 _RELUS = {F.relu: False, torch.relu: False, Tensor.relu: False, F.relu_: True, torch.relu_: True, Tensor.relu_: True}
@@ -29,7 +32,8 @@ _LINEAR = set(
     "SplitWithSizes Unbind Clone Mean Sum AvgPool2D AvgPool3D AdaptiveAvgPool2D AdaptiveAvgPool3D "
     "MaxPool2DWithIndices MaxPool3DWithIndices AdaptiveMaxPool2D NativeBatchNorm CudnnBatchNorm "
     "MiopenBatchNorm ConstantPadNd UpsampleNearest2D UpsampleBilinear2D Alias AsStrided ToCopy Index "
-    "IndexSelect Flip Roll Repeat Narrow _Rectified".split()
+    "IndexSelect Flip Roll Repeat Narrow ReflectionPad1D ReflectionPad2D ReflectionPad3D ReplicationPad1D "
+    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Rectified".split()
 )  # fmt: skip
 _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only if one operand carries no signal
 
@@ -50,14 +54,48 @@ class _Rectified(torch.autograd.Function):
 
 
 class _RectifyReLUs(TorchFunctionMode):
-    """Routes every ReLU call (modules, F.relu, torch.relu, x.relu(), in-place forms) through _Rectified."""
+    """Routes every ReLU call (modules, F.relu, torch.relu, x.relu(), in-place forms) through _Rectified.
+
+    It also follows values the forward computes from the signal without a gradient (comparisons such as
+    `t > 0`, `.detach()`, `torch.no_grad()` blocks): an operation that mixes such a value back into the
+    signal (`t * (t > 0)`) is a data-dependent gate, not a linear step, and `gated` records its node.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.constants = WeakIdKeyDictionary()  # tensor -> the graph nodes its value was computed from
+        self.gated: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, source nodes)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _RELUS:
             x = args[0] if args else kwargs["input"]
             return _Rectified.apply(x, _RELUS[func] or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False)))
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if func not in _SHAPE_ONLY:
+            self._follow(tree_flatten((args, kwargs))[0], out)
+        return out
+
+    def _follow(self, inputs: list, out) -> None:
+        tensors = [t for t in inputs if isinstance(t, Tensor)]
+        consts = [n for t in tensors if t in self.constants for n in self.constants[t]]
+        nodes = [t.grad_fn for t in tensors if t.grad_fn is not None]
+        if not (consts or nodes):
+            return
+        for o in tree_flatten(out)[0]:
+            if not isinstance(o, Tensor):
+                continue
+            if o.grad_fn is None:  # a value computed without a gradient: remember which nodes it came from
+                self.constants[o] = (*consts, *nodes)
+            elif consts:  # a graph node that such a value flows into
+                self.gated[id(o.grad_fn)] = (o.grad_fn, tuple(consts))
+
+
+# Calls whose result does not depend on the values of their tensor arguments (only shape, dtype, device).
+_SHAPE_ONLY = {
+    torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, Tensor.new_zeros, Tensor.new_ones,
+    Tensor.new_empty, Tensor.new_full, Tensor.size, Tensor.dim, Tensor.numel,
+}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -74,6 +112,7 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def rectified_relus() -> Iterator[None]:
+    """Every ReLU called in the block gets the deconvnet backward (rectification of the signal)."""
     with _RectifyReLUs():
         yield
 
@@ -82,21 +121,32 @@ def _op(node) -> str:
     return re.sub(r"Backward\d*$", "", type(node).__name__)
 
 
-def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str) -> None:
-    """Refuse any op between x and out that the deconvnet cannot mirror. owners: grad_fn id -> module."""
-    memo: dict[int, bool] = {}
-
-    def signal(node) -> bool:  # does this node depend on the input?
-        if node is None:
-            return False
-        key = id(node)
-        if key not in memo:
-            memo[key] = False
+def _depending(roots: list, x: Tensor, memo: dict[int, bool]) -> None:
+    """Fill memo[id(node)]: does the node's value depend on the leaf x? Iterative (deep graphs), shared memo."""
+    stack = [(n, False) for n in roots if n is not None]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
             if type(node).__name__ == "AccumulateGrad":
-                memo[key] = node.variable is x
+                memo[id(node)] = node.variable is x
             else:
-                memo[key] = any(signal(n) for n, _ in node.next_functions)
-        return memo[key]
+                memo[id(node)] = any(memo.get(id(n), False) for n, _ in node.next_functions if n is not None)
+        elif id(node) not in memo:
+            memo[id(node)] = False  # a graph is acyclic: final once its children are done
+            stack.append((node, True))
+            stack.extend((n, False) for n, _ in node.next_functions if n is not None and id(n) not in memo)
+
+
+def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str, gated: dict | None = None) -> None:
+    """Refuse any op between x and out that the deconvnet cannot mirror. owners: grad_fn id -> module;
+    gated: nodes fed by values computed from the signal without a gradient (`_RectifyReLUs.gated`)."""
+    memo: dict[int, bool] = {}
+    _depending([out.grad_fn], x, memo)
+
+    def signal(node) -> bool:
+        if node is not None and id(node) not in memo:
+            _depending([node], x, memo)
+        return node is not None and memo[id(node)]
 
     stack, seen = [out.grad_fn], set()
     while stack:
@@ -110,16 +160,26 @@ def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str) -> No
         if op in ("Relu", "Threshold"):
             raise UnsupportedModelError(f"{what} between the input and '{layer}' is a ReLU that deconvviz cannot "
                                         "intercept (scripted or custom kernel); use nn.ReLU or F.relu")  # fmt: skip
-        if op not in _LINEAR and op != "AccumulateGrad":
-            raise UnsupportedModelError(f"cannot project '{layer}' through {what}: {op} has no deconvnet rule "
-                                        "(only convolutions, linear maps, pools, BatchNorm, sums and ReLUs); "
-                                        "choose a layer before it")  # fmt: skip
-        if op in _PRODUCTS and len(feeding) > 1:
-            raise UnsupportedModelError(
-                f"cannot project '{layer}' through {what}: it multiplies two input-dependent signals, "
-                "which has no deconvnet rule; choose a layer before it"
-            )
+        if why := _no_rule(node, op, feeding, signal, gated or {}):
+            raise UnsupportedModelError(f"cannot project '{layer}' through {what}: {why}; choose a layer before it")
         stack.extend(feeding)
+
+
+def _no_rule(node, op: str, feeding: list, signal, gated: dict) -> str | None:
+    """Why the deconvnet has no rule for this graph node on the signal's path, or None when it has one."""
+    if op not in _LINEAR and op != "AccumulateGrad":
+        return f"{op} has no deconvnet rule (only convolutions, linear maps, pools, BatchNorm, sums and ReLUs)"
+    if op == "Div" and len(node.next_functions) > 1 and signal(node.next_functions[1][0]):
+        return "it divides by an input-dependent signal, which has no deconvnet rule"
+    if op in _PRODUCTS and len(feeding) > 1:
+        return "it multiplies two input-dependent signals, which has no deconvnet rule"
+    if op.endswith("BatchNorm") and getattr(node, "_saved_training", False):
+        return ("it normalizes with the batch's own statistics (BatchNorm without running statistics, InstanceNorm), "
+                "which has no deconvnet rule")  # fmt: skip
+    if id(node) in gated and any(signal(n) for n in gated[id(node)][1]):
+        return ("it mixes in a value computed from the input without a gradient (a mask such as t > 0, .detach(), "
+                "torch.no_grad()): a data-dependent gate with no deconvnet rule; use nn.ReLU or F.relu")  # fmt: skip
+    return None
 
 
 @contextlib.contextmanager
@@ -142,6 +202,9 @@ def recording(model: nn.Module, layer: str) -> Iterator[dict]:
                 rec["switches"][key] = Switches(idx, tuple(args[0].shape[-2:]), overlapping(mod))
             if name == layer:
                 rec["outputs"].append(out)
+                if isinstance(out, Tensor):  # the model goes on with a copy: its in-place ops must not change ours
+                    return out.clone()
+            return None
 
         return hook
 
@@ -153,11 +216,33 @@ def recording(model: nn.Module, layer: str) -> Iterator[dict]:
             h.remove()
 
 
+def _rng_state(device: torch.device) -> list[Tensor]:
+    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
+
+
 def layer_output(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, Tensor, dict]:
-    """Forward x (ReLUs rectified, eval mode, hooks removed after). Returns (input leaf, layer output, record)."""
-    x = x.detach().requires_grad_(True)
-    with evaluating(model), recording(model, layer) as rec, rectified_relus(), torch.enable_grad():
-        model(x)
+    """Forward x (ReLUs rectified, eval mode, hooks removed after). Returns (input leaf, layer output, record).
+
+    The caller's x is never written (the model sees a copy), and the RNG is left as it was."""
+    leaf = x.detach().clone().requires_grad_(True)
+    mode = _RectifyReLUs()
+    with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
+        before = _rng_state(leaf.device)
+        with evaluating(model), recording(model, layer) as rec, mode, torch.enable_grad():
+            try:
+                model(leaf.clone())  # not the leaf itself: in-place ops on the model's input stay legal
+            except RuntimeError as e:
+                if isinstance(e, torch.OutOfMemoryError) or "alloc" in str(e):
+                    raise
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ImageError(f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape)} ({why}); "
+                                 "give input preprocessed for this model") from None  # fmt: skip
+        random = any(not torch.equal(a, b) for a, b in zip(before, _rng_state(leaf.device), strict=True))
+    if random:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}'s forward draws random numbers (dropout in training mode?); "
+            "a deconvnet needs a deterministic forward pass"
+        )
     outs = rec["outputs"]
     if len(outs) != 1 or not isinstance(outs[0], Tensor):
         n = len(outs)
@@ -166,10 +251,17 @@ def layer_output(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, Tenso
     out = outs[0]
     if out.grad_fn is None:
         raise LayerError(f"layer '{layer}' does not depend on the input; choose a layer on the path from the input")
-    check_path(out, x, rec["owners"], layer)
-    return x, out, rec
+    check_path(out, leaf, rec["owners"], layer, mode.gated)
+    return leaf, out, rec
 
 
 def project_autograd(x: Tensor, out: Tensor, seed: Tensor) -> Tensor:
     """Input-space reconstructions for K seeds at once. seed (K, *out.shape) -> (K, *x.shape)."""
-    return torch.autograd.grad(out, x, seed, retain_graph=True, is_grads_batched=True)[0]
+    try:
+        return torch.autograd.grad(out, x, seed, retain_graph=True, is_grads_batched=True)[0]
+    except torch.utils.checkpoint.CheckpointError:
+        raise UnsupportedModelError(
+            "the model recomputes parts of its forward during backward (torch.utils.checkpoint), where deconvviz "
+            "cannot give its ReLUs the deconvnet rule; build the model without checkpointing "
+            "(e.g. densenet121(memory_efficient=False))"
+        ) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from oracle import oracle, rel_err
 from torch import nn
 
@@ -159,3 +160,122 @@ def test_layer_called_twice_or_unknown():
         deconvviz.Deconvnet(model).project(torch.randn(1, 3, 16, 16), "shared")
     with pytest.raises(deconvviz.LayerError, match="did you mean 'stem'"):
         deconvviz.Deconvnet(model).project(torch.randn(1, 3, 16, 16), "stemm")
+
+
+class InPlace(nn.Module):
+    """A ReLU on the model's own input, and a residual addition and ReLU done in place on the output of `bn`
+    (as torchvision's ResNet does); twin=True: the same net with out-of-place nn.ReLU modules (for captum)."""
+
+    def __init__(self, twin: bool = False):
+        super().__init__()
+        self.twin = twin
+        self.r0, self.r1, self.r2 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.c0, self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 4, 3)
+        self.bn = nn.BatchNorm2d(6)
+
+    def forward(self, x):
+        if self.twin:
+            y = self.r1(self.c0(self.r0(x)))
+            return self.c2(self.r2(self.bn(self.c1(y)) + y))
+        y = F.relu(self.c0(F.relu(x, inplace=True)))
+        z = self.bn(self.c1(y))
+        z += y
+        return self.c2(F.relu(z, inplace=True))
+
+
+def test_in_place_ops_after_the_layer_and_on_the_input():
+    torch.manual_seed(0)
+    twin = InPlace(twin=True).eval()
+    for p in twin.parameters():
+        p.data.normal_(0, 0.5)
+    twin.bn.running_mean.uniform_(-0.5, 0.5)
+    twin.bn.running_var.uniform_(0.5, 2)
+    model = InPlace()
+    model.load_state_dict(twin.state_dict())
+    x = torch.randn(2, 3, 13, 11, generator=torch.Generator().manual_seed(4))
+    before = x.clone()
+    compare(model.eval(), twin, "bn", x)  # what in-place ops later do to bn's output must not leak in
+    compare(model.eval(), twin, "c2", x)
+    assert torch.equal(x, before)  # the caller's tensor is never written
+
+
+class Act(nn.Module):
+    """conv -> fn -> conv, to try one operation between two layers."""
+
+    def __init__(self, fn, norm: nn.Module | None = None):
+        super().__init__()
+        self.c1, self.c2, self.fn, self.norm = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 3), fn, norm or nn.Identity()
+        self.w = nn.Parameter(torch.randn(6, 1, 1))
+
+    def forward(self, x):
+        return self.c2(self.fn(self, self.norm(self.c1(x))))
+
+
+@pytest.mark.parametrize(
+    "fn, norm, why",
+    [
+        (lambda m, t: t * (t > 0), None, "computed from the input without a gradient"),
+        (lambda m, t: t.relu() * t.detach(), None, "computed from the input without a gradient"),
+        (lambda m, t: F.relu(t) / (t.detach().abs() + 1), None, "computed from the input without a gradient"),
+        (lambda m, t: torch.div(torch.full_like(t, 2.0), F.relu(t) + 1), None, "divides by an input-dependent"),
+        (lambda m, t: F.relu(t), nn.InstanceNorm2d(6), "batch's own statistics"),
+        (lambda m, t: F.relu(t), nn.BatchNorm2d(6, track_running_stats=False), "batch's own statistics"),
+        (lambda m, t: F.dropout(F.relu(t), 0.5, training=True), None, "draws random numbers"),
+    ],
+)
+def test_data_dependent_and_random_operations_are_refused(fn, norm, why):
+    x, model = torch.randn(2, 3, 12, 12), Act(fn, norm).eval()
+    rng = torch.get_rng_state()
+    with pytest.raises(deconvviz.UnsupportedModelError, match=why):
+        deconvviz.Deconvnet(model).project(x, "c2")
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda m, t: F.relu(t) * (m.w > 0),  # a mask of parameters, not of the signal: linear
+        lambda m, t: torch.cat([F.relu(t), torch.zeros_like(t)], 1)[:, :6],
+        lambda m, t: F.relu(F.pad(t, (1, 1, 1, 1), mode="reflect")),
+    ],
+)
+def test_linear_operations_are_projected_through(fn):
+    torch.manual_seed(0)
+    model = Act(fn).eval()
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    out = deconvviz.Deconvnet(model).project(x, "c2", top=2, mode="map")
+    # independent: autograd through the model with the ReLU backward rectified, seeded with the maps
+    xs = x.clone().requires_grad_(True)
+    got = []
+    h = model.c2.register_forward_hook(lambda m, i, o: got.append(o))
+    with deconvviz.rectified.rectified_relus():
+        model(xs)
+    h.remove()
+    want = []
+    for i in range(2):
+        for c in out.selections.channels[i].tolist():
+            seed = torch.zeros_like(got[0])
+            seed[i, c] = got[0][i, c].detach()
+            want.append(torch.autograd.grad(got[0], xs, seed, retain_graph=True)[0][i])
+    assert rel_err(out.images.flatten(0, 1), torch.stack(want)) <= 1e-5
+
+
+def test_checkpointed_model_is_refused_not_crashed():
+    densenet = torchvision.models.densenet121(weights=None, memory_efficient=True).eval()
+    with pytest.raises(deconvviz.UnsupportedModelError, match="checkpoint"):
+        deconvviz.Deconvnet(densenet).project(torch.randn(1, 3, 32, 32), "features.denseblock1", channels=[3])
+
+
+def test_bad_input_for_a_custom_model():
+    with pytest.raises(deconvviz.ImageError, match=r"cannot run on an input of shape \(1, 4, 16, 16\)"):
+        deconvviz.Deconvnet(Residual()).project(torch.randn(1, 4, 16, 16), "stem")
+
+
+def test_inference_mode_tensors_and_calls():
+    model = seeded(Residual())
+    x = torch.randn(1, 3, 16, 16)
+    want = deconvviz.Deconvnet(model).project(x, "b1", top=2).images
+    with torch.inference_mode():
+        xi = x.clone()
+        got = deconvviz.Deconvnet(model).project(xi, "b1", top=2).images
+    assert torch.equal(got, want)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .errors import ImageError, LayerError, UnsupportedModelError
 from .forward import ForwardRecord, Switches, forward_chain
-from .layers import chain_of, layer_names, receptive_fields, resolve
+from .layers import Step, chain_of, layer_names, receptive_fields, resolve
 from .rectified import layer_output, project_autograd
 from .reverse import Stage, croppable, reverse_chain, reverse_cropped
 from .selection import Selection, seeds, select
@@ -39,9 +39,14 @@ class Deconvnet:
         """max_batch_bytes bounds the memory of one chunk of selections; crop: run mode-max projections on
         receptive-field windows (None: when the window is smaller than half the image; same result)."""
         self.model = model
-        self.steps = chain_of(model)
         self.max_batch_bytes = max_batch_bytes
         self.crop = crop
+
+    @property
+    def steps(self) -> list[Step] | None:
+        """The model as a chain of mirrored steps (None: projected through autograd), read anew on every
+        use, so a model changed after the Deconvnet was made is projected as it is now."""
+        return chain_of(self.model)
 
     def layers(self) -> list[str]:
         """Every layer name `project` accepts, in forward order."""
@@ -56,6 +61,8 @@ class Deconvnet:
         if not isinstance(x, Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ImageError(f"expected a preprocessed batch (N, C, H, W), got {shape}; use deconvviz.to_batch")
+        if x.is_inference():  # made under torch.inference_mode(): a normal copy, so autograd steps can use it
+            x = x.clone()
         p = next(self.model.parameters(), None)
         return x.to(self.device, p.dtype if p is not None and p.is_floating_point() else x.dtype)
 
@@ -63,12 +70,14 @@ class Deconvnet:
         """One forward pass through the whole chain, recording every max-pool's switches.
 
         Returns the output, each step's input shape and `switches` (module path -> Switches)."""
-        if self.steps is None:
+        steps = self.steps
+        if steps is None:
             raise UnsupportedModelError(
                 f"{type(self.model).__name__} is not a chain of layers; its switches come with "
                 "project(...).switches, recorded by hooks on its nn.MaxPool2d modules"
             )
-        return forward_chain(self.steps, self._input(x), len(self.steps) - 1)
+        with torch.inference_mode(False):
+            return forward_chain(steps, self._input(x), len(steps) - 1)
 
     def _chunk(self, per_selection: int) -> int:
         return max(1, self.max_batch_bytes // max(per_selection, 1))
@@ -83,23 +92,30 @@ class Deconvnet:
         of each image jointly, as one seed (images then (N, 1, C, H, W)). positions (N, K): in mode max,
         the flat positions to keep instead of each map's strongest activation.
         """
-        x = self._input(x)
-        name = resolve(self.model, self.steps, layer)
-        if self.steps is None:
+        with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
+            return self._project(x, layer, channels, mode, top, keep_stages, together, positions)
+
+    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions) -> Projection:
+        x, steps = self._input(x), self.steps
+        layer = str(layer) if isinstance(layer, int) and not isinstance(layer, bool) else layer
+        if not isinstance(layer, str):
+            raise LayerError(f"layer must be a name such as 'conv5_3' or a module path, got {type(layer).__name__}")
+        name = resolve(self.model, steps, layer)
+        if steps is None:
             return self._project_autograd(x, name, layer, channels, mode, top, together, positions)
-        upto = next(i for i, s in enumerate(self.steps) if s.name == name)
-        record = forward_chain(self.steps, x, upto)
+        upto = next(i for i, s in enumerate(steps) if s.name == name)
+        record = forward_chain(steps, x, upto)
         sel = select(record.activation, layer, channels, mode, top, positions)
         n, k = sel.channels.shape
-        if not (keep_stages or together) and self._croppable(upto, record):
-            return self._project_windows(x, name, upto, record, sel)
+        if not (keep_stages or together) and self._croppable(steps[: upto + 1], record):
+            return self._project_windows(x, name, steps[: upto + 1], record, sel)
         biggest = max(torch.Size(s[1:]).numel() for s in record.shapes)
         chunk = self._chunk(biggest * x.element_size() * 4)
         parts, stage_parts, flips = [], [], {}
         with torch.no_grad():
             for rows in torch.arange(n if together else n * k, device=x.device).split(chunk):
                 seed, img = _seeds(record.activation, sel, rows, together)
-                y, stages = reverse_chain(self.steps[: upto + 1], record, seed, img, keep_stages, flips)
+                y, stages = reverse_chain(steps[: upto + 1], record, seed, img, keep_stages, flips)
                 parts.append(y)
                 stage_parts.append(stages)
         k = 1 if together else k
@@ -109,10 +125,10 @@ class Deconvnet:
         ]
         return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, record.switches, stages, name)
 
-    def _croppable(self, upto: int, record) -> bool:
-        return self.crop is not False and record.activation.dim() == 4 and croppable(self.steps[: upto + 1])
+    def _croppable(self, steps: list[Step], record) -> bool:
+        return self.crop is not False and record.activation.dim() == 4 and croppable(steps)
 
-    def _project_windows(self, x, name, upto, record, sel) -> Projection:
+    def _project_windows(self, x, name, steps, record, sel) -> Projection:
         """Selections whose seeds are concentrated (mode max: one activation; mode map: a map whose nonzero
         values fill a small box) are projected on windows that follow the receptive field of that box;
         the others take the full-plane pass. Same numbers either way, up to float rounding."""
@@ -120,13 +136,12 @@ class Deconvnet:
         act, (h, w) = record.activation, record.shapes[0][-2:]
         img, chan = torch.arange(n * k, device=x.device) // k, sel.channels.reshape(-1)
         box = _seed_boxes(act, sel, img, chan)  # (N*K, 4): top, left, height, width at the layer
-        rows, cols = receptive_fields(self.steps, upto)
+        rows, cols = receptive_fields(steps, len(steps) - 1)
         reach = ((box[:, 2] - 1) * rows.stride + rows.size).clamp(max=h) * (
             (box[:, 3] - 1) * cols.stride + cols.size
         ).clamp(max=w)
         windowed = torch.ones_like(reach, dtype=torch.bool) if self.crop else reach < 0.5 * h * w
-        out = x.new_zeros(n * k, x.shape[1], h, w)
-        steps, flips = self.steps[: upto + 1], {}
+        out, flips = x.new_zeros(n * k, x.shape[1], h, w), {}
         with torch.no_grad():
             full = torch.nonzero(~windowed).flatten()
             if len(full):
@@ -136,7 +151,9 @@ class Deconvnet:
             small = torch.nonzero(windowed).flatten()
             small = small[reach[small].argsort(stable=True)]  # similar windows share a chunk
             if len(small):
-                per_sel = int(reach[small].max()) * max(s[1] for s in record.shapes[: upto + 1]) * x.element_size() * 16
+                per_sel = (
+                    int(reach[small].max()) * max(s[1] for s in record.shapes[: len(steps)]) * x.element_size() * 16
+                )
                 for r in small.split(self._chunk(per_sel)):
                     hh, ww = int(box[r, 2].max()), int(box[r, 3].max())
                     y = act.new_zeros(len(r), act.shape[1], hh, ww)
@@ -166,11 +183,12 @@ class Deconvnet:
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
         activation, or None where the layer mixes all positions (classifier) or the model is no chain."""
-        if self.steps is None or len(out.selections.shape) != 3:
+        steps = self.steps
+        if steps is None or len(out.selections.shape) != 3:
             return None
-        upto = next(i for i, s in enumerate(self.steps) if s.name == out.layer)
+        upto = next(i for i, s in enumerate(steps) if s.name == out.layer)
         try:
-            rows, cols = receptive_fields(self.steps, upto)
+            rows, cols = receptive_fields(steps, upto)
         except LayerError:
             return None
         h, w = out.images.shape[-2:]

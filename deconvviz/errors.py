@@ -40,6 +40,6 @@ class UnsupportedModelError(DeconvvizError, TypeError):
 def unknown_name(kind: str, name: str, valid: Sequence[str], fix: str = "") -> str:
     """Message for an unknown name: a closest-match suggestion and the list of valid names."""
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = f"; did you mean '{close[0]}'? Valid:" if close else "; valid:"
     shown = ", ".join(valid) if len(valid) <= 40 else ", ".join([*valid[:20], "...", *valid[-5:]])
-    return f"unknown {kind} '{name}'{hint} valid: {shown}{fix}"
+    return f"unknown {kind} '{name}'{hint} {shown}{fix}"

@@ -69,14 +69,22 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int) -> ForwardRecord:
     shapes, switches = [], {}
     for s in steps[: upto + 1]:
         shapes.append(x.shape)
-        if isinstance(s.module, nn.MaxPool2d):
-            try:
+        wanted = s.module.in_channels if isinstance(s.module, nn.Conv2d) else None
+        if wanted is not None and (x.dim() != 4 or x.shape[1] != wanted):
+            raise ImageError(f"'{s.name}' expects {wanted} input channels, got a {tuple(x.shape)} tensor; "
+                             "give images preprocessed for this model (deconvviz.to_batch)")  # fmt: skip
+        try:
+            if isinstance(s.module, nn.MaxPool2d):
                 x, idx = _maxpool(s.module, x)
-            except RuntimeError as e:
-                raise ImageError(f"input {tuple(shapes[0][-2:])} is too small for '{s.name}' ({e})") from None
-            switches[s.name] = Switches(idx, tuple(shapes[-1][-2:]), overlapping(s.module))
-        else:
-            x = apply(s.module, x)
+                switches[s.name] = Switches(idx, tuple(shapes[-1][-2:]), overlapping(s.module))
+            else:
+                x = apply(s.module, x)
+        except RuntimeError as e:
+            if isinstance(e, torch.OutOfMemoryError) or "alloc" in str(e):
+                raise
+            why = f"{type(s.module).__name__}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            raise ImageError(f"input {tuple(shapes[0][-2:])} does not fit '{s.name}' ({why}); use a larger --size, "
+                             "or images preprocessed for this model") from None  # fmt: skip
         if x.numel() == 0:
             raise ImageError(f"input {tuple(shapes[0][-2:])} is too small: '{s.name}' has an empty output; "
                              "use a larger --size")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,16 @@ def chain_of(model: nn.Module) -> list[Step] | None:
     else:
         return None
     ok = all(type(s.module) in MIRRORED for s in steps) and all(_plain(s.module) for s in steps)
-    return steps if ok else None
+    return steps if ok and not _hooked(model) else None
+
+
+def _hooked(model: nn.Module) -> bool:
+    """Forward hooks can change what a module computes; the explicit chain would not see them."""
+    from torch.nn.modules import module as registry
+
+    if registry._global_forward_hooks or registry._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def _plain(m: nn.Module) -> bool:
@@ -96,6 +106,10 @@ def resolve(model: nn.Module, steps: list[Step] | None, layer: str) -> str:
         if inside and layer in dict(model.named_modules()):
             return inside[-1]
     if layer not in known:
+        if steps is not None and isinstance(model, VGG) and re.fullmatch(r"fc[678]", layer):
+            raise LayerError(f"layer '{layer}' needs a classifier, and this model has none (vgg16-caffe weights are "
+                             "conv layers only); use --weights torchvision or a state dict with a classifier, or a "
+                             "conv/pool layer")  # fmt: skip
         raise LayerError(unknown_name("layer", layer, layer_names(model), "; see `deconvviz layers`"))
     return layer
 

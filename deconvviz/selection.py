@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .errors import SelectionError
+from .errors import DeconvvizError, SelectionError
 
 MODES = ("max", "map")
 
@@ -41,12 +42,18 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
         raise SelectionError(f"unknown mode '{mode}'; use 'max' (strongest activation) or 'map' (whole feature map)")
     n, c = activation.shape[:2]
     peak, where = activation.reshape(n, c, -1).max(dim=2)  # (N, C)
+    if not bool(torch.isfinite(peak).all()):
+        bad = int((~torch.isfinite(peak)).any(1).nonzero()[0, 0])
+        raise DeconvvizError(f"layer '{layer}' has NaN or infinite activations (image {bad}); check the weights "
+                             "and the input")  # fmt: skip
     if channels is None:
-        if top < 1:
-            raise SelectionError(f"top must be at least 1, got {top}")
-        chans = peak.topk(min(top, c), dim=1).indices
+        if not isinstance(top, numbers.Integral) or isinstance(top, bool) or top < 1:
+            raise SelectionError(
+                f"top (how many feature maps, --top) must be a whole number of at least 1, got {top!r}"
+            )
+        chans = peak.topk(min(int(top), c), dim=1).indices
     else:
-        chans = torch.as_tensor(list(channels), dtype=torch.long, device=activation.device)
+        chans = _channel_list(channels, layer).to(activation.device)
         bad = [int(i) for i in chans if not 0 <= i < c]
         if bad or chans.numel() == 0:
             what = f"channel {bad[0]} is out of range" if bad else "no channels given"
@@ -54,7 +61,11 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
         chans = chans.expand(n, -1)
     where = where.gather(1, chans)
     if positions is not None:
-        where = torch.as_tensor(positions, dtype=torch.long, device=activation.device).reshape(chans.shape)
+        where = torch.as_tensor(positions, device=activation.device)
+        if where.shape != chans.shape or where.is_floating_point():
+            raise SelectionError(f"positions must be whole numbers of shape (N, K) = {tuple(chans.shape)}, one per "
+                                 f"image and feature map; got {tuple(where.shape)}")  # fmt: skip
+        where = where.long()
         if mode != "max" or bool(((where < 0) | (where >= activation[0, 0].numel())).any()):
             raise SelectionError(
                 f"positions must index the {tuple(activation.shape[2:])} maps of '{layer}' in mode max"
@@ -62,6 +73,18 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
         values = activation.reshape(n, c, -1)[torch.arange(n, device=chans.device)[:, None], chans, where]
         return Selection(layer, mode, chans, values, where, tuple(activation.shape[1:]))
     return Selection(layer, mode, chans, peak.gather(1, chans), where, tuple(activation.shape[1:]))
+
+
+def _channel_list(channels, layer: str) -> Tensor:
+    """channels as a (K,) long tensor; anything but whole numbers is refused, never rounded."""
+    try:
+        chans = torch.as_tensor(channels if isinstance(channels, Tensor) else list(channels)).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        chans = None
+    if isinstance(channels, str) or chans is None or chans.is_floating_point() or chans.dtype == torch.bool:
+        raise SelectionError(f"channels for layer '{layer}' must be a list of whole numbers such as [12, 40], "
+                             f"got {channels!r}")  # fmt: skip
+    return chans.long()
 
 
 def seeds(activation: Tensor, sel: Selection, rows: Tensor) -> Tensor:

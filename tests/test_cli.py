@@ -88,13 +88,13 @@ def test_several_layers_channels_and_map_mode(cwd, tmp_path):
         (["visualize", "--device", "cuda:7"], "is not available here"),
         (["visualize", "--weights", "nope.pth"], "weights file not found"),
         (["visualize", "--model", "vgg17"], "did you mean"),
-        (["reconstruct", "--layer", "fc7"], "unknown layer 'fc7'"),
+        (["reconstruct", "--layer", "fc7"], "layer 'fc7' needs a classifier"),
         (["visualize", "--size", "16", "--layer", "pool5"], "too small"),
         (["visualize", "--size", "0"], "input size 0 is too small; use --size 32 or more"),
         (["reconstruct", "--dpi", "0"], "use a positive --dpi"),
         (["occlusion", "--size", "8"], "input size 8 is too small"),
         (["visualize", "/"], "is a directory"),
-        (["visualize", "--top", "0"], "top must be at least 1"),
+        (["visualize", "--top", "0"], "must be a whole number of at least 1, got 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(cwd, args, message):

@@ -176,7 +176,7 @@ def test_bad_layer_channel_mode_input():
     model = vgg("vgg11")
     dn = deconvviz.Deconvnet(model)
     x = torch.randn(1, 3, 64, 64)
-    with pytest.raises(deconvviz.LayerError, match=r"did you mean 'conv4_2'.*valid: conv1_1"):
+    with pytest.raises(deconvviz.LayerError, match=r"did you mean 'conv4_2'.*Valid: conv1_1"):
         dn.project(x, "conv4_3")
     with pytest.raises(deconvviz.SelectionError, match=r"channel 512 is out of range .* 512 channels; use 0..511"):
         dn.project(x, "conv5_2", channels=[1, 512])
@@ -299,3 +299,76 @@ def test_given_positions_project_those_activations():
     assert rel_err(cropped.images, out.images) <= 1e-6
     with pytest.raises(deconvviz.SelectionError, match="positions must index"):
         dn.project(x, "conv4_1", channels=[4], positions=torch.tensor([[64]]))
+
+
+def small_chain(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return randomized(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 6, 3), nn.ReLU()))
+
+
+def test_forward_hooks_send_a_chain_through_autograd():
+    """A hook can change what a module computes; the explicit chain would not see it, autograd does."""
+    model = small_chain()
+    x = torch.randn(2, 3, 20, 18, generator=torch.Generator().manual_seed(3))
+    twin = small_chain()
+    twin[0].weight.data.neg_()
+    twin[0].bias.data.neg_()
+    handle = model[0].register_forward_hook(lambda m, i, o: -o)  # the same as negated filters
+    try:
+        dn = deconvviz.Deconvnet(model)
+        assert dn.steps is None
+        out = dn.project(x, "4", top=3, mode="map")
+    finally:
+        handle.remove()
+    want = oracle(twin, twin[4], x, out.selections.channels, None)
+    assert rel_err(out.images, want) <= TOL
+    assert deconvviz.Deconvnet(model).steps is not None  # hook gone: the chain again
+
+
+def test_a_model_changed_after_the_deconvnet_was_made_is_projected_as_it_is_now():
+    model = small_chain()
+    dn = deconvviz.Deconvnet(model)
+    x = torch.randn(1, 3, 20, 18)
+    dn.project(x, "4", channels=[0])
+    model[3] = small_chain(seed=7)[3]
+    fresh = deconvviz.Deconvnet(model).project(x, "4", channels=[0, 1], mode="map").images
+    assert torch.equal(dn.project(x, "4", channels=[0, 1], mode="map").images, fresh)
+    model[1] = nn.GELU()
+    with pytest.raises(deconvviz.UnsupportedModelError, match="GELU"):
+        dn.project(x, "4", channels=[0])
+
+
+def test_arguments_are_checked_not_coerced():
+    model = small_chain()
+    dn = deconvviz.Deconvnet(model)
+    x = torch.randn(2, 3, 20, 18)
+    with pytest.raises(deconvviz.SelectionError, match="whole number of at least 1, got 2.5"):
+        dn.project(x, "4", top=2.5)
+    with pytest.raises(deconvviz.SelectionError, match=r"whole numbers such as \[12, 40\], got \[1.5\]"):
+        dn.project(x, "4", channels=[1.5])
+    with pytest.raises(deconvviz.SelectionError, match=r"shape \(N, K\) = \(2, 1\).*got \(3,\)"):
+        dn.project(x, "4", channels=[1], positions=torch.tensor([0, 1, 2]))
+    assert torch.equal(dn.project(x, 4, channels=[1]).images, dn.project(x, "4", channels=[1]).images)
+    with pytest.raises(deconvviz.ImageError, match="'0' expects 3 input channels"):
+        dn.project(torch.randn(1, 4, 20, 18), "4")
+    with pytest.raises(deconvviz.ImageError, match=r"does not fit '0' \(Conv2d"):
+        dn.project(torch.randn(1, 3, 2, 2), "4")
+    model[0].weight.data[0, 0, 0, 0] = float("nan")
+    with pytest.raises(deconvviz.DeconvvizError, match="NaN or infinite activations"):
+        dn.project(x, "4")
+
+
+def test_fc_layers_of_a_vgg_without_classifier_say_why():
+    model = vgg("vgg11")
+    model.classifier = nn.Identity()
+    with pytest.raises(deconvviz.LayerError, match="'fc6' needs a classifier"):
+        deconvviz.Deconvnet(model).project(torch.randn(1, 3, 32, 32), "fc6")
+
+
+def test_inference_mode_on_the_chain_path():
+    model = vgg("vgg11")
+    x = torch.randn(1, 3, 32, 32)
+    want = deconvviz.Deconvnet(model).project(x, "fc6", top=2).images  # fc6: the average pool's adjoint
+    with torch.inference_mode():
+        got = deconvviz.Deconvnet(model).project(x.clone(), "fc6", top=2).images
+    assert torch.equal(got, want)

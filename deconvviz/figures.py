@@ -14,9 +14,11 @@ from torch import nn
 
 from . import __version__
 from .deconvnet import Deconvnet, Projection
+from .errors import LayerError
 from .images import DEFAULT_IMAGE, load_image, to_batch, to_display
+from .layers import default_layer, output_shapes, resolve
 from .occlusion import occlusion_maps
-from .render import GridRow, layer_grid, occlusion_figure, reconstruction_figure, save, write_atomic
+from .render import GridRow, layer_grid, occlusion_figure, reconstruction_figure, save
 from .weights import Weights
 
 Progress = Callable[[str], None]
@@ -54,10 +56,14 @@ def _provenance(command: str, image, model_name: str, weights: Weights, size, x,
     }
 
 
-def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[str] = ("conv5_3",), top: int = 9,
+def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[str] | None = None, top: int = 9,
               channels: Sequence[int] | None = None, mode: str = "max", size: int | None = 224,
               model_name: str = "vgg16", progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
-    """Layer grid: per layer, the selected feature maps' projections beside their image patches."""
+    """Layer grid: per layer (None: the last conv layer), the selected feature maps' projections beside
+    their image patches."""
+    layers = list(dict.fromkeys(layers)) if layers is not None else [default_layer(model)]
+    if not layers:
+        raise LayerError("no layers given; name one or more, e.g. conv1_2,conv3_3,conv5_3")
     dn = Deconvnet(model)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
@@ -77,15 +83,21 @@ def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[s
     return fig, _provenance("visualize", image, model_name, weights, size, x, records)
 
 
-def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str = "conv5_3",
-                channels: Sequence[int] | None = None, mode: str = "max", size: int | None = 224,
+def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | None = None,
+                channels: Sequence[int] | str | None = None, mode: str = "max", size: int | None = 224,
                 model_name: str = "vgg16", progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
     """Layer-by-layer reconstruction: the input, then every stage of the reverse journey to pixels.
 
-    channels None: the strongest feature map; several channels are projected together, as one seed.
+    layer None: the last conv layer. channels None: the strongest feature map; "all": every one; several
+    channels are projected together, as one seed.
     """
+    layer = layer or default_layer(model)
     dn = Deconvnet(model)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
+    if channels == "all":
+        name = resolve(model, dn.steps, layer)
+        steps = dn.steps or []
+        channels = range(output_shapes(model, steps, tuple(x.shape[-2:]))[[s.name for s in steps].index(name)][0])
     if progress:
         progress(f"projecting {layer}")
     out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True)
@@ -101,14 +113,16 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str = "co
     return fig, prov
 
 
-def occlusion(model: nn.Module, weights: Weights, image=None, layer: str = "conv5_3", channel: int | None = None,
+def occlusion(model: nn.Module, weights: Weights, image=None, layer: str | None = None, channel: int | None = None,
               cls: int | None = None, size: int | None = None, stride: int | None = None, image_size: int | None = 224,
               model_name: str = "vgg16", batch_size: int = 32,
               progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
     """Occlusion sensitivity (ZF Fig. 7) of one feature map (default: the image's strongest) and, with cls, a class.
 
     The occluder is the dataset mean colour of the weights' preprocessing; size and stride as `occlusion_maps`.
+    layer None: the last conv layer.
     """
+    layer = layer or default_layer(model)
     dn = Deconvnet(model)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, image_size,
                  device=dn.device)  # fmt: skip
@@ -146,10 +160,9 @@ def occlusion(model: nn.Module, weights: Weights, image=None, layer: str = "conv
 
 
 def write(fig: Figure, provenance: dict, out: str | os.PathLike, dpi: int = 150) -> tuple[Path, Path]:
-    """Figure at `out` and its provenance JSON beside it (same name, .json), both written atomically."""
+    """Figure at `out` and its provenance JSON beside it (same name, .json): both written, or neither."""
     out = Path(out)
     meta = out.with_suffix(".json")
-    provenance = {**provenance, "figure": out.name}
-    save(fig, out, dpi)
-    write_atomic(meta, lambda f: f.write((json.dumps(provenance, indent=2) + "\n").encode()))
+    text = json.dumps({**provenance, "figure": out.name}, indent=2, allow_nan=False) + "\n"
+    save(fig, out, dpi, also={meta: text.encode()})
     return out, meta

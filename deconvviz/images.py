@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -76,11 +77,15 @@ def load_image(source: ImageSource) -> Image.Image:
         if path.is_dir():
             raise ImageError(f"image '{path}' is a directory; give an image file")
         try:
-            with Image.open(path) as img:
+            with warnings.catch_warnings(), Image.open(path) as img:
+                # large photos are fine: they are resized; PIL's hard limit still raises DecompressionBombError
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img.load()
                 out = _rgb(ImageOps.exif_transpose(img))  # always a new image, safe after close
                 out.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        except Image.DecompressionBombError as e:
+            raise ImageError(f"cannot read image '{path}': {e}; downscale it first") from e
+        except (OSError, SyntaxError, ValueError) as e:
             raise ImageError(f"cannot read image '{path}': {e}; {_FORMATS}") from e
     else:
         raise ImageError(f"expected an image file path or a PIL image, got {type(source).__name__}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 
@@ -152,12 +153,52 @@ def receptive_fields(steps: list[Step], upto: int) -> tuple[ReceptiveField, Rece
 
 
 def output_shapes(model: nn.Module, steps: list[Step], size: tuple[int, int]) -> list[tuple[int, ...]]:
-    """Per-image output shape of every step for an input of `size` (runs a zero input through the model)."""
+    """Per-image output shape of every step for an input of `size`. Runs on the meta device: shapes only,
+    no memory or arithmetic, whatever the size."""
     from .forward import forward_chain  # forward pass lives in its own stage
 
-    p = next(model.parameters(), None)
-    x = torch.zeros(1, _in_channels(steps), *size, device=p.device if p is not None else None)
-    return [tuple(t[1:]) for t in forward_chain(steps, x, len(steps) - 1).shapes[1:]]
+    meta = [Step(s.name, _on_meta(s.module)) for s in steps]
+    x = torch.zeros(1, _in_channels(steps), *size, device="meta")
+    return [tuple(t[1:]) for t in forward_chain(meta, x, len(steps) - 1).shapes[1:]]
+
+
+def _on_meta(m: nn.Module) -> nn.Module:
+    """A shallow copy of a leaf module whose parameters and buffers are shape-only meta tensors."""
+    twin = copy.copy(m)
+    twin._parameters = {k: None if v is None else torch.empty_like(v, device="meta") for k, v in m._parameters.items()}
+    twin._buffers = {k: None if v is None else torch.empty_like(v, device="meta") for k, v in m._buffers.items()}
+    return twin
+
+
+def layer_table(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, str, str, tuple, str, str]]:
+    """One row per step of a chain model: (VGG name, module path, type, output shape, receptive field size,
+    stride); the field is 'all' from the first layer that mixes every position on."""
+    steps = chain_of(model)
+    if steps is None:
+        raise LayerError(f"{type(model).__name__} is not a chain of layers; its layers: see model.named_modules()")
+    shapes, alias = output_shapes(model, steps, size), {v: k for k, v in vgg_aliases(steps).items()}
+    rows, mixed = [], False
+    for i, s in enumerate(steps):
+        mixed = mixed or isinstance(s.module, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten))
+        rf = ("all", "-") if mixed else tuple(str(v) for v in (receptive_fields(steps, i)[0].size,
+                                                                 receptive_fields(steps, i)[0].stride))  # fmt: skip
+        if s.name != "flatten":
+            rows.append((alias.get(s.name, ""), s.name, type(s.module).__name__, shapes[i], *rf))
+    return rows
+
+
+def default_layer(model: nn.Module) -> str:
+    """The layer shown when none is named: a VGG's last conv layer (conv5_3 on vgg16), else the last
+    convolution's module path."""
+    steps = chain_of(model)
+    if steps is not None and isinstance(model, VGG):
+        convs = [a for a in vgg_aliases(steps) if a.startswith("conv")]
+        if convs:
+            return convs[-1]
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise LayerError(f"{type(model).__name__} has no convolution; name a layer (see `deconvviz layers`)")
+    return convs[-1]
 
 
 def _in_channels(steps: list[Step]) -> int:

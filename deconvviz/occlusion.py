@@ -92,8 +92,8 @@ def occlusion_maps(model: nn.Module, x: Tensor, layer: str, channel: int, size: 
     if not 1 <= size <= min(h, w):
         raise OcclusionError(f"occluder size {size} does not fit the {h}x{w} image; use 1..{min(h, w)}")
     if stride < 1 or batch_size < 1:
-        what = f"stride {stride}" if stride < 1 else f"batch size {batch_size}"
-        raise OcclusionError(f"{what} must be at least 1")
+        what, v = ("occluder stride (--stride)", stride) if stride < 1 else ("batch size (--batch-size)", batch_size)
+        raise OcclusionError(f"{what} must be at least 1, got {v}")
     p = next(model.parameters(), None)
     if p is not None:
         x = x.to(p.device, p.dtype)
@@ -134,7 +134,8 @@ def occlusion_maps(model: nn.Module, x: Tensor, layer: str, channel: int, size: 
         if not isinstance(base_out, Tensor) or base_out.dim() != 2:
             shape = tuple(base_out.shape) if isinstance(base_out, Tensor) else type(base_out).__name__
             raise OcclusionError(f"--class needs a model whose output is class scores (N, classes), got {shape}")
-        if not 0 <= cls < (n := base_out.shape[1]):
+        n = base_out.shape[1]
+        if not 0 <= cls < n:
             raise SelectionError(f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}")
 
     rows, cols = (torch.tensor(occluder_positions(n, size, stride), device=x.device) for n in (h, w))

@@ -6,13 +6,13 @@ channel (checkpointed; merged across torchrun processes) -> projections of the k
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -201,9 +201,12 @@ def scan_folder(
     args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, model, os.fspath(weights),
                          batch_size)  # fmt: skip
     check_size(size)
-    for what, v in (("top", top), ("batch size", batch_size), ("checkpoint interval", checkpoint_every)):
-        if v < 1:
-            raise DeconvvizError(f"{what} must be at least 1, got {v}")
+    checks = (("top (--top)", top, 1), ("batch size (--batch-size)", batch_size, 1),
+              ("checkpoint interval (--checkpoint-every)", checkpoint_every, 1),
+              ("workers (--workers)", workers, 0))  # fmt: skip
+    for what, v, least in checks:
+        if v is not None and v < least:
+            raise DeconvvizError(f"{what} must be at least {least}, got {v}")
     out = Path(out)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     say = (lambda text: print(f"deconvviz: {text}", file=sys.stderr)) if verbose and rank == 0 else lambda text: None
@@ -211,6 +214,7 @@ def scan_folder(
         say(f"'{out}' holds this finished scan; nothing to do (give a new --out to scan again)")
         return done
     root, files = Path(args.folder), image_files(folder)  # resolved: the report must not depend on the cwd
+    created = not out.exists()
     dev = pick_device(device)
     if world > 1 and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -228,15 +232,28 @@ def scan_folder(
                             workers, checkpoint_every, progress, say)  # fmt: skip
         state = _gathered(state, world)
         skipped = [{"path": files[i], "reason": why} for i, why in sorted(state["skipped"])]
-        if skipped:
-            say(f"{len(skipped)} unreadable file(s) skipped, listed in {out / 'report.json'}")
+        if len(skipped) == len(files):
+            _remove_checkpoints(out, rank, world, created)
+            first = skipped[0]
+            raise ImageError(f"none of the {len(files)} image file(s) under '{folder}' could be read "
+                             f"('{first['path']}': {first['reason']}); check the folder")  # fmt: skip
         result = ScanResult(args, len(files), skipped, {})
         for name, (shape, rf) in plan.items():
             top_k = TopK(*(state["top"][name][f] for f in _FIELDS))
             result.layers[name] = {c: ChannelResult(r) for c, r in _records(top_k, files, shape, rf, size).items()}
         if rank == 0:
             result.written = _project_and_write(dn, info, root, result, out, progress)
+            if skipped:
+                say(f"{len(skipped)} unreadable file(s) skipped, listed in {out / 'report.json'}")
     return result
+
+
+def _remove_checkpoints(out: Path, rank: int, world: int, created: bool) -> None:
+    """A scan that found nothing to read leaves nothing behind: its checkpoint, and the run folder it made."""
+    (out / ("state.pt" if world == 1 else f"state-rank{rank}.pt")).unlink(missing_ok=True)
+    if created and rank == 0:
+        with contextlib.suppress(OSError):  # other processes may still be removing theirs
+            out.rmdir()
 
 
 def _step_index(dn: Deconvnet, layer: str) -> int:
@@ -258,7 +275,7 @@ def _check_channels(channels, layer: str, count: int) -> None:
         raise SelectionError(f"{what} for layer '{layer}' with {count} channels; use 0..{count - 1}")
 
 
-@contextmanager
+@contextlib.contextmanager
 def _processes(device: torch.device, world: int):
     """Under torchrun (WORLD_SIZE > 1) a process group for the merge: gloo on CPU, nccl on CUDA; destroyed after."""
     if world == 1 or dist.is_initialized():  # single process, or a group the caller owns
@@ -293,7 +310,7 @@ def _scan_shard(dn, preprocess, root, files, taps, plan, args, out, device, rank
         state = _resumed(path, state, out, len(batches))
         if 0 < state["batches"] < len(batches):
             say(f"resuming: {sum(map(len, batches[: state['batches']]))} of {len(files)} images already scanned")
-    tops = {name: TopK(**t) for name, t in state["top"].items()}
+    tops, steps = {name: TopK(**t) for name, t in state["top"].items()}, dn.steps
     total = sum(map(len, batches))
     done = saved = sum(map(len, batches[: state["batches"]]))
     p = next(dn.model.parameters())
@@ -304,7 +321,11 @@ def _scan_shard(dn, preprocess, root, files, taps, plan, args, out, device, rank
         progress("scanning", done, total)
     for x, index, bad in loader:
         if x is not None:
-            for name, act in activations(dn.steps, x.to(device, p.dtype), taps).items():
+            for name, act in activations(steps, x.to(device, p.dtype), taps).items():
+                if not bool(torch.isfinite(act).all()):
+                    where = files[int(index[(~torch.isfinite(act)).flatten(1).any(1)][0])]
+                    raise DeconvvizError(f"layer '{name}' has NaN or infinite activations for '{where}'; check the "
+                                         "weights")  # fmt: skip
                 tops[name] = tops[name].add(act, index)
         state["skipped"] += bad
         state["batches"] += 1

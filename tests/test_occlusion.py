@@ -100,7 +100,8 @@ def test_grey_is_the_dataset_mean_in_input_space(pre, mean_rgb):
     (dict(channel=512), "channel 512 is out of range for layer 'conv4_2' with 512 channels; use 0..511"),
     (dict(size=65), "occluder size 65 does not fit the 64x64 image; use 1..64"),
     (dict(size=0), "occluder size 0 does not fit"),
-    (dict(stride=0), "stride 0 must be at least 1"),
+    (dict(stride=0), "must be at least 1, got 0"),
+    (dict(cls=-1), "class -1 is out of range for a classifier with 1000 classes; use 0..999"),
     (dict(cls=1000), "class 1000 is out of range for a classifier with 1000 classes; use 0..999"),
     (dict(layer="conv9_9"), "unknown layer 'conv9_9'"),
 ])  # fmt: skip

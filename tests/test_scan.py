@@ -200,3 +200,15 @@ def test_bad_folder_is_one_line_exit_2(tmp_path):
     assert r.exit_code == 2 and "is not a folder" in r.output and not (tmp_path / "run").exists()
     r = CliRunner().invoke(app, ["scan", str(tmp_path), "--out", str(tmp_path / "run")])
     assert r.exit_code == 2 and "no images under" in r.output
+
+
+def test_a_folder_with_nothing_readable_is_an_error_and_leaves_nothing(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
+    (photos / "empty.png").touch()
+    r = CliRunner().invoke(app, ["scan", str(photos), *map(str, OPTIONS), "--out", str(tmp_path / "run"), "-q"])
+    lines = [line for line in r.output.splitlines() if line.startswith("deconvviz: error:")]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert "none of the 2 image file(s)" in lines[0] and "corrupt.jpg" in lines[0]
+    assert not (tmp_path / "run").exists()

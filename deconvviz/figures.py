@@ -16,7 +16,7 @@ from . import __version__
 from .deconvnet import Deconvnet, Projection
 from .errors import LayerError
 from .images import DEFAULT_IMAGE, load_image, to_batch, to_display
-from .layers import default_layer, output_shapes, resolve
+from .layers import default_layer, output_shapes, receptive_fields, resolve
 from .occlusion import occlusion_maps
 from .render import GridRow, layer_grid, occlusion_figure, reconstruction_figure, save
 from .weights import Weights
@@ -40,6 +40,16 @@ def _selections(dn: Deconvnet, out: Projection) -> dict:
     if boxes is not None:
         rec["receptive_fields"] = boxes[0].tolist()  # top, bottom, left, right (half-open)
     return rec
+
+
+def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
+    """Receptive field (rows, cols) in pixels of one position of a chain model's layer; None: all positions."""
+    steps = dn.steps
+    try:
+        rows, cols = receptive_fields(steps, [s.name for s in steps].index(module))
+    except (LayerError, TypeError):
+        return None
+    return rows.size, cols.size
 
 
 def _provenance(command: str, image, model_name: str, weights: Weights, size, x, layers: list[dict]) -> dict:
@@ -74,7 +84,7 @@ def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[s
         boxes = dn.receptive_field_boxes(out) if mode == "max" else None
         sel = out.selections
         rows.append(GridRow(layer, out.images[0].cpu(), None if boxes is None else boxes[0], sel.channels[0].tolist(),
-                            sel.values[0].tolist()))  # fmt: skip
+                            sel.values[0].tolist(), _field(dn, out.layer)))  # fmt: skip
         records.append(_selections(dn, out))
     picture = to_display(x[0].cpu(), weights.preprocess)
     what = "strongest activation" if mode == "max" else "whole feature map"

@@ -101,16 +101,20 @@ class GridRow:
     boxes: Tensor | None  # (K, 4) top, bottom, left, right; None: whole image
     channels: Sequence[int]
     values: Sequence[float]
+    field: tuple[int, int] | None = None  # receptive field (rows, cols) in pixels: the size of every panel
 
 
 def layer_grid(image: np.ndarray, rows: Sequence[GridRow], preprocess: Preprocess, title: str,
                pairs_per_row: int = 3) -> Figure:  # fmt: skip
     """Zeiler-Fergus Fig. 2 style: for each selected feature map, its projection (cropped to the
     receptive field of the strongest activation) beside the matching image patch."""
+    h, w = image.shape[:2]
     lines = [(r, i) for r in rows for i in range(0, len(r.channels), pairs_per_row)]
-    fig = plt.figure(figsize=(1.6 * 2 * pairs_per_row + 1.2, 1.75 * len(lines) + 0.8))
+    height = 1.75 * len(lines) + 0.9
+    fig = plt.figure(figsize=(1.6 * 2 * pairs_per_row + 1.2, height))
     ratios = [1, 1, 0.25] * pairs_per_row
-    grid = fig.add_gridspec(len(lines), 3 * pairs_per_row - 1, width_ratios=ratios[:-1], wspace=0.05, hspace=0.35)
+    grid = fig.add_gridspec(len(lines), 3 * pairs_per_row - 1, width_ratios=ratios[:-1], wspace=0.05, hspace=0.35,
+                            top=1 - 0.6 / height, bottom=0.45 / height)  # fmt: skip
     for li, (row, start) in enumerate(lines):
         for j in range(2 * pairs_per_row):
             ax = fig.add_subplot(grid[li, j + j // 2])
@@ -119,22 +123,43 @@ def layer_grid(image: np.ndarray, rows: Sequence[GridRow], preprocess: Preproces
             if k >= len(row.channels):
                 ax.set_visible(False)
                 continue
-            t, b, left, right = (
-                row.boxes[k].tolist() if row.boxes is not None else (0, *image.shape[:1], 0, image.shape[1])
-            )
+            boxes = row.boxes.tolist() if row.boxes is not None else [(0, h, 0, w)] * len(row.channels)
+            cell = (max(b - t for t, b, _, _ in boxes), max(r - q for _, _, q, r in boxes))
+            if row.field is not None and row.boxes is not None:
+                cell = (max(cell[0], min(row.field[0], h)), max(cell[1], min(row.field[1], w)))
+            t, b, left, right = boxes[k]
             if j % 2 == 0:
-                ax.imshow(pattern_rgb(row.reconstructions[k][:, t:b, left:right], preprocess), interpolation="nearest")
+                crop = pattern_rgb(row.reconstructions[k][:, t:b, left:right], preprocess)
                 ax.set_title(f"map {row.channels[k]}: {row.values[k]:.3g}", fontsize=7.5, loc="left")
             else:
-                ax.imshow(image[t:b, left:right], interpolation="nearest")
+                crop = image[t:b, left:right]
+            ax.imshow(_in_cell(crop, boxes[k], cell, (h, w)), interpolation="nearest")
             if j == 0 and start == 0:
                 letter = string.ascii_lowercase[rows.index(row)]
                 ax.set_ylabel(f"({letter}) {row.layer}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.text(0.5, 0.005, "each pair: projection to pixels (mid-grey = 0, contrast: 99.9th percentile of |r| per panel) "
-             "| image patch under its receptive field; 'map c: a' = feature map c, strongest activation a",
-             ha="center", fontsize=7, color="0.3")  # fmt: skip
+             "| image patch under its receptive field (light grey: beyond the image's edge);\n"
+             "'map c: a' = feature map c, strongest activation a", ha="center", fontsize=7, color="0.3")  # fmt: skip
     return fig
+
+
+def _in_cell(crop: np.ndarray, box: Sequence[int], cell: tuple[int, int], plane: tuple[int, int]) -> np.ndarray:
+    """A receptive-field crop (h, w, 3) placed in a light grey cell of the row's common size (the field's): a
+    field cut off by the image's edge keeps the side it has, so panels of one layer line up."""
+    out = np.full((*cell, 3), 0.88, np.float32)
+    t, b, left, right = box
+    offsets = []
+    for lo, hi, size, extent in ((t, b, cell[0], plane[0]), (left, right, cell[1], plane[1])):
+        if lo == 0 and hi < extent:  # cut off before the start: what is missing lies before it
+            offsets.append(size - (hi - lo))
+        elif hi == extent and lo > 0:
+            offsets.append(0)
+        else:
+            offsets.append((size - (hi - lo)) // 2)
+    y, x = offsets
+    out[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
+    return out
 
 
 def _edges(starts: Tensor, size: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from .errors import DeconvvizError
+from .errors import DeconvvizError, out_of_memory
 
 MAX_SIZE = 2048  # --size above this needs more memory than a figure is worth; the Python API has no such limit
 
@@ -136,7 +136,7 @@ def _errors(debug: bool):
         if debug:
             traceback.print_exc()
         first = str(e).splitlines()[0] if str(e) else ""
-        if isinstance(e, MemoryError) or "out of memory" in first.lower() or "can't allocate memory" in first:
+        if out_of_memory(e):
             _fail(f"out of memory ({type(e).__name__}: {first}); use a smaller --size, --top or --batch-size", 2)
         _fail(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", 1)
 

@@ -43,3 +43,14 @@ def unknown_name(kind: str, name: str, valid: Sequence[str], fix: str = "") -> s
     hint = f"; did you mean '{close[0]}'? Valid:" if close else "; valid:"
     shown = ", ".join(valid) if len(valid) <= 40 else ", ".join([*valid[:20], "...", *valid[-5:]])
     return f"unknown {kind} '{name}'{hint} {shown}{fix}"
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """An allocation failure (CPU or CUDA): not the input's shape, so not to be reported as one."""
+    text = str(e).lower()
+    return (
+        isinstance(e, MemoryError)
+        or type(e).__name__ == "OutOfMemoryError"
+        or "out of memory" in text
+        or ("allocate" in text and "memory" in text)
+    )

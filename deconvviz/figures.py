@@ -45,9 +45,11 @@ def _selections(dn: Deconvnet, out: Projection) -> dict:
 def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
     """Receptive field (rows, cols) in pixels of one position of a chain model's layer; None: all positions."""
     steps = dn.steps
+    if steps is None:
+        return None
     try:
         rows, cols = receptive_fields(steps, [s.name for s in steps].index(module))
-    except (LayerError, TypeError):
+    except LayerError:  # a classifier layer: every position
         return None
     return rows.size, cols.size
 

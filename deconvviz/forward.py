@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ImageError
+from .errors import ImageError, out_of_memory
 from .layers import Step
 
 
@@ -80,7 +80,7 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int) -> ForwardRecord:
             else:
                 x = apply(s.module, x)
         except RuntimeError as e:
-            if isinstance(e, torch.OutOfMemoryError) or "alloc" in str(e):
+            if out_of_memory(e):
                 raise
             why = f"{type(s.module).__name__}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
             raise ImageError(f"input {tuple(shapes[0][-2:])} does not fit '{s.name}' ({why}); use a larger --size, "

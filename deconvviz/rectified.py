@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .errors import ImageError, LayerError, UnsupportedModelError
+from .errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
 from .forward import Switches, overlapping
 
 _RELUS = {F.relu: False, torch.relu: False, Tensor.relu: False, F.relu_: True, torch.relu_: True, Tensor.relu_: True}
@@ -232,7 +232,7 @@ def layer_output(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, Tenso
             try:
                 model(leaf.clone())  # not the leaf itself: in-place ops on the model's input stay legal
             except RuntimeError as e:
-                if isinstance(e, torch.OutOfMemoryError) or "alloc" in str(e):
+                if out_of_memory(e):
                     raise
                 why = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise ImageError(f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape)} ({why}); "

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .errors import ImageError, LayerError, UnsupportedModelError
 from .forward import ForwardRecord, Switches, forward_chain
-from .layers import Step, chain_of, layer_names, receptive_fields, resolve
+from .layers import Step, chain_of, layer_names, receptive_fields, resolve, step_index
 from .rectified import layer_output, project_autograd
 from .reverse import Stage, croppable, reverse_chain, reverse_cropped
 from .selection import Selection, seeds, select
@@ -103,7 +103,7 @@ class Deconvnet:
         name = resolve(self.model, steps, layer)
         if steps is None:
             return self._project_autograd(x, name, layer, channels, mode, top, together, positions)
-        upto = next(i for i, s in enumerate(steps) if s.name == name)
+        upto = step_index(steps, name)
         record = forward_chain(steps, x, upto)
         sel = select(record.activation, layer, channels, mode, top, positions)
         n, k = sel.channels.shape
@@ -186,7 +186,7 @@ class Deconvnet:
         steps = self.steps
         if steps is None or len(out.selections.shape) != 3:
             return None
-        upto = next(i for i, s in enumerate(steps) if s.name == out.layer)
+        upto = step_index(steps, out.layer)
         try:
             rows, cols = receptive_fields(steps, upto)
         except LayerError:

@@ -16,7 +16,7 @@ from . import __version__
 from .deconvnet import Deconvnet, Projection
 from .errors import LayerError
 from .images import DEFAULT_IMAGE, load_image, to_batch, to_display
-from .layers import default_layer, output_shapes, receptive_fields, resolve
+from .layers import default_layer, output_shapes, receptive_fields, resolve, step_index
 from .occlusion import occlusion_maps
 from .render import GridRow, layer_grid, occlusion_figure, reconstruction_figure, save
 from .weights import Weights
@@ -48,7 +48,7 @@ def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
     if steps is None:
         return None
     try:
-        rows, cols = receptive_fields(steps, [s.name for s in steps].index(module))
+        rows, cols = receptive_fields(steps, step_index(steps, module))
     except LayerError:  # a classifier layer: every position
         return None
     return rows.size, cols.size
@@ -107,9 +107,9 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | Non
     dn = Deconvnet(model)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     if channels == "all":
-        name = resolve(model, dn.steps, layer)
-        steps = dn.steps or []
-        channels = range(output_shapes(model, steps, tuple(x.shape[-2:]))[[s.name for s in steps].index(name)][0])
+        steps = dn.steps
+        shape = output_shapes(model, steps, tuple(x.shape[-2:]))[step_index(steps, resolve(model, steps, layer))]
+        channels = range(shape[0])
     if progress:
         progress(f"projecting {layer}")
     out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True)

@@ -48,6 +48,11 @@ def chain_of(model: nn.Module) -> list[Step] | None:
     return steps if ok and not _hooked(model) else None
 
 
+def step_index(steps: list[Step], name: str) -> int:
+    """Position in the chain of the step with this module path (a name `resolve` returned)."""
+    return next(i for i, s in enumerate(steps) if s.name == name)
+
+
 def _hooked(model: nn.Module) -> bool:
     """Forward hooks can change what a module computes; the explicit chain would not see them."""
     from torch.nn.modules import module as registry
@@ -180,8 +185,8 @@ def layer_table(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, str,
     rows, mixed = [], False
     for i, s in enumerate(steps):
         mixed = mixed or isinstance(s.module, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten))
-        rf = ("all", "-") if mixed else tuple(str(v) for v in (receptive_fields(steps, i)[0].size,
-                                                                 receptive_fields(steps, i)[0].stride))  # fmt: skip
+        field = None if mixed else receptive_fields(steps, i)[0]
+        rf = ("all", "-") if field is None else (str(field.size), str(field.stride))
         if s.name != "flatten":
             rows.append((alias.get(s.name, ""), s.name, type(s.module).__name__, shapes[i], *rf))
     return rows

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .errors import ImageError, LayerError, OcclusionError, SelectionError
 from .forward import apply, forward_chain
-from .layers import chain_of, resolve
+from .layers import chain_of, resolve, step_index
 from .preprocess import Preprocess
 from .rectified import evaluating
 
@@ -103,7 +103,7 @@ def occlusion_maps(model: nn.Module, x: Tensor, layer: str, channel: int, size: 
     steps = chain_of(model)
     name = resolve(model, steps, layer)
     if steps is not None:
-        upto = next(i for i, s in enumerate(steps) if s.name == name)
+        upto = step_index(steps, name)
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
         if cls is not None and not isinstance(last.module, nn.Linear):
             raise OcclusionError(f"--class needs a model with a classifier, and this one ends with '{last.name}' "

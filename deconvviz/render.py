@@ -116,6 +116,10 @@ def layer_grid(image: np.ndarray, rows: Sequence[GridRow], preprocess: Preproces
     grid = fig.add_gridspec(len(lines), 3 * pairs_per_row - 1, width_ratios=ratios[:-1], wspace=0.05, hspace=0.35,
                             top=1 - 0.6 / height, bottom=0.45 / height)  # fmt: skip
     for li, (row, start) in enumerate(lines):
+        boxes = row.boxes.tolist() if row.boxes is not None else [(0, h, 0, w)] * len(row.channels)
+        cell = (max(b - t for t, b, _, _ in boxes), max(r - q for _, _, q, r in boxes))
+        if row.field is not None and row.boxes is not None:
+            cell = (max(cell[0], min(row.field[0], h)), max(cell[1], min(row.field[1], w)))
         for j in range(2 * pairs_per_row):
             ax = fig.add_subplot(grid[li, j + j // 2])
             _off(ax)
@@ -123,10 +127,6 @@ def layer_grid(image: np.ndarray, rows: Sequence[GridRow], preprocess: Preproces
             if k >= len(row.channels):
                 ax.set_visible(False)
                 continue
-            boxes = row.boxes.tolist() if row.boxes is not None else [(0, h, 0, w)] * len(row.channels)
-            cell = (max(b - t for t, b, _, _ in boxes), max(r - q for _, _, q, r in boxes))
-            if row.field is not None and row.boxes is not None:
-                cell = (max(cell[0], min(row.field[0], h)), max(cell[1], min(row.field[1], w)))
             t, b, left, right = boxes[k]
             if j % 2 == 0:
                 crop = pattern_rgb(row.reconstructions[k][:, t:b, left:right], preprocess)

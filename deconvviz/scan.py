@@ -26,7 +26,7 @@ from .deconvnet import Deconvnet
 from .errors import DeconvvizError, ImageError, LayerError, SelectionError, UnsupportedModelError
 from .forward import apply
 from .images import check_size, to_batch, to_display
-from .layers import ReceptiveField, output_shapes, receptive_fields, resolve
+from .layers import ReceptiveField, output_shapes, receptive_fields, resolve, step_index
 from .preprocess import Preprocess
 from .render import TopImages, channel_figure, overview_figure, save, write_atomic
 from .weights import load_vgg, pick_device
@@ -257,8 +257,8 @@ def _remove_checkpoints(out: Path, rank: int, world: int, created: bool) -> None
 
 
 def _step_index(dn: Deconvnet, layer: str) -> int:
-    name = resolve(dn.model, dn.steps, layer)
-    return next(i for i, s in enumerate(dn.steps) if s.name == name)
+    steps = dn.steps
+    return step_index(steps, resolve(dn.model, steps, layer))
 
 
 def _field(dn: Deconvnet, i: int) -> tuple[ReceptiveField, ReceptiveField] | None:

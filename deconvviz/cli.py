@@ -332,8 +332,8 @@ def layers_(
 ) -> None:
     """Every layer with its output shape, receptive field size and stride for a given input size."""
     with _errors(debug):
+        from .forward import layer_table
         from .images import check_size
-        from .layers import layer_table
         from .weights import load_vgg
 
         check_size(size)

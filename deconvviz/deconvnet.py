@@ -12,7 +12,8 @@ from .errors import ImageError, LayerError, UnsupportedModelError
 from .forward import ForwardRecord, Switches, forward_chain
 from .layers import Step, chain_of, layer_names, receptive_fields, resolve, step_index
 from .rectified import layer_output, project_autograd
-from .reverse import Stage, croppable, reverse_chain, reverse_cropped
+from .reverse import Stage, StageTensor, croppable, reverse_chain, reverse_cropped
+from .rules import Rule, get_rule
 from .selection import Selection, seeds, select
 
 
@@ -25,6 +26,7 @@ class Projection:
     switches: dict[str, Switches]
     stages: list[Stage] = field(default_factory=list)  # filled with keep_stages=True on chain models
     layer: str = ""  # module path the projection started from
+    rule: str = "deconvnet"  # how ReLUs passed the signal back (rules.py)
 
 
 class Deconvnet:
@@ -35,10 +37,13 @@ class Deconvnet:
     autograd with the deconvnet ReLU rule; what has no such rule is refused.
     """
 
-    def __init__(self, model: nn.Module, *, max_batch_bytes: int = 1 << 30, crop: bool | None = None) -> None:
-        """max_batch_bytes bounds the memory of one chunk of selections; crop: run mode-max projections on
-        receptive-field windows (None: when the window is smaller than half the image; same result)."""
+    def __init__(self, model: nn.Module, *, rule: str | Rule = "deconvnet", max_batch_bytes: int = 1 << 30,
+                 crop: bool | None = None) -> None:  # fmt: skip
+        """rule: how ReLUs pass the signal back (deconvnet, guided, gradient; rules.py); max_batch_bytes bounds
+        the memory of one chunk of selections; crop: run mode-max projections on receptive-field windows
+        (None: when the window is smaller than half the image; same result)."""
         self.model = model
+        self.rule = get_rule(rule)
         self.max_batch_bytes = max_batch_bytes
         self.crop = crop
 
@@ -84,38 +89,37 @@ class Deconvnet:
 
     def project(self, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
                 top: int = 9, keep_stages: bool = False, together: bool = False,
-                positions: Tensor | None = None) -> Projection:  # fmt: skip
+                positions: Tensor | None = None, rule: str | Rule | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
         only each map's strongest activation, "map" the whole map. together: project the K selections
         of each image jointly, as one seed (images then (N, 1, C, H, W)). positions (N, K): in mode max,
-        the flat positions to keep instead of each map's strongest activation.
+        the flat positions to keep instead of each map's strongest activation. rule: how ReLUs pass the
+        signal back, deconvnet, guided or gradient (None: the Deconvnet's own).
         """
+        rule = get_rule(self.rule if rule is None else rule)
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
-            return self._project(x, layer, channels, mode, top, keep_stages, together, positions)
+            return self._project(x, layer, channels, mode, top, keep_stages, together, positions, rule)
 
-    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions) -> Projection:
+    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule) -> Projection:
+        """The one driver of both paths: resolve, forward, select, then the reverse pass in chunks of seeds."""
         x, steps = self._input(x), self.steps
         layer = str(layer) if isinstance(layer, int) and not isinstance(layer, bool) else layer
         if not isinstance(layer, str):
             raise LayerError(f"layer must be a name such as 'conv5_3' or a module path, got {type(layer).__name__}")
         name = resolve(self.model, steps, layer)
-        if steps is None:
-            return self._project_autograd(x, name, layer, channels, mode, top, together, positions)
-        upto = step_index(steps, name)
-        record = forward_chain(steps, x, upto)
-        sel = select(record.activation, layer, channels, mode, top, positions)
+        path = _AutogradPath(self.model, name, rule) if steps is None else _ChainPath(steps, name, rule)
+        act = path.forward(x)
+        sel = select(act, layer, channels, mode, top, positions)
+        if not (keep_stages or together) and self.crop is not False and path.windows_possible():
+            return self._project_windows(x, path, sel)
         n, k = sel.channels.shape
-        if not (keep_stages or together) and self._croppable(steps[: upto + 1], record):
-            return self._project_windows(x, name, steps[: upto + 1], record, sel)
-        biggest = max(torch.Size(s[1:]).numel() for s in record.shapes)
-        chunk = self._chunk(biggest * x.element_size() * 4)
-        parts, stage_parts, flips = [], [], {}
+        parts, stage_parts = [], []
         with torch.no_grad():
-            for rows in torch.arange(n if together else n * k, device=x.device).split(chunk):
-                seed, img = _seeds(record.activation, sel, rows, together)
-                y, stages = reverse_chain(steps[: upto + 1], record, seed, img, keep_stages, flips)
+            for rows in torch.arange(n if together else n * k, device=x.device).split(self._chunk(path.row_bytes)):
+                seed, img = _seeds(act, sel, rows, together)
+                y, stages = path.backward(seed, img, keep_stages=keep_stages)
                 parts.append(y)
                 stage_parts.append(stages)
         k = 1 if together else k
@@ -123,16 +127,14 @@ class Deconvnet:
             Stage(nm, kind, step, torch.cat([p[j][3] for p in stage_parts]).unflatten(0, (n, k)))
             for j, (nm, kind, step, _) in enumerate(stage_parts[0])
         ]
-        return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, record.switches, stages, name)
+        return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, path.switches, stages, name, rule.name)
 
-    def _croppable(self, steps: list[Step], record) -> bool:
-        return self.crop is not False and record.activation.dim() == 4 and croppable(steps)
-
-    def _project_windows(self, x, name, steps, record, sel) -> Projection:
+    def _project_windows(self, x: Tensor, path: _ChainPath, sel: Selection) -> Projection:
         """Selections whose seeds are concentrated (mode max: one activation; mode map: a map whose nonzero
         values fill a small box) are projected on windows that follow the receptive field of that box;
         the others take the full-plane pass. Same numbers either way, up to float rounding."""
         n, k = sel.channels.shape
+        record, steps = path.record, path.steps
         act, (h, w) = record.activation, record.shapes[0][-2:]
         img, chan = torch.arange(n * k, device=x.device) // k, sel.channels.reshape(-1)
         box = _seed_boxes(act, sel, img, chan)  # (N*K, 4): top, left, height, width at the layer
@@ -141,13 +143,11 @@ class Deconvnet:
             (box[:, 3] - 1) * cols.stride + cols.size
         ).clamp(max=w)
         windowed = torch.ones_like(reach, dtype=torch.bool) if self.crop else reach < 0.5 * h * w
-        out, flips = x.new_zeros(n * k, x.shape[1], h, w), {}
+        out = x.new_zeros(n * k, x.shape[1], h, w)
         with torch.no_grad():
             full = torch.nonzero(~windowed).flatten()
-            if len(full):
-                biggest = max(torch.Size(s[1:]).numel() for s in record.shapes)
-                for r in full.split(self._chunk(biggest * x.element_size() * 4)):
-                    out[r] = reverse_chain(steps, record, seeds(act, sel, r), r // k, False, flips)[0]
+            for r in full.split(self._chunk(path.row_bytes)) if len(full) else []:
+                out[r] = path.backward(seeds(act, sel, r), r // k, keep_stages=False)[0]
             small = torch.nonzero(windowed).flatten()
             small = small[reach[small].argsort(stable=True)]  # similar windows share a chunk
             if len(small):
@@ -163,22 +163,8 @@ class Deconvnet:
                             y[j, c, 0, 0] = sel.values.reshape(-1)[r[j]]
                         else:
                             y[j, c, :bh, :bw] = act[i, c, t : t + bh, left : left + bw]
-                    out[r] = reverse_cropped(steps, record, y, box[r, :2], img[r], flips)
-        return Projection(out.unflatten(0, (n, k)), sel, record.switches, [], name)
-
-    def _project_autograd(self, x, name, layer, channels, mode, top, together, positions) -> Projection:
-        xl, out, rec = layer_output(self.model, x, name)
-        act = out.detach()
-        sel = select(act, layer, channels, mode, top, positions)
-        n, k = sel.channels.shape
-        chunk = self._chunk(x.numel() * x.element_size() * 16)
-        parts = []
-        for rows in torch.arange(n if together else n * k, device=x.device).split(chunk):
-            one, img = _seeds(act, sel, rows, together)
-            seed = act.new_zeros(len(rows), *act.shape)
-            seed[torch.arange(len(rows)), img] = one
-            parts.append(project_autograd(xl, out, seed)[torch.arange(len(rows)), img])
-        return Projection(torch.cat(parts).unflatten(0, (n, 1 if together else k)), sel, rec["switches"], [], name)
+                    out[r] = reverse_cropped(steps, record, y, box[r, :2], img[r], path.rule, path.flipped_filters)
+        return Projection(out.unflatten(0, (n, k)), sel, record.switches, [], path.name, path.rule.name)
 
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
@@ -195,6 +181,57 @@ class Deconvnet:
         rc = out.selections.rows_cols.tolist()
         boxes = [[(*rows.span(r, h), *cols.span(c, w)) for r, c in per_image] for per_image in rc]
         return torch.tensor(boxes, dtype=torch.long)
+
+
+class _ChainPath:
+    """A chain mirrored step by step: the forward records switches (and ReLU masks if the rule needs them),
+    the reverse pass unpools, passes ReLUs by the rule and filters with the transposed filters."""
+
+    def __init__(self, steps: list[Step], name: str, rule: Rule) -> None:
+        self.steps, self.name, self.rule = steps[: step_index(steps, name) + 1], name, rule
+        self.flipped_filters: dict = {}  # conv -> its transpose as a forward conv's filters, made once per call
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.record = forward_chain(self.steps, x, len(self.steps) - 1, keep_masks=self.rule.needs_mask)
+        biggest = max(torch.Size(s[1:]).numel() for s in self.record.shapes)
+        self.row_bytes = biggest * x.element_size() * 4  # one seed's widest signal, with scratch
+        return self.record.activation
+
+    @property
+    def switches(self) -> dict[str, Switches]:
+        return self.record.switches
+
+    def windows_possible(self) -> bool:
+        return self.record.activation.dim() == 4 and croppable(self.steps)
+
+    def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[StageTensor]]:
+        return reverse_chain(self.steps, self.record, seed, img, self.rule, keep_stages, self.flipped_filters)
+
+
+class _AutogradPath:
+    """Any other model: one recorded forward with the rule's ReLU backward, then autograd for the seeds."""
+
+    def __init__(self, model: nn.Module, name: str, rule: Rule) -> None:
+        self.model, self.name, self.rule = model, name, rule
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.leaf, self.out, self.record = layer_output(self.model, x, self.name, self.rule)
+        self.row_bytes = x.numel() * x.element_size() * 16
+        return self.out.detach()
+
+    @property
+    def switches(self) -> dict[str, Switches]:
+        return self.record["switches"]
+
+    def windows_possible(self) -> bool:
+        return False
+
+    def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[StageTensor]]:
+        """seed (B, ...) for image img (B,) -> (B, C, H, W); no stages (the model is one piece)."""
+        rows = torch.arange(len(img), device=img.device)
+        full = seed.new_zeros(len(img), *self.out.shape)
+        full[rows, img] = seed
+        return project_autograd(self.leaf, self.out, full)[rows, img], []
 
 
 def _seed_boxes(act: Tensor, sel: Selection, img: Tensor, chan: Tensor) -> Tensor:

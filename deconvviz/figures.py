@@ -15,8 +15,9 @@ from torch import nn
 from . import __version__
 from .deconvnet import Deconvnet, Projection
 from .errors import LayerError
+from .forward import output_shapes
 from .images import DEFAULT_IMAGE, load_image, to_batch, to_display
-from .layers import default_layer, output_shapes, receptive_fields, resolve, step_index
+from .layers import default_layer, receptive_fields, resolve, step_index
 from .occlusion import occlusion_maps
 from .render import GridRow, layer_grid, occlusion_figure, reconstruction_figure, save
 from .weights import Weights

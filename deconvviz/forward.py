@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ImageError, out_of_memory
-from .layers import Step
+from .errors import ImageError, LayerError, out_of_memory
+from .layers import Step, chain_of, in_channels, receptive_fields, vgg_aliases
 
 
 @dataclass
@@ -23,11 +24,13 @@ class Switches:
 
 @dataclass
 class ForwardRecord:
-    """Output of the last step run, input shape of every step (shapes[i] feeds step i), the switches."""
+    """Output of the last step run, input shape of every step (shapes[i] feeds step i), the switches, and
+    where each ReLU let its input through (bool (N, C, ...), recorded only for rules that need it)."""
 
     activation: Tensor
     shapes: list[torch.Size]
     switches: dict[str, Switches]
+    masks: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _maxpool(m: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,9 +67,9 @@ def apply(m: nn.Module, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def forward_chain(steps: list[Step], x: Tensor, upto: int) -> ForwardRecord:
-    """Run steps[0..upto] on x (N, C, H, W), recording every max-pool's switches."""
-    shapes, switches = [], {}
+def forward_chain(steps: list[Step], x: Tensor, upto: int, *, keep_masks: bool = False) -> ForwardRecord:
+    """Run steps[0..upto] on x (N, C, H, W), recording every max-pool's switches (and ReLU masks if asked)."""
+    shapes, switches, masks = [], {}, {}
     for s in steps[: upto + 1]:
         shapes.append(x.shape)
         wanted = s.module.in_channels if isinstance(s.module, nn.Conv2d) else None
@@ -79,6 +82,8 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int) -> ForwardRecord:
                 switches[s.name] = Switches(idx, tuple(shapes[-1][-2:]), overlapping(s.module))
             else:
                 x = apply(s.module, x)
+                if keep_masks and isinstance(s.module, nn.ReLU):
+                    masks[s.name] = x > 0
         except RuntimeError as e:
             if out_of_memory(e):
                 raise
@@ -89,4 +94,37 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int) -> ForwardRecord:
             raise ImageError(f"input {tuple(shapes[0][-2:])} is too small: '{s.name}' has an empty output; "
                              "use a larger --size")  # fmt: skip
     shapes.append(x.shape)
-    return ForwardRecord(x, shapes, switches)
+    return ForwardRecord(x, shapes, switches, masks)
+
+
+def output_shapes(model: nn.Module, steps: list[Step], size: tuple[int, int]) -> list[tuple[int, ...]]:
+    """Per-image output shape of every step for an input of `size`. Runs on the meta device: shapes only,
+    no memory or arithmetic, whatever the size."""
+    meta = [Step(s.name, _on_meta(s.module)) for s in steps]
+    x = torch.zeros(1, in_channels(steps), *size, device="meta")
+    return [tuple(t[1:]) for t in forward_chain(meta, x, len(steps) - 1).shapes[1:]]
+
+
+def _on_meta(m: nn.Module) -> nn.Module:
+    """A shallow copy of a leaf module whose parameters and buffers are shape-only meta tensors."""
+    twin = copy.copy(m)
+    twin._parameters = {k: None if v is None else torch.empty_like(v, device="meta") for k, v in m._parameters.items()}
+    twin._buffers = {k: None if v is None else torch.empty_like(v, device="meta") for k, v in m._buffers.items()}
+    return twin
+
+
+def layer_table(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, str, str, tuple, str, str]]:
+    """One row per step of a chain model: (VGG name, module path, type, output shape, receptive field size,
+    stride); the field is 'all' from the first layer that mixes every position on."""
+    steps = chain_of(model)
+    if steps is None:
+        raise LayerError(f"{type(model).__name__} is not a chain of layers; its layers: see model.named_modules()")
+    shapes, alias = output_shapes(model, steps, size), {v: k for k, v in vgg_aliases(steps).items()}
+    rows, mixed = [], False
+    for i, s in enumerate(steps):
+        mixed = mixed or isinstance(s.module, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten))
+        field = None if mixed else receptive_fields(steps, i)[0]
+        rf = ("all", "-") if field is None else (str(field.size), str(field.stride))
+        if s.name != "flatten":
+            rows.append((alias.get(s.name, ""), s.name, type(s.module).__name__, shapes[i], *rf))
+    return rows

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from torchvision.models import VGG, AlexNet
 
@@ -157,41 +155,6 @@ def receptive_fields(steps: list[Step], upto: int) -> tuple[ReceptiveField, Rece
     return out[0], out[1]
 
 
-def output_shapes(model: nn.Module, steps: list[Step], size: tuple[int, int]) -> list[tuple[int, ...]]:
-    """Per-image output shape of every step for an input of `size`. Runs on the meta device: shapes only,
-    no memory or arithmetic, whatever the size."""
-    from .forward import forward_chain  # forward pass lives in its own stage
-
-    meta = [Step(s.name, _on_meta(s.module)) for s in steps]
-    x = torch.zeros(1, _in_channels(steps), *size, device="meta")
-    return [tuple(t[1:]) for t in forward_chain(meta, x, len(steps) - 1).shapes[1:]]
-
-
-def _on_meta(m: nn.Module) -> nn.Module:
-    """A shallow copy of a leaf module whose parameters and buffers are shape-only meta tensors."""
-    twin = copy.copy(m)
-    twin._parameters = {k: None if v is None else torch.empty_like(v, device="meta") for k, v in m._parameters.items()}
-    twin._buffers = {k: None if v is None else torch.empty_like(v, device="meta") for k, v in m._buffers.items()}
-    return twin
-
-
-def layer_table(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, str, str, tuple, str, str]]:
-    """One row per step of a chain model: (VGG name, module path, type, output shape, receptive field size,
-    stride); the field is 'all' from the first layer that mixes every position on."""
-    steps = chain_of(model)
-    if steps is None:
-        raise LayerError(f"{type(model).__name__} is not a chain of layers; its layers: see model.named_modules()")
-    shapes, alias = output_shapes(model, steps, size), {v: k for k, v in vgg_aliases(steps).items()}
-    rows, mixed = [], False
-    for i, s in enumerate(steps):
-        mixed = mixed or isinstance(s.module, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten))
-        field = None if mixed else receptive_fields(steps, i)[0]
-        rf = ("all", "-") if field is None else (str(field.size), str(field.stride))
-        if s.name != "flatten":
-            rows.append((alias.get(s.name, ""), s.name, type(s.module).__name__, shapes[i], *rf))
-    return rows
-
-
 def default_layer(model: nn.Module) -> str:
     """The layer shown when none is named: a VGG's last conv layer (conv5_3 on vgg16), else the last
     convolution's module path."""
@@ -206,7 +169,8 @@ def default_layer(model: nn.Module) -> str:
     return convs[-1]
 
 
-def _in_channels(steps: list[Step]) -> int:
+def in_channels(steps: list[Step]) -> int:
+    """Channels the chain's first layer expects (3 when no layer says)."""
     for s in steps:
         if isinstance(s.module, nn.Conv2d):
             return s.module.in_channels

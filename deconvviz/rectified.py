@@ -1,9 +1,9 @@
-"""Deconvnet for any nn.Module, through autograd: the backward of every ReLU is replaced by rectification.
+"""Deconvnet for any nn.Module, through autograd: the backward of every ReLU is replaced by a rule's.
 
 For a network of convolutions, affine maps, max-pools, additions and concatenations joined by ReLUs,
 autograd's backward is the exact transpose of each linear step and unpools with the switches; only
-the ReLU rule differs (deconvnet: ReLU on the signal, not the forward mask). Anything else on the
-path from the input to the layer has no deconvnet rule and is refused, never silently approximated.
+the ReLU rule differs (deconvnet: ReLU on the signal, not the forward mask; see rules.py). Anything
+else on the path from the input to the layer has no such rule and is refused, never silently approximated.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
 from .forward import Switches, overlapping
+from .rules import Rule, get_rule
 
 _RELUS = {F.relu: False, torch.relu: False, Tensor.relu: False, F.relu_: True, torch.relu_: True, Tensor.relu_: True}
 
@@ -39,18 +40,20 @@ _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only 
 
 
 class _Rectified(torch.autograd.Function):
-    """ReLU forward; deconvnet backward: rectify the incoming signal."""
+    """ReLU forward; backward by the rule (which keeps the forward mask, as booleans, only if it needs it)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, inplace: bool) -> Tensor:
+    def forward(ctx, x: Tensor, inplace: bool, rule: Rule) -> Tensor:
         if inplace:
             ctx.mark_dirty(x)
-            return x.clamp_min_(0)
-        return x.clamp_min(0)
+        out = x.clamp_min_(0) if inplace else x.clamp_min(0)
+        ctx.rule = rule
+        ctx.save_for_backward(out > 0 if rule.needs_mask else None)
+        return out
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
-        return g.clamp_min(0), None
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        return ctx.rule.relu_backward(g, ctx.saved_tensors[0]), None, None
 
 
 class _RectifyReLUs(TorchFunctionMode):
@@ -61,8 +64,9 @@ class _RectifyReLUs(TorchFunctionMode):
     signal (`t * (t > 0)`) is a data-dependent gate, not a linear step, and `gated` records its node.
     """
 
-    def __init__(self):
+    def __init__(self, rule: Rule):
         super().__init__()
+        self.rule = rule
         self.constants = WeakIdKeyDictionary()  # tensor -> the graph nodes its value was computed from
         self.gated: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, source nodes)
 
@@ -70,7 +74,8 @@ class _RectifyReLUs(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _RELUS:
             x = args[0] if args else kwargs["input"]
-            return _Rectified.apply(x, _RELUS[func] or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False)))
+            inplace = _RELUS[func] or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+            return _Rectified.apply(x, inplace, self.rule)
         out = func(*args, **kwargs)
         if func not in _SHAPE_ONLY:
             self._follow(tree_flatten((args, kwargs))[0], out)
@@ -111,9 +116,9 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def rectified_relus() -> Iterator[None]:
-    """Every ReLU called in the block gets the deconvnet backward (rectification of the signal)."""
-    with _RectifyReLUs():
+def rectified_relus(rule: str | Rule = "deconvnet") -> Iterator[None]:
+    """Every ReLU called in the block gets the rule's backward (default: the deconvnet's rectification)."""
+    with _RectifyReLUs(get_rule(rule)):
         yield
 
 
@@ -220,12 +225,11 @@ def _rng_state(device: torch.device) -> list[Tensor]:
     return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
-def layer_output(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, Tensor, dict]:
-    """Forward x (ReLUs rectified, eval mode, hooks removed after). Returns (input leaf, layer output, record).
-
-    The caller's x is never written (the model sees a copy), and the RNG is left as it was."""
+def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule) -> tuple[Tensor, Tensor, dict]:
+    """Forward x (ReLUs with the rule's backward, eval mode, hooks removed after). Returns (input leaf, layer
+    output, record). The caller's x is never written (the model sees a copy), and the RNG is left as it was."""
     leaf = x.detach().clone().requires_grad_(True)
-    mode = _RectifyReLUs()
+    mode = _RectifyReLUs(rule)
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
         before = _rng_state(leaf.device)
         with evaluating(model), recording(model, layer) as rec, mode, torch.enable_grad():

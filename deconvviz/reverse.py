@@ -10,6 +10,9 @@ from torch import Tensor, nn
 
 from .forward import ForwardRecord, Switches, apply
 from .layers import Step
+from .rules import Rule
+
+StageTensor = tuple[str, str, str, Tensor]  # (name, kind, step, tensor (B, ...)) of one chunk of rows
 
 
 @dataclass
@@ -46,9 +49,10 @@ def unpool(y: Tensor, switches: Switches, img: Tensor) -> Tensor:
     return out.scatter_add_(2, idx.reshape(b, c, -1), y.reshape(b, c, -1)).view(b, c, h, w)
 
 
-def rectify(y: Tensor) -> Tensor:
-    """ReLU on the reconstruction (not the forward pass's mask)."""
-    return y.clamp_min(0)
+def relu_masks(record: ForwardRecord, name: str, img: Tensor) -> Tensor:
+    """The forward mask of ReLU step `name` for each row's image: (B, C, ...) bool."""
+    mask = record.masks[name]
+    return mask[img] if mask.shape[0] > 1 else mask.expand(len(img), *mask.shape[1:])
 
 
 def flipped(m: nn.Conv2d) -> Tensor | None:
@@ -87,9 +91,17 @@ def filter_(m: nn.Module, y: Tensor, in_shape: torch.Size, flips: dict | None = 
         return torch.autograd.grad(apply(m, z), z, y)[0]
 
 
-def reverse_chain(steps: list[Step], record: ForwardRecord, y: Tensor, img: Tensor, keep_stages: bool = False,
-                  flips: dict | None = None) -> tuple[Tensor, list[tuple[str, str, str, Tensor]]]:  # fmt: skip
-    """Project y (B, ...) at the output of steps[-1] back to the input. img (B,) says whose switches.
+def reverse_chain(
+    steps: list[Step],
+    record: ForwardRecord,
+    y: Tensor,
+    img: Tensor,
+    rule: Rule,
+    keep_stages: bool = False,
+    flips: dict | None = None,
+) -> tuple[Tensor, list[StageTensor]]:
+    """Project y (B, ...) at the output of steps[-1] back to the input. img (B,) says whose switches and masks;
+    each ReLU passes the signal by `rule`.
 
     Returns the input-space reconstruction (B, C, H, W) and, if asked, (name, kind, step, tensor) stages.
     """
@@ -110,7 +122,7 @@ def reverse_chain(steps: list[Step], record: ForwardRecord, y: Tensor, img: Tens
             pool_number, pending, has_conv = pool_number - 1, None, False
             continue
         if isinstance(s.module, nn.ReLU):
-            y = rectify(y) if keep_stages else y.clamp_min_(0)  # in place unless a stage holds y
+            y = rule.relu_backward(y, relu_masks(record, s.name, img) if rule.needs_mask else None)
         elif not isinstance(s.module, (nn.Dropout, nn.Dropout2d, nn.Identity)):
             y = filter_(s.module, y, record.shapes[i], flips)
         has_conv |= isinstance(s.module, nn.Conv2d)
@@ -142,7 +154,7 @@ def _inside(origin: Tensor, size: tuple[int, int], limit: tuple[int, int]) -> Te
     return (ok_r[:, :, None] & ok_c[:, None, :])[:, None]
 
 
-def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin: Tensor, img: Tensor,
+def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin: Tensor, img: Tensor, rule: Rule,
                     flips: dict | None = None) -> Tensor:  # fmt: skip
     """Reverse pass on windows that follow the receptive field of one activation per row.
 
@@ -153,7 +165,8 @@ def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin:
     for i in reversed(range(len(steps))):
         m, plane = steps[i].module, tuple(record.shapes[i][-2:])
         if isinstance(m, nn.ReLU):
-            y = y.clamp_min_(0)
+            y = rule.relu_backward(y, _window(record.masks[steps[i].name], img, origin, y.shape[1:]) if rule.needs_mask
+                                   else None)  # fmt: skip
         elif isinstance(m, nn.BatchNorm2d):
             y = filter_(m, y, y.shape)
         elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
@@ -178,6 +191,17 @@ def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin:
         r1, c1 = min(r + y.shape[2], h), min(c + y.shape[3], w)
         out[b, :, r0:r1, c0:c1] = y[b, :, r0 - r : r1 - r, c0 - c : c1 - c]
     return out
+
+
+def _window(t: Tensor, img: Tensor, origin: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """Windows of t (N, C, H, W): shape (C, h, w) at `origin` (B, 2) of image img (B,); positions outside
+    the plane repeat the edge (the signal there is zero). Returns (B, C, h, w)."""
+    c, h, w = shape
+    rows = (origin[:, 0, None] + torch.arange(h, device=t.device)).clamp(0, t.shape[2] - 1)
+    cols = (origin[:, 1, None] + torch.arange(w, device=t.device)).clamp(0, t.shape[3] - 1)
+    n = img if t.shape[0] > 1 else torch.zeros_like(img)
+    return t[n[:, None, None, None], torch.arange(c, device=t.device)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]  # fmt: skip
 
 
 def _unpool_window(y: Tensor, sw: Switches, img: Tensor, origin: Tensor, start: Tensor, size: tuple) -> Tensor:

@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from . import __version__
 from .deconvnet import Deconvnet
 from .errors import DeconvvizError, ImageError, LayerError, SelectionError, UnsupportedModelError
-from .forward import apply
+from .forward import apply, output_shapes
 from .images import check_size, to_batch, to_display
-from .layers import ReceptiveField, output_shapes, receptive_fields, resolve, step_index
+from .layers import ReceptiveField, receptive_fields, resolve, step_index
 from .preprocess import Preprocess
 from .render import TopImages, channel_figure, overview_figure, save, write_atomic
 from .weights import load_vgg, pick_device

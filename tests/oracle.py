@@ -1,11 +1,12 @@
-"""The test oracle: captum's NeuronDeconvolution, seeded with the selected activation values."""
+"""The test oracle: captum's NeuronDeconvolution (NeuronGuidedBackprop, NeuronGradient for the other rules),
+seeded with the selected activation values."""
 
 from __future__ import annotations
 
 import warnings
 
 import torch
-from captum.attr import NeuronDeconvolution
+from captum.attr import NeuronDeconvolution, NeuronGradient, NeuronGuidedBackprop
 from torch import Tensor, nn
 
 
@@ -21,8 +22,13 @@ def layer_activation(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
     return got[0]
 
 
-def oracle(model: nn.Module, layer: nn.Module, x: Tensor, channels: Tensor, positions: Tensor | None) -> Tensor:
-    """captum's deconvnet projection for each image n and selection k. channels (N, K); positions (N, K)
+CAPTUM = {"deconvnet": NeuronDeconvolution, "guided": NeuronGuidedBackprop, "gradient": NeuronGradient}
+
+
+def oracle(
+    model: nn.Module, layer: nn.Module, x: Tensor, channels: Tensor, positions: Tensor | None, rule: str = "deconvnet"
+) -> Tensor:
+    """captum's projection (by rule) for each image n and selection k. channels (N, K); positions (N, K)
     flat spatial index (mode max) or None (mode map, whole feature map). Returns (N, K, C, H, W)."""
     act = layer_activation(model, layer, x)
     n, k = channels.shape
@@ -40,7 +46,8 @@ def oracle(model: nn.Module, layer: nn.Module, x: Tensor, channels: Tensor, posi
     xs = x.repeat_interleave(k, dim=0).clone()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = NeuronDeconvolution(model, layer).attribute(xs, neuron_selector=lambda o: (o * seed).flatten(1).sum(1))
+        method = CAPTUM[rule](model, layer)
+        out = method.attribute(xs, neuron_selector=lambda o: (o * seed).flatten(1).sum(1))
     return out.detach().unflatten(0, (n, k))
 
 

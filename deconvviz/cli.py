@@ -110,6 +110,22 @@ Mode = Annotated[
 ]
 
 
+class RuleChoice(StrEnum):
+    deconvnet = "deconvnet"
+    guided = "guided"
+    gradient = "gradient"
+
+
+RuleOpt = Annotated[
+    RuleChoice,
+    typer.Option(
+        "--rule",
+        help="How ReLUs pass the signal back: deconvnet (Zeiler-Fergus: rectify it), guided (guided backprop: "
+        "rectify and keep it where the forward ReLU was active), gradient (the unit's plain gradient).",
+    ),
+]
+
+
 def _fail(message: str, code: int) -> None:
     typer.echo(f"deconvviz: error: {message}", err=True)
     raise typer.Exit(code)
@@ -246,6 +262,7 @@ def visualize(
         str | None, typer.Option(help="Feature maps to show instead of the --top strongest, e.g. 12,40.")
     ] = None,
     mode: Mode = ModeChoice.max,
+    rule: RuleOpt = RuleChoice.deconvnet,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -273,7 +290,7 @@ def visualize(
         default = Path("figures") / f"visualize-{'_'.join(names or [_default_layer(model)])}.png"
 
         def make(net, info, status):
-            return figures.visualize(net, info, image, names, top, chans, mode.value, size, model, status)
+            return figures.visualize(net, info, image, names, top, chans, mode.value, size, model, status, rule.value)
 
         _figure(out, lambda _: default, image, model, weights, device, dpi, size, quiet, make)
 
@@ -287,6 +304,7 @@ def reconstruct(
         typer.Option(help="Feature maps, e.g. 12,40 (projected together), 'all', or the strongest one (default)."),
     ] = None,
     mode: Mode = ModeChoice.max,
+    rule: RuleOpt = RuleChoice.deconvnet,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -310,7 +328,7 @@ def reconstruct(
         name = layer or _default_layer(model)
 
         def make(net, info, status):
-            return figures.reconstruct(net, info, image, name, chans, mode.value, size, model, status)
+            return figures.reconstruct(net, info, image, name, chans, mode.value, size, model, status, rule.value)
 
         _figure(out, lambda _: Path("figures") / f"reconstruct-{name}.png", image, model, weights, device, dpi, size,
                 quiet, make)  # fmt: skip
@@ -366,6 +384,7 @@ def occlusion(
         int | None, typer.Option(help="Step between occluder positions. Default: a third of its side.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Occluded copies evaluated per forward pass.")] = 32,
+    rule: RuleOpt = RuleChoice.deconvnet,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -390,7 +409,7 @@ def occlusion(
 
         def make(net, info, status):
             return figures.occlusion(net, info, image, name, channel, class_, occluder_size, stride, size, model,
-                                     batch_size, status)  # fmt: skip
+                                     batch_size, status, rule.value)  # fmt: skip
 
         _figure(out, lambda prov: Path("figures") / f"occlusion-{name}-c{prov['channel']}.png", image, model,
                 weights, device, dpi, size, quiet, make)  # fmt: skip
@@ -452,6 +471,7 @@ def scan(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass; resume with the same.")] = 32,
     workers: Annotated[int | None, typer.Option(help="Processes reading images. Default: min(4, CPU count).")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Images between checkpoints (OUT/state.pt).")] = 1000,
+    rule: RuleOpt = RuleChoice.deconvnet,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -475,7 +495,8 @@ def scan(
         try:
             result = scan_folder(folder, names, out, top=top, channels=chans, size=size, model=model, weights=weights,
                                  device=device, batch_size=batch_size, workers=workers,
-                                 checkpoint_every=checkpoint_every, progress=bar, verbose=not quiet)  # fmt: skip
+                                 checkpoint_every=checkpoint_every, progress=bar, verbose=not quiet,
+                                 rule=rule.value)  # fmt: skip
         finally:
             bar.stop()
         if result.written and not quiet:

@@ -71,13 +71,14 @@ def _provenance(command: str, image, model_name: str, weights: Weights, size, x,
 
 def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[str] | None = None, top: int = 9,
               channels: Sequence[int] | None = None, mode: str = "max", size: int | None = 224,
-              model_name: str = "vgg16", progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+              model_name: str = "vgg16", progress: Progress | None = None,
+              rule: str = "deconvnet") -> tuple[Figure, dict]:  # fmt: skip
     """Layer grid: per layer (None: the last conv layer), the selected feature maps' projections beside
-    their image patches."""
+    their image patches. rule: how ReLUs pass the signal back (deconvnet, guided, gradient)."""
     layers = list(dict.fromkeys(layers)) if layers is not None else [default_layer(model)]
     if not layers:
         raise LayerError("no layers given; name one or more, e.g. conv1_2,conv3_3,conv5_3")
-    dn = Deconvnet(model)
+    dn = Deconvnet(model, rule=rule)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
     for layer in layers:
@@ -91,21 +92,22 @@ def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[s
         records.append(_selections(dn, out))
     picture = to_display(x[0].cpu(), weights.preprocess)
     what = "strongest activation" if mode == "max" else "whole feature map"
-    title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels"
+    title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title})"
     fig = layer_grid(picture, rows, weights.preprocess, title)
-    return fig, _provenance("visualize", image, model_name, weights, size, x, records)
+    return fig, _provenance("visualize", image, model_name, weights, size, x, records) | {"rule": dn.rule.name}
 
 
 def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | None = None,
                 channels: Sequence[int] | str | None = None, mode: str = "max", size: int | None = 224,
-                model_name: str = "vgg16", progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+                model_name: str = "vgg16", progress: Progress | None = None,
+                rule: str = "deconvnet") -> tuple[Figure, dict]:  # fmt: skip
     """Layer-by-layer reconstruction: the input, then every stage of the reverse journey to pixels.
 
     layer None: the last conv layer. channels None: the strongest feature map; "all": every one; several
-    channels are projected together, as one seed.
+    channels are projected together, as one seed. rule: deconvnet, guided or gradient.
     """
     layer = layer or default_layer(model)
-    dn = Deconvnet(model)
+    dn = Deconvnet(model, rule=rule)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     if channels == "all":
         steps = dn.steps
@@ -120,8 +122,10 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | Non
     title = (
         f"{model_name} ({weights.name}): {layer}, {shown} ({'strongest activation' if mode == 'max' else 'whole map'})"
     )
+    title += "" if dn.rule.name == "deconvnet" else f", {dn.rule.title}"
     fig = reconstruction_figure(to_display(x[0].cpu(), weights.preprocess), stages, weights.preprocess, title)
     prov = _provenance("reconstruct", image, model_name, weights, size, x, [_selections(dn, out)])
+    prov["rule"] = dn.rule.name
     prov["stages"] = [{"name": s.name, "kind": s.kind, "size": list(s.size), "undoes": s.step} for s in out.stages]
     return fig, prov
 
@@ -129,14 +133,14 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | Non
 def occlusion(model: nn.Module, weights: Weights, image=None, layer: str | None = None, channel: int | None = None,
               cls: int | None = None, size: int | None = None, stride: int | None = None, image_size: int | None = 224,
               model_name: str = "vgg16", batch_size: int = 32,
-              progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+              progress: Progress | None = None, rule: str = "deconvnet") -> tuple[Figure, dict]:  # fmt: skip
     """Occlusion sensitivity (ZF Fig. 7) of one feature map (default: the image's strongest) and, with cls, a class.
 
     The occluder is the dataset mean colour of the weights' preprocessing; size and stride as `occlusion_maps`.
-    layer None: the last conv layer.
+    layer None: the last conv layer. rule: how the projection panel passes ReLUs (deconvnet, guided, gradient).
     """
     layer = layer or default_layer(model)
-    dn = Deconvnet(model)
+    dn = Deconvnet(model, rule=rule)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, image_size,
                  device=dn.device)  # fmt: skip
     if progress:
@@ -149,6 +153,7 @@ def occlusion(model: nn.Module, weights: Weights, image=None, layer: str | None 
         name = weights.categories[cls] if weights.categories and cls < len(weights.categories) else f"class {cls}"
     title = f"{model_name} ({weights.name}): occluding the image, watching {layer} map {channel}"
     title += f" and p({name})" if name else ""
+    title += "" if dn.rule.name == "deconvnet" else f"; {dn.rule.title} projection"
     picture = to_display(x[0].cpu(), weights.preprocess)
     strongest = float(out.selections.values[0, 0])
     fig = occlusion_figure(picture, res, out.images[0, 0].cpu(), strongest, weights.preprocess, title, name)
@@ -165,7 +170,7 @@ def occlusion(model: nn.Module, weights: Weights, image=None, layer: str | None 
         "occluder": {"size": res.size, "stride": res.stride, "grey": [round(float(g), 6) for g in res.grey],
                      "positions": {"rows": res.rows.tolist(), "cols": res.cols.tolist()}},
         "activation": summary(res.activation, res.baseline_activation),
-        "projection": _selections(dn, out) | {"channel": channel},
+        "projection": _selections(dn, out) | {"channel": channel, "rule": dn.rule.name},
     }  # fmt: skip
     if cls is not None:
         prov["class"] = {"index": cls, "name": name} | summary(res.probability, res.baseline_probability)

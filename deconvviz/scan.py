@@ -29,6 +29,7 @@ from .images import check_size, to_batch, to_display
 from .layers import ReceptiveField, receptive_fields, resolve, step_index
 from .preprocess import Preprocess
 from .render import TopImages, channel_figure, overview_figure, save, write_atomic
+from .rules import get_rule
 from .weights import load_vgg, pick_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -53,6 +54,7 @@ class ScanArguments:
     model: str
     weights: str
     batch_size: int
+    rule: str = "deconvnet"  # how the kept activations are projected (rules.py); the top-k do not depend on it
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -186,20 +188,22 @@ def scan_folder(
     checkpoint_every: int = 1000,
     progress: Progress | None = None,
     verbose: bool = True,
+    rule: str = "deconvnet",
 ) -> ScanResult:
     """For every channel of `layers`, the `top` images of `folder` with its strongest activations; the chosen
     `channels` (None: the 9 strongest, "all") are projected and drawn. Everything is written under `out`.
 
     Resumable: `out/state.pt` is checkpointed every `checkpoint_every` images; run again with the same
     arguments after an interruption and the result is that of an uninterrupted run. A finished run
-    (`out/report.json`) is returned without recomputing. Under torchrun the batches are shared out among
-    the processes and the per-process top-k merged exactly; process 0 projects and writes.
+    (`out/report.json`) is returned without recomputing. rule: deconvnet, guided or gradient. Under torchrun
+    the batches are shared out among the processes and the per-process top-k merged exactly; process 0
+    projects and writes.
     """
     chans = channels if channels is None or isinstance(channels, str) else tuple(int(c) for c in channels)
     if isinstance(chans, str) and chans != "all":
         raise SelectionError(f"channels '{chans}' is not a list of feature maps; give e.g. 12,40, or all")
     args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, model, os.fspath(weights),
-                         batch_size)  # fmt: skip
+                         batch_size, get_rule(rule).name)  # fmt: skip
     check_size(size)
     checks = (("top (--top)", top, 1), ("batch size (--batch-size)", batch_size, 1),
               ("checkpoint interval (--checkpoint-every)", checkpoint_every, 1),
@@ -219,7 +223,7 @@ def scan_folder(
     if world > 1 and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     net, info = load_vgg(model, weights, device=dev, verbose=verbose and rank == 0)
-    dn = Deconvnet(net)
+    dn = Deconvnet(net, rule=args.rule)
     if dn.steps is None:
         raise UnsupportedModelError(f"{model} is not a chain of layers; the scan needs one")
     taps = {name: _step_index(dn, name) for name in dict.fromkeys(layers)}
@@ -445,6 +449,7 @@ def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out:
         written += [save(channel_figure(t, info.preprocess), out / layer / f"channel-{t.channel}.png") for t in drawn]
         if drawn:
             title = f"{args.model} ({info.name}), {layer}: each feature map's {args.top} strongest images"
+            title += "" if args.rule == "deconvnet" else f" ({dn.rule.title})"
             written.append(save(overview_figure(drawn[:OVERVIEW_CHANNELS], info.preprocess, title),
                                 out / layer / "overview.png"))  # fmt: skip
         projections = {t.channel: t.reconstructions for t in drawn}
@@ -493,7 +498,7 @@ def load_result(rundir: str | os.PathLike) -> ScanResult:
         raise DeconvvizError(f"no finished scan in '{rundir}' ({e}); run `deconvviz scan` there first") from None
     a = report["arguments"]
     chans = tuple(a["channels"]) if isinstance(a["channels"], list) else a["channels"]
-    args = ScanArguments(**{**a, "layers": tuple(a["layers"]), "channels": chans})
+    args = ScanArguments(**{**a, "layers": tuple(a["layers"]), "channels": chans})  # no "rule": deconvnet
     layers = {}
     for layer, rec in report["layers"].items():
         proj = torch.load(rundir / layer / "projections.pt", weights_only=True)

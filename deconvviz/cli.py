@@ -239,9 +239,9 @@ def _figure(out: Path | None, default_out, image: Path | None, model: str, weigh
     status = _Status(quiet)
     try:
         net, info = _load(model, weights, device, quiet, status)
-        fig, prov = make(net, info, status)
+        fig, prov, *tables = make(net, info, status)
         status("writing figure")
-        paths = figures.write(fig, prov, out or default_out(prov), dpi)
+        paths = figures.write(fig, prov, out or default_out(prov), dpi, *tables)
     finally:
         status.stop()
     if not quiet:
@@ -413,6 +413,91 @@ def occlusion(
 
         _figure(out, lambda prov: Path("figures") / f"occlusion-{name}-c{prov['channel']}.png", image, model,
                 weights, device, dpi, size, quiet, make)  # fmt: skip
+
+
+@app.command()
+def compare(
+    image: Image = None,
+    layer: LayerOpt = None,
+    top: Annotated[int, typer.Option(help="How many feature maps: those with the strongest activations.")] = 4,
+    channels: Annotated[
+        str | None, typer.Option(help="Feature maps to show instead of the --top strongest, e.g. 12,40.")
+    ] = None,
+    model: Model = "vgg16",
+    weights: WeightsOpt = "auto",
+    device: Device = "auto",
+    size: Size = 224,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. Default: figures/compare-LAYER.png"
+        ),
+    ] = None,
+    dpi: Dpi = 150,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Deconvnet, guided backprop and gradient side by side: each selected activation projected by every rule."""
+    with _errors(debug):
+        from . import figures
+
+        chans = _channels(channels)
+        name = layer or _default_layer(model)
+
+        def make(net, info, status):
+            return figures.compare(net, info, image, name, top, chans, size, model, status)
+
+        _figure(out, lambda _: Path("figures") / f"compare-{name}.png", image, model, weights, device, dpi, size,
+                quiet, make)  # fmt: skip
+
+
+@app.command()
+def sanity(
+    image: Image = None,
+    layer: LayerOpt = None,
+    channel: Annotated[
+        int | None, typer.Option(help="Feature map whose strongest activation is the unit. Default: the strongest.")
+    ] = None,
+    rules: Annotated[
+        str, typer.Option(help="Rules to test, comma-separated: deconvnet, guided, gradient.")
+    ] = "deconvnet,guided,gradient",
+    seed: Annotated[int, typer.Option(help="Seed of the re-initialized weights.")] = 0,
+    model: Model = "vgg16",
+    weights: WeightsOpt = "auto",
+    device: Device = "auto",
+    size: Size = 224,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png .pdf .svg .jpg); .json (provenance and every number) and .csv beside it. "
+            "Default: figures/sanity-LAYER.png"
+        ),
+    ] = None,
+    dpi: Dpi = 150,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """How much of a picture comes from the network: the same unit projected after re-initializing the weights
+    from the layer down (cascading) and one layer at a time (independent), unit specificity and image recovery."""
+    with _errors(debug):
+        from . import figures
+        from .rules import get_rule
+
+        chosen = [get_rule(r.strip()).name for r in rules.split(",") if r.strip()]
+        if not chosen:
+            raise DeconvvizError(f"--rules '{rules}' names no rule; give e.g. deconvnet,guided,gradient")
+        name = layer or _default_layer(model)
+        if out is not None:
+            from .render import check_target
+
+            check_target(out.with_suffix(".csv"))
+
+        def make(net, info, status):
+            fig, prov, csv = figures.sanity(net, info, image, name, channel, chosen, seed, size, model, status)
+            return fig, prov, {".csv": csv}
+
+        _figure(out, lambda _: Path("figures") / f"sanity-{name}.png", image, model, weights, device, dpi, size,
+                quiet, make)  # fmt: skip
 
 
 class _Bar:

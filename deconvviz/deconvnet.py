@@ -89,20 +89,22 @@ class Deconvnet:
 
     def project(self, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
                 top: int = 9, keep_stages: bool = False, together: bool = False,
-                positions: Tensor | None = None, rule: str | Rule | None = None) -> Projection:  # fmt: skip
+                positions: Tensor | None = None, rule: str | Rule | None = None,
+                values: Tensor | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
         only each map's strongest activation, "map" the whole map. together: project the K selections
         of each image jointly, as one seed (images then (N, 1, C, H, W)). positions (N, K): in mode max,
-        the flat positions to keep instead of each map's strongest activation. rule: how ReLUs pass the
-        signal back, deconvnet, guided or gradient (None: the Deconvnet's own).
+        the flat positions to keep instead of each map's strongest activation, and values (N, K) the seeds
+        to put there (default: the activations). rule: how ReLUs pass the signal back, deconvnet, guided or
+        gradient (None: the Deconvnet's own).
         """
         rule = get_rule(self.rule if rule is None else rule)
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
-            return self._project(x, layer, channels, mode, top, keep_stages, together, positions, rule)
+            return self._project(x, layer, channels, mode, top, keep_stages, together, positions, rule, values)
 
-    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule) -> Projection:
+    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values) -> Projection:
         """The one driver of both paths: resolve, forward, select, then the reverse pass in chunks of seeds."""
         x, steps = self._input(x), self.steps
         layer = str(layer) if isinstance(layer, int) and not isinstance(layer, bool) else layer
@@ -111,7 +113,7 @@ class Deconvnet:
         name = resolve(self.model, steps, layer)
         path = _AutogradPath(self.model, name, rule) if steps is None else _ChainPath(steps, name, rule)
         act = path.forward(x)
-        sel = select(act, layer, channels, mode, top, positions)
+        sel = select(act, layer, channels, mode, top, positions, values)
         if not (keep_stages or together) and self.crop is not False and path.windows_possible():
             return self._project_windows(x, path, sel)
         n, k = sel.channels.shape

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,7 +20,9 @@ from .forward import output_shapes
 from .images import DEFAULT_IMAGE, load_image, to_batch, to_display
 from .layers import default_layer, receptive_fields, resolve, step_index
 from .occlusion import occlusion_maps
-from .render import GridRow, layer_grid, occlusion_figure, reconstruction_figure, save
+from .render import GridRow, compare_figure, layer_grid, occlusion_figure, reconstruction_figure, sanity_figure, save
+from .rules import RULES
+from .sanity import layer_label, sanity_report
 from .weights import Weights
 
 Progress = Callable[[str], None]
@@ -177,10 +180,89 @@ def occlusion(model: nn.Module, weights: Weights, image=None, layer: str | None 
     return fig, prov
 
 
-def write(fig: Figure, provenance: dict, out: str | os.PathLike, dpi: int = 150) -> tuple[Path, Path]:
-    """Figure at `out` and its provenance JSON beside it (same name, .json): both written, or neither."""
+def write(fig: Figure, provenance: dict, out: str | os.PathLike, dpi: int = 150,
+          tables: dict[str, str] | None = None) -> tuple[Path, ...]:  # fmt: skip
+    """Figure at `out` and its provenance JSON beside it (same name, .json), and any tables ({suffix: text},
+    e.g. {".csv": ...}) with the same name: all written, or none."""
     out = Path(out)
     meta = out.with_suffix(".json")
     text = json.dumps({**provenance, "figure": out.name}, indent=2, allow_nan=False) + "\n"
-    save(fig, out, dpi, also={meta: text.encode()})
-    return out, meta
+    extra = {out.with_suffix(suffix): body.encode() for suffix, body in (tables or {}).items()}
+    save(fig, out, dpi, also={meta: text.encode()} | extra)
+    return out, meta, *extra
+
+
+def compare(model: nn.Module, weights: Weights, image=None, layer: str | None = None, top: int = 4,
+            channels: Sequence[int] | None = None, size: int | None = 224, model_name: str = "vgg16",
+            progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+    """Deconvnet, guided backprop and gradient side by side (Springenberg et al.): the selected feature maps'
+    strongest activations (default: the `top` strongest maps), each projected by every rule."""
+    layer = layer or default_layer(model)
+    dn = Deconvnet(model)
+    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
+    outs = {}
+    for rule in RULES.values():
+        if progress:
+            progress(f"projecting {layer} ({rule.title})")
+        outs[rule.title] = dn.project(x, layer, channels=channels, mode="max", top=top, rule=rule)
+    first = next(iter(outs.values()))
+    boxes = dn.receptive_field_boxes(first)
+    if boxes is None:
+        raise LayerError(f"'{layer}' mixes all positions: no receptive field to crop; choose a conv or pool layer")
+    sel = first.selections
+    title = f"{model_name} ({weights.name}), {layer}: the same activations projected by three rules"
+    fig = compare_figure(to_display(x[0].cpu(), weights.preprocess), {k: o.images[0].cpu() for k, o in outs.items()},
+                         boxes[0], sel.channels[0].tolist(), sel.values[0].tolist(), _field(dn, first.layer),
+                         weights.preprocess, title)  # fmt: skip
+    prov = _provenance("compare", image, model_name, weights, size, x, [_selections(dn, first)])
+    prov["rules"] = [r.name for r in RULES.values()]
+    return fig, prov
+
+
+def sanity(model: nn.Module, weights: Weights, image=None, layer: str | None = None, channel: int | None = None,
+           rules: Sequence[str] = tuple(RULES), seed: int = 0, size: int | None = 224, model_name: str = "vgg16",
+           progress: Progress | None = None) -> tuple[Figure, dict, str]:  # fmt: skip
+    """The sanity report of one unit (sanity.py): figure, provenance with every number, and the numbers as CSV."""
+    layer = layer or default_layer(model)
+    device = Deconvnet(model).device
+    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
+    rep = sanity_report(model, x, layer, channel, rules, seed, progress=progress)
+    labels = [layer_label(model, n) for n in rep.randomized]
+    titles = {r: RULES[r].title for r in rep.rules}
+    fig = sanity_figure(
+        to_display(x[0].cpu(), weights.preprocess), {titles[r]: rep.images[r] for r in rep.rules}, rep.box, labels,
+        {titles[r]: [s.spearman_abs for s in rep.cascading[r]] for r in rep.rules},
+        {titles[r]: [s.ssim for s in rep.cascading[r]] for r in rep.rules}, weights.preprocess,
+        f"{model_name} ({weights.name}), {layer} map {rep.channel} at {rep.position}: how much of each picture "
+        f"comes from the trained weights (seed {seed})",
+    )  # fmt: skip
+    rows = [("rule", "test", "randomized", "spearman_abs", "spearman", "ssim")]
+    for r in rep.rules:
+        for test, sims in (("cascading", rep.cascading[r]), ("independent", rep.independent[r])):
+            rows += [(r, test, lab, *_numbers(s)) for lab, s in zip(labels, sims, strict=True)]
+        rows += [(r, "specificity", "", *_numbers(rep.specificity[r])), (r, "recovery", "", *_numbers(rep.recovery[r]))]
+    csv = "".join(",".join("" if v is None else str(v) for v in row) + "\n" for row in rows)
+    prov = _provenance("sanity", image, model_name, weights, size, x, [])
+    del prov["layers"]
+    prov |= {
+        "layer": layer, "module": _module_path(model, layer), "channel": rep.channel, "position": list(rep.position),
+        "receptive_field": list(rep.box), "seed": seed, "rules": rep.rules, "randomized": labels,
+        "seeded_at": "the unit's pre-activation (the step before its ReLU), with its trained value",
+        "specificity_units": rep.specificity_units,
+        "similarity": "inside the receptive field; Spearman of |r| and r summed over colour channels, SSIM of |r|",
+        "results": {r: {"cascading": [asdict(s) for s in rep.cascading[r]],
+                        "independent": [asdict(s) for s in rep.independent[r]],
+                        "specificity": asdict(rep.specificity[r]), "recovery": asdict(rep.recovery[r])}
+                    for r in rep.rules},
+    }  # fmt: skip
+    return fig, prov, csv
+
+
+def _numbers(s) -> tuple:
+    return tuple(None if v is None else round(v, 6) for v in (s.spearman_abs, s.spearman, s.ssim))
+
+
+def _module_path(model: nn.Module, layer: str) -> str:
+    """The module path a layer name resolves to."""
+    dn = Deconvnet(model)
+    return resolve(model, dn.steps, layer)

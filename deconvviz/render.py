@@ -383,3 +383,85 @@ def write_files(writers: dict) -> None:
     finally:
         for tmp in temps:
             Path(tmp).unlink(missing_ok=True)
+
+
+def compare_figure(image: np.ndarray, projections: dict[str, Tensor], boxes: Tensor, channels: Sequence[int],
+                   values: Sequence[float], field: tuple[int, int] | None, preprocess: Preprocess,
+                   title: str) -> Figure:  # fmt: skip
+    """Springenberg et al. style: per selection (rows) the image patch, then each rule's projection (columns),
+    all cropped to the receptive field. projections: rule title -> (K, 3, H, W); boxes (K, 4)."""
+    h, w = image.shape[:2]
+    box_list = boxes.tolist()
+    cell = (max(b - t for t, b, _, _ in box_list), max(r - q for _, _, q, r in box_list))
+    if field is not None:
+        cell = (max(cell[0], min(field[0], h)), max(cell[1], min(field[1], w)))
+    cols = 1 + len(projections)
+    fig, axes = plt.subplots(len(channels), cols, figsize=(1.9 * cols, 1.9 * len(channels) + 0.9), squeeze=False)
+    for k, row_axes in enumerate(axes):
+        t, b, left, right = box_list[k]
+        panels = [("image patch", image[t:b, left:right])]
+        panels += [(name, pattern_rgb(r[k][:, t:b, left:right], preprocess)) for name, r in projections.items()]
+        for j, (ax, (name, crop)) in enumerate(zip(row_axes, panels, strict=True)):
+            _off(ax)
+            ax.imshow(_in_cell(crop, box_list[k], cell, (h, w)), interpolation="nearest")
+            if k == 0:
+                ax.set_title(f"({string.ascii_lowercase[j]}) {name}", fontsize=9)
+        row_axes[0].set_ylabel(f"map {channels[k]}: {values[k]:.3g}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.text(0.5, 0.005, "projections: mid-grey = 0, contrast: 99.9th percentile of |r| per panel; "
+             "each row one feature map's strongest activation, cropped to its receptive field (light grey: beyond "
+             "the image)", ha="center", fontsize=6.5, color="0.3", wrap=True)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def sanity_figure(image: np.ndarray, images: dict[str, Tensor], box: Sequence[int], columns: Sequence[str],
+                  scores: dict[str, Sequence[float | None]], ssim: dict[str, Sequence[float | None]],
+                  preprocess: Preprocess, title: str) -> Figure:  # fmt: skip
+    """Cascading randomization (Adebayo et al. Fig. 2 layout): rows = rules, columns = trained, then randomized
+    from the layer down to each named layer; under each panel its Spearman |r| with the trained one. Below,
+    the same numbers (and SSIM) as curves. images: rule title -> (1 + steps, 3, H, W)."""
+    t, b, left, right = box
+    n_rules, n_cols = len(images), 1 + len(columns)
+    fig = plt.figure(figsize=(1.05 * (n_cols + 1) + 0.6, 1.25 * n_rules + 3.6))
+    grid = fig.add_gridspec(n_rules + 1, n_cols + 1, height_ratios=[1] * n_rules + [2.2], hspace=0.45, wspace=0.08)
+    ax = fig.add_subplot(grid[0, 0])
+    _off(ax)
+    ax.imshow(image[t:b, left:right], interpolation="nearest")
+    ax.set_title("(a) image patch", fontsize=7)
+    for i, (rule, pics) in enumerate(images.items()):
+        for j in range(n_cols):
+            ax = fig.add_subplot(grid[i, j + 1])
+            _off(ax)
+            r = pics[j][:, t:b, left:right]
+            if r.any():
+                ax.imshow(pattern_rgb(r, preprocess), interpolation="nearest")
+            else:
+                ax.imshow(np.full((*r.shape[-2:], 3), 0.5), vmin=0, vmax=1)
+                ax.text(0.5, 0.5, "all zero", ha="center", va="center", fontsize=6, transform=ax.transAxes)
+            if i == 0:
+                ax.set_title("trained" if j == 0 else f"→ {columns[j - 1]}", fontsize=6.5, rotation=0)
+            if j == 0:
+                ax.set_ylabel(rule, fontsize=8)
+            else:
+                s = scores[rule][j - 1]
+                ax.set_xlabel("n/a" if s is None else f"ρ {s:.2f}", fontsize=6.5, labelpad=1)
+    ax = fig.add_subplot(grid[n_rules, 1:])
+    steps = np.arange(1, len(columns) + 1)
+    for k, rule in enumerate(images):
+        color = f"C{k}"
+        ax.plot(steps, [np.nan if v is None else v for v in scores[rule]], "o-", color=color, ms=3,
+                label=f"{rule}: Spearman |r|")  # fmt: skip
+        ax.plot(steps, [np.nan if v is None else v for v in ssim[rule]], "s--", color=color, ms=3, alpha=0.6,
+                label=f"{rule}: SSIM |r|")  # fmt: skip
+    ax.set_xticks(steps, list(columns), rotation=45, fontsize=7)
+    ax.set_ylim(-0.1, 1.05)
+    ax.axhline(0, color="0.7", lw=0.5)
+    ax.set_ylabel("similarity to trained", fontsize=8)
+    ax.set_xlabel("weights re-initialized from the layer down to ...", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6.5, ncol=len(images), loc="lower left")
+    ax.set_title(f"({string.ascii_lowercase[1]}) cascading randomization, similarity inside the receptive field",
+                 fontsize=8, loc="left")  # fmt: skip
+    fig.suptitle(title, fontsize=9.5)
+    return fig

@@ -33,11 +33,12 @@ class Selection:
 
 
 def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
-           top: int = 9, positions: Tensor | None = None) -> Selection:  # fmt: skip
+           top: int = 9, positions: Tensor | None = None, values: Tensor | None = None) -> Selection:  # fmt: skip
     """Pick channels (given, or the `top` strongest per image) of an activation (N, C, ...).
 
     positions (N, K): flat positions to keep in mode max instead of each map's strongest (e.g. recorded
-    by a dataset scan, so a near-tie cannot move the projected activation)."""
+    by a dataset scan, so a near-tie cannot move the projected activation). values (N, K), with positions:
+    the seed values to put there instead of the activations (e.g. the same unit seeded alike in two networks)."""
     if mode not in MODES:
         raise SelectionError(f"unknown mode '{mode}'; use 'max' (strongest activation) or 'map' (whole feature map)")
     n, c = activation.shape[:2]
@@ -59,7 +60,9 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
             what = f"channel {bad[0]} is out of range" if bad else "no channels given"
             raise SelectionError(f"{what} for layer '{layer}' with {c} channels; use 0..{c - 1}")
         chans = chans.expand(n, -1)
-    where = where.gather(1, chans)
+    where, given = where.gather(1, chans), values
+    if given is not None and positions is None:
+        raise SelectionError("values need positions: they are the seeds put at those positions (mode max)")
     if positions is not None:
         where = torch.as_tensor(positions, device=activation.device)
         if where.shape != chans.shape or where.is_floating_point():
@@ -71,6 +74,10 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
                 f"positions must index the {tuple(activation.shape[2:])} maps of '{layer}' in mode max"
             )
         values = activation.reshape(n, c, -1)[torch.arange(n, device=chans.device)[:, None], chans, where]
+        if given is not None:
+            values = torch.as_tensor(given, dtype=activation.dtype, device=activation.device)
+            if values.shape != chans.shape or not bool(torch.isfinite(values).all()):
+                raise SelectionError(f"values must be finite numbers of shape (N, K) = {tuple(chans.shape)}")
         return Selection(layer, mode, chans, values, where, tuple(activation.shape[1:]))
     return Selection(layer, mode, chans, peak.gather(1, chans), where, tuple(activation.shape[1:]))
 

@@ -1,0 +1,222 @@
+"""How much of a projection comes from the network: randomization tests (Adebayo et al. 2018), unit
+specificity and image recovery, for every rule.
+
+A projection that barely changes when the weights above the input are re-initialized, or that looks the
+same for every unit, or that looks like the image's edges, says more about the image than about what the
+network learned. Everything here runs on a deep copy of the model (never the caller's), seeded.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from skimage.filters import sobel
+from skimage.metrics import structural_similarity
+from torch import Tensor, nn
+
+from .deconvnet import Deconvnet
+from .errors import LayerError, UnsupportedModelError
+from .layers import resolve, step_index, vgg_aliases
+from .rules import RULES, get_rule
+
+Progress = Callable[[str], None]
+Box = tuple[int, int, int, int]  # top, bottom, left, right (half-open)
+
+
+@dataclass
+class Similarity:
+    """Similarity of two projections inside a box: Spearman rank correlation of |r| and of r (channels
+    summed), SSIM of |r| (each scaled to [0, 1] by its maximum). None where a projection is all zero."""
+
+    spearman_abs: float | None
+    spearman: float | None
+    ssim: float | None
+
+
+@dataclass
+class SanityReport:
+    """Every number of a sanity run. Cascading step i has re-initialized randomized[: i + 1] (from the
+    layer down); independent step i only randomized[i]. images: rule -> (1 + steps, 3, H, W), trained first."""
+
+    layer: str
+    channel: int
+    position: tuple[int, int]  # row, col at the layer
+    box: Box  # the unit's receptive field in the input
+    rules: list[str]
+    randomized: list[str]  # parameterized layers, from the chosen layer down toward the input
+    seed: int
+    cascading: dict[str, list[Similarity]] = field(default_factory=dict)
+    independent: dict[str, list[Similarity]] = field(default_factory=dict)
+    specificity: dict[str, Similarity] = field(default_factory=dict)  # mean over pairs of the strongest units
+    specificity_units: list[int] = field(default_factory=list)
+    recovery: dict[str, Similarity] = field(default_factory=dict)  # vs the input's edge map
+    images: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _maps(r: Tensor, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """(3, H, W) projection -> (signed, absolute) channel sums inside the box, float64."""
+    t, b, left, right = box
+    crop = r[:, t:b, left:right].double().cpu()
+    return crop.sum(0).numpy(), crop.abs().sum(0).numpy()
+
+
+def _rank_corr(a: np.ndarray, b: np.ndarray) -> float | None:
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a.ravel(), b.ravel()).statistic)
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float | None:
+    if a.max() <= 0 or b.max() <= 0 or min(a.shape) < 7:
+        return None
+    return float(structural_similarity(a / a.max(), b / b.max(), data_range=1.0))
+
+
+def similarity(r1: Tensor, r2: Tensor, box: Box) -> Similarity:
+    """Similarity of two input-space projections (3, H, W) inside the box (top, bottom, left, right)."""
+    (s1, a1), (s2, a2) = _maps(r1, box), _maps(r2, box)
+    return Similarity(_rank_corr(a1, a2), _rank_corr(s1, s2), _ssim(a1, a2))
+
+
+def edge_map(x: Tensor) -> Tensor:
+    """A plain edge map of a preprocessed image (C, H, W): Sobel magnitude of the channel mean, as (3, H, W)."""
+    grey = x.double().mean(0).cpu().numpy()
+    return torch.from_numpy(sobel(grey)).expand(3, -1, -1)
+
+
+def _mean(sims: Sequence[Similarity]) -> Similarity:
+    def avg(vals):
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return Similarity(*(avg([getattr(s, f) for s in sims]) for f in ("spearman_abs", "spearman", "ssim")))
+
+
+def randomizable(model: nn.Module, layer: str) -> list[str]:
+    """Module paths of the parameterized layers on the way from the input to `layer`, nearest to it first.
+    A layer whose parameters cannot be re-initialized (no reset_parameters) is refused by name."""
+    dn = Deconvnet(model)
+    steps = dn.steps
+    if steps is None:
+        raise UnsupportedModelError(f"{type(model).__name__} is not a chain of layers; the sanity report randomizes "
+                                    "a chain's layers in order (VGG, AlexNet, nn.Sequential)")  # fmt: skip
+    upto = step_index(steps, resolve(model, steps, layer))
+    names = []
+    for s in steps[: upto + 1]:
+        if any(True for _ in s.module.parameters(recurse=False)):
+            if not callable(getattr(s.module, "reset_parameters", None)):
+                raise UnsupportedModelError(f"cannot randomize '{s.name}' ({type(s.module).__name__}): it has no "
+                                            "reset_parameters(); choose a layer before it")  # fmt: skip
+            names.append(s.name)
+    if not names:
+        raise LayerError(f"no layer with weights between the input and '{layer}'; choose a deeper layer")
+    return names[::-1]
+
+
+def randomized_copy(model: nn.Module, names: Sequence[str], seed: int) -> nn.Module:
+    """A deep copy with the named modules re-initialized (their own reset_parameters), seeded per module, so
+    that a module gets the same random weights in every cascade step that includes it."""
+    twin = copy.deepcopy(model)
+    modules = dict(twin.named_modules())
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        for name in names:
+            torch.manual_seed(seed + list(modules).index(name))
+            modules[name].reset_parameters()
+            if isinstance(modules[name], nn.modules.batchnorm._BatchNorm):
+                modules[name].reset_running_stats()
+    return twin
+
+
+def sanity_report(model: nn.Module, x: Tensor, layer: str, channel: int | None = None,
+                  rules: Sequence[str] = tuple(RULES), seed: int = 0, units: int = 8,
+                  progress: Progress | None = None) -> SanityReport:  # fmt: skip
+    """Randomization, specificity and recovery numbers for one unit of `layer` (the strongest activation of
+    `channel`; None: of the image's strongest map). x: one preprocessed image (1, C, H, W)."""
+    rules = [get_rule(r).name for r in rules]
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError("sanity_report takes one image, (1, C, H, W)")
+    names = randomizable(model, layer)
+    trained = Deconvnet(model)
+    first = trained.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1)
+    seeded_at = pre_activation(model, first.layer)
+    boxes = trained.receptive_field_boxes(first)
+    if boxes is None:
+        raise LayerError(f"'{layer}' mixes all positions; the sanity report needs a convolution or pool layer")
+    box = tuple(int(v) for v in boxes[0, 0])
+    chan, pos, value = first.selections.channels, first.selections.positions, first.selections.values
+    row, col = (int(v) for v in first.selections.rows_cols[0, 0])
+    rep = SanityReport(layer, int(chan[0, 0]), (row, col), box, rules, names, seed)
+
+    def unit(net: nn.Module, rule: str) -> Tensor:  # the same unit, seeded alike at its pre-activation, in any network
+        dn = Deconvnet(net, rule=rule)
+        return dn.project(x, seeded_at, channels=chan[0], positions=pos, values=value).images[0, 0]
+
+    total = len(rules) * (1 + 2 * len(names))
+    done = 0
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(f"sanity {done}/{total}: {what}")
+
+    strongest = trained.project(x, layer, mode="max", top=units)
+    others = strongest.selections.channels[0].tolist()
+    rep.specificity_units = others
+    edges = edge_map(x[0])
+    for rule in rules:
+        base = unit(model, rule)
+        tick(f"{rule}, trained")
+        pictures, cascade, alone = [base], [], []
+        for i, name in enumerate(names):
+            pictures.append(unit(randomized_copy(model, names[: i + 1], seed), rule))
+            cascade.append(similarity(base, pictures[-1], box))
+            tick(f"{rule}, cascading down to {name}")
+        for name in names:
+            alone.append(similarity(base, unit(randomized_copy(model, [name], seed), rule), box))
+            tick(f"{rule}, only {name}")
+        rep.images[rule] = torch.stack(pictures).cpu()
+        rep.cascading[rule], rep.independent[rule] = cascade, alone
+        per_unit = Deconvnet(model, rule=rule).project(x, layer, channels=others, mode="max")
+        unit_boxes = trained.receptive_field_boxes(per_unit)[0].tolist()
+        pairs = [
+            similarity(per_unit.images[0, i], per_unit.images[0, j], _union(unit_boxes[i], unit_boxes[j]))
+            for i in range(len(others))
+            for j in range(i + 1, len(others))
+        ]
+        rep.specificity[rule] = _mean(pairs)
+        rep.recovery[rule] = similarity(base, edges.to(base), box)
+    return rep
+
+
+def pre_activation(model: nn.Module, name: str) -> str:
+    """The step before a ReLU (its input), else the step itself. A unit is seeded there so that a unit that a
+    randomized layer below switches off still has a projection: through its own ReLU, guided backprop and the
+    gradient of an inactive unit are zero whatever the network learned, which would say nothing."""
+    steps = Deconvnet(model).steps
+    i = step_index(steps, name)
+    return steps[i - 1].name if i > 0 and isinstance(steps[i].module, nn.ReLU) else name
+
+
+def _union(a: Sequence[int], b: Sequence[int]) -> Box:
+    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+
+
+def layer_label(model: nn.Module, name: str) -> str:
+    """A randomized module's VGG name where it has one (conv5_3 for the conv itself), else its path."""
+    dn = Deconvnet(model)
+    aliases = {}
+    for alias, path in vgg_aliases(dn.steps).items():
+        if alias.startswith("conv"):
+            idx = step_index(dn.steps, path)
+            for s in dn.steps[: idx + 1][::-1]:
+                if s.module.__class__.__name__ in ("Conv2d", "BatchNorm2d"):
+                    aliases.setdefault(s.name, alias + ("" if isinstance(s.module, nn.Conv2d) else " bn"))
+                    if isinstance(s.module, nn.Conv2d):
+                        break
+    return aliases.get(name, name)

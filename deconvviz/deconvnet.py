@@ -14,6 +14,7 @@ from .layers import Step, chain_of, layer_names, receptive_fields, resolve, step
 from .rectified import layer_output, project_autograd
 from .reverse import Stage, croppable, reverse_chain, reverse_cropped
 from .selection import Selection, seeds, select
+from .targets import Box, choose
 
 
 @dataclass
@@ -84,15 +85,23 @@ class Deconvnet:
 
     def project(self, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
                 top: int = 9, keep_stages: bool = False, together: bool = False,
-                positions: Tensor | None = None) -> Projection:  # fmt: skip
+                positions: Tensor | None = None, *, region: Box | None = None, at: Sequence[float] | None = None,
+                exclude: Sequence[Box] = (), cls: int | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
         only each map's strongest activation, "map" the whole map. together: project the K selections
         of each image jointly, as one seed (images then (N, 1, C, H, W)). positions (N, K): in mode max,
         the flat positions to keep instead of each map's strongest activation.
+        region (x0, y0, x1, y1; input pixels, or fractions as floats) or at (x, y): the maps strongest, and
+        in each the strongest position, among the positions whose receptive-field centre lies inside
+        (less those inside `exclude` boxes), or at the position nearest the point (see deconvviz.targets).
+        cls: the `top` maps contributing most to class `cls`'s score (gradient times activation).
         """
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
+            if region is not None or at is not None or cls is not None or exclude:
+                channels, positions = choose(self.model, self._input(x), layer, channels, mode, top, region=region,
+                                             at=at, exclude=exclude, cls=cls, positions=positions)  # fmt: skip
             return self._project(x, layer, channels, mode, top, keep_stages, together, positions)
 
     def _project(self, x, layer, channels, mode, top, keep_stages, together, positions) -> Projection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from deconvviz.errors import DeconvvizError
 from deconvviz.render import write_files
@@ -21,3 +22,17 @@ def test_a_failing_file_leaves_none_of_the_set(tmp_path):
     assert (tmp_path / "old.png").read_bytes() == b"old figure"
     write_files({tmp_path / "old.png": lambda f: f.write(b"new figure"), tmp_path / "sub" / "new.json": lambda f: 0})
     assert (tmp_path / "old.png").read_bytes() == b"new figure" and (tmp_path / "sub" / "new.json").is_file()
+
+
+def test_stage_channel_is_the_channel_with_the_most_rectified_energy():
+    import numpy as np
+
+    from deconvviz.render import stage_channel
+
+    t = torch.zeros(3, 4, 5)
+    t[0] = -10.0  # large, but negative: rectified away
+    t[1, 0, 0] = 3.0  # energy 9
+    t[2, :2, :2] = 1.6  # energy 4 * 2.56 = 10.24: the most
+    c, picture = stage_channel(t)
+    assert c == 2 and picture.shape == (4, 5)
+    assert np.allclose(picture, (t[2] / 1.6).numpy())  # 0 to its 99.5th percentile (1.6)

@@ -366,7 +366,8 @@ def reconstruct(
     stage_view: Annotated[
         StageView,
         typer.Option(
-            help="Intermediate stages: channel (the one with the most energy, Noh et al.) or mean (the channel mean)."
+            help="Intermediate stages: channel (the one most like the stage as a whole, Noh et al.) or mean "
+            "(the channel mean)."
         ),
     ] = StageView.channel,
     model: Model = "vgg16",

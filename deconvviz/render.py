@@ -2,9 +2,9 @@
 
 - reconstructions (pixel space): `centred` -- 0.5 + r / (2 s), s the 99.9th percentile of |r| over the
   panel (the receptive-field crop in layer grids and scan figures), so zero is mid-grey and the sign is kept;
-- intermediate stages (many channels): `stage_channel` -- the channel whose rectified signal has the most
-  energy (Noh et al.'s most representative activation), or `stage_map` -- the channel mean of the
-  rectified signal; either divided by its 99.5th percentile and clipped to [0, 1], in grey levels;
+- intermediate stages (many channels): `stage_channel` -- the most representative channel (Noh et al.):
+  the one whose rectified map is most like the stage's channel mean (cosine similarity), or `stage_map` --
+  the channel mean of the rectified signal; either divided by its 99.5th percentile, clipped to [0, 1], grey;
 - occlusion maps: the values themselves, colours spanning the map's range and its unoccluded value (marked
   on the colorbar), each value drawn at the centre of its occluder position, over a faint copy of the image.
 """
@@ -52,10 +52,12 @@ def _scaled(m: Tensor, percentile: float) -> np.ndarray:
 
 
 def representative_channel(t: Tensor) -> int:
-    """The stage's most representative channel (Noh et al.): the one whose rectified signal has the most
-    energy (sum of squares), lower index on ties. t: (C, H, W)."""
-    energy = t.clamp_min(0).double().flatten(1).square().sum(1)
-    return int(energy.argmax())
+    """The stage's most representative channel (Noh et al.): the one whose rectified signal is most like the
+    whole stage's, the channel mean (largest cosine similarity of the two maps), lower index on ties. (C, H, W)."""
+    maps = t.clamp_min(0).double().flatten(1)
+    mean = maps.mean(0)
+    similarity = maps @ mean / (maps.norm(dim=1) * mean.norm()).clamp_min(1e-300)
+    return int(similarity.argmax())
 
 
 def stage_channel(t: Tensor, percentile: float = 99.5) -> tuple[int, np.ndarray]:
@@ -118,7 +120,7 @@ def reconstruction_figure(image: np.ndarray, stages: Sequence[Stage], preprocess
             label += f", ch {channel}" if not last and stage_view == "channel" else ""
         ax.set_xlabel(label, fontsize=9)
     fig.suptitle(title, fontsize=10)
-    shown = ("the channel with the most energy ('ch c') of the rectified signal" if stage_view == "channel"
+    shown = ("the channel ('ch c') most like the stage's channel mean (cosine), rectified" if stage_view == "channel"
              else "the channel mean of the rectified signal")  # fmt: skip
     fig.text(0.5, 0.005, f"stages (b)-(i): {shown}, 0 to its 99.5th percentile | reconstruction: mid-grey = 0, "
              "contrast: 99.9th percentile of |r|", ha="center", fontsize=7, color="0.3")  # fmt: skip

@@ -227,9 +227,9 @@ def class_contributions(model: nn.Module, x: Tensor, layer: str, cls: int) -> Te
     if steps is not None:
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
         if not isinstance(last.module, nn.Linear):
-            raise SelectionError(f"class {cls} needs a model with a classifier, and this one ends with '{last.name}' "
-                                 "(no class scores; vgg16-caffe has none): use --weights torchvision or a state "
-                                 "dict with a classifier")  # fmt: skip
+            raise SelectionError(f"class {cls} needs a model with a classifier (class scores), and this one has "
+                                 f"none (it ends with '{last.name}'; vgg16-caffe weights are conv layers only): use "
+                                 "--weights torchvision or a state dict with a classifier")  # fmt: skip
     with _watching(model, name) as got:
         scores = model(x.detach().clone())
         if len(got) != 1 or not isinstance(got[0], Tensor):

@@ -105,6 +105,11 @@ class ModeChoice(StrEnum):
     map = "map"
 
 
+class StageView(StrEnum):
+    channel = "channel"
+    mean = "mean"
+
+
 Mode = Annotated[
     ModeChoice, typer.Option(help="max: each map's strongest activation only (Zeiler-Fergus); map: the whole map.")
 ]
@@ -122,6 +127,30 @@ RuleOpt = Annotated[
         "--rule",
         help="How ReLUs pass the signal back: deconvnet (Zeiler-Fergus: rectify it), guided (guided backprop: "
         "rectify and keep it where the forward ReLU was active), gradient (the unit's plain gradient).",
+    ),
+]
+RegionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        help="Choose the maps, and in each the position, strongest where the receptive-field centres lie in this "
+        "box of the preprocessed input: x0,y0,x1,y1 in pixels (0,0,224,224 is all of it) or fractions of the side "
+        "(0.5,0.0,1.0,1.0), or a name from the image's sidecar IMAGE.json (the built-in photo: bicycle, dog).",
+    ),
+]
+AtOpt = Annotated[
+    str | None, typer.Option("--at", help="Like --region, at the one position nearest to the point x,y (pixels).")
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", help="Leave out the positions in this box (same forms as --region); repeatable."),
+]
+ClassOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--class",
+        help="Choose the maps contributing most to this class's score (gradient times activation, summed over "
+        "positions), e.g. 671 (mountain bike); needs a classifier (--weights torchvision).",
     ),
 ]
 
@@ -214,6 +243,32 @@ def _channels(text: str | None) -> list[int] | None:
         _fail(f"--channels '{text}' is not a comma-separated list of integers (e.g. 12,40)", 2)
 
 
+def _box(text: str | None, count: int, option: str):
+    """'x0,y0,x1,y1' (or 'x,y') as numbers: whole ones are pixels, ones with a point fractions; else a name."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1 and count == 4 and parts[0]:
+        return parts[0]  # a region named in the image's sidecar
+    try:
+        values = [float(p) if "." in p or "e" in p.lower() else int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        form = "x0,y0,x1,y1 (pixels, or fractions such as 0.5) or a region name" if count == 4 else "x,y"
+        _fail(f"{option} '{text}' is not {form}", 2)
+    return values
+
+
+def _targets(region: str | None, at: str | None, exclude: list[str] | None, weights: str, cls: int | None) -> dict:
+    """The selection keywords of figures.* from --region, --at, --exclude and --class."""
+    if cls is not None and weights == "vgg16-caffe":
+        _fail(f"--class {cls} needs a classifier, and vgg16-caffe has none (conv layers only); use --weights "
+              "torchvision or a state dict with a classifier", 2)  # fmt: skip
+    found = {"region": _box(region, 4, "--region"), "at": _box(at, 2, "--at")}
+    return found | {"exclude": [_box(e, 4, "--exclude") for e in exclude or ()]}
+
+
 def _load(model: str, weights: str, device: str, quiet: bool, status: _Status):
     from .weights import load_vgg
 
@@ -263,6 +318,10 @@ def visualize(
     ] = None,
     mode: Mode = ModeChoice.max,
     rule: RuleOpt = RuleChoice.deconvnet,
+    region: RegionOpt = None,
+    at: AtOpt = None,
+    exclude: ExcludeOpt = None,
+    class_: ClassOpt = None,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -288,9 +347,11 @@ def visualize(
                                  "(all maps together: deconvviz reconstruct --channels all)")  # fmt: skip
         chans = _channels(channels)
         default = Path("figures") / f"visualize-{'_'.join(names or [_default_layer(model)])}.png"
+        target = _targets(region, at, exclude, weights, class_)
 
         def make(net, info, status):
-            return figures.visualize(net, info, image, names, top, chans, mode.value, size, model, status, rule.value)
+            return figures.visualize(net, info, image, names, top, chans, mode.value, size, model, status, rule.value,
+                                     cls=class_, **target)  # fmt: skip
 
         _figure(out, lambda _: default, image, model, weights, device, dpi, size, quiet, make)
 
@@ -301,10 +362,30 @@ def reconstruct(
     layer: LayerOpt = None,
     channels: Annotated[
         str | None,
-        typer.Option(help="Feature maps, e.g. 12,40 (projected together), 'all', or the strongest one (default)."),
+        typer.Option(
+            help="Feature maps, e.g. 12,40 (projected together), 'all', or the strongest one (default; "
+            "on the built-in photo: the one strongest on the bicycle outside the dog, --mode map)."
+        ),
     ] = None,
-    mode: Mode = ModeChoice.max,
+    mode: Annotated[
+        ModeChoice | None,
+        typer.Option(
+            help="max: the map's strongest activation only (default); map: the whole map (default for the "
+            "built-in photo with nothing chosen)."
+        ),
+    ] = None,
     rule: RuleOpt = RuleChoice.deconvnet,
+    region: RegionOpt = None,
+    at: AtOpt = None,
+    exclude: ExcludeOpt = None,
+    class_: ClassOpt = None,
+    stage_view: Annotated[
+        StageView,
+        typer.Option(
+            help="Intermediate stages: channel (the one most like the stage as a whole, Noh et al.) or mean "
+            "(the channel mean)."
+        ),
+    ] = StageView.channel,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -326,9 +407,11 @@ def reconstruct(
         every = (channels or "").strip().lower() == "all"
         chans = "all" if every else _channels(channels)
         name = layer or _default_layer(model)
+        target = _targets(region, at, exclude, weights, class_)
 
         def make(net, info, status):
-            return figures.reconstruct(net, info, image, name, chans, mode.value, size, model, status, rule.value)
+            return figures.reconstruct(net, info, image, name, chans, mode and mode.value, size, model, status,
+                                       rule.value, cls=class_, stage_view=stage_view.value, **target)  # fmt: skip
 
         _figure(out, lambda _: Path("figures") / f"reconstruct-{name}.png", image, model, weights, device, dpi, size,
                 quiet, make)  # fmt: skip
@@ -385,6 +468,9 @@ def occlusion(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Occluded copies evaluated per forward pass.")] = 32,
     rule: RuleOpt = RuleChoice.deconvnet,
+    region: RegionOpt = None,
+    at: AtOpt = None,
+    exclude: ExcludeOpt = None,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -406,10 +492,11 @@ def occlusion(
         from . import figures
 
         name = layer or _default_layer(model)
+        target = _targets(region, at, exclude, weights, None)
 
         def make(net, info, status):
             return figures.occlusion(net, info, image, name, channel, class_, occluder_size, stride, size, model,
-                                     batch_size, status, rule.value)  # fmt: skip
+                                     batch_size, status, rule.value, **target)  # fmt: skip
 
         _figure(out, lambda prov: Path("figures") / f"occlusion-{name}-c{prov['channel']}.png", image, model,
                 weights, device, dpi, size, quiet, make)  # fmt: skip

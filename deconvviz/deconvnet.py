@@ -15,6 +15,7 @@ from .rectified import layer_output, project_autograd
 from .reverse import Stage, StageTensor, croppable, reverse_chain, reverse_cropped
 from .rules import Rule, get_rule
 from .selection import Selection, seeds, select
+from .targets import Box, choose
 
 
 @dataclass
@@ -89,8 +90,9 @@ class Deconvnet:
 
     def project(self, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
                 top: int = 9, keep_stages: bool = False, together: bool = False,
-                positions: Tensor | None = None, rule: str | Rule | None = None,
-                values: Tensor | None = None) -> Projection:  # fmt: skip
+                positions: Tensor | None = None, rule: str | Rule | None = None, values: Tensor | None = None,
+                *, region: Box | None = None, at: Sequence[float] | None = None, exclude: Sequence[Box] = (),
+                cls: int | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
@@ -99,9 +101,16 @@ class Deconvnet:
         the flat positions to keep instead of each map's strongest activation, and values (N, K) the seeds
         to put there (default: the activations). rule: how ReLUs pass the signal back, deconvnet, guided or
         gradient (None: the Deconvnet's own).
+        region (x0, y0, x1, y1; input pixels, or fractions as floats) or at (x, y): the maps strongest, and
+        in each the strongest position, among the positions whose receptive-field centre lies inside
+        (less those inside `exclude` boxes), or at the position nearest the point (see deconvviz.targets).
+        cls: the `top` maps contributing most to class `cls`'s score (gradient times activation).
         """
         rule = get_rule(self.rule if rule is None else rule)
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
+            if region is not None or at is not None or cls is not None or exclude:
+                channels, positions = choose(self.model, self._input(x), layer, channels, mode, top, region=region,
+                                             at=at, exclude=exclude, cls=cls, positions=positions)  # fmt: skip
             return self._project(x, layer, channels, mode, top, keep_stages, together, positions, rule, values)
 
     def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values) -> Projection:

@@ -20,12 +20,26 @@ from .forward import output_shapes
 from .images import DEFAULT_IMAGE, load_image, to_batch, to_display
 from .layers import default_layer, receptive_fields, resolve, step_index
 from .occlusion import occlusion_maps
-from .render import GridRow, compare_figure, layer_grid, occlusion_figure, reconstruction_figure, sanity_figure, save
+from .render import (
+    STAGE_VIEW,
+    GridRow,
+    compare_figure,
+    layer_grid,
+    occlusion_figure,
+    reconstruction_figure,
+    sanity_figure,
+    save,
+)
 from .rules import RULES
 from .sanity import layer_label, sanity_report
+from .targets import find_region
 from .weights import Weights
 
 Progress = Callable[[str], None]
+# What `reconstruct` shows of the built-in photo when nothing is chosen: the conv5_3 map strongest on the
+# bicycle where the dog is not (the dog sits inside the bicycle's box), projected whole, so the last panel
+# shows the bicycle's frame and wheels (the image's strongest map overall responds to the dog's face).
+BUILT_IN = {"region": "bicycle", "exclude": ("dog",), "mode": "map"}
 
 
 def _image_record(path: str | os.PathLike | None) -> dict:
@@ -58,6 +72,40 @@ def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
     return rows.size, cols.size
 
 
+def _target(image, size: int | None, x: torch.Tensor, region=None, at=None, exclude=(), cls=None) -> dict:
+    """project's keywords for a region (a name from the image's sidecar, or a box), point or class."""
+    h, w = x.shape[-2:]
+    out = {"region": None if region is None else find_region(region, image, size, w, h), "at": at, "cls": cls}
+    return out | {"exclude": [find_region(e, image, size, w, h) for e in exclude or ()]}
+
+
+def _target_record(target: dict) -> dict:
+    """What chose the selections, for the provenance: boxes in input pixels."""
+    rec = {}
+    for key in ("region", "exclude"):
+        boxes = target[key] if key == "exclude" else [target[key]] if target[key] is not None else []
+        if boxes:
+            found = [{"name": b.name, "box": [b.x0, b.y0, b.x1, b.y1]} if b.name else [b.x0, b.y0, b.x1, b.y1]
+                     for b in boxes]  # fmt: skip
+            rec[key] = found if key == "exclude" else found[0]
+    if target["at"] is not None:
+        rec["at"] = list(target["at"])
+    if target["cls"] is not None:
+        rec["class"] = int(target["cls"])
+    return rec
+
+
+def _target_words(target: dict) -> str:
+    """The selection rule for a figure's title, e.g. "strongest on 'bicycle' outside 'dog'"."""
+    words = f"contributing most to class {target['cls']}" if target["cls"] is not None else ""
+    if target["region"] is not None:
+        words += f"{', ' if words else ''}strongest on {target['region']}"
+        words += "".join(f" outside {e}" for e in target["exclude"])
+    elif target["at"] is not None:
+        words += f"{', ' if words else ''}strongest at x, y = {', '.join(f'{v:g}' for v in target['at'])}"
+    return words
+
+
 def _provenance(command: str, image, model_name: str, weights: Weights, size, x, layers: list[dict]) -> dict:
     return {
         "command": command,
@@ -74,42 +122,52 @@ def _provenance(command: str, image, model_name: str, weights: Weights, size, x,
 
 def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[str] | None = None, top: int = 9,
               channels: Sequence[int] | None = None, mode: str = "max", size: int | None = 224,
-              model_name: str = "vgg16", progress: Progress | None = None,
-              rule: str = "deconvnet") -> tuple[Figure, dict]:  # fmt: skip
+              model_name: str = "vgg16", progress: Progress | None = None, rule: str = "deconvnet", *, region=None,
+              at=None, exclude=(), cls: int | None = None) -> tuple[Figure, dict]:  # fmt: skip
     """Layer grid: per layer (None: the last conv layer), the selected feature maps' projections beside
-    their image patches. rule: how ReLUs pass the signal back (deconvnet, guided, gradient)."""
+    their image patches. rule: how ReLUs pass the signal back (deconvnet, guided, gradient). region (a sidecar
+    name or a box), at, exclude, cls: as `Deconvnet.project`."""
     layers = list(dict.fromkeys(layers)) if layers is not None else [default_layer(model)]
     if not layers:
         raise LayerError("no layers given; name one or more, e.g. conv1_2,conv3_3,conv5_3")
     dn = Deconvnet(model, rule=rule)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
+    target = _target(image, size, x, region, at, exclude, cls)
     for layer in layers:
         if progress:
             progress(f"projecting {layer}")
-        out = dn.project(x, layer, channels=channels, mode=mode, top=top)
+        out = dn.project(x, layer, channels=channels, mode=mode, top=top, **target)
         boxes = dn.receptive_field_boxes(out) if mode == "max" else None
         sel = out.selections
         rows.append(GridRow(layer, out.images[0].cpu(), None if boxes is None else boxes[0], sel.channels[0].tolist(),
                             sel.values[0].tolist(), _field(dn, out.layer)))  # fmt: skip
-        records.append(_selections(dn, out))
+        records.append(_selections(dn, out) | _target_record(target))
     picture = to_display(x[0].cpu(), weights.preprocess)
     what = "strongest activation" if mode == "max" else "whole feature map"
     title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title})"
+    title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
     fig = layer_grid(picture, rows, weights.preprocess, title)
     return fig, _provenance("visualize", image, model_name, weights, size, x, records) | {"rule": dn.rule.name}
 
 
 def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | None = None,
-                channels: Sequence[int] | str | None = None, mode: str = "max", size: int | None = 224,
-                model_name: str = "vgg16", progress: Progress | None = None,
-                rule: str = "deconvnet") -> tuple[Figure, dict]:  # fmt: skip
+                channels: Sequence[int] | str | None = None, mode: str | None = None, size: int | None = 224,
+                model_name: str = "vgg16", progress: Progress | None = None, rule: str = "deconvnet", *,
+                region=None, at=None, exclude=(), cls: int | None = None,
+                stage_view: str = STAGE_VIEW) -> tuple[Figure, dict]:  # fmt: skip
     """Layer-by-layer reconstruction: the input, then every stage of the reverse journey to pixels.
 
     layer None: the last conv layer. channels None: the strongest feature map; "all": every one; several
-    channels are projected together, as one seed. rule: deconvnet, guided or gradient.
+    channels are projected together, as one seed. rule: deconvnet, guided or gradient. region, at, exclude,
+    cls: as `Deconvnet.project`. With nothing chosen on the built-in photo: the map strongest on its bicycle
+    outside the dog, whole (BUILT_IN).
+    mode None: "max", or the built-in choice's. stage_view: how the intermediate stages are drawn (render).
     """
     layer = layer or default_layer(model)
+    if image is None and channels is None and region is None and at is None and cls is None and not exclude:
+        region, exclude, mode = BUILT_IN["region"], BUILT_IN["exclude"], mode or BUILT_IN["mode"]
+    mode = mode or "max"
     dn = Deconvnet(model, rule=rule)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     if channels == "all":
@@ -118,7 +176,8 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | Non
         channels = range(shape[0])
     if progress:
         progress(f"projecting {layer}")
-    out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True)
+    target = _target(image, size, x, region, at, exclude, cls)
+    out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True, **target)
     stages = [type(s)(s.name, s.kind, s.step, s.tensor[0, 0].cpu()) for s in out.stages]
     chans = out.selections.channels[0].tolist()
     shown = f"feature map {chans[0]}" if len(chans) == 1 else f"{len(chans)} feature maps together"
@@ -126,21 +185,26 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | Non
         f"{model_name} ({weights.name}): {layer}, {shown} ({'strongest activation' if mode == 'max' else 'whole map'})"
     )
     title += "" if dn.rule.name == "deconvnet" else f", {dn.rule.title}"
-    fig = reconstruction_figure(to_display(x[0].cpu(), weights.preprocess), stages, weights.preprocess, title)
-    prov = _provenance("reconstruct", image, model_name, weights, size, x, [_selections(dn, out)])
+    title += f"\nthe map {_target_words(target)}" if _target_words(target) else ""
+    fig = reconstruction_figure(to_display(x[0].cpu(), weights.preprocess), stages, weights.preprocess, title,
+                                stage_view)  # fmt: skip
+    chosen = _selections(dn, out) | _target_record(target)
+    prov = _provenance("reconstruct", image, model_name, weights, size, x, [chosen])
     prov["rule"] = dn.rule.name
+    prov["stage_view"] = stage_view
     prov["stages"] = [{"name": s.name, "kind": s.kind, "size": list(s.size), "undoes": s.step} for s in out.stages]
     return fig, prov
 
 
 def occlusion(model: nn.Module, weights: Weights, image=None, layer: str | None = None, channel: int | None = None,
               cls: int | None = None, size: int | None = None, stride: int | None = None, image_size: int | None = 224,
-              model_name: str = "vgg16", batch_size: int = 32,
-              progress: Progress | None = None, rule: str = "deconvnet") -> tuple[Figure, dict]:  # fmt: skip
+              model_name: str = "vgg16", batch_size: int = 32, progress: Progress | None = None,
+              rule: str = "deconvnet", *, region=None, at=None, exclude=()) -> tuple[Figure, dict]:  # fmt: skip
     """Occlusion sensitivity (ZF Fig. 7) of one feature map (default: the image's strongest) and, with cls, a class.
 
     The occluder is the dataset mean colour of the weights' preprocessing; size and stride as `occlusion_maps`.
     layer None: the last conv layer. rule: how the projection panel passes ReLUs (deconvnet, guided, gradient).
+    region, at, exclude: watch the map strongest there (`Deconvnet.project`).
     """
     layer = layer or default_layer(model)
     dn = Deconvnet(model, rule=rule)
@@ -148,7 +212,8 @@ def occlusion(model: nn.Module, weights: Weights, image=None, layer: str | None 
                  device=dn.device)  # fmt: skip
     if progress:
         progress(f"projecting {layer}")
-    out = dn.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1)
+    target = _target(image, image_size, x, region, at, exclude)
+    out = dn.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1, **target)
     channel = int(out.selections.channels[0, 0])
     res = occlusion_maps(model, x, layer, channel, size, stride, cls, weights.preprocess, batch_size, progress)
     name = None
@@ -173,7 +238,7 @@ def occlusion(model: nn.Module, weights: Weights, image=None, layer: str | None 
         "occluder": {"size": res.size, "stride": res.stride, "grey": [round(float(g), 6) for g in res.grey],
                      "positions": {"rows": res.rows.tolist(), "cols": res.cols.tolist()}},
         "activation": summary(res.activation, res.baseline_activation),
-        "projection": _selections(dn, out) | {"channel": channel, "rule": dn.rule.name},
+        "projection": _selections(dn, out) | {"channel": channel, "rule": dn.rule.name} | _target_record(target),
     }  # fmt: skip
     if cls is not None:
         prov["class"] = {"index": cls, "name": name} | summary(res.probability, res.baseline_probability)

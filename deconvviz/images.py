@@ -103,14 +103,19 @@ def to_tensor(image: ImageSource) -> Tensor:
     return torch.from_numpy(a).permute(2, 0, 1).contiguous()
 
 
+def resize_crop_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """Where an h x w image goes in `_resize_crop`: resized to (nh, nw), then cut at (top, left)."""
+    nh, nw = (size, max(size, round(w * size / h))) if h <= w else (max(size, round(h * size / w)), size)
+    return nh, nw, (nh - size) // 2, (nw - size) // 2
+
+
 def _resize_crop(t: Tensor, size: int) -> Tensor:
     """Shorter side to `size` (bicubic, antialiased), then the centre `size` x `size` square. (3, H, W)."""
     h, w = t.shape[-2:]
-    nh, nw = (size, max(size, round(w * size / h))) if h <= w else (max(size, round(h * size / w)), size)
+    nh, nw, top, left = resize_crop_geometry(h, w, size)
     if (nh, nw) != (h, w):
         t = F.interpolate(t[None], size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
         t = t.clamp(0, 1)  # bicubic overshoots at edges; an image stays in [0, 1]
-    top, left = (nh - size) // 2, (nw - size) // 2
     return t[:, top : top + size, left : left + size]
 
 

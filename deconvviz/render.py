@@ -2,8 +2,9 @@
 
 - reconstructions (pixel space): `centred` -- 0.5 + r / (2 s), s the 99.9th percentile of |r| over the
   panel (the receptive-field crop in layer grids and scan figures), so zero is mid-grey and the sign is kept;
-- intermediate stages (many channels): `stage_map` -- the channel mean of the rectified signal,
-  divided by its 99.5th percentile and clipped to [0, 1], shown in grey levels;
+- intermediate stages (many channels): `stage_channel` -- the most representative channel (Noh et al.):
+  the one whose rectified map is most like the stage's channel mean (cosine similarity), or `stage_map` --
+  the channel mean of the rectified signal; either divided by its 99.5th percentile, clipped to [0, 1], grey;
 - occlusion maps: the values themselves, colours spanning the map's range and its unoccluded value (marked
   on the colorbar), each value drawn at the centre of its occluder position, over a faint copy of the image.
 """
@@ -34,14 +35,36 @@ from .reverse import Stage  # noqa: E402
 
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 RECONSTRUCTION_PERCENTILE = 99.9
+STAGE_VIEWS = ("channel", "mean")
+STAGE_VIEW = "channel"  # the default: a reader can follow the object's shape down the stages (see README)
 
 
 def stage_map(t: Tensor, percentile: float = 99.5) -> np.ndarray:
     """(C, H, W) stage signal to an (H, W) map in [0, 1]: channel mean of the rectified signal, robustly scaled."""
-    m = t.clamp_min(0).mean(0).float()
+    return _scaled(t.clamp_min(0).mean(0).float(), percentile)
+
+
+def _scaled(m: Tensor, percentile: float) -> np.ndarray:
+    """(H, W) >= 0 divided by its `percentile` (the max where that is 0), clipped to [0, 1]."""
     s = torch.quantile(m.flatten(), percentile / 100) if m.numel() else m.new_tensor(0)
     s = s if s > 0 else m.max()
     return (m / s).clamp(0, 1).cpu().numpy() if s > 0 else np.zeros(m.shape, np.float32)
+
+
+def representative_channel(t: Tensor) -> int:
+    """The stage's most representative channel (Noh et al.): the one whose rectified signal is most like the
+    whole stage's, the channel mean (largest cosine similarity of the two maps), lower index on ties. (C, H, W)."""
+    maps = t.clamp_min(0).double().flatten(1)
+    mean = maps.mean(0)
+    similarity = maps @ mean / (maps.norm(dim=1) * mean.norm()).clamp_min(1e-300)
+    return int(similarity.argmax())
+
+
+def stage_channel(t: Tensor, percentile: float = 99.5) -> tuple[int, np.ndarray]:
+    """(C, H, W) stage signal to its representative channel and that channel's rectified signal as an (H, W)
+    map in [0, 1], scaled like `stage_map`."""
+    c = representative_channel(t)
+    return c, _scaled(t[c].clamp_min(0).float(), percentile)
 
 
 def pattern_rgb(r: Tensor, preprocess: Preprocess) -> np.ndarray:
@@ -56,16 +79,20 @@ def _off(ax) -> None:
         s.set_visible(False)
 
 
-def reconstruction_figure(image: np.ndarray, stages: Sequence[Stage], preprocess: Preprocess, title: str) -> Figure:
+def reconstruction_figure(image: np.ndarray, stages: Sequence[Stage], preprocess: Preprocess, title: str,
+                          stage_view: str = STAGE_VIEW) -> Figure:  # fmt: skip
     """Layer-by-layer reconstruction (Noh et al. Fig. 4 layout): (a) input, then every reverse stage.
 
     image: (H, W, 3) RGB in [0, 1]; each stage tensor is one selection, (C, h, w); the last stage is the
-    pixel-space reconstruction, drawn in colour.
+    pixel-space reconstruction, drawn in colour. stage_view: "channel", each intermediate stage drawn from
+    its most representative channel (`stage_channel`), or "mean", the channel mean (`stage_map`).
     """
+    if stage_view not in STAGE_VIEWS:
+        raise DeconvvizError(f"unknown stage view '{stage_view}'; use {' or '.join(STAGE_VIEWS)}")
     panels = [("input", image)] + [(s, None) for s in stages]
     cols = min(5, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.55 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.75 * rows + 0.7), squeeze=False)
     for i, ax in enumerate(axes.flat):
         _off(ax)
         if i >= len(panels):
@@ -82,13 +109,22 @@ def reconstruction_figure(image: np.ndarray, stages: Sequence[Stage], preprocess
             last = i == len(panels) - 1 and t.shape[0] == 3
             if last:
                 ax.imshow(pattern_rgb(t, preprocess), interpolation="nearest")
-            else:
+            elif stage_view == "mean":
+                channel = None
                 ax.imshow(stage_map(t), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                channel, picture = stage_channel(t)
+                ax.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             label = f"({letter}) {h}×{w} {'unpooling' if st.kind == 'unpool' else 'deconv'}"
             label += "\n(reconstruction)" if last else f"\n{st.name}"
+            label += f", ch {channel}" if not last and stage_view == "channel" else ""
         ax.set_xlabel(label, fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    shown = ("the channel ('ch c') most like the stage's channel mean (cosine), rectified" if stage_view == "channel"
+             else "the channel mean of the rectified signal")  # fmt: skip
+    fig.text(0.5, 0.005, f"stages (b)-(i): {shown}, 0 to its 99.5th percentile | reconstruction: mid-grey = 0, "
+             "contrast: 99.9th percentile of |r|", ha="center", fontsize=7, color="0.3")  # fmt: skip
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 
 

@@ -48,18 +48,9 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
         raise DeconvvizError(f"layer '{layer}' has NaN or infinite activations (image {bad}); check the weights "
                              "and the input")  # fmt: skip
     if channels is None:
-        if not isinstance(top, numbers.Integral) or isinstance(top, bool) or top < 1:
-            raise SelectionError(
-                f"top (how many feature maps, --top) must be a whole number of at least 1, got {top!r}"
-            )
-        chans = peak.topk(min(int(top), c), dim=1).indices
+        chans = peak.topk(min(_check_top(top), c), dim=1).indices
     else:
-        chans = _channel_list(channels, layer).to(activation.device)
-        bad = [int(i) for i in chans if not 0 <= i < c]
-        if bad or chans.numel() == 0:
-            what = f"channel {bad[0]} is out of range" if bad else "no channels given"
-            raise SelectionError(f"{what} for layer '{layer}' with {c} channels; use 0..{c - 1}")
-        chans = chans.expand(n, -1)
+        chans = _channels(channels, layer, n, c).to(activation.device)
     where, given = where.gather(1, chans), values
     if given is not None and positions is None:
         raise SelectionError("values need positions: they are the seeds put at those positions (mode max)")
@@ -80,6 +71,44 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
                 raise SelectionError(f"values must be finite numbers of shape (N, K) = {tuple(chans.shape)}")
         return Selection(layer, mode, chans, values, where, tuple(activation.shape[1:]))
     return Selection(layer, mode, chans, peak.gather(1, chans), where, tuple(activation.shape[1:]))
+
+
+def _channels(channels, layer: str, n: int, c: int) -> Tensor:
+    """(N, K) channels: the same list for every image, or an (N, K) tensor of each image's own; checked."""
+    per_image = isinstance(channels, Tensor) and channels.dim() == 2 and channels.shape[0] == n
+    chans = channels if per_image else _channel_list(channels, layer)
+    if per_image and (chans.is_floating_point() or chans.dtype == torch.bool):
+        raise SelectionError(f"channels for layer '{layer}' must be whole numbers, got {chans.dtype}")
+    bad = [int(i) for i in chans.flatten() if not 0 <= i < c]
+    if bad or chans.numel() == 0:
+        what = f"channel {bad[0]} is out of range" if bad else "no channels given"
+        raise SelectionError(f"{what} for layer '{layer}' with {c} channels; use 0..{c - 1}")
+    return chans.long() if per_image else chans.expand(n, -1)
+
+
+def _check_top(top) -> int:
+    if not isinstance(top, numbers.Integral) or isinstance(top, bool) or top < 1:
+        raise SelectionError(f"top (how many feature maps, --top) must be a whole number of at least 1, got {top!r}")
+    return int(top)
+
+
+def strongest_channels(scores: Tensor, top: int) -> Tensor:
+    """The `top` channels with the largest score per image (ties: the lower channel). scores (N, C) -> (N, K)."""
+    k = min(_check_top(top), scores.shape[1])
+    return scores.double().sort(dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def strongest_in_region(activation: Tensor, mask: Tensor, channels=None, top: int = 9,
+                        layer: str = "") -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Channels and, in each, the strongest position among those `mask` (H, W) keeps. activation (N, C, H, W).
+
+    channels None: the `top` maps whose strongest activation inside the mask is largest. Returns channels and
+    flat positions, both (N, K); maps with equal peaks: the lower channel first."""
+    n, c = activation.shape[:2]
+    inside = mask.to(activation.device).flatten().nonzero().flatten()  # (P,) flat positions in the region
+    peak, where = activation.flatten(2)[:, :, inside].max(dim=2)  # (N, C)
+    chans = strongest_channels(peak, top) if channels is None else _channels(channels, layer, n, c)
+    return chans, inside[where.gather(1, chans.to(where.device))]
 
 
 def _channel_list(channels, layer: str) -> Tensor:

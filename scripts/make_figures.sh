@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deconvviz reconstruct --weights vgg16-caffe --out figures/bicycle-reconstruction.png -q
+deconvviz reconstruct --weights vgg16-caffe --stage-view mean --out figures/bicycle-reconstruction-mean.png -q
+deconvviz visualize --weights vgg16-caffe --region bicycle --exclude dog --top 6 --out figures/bicycle-region-maps.png -q
 deconvviz visualize --weights vgg16-caffe --out figures/conv5_3-top9.png -q
 deconvviz visualize --weights vgg16-caffe --layers conv1_2,conv3_3,conv5_3 --top 6 --out figures/layers-grid.png -q
 deconvviz reconstruct --weights vgg16-caffe --mode map --channels all --out figures/bicycle-reconstruction-all-maps.png -q

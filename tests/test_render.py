@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from deconvviz.errors import DeconvvizError
 from deconvviz.render import write_files
@@ -21,3 +22,20 @@ def test_a_failing_file_leaves_none_of_the_set(tmp_path):
     assert (tmp_path / "old.png").read_bytes() == b"old figure"
     write_files({tmp_path / "old.png": lambda f: f.write(b"new figure"), tmp_path / "sub" / "new.json": lambda f: 0})
     assert (tmp_path / "old.png").read_bytes() == b"new figure" and (tmp_path / "sub" / "new.json").is_file()
+
+
+def test_stage_channel_is_the_channel_most_like_the_stage_mean():
+    import numpy as np
+
+    from deconvviz.render import stage_channel
+
+    t = torch.zeros(4, 4, 5)
+    t[0] = -10.0  # large, but negative: rectified away
+    t[1, 0, 0] = 5.0  # the most energy (25), but one spot
+    t[2, :3, :3] = 1.0  # two channels agree on a 3x3 block: the stage's pattern
+    t[3, :3, :3] = 1.0
+    # mean: 1.75 at (0, 0), 0.5 on the rest of the block, norm 2.25. cosine: channel 1 1.75 / 2.25 = 0.78;
+    # channels 2 and 3 (1.75 + 8 * 0.5) / (3 * 2.25) = 0.85: the lower index wins the tie
+    c, picture = stage_channel(t)
+    assert c == 2 and picture.shape == (4, 5)
+    assert np.allclose(picture, t[2].numpy())  # 0 to its 99.5th percentile (1)

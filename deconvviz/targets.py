@@ -1,0 +1,272 @@
+"""What to look at, said in the image's terms: a region, a point or a class, resolved into the channels and
+positions of a layer that `select` then keeps.
+
+Coordinates are continuous input pixels of the preprocessed image: pixel (x, y) covers [x, x+1) x [y, y+1),
+so the region 0,0,224,224 is a whole 224x224 input. Whole numbers are pixels; numbers with a fraction part
+(Python floats) are fractions of the side, 0 to 1. A layer position belongs to a region when the centre of
+its receptive field (unclipped by the image's edge) lies inside: x0 <= centre < x1, y0 <= centre < y1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import numbers
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ImageError, LayerError, SelectionError
+from .forward import forward_chain
+from .images import DEFAULT_IMAGE, resize_crop_geometry
+from .layers import chain_of, output_shapes, receptive_fields, resolve, step_index
+from .rectified import evaluating
+from .selection import strongest_channels, strongest_in_region
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box in continuous input pixels of the preprocessed image: x0 <= x < x1, y0 <= y < y1."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    name: str = ""
+
+    def __str__(self) -> str:
+        box = ",".join(f"{v:g}" for v in (self.x0, self.y0, self.x1, self.y1))
+        return f"'{self.name}' ({box})" if self.name else box
+
+
+Box = Region | Sequence[float]
+
+
+def _numbers(values, count: int, what: str) -> list[float]:
+    values = values.tolist() if isinstance(values, Tensor) else values
+    try:
+        vals = list(values)
+    except TypeError:
+        vals = []
+    ok = len(vals) == count and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in vals)
+    if not ok:
+        form = "x0,y0,x1,y1" if count == 4 else "x,y"
+        raise SelectionError(f"{what} must be {count} numbers {form} (input pixels, or fractions 0-1 of the side), "
+                             f"got {values!r}")  # fmt: skip
+    return vals
+
+
+def _scaled(vals: list[float], width: int, height: int, what: str) -> list[float]:
+    """Whole numbers as pixels; any number with a fraction part makes them all fractions of the side."""
+    sides = [width, height] * (len(vals) // 2)
+    if all(isinstance(v, numbers.Integral) for v in vals):
+        scaled = [float(v) for v in vals]
+    elif all(0 <= v <= 1 for v in vals):
+        scaled = [float(v) * s for v, s in zip(vals, sides, strict=True)]
+    else:
+        shown = ",".join(f"{v:g}" for v in vals)
+        raise SelectionError(f"{what} {shown} mixes fractions and pixels: give whole pixels 0..{width} (x) and "
+                             f"0..{height} (y), or fractions 0-1 of the side, such as 0.5")  # fmt: skip
+    for v, s in zip(scaled, sides, strict=True):
+        if not 0 <= v <= s:
+            raise SelectionError(f"{what} {','.join(f'{v:g}' for v in vals)} leaves the {width}x{height} input; "
+                                 f"use x in 0..{width} and y in 0..{height} (pixels) or fractions 0-1")  # fmt: skip
+    return scaled
+
+
+def region_box(box: Box, width: int, height: int) -> Region:
+    """A Region or 4 numbers (pixels or fractions, see the module) as a Region in input pixels; checked."""
+    if isinstance(box, Region):
+        vals, name = [box.x0, box.y0, box.x1, box.y1], box.name
+    else:
+        vals, name = _numbers(box, 4, "a region"), ""
+        vals = _scaled(vals, width, height, "region")
+    x0, y0, x1, y1 = vals
+    if not (x0 < x1 and y0 < y1):
+        raise SelectionError(f"region {Region(*vals, name)} is empty; give x0 < x1 and y0 < y1 within the "
+                             f"{width}x{height} input")  # fmt: skip
+    return Region(*vals, name)
+
+
+def point(at: Sequence[float], width: int, height: int) -> tuple[float, float]:
+    """x, y (pixels: the pixel's centre; or fractions of the side) in continuous input pixels."""
+    given = _numbers(at, 2, "a point (at)")
+    x, y = _scaled(given, width, height, "point")
+    return (x + 0.5, y + 0.5) if all(isinstance(v, numbers.Integral) for v in given) else (x, y)
+
+
+def sidecar(image: str | os.PathLike | None) -> Path:
+    """Where an image's named regions live: the JSON file beside it, `photo.jpg.json`."""
+    return Path(f"{Path(image if image is not None else DEFAULT_IMAGE)}.json")
+
+
+def named_regions(image: str | os.PathLike | None, size: int | None = 224) -> dict[str, Region]:
+    """The named boxes of an image's sidecar JSON ({"name": [x0, y0, x1, y1]} in the image's own pixels), mapped
+    through the same resize and centre crop as the image (`to_batch(..., size)`). No sidecar: {}."""
+    from PIL import Image, ImageOps
+
+    path = sidecar(image)
+    if not path.is_file():
+        return {}
+    try:
+        boxes = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ImageError(f"cannot read the regions file '{path}': {e}; it must be JSON such as "
+                         '{"bicycle": [x0, y0, x1, y1]}') from None  # fmt: skip
+    if not isinstance(boxes, dict):
+        raise ImageError(f"regions file '{path}' must hold an object such as {{\"bicycle\": [x0, y0, x1, y1]}}")
+    with Image.open(Path(image if image is not None else DEFAULT_IMAGE)) as img:
+        w, h = ImageOps.exif_transpose(img).size  # as load_image turns it
+    nh, nw, top, left = resize_crop_geometry(h, w, size) if size is not None else (h, w, 0, 0)
+    side_h, side_w = (size, size) if size is not None else (h, w)
+    out = {}
+    for name, box in boxes.items():
+        try:
+            x0, y0, x1, y1 = _numbers(box, 4, f"region '{name}' in '{path}'")
+        except SelectionError as e:
+            raise ImageError(str(e)) from None
+        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            raise ImageError(f"region '{name}' in '{path}' is {box}, not a box inside the {w}x{h} image; "
+                             "give [x0, y0, x1, y1] with x0 < x1 <= width and y0 < y1 <= height")  # fmt: skip
+        sx, sy = nw / w, nh / h
+        cx0, cx1 = (min(max(v * sx - left, 0), side_w) for v in (x0, x1))
+        cy0, cy1 = (min(max(v * sy - top, 0), side_h) for v in (y0, y1))
+        out[name] = Region(cx0, cy0, cx1, cy1, name)
+    return out
+
+
+def find_region(region: Box | str, image: str | os.PathLike | None, size: int | None, width: int,
+                height: int) -> Region:  # fmt: skip
+    """A region by name (from the image's sidecar) or as a box; in input pixels of the preprocessed image."""
+    if not isinstance(region, str):
+        return region_box(region, width, height)
+    known = named_regions(image, size)
+    if region not in known:
+        where = f"'{sidecar(image)}' names: {', '.join(known)}" if known else f"there is no '{sidecar(image)}'"
+        raise SelectionError(f"unknown region '{region}'; {where}; or give x0,y0,x1,y1 in input pixels")
+    found = known[region]
+    if not (found.x0 < found.x1 and found.y0 < found.y1):
+        raise SelectionError(f"region '{region}' lies outside the centre square the image is cropped to; "
+                             "give x0,y0,x1,y1 in input pixels")  # fmt: skip
+    return found
+
+
+def centres(model: nn.Module, layer: str, input_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Receptive-field centres (rows (h,), cols (w,)) of a chain model's layer positions, in input pixels."""
+    steps = chain_of(model)
+    if steps is None:
+        raise SelectionError(f"a region or point needs receptive fields, which {type(model).__name__} (not a chain of "
+                             "layers) does not have; give channels and positions instead")  # fmt: skip
+    name = resolve(model, steps, layer)
+    upto = step_index(steps, name)
+    try:
+        rows, cols = receptive_fields(steps, upto)
+    except LayerError:
+        raise SelectionError(f"layer '{layer}' mixes all positions of the image: a region or point needs a "
+                             "convolution or pool layer") from None  # fmt: skip
+    shape = output_shapes(model, steps[: upto + 1], input_size)[upto][-2:]
+    return tuple(torch.arange(n) * f.stride - f.offset + f.size / 2 for n, f in zip(shape, (rows, cols), strict=True))
+
+
+def region_mask(model: nn.Module, layer: str, input_size: tuple[int, int], region: Box | None = None,
+                at: Sequence[float] | None = None, exclude: Sequence[Box] = ()) -> Tensor:  # fmt: skip
+    """(h, w) bool: the layer positions inside `region` and outside every box of `exclude`, or the one
+    position nearest to the point `at` (ties: the upper-left one). Empty: a SelectionError naming the valid range."""
+    height, width = input_size
+    rows, cols = centres(model, layer, input_size)
+    if at is not None:
+        x, y = point(at, width, height)
+        mask = torch.zeros(len(rows), len(cols), dtype=torch.bool)
+        mask[int((rows - y).abs().argmin()), int((cols - x).abs().argmin())] = True
+        return mask
+    box = region_box(region, width, height)
+    mask = _inside(box, rows, cols)
+    for other in exclude:
+        mask &= ~_inside(region_box(other, width, height), rows, cols)
+    if not bool(mask.any()):
+        spans = (f"x {cols[0]:g}..{cols[-1]:g}, y {rows[0]:g}..{rows[-1]:g}, every {float(cols[1] - cols[0]):g} px"
+                 if len(rows) > 1 and len(cols) > 1 else f"x {cols[0]:g}, y {rows[0]:g}")  # fmt: skip
+        out = " outside the excluded boxes" if exclude else ""
+        raise SelectionError(f"region {box} holds no receptive-field centre of layer '{layer}'{out}; its centres lie "
+                             f"at {spans} (input pixels): give a region that holds one")  # fmt: skip
+    return mask
+
+
+def _inside(box: Region, rows: Tensor, cols: Tensor) -> Tensor:
+    return ((rows >= box.y0) & (rows < box.y1))[:, None] & ((cols >= box.x0) & (cols < box.x1))[None, :]
+
+
+@contextlib.contextmanager
+def _watching(model: nn.Module, name: str) -> Iterator[list[Tensor]]:
+    """Eval mode and a hook that records module `name`'s output and hands on a copy, so in-place steps after it
+    leave the recorded tensor (and its gradient) alone; both undone after the call."""
+    got: list[Tensor] = []
+
+    def hook(m, i, o):
+        got.append(o)
+        return o.clone() if isinstance(o, Tensor) else o
+
+    handle = dict(model.named_modules())[name].register_forward_hook(hook)
+    try:
+        with evaluating(model), torch.enable_grad():
+            yield got
+    finally:
+        handle.remove()
+
+
+def class_contributions(model: nn.Module, x: Tensor, layer: str, cls: int) -> Tensor:
+    """Each feature map's contribution to class `cls`'s score: gradient times activation, summed over positions.
+
+    x: (N, C, H, W) preprocessed; the score is the model's output (logit) for `cls`. Returns (N, channels)."""
+    steps = chain_of(model)
+    name = resolve(model, steps, layer)
+    if steps is not None:
+        last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
+        if not isinstance(last.module, nn.Linear):
+            raise SelectionError(f"class {cls} needs a model with a classifier (class scores), and this one has "
+                                 f"none (it ends with '{last.name}'; vgg16-caffe weights are conv layers only): use "
+                                 "--weights torchvision or a state dict with a classifier")  # fmt: skip
+    with _watching(model, name) as got:
+        scores = model(x.detach().clone())
+        if len(got) != 1 or not isinstance(got[0], Tensor):
+            raise LayerError(f"layer '{layer}' must run once per forward and return a tensor")
+        if not isinstance(scores, Tensor) or scores.dim() != 2:
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise SelectionError(f"class {cls} needs a model whose output is class scores (N, classes), got {shape}")
+        if not isinstance(cls, numbers.Integral) or isinstance(cls, bool) or not 0 <= cls < scores.shape[1]:
+            n = scores.shape[1]
+            raise SelectionError(f"class {cls!r} is out of range for a classifier with {n} classes; use 0..{n - 1}")
+        act = got[0]
+        (grad,) = torch.autograd.grad(scores[:, int(cls)].sum(), act)
+    return (grad * act).detach().flatten(2).sum(2) if act.dim() > 2 else (grad * act).detach()
+
+
+def choose(model: nn.Module, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
+           top: int = 9, *, region: Box | None = None, at: Sequence[float] | None = None,
+           exclude: Sequence[Box] = (), cls: int | None = None, positions: Tensor | None = None):  # fmt: skip
+    """Channels (N, K) and positions (N, K; None in mode map) for `select`, from a region, point or class.
+
+    cls: the `top` maps with the largest contribution to the class score (`class_contributions`); region or
+    at: the maps (given, or the `top` strongest there) and in each its strongest position inside the region."""
+    if region is not None and at is not None:
+        raise SelectionError("give a region or a point (at), not both")
+    if positions is not None and (region is not None or at is not None):
+        raise SelectionError("give positions or a region or point (at), not both: the region chooses the positions")
+    if cls is not None and channels is not None:
+        raise SelectionError("give channels or a class, not both: the class chooses the channels")
+    if exclude and region is None:
+        raise SelectionError("excluded boxes narrow a region: give a region too")
+    if cls is not None:
+        contrib = class_contributions(model, x, layer, cls)
+        channels = strongest_channels(contrib, top)
+    if region is None and at is None:
+        return channels, positions
+    mask = region_mask(model, layer, tuple(x.shape[-2:]), region, at, exclude)
+    steps = chain_of(model)
+    act = forward_chain(steps, x, step_index(steps, resolve(model, steps, layer))).activation
+    chans, positions = strongest_in_region(act, mask, channels, top, layer)
+    return chans, positions if mode == "max" else None

@@ -1,0 +1,87 @@
+"""--region, --at, --exclude, --class and --stage-view on the command line; the default reconstruction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from oracle import layer_activation
+from typer.testing import CliRunner
+
+from deconvviz.cli import app
+from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
+from deconvviz.weights import load_vgg
+
+runner = CliRunner()
+SMALL = ["--model", "vgg11", "--weights", "random", "--size", "64"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture()
+def cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_reconstruct_default_is_the_map_strongest_on_the_bicycle_outside_the_dog(cwd):
+    r = run("reconstruct", "--quiet", "--out", "bike.png")
+    assert r.exit_code == 0, r.output
+    prov = json.loads((cwd / "bike.json").read_text())
+    (layer,) = prov["layers"]
+    assert layer["mode"] == "map" and layer["region"]["name"] == "bicycle" and layer["exclude"][0]["name"] == "dog"
+    assert prov["stage_view"] == "channel"
+    # independent: conv5_3 by a forward hook; VGG16 conv5_3 fields are 196 px wide, 16 px apart, centred at
+    # 16 i + 8; the sidecar's boxes are in 448 px, the input is 224 (halved, no crop)
+    boxes = json.loads((DEFAULT_IMAGE.parent / "bicycle.jpg.json").read_text())
+    model, w = load_vgg("vgg16", "vgg16-caffe", device="cpu", verbose=False)
+    act = layer_activation(model, model.features[29], to_batch(load_image(DEFAULT_IMAGE), w.preprocess))[0]
+    c = torch.arange(14) * 16 + 8.0
+
+    def inside(b):
+        x0, y0, x1, y1 = (v / 2 for v in b)
+        return ((c >= y0) & (c < y1))[:, None] & ((c >= x0) & (c < x1))[None, :]
+
+    keep = inside(boxes["bicycle"]) & ~inside(boxes["dog"])
+    assert layer["channels"] == [int(act[:, keep].amax(1).argmax())]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["reconstruct", "--class", "671", "--weights", "vgg16-caffe"], "vgg16-caffe has none"),
+        (["visualize", "--region", "0,0,3"], "--region '0,0,3' is not x0,y0,x1,y1"),
+        (["visualize", "--at", "1,b"], "--at '1,b' is not x,y"),
+        (["visualize", "--region", "0,0,100,64", *SMALL], "leaves the 64x64 input; use x in 0..64"),
+        (["visualize", "--region", "cat", *SMALL], "unknown region 'cat'; "),
+        (["visualize", "--region", "10,10,12,12", *SMALL], "holds no receptive-field centre of layer 'conv5_2'"),
+        (["visualize", "--class", "3", "--channels", "1,2", *SMALL], "give channels or a class, not both"),
+        (["occlusion", "--region", "0,0,64,64", "--at", "3,3", *SMALL], "not both"),
+        (["reconstruct", "--stage-view", "max"], "is not one of 'channel', 'mean'"),
+    ],
+)
+def test_bad_targets_are_one_line_and_exit_2(cwd, args, message):
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("deconvviz: error:")]
+    assert len(lines) == 1 and message in lines[0], r.output
+    assert not list(cwd.iterdir())
+
+
+def test_region_at_and_class_reach_the_figures(cwd):
+    r = run("visualize", "--region", "0.0,0.0,0.5,0.5", "--top", "2", *SMALL, "--out", "v.png", "-q")
+    assert r.exit_code == 0, r.output
+    layer = json.loads((cwd / "v.json").read_text())["layers"][0]
+    assert layer["region"] == [0.0, 0.0, 32.0, 32.0] and len(layer["channels"]) == 2
+    assert all(f[0] < 32 and f[2] < 32 for f in layer["receptive_fields"])  # fields start in the top-left quarter
+    r = run("reconstruct", "--class", "3", "--stage-view", "mean", *SMALL, "--out", "r.png", "-q")
+    assert r.exit_code == 0, r.output
+    prov = json.loads((cwd / "r.json").read_text())
+    assert prov["layers"][0]["class"] == 3 and prov["stage_view"] == "mean"
+    r = run("occlusion", "--at", "10,50", "--stride", "32", *SMALL, "--out", "o.png", "-q")
+    assert r.exit_code == 0, r.output
+    proj = json.loads((cwd / "o.json").read_text())["projection"]
+    assert proj["at"] == [10, 50]

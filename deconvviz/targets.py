@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ImageError, LayerError, SelectionError
-from .forward import forward_chain
+from .forward import forward_chain, output_shapes
 from .images import DEFAULT_IMAGE, resize_crop_geometry
-from .layers import chain_of, output_shapes, receptive_fields, resolve, step_index
+from .layers import chain_of, receptive_fields, resolve, step_index
 from .rectified import evaluating
 from .selection import strongest_channels, strongest_in_region
 

@@ -500,4 +500,7 @@ def sanity_figure(image: np.ndarray, images: dict[str, Tensor], box: Sequence[in
     ax.set_title(f"({string.ascii_lowercase[1]}) cascading randomization, similarity inside the receptive field",
                  fontsize=8, loc="left")  # fmt: skip
     fig.suptitle(title, fontsize=9.5)
+    fig.text(0.5, 0.005, "ρ: Spearman rank correlation of |r| (colour channels summed) with the trained projection, "
+             "inside the unit's receptive field; projections: mid-grey = 0, contrast: 99.9th percentile of |r| per "
+             "panel", ha="center", fontsize=7, color="0.3")  # fmt: skip
     return fig

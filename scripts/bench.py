@@ -5,7 +5,8 @@
 1 fp32 matmul rate (the ceiling), 2 VGG16 forward (one 224 image), 3 captum NeuronDeconvolution per map
 (K whole conv5_3 maps, one image, value-seeded), 4 deconvviz per map and the FLOP rate of its reverse pass,
 5 mode max at conv3_3, full reverse pass vs receptive-field crop (identical output), 6 projecting all 512
-conv5_3 maps of one image: peak memory (child process).
+conv5_3 maps of one image: peak memory (child process), 7 the same per-map times and peak memory for the
+guided and gradient rules, beside captum's NeuronGuidedBackprop and NeuronGradient.
 """
 
 from __future__ import annotations
@@ -54,21 +55,22 @@ def reverse_flops(model: nn.Module, upto: int, size: int) -> float:
     return total
 
 
-def captum_maps(model, layer, x, channels):
-    from captum.attr import NeuronDeconvolution
+def captum_maps(model, layer, x, channels, rule="deconvnet"):
+    from captum.attr import NeuronDeconvolution, NeuronGradient, NeuronGuidedBackprop
 
+    method = {"deconvnet": NeuronDeconvolution, "guided": NeuronGuidedBackprop, "gradient": NeuronGradient}[rule]
     k = len(channels)
     act = model.features[:30](x.clone()).detach()
     seed = torch.zeros(k, *act.shape[1:], device=x.device)
     seed[torch.arange(k), channels] = act[0, channels]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return NeuronDeconvolution(model, layer).attribute(
+        return method(model, layer).attribute(
             x.expand(k, -1, -1, -1).clone(), neuron_selector=lambda o: (o * seed).flatten(1).sum(1)
         )
 
 
-def peak_memory_child(device: str) -> float:
+def peak_memory_child(device: str, rule: str = "deconvnet") -> float:
     """Peak memory (GiB) above the loaded model while projecting all 512 conv5_3 maps of one image, measured
     in a fresh process (CPU: the process's high-water mark, reset before projecting; CUDA: the allocator's)."""
     code = f"""
@@ -83,7 +85,7 @@ if cuda:
     torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
 else:
     base = rss("VmRSS:"); open("/proc/self/clear_refs", "w").write("5")
-deconvviz.Deconvnet(m).project(x, "conv5_3", channels=range(512), mode="map")
+deconvviz.Deconvnet(m, rule="{rule}").project(x, "conv5_3", channels=range(512), mode="map")
 peak = torch.cuda.max_memory_allocated() if cuda else rss("VmHWM:")
 print((peak - base) / 2**30)
 """
@@ -177,6 +179,14 @@ def main() -> None:
     r["crop_max_rel_diff"] = float((a - b).abs().max() / a.abs().max())
 
     r["all_512_maps_peak_gib"] = peak_memory_child(args.device)
+    for rule in ("guided", "gradient"):
+        theirs = lambda rule=rule: captum_maps(model, model.features[29], x, channels, rule)  # noqa: E731
+        mine = lambda rule=rule: dn.project(x, "conv5_3", channels=channels.tolist(), mode="map", rule=rule)  # noqa: E731
+        r[f"captum_{rule}_batched_per_map_s"] = timed(theirs, dev, args.repeat) / k
+        r[f"deconvviz_{rule}_per_map_s"] = timed(mine, dev, args.repeat) / k
+        want, got = theirs(), mine().images[0]
+        r[f"{rule}_max_rel_err_vs_captum"] = float((got - want).abs().max() / want.abs().max())
+        r[f"all_512_maps_{rule}_peak_gib"] = peak_memory_child(args.device, rule)
     r["scan_images_per_s"], r["plain_forward_images_per_s"] = scan_throughput(args.device, args.images)
 
     ratios = {
@@ -185,6 +195,15 @@ def main() -> None:
         "reverse rate / matmul rate (>= 0.6)": r["deconvviz_reverse_gflops"] / r["matmul_gflops"],
         "conv3_3 crop speedup (>= 10)": r["conv3_3_full_per_projection_s"] / r["conv3_3_cropped_per_projection_s"],
         "all 512 maps peak GiB (< 4)": r["all_512_maps_peak_gib"],
+        **{
+            f"{rule} speedup vs captum, batched": r[f"captum_{rule}_batched_per_map_s"]
+            / r[f"deconvviz_{rule}_per_map_s"]
+            for rule in ("guided", "gradient")
+        },
+        **{
+            f"all 512 maps, {rule}, peak GiB (< 4)": r[f"all_512_maps_{rule}_peak_gib"]
+            for rule in ("guided", "gradient")
+        },
         "scan overhead over plain forward (<= 0.15)": r["plain_forward_images_per_s"] / r["scan_images_per_s"] - 1,
     }
     for k, v in {**r, **ratios}.items():

@@ -9,6 +9,8 @@ deconvviz visualize --weights vgg16-caffe --out figures/conv5_3-top9.png -q
 deconvviz visualize --weights vgg16-caffe --layers conv1_2,conv3_3,conv5_3 --top 6 --out figures/layers-grid.png -q
 deconvviz reconstruct --weights vgg16-caffe --mode map --channels all --out figures/bicycle-reconstruction-all-maps.png -q
 deconvviz occlusion --weights vgg16-caffe --out figures/occlusion-conv5_3.png -q
+deconvviz compare --weights vgg16-caffe --out figures/compare-conv5_3.png -q
+deconvviz sanity --weights vgg16-caffe --dpi 110 --out figures/sanity-conv5_3.png -q
 # A small dataset scan over the darknet photos beside the checkout (and the built-in bicycle), when present.
 IMAGES=${IMAGES:-../shared/images}
 if [ -d "$IMAGES" ]; then

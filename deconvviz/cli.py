@@ -86,7 +86,7 @@ WeightsOpt = Annotated[
     typer.Option(
         "--weights",
         help="auto (cached torchvision file, else offline vgg16-caffe, else download), torchvision, "
-        "vgg16-caffe, random, or a .pt/.pth state dict.",
+        "vgg16-caffe, random, a model card's name (`deconvviz models`), or a .pt/.pth state dict.",
     ),
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -480,6 +480,21 @@ def scan(
             bar.stop()
         if result.written and not quiet:
             typer.echo(f"wrote {out / 'report.json'} and {len(result.written) - 1} figures and projections in {out}")
+
+
+@app.command()
+def models(debug: Debug = False) -> None:
+    """The weights sets deconvviz knows (one model card each in models/) and which load offline here."""
+    with _errors(debug):
+        from .cards import load_cards
+        from .weights import available_offline
+
+        cards = load_cards()
+        typer.echo(f"{'weights':<21} {'model':<9} {'classifier':<10} {'offline here':<12} summary")
+        for card in cards.values():
+            offline = "yes" if available_offline(card) else "no"
+            classifier = "yes" if card.classifier else "no"
+            typer.echo(f"{card.name:<21} {card.architecture:<9} {classifier:<10} {offline:<12} {card.summary}")
 
 
 def main() -> None:

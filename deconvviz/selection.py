@@ -46,19 +46,11 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
         bad = int((~torch.isfinite(peak)).any(1).nonzero()[0, 0])
         raise DeconvvizError(f"layer '{layer}' has NaN or infinite activations (image {bad}); check the weights "
                              "and the input")  # fmt: skip
-    if channels is None:
-        if not isinstance(top, numbers.Integral) or isinstance(top, bool) or top < 1:
-            raise SelectionError(
-                f"top (how many feature maps, --top) must be a whole number of at least 1, got {top!r}"
-            )
+    chans = checked_channels(layer, c, channels, top)
+    if chans is None:
         chans = peak.topk(min(int(top), c), dim=1).indices
     else:
-        chans = _channel_list(channels, layer).to(activation.device)
-        bad = [int(i) for i in chans if not 0 <= i < c]
-        if bad or chans.numel() == 0:
-            what = f"channel {bad[0]} is out of range" if bad else "no channels given"
-            raise SelectionError(f"{what} for layer '{layer}' with {c} channels; use 0..{c - 1}")
-        chans = chans.expand(n, -1)
+        chans = chans.to(activation.device).expand(n, -1)
     where = where.gather(1, chans)
     if positions is not None:
         where = torch.as_tensor(positions, device=activation.device)
@@ -73,6 +65,23 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
         values = activation.reshape(n, c, -1)[torch.arange(n, device=chans.device)[:, None], chans, where]
         return Selection(layer, mode, chans, values, where, tuple(activation.shape[1:]))
     return Selection(layer, mode, chans, peak.gather(1, chans), where, tuple(activation.shape[1:]))
+
+
+def checked_channels(layer: str, count: int, channels: Sequence[int] | Tensor | None = None, top: int = 9):
+    """The channels asked for as a (K,) long tensor, or None for the `top` strongest, checked against a layer
+    of `count` channels. Needs no activation, so a bad request is refused before any weights are loaded."""
+    if channels is None:
+        if not isinstance(top, numbers.Integral) or isinstance(top, bool) or top < 1:
+            raise SelectionError(
+                f"top (how many feature maps, --top) must be a whole number of at least 1, got {top!r}"
+            )
+        return None
+    chans = _channel_list(channels, layer)
+    bad = [int(i) for i in chans if not 0 <= i < count]
+    if bad or chans.numel() == 0:
+        what = f"channel {bad[0]} is out of range" if bad else "no channels given"
+        raise SelectionError(f"{what} for layer '{layer}' with {count} channels; use 0..{count - 1}")
+    return chans
 
 
 def _channel_list(channels, layer: str) -> Tensor:

@@ -73,7 +73,7 @@ def test_several_layers_channels_and_map_mode(cwd, tmp_path):
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "g.json").read_text())
     assert [lay["channels"] for lay in prov["layers"]] == [[3, 7], [3, 7]]
-    assert prov["input_size"] == [64, 64] and prov["image"]["path"] == str(img)
+    assert prov["input_size"] == [64, 64] and prov["image"]["path"] == "in.png"  # relative to the working folder
 
 
 SMALL = ["--model", "vgg11", "--weights", "random", "--size", "64"]

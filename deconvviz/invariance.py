@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .errors import DeconvvizError, LayerError
 from .forward import apply
-from .layers import chain_of, default_layer, resolve, step_index
+from .layers import chain_of, default_layer, resolve, step_index, vgg_aliases
 
 TRANSFORMS = ("shift", "scale", "rotate")
 UNITS = {"shift": "pixels, down", "scale": "times", "rotate": "degrees, anticlockwise"}
@@ -53,9 +53,11 @@ def transformed(x: Tensor, transform: str, amount: float) -> Tensor:
     elif transform == "scale":
         scale = float(amount)
     elif transform == "rotate":
-        angle = float(amount)
+        angle = -float(amount)  # torchvision's affine turns clockwise
     else:
         raise DeconvvizError(f"unknown transform '{transform}'; use {', '.join(TRANSFORMS)}")
+    if shift == [0, 0] and scale == 1.0 and angle % 360 == 0:
+        return x.clone()  # exactly the original (resampling would add rounding noise)
     return TF.affine(x, angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0],
                      interpolation=InterpolationMode.BILINEAR, fill=0.0)  # fmt: skip
 
@@ -67,8 +69,11 @@ def has_classifier(model: nn.Module) -> bool:
 
 
 def default_layers(model: nn.Module) -> list[str]:
-    """conv1_2 (low), the last conv layer (conv5_3 on vgg16) and, with a classifier, fc7."""
-    return ["conv1_2", default_layer(model)] + (["fc7"] if has_classifier(model) else [])
+    """A low layer (the first block's last conv: conv1_2 on vgg16), the last conv layer (conv5_3 on vgg16)
+    and, with a classifier, fc7."""
+    steps = chain_of(model)
+    low = [a for a in vgg_aliases(steps) if a.startswith("conv1_")] if steps is not None else []
+    return [*low[-1:], default_layer(model)] + (["fc7"] if has_classifier(model) else [])
 
 
 @torch.no_grad()

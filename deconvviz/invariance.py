@@ -34,13 +34,14 @@ class Invariance:
 
 
 def default_amounts(transform: str, size: int) -> Tensor:
-    """Zeiler & Fergus's ranges: vertical shifts up to a quarter of the side, scale 0.6-1.6, a full turn."""
+    """Zeiler & Fergus's ranges, 0 (or 1) exactly among them: vertical shifts of whole pixels up to 60 at side
+    224 (scaled with the side), scale 0.6-1.6 in steps of 0.05, a full turn in steps of 15 degrees."""
     if transform == "shift":
-        return torch.linspace(-1, 1, 25) * round(size * 60 / 224)
+        return (torch.linspace(-1, 1, 25) * round(size * 60 / 224)).round() + 0.0  # + 0.0: no -0
     if transform == "scale":
-        return torch.linspace(0.6, 1.6, 21)
+        return (torch.arange(21) * 5 + 60) / 100
     if transform == "rotate":
-        return torch.linspace(0, 360, 25)
+        return torch.arange(25) * 15.0
     raise DeconvvizError(f"unknown transform '{transform}'; use {', '.join(TRANSFORMS)}")
 
 

@@ -7,6 +7,10 @@ deconvviz visualize --weights vgg16-caffe --out figures/conv5_3-top9.png -q
 deconvviz visualize --weights vgg16-caffe --layers conv1_2,conv3_3,conv5_3 --top 6 --out figures/layers-grid.png -q
 deconvviz reconstruct --weights vgg16-caffe --mode map --channels all --out figures/bicycle-reconstruction-all-maps.png -q
 deconvviz occlusion --weights vgg16-caffe --out figures/occlusion-conv5_3.png -q
+deconvviz filters --weights vgg16-caffe --out figures/filters-conv1_1.png -q
+for transform in shift scale rotate; do
+    deconvviz invariance --weights vgg16-caffe --transform "$transform" --out "figures/invariance-$transform.png" -q
+done
 # A small dataset scan over the darknet photos beside the checkout (and the built-in bicycle), when present.
 IMAGES=${IMAGES:-../shared/images}
 if [ -d "$IMAGES" ]; then

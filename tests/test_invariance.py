@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from deconvviz.errors import DeconvvizError
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
-from deconvviz.invariance import default_layers, invariance, transformed
+from deconvviz.invariance import default_amounts, default_layers, invariance, transformed
 from deconvviz.weights import load_vgg, skeleton
 
 
@@ -78,6 +78,8 @@ def test_default_range_and_errors(net):
     model, x = net
     res = invariance(model, x[:, :, :48, :48], "shift")
     assert res.amounts[0] == -res.amounts[-1] == -round(48 * 60 / 224) and len(res.amounts) == 25
+    assert 0 in res.amounts.tolist() and res.amounts.tolist() == res.amounts.round().tolist()
+    assert 1.0 in default_amounts("scale", 224).tolist() and default_amounts("rotate", 224)[-1] == 360
     assert res.probabilities.shape == (25,) and res.images.shape == (25, 3, 48, 48)
     with pytest.raises(DeconvvizError, match="unknown transform 'skew'; use shift, scale, rotate"):
         transformed(x, "skew", 1.0)

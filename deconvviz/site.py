@@ -39,6 +39,7 @@ from .weights import load_vgg, pick_device
 
 MARKER = ".deconvviz-site.json"
 THUMB = 112  # side in pixels of every projection, patch and stage picture: written at the size it is shown
+INDEX_UNITS = 8  # a layer's strongest units shown on the scan site's index
 PER_POSITION = 5  # explore: units kept per feature-map position, the strongest there
 STAGE_CHUNK = 8  # selections per reverse pass with stages (each keeps every stage's full planes)
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -150,6 +151,7 @@ header nav span.off { color: var(--line); }
 main { padding: 12px 20px 32px; }
 h1 { font-size: 20px; margin: 6px 0 10px; }
 h2 { font-size: 16px; margin: 22px 0 8px; }
+h3 { font-size: 15px; margin: 16px 0 2px; }
 a { color: var(--accent); }
 table.facts { border-collapse: collapse; }
 table.facts th { text-align: left; color: var(--muted); font-weight: normal; padding: 2px 14px 2px 0;
@@ -359,11 +361,11 @@ def scan_site(
         site.write("site.css", _CSS.encode())
         number = {image: n for n, image in enumerate(images)}
         _write_sources(site, root, images, info.preprocess, args.size, progress)
-        dn = Deconvnet(net)
+        dn, drawn = Deconvnet(net), {}
         for layer in result.layers:
-            pictures = _layer_pictures(site, dn, info.preprocess, result, layer, rule, number, progress)
-            _layer_pages(site, report, result, layer, pictures, number, rule, progress)
-        site.page("index.html", _scan_index(report, result, rule))
+            drawn[layer] = _layer_pictures(site, dn, info.preprocess, result, layer, rule, number, progress)
+            _layer_pages(site, report, result, layer, drawn[layer], number, rule, progress)
+        site.page("index.html", _scan_index(report, result, rule, drawn))
         return site.finish()
     except BaseException:
         site.abandon()
@@ -516,17 +518,7 @@ def _layer_pages(
         )
         if progress and (n % 16 == 15 or n + 1 == len(order)):
             progress(f"{layer}: pages", n + 1, len(order))
-    tiles = []
-    for c in order:
-        ch, pics = per_channel[c], pictures[c]
-        value = ch.records[0].value if ch.records else -math.inf
-        proj, patch = pics.records[0] if pics.records else (None, None)
-        tiles.append(
-            f'<a class="tile" href="unit-{c}.html" data-channel="{c}" data-value="{value!r}">'
-            f'<div class="pair">{_box(proj, f"unit {c}: projection", "no record")}'
-            f"{_box(patch, f'unit {c}: image patch', 'no record')}</div>"
-            f'<div class="caption"><b>unit {c}</b><span>max {value:.4g}</span></div></a>'
-        )
+    tiles = [_unit_tile(f"unit-{c}.html", c, per_channel[c], pictures[c]) for c in order]
     i = layers.index(layer)
     prev = (layers[i - 1], f"../{_folder_name(layers[i - 1])}/index.html") if i > 0 else None
     nxt = (layers[i + 1], f"../{_folder_name(layers[i + 1])}/index.html") if i + 1 < len(layers) else None
@@ -553,6 +545,20 @@ rule), beside the image patch under its receptive field. The scan projected all 
             nav=_nav(prev, ("site", "../index.html"), nxt),
             inline=_LAYER_JS,
         ),
+    )
+
+
+def _unit_tile(href: str, c: int, ch, pics: _UnitPictures, prefix: str = "../") -> str:
+    """A unit's tile: its strongest record's projection beside the patch (pictures linked as `prefix` + path from
+    the site's top: "../" from a layer folder, "" from the index)."""
+    value = ch.records[0].value if ch.records else -math.inf
+    proj, patch = pics.records[0] if pics.records else (None, None)
+    proj, patch = ((prefix + p[0].removeprefix("../"), p[1]) if prefix != "../" and p else p for p in (proj, patch))
+    return (
+        f'<a class="tile" href="{e(href)}" data-channel="{c}" data-value="{value!r}">'
+        f'<div class="pair">{_box(proj, f"unit {c}: projection", "no record")}'
+        f"{_box(patch, f'unit {c}: image patch', 'no record')}</div>"
+        f'<div class="caption"><b>unit {c}</b><span>max {value:.4g}</span></div></a>'
     )
 
 
@@ -589,13 +595,19 @@ def _unit_body(result: ScanResult, layer: str, c: int, pics: _UnitPictures, numb
 <p class="note">{e(_NORMALIZATION)}</p>"""
 
 
-def _scan_index(report: dict, result: ScanResult, rule: str) -> str:
+def _scan_index(report: dict, result: ScanResult, rule: str, drawn: dict[str, dict[int, _UnitPictures]]) -> str:
     args, w, counts = result.arguments, report.get("weights", {}), report.get("images", {})
-    layer_rows = "".join(
-        f'<li><a href="{e(_folder_name(layer))}/index.html">{e(layer)}</a>: {len(per)} units, '
-        f"{sum(ch.projections is not None for ch in per.values())} with all top-{args.top} projected</li>"
-        for layer, per in result.layers.items()
-    )
+    strips = []
+    for layer, per in result.layers.items():
+        folder = _folder_name(layer)
+        best = sorted(per, key=lambda c: (-per[c].records[0].value if per[c].records else math.inf, c))[:INDEX_UNITS]
+        tiles = "".join(_unit_tile(f"{folder}/unit-{c}.html", c, per[c], drawn[layer][c], prefix="") for c in best)
+        projected = sum(ch.projections is not None for ch in per.values())
+        strips.append(
+            f'<h3><a href="{e(folder)}/index.html">{e(layer)}</a>: {len(per)} units</h3><p class="note">{projected} '
+            f"with all top-{args.top} records projected by the scan. The {len(best)} strongest:</p>"
+            f'<div class="tiles">{tiles}</div>'
+        )
     skipped = "".join(f"<li>{e(s.get('path', ''))}: {e(s.get('reason', ''))}</li>" for s in result.skipped)
     rows = [
         ("model", e(args.model)),
@@ -620,7 +632,7 @@ def _scan_index(report: dict, result: ScanResult, rule: str) -> str:
     }
     body = f"""<h1>Scan of {e(Path(args.folder).name or args.folder)}</h1>
 {_facts(rows)}
-<h2>Layers</h2><ul>{layer_rows}</ul>
+<h2>Layers</h2>{"".join(strips)}
 <h2>Skipped files ({len(result.skipped)})</h2>{f"<ul>{skipped}</ul>" if skipped else "<p>none</p>"}
 <h2>Provenance</h2><pre>{e(json.dumps(provenance, indent=1))}</pre>"""
     first = next(iter(result.layers), None)

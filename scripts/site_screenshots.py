@@ -36,7 +36,7 @@ def main() -> None:
             page.evaluate("for (const i of document.images) i.loading = 'eager'")
             page.wait_for_function("Array.from(document.images).every(i => i.complete)")
             target = Path(f"{a.prefix}-{name}.png")
-            page.screenshot(path=target)
+            page.screenshot(path=target, full_page=name == "unit")  # the unit page whole, stages included
             print(f"wrote {target}")
         browser.close()
 

@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +30,12 @@ from torch import Tensor
 from . import __version__
 from .deconvnet import Deconvnet
 from .errors import DeconvvizError, LayerError
-from .images import check_size, to_batch, to_display
+from .images import check_size, load_image, to_batch, to_display
 from .layers import ReceptiveField, output_shapes, receptive_fields, resolve, step_index
 from .preprocess import Preprocess
 from .render import pattern_rgb, stage_map, write_atomic
-from .scan import ScanResult, load_result, preprocessed
-from .weights import load_vgg, pick_device
+from .scan import ScanResult, activations, load_result, preprocessed
+from .weights import Weights, load_vgg, pick_device
 
 MARKER = ".deconvviz-site.json"
 THUMB = 112  # side in pixels of every projection, patch and stage picture: written at the size it is shown
@@ -353,35 +353,76 @@ def scan_site(
             f"the scanned image '{root / missing[0]}' is gone ({len(missing)} of {len(images)} "
             "missing); the site needs the scanned folder where the scan read it"
         )
-    rule = report.get("rule", "deconvnet")
     site = _SiteFolder(out, "scan")
     try:
         net, info = load_vgg(args.model, args.weights, device=pick_device(device), verbose=verbose)
+        b = _ScanBuild(
+            site,
+            Deconvnet(net),
+            result,
+            report,
+            report.get("rule", "deconvnet"),
+            info.preprocess,
+            {image: n for n, image in enumerate(images)},
+            progress,
+        )
         site.start()
         site.write("site.css", _CSS.encode())
-        number = {image: n for n, image in enumerate(images)}
-        _write_sources(site, root, images, info.preprocess, args.size, progress)
-        dn, drawn = Deconvnet(net), {}
+        _write_sources(b)
+        drawn = {}
         for layer in result.layers:
-            drawn[layer] = _layer_pictures(site, dn, info.preprocess, result, layer, rule, number, progress)
-            _layer_pages(site, report, result, layer, drawn[layer], number, rule, progress)
-        site.page("index.html", _scan_index(report, result, rule, drawn))
+            drawn[layer] = _layer_pictures(b, layer)
+            _layer_pages(b, layer, drawn[layer])
+        site.page("index.html", _scan_index(b, drawn))
         return site.finish()
     except BaseException:
         site.abandon()
         raise
 
 
-def _write_sources(
-    site: _SiteFolder, root: Path, images: list[str], preprocess: Preprocess, size: int, progress: Progress | None
-) -> None:
+@dataclass
+class _ScanBuild:
+    """What every step of a scan site's build reads, and the patches drawn so far."""
+
+    site: _SiteFolder
+    dn: Deconvnet
+    result: ScanResult
+    report: dict
+    rule: str  # the scan's reverse rule; reports without one are deconvnet's
+    preprocess: Preprocess
+    number: dict[str, int]  # scanned image -> n, its copy is images/n.jpg
+    progress: Progress | None
+    views: dict[str, np.ndarray] = field(default_factory=dict)  # image -> as the network saw it (H, W, 3)
+    patches: dict[tuple, tuple[str, tuple[int, int]]] = field(default_factory=dict)
+
+    def say(self, phase: str, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(phase, done, total)
+
+    def view(self, image: str) -> np.ndarray:
+        if image not in self.views:
+            self.views[image] = _network_view(
+                Path(self.result.arguments.folder) / image, self.preprocess, self.result.arguments.size
+            )
+        return self.views[image]
+
+    def patch(self, layer: str, image: str, box) -> tuple[str, tuple[int, int]]:
+        """The patch of `image` under `box` (None: all), drawn once per layer; its link from the layer folder."""
+        size = self.result.arguments.size
+        t, b, left, r = box or (0, size, 0, size)
+        rel = f"{_folder_name(layer)}/patches/{self.number[image]}-{t}-{b}-{left}-{r}.jpg"
+        if rel not in self.patches:
+            self.patches[rel] = ("../" + rel, self.site.picture(rel, self.view(image)[t:b, left:r]))
+        return self.patches[rel]
+
+
+def _write_sources(b: _ScanBuild) -> None:
     """Each image the site shows, as the network saw it (resized, centre-cropped), once: images/N.jpg."""
-    for n, image in enumerate(images):
-        if progress:
-            progress("source images", n, len(images))
-        site.picture(f"images/{n}.jpg", _network_view(root / image, preprocess, size), side=size)
-    if progress:
-        progress("source images", len(images), len(images))
+    for image, n in b.number.items():
+        b.say("source images", n, len(b.number))
+        b.site.picture(f"images/{n}.jpg", b.view(image), side=b.result.arguments.size)
+        del b.views[image]  # patches are drawn layer by layer; keep memory to one layer's images
+    b.say("source images", len(b.number), len(b.number))
 
 
 def _network_view(path: Path, preprocess: Preprocess, size: int) -> np.ndarray:
@@ -396,113 +437,67 @@ def _project_kwargs(rule: str) -> dict:
     return {} if rule == "deconvnet" else {"rule": rule}
 
 
-def _layer_pictures(
-    site: _SiteFolder,
-    dn: Deconvnet,
-    preprocess: Preprocess,
-    result: ScanResult,
-    layer: str,
-    rule: str,
-    number: dict[str, int],
-    progress: Progress | None,
-) -> dict[int, _UnitPictures]:
+def _layer_pictures(b: _ScanBuild, layer: str) -> dict[int, _UnitPictures]:
     """Draw every unit of a layer: its records' patches and projections (the scan's, where it projected them;
     the strongest record always, projected here with its reverse stages)."""
-    args, per_channel, folder = result.arguments, result.layers[layer], _folder_name(layer)
-    root, size = Path(args.folder), args.size
+    dn, args, per_channel = b.dn, b.result.arguments, b.result.layers[layer]
     by_image: dict[str, list[int]] = {}  # the units whose strongest record is this image
     for c, ch in per_channel.items():
         if ch.records:
             by_image.setdefault(ch.records[0].image, []).append(c)
-    shape = output_shapes(dn.model, dn.steps, (size, size))[step_index(dn.steps, resolve(dn.model, dn.steps, layer))]
+    shape = output_shapes(dn.model, dn.steps, (args.size, args.size))[
+        step_index(dn.steps, resolve(dn.model, dn.steps, layer))
+    ]
     width = shape[-1] if len(shape) == 3 else 1
-    views: dict[str, np.ndarray] = {}
-    patches: dict[tuple[str, tuple | None], tuple[str, tuple[int, int]]] = {}
-
-    def patch(image: str, box) -> tuple[str, tuple[int, int]]:
-        if (image, box) not in patches:
-            if image not in views:
-                views[image] = _network_view(root / image, preprocess, size)
-            t, b, left, r = box or (0, size, 0, size)
-            rel = f"{folder}/patches/{number[image]}-{t}-{b}-{left}-{r}.jpg"
-            patches[image, box] = ("../" + rel, site.picture(rel, views[image][t:b, left:r]))
-        return patches[image, box]
-
     pictures: dict[int, _UnitPictures] = {}
-    done, total = 0, len(per_channel)
     p = next(dn.model.parameters())
     for image, chans in sorted(by_image.items()):
-        x = preprocessed(root / image, preprocess, size)[None].to(dn.device, p.dtype)
+        x = preprocessed(Path(args.folder) / image, b.preprocess, args.size)[None].to(dn.device, p.dtype)
         for part in (chans[i : i + STAGE_CHUNK] for i in range(0, len(chans), STAGE_CHUNK)):
-            recs = [per_channel[c].records[0] for c in part]
-            pos = torch.tensor([[r.row * width + r.col for r in recs]], device=dn.device)
+            pos = torch.tensor([[per_channel[c].records[0].row * width + per_channel[c].records[0].col for c in part]])
             try:
-                out = dn.project(x, layer, part, "max", keep_stages=True, positions=pos, **_project_kwargs(rule))
+                out = dn.project(
+                    x, layer, part, "max", keep_stages=True, positions=pos.to(dn.device), **_project_kwargs(b.rule)
+                )
             except TypeError:
                 raise DeconvvizError(
-                    f"this deconvviz cannot project with the scan's rule '{rule}'; build the site "
+                    f"this deconvviz cannot project with the scan's rule '{b.rule}'; build the site "
                     "with the version that made the scan"
                 ) from None
             for j, c in enumerate(part):
-                pictures[c] = _unit_pictures(
-                    site,
-                    folder,
-                    c,
-                    per_channel[c],
-                    out.images[0, j].cpu(),
-                    [(s.name, s.tensor[0, j].cpu()) for s in out.stages],
-                    preprocess,
-                    patch,
-                )
-                done += 1
-            if progress:
-                progress(f"{layer}: projecting units", done, total)
+                stages = [(s.name, s.tensor[0, j].cpu()) for s in out.stages]
+                pictures[c] = _unit_pictures(b, layer, c, out.images[0, j].cpu(), stages)
+            b.say(f"{layer}: projecting units", len(pictures), len(per_channel))
+    b.views.clear()
     for c in per_channel:  # units with no record (no image read): nothing to draw
         pictures.setdefault(c, _UnitPictures([], []))
     return pictures
 
 
 def _unit_pictures(
-    site: _SiteFolder,
-    folder: str,
-    c: int,
-    ch,
-    strongest: Tensor,
-    stages: list[tuple[str, Tensor]],
-    preprocess: Preprocess,
-    patch,
+    b: _ScanBuild, layer: str, c: int, strongest: Tensor, stages: list[tuple[str, Tensor]]
 ) -> _UnitPictures:
-    records = []
+    """A unit's pictures: per record its projection (the strongest: `strongest`, the others: the scan's, where
+    it made them) and patch; the strongest record's stages (name, (C, H, W))."""
+    ch, folder, records = b.result.layers[layer][c], _folder_name(layer), []
     for i, r in enumerate(ch.records):
         proj = strongest if i == 0 else (ch.projections[i] if ch.projections is not None else None)
         drawn = None
         if proj is not None:
-            t, b, left, rr = r.box or (0, proj.shape[-2], 0, proj.shape[-1])
+            t, bottom, left, right = r.box or (0, proj.shape[-2], 0, proj.shape[-1])
             rel = f"{folder}/projections/unit-{c}-{i}.jpg"
-            drawn = ("../" + rel, site.picture(rel, pattern_rgb(proj[:, t:b, left:rr], preprocess)))
-        records.append((drawn, patch(r.image, r.box)))
+            drawn = ("../" + rel, b.site.picture(rel, pattern_rgb(proj[:, t:bottom, left:right], b.preprocess)))
+        records.append((drawn, b.patch(layer, r.image, r.box)))
     drawn_stages = []
     for j, (name, t) in enumerate(stages):
         rel = f"{folder}/stages/unit-{c}-{j}.png"
-        label = f"{name} {t.shape[-2]}x{t.shape[-1]}"
-        drawn_stages.append((label, "../" + rel, site.picture(rel, stage_map(t))))
+        drawn_stages.append((f"{name} {t.shape[-2]}x{t.shape[-1]}", "../" + rel, b.site.picture(rel, stage_map(t))))
     return _UnitPictures(records, drawn_stages)
 
 
-def _units_link(layer: str, c: int) -> str:
-    return f"{_folder_name(layer)}/unit-{c}.html"
-
-
-def _layer_pages(
-    site: _SiteFolder,
-    report: dict,
-    result: ScanResult,
-    layer: str,
-    pictures: dict[int, _UnitPictures],
-    number: dict[str, int],
-    rule: str,
-    progress: Progress | None,
-) -> None:
+def _layer_pages(b: _ScanBuild, layer: str, pictures: dict[int, _UnitPictures]) -> None:
+    """The layer's page of tiles and a page per unit."""
+    result, site = b.result, b.site
     per_channel, folder = result.layers[layer], _folder_name(layer)
     order = sorted(per_channel)
     layers = list(result.layers)
@@ -510,21 +505,21 @@ def _layer_pages(
     for n, c in enumerate(order):
         prev = (f"unit {order[n - 1]}", f"unit-{order[n - 1]}.html") if n > 0 else None
         nxt = (f"unit {order[n + 1]}", f"unit-{order[n + 1]}.html") if n + 1 < len(order) else None
-        body = _unit_body(result, layer, c, pictures[c], number, rule)
+        body = _unit_body(b, layer, c, pictures[c])
         crumbs = [("site", "../index.html"), (layer, "index.html"), (f"unit {c}", None)]
         site.page(
             f"{folder}/unit-{c}.html",
             _page(f"{layer} unit {c} · deconvviz", "../", crumbs, body, nav=_nav(prev, up, nxt), inline=_ARROWS_JS),
         )
-        if progress and (n % 16 == 15 or n + 1 == len(order)):
-            progress(f"{layer}: pages", n + 1, len(order))
+        if n % 16 == 15 or n + 1 == len(order):
+            b.say(f"{layer}: pages", n + 1, len(order))
     tiles = [_unit_tile(f"unit-{c}.html", c, per_channel[c], pictures[c]) for c in order]
     i = layers.index(layer)
     prev = (layers[i - 1], f"../{_folder_name(layers[i - 1])}/index.html") if i > 0 else None
     nxt = (layers[i + 1], f"../{_folder_name(layers[i + 1])}/index.html") if i + 1 < len(layers) else None
     projected = sum(ch.projections is not None for ch in per_channel.values())
     body = f"""<h1>{e(layer)}: {len(order)} units</h1>
-<p class="note">Each tile: the unit's strongest activation over the scanned images, projected to pixels ({e(rule)}
+<p class="note">Each tile: the unit's strongest activation over the scanned images, projected to pixels ({e(b.rule)}
 rule), beside the image patch under its receptive field. The scan projected all top-{result.arguments.top} records of
 {projected} of these units; the unit pages show them.</p>
 <div class="controls"><label>Sort <select id="sort"><option value="activation">strongest activation first</option>
@@ -535,17 +530,8 @@ rule), beside the image patch under its receptive field. The scan projected all 
 {chr(10).join(tiles)}
 </div>"""
     crumbs = [("site", "../index.html"), (layer, None)]
-    site.page(
-        f"{folder}/index.html",
-        _page(
-            f"{layer} · deconvviz",
-            "../",
-            crumbs,
-            body,
-            nav=_nav(prev, ("site", "../index.html"), nxt),
-            inline=_LAYER_JS,
-        ),
-    )
+    nav = _nav(prev, ("site", "../index.html"), nxt)
+    site.page(f"{folder}/index.html", _page(f"{layer} · deconvviz", "../", crumbs, body, nav=nav, inline=_LAYER_JS))
 
 
 def _unit_tile(href: str, c: int, ch, pics: _UnitPictures, prefix: str = "../") -> str:
@@ -562,8 +548,8 @@ def _unit_tile(href: str, c: int, ch, pics: _UnitPictures, prefix: str = "../") 
     )
 
 
-def _unit_body(result: ScanResult, layer: str, c: int, pics: _UnitPictures, number: dict[str, int], rule: str) -> str:
-    ch = result.layers[layer][c]
+def _unit_body(b: _ScanBuild, layer: str, c: int, pics: _UnitPictures) -> str:
+    ch, number, rule = b.result.layers[layer][c], b.number, b.rule
     cards = []
     for i, (r, (proj, patch)) in enumerate(zip(ch.records, pics.records, strict=True)):
         box = "the whole image" if r.box is None else f"rows {r.box[0]}–{r.box[1] - 1}, cols {r.box[2]}–{r.box[3] - 1}"
@@ -595,7 +581,8 @@ def _unit_body(result: ScanResult, layer: str, c: int, pics: _UnitPictures, numb
 <p class="note">{e(_NORMALIZATION)}</p>"""
 
 
-def _scan_index(report: dict, result: ScanResult, rule: str, drawn: dict[str, dict[int, _UnitPictures]]) -> str:
+def _scan_index(b: _ScanBuild, drawn: dict[str, dict[int, _UnitPictures]]) -> str:
+    report, result, rule = b.report, b.result, b.rule
     args, w, counts = result.arguments, report.get("weights", {}), report.get("images", {})
     strips = []
     for layer, per in result.layers.items():
@@ -644,14 +631,45 @@ def _scan_index(report: dict, result: ScanResult, rule: str, drawn: dict[str, di
 
 
 @dataclass
+class _DrawnUnit:
+    """A unit of an explored layer: its projection and patch (file in the layer folder, (w, h)), its strongest
+    activation in the image and where."""
+
+    projection: tuple[str, tuple[int, int]]
+    patch: tuple[str, tuple[int, int]]
+    value: float
+    row: int
+    col: int
+
+
+@dataclass
 class _LayerView:
     """One layer of an explored image: its activation (C, H, W), receptive field and the units drawn."""
 
     layer: str
     activation: Tensor
-    field: tuple[ReceptiveField, ReceptiveField]
+    rf: tuple[ReceptiveField, ReceptiveField]
     strongest: list[int]  # the top maps, strongest first
-    drawn: dict[int, tuple[tuple[str, tuple[int, int]], tuple[str, tuple[int, int]], float, int, int]]
+    drawn: dict[int, _DrawnUnit]
+
+
+@dataclass
+class _Explore:
+    """What every step of an explore site's build reads."""
+
+    site: _SiteFolder
+    dn: Deconvnet
+    x: Tensor  # the image as network input (1, 3, size, size)
+    picture: np.ndarray  # the image as shown (size, size, 3)
+    weights: Weights
+    model: str
+    top: int
+    per_position: int
+    progress: Progress | None
+
+    @property
+    def size(self) -> int:
+        return self.x.shape[-1]
 
 
 def explore_site(
@@ -679,6 +697,7 @@ def explore_site(
     path = Path(image) if image is not None else Path(DEFAULT_IMAGE)
     if not path.is_file():
         raise DeconvvizError(f"'{path}' is not an image file; give the path of an image")
+    load_image(path)  # unreadable: fails before any work
     site = _SiteFolder(out, "explore")
     try:
         net, info = load_vgg(model, weights, device=pick_device(device), verbose=verbose)
@@ -697,15 +716,14 @@ def explore_site(
                 ) from None
         site.start()
         site.write("site.css", _CSS.encode())
-        picture = to_display(x[0], info.preprocess)
-        site.picture("image.jpg", picture, side=size)
-        views = [
-            _explore_layer(site, dn, x.to(dn.device), picture, info.preprocess, n, top, per_position, progress)
-            for n in names
-        ]
+        ex = _Explore(
+            site, dn, x.to(dn.device), to_display(x[0], info.preprocess), info, model, top, per_position, progress
+        )
+        site.picture("image.jpg", ex.picture, side=size)
+        views = [_explore_layer(ex, n) for n in names]
         for i, v in enumerate(views):
-            site.page(f"{_folder_name(v.layer)}/index.html", _explore_page(views, i, size, per_position, top))
-        site.page("index.html", _explore_index(views, path, model, info, size, top))
+            site.page(f"{_folder_name(v.layer)}/index.html", _explore_page(ex, views, i))
+        site.page("index.html", _explore_index(ex, views, path))
         return site.finish()
     except BaseException:
         site.abandon()
@@ -720,25 +738,16 @@ def strongest_units(activation: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return units, values.clamp_min(0)
 
 
-def _explore_layer(
-    site: _SiteFolder,
-    dn: Deconvnet,
-    x: Tensor,
-    picture: np.ndarray,
-    preprocess: Preprocess,
-    layer: str,
-    top: int,
-    per_position: int,
-    progress: Progress | None,
-) -> _LayerView:
+def _explore_layer(ex: _Explore, layer: str) -> _LayerView:
     """Project a layer's strongest maps and every unit listed at some position; write the positions' data."""
+    dn, x, site = ex.dn, ex.x, ex.site
     steps = dn.steps
     i = step_index(steps, resolve(dn.model, steps, layer))
     act = _activation(steps, x, i)[0]  # (C, H, W)
-    field = receptive_fields(steps, i)
+    rf = receptive_fields(steps, i)
     peak = act.flatten(1).max(1).values
-    strongest = peak.argsort(descending=True, stable=True)[: min(top, act.shape[0])].tolist()
-    units, values = strongest_units(act, per_position)
+    strongest = peak.argsort(descending=True, stable=True)[: min(ex.top, act.shape[0])].tolist()
+    units, values = strongest_units(act, ex.per_position)
     listed = sorted(set(strongest) | set(units[units >= 0].unique().tolist()))
     folder, size, drawn = _folder_name(layer), x.shape[-1], {}
     for n in range(0, len(listed), 32):
@@ -747,15 +756,14 @@ def _explore_layer(
         rc = out.selections.rows_cols[0].tolist()
         for j, c in enumerate(part):
             r, col = rc[j]
-            t, b = field[0].span(r, size)
-            left, rr = field[1].span(col, size)
-            proj = site.picture(
-                f"{folder}/unit-{c}.jpg", pattern_rgb(out.images[0, j, :, t:b, left:rr].cpu(), preprocess)
-            )
-            patch = site.picture(f"{folder}/patch-{c}.jpg", picture[t:b, left:rr])
-            drawn[c] = ((f"unit-{c}.jpg", proj), (f"patch-{c}.jpg", patch), float(peak[c]), r, col)
-        if progress:
-            progress(f"{layer}: projecting units", min(n + 32, len(listed)), len(listed))
+            t, b = rf[0].span(r, size)
+            left, right = rf[1].span(col, size)
+            crop = pattern_rgb(out.images[0, j, :, t:b, left:right].cpu(), ex.weights.preprocess)
+            proj = site.picture(f"{folder}/unit-{c}.jpg", crop)
+            patch = site.picture(f"{folder}/patch-{c}.jpg", ex.picture[t:b, left:right])
+            drawn[c] = _DrawnUnit((f"unit-{c}.jpg", proj), (f"patch-{c}.jpg", patch), float(peak[c]), r, col)
+        if ex.progress:
+            ex.progress(f"{layer}: projecting units", min(n + 32, len(listed)), len(listed))
     h, w = act.shape[-2:]
     data = {
         "layer": layer,
@@ -763,19 +771,17 @@ def _explore_layer(
         "h": h,
         "w": w,
         "k": units.shape[0],
-        "rf": [[f.size, f.stride, f.offset] for f in field],
+        "rf": [[f.size, f.stride, f.offset] for f in rf],
         "units": units.permute(1, 2, 0).flatten().tolist(),  # position-major: (row * w + col) * k + rank
         "values": [float(f"{v:.4g}") for v in values.permute(1, 2, 0).flatten().tolist()],
-        "maps": {str(c): {"value": float(f"{d[2]:.4g}"), "row": d[3], "col": d[4]} for c, d in drawn.items()},
+        "maps": {str(c): {"value": float(f"{d.value:.4g}"), "row": d.row, "col": d.col} for c, d in drawn.items()},
     }
     site.write(f"{folder}/positions.js", f"window.DECONVVIZ_POSITIONS = {json.dumps(data)};\n".encode())
-    return _LayerView(layer, act, field, strongest, drawn)
+    return _LayerView(layer, act, rf, strongest, drawn)
 
 
 @torch.no_grad()
 def _activation(steps, x: Tensor, upto: int) -> Tensor:
-    from .scan import activations
-
     return activations(steps, x, {"layer": upto})["layer"].cpu()
 
 
@@ -827,19 +833,19 @@ _EXPLORE_JS = r"""
 """
 
 
-def _explore_page(views: list[_LayerView], i: int, size: int, per_position: int, top: int) -> str:
-    v = views[i]
-    shown = max(size, 336)
+def _explore_page(ex: _Explore, views: list[_LayerView], i: int) -> str:
+    v, per_position = views[i], ex.per_position
+    shown = max(ex.size, 336)
     tiles = []
     for c in v.strongest:
-        proj, patch, value, r, col = v.drawn[c]
+        d = v.drawn[c]
         tiles.append(
-            f'<div class="tile" data-channel="{c}" data-value="{value!r}"><div class="pair">'
-            f"{_box(proj, f'unit {c}: projection', '')}{_box(patch, f'unit {c}: image patch', '')}</div>"
-            f'<div class="caption"><b>unit {c}</b><span>max {value:.4g} at ({r}, {col})</span></div></div>'
+            f'<div class="tile" data-channel="{c}" data-value="{d.value!r}"><div class="pair">'
+            f"{_box(d.projection, f'unit {c}: projection', '')}{_box(d.patch, f'unit {c}: image patch', '')}</div>"
+            f'<div class="caption"><b>unit {c}</b><span>max {d.value:.4g} at ({d.row}, {d.col})</span></div></div>'
         )
     h, w = v.activation.shape[-2:]
-    rf = v.field
+    rf = v.rf
     body = f"""<h1>{e(v.layer)}: {v.activation.shape[0]} units, {h}×{w} positions</h1>
 <h2>Click a position</h2>
 <div class="explore"><div class="picture"><img id="picture" src="../image.jpg" width="{shown}" height="{shown}"
@@ -868,10 +874,11 @@ projected to pixels.</p></div></div>
     )
 
 
-def _explore_index(views: list[_LayerView], path: Path, model: str, info, size: int, top: int) -> str:
+def _explore_index(ex: _Explore, views: list[_LayerView], path: Path) -> str:
+    info, size = ex.weights, ex.size
     rows = [
         ("image", e(str(path))),
-        ("model", e(model)),
+        ("model", e(ex.model)),
         ("weights", e(f"{info.name} ({info.source or 'no file'})")),
         ("preprocessing", e(info.preprocess.name)),
         ("input size", e(f"{size} x {size}")),
@@ -880,9 +887,10 @@ def _explore_index(views: list[_LayerView], path: Path, model: str, info, size: 
     strips = []
     for v in views:
         link = f"{_folder_name(v.layer)}/index.html"
+        folder = _folder_name(v.layer)
         pics = "".join(
-            f'<div class="box">{_img(_folder_name(v.layer) + "/" + v.drawn[c][0][0], v.drawn[c][0][1], f"unit {c}")}'
-            f"</div>"
+            f'<div class="box">{_img(folder + "/" + v.drawn[c].projection[0], v.drawn[c].projection[1], f"unit {c}")}'
+            "</div>"
             for c in v.strongest
         )
         h, w = v.activation.shape[-2:]

@@ -339,10 +339,21 @@ def test_explore_a_click_lists_the_strongest_units_whose_field_holds_it(tmp_path
     assert page.url.endswith("/conv3_1/index.html")
 
 
-def test_explore_refuses_a_folder_that_is_not_a_site(tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
-    r = runner.invoke(app, ["explore", "--out", str(tmp_path / "out"), "--model", "vgg11", "--weights", "random",
-                            "--size", "32", "--layers", "conv1_1"])  # fmt: skip
-    assert r.exit_code == 2 and "is not empty and holds no deconvviz site" in r.output
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+def test_explore_bad_inputs_are_one_line_exit_2_and_write_nothing(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
+    small = ["--model", "vgg11", "--weights", "random", "--size", "32"]
+    cases = [
+        ([str(DEFAULT_IMAGE), "--out", str(tmp_path / "busy"), *small], "is not empty and holds no deconvviz site"),
+        ([str(tmp_path / "corrupt.jpg"), "--out", str(tmp_path / "new"), *small], "corrupt.jpg"),
+        ([str(DEFAULT_IMAGE), "--out", str(tmp_path / "new"), "--layers", "conv9_9", *small], "conv9_9"),
+        ([str(DEFAULT_IMAGE), "--out", str(tmp_path / "new"), "--per-position", "0", *small], "at least 1"),
+    ]
+    for args, message in cases:
+        before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+        r = runner.invoke(app, ["explore", *args])
+        lines = [line for line in r.output.splitlines() if line.startswith("deconvviz: error: ")]
+        assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.output)
+        assert "Traceback" not in r.output
+        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before, args

@@ -11,6 +11,7 @@ as a site of deconvviz, so a later build may replace it and no other non-empty f
 from __future__ import annotations
 
 import html
+import inspect
 import io
 import json
 import math
@@ -353,6 +354,12 @@ def scan_site(
             f"the scanned image '{root / missing[0]}' is gone ({len(missing)} of {len(images)} "
             "missing); the site needs the scanned folder where the scan read it"
         )
+    rule = report.get("rule", "deconvnet")
+    if rule != "deconvnet" and "rule" not in inspect.signature(Deconvnet.project).parameters:
+        raise DeconvvizError(
+            f"'{rundir}' was scanned with the rule '{rule}', which this deconvviz cannot project; "
+            "build the site with the version that made the scan"
+        )
     site = _SiteFolder(out, "scan")
     try:
         net, info = load_vgg(args.model, args.weights, device=pick_device(device), verbose=verbose)
@@ -361,7 +368,7 @@ def scan_site(
             Deconvnet(net),
             result,
             report,
-            report.get("rule", "deconvnet"),
+            rule,
             info.preprocess,
             {image: n for n, image in enumerate(images)},
             progress,
@@ -455,15 +462,9 @@ def _layer_pictures(b: _ScanBuild, layer: str) -> dict[int, _UnitPictures]:
         x = preprocessed(Path(args.folder) / image, b.preprocess, args.size)[None].to(dn.device, p.dtype)
         for part in (chans[i : i + STAGE_CHUNK] for i in range(0, len(chans), STAGE_CHUNK)):
             pos = torch.tensor([[per_channel[c].records[0].row * width + per_channel[c].records[0].col for c in part]])
-            try:
-                out = dn.project(
-                    x, layer, part, "max", keep_stages=True, positions=pos.to(dn.device), **_project_kwargs(b.rule)
-                )
-            except TypeError:
-                raise DeconvvizError(
-                    f"this deconvviz cannot project with the scan's rule '{b.rule}'; build the site "
-                    "with the version that made the scan"
-                ) from None
+            out = dn.project(
+                x, layer, part, "max", keep_stages=True, positions=pos.to(dn.device), **_project_kwargs(b.rule)
+            )
             for j, c in enumerate(part):
                 stages = [(s.name, s.tensor[0, j].cpu()) for s in out.stages]
                 pictures[c] = _unit_pictures(b, layer, c, out.images[0, j].cpu(), stages)

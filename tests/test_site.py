@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from PIL import Image, ImageOps
 from playwright.sync_api import sync_playwright
 from typer.testing import CliRunner
 
+from deconvviz import Deconvnet
 from deconvviz import site as site_module
 from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE, to_batch
@@ -271,6 +273,26 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(run, tmp_path):
         assert lines[0].startswith("deconvviz: error: ")
         assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before, args
     assert not (tmp_path / "new").exists()
+
+
+def test_the_scans_rule_is_shown_where_the_report_has_one(run, tmp_path, browser):
+    ruled = tmp_path / "ruled"
+    shutil.copytree(run, ruled)
+    rep = json.loads((ruled / "report.json").read_text())
+    (ruled / "report.json").write_text(json.dumps({**rep, "rule": "deconvnet"}))
+    scan_site(ruled, tmp_path / "site", device="cpu", verbose=False)
+    tab = Watched(browser)
+    page = tab.open(tmp_path / "site" / "index.html")
+    assert "rule\tdeconvnet" in page.locator("table.facts").inner_text()
+    assert '"rule": "deconvnet"' in page.locator("pre").inner_text()  # the provenance
+    tab.close()
+    (ruled / "report.json").write_text(json.dumps({**rep, "rule": "guided"}))
+    if "rule" not in inspect.signature(Deconvnet.project).parameters:  # this version projects deconvnet only
+        r = runner.invoke(app, ["site", str(ruled), "--out", str(tmp_path / "guided")])
+        assert r.exit_code == 2 and "scanned with the rule 'guided'" in r.output and not (tmp_path / "guided").exists()
+    else:
+        scan_site(ruled, tmp_path / "guided", device="cpu", verbose=False)
+        assert "guided" in (tmp_path / "guided" / "conv1_1" / "unit-0.html").read_text()
 
 
 # ------------------------------------------------------------------------------------------------------ explore

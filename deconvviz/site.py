@@ -80,7 +80,8 @@ class _SiteFolder:
             self.old_files = json.loads(previous.read_text())["files"] if previous.is_file() else []
         except (OSError, ValueError, KeyError, TypeError):
             raise DeconvvizError(f"'{previous}' is unreadable; delete '{out}' or give a new --out folder") from None
-        self.created = not self.out.exists()
+        made = [d for d in (self.out, *self.out.parents) if not d.exists()]
+        self.created = made[-1] if made else None  # the outermost folder this build makes: removed on failure
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.out).close()
@@ -115,8 +116,11 @@ class _SiteFolder:
         return size
 
     def finish(self) -> SiteSummary:
+        inside = self.out.resolve()
         for rel in set(self.old_files) - set(self.written):
-            (self.out / rel).unlink(missing_ok=True)
+            stale = self.out / rel
+            if stale.resolve().is_relative_to(inside):  # the marker is data: never a path out of the site
+                stale.unlink(missing_ok=True)
         self._marker(complete=True, files=self.written)
         files = set(self.written)
         size = sum((self.out / f).stat().st_size for f in files)
@@ -124,8 +128,8 @@ class _SiteFolder:
 
     def abandon(self) -> None:
         """A build that failed leaves nothing of a folder it created."""
-        if self.created:
-            shutil.rmtree(self.out, ignore_errors=True)
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
 
 
 def _folder_name(layer: str) -> str:

@@ -219,11 +219,13 @@ def test_a_second_build_replaces_the_site_and_a_failed_one_leaves_nothing(run, t
     scan_site(run, out, device="cpu", verbose=False)
     (out / "conv1_1" / "unit-999.html").write_text("from an older build")
     listed = json.loads((out / MARKER).read_text())
-    listed["files"].append("conv1_1/unit-999.html")
+    listed["files"] += ["conv1_1/unit-999.html", "../outside.txt"]  # the marker never reaches outside the site
+    (tmp_path / "outside.txt").write_text("not the site's")
     (out / MARKER).write_text(json.dumps(listed))
     r = runner.invoke(app, ["site", str(run), "--out", str(out), "--device", "cpu", "-q"])
     assert r.exit_code == 0 and r.output == ""
     assert not (out / "conv1_1" / "unit-999.html").exists() and (out / "conv1_1" / "unit-63.html").is_file()
+    assert (tmp_path / "outside.txt").is_file()
 
     calls = []
 
@@ -236,8 +238,8 @@ def test_a_second_build_replaces_the_site_and_a_failed_one_leaves_nothing(run, t
     monkeypatch.setattr(site_module._SiteFolder, "page", failing_page)
     fresh = tmp_path / "fresh"
     with pytest.raises(OSError):
-        scan_site(run, fresh, device="cpu", verbose=False)
-    assert not fresh.exists()  # a folder the failed build made is gone
+        scan_site(run, fresh / "deeper" / "site", device="cpu", verbose=False)
+    assert not fresh.exists()  # the folders the failed build made are gone
     calls.clear()
     with pytest.raises(OSError):
         scan_site(run, out, device="cpu", verbose=False)

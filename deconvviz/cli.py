@@ -625,7 +625,6 @@ class _Bar:
 
 
 @app.command()
-@app.command()
 def scan(
     folder: Annotated[
         Path, typer.Argument(metavar="FOLDER", help="Folder of images, read recursively: jpg, jpeg, png, bmp, webp.")
@@ -780,6 +779,97 @@ def models(debug: Debug = False) -> None:
             offline = "yes" if available_offline(card) else "no"
             classifier = "yes" if card.classifier else "no"
             typer.echo(f"{card.name:<21} {card.architecture:<9} {classifier:<10} {offline:<12} {card.summary}")
+
+
+class _Steps:
+    """Progress bars counting steps (units, pages) on stderr, only on a terminal and without --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.on = not quiet and sys.stderr.isatty()
+        self._bar, self._tasks = None, {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.on:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if self._bar is None:
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn())  # fmt: skip
+            self._bar.start()
+        if phase not in self._tasks:
+            self._tasks[phase] = self._bar.add_task(phase, total=total)
+        self._bar.update(self._tasks[phase], completed=done, total=total)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+SiteOut = Annotated[
+    Path,
+    typer.Option(help="Site folder: new, empty, or a site made before by deconvviz (it is replaced)."),
+]
+
+
+@app.command()
+def site(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="The --out folder of a finished `deconvviz scan`.")],
+    out: SiteOut = Path("site"),
+    device: Device = "auto",
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """A static HTML site of a finished scan: index, a page per layer (sortable, filterable unit tiles) and a page
+    per unit (LAYER/unit-C.html: top-k projections beside their patches, stages, previous/next). Opens from file://."""
+    with _errors(debug):
+        from .site import scan_site
+
+        bar = _Steps(quiet)
+        try:
+            summary = scan_site(run, out, device=device, progress=bar, verbose=not quiet)
+        finally:
+            bar.stop()
+        if not quiet:
+            typer.echo(f"wrote {summary.pages} pages ({summary.files} files, {summary.bytes / 1e6:.1f} MB); "
+                       f"open {summary.out / 'index.html'}")  # fmt: skip
+
+
+@app.command()
+def explore(
+    image: Image = None,
+    out: SiteOut = Path("explore"),
+    layers: Annotated[
+        str | None, typer.Option(help="Layers to explore, e.g. conv3_3,conv5_3. Default: every conv layer.")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Strongest feature maps shown per layer.")] = 9,
+    per_position: Annotated[
+        int, typer.Option(help="Units kept per feature-map position (the strongest there), listed on a click.")
+    ] = 5,
+    model: Model = "vgg16",
+    weights: WeightsOpt = "auto",
+    device: Device = "auto",
+    size: Size = 224,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """A static HTML site of one image: every layer's strongest maps, and a picture where a click lists the units
+    strongest at that position with their projections. Opens from file://."""
+    with _errors(debug):
+        from .site import explore_site
+
+        _check_size(size)
+        names = _layer_names(None, layers)
+        bar = _Steps(quiet)
+        try:
+            summary = explore_site(image, out, layers=names, top=top, per_position=per_position, model=model,
+                                   weights=weights, device=device, size=size, progress=bar,
+                                   verbose=not quiet)  # fmt: skip
+        finally:
+            bar.stop()
+        if not quiet:
+            typer.echo(f"wrote {summary.pages} pages ({summary.files} files, {summary.bytes / 1e6:.1f} MB); "
+                       f"open {summary.out / 'index.html'}")  # fmt: skip
 
 
 def main() -> None:

@@ -22,4 +22,11 @@ if [ -d "$IMAGES" ]; then
     cp "$IMAGES"/*.jpg deconvviz/data/bicycle.jpg runs/figures-scan/photos/
     deconvviz scan runs/figures-scan/photos --weights vgg16-caffe --layer conv4_3 --top 4 --out runs/figures-scan/run -q
     cp runs/figures-scan/run/conv4_3/overview.png figures/scan-conv4_3-overview.png
+    # The site of a conv5_3 scan of 100 seeded crops and flips of these photos, seen in Chromium (needs
+    # `pip install playwright` and Debian's chromium): index, layer page, unit page.
+    rm -rf runs/figures-site
+    python scripts/make_crops.py "$IMAGES"/*.jpg deconvviz/data/bicycle.jpg --count 100 --out runs/figures-site/photos
+    deconvviz scan runs/figures-site/photos --weights vgg16-caffe --layer conv5_3 --out runs/figures-site/run -q
+    deconvviz site runs/figures-site/run --out runs/figures-site/site -q
+    python scripts/site_screenshots.py runs/figures-site/site conv5_3 303 --prefix figures/site-conv5_3
 fi

@@ -1,0 +1,383 @@
+"""The static sites in a real browser (Playwright driving Debian's chromium from file://), and their files."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageOps
+from playwright.sync_api import sync_playwright
+from typer.testing import CliRunner
+
+from deconvviz import Deconvnet
+from deconvviz import site as site_module
+from deconvviz.cli import app
+from deconvviz.images import DEFAULT_IMAGE, to_batch
+from deconvviz.scan import scan_folder
+from deconvviz.site import MARKER, explore_site, scan_site
+from deconvviz.weights import load_vgg
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+HOSTILE = '"><img src=x onerror=alert(1)>.jpg'
+HOSTILE_SKIPPED = "<svg onload=alert(2)>.png"  # not an image: listed as skipped on the index
+LAYERS, SIZE, TOP = ("conv1_1", "conv2_1"), 32, 3
+runner = CliRunner()
+
+
+def photo_folder(root: Path) -> Path:
+    src = Image.open(DEFAULT_IMAGE).convert("RGB")  # 448x448
+    boxes = [(0, 0, 300), (100, 50, 250), (148, 148, 300), (50, 200, 200), (0, 100, 400)]
+    for i, (left, top, side) in enumerate(boxes):
+        img = src.crop((left, top, left + side, top + side))
+        (ImageOps.mirror(img) if i % 2 else img).resize((48, 48)).save(root / f"img{i}.jpg")
+    src.crop((200, 100, 420, 320)).resize((48, 48)).save(root / HOSTILE)
+    (root / HOSTILE_SKIPPED).write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    photos = photo_folder(tmp_path_factory.mktemp("photos"))
+    out = tmp_path_factory.mktemp("scan") / "run"
+    scan_folder(photos, LAYERS, out, top=TOP, size=SIZE, model="vgg11", weights="random", device="cpu",
+                batch_size=4, workers=0, verbose=False)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def site(run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site") / "site"
+    scan_site(run, out, device="cpu", verbose=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(run) -> dict:
+    return json.loads((run / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM)
+        yield b
+        b.close()
+
+
+class Watched:
+    """A page with what went wrong on it: console errors, uncaught exceptions, dialogs (alert(...))."""
+
+    def __init__(self, browser):
+        self.page = browser.new_page(viewport={"width": 1200, "height": 800})
+        self.errors, self.dialogs = [], []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda ex: self.errors.append(str(ex)))
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+
+    def open(self, path: Path):
+        self.page.goto(path.resolve().as_uri())
+        return self.page
+
+    def check(self) -> None:
+        """Every image of the current page loaded (in a window tall enough to show all), and nothing went wrong."""
+        p = self.page
+        lazy = "Array.from(document.querySelectorAll('.tiles img, .records img, .stages img'))"
+        assert p.evaluate(lazy + ".every(i => i.loading === 'lazy')")
+        view = p.viewport_size
+        p.set_viewport_size({"width": view["width"], "height": p.evaluate("document.body.scrollHeight") + 100})
+        p.wait_for_function("Array.from(document.images).every(i => i.complete)")  # lazy ones load when in view
+        p.set_viewport_size(view)
+        broken = p.evaluate("Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)")
+        assert broken == [], broken
+        assert self.errors == [] and self.dialogs == [], (self.errors, self.dialogs)
+
+    def close(self) -> None:
+        self.page.close()
+
+
+@pytest.fixture()
+def tab(browser):
+    w = Watched(browser)
+    yield w
+    w.close()
+
+
+def strongest_first(report: dict, layer: str) -> list[int]:
+    """Channels by their strongest record's value, descending; ties by channel (computed from report.json)."""
+    chans = report["layers"][layer]["channels"]
+    return sorted((int(c) for c in chans), key=lambda c: (-chans[str(c)][0]["value"], c))
+
+
+def visible_tiles(page) -> list[int]:
+    return [
+        int(c) for c in page.eval_on_selector_all("#tiles .tile:not([hidden])", "ts => ts.map(t => t.dataset.channel)")
+    ]
+
+
+def test_index_layer_unit_next_by_clicks_and_arrow_keys(site, report, tab):
+    page = tab.open(site / "index.html")
+    tab.check()
+    assert page.locator("main").inner_text().count("vgg11") >= 1
+    page.click("main a:text-is('conv2_1')")
+    assert page.url.endswith("/conv2_1/index.html")
+    tab.check()
+    best = strongest_first(report, "conv2_1")
+    page.click("#tiles .tile >> nth=0")
+    assert page.url.endswith(f"/conv2_1/unit-{best[0]}.html")
+    tab.check()
+    records = report["layers"]["conv2_1"]["channels"][str(best[0])]
+    shown = page.eval_on_selector_all(".record", "rs => rs.map(r => Number(r.dataset.value))")
+    assert shown == [r["value"] for r in records]  # exact: written with repr
+    assert page.locator("main").inner_text().count(records[0]["image"]) >= 1
+    assert page.locator(".stages img").count() >= 2  # conv2_1: deconv2, unpool1, deconv1
+    c = best[0]
+    nxt = c + 1 if c + 1 < 128 else c - 1
+    page.click("a#next" if nxt > c else "a#prev")
+    assert page.url.endswith(f"/conv2_1/unit-{nxt}.html")
+    tab.check()
+    start = int(re.search(r"unit-(\d+)", page.url)[1])
+    step = 1 if start + 1 < 128 else -1
+    page.keyboard.press("ArrowRight" if step == 1 else "ArrowLeft")
+    page.wait_for_url(f"**/conv2_1/unit-{start + step}.html")
+    tab.check()
+    page.keyboard.press("ArrowLeft" if step == 1 else "ArrowRight")
+    page.wait_for_url(f"**/conv2_1/unit-{start}.html")
+    tab.check()
+    page.goto((site / "conv2_1" / "unit-0.html").resolve().as_uri())
+    assert page.locator("a#prev").count() == 0
+    page.keyboard.press("ArrowLeft")  # nothing before unit 0: stays
+    assert page.url.endswith("/conv2_1/unit-0.html")
+
+
+def test_sorting_and_filtering_change_the_tile_order(site, report, tab):
+    page = tab.open(site / "conv1_1" / "index.html")
+    tab.check()
+    assert visible_tiles(page) == strongest_first(report, "conv1_1")
+    page.select_option("#sort", "channel")
+    assert visible_tiles(page) == list(range(64))
+    page.fill("#filter", "3-5, 9")
+    assert visible_tiles(page) == [3, 4, 5, 9]
+    page.select_option("#sort", "activation")
+    assert visible_tiles(page) == [c for c in strongest_first(report, "conv1_1") if c in (3, 4, 5, 9)]
+    assert page.inner_text("#count") == "4 of 64 units"
+    page.fill("#filter", "twelve")  # not understood: every tile, the field marked
+    assert len(visible_tiles(page)) == 64 and "bad" in page.get_attribute("#filter", "class")
+    page.fill("#filter", "")
+    assert visible_tiles(page) == strongest_first(report, "conv1_1")
+    assert tab.errors == []
+
+
+def test_hostile_file_names_show_as_text_and_run_nothing(site, report, tab):
+    units = [(layer, int(c)) for layer in LAYERS for c, recs in report["layers"][layer]["channels"].items()
+             if any(r["image"] == HOSTILE for r in recs)]  # fmt: skip
+    assert units, "the hostile image is in no unit's top-k; the test needs it shown"
+    for layer, c in units[:3]:
+        page = tab.open(site / layer / f"unit-{c}.html")
+        tab.check()
+        assert HOSTILE in page.locator("main").inner_text()
+        assert page.locator("img[src='x'], img[onerror], svg").count() == 0
+    page = tab.open(site / "index.html")
+    tab.check()
+    assert HOSTILE_SKIPPED in page.locator("main").inner_text()
+    assert page.locator("svg, [onload], [onerror]").count() == 0
+    assert tab.dialogs == []
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.targets = []
+
+    def handle_starttag(self, tag, attrs):
+        self.targets += [v for k, v in attrs if k in ("href", "src") and v]
+
+
+def test_every_link_is_relative_inside_the_site_and_exists(site, report):
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) == 1 + len(LAYERS) + 64 + 128
+    for page in pages:
+        parser = Links()
+        parser.feed(page.read_text())
+        for target in parser.targets:
+            assert not re.match(r"^[a-z]+:|^/", target), (page, target)
+            resolved = (page.parent / target).resolve()
+            assert resolved.is_relative_to(site.resolve()) and resolved.is_file(), (page, target)
+    marker = json.loads((site / MARKER).read_text())
+    on_disk = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()} - {MARKER}
+    assert marker["complete"] and set(marker["files"]) == on_disk
+
+
+def test_a_second_build_replaces_the_site_and_a_failed_one_leaves_nothing(run, tmp_path, monkeypatch):
+    out = tmp_path / "site"
+    scan_site(run, out, device="cpu", verbose=False)
+    (out / "conv1_1" / "unit-999.html").write_text("from an older build")
+    listed = json.loads((out / MARKER).read_text())
+    listed["files"] += ["conv1_1/unit-999.html", "../outside.txt"]  # the marker never reaches outside the site
+    (tmp_path / "outside.txt").write_text("not the site's")
+    (out / MARKER).write_text(json.dumps(listed))
+    r = runner.invoke(app, ["site", str(run), "--out", str(out), "--device", "cpu", "-q"])
+    assert r.exit_code == 0 and r.output == ""
+    assert not (out / "conv1_1" / "unit-999.html").exists() and (out / "conv1_1" / "unit-63.html").is_file()
+    assert (tmp_path / "outside.txt").is_file()
+
+    calls = []
+
+    def failing_page(self, rel, text):
+        calls.append(rel)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        self.write(rel, text.encode())
+
+    monkeypatch.setattr(site_module._SiteFolder, "page", failing_page)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(OSError):
+        scan_site(run, fresh / "deeper" / "site", device="cpu", verbose=False)
+    assert not fresh.exists()  # the folders the failed build made are gone
+    calls.clear()
+    with pytest.raises(OSError):
+        scan_site(run, out, device="cpu", verbose=False)
+    assert not [p for p in out.rglob(".*") if p.name != MARKER]  # no temp file left, pages whole
+    monkeypatch.undo()
+    scan_site(run, out, device="cpu", verbose=False)  # a crashed build's folder is still a site: rebuilt
+    assert json.loads((out / MARKER).read_text())["complete"]
+
+
+def test_bad_inputs_are_one_line_exit_2_and_write_nothing(run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    rep = json.loads((old / "report.json").read_text())
+    (old / "report.json").write_text(json.dumps({**rep, "deconvviz": "0.0.1"}))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "thesis.tex").write_text("mine")
+    (tmp_path / "afile").write_text("a file")
+    cases = [
+        ([str(tmp_path / "empty")], "is not a finished scan (no report.json)"),
+        ([str(tmp_path / "nothing")], "is not a folder"),
+        ([str(old)], "was written by deconvviz 0.0.1"),
+        ([str(run), "--out", str(tmp_path / "busy")], "is not empty and holds no deconvviz site"),
+        ([str(run), "--out", str(tmp_path / "afile")], "it is a file"),
+        ([str(run), "--out", str(tmp_path / "afile" / "site")], "cannot write to"),
+    ]
+    for args, message in cases:
+        before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+        r = runner.invoke(app, ["site", *args, "--out", str(tmp_path / "new")] if "--out" not in args else
+                          ["site", *args])  # fmt: skip
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.output)
+        assert lines[0].startswith("deconvviz: error: ")
+        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before, args
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_scans_rule_is_shown_where_the_report_has_one(run, tmp_path, browser):
+    ruled = tmp_path / "ruled"
+    shutil.copytree(run, ruled)
+    rep = json.loads((ruled / "report.json").read_text())
+    (ruled / "report.json").write_text(json.dumps({**rep, "rule": "deconvnet"}))
+    scan_site(ruled, tmp_path / "site", device="cpu", verbose=False)
+    tab = Watched(browser)
+    page = tab.open(tmp_path / "site" / "index.html")
+    assert "rule\tdeconvnet" in page.locator("table.facts").inner_text()
+    assert '"rule": "deconvnet"' in page.locator("pre").inner_text()  # the provenance
+    tab.close()
+    (ruled / "report.json").write_text(json.dumps({**rep, "rule": "guided"}))
+    if "rule" not in inspect.signature(Deconvnet.project).parameters:  # this version projects deconvnet only
+        r = runner.invoke(app, ["site", str(ruled), "--out", str(tmp_path / "guided")])
+        assert r.exit_code == 2 and "scanned with the rule 'guided'" in r.output and not (tmp_path / "guided").exists()
+    else:
+        scan_site(ruled, tmp_path / "guided", device="cpu", verbose=False)
+        assert "guided" in (tmp_path / "guided" / "conv1_1" / "unit-0.html").read_text()
+
+
+# ------------------------------------------------------------------------------------------------------ explore
+
+
+def field_box(features: torch.nn.Sequential, upto: int, row: int, col: int, size: int) -> tuple[int, int, int, int]:
+    """Input rows/cols that reach position (row, col) of features[: upto + 1], found by autograd on a copy with
+    all-ones filters, average pools in place of max pools and a positive input: every path counts."""
+    layers = []
+    for m in features[: upto + 1]:
+        if isinstance(m, torch.nn.Conv2d):
+            c = torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+            torch.nn.init.ones_(c.weight)
+            torch.nn.init.zeros_(c.bias)
+            layers.append(c)
+        elif isinstance(m, torch.nn.MaxPool2d):
+            layers.append(torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding))
+        else:
+            layers.append(m)
+    x = torch.ones(1, 3, size, size, requires_grad=True)
+    torch.nn.Sequential(*layers)(x)[0, 0, row, col].backward()
+    rows, cols = (x.grad[0].sum(0) > 0).nonzero(as_tuple=True)
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+def test_explore_a_click_lists_the_strongest_units_whose_field_holds_it(tmp_path, tab):
+    image = tmp_path / HOSTILE
+    Image.open(DEFAULT_IMAGE).resize((64, 64)).save(image)
+    out, k = tmp_path / "explore", 4
+    explore_site(image, out, layers=["conv2_1", "conv3_1"], top=5, per_position=k, model="vgg11",
+                 weights="random", device="cpu", size=SIZE, verbose=False)  # fmt: skip
+    net, info = load_vgg("vgg11", "random", device="cpu", verbose=False)
+    x = to_batch(image, info.preprocess, SIZE)
+    page = tab.open(out / "index.html")
+    tab.check()
+    assert HOSTILE in page.locator("main").inner_text() and tab.dialogs == []
+    page.click("main h2 a:text-is('conv2_1')")
+    for layer, upto in (("conv2_1", 4), ("conv3_1", 7)):  # vgg11: features.4 / .7 are those convs' ReLUs
+        page.wait_for_url(f"**/{layer}/index.html")
+        tab.check()
+        with torch.no_grad():
+            act = net.features[: upto + 1](x)[0]
+        for y, xx in ((0, 0), (SIZE - 1, SIZE - 1), (5, 26), (17, 3), (13, 14)):
+            picture = page.locator("#picture").bounding_box()
+            scale = picture["width"] / SIZE
+            page.mouse.click(picture["x"] + (xx + 0.5) * scale, picture["y"] + (y + 0.5) * scale)
+            where = page.locator("#where")
+            assert (int(where.get_attribute("data-y")), int(where.get_attribute("data-x"))) == (y, xx)
+            row, col = int(where.get_attribute("data-row")), int(where.get_attribute("data-col"))
+            top, bottom, left, right = field_box(net.features, upto, row, col, SIZE)
+            assert top <= y <= bottom and left <= xx <= right, (layer, y, xx, row, col)
+            units = [
+                int(u) for u in page.eval_on_selector_all("#units li[data-unit]", "ls => ls.map(l => l.dataset.unit)")
+            ]
+            values = page.eval_on_selector_all("#units li[data-unit]", "ls => ls.map(l => Number(l.dataset.value))")
+            here = act[:, row, col]
+            expected = [c for c in here.argsort(descending=True).tolist() if here[c] > 0][:k]
+            assert len(units) == len(expected) and units
+            assert torch.allclose(here[units], here[expected], rtol=1e-3)  # the same values (ties may swap)
+            assert torch.allclose(torch.tensor(values), here[units], rtol=1e-3)
+            tab.check()
+        if layer == "conv2_1":
+            page.keyboard.press("ArrowRight")
+            page.wait_for_url("**/conv3_1/index.html")
+    page.keyboard.press("ArrowRight")  # no layer after conv3_1: stays
+    assert page.url.endswith("/conv3_1/index.html")
+
+
+def test_explore_bad_inputs_are_one_line_exit_2_and_write_nothing(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
+    small = ["--model", "vgg11", "--weights", "random", "--size", "32"]
+    cases = [
+        ([str(DEFAULT_IMAGE), "--out", str(tmp_path / "busy"), *small], "is not empty and holds no deconvviz site"),
+        ([str(tmp_path / "corrupt.jpg"), "--out", str(tmp_path / "new"), *small], "corrupt.jpg"),
+        ([str(DEFAULT_IMAGE), "--out", str(tmp_path / "new"), "--layers", "conv9_9", *small], "conv9_9"),
+        ([str(DEFAULT_IMAGE), "--out", str(tmp_path / "new"), "--per-position", "0", *small], "at least 1"),
+    ]
+    for args, message in cases:
+        before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+        r = runner.invoke(app, ["explore", *args])
+        lines = [line for line in r.output.splitlines() if line.startswith("deconvviz: error: ")]
+        assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.output)
+        assert "Traceback" not in r.output
+        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before, args

@@ -65,6 +65,9 @@ def report(run) -> dict:
 
 @pytest.fixture(scope="module")
 def browser():
+    if not os.access(CHROMIUM, os.X_OK):  # a failure that says what to do, not a skip: CI must run these
+        pytest.fail(f"no browser at {CHROMIUM}: install Debian's chromium (apt-get install -y chromium, as .ci/run "
+                    "does) or set CHROMIUM to its path")  # fmt: skip
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM)
         yield b

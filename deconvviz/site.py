@@ -31,8 +31,9 @@ from torch import Tensor
 from . import __version__
 from .deconvnet import Deconvnet
 from .errors import DeconvvizError, LayerError
+from .forward import output_shapes
 from .images import check_size, load_image, to_batch, to_display
-from .layers import ReceptiveField, output_shapes, receptive_fields, resolve, step_index
+from .layers import ReceptiveField, receptive_fields, resolve, step_index
 from .preprocess import Preprocess
 from .render import pattern_rgb, stage_map, write_atomic
 from .scan import ScanResult, activations, load_result, preprocessed

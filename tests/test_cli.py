@@ -11,25 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import SMALL, run, runner
 from oracle import layer_activation
 from PIL import Image
-from typer.testing import CliRunner
 
 from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
 from deconvviz.weights import load_vgg
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture()
-def cwd(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_visualize_default_is_top9_conv5_3_of_the_bicycle_with_offline_weights(cwd):
@@ -75,9 +63,6 @@ def test_several_layers_channels_and_map_mode(cwd, tmp_path):
     prov = json.loads((cwd / "g.json").read_text())
     assert [lay["channels"] for lay in prov["layers"]] == [[3, 7], [3, 7]]
     assert prov["input_size"] == [64, 64] and prov["image"]["path"] == "in.png"  # relative to the working folder
-
-
-SMALL = ["--model", "vgg11", "--weights", "random", "--size", "64"]
 
 
 @pytest.mark.parametrize(

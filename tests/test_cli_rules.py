@@ -7,27 +7,13 @@ import json
 
 import pytest
 import torch
+from cli_run import SMALL, run
 from oracle import rel_err
-from typer.testing import CliRunner
 
 from deconvviz import Deconvnet
-from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
 from deconvviz.scan import load_result, scan_folder
 from deconvviz.weights import load_vgg
-
-runner = CliRunner()
-SMALL = ["--model", "vgg11", "--weights", "random", "--size", "64"]
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture()
-def cwd(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.mark.parametrize(

@@ -6,25 +6,11 @@ import json
 
 import pytest
 import torch
+from cli_run import SMALL, run
 from oracle import layer_activation
-from typer.testing import CliRunner
 
-from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
 from deconvviz.weights import load_vgg
-
-runner = CliRunner()
-SMALL = ["--model", "vgg11", "--weights", "random", "--size", "64"]
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture()
-def cwd(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_reconstruct_default_is_the_map_strongest_on_the_bicycle_outside_the_dog(cwd):

@@ -11,7 +11,6 @@ as a site of deconvviz, so a later build may replace it and no other non-empty f
 from __future__ import annotations
 
 import html
-import inspect
 import io
 import json
 import math
@@ -359,18 +358,13 @@ def scan_site(
             f"the scanned image '{root / missing[0]}' is gone ({len(missing)} of {len(images)} "
             "missing); the site needs the scanned folder where the scan read it"
         )
-    rule = report.get("rule", "deconvnet")
-    if rule != "deconvnet" and "rule" not in inspect.signature(Deconvnet.project).parameters:
-        raise DeconvvizError(
-            f"'{rundir}' was scanned with the rule '{rule}', which this deconvviz cannot project; "
-            "build the site with the version that made the scan"
-        )
+    rule = args.rule  # how the scan projected; reports without one are deconvnet scans
     site = _SiteFolder(out, "scan")
     try:
         net, info = load_vgg(args.model, args.weights, device=pick_device(device), verbose=verbose)
         b = _ScanBuild(
             site,
-            Deconvnet(net),
+            Deconvnet(net, rule=rule),
             result,
             report,
             rule,
@@ -437,16 +431,20 @@ def _write_sources(b: _ScanBuild) -> None:
     b.say("source images", len(b.number), len(b.number))
 
 
+def _shown_folder(folder: str) -> str:
+    """The scanned folder as a shared page may show it: relative to the working folder, else its name only."""
+    path = Path(folder)
+    try:
+        return str(path.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return path.name or str(path)
+
+
 def _network_view(path: Path, preprocess: Preprocess, size: int) -> np.ndarray:
     try:
         return to_display(preprocessed(path, preprocess, size), preprocess)
     except DeconvvizError as err:
         raise DeconvvizError(f"cannot read the scanned image '{path}' again ({err})") from None
-
-
-def _project_kwargs(rule: str) -> dict:
-    """Deconvnet.project arguments for the scan's rule (absent in older reports: the deconvnet rule)."""
-    return {} if rule == "deconvnet" else {"rule": rule}
 
 
 def _layer_pictures(b: _ScanBuild, layer: str) -> dict[int, _UnitPictures]:
@@ -467,9 +465,7 @@ def _layer_pictures(b: _ScanBuild, layer: str) -> dict[int, _UnitPictures]:
         x = preprocessed(Path(args.folder) / image, b.preprocess, args.size)[None].to(dn.device, p.dtype)
         for part in (chans[i : i + STAGE_CHUNK] for i in range(0, len(chans), STAGE_CHUNK)):
             pos = torch.tensor([[per_channel[c].records[0].row * width + per_channel[c].records[0].col for c in part]])
-            out = dn.project(
-                x, layer, part, "max", keep_stages=True, positions=pos.to(dn.device), **_project_kwargs(b.rule)
-            )
+            out = dn.project(x, layer, part, "max", keep_stages=True, positions=pos.to(dn.device))
             for j, c in enumerate(part):
                 stages = [(s.name, s.tensor[0, j].cpu()) for s in out.stages]
                 pictures[c] = _unit_pictures(b, layer, c, out.images[0, j].cpu(), stages)
@@ -601,13 +597,16 @@ def _scan_index(b: _ScanBuild, drawn: dict[str, dict[int, _UnitPictures]]) -> st
             f"with all top-{args.top} records projected by the scan. The {len(best)} strongest:</p>"
             f'<div class="tiles">{tiles}</div>'
         )
-    skipped = "".join(f"<li>{e(s.get('path', ''))}: {e(s.get('reason', ''))}</li>" for s in result.skipped)
+    local = str(Path(args.folder)) + os.sep  # reasons quote the scan's full paths; the page names files only
+    skipped = "".join(
+        f"<li>{e(s.get('path', ''))}: {e(s.get('reason', '').replace(local, ''))}</li>" for s in result.skipped
+    )
     rows = [
         ("model", e(args.model)),
         ("weights", e(f"{w.get('name', args.weights)} ({w.get('source') or 'no file'})")),
         ("preprocessing", e(w.get("preprocess", ""))),
         ("rule", e(rule)),
-        ("image folder", e(args.folder)),
+        ("image folder", e(_shown_folder(args.folder))),
         (
             "images",
             e(
@@ -620,9 +619,8 @@ def _scan_index(b: _ScanBuild, drawn: dict[str, dict[int, _UnitPictures]]) -> st
         ("layers", e(", ".join(args.layers))),
         ("made by", e(f"deconvviz {report.get('deconvviz')}")),
     ]
-    provenance = {
-        k: report[k] for k in ("command", "deconvviz", "arguments", "weights", "images", "rule") if k in report
-    }
+    provenance = {k: report[k] for k in ("command", "deconvviz", "arguments", "weights", "images") if k in report}
+    provenance["arguments"] = {**provenance.get("arguments", {}), "folder": _shown_folder(args.folder)}
     body = f"""<h1>Scan of {e(Path(args.folder).name or args.folder)}</h1>
 {_facts(rows)}
 <h2>Layers</h2>{"".join(strips)}

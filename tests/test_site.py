@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -280,27 +280,22 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(run, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_the_scans_rule_is_shown_where_the_report_has_one(run, tmp_path, browser):
-    ruled = tmp_path / "ruled"
-    shutil.copytree(run, ruled)
-    rep = json.loads((ruled / "report.json").read_text())
-    (ruled / "report.json").write_text(json.dumps({**rep, "rule": "deconvnet"}))
-    scan_site(ruled, tmp_path / "site", device="cpu", verbose=False)
+def test_a_guided_scan_gives_a_guided_site(tmp_path, browser):
+    """The rule the scan projected with (its report's arguments) is shown, and the site projects with it too."""
+    (tmp_path / "photos").mkdir()
+    photos = photo_folder(tmp_path / "photos")
+    scan_folder(photos, ["conv2_1"], tmp_path / "run", top=TOP, size=SIZE, model="vgg11", weights="random",
+                device="cpu", batch_size=4, workers=0, verbose=False, rule="guided")  # fmt: skip
+    with mock.patch("deconvviz.site.Deconvnet", wraps=Deconvnet) as made:
+        scan_site(tmp_path / "run", tmp_path / "site", device="cpu", verbose=False)
+    assert [c.kwargs.get("rule") for c in made.call_args_list] == ["guided"]
     tab = Watched(browser)
     page = tab.open(tmp_path / "site" / "index.html")
-    assert "rule\tdeconvnet" in page.locator("table.facts").inner_text()
-    assert '"rule": "deconvnet"' in page.locator("pre").inner_text()  # the provenance
+    assert "rule\tguided" in page.locator("table.facts").inner_text()
+    assert str(tmp_path) not in page.content()  # the scanned folder by name, no local path
     tab.close()
-    (ruled / "report.json").write_text(json.dumps({**rep, "rule": "guided"}))
-    if "rule" not in inspect.signature(Deconvnet.project).parameters:  # this version projects deconvnet only
-        r = runner.invoke(app, ["site", str(ruled), "--out", str(tmp_path / "guided")])
-        assert r.exit_code == 2 and "scanned with the rule 'guided'" in r.output and not (tmp_path / "guided").exists()
-    else:
-        scan_site(ruled, tmp_path / "guided", device="cpu", verbose=False)
-        assert "guided" in (tmp_path / "guided" / "conv1_1" / "unit-0.html").read_text()
-
-
-# ------------------------------------------------------------------------------------------------------ explore
+    unit = next((tmp_path / "site" / "conv2_1").glob("unit-*.html")).read_text()
+    assert "Rule: guided" in unit
 
 
 def field_box(features: torch.nn.Sequential, upto: int, row: int, col: int, size: int) -> tuple[int, int, int, int]:

@@ -260,11 +260,8 @@ def _box(text: str | None, count: int, option: str):
     return values
 
 
-def _targets(region: str | None, at: str | None, exclude: list[str] | None, weights: str, cls: int | None) -> dict:
-    """The selection keywords of figures.* from --region, --at, --exclude and --class."""
-    if cls is not None and weights == "vgg16-caffe":
-        _fail(f"--class {cls} needs a classifier, and vgg16-caffe has none (conv layers only); use --weights "
-              "torchvision or a state dict with a classifier", 2)  # fmt: skip
+def _targets(region: str | None, at: str | None, exclude: list[str] | None) -> dict:
+    """The selection keywords of figures.* from --region, --at and --exclude."""
     found = {"region": _box(region, 4, "--region"), "at": _box(at, 2, "--at")}
     return found | {"exclude": [_box(e, 4, "--exclude") for e in exclude or ()]}
 
@@ -348,8 +345,9 @@ def visualize(
                                  "(all maps together: deconvviz reconstruct --channels all)")  # fmt: skip
         chans = _channels(channels)
         default = Path("figures") / f"visualize-{'_'.join(names or [_default_layer(model)])}.png"
-        figures.check_request(model, weights, image, names or [_default_layer(model)], chans, top, size, class_)
-        target = _targets(region, at, exclude, weights, class_)
+        target = _targets(region, at, exclude)
+        figures.check_request(model, weights, image, names or [_default_layer(model)], chans, top, size, class_,
+                              class_chooses=True, **target)  # fmt: skip
 
         def make(net, info, status):
             return figures.visualize(net, info, image, names, top, chans, mode.value, size, model, status, rule.value,
@@ -409,8 +407,9 @@ def reconstruct(
         every = (channels or "").strip().lower() == "all"
         chans = "all" if every else _channels(channels)
         name = layer or _default_layer(model)
-        figures.check_request(model, weights, image, [name], None if every else chans, 1, size, class_)
-        target = _targets(region, at, exclude, weights, class_)
+        target = _targets(region, at, exclude)
+        figures.check_request(model, weights, image, [name], None if every else chans, 1, size, class_,
+                              class_chooses=True, **target)  # fmt: skip
 
         def make(net, info, status):
             return figures.reconstruct(net, info, image, name, chans, mode and mode.value, size, model, status,
@@ -495,8 +494,9 @@ def occlusion(
         from . import figures
 
         name = layer or _default_layer(model)
-        figures.check_request(model, weights, image, [name], None if channel is None else [channel], 1, size, class_)
-        target = _targets(region, at, exclude, weights, None)
+        target = _targets(region, at, exclude)
+        figures.check_request(model, weights, image, [name], None if channel is None else [channel], 1, size, class_,
+                              spatial=True, **target)  # fmt: skip
 
         def make(net, info, status):
             return figures.occlusion(net, info, image, name, channel, class_, occluder_size, stride, size, model,
@@ -514,6 +514,10 @@ def compare(
     channels: Annotated[
         str | None, typer.Option(help="Feature maps to show instead of the --top strongest, e.g. 12,40.")
     ] = None,
+    region: RegionOpt = None,
+    at: AtOpt = None,
+    exclude: ExcludeOpt = None,
+    class_: ClassOpt = None,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -534,10 +538,12 @@ def compare(
 
         chans = _channels(channels)
         name = layer or _default_layer(model)
-        figures.check_request(model, weights, image, [name], chans, top, size)
+        target = _targets(region, at, exclude)
+        figures.check_request(model, weights, image, [name], chans, top, size, class_, spatial=True,
+                              class_chooses=True, **target)  # fmt: skip
 
         def make(net, info, status):
-            return figures.compare(net, info, image, name, top, chans, size, model, status)
+            return figures.compare(net, info, image, name, top, chans, size, model, status, cls=class_, **target)
 
         _figure(out, lambda _: Path("figures") / f"compare-{name}.png", image, model, weights, device, dpi, size,
                 quiet, make)  # fmt: skip
@@ -579,7 +585,8 @@ def sanity(
         if not chosen:
             raise DeconvvizError(f"--rules '{rules}' names no rule; give e.g. deconvnet,guided,gradient")
         name = layer or _default_layer(model)
-        figures.check_request(model, weights, image, [name], None if channel is None else [channel], 1, size)
+        figures.check_request(model, weights, image, [name], None if channel is None else [channel], 1, size,
+                              spatial=True)  # fmt: skip
         if out is not None:
             from .render import check_target
 
@@ -856,10 +863,12 @@ def explore(
     """A static HTML site of one image: every layer's strongest maps, and a picture where a click lists the units
     strongest at that position with their projections. Opens from file://."""
     with _errors(debug):
+        from . import figures
         from .site import explore_site
 
         _check_size(size)
         names = _layer_names(None, layers)
+        figures.check_request(model, weights, image, names or [], None, top, size, spatial=True)
         bar = _Steps(quiet)
         try:
             summary = explore_site(image, out, layers=names, top=top, per_position=per_position, model=model,

@@ -38,7 +38,7 @@ from .render import (
 from .rules import RULES
 from .sanity import layer_label, sanity_report
 from .selection import checked_channels
-from .targets import find_region
+from .targets import check_choice, find_region
 from .weights import Weights, skeleton
 
 Progress = Callable[[str], None]
@@ -63,26 +63,40 @@ def _image_record(path: str | os.PathLike | None) -> dict:
 
 
 def check_request(model_name: str, weights: str | os.PathLike, image=None, layers: Sequence[str] = (),
-                  channels: Sequence[int] | None = None, top: int = 9, size: int = 224,
-                  cls: int | None = None) -> None:  # fmt: skip
-    """Refuse a bad request before any weights are loaded: the image is read, and the layers, channels and
-    class are checked on the architecture alone (weights.skeleton: no weights, no memory)."""
+                  channels: Sequence[int] | None = None, top: int = 9, size: int = 224, cls: int | None = None, *,
+                  spatial: bool = False, region=None, at=None, exclude=(),
+                  class_chooses: bool = False) -> None:  # fmt: skip
+    """Refuse a bad request before any weights are loaded: the image is read, and the layers, channels, class
+    and region, point or excluded boxes (names from the image's sidecar) are checked on the architecture alone
+    (weights.skeleton: no weights, no memory). spatial: the layers must have receptive fields (conv, pool).
+    class_chooses: cls chooses the maps (so it excludes channels), rather than naming a probability to map."""
     check_size(size)
     load_image(image if image is not None else DEFAULT_IMAGE)
-    check_layers(model_name, weights, layers, channels, top, size, cls)
+    check_choice(region=region, at=at, exclude=exclude, cls=cls if class_chooses else None, channels=channels)
+    check_layers(model_name, weights, layers, channels, top, size, cls,
+                 spatial=spatial or region is not None or at is not None)  # fmt: skip
+    if region is not None or at is not None:
+        model = skeleton(model_name, weights)
+        found = {"region": None if region is None else find_region(region, image, size, size, size), "at": at,
+                 "exclude": [find_region(e, image, size, size, size) for e in exclude]}  # fmt: skip
+        for layer in layers:
+            check_choice(model, layer, (size, size), channels=channels, **found)
 
 
 def check_layers(model_name: str, weights: str | os.PathLike, layers: Sequence[str] = (),
                  channels: Sequence[int] | None = None, top: int = 9, size: int = 224,
-                 cls: int | None = None) -> None:  # fmt: skip
+                 cls: int | None = None, *, spatial: bool = False) -> None:  # fmt: skip
     """check_request without an image: layers, channels and class checked on weights.skeleton."""
     check_size(size)
     model = skeleton(model_name, weights)
     steps = chain_of(model)
     shapes = output_shapes(model, steps, (size, size))
     for layer in layers:
-        count = shapes[step_index(steps, resolve(model, steps, layer))][0]
-        checked_channels(layer, count, channels, top)
+        index = step_index(steps, resolve(model, steps, layer))
+        checked_channels(layer, shapes[index][0], channels, top)
+        if spatial and len(shapes[index]) != 3:
+            raise LayerError(f"layer '{layer}' mixes all positions of the image (no receptive field); choose a "
+                             "convolution or pool layer, e.g. conv5_3")  # fmt: skip
     last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
     if cls is not None and not isinstance(last.module, nn.Linear):
         raise OcclusionError(f"--class needs a model with a classifier, and {model_name} with --weights {weights} "
@@ -308,27 +322,34 @@ def write(fig: Figure, provenance: dict, out: str | os.PathLike, dpi: int = 150,
 
 def compare(model: nn.Module, weights: Weights, image=None, layer: str | None = None, top: int = 4,
             channels: Sequence[int] | None = None, size: int | None = 224, model_name: str = "vgg16",
-            progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+            progress: Progress | None = None, *, region=None, at=None, exclude=(),
+            cls: int | None = None) -> tuple[Figure, dict]:  # fmt: skip
     """Deconvnet, guided backprop and gradient side by side (Springenberg et al.): the selected feature maps'
-    strongest activations (default: the `top` strongest maps), each projected by every rule."""
+    strongest activations (default: the `top` strongest maps; region, at, exclude, cls: as `Deconvnet.project`),
+    each projected by every rule; the first rule's selections are the others'."""
     layer = layer or default_layer(model)
     dn = Deconvnet(model)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
-    outs = {}
+    target = _target(image, size, x, region, at, exclude, cls)
+    outs, chosen = {}, {"channels": channels, "top": top, **target}
     for rule in RULES.values():
         if progress:
             progress(f"projecting {layer} ({rule.title})")
-        outs[rule.title] = dn.project(x, layer, channels=channels, mode="max", top=top, rule=rule)
+        outs[rule.title] = out = dn.project(x, layer, mode="max", rule=rule, **chosen)
+        chosen = {"channels": out.selections.channels[0], "positions": out.selections.positions}
     first = next(iter(outs.values()))
     boxes = dn.receptive_field_boxes(first)
     if boxes is None:
         raise LayerError(f"'{layer}' mixes all positions: no receptive field to crop; choose a conv or pool layer")
     sel = first.selections
     title = f"{model_name} ({weights.name}), {layer}: the same activations projected by three rules"
+    title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
     fig = compare_figure(to_display(x[0].cpu(), weights.preprocess), {k: o.images[0].cpu() for k, o in outs.items()},
                          boxes[0], sel.channels[0].tolist(), sel.values[0].tolist(), _field(dn, first.layer),
                          weights.preprocess, title)  # fmt: skip
-    prov = _provenance("compare", image, model_name, weights, size, x, [_selections(dn, first)])
+    prov = _provenance(
+        "compare", image, model_name, weights, size, x, [_selections(dn, first) | _target_record(target)]
+    )
     prov["rules"] = [r.name for r in RULES.values()]
     return fig, prov
 

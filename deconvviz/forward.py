@@ -66,6 +66,11 @@ def apply(m: nn.Module, x: Tensor) -> Tensor:
     raise TypeError(f"no forward rule for {type(m).__name__}")  # chain_of() admits only mirrored types
 
 
+def _layout(x: Tensor) -> torch.memory_format:
+    """Channels-last for feature maps (the reverse pass's layout on CPU), else as is."""
+    return torch.channels_last if x.dim() == 4 else torch.contiguous_format
+
+
 @torch.no_grad()
 def forward_chain(steps: list[Step], x: Tensor, upto: int, *, keep_masks: bool = False) -> ForwardRecord:
     """Run steps[0..upto] on x (N, C, H, W), recording every max-pool's switches (and ReLU masks if asked)."""
@@ -82,8 +87,8 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int, *, keep_masks: bool =
                 switches[s.name] = Switches(idx, tuple(shapes[-1][-2:]), overlapping(s.module))
             else:
                 x = apply(s.module, x)
-                if keep_masks and isinstance(s.module, nn.ReLU):
-                    masks[s.name] = x > 0
+                if keep_masks and isinstance(s.module, nn.ReLU):  # laid out as the reverse signal will be
+                    masks[s.name] = (x > 0).contiguous(memory_format=_layout(x))
         except RuntimeError as e:
             if out_of_memory(e):
                 raise

@@ -45,7 +45,7 @@ class GuidedRule(Rule):
     name, needs_mask, title = "guided", True, "guided backprop"
 
     def relu_backward(self, signal: Tensor, mask: Tensor | None) -> Tensor:
-        return signal.clamp_min(0) * mask
+        return signal.clamp_min(0).mul_(mask)
 
 
 class GradientRule(Rule):

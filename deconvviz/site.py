@@ -154,6 +154,8 @@ class Picture:
 
 @dataclass(frozen=True)
 class Link:
+    """A link as a page shows it: its text and target, relative to the page."""
+
     text: str
     href: str | None = None  # None: plain text (the breadcrumb of the page itself)
 
@@ -209,8 +211,8 @@ def render_page(template: str, *, title: str, root: str, crumbs: Sequence[Link],
 
 @dataclass
 class _UnitPictures:
-    """The files drawn for one unit, as links from its layer folder: per record (projection or None, patch), and
-    the strongest record's stages."""
+    """The pictures drawn for one unit: per record (projection or None, patch), and the strongest record's
+    stages."""
 
     records: list[tuple[Picture | None, Picture]]
     stages: list[tuple[str, Picture]]  # (stage name, size and channel; its picture)

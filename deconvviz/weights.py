@@ -89,6 +89,11 @@ def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card |
         return torchvision_card, ""
     if choice in cards:
         card = cards[choice]
+        if card.architecture not in VGG_ARCHITECTURES:
+            raise WeightsError(
+                f"--weights {choice} is for {card.architecture}, not a VGG; load it in Python with "
+                f"deconvviz.weights.load_from_card('{choice}')"
+            )
         if card.architecture != name:
             raise WeightsError(
                 f"--weights {choice} exists only for {card.architecture}, not {name}; use --model "

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from .errors import WeightsError
 
 # (squeeze, expand 1x1, expand 3x3) filters of fire2 ... fire9, and where the 3x3/2 max-pools sit
-FIRES = {2: (16, 64, 64), 3: (16, 64, 64), 4: (32, 128, 128), 5: (32, 128, 128),
-         6: (48, 192, 192), 7: (48, 192, 192), 8: (64, 256, 256), 9: (64, 256, 256)}  # fmt: skip
+SQUEEZE = (16, 16, 32, 32, 48, 48, 64, 64)  # each expand has 4x the squeeze's filters
+FIRES = {i: (s, 4 * s, 4 * s) for i, s in enumerate(SQUEEZE, start=2)}
 POOLS_BEFORE = (4, 6)  # maxpool3 before fire4, maxpool5 before fire6 (maxpool1 follows conv1)
 
 
@@ -68,10 +68,8 @@ class SqueezeNet11Keras(nn.Module):
 
     def __init__(self, classes: int = 1000):
         super().__init__()
-        layers: OrderedDict[str, nn.Module] = OrderedDict(
-            pad1=KerasSamePad2d(3, 2), conv1=nn.Conv2d(3, 64, 3, stride=2), relu1=nn.ReLU(),
-            maxpool1=nn.MaxPool2d(3, 2),
-        )  # fmt: skip
+        conv1 = {"pad1": KerasSamePad2d(3, 2), "conv1": nn.Conv2d(3, 64, 3, stride=2), "relu1": nn.ReLU()}
+        layers: OrderedDict[str, nn.Module] = OrderedDict(conv1, maxpool1=nn.MaxPool2d(3, 2))
         channels = 64
         for i, (squeeze, e1, e3) in FIRES.items():
             if i in POOLS_BEFORE:
@@ -140,8 +138,8 @@ class _ArraysOnly(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED_GLOBALS:
-            raise WeightsError(f"the weights pickle names {module}.{name}, which is not NumPy array data; "
-                               "refused (only numpy arrays are read)")  # fmt: skip
+            what = f"the weights pickle names {module}.{name}, which is not NumPy array data"
+            raise WeightsError(f"{what}; refused (only numpy arrays are read)")
         module, name = _ALLOWED_GLOBALS[module, name]
         if module == "numpy._core.multiarray" and not hasattr(np, "_core"):
             module = "numpy.core.multiarray"  # NumPy 1.x

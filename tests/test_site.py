@@ -68,8 +68,8 @@ def report(run) -> dict:
 @pytest.fixture(scope="module")
 def browser():
     if not os.access(CHROMIUM, os.X_OK):  # a failure that says what to do, not a skip: CI must run these
-        pytest.fail(f"no browser at {CHROMIUM}: install Debian's chromium (apt-get install -y chromium, as .ci/run "
-                    "does) or set CHROMIUM to its path")  # fmt: skip
+        fix = "run bash scripts/test.sh (it installs Debian's chromium), or set CHROMIUM to a browser's path"
+        pytest.fail(f"no browser at {CHROMIUM}: {fix}")
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM)
         yield b

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ImageError, LayerError, out_of_memory
-from .layers import Step, chain_of, in_channels, receptive_fields, vgg_aliases
+from .errors import ImageError, out_of_memory
+from .layers import Step, chain_of, in_channels, module_outputs, receptive_fields, vgg_aliases
 
 
 @dataclass
@@ -118,18 +118,43 @@ def _on_meta(m: nn.Module) -> nn.Module:
     return twin
 
 
-def layer_table(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, str, str, tuple, str, str]]:
-    """One row per step of a chain model: (VGG name, module path, type, output shape, receptive field size,
-    stride); the field is 'all' from the first layer that mixes every position on."""
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer a projection can start from: its VGG name (or ""), module path, type, output shape per image,
+    and receptive field size and stride ("all" once every position is mixed; "?" where not yet known).
+    `columns` is where more per-layer facts go (e.g. how each rule passes the module), by column title."""
+
+    alias: str
+    module: str
+    kind: str
+    shape: tuple
+    rf: str
+    stride: str
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+def layer_table(model: nn.Module, size: tuple[int, int]) -> list[LayerRow]:
+    """One row per layer: every step of a chain model, or every module of any other network that runs once
+    and returns a tensor (the modules a projection can start from), in the order their forwards finish."""
     steps = chain_of(model)
     if steps is None:
-        raise LayerError(f"{type(model).__name__} is not a chain of layers; its layers: see model.named_modules()")
+        return [
+            LayerRow("", r.name, type(r.module).__name__, r.shape, *_field_of(model, r))
+            for r in module_outputs(model, size)
+            if r.name and r.runs == 1 and r.shape
+        ]
     shapes, alias = output_shapes(model, steps, size), {v: k for k, v in vgg_aliases(steps).items()}
     rows, mixed = [], False
     for i, s in enumerate(steps):
         mixed = mixed or isinstance(s.module, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten))
-        field = None if mixed else receptive_fields(steps, i)[0]
-        rf = ("all", "-") if field is None else (str(field.size), str(field.stride))
+        field_ = None if mixed else receptive_fields(steps, i)[0]
+        rf = ("all", "-") if field_ is None else (str(field_.size), str(field_.stride))
         if s.name != "flatten":
-            rows.append((alias.get(s.name, ""), s.name, type(s.module).__name__, shapes[i], *rf))
+            rows.append(LayerRow(alias.get(s.name, ""), s.name, type(s.module).__name__, shapes[i], *rf))
     return rows
+
+
+def _field_of(model: nn.Module, out) -> tuple[str, str]:
+    """Receptive field size and stride of a module of a non-chain network: "all" for class scores and pooled
+    vectors; "?" for feature maps (exact fields of any network are not computed here yet)."""
+    return ("all", "-") if len(out.shape) == 1 else ("?", "?")

@@ -27,10 +27,11 @@ from .errors import DeconvvizError, ImageError, LayerError, SelectionError, Unsu
 from .forward import apply, output_shapes
 from .images import check_size, to_batch, to_display
 from .layers import ReceptiveField, receptive_fields, resolve, step_index
+from .network import Network
 from .preprocess import Preprocess
 from .render import TopImages, channel_figure, overview_figure, save, write_atomic
 from .rules import get_rule
-from .weights import load_vgg, pick_device
+from .weights import pick_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHOWN_CHANNELS = 9  # feature maps projected and drawn when none are given: the strongest over the folder
@@ -51,7 +52,7 @@ class ScanArguments:
     top: int
     channels: tuple[int, ...] | str | None  # feature maps to project and draw; "all"; None: the strongest
     size: int
-    model: str
+    model: str  # the network's spec (Network.spec): the site rebuilds the network from it and `weights`
     weights: str
     batch_size: int
     rule: str = "deconvnet"  # how the kept activations are projected (rules.py); the top-k do not depend on it
@@ -180,9 +181,7 @@ def scan_folder(
     top: int = 9,
     channels: Sequence[int] | str | None = None,
     size: int = 224,
-    model: str = "vgg16",
-    weights: str | os.PathLike = "auto",
-    device: str = "auto",
+    network: Network,
     batch_size: int = 32,
     workers: int | None = None,
     checkpoint_every: int = 1000,
@@ -202,8 +201,8 @@ def scan_folder(
     chans = channels if channels is None or isinstance(channels, str) else tuple(int(c) for c in channels)
     if isinstance(chans, str) and chans != "all":
         raise SelectionError(f"channels '{chans}' is not a list of feature maps; give e.g. 12,40, or all")
-    args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, model, os.fspath(weights),
-                         batch_size, get_rule(rule).name)  # fmt: skip
+    args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, network.spec,
+                         network.weights_choice, batch_size, get_rule(rule).name)  # fmt: skip
     check_size(size)
     checks = (("top (--top)", top, 1), ("batch size (--batch-size)", batch_size, 1),
               ("checkpoint interval (--checkpoint-every)", checkpoint_every, 1),
@@ -219,13 +218,11 @@ def scan_folder(
         return done
     root, files = Path(args.folder), image_files(folder)  # resolved: the report must not depend on the cwd
     created = not out.exists()
-    dev = pick_device(device)
-    if world > 1 and dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    net, info = load_vgg(model, weights, device=dev, verbose=verbose and rank == 0)
+    net, info = network.module, network.weights
+    dev = next(net.parameters()).device
     dn = Deconvnet(net, rule=args.rule)
     if dn.steps is None:
-        raise UnsupportedModelError(f"{model} is not a chain of layers; the scan needs one")
+        raise UnsupportedModelError(f"{network.spec} is not a chain of layers; the scan needs one")
     taps = {name: _step_index(dn, name) for name in dict.fromkeys(layers)}
     shapes = output_shapes(net, dn.steps, (size, size))  # fails early, and clearly, on a too small size
     plan = {name: (shapes[i], _field(dn, i)) for name, i in taps.items()}
@@ -250,6 +247,14 @@ def scan_folder(
             if skipped:
                 say(f"{len(skipped)} unreadable file(s) skipped, listed in {out / 'report.json'}")
     return result
+
+
+def scan_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device this process scans on: `device`, and under torchrun on CUDA its own GPU (LOCAL_RANK)."""
+    dev = pick_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
 
 
 def _remove_checkpoints(out: Path, rank: int, world: int, created: bool) -> None:

@@ -48,18 +48,22 @@ def parse(spec: str) -> Architecture:
         return Architecture(rest, "vgg", rest)
     if prefix == "timm":
         if importlib.util.find_spec("timm") is None:
-            raise WeightsError(f"model '{spec}' needs timm: pip install 'deconvviz[timm]'")
+            raise WeightsError(f"model '{spec}' needs timm: pip install 'deconvviz[timm]'", about="model")
         return Architecture(spec, "timm", rest)
     if prefix == "torchvision" or (not prefix and rest in _torchvision_names()):
         if rest not in _torchvision_names():
-            raise WeightsError(_unknown(rest, _torchvision_names(), "torchvision"))
+            raise WeightsError(_unknown(rest, _torchvision_names(), "torchvision"), about="model")
         return Architecture(f"torchvision:{rest}", "torchvision", rest)
     if prefix and rest.isidentifier():
         _factory(f"{prefix}:{rest}")  # imports now, so that a factory that cannot be found fails before any work
         return Architecture(spec, "factory", spec)
     if prefix:
-        raise WeightsError(f"model '{spec}': '{rest}' is not a Python name; give module:factory or file.py:factory")
-    raise WeightsError(_unknown(spec, [*VGG_NAMES, *NAMED, *_torchvision_names()], "architecture") + _FORMS)
+        raise WeightsError(
+            f"model '{spec}': '{rest}' is not a Python name; give module:factory or file.py:factory", about="model"
+        )
+    raise WeightsError(
+        _unknown(spec, [*VGG_NAMES, *NAMED, *_torchvision_names()], "architecture") + _FORMS, about="model"
+    )
 
 
 _FORMS = "; or torchvision:NAME, timm:NAME, package.module:factory, path/to/file.py:factory"
@@ -83,11 +87,11 @@ def _timm(name: str) -> nn.Module:
     try:
         import timm
     except ImportError:
-        raise WeightsError(f"model 'timm:{name}' needs timm: pip install 'deconvviz[timm]'") from None
+        raise WeightsError(f"model 'timm:{name}' needs timm: pip install 'deconvviz[timm]'", about="model") from None
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise WeightsError(f"unknown timm model '{name}'{hint} (see timm.list_models())")
+        raise WeightsError(f"unknown timm model '{name}'{hint} (see timm.list_models())", about="model")
     return timm.create_model(name, pretrained=False)
 
 
@@ -98,7 +102,7 @@ def _factory(target: str) -> Callable[[], object]:
         if where.endswith(".py"):
             path = Path(where).expanduser().resolve()
             if not path.is_file():
-                raise WeightsError(f"model '{target}': no file {where}; give path/to/file.py:factory")
+                raise WeightsError(f"model '{target}': no file {where}; give path/to/file.py:factory", about="model")
             name = f"deconvviz_factory_{abs(hash(str(path)))}"
             module = sys.modules.get(name)
             if module is None:
@@ -116,10 +120,12 @@ def _factory(target: str) -> Callable[[], object]:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the user's file raises on import, said in one line
         first = str(e).splitlines()[0] if str(e) else ""
-        raise WeightsError(f"model '{target}': cannot import {where} ({type(e).__name__}: {first})") from None
+        raise WeightsError(
+            f"model '{target}': cannot import {where} ({type(e).__name__}: {first})", about="model"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise WeightsError(f"model '{target}': {where} has no callable '{attr}'; give module:factory")
+        raise WeightsError(f"model '{target}': {where} has no callable '{attr}'; give module:factory", about="model")
     return factory
 
 
@@ -130,9 +136,13 @@ def _from_factory(target: str) -> nn.Module:
         raise
     except Exception as e:  # noqa: BLE001
         first = str(e).splitlines()[0] if str(e) else ""
-        raise WeightsError(f"model '{target}': the factory failed ({type(e).__name__}: {first})") from None
+        raise WeightsError(
+            f"model '{target}': the factory failed ({type(e).__name__}: {first})", about="model"
+        ) from None
     if not isinstance(module, nn.Module):
-        raise WeightsError(f"model '{target}': the factory returned a {type(module).__name__}, not a torch nn.Module")
+        raise WeightsError(
+            f"model '{target}': the factory returned a {type(module).__name__}, not a torch nn.Module", about="model"
+        )
     return module
 
 

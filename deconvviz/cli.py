@@ -173,6 +173,20 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+# The CLI option for each API argument an error can be about (DeconvvizError.about).
+_FLAGS = {
+    "layer": "--layer",
+    "layers": "--layers",
+    "class": "--class",
+    "weights": "--weights",
+    "model": "--model",
+    "channels": "--channels",
+    "region": "--region",
+    "at": "--at",
+    "exclude": "--exclude",
+}
+
+
 @contextmanager
 def _errors(debug: bool):
     """DeconvvizError: one line, exit 2. Anything else: one line and exit 1 (traceback with --debug)."""
@@ -184,7 +198,8 @@ def _errors(debug: bool):
     except DeconvvizError as e:
         if debug:
             traceback.print_exc()
-        _fail(str(e), 2)
+        flag = _FLAGS.get(getattr(e, "about", None))
+        _fail(f"{flag}: {e}" if flag and not str(e).startswith(flag) else str(e), 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except BrokenPipeError:  # output piped into a reader that stopped (`| head`): nothing left to say
@@ -249,6 +264,7 @@ class _Choice:
         arch, _ = architecture_of(model, weights)
         self.spec, self.weights, self.device, self.seed = arch.spec, weights, device, seed
         self.skeleton = skeleton_network(arch.spec, weights)
+        self.name = f"{arch.spec} with weights {weights}"  # what errors call it
 
     @property
     def default_layer(self) -> str:
@@ -378,7 +394,7 @@ def visualize(
         names = names or [choice.default_layer]
         request = Request(image, names, _channels(channels), top, mode.value, cls=class_, size=size, rule=rule.value,
                           **_targets(region, at, exclude))  # fmt: skip
-        figures.check_request(choice.skeleton, request, class_chooses=True)
+        figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
         default = Path("figures") / f"visualize-{'_'.join(names)}.png"
         _figure(
             choice,
@@ -441,7 +457,7 @@ def reconstruct(
         name = layer or choice.default_layer
         request = Request(image, [name], "all" if every else _channels(channels), 1, mode and mode.value, cls=class_,
                           size=size, rule=rule.value, **_targets(region, at, exclude))  # fmt: skip
-        figures.check_request(choice.skeleton, request, class_chooses=True)
+        figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
 
         def make(net, status):
             return figures.reconstruct(net, request, stage_view=stage_view.value, progress=status)
@@ -531,7 +547,7 @@ def occlusion(
         name = layer or choice.default_layer
         request = Request(image, [name], None if channel is None else [channel], 1, cls=class_, size=size,
                           rule=rule.value, **_targets(region, at, exclude))  # fmt: skip
-        figures.check_request(choice.skeleton, request, spatial=True)
+        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
 
         def make(net, status):
             return figures.occlusion(net, request, channel=channel, occluder=occluder_size, stride=stride,
@@ -575,7 +591,7 @@ def compare(
         name = layer or choice.default_layer
         request = Request(image, [name], _channels(channels), top, cls=class_, size=size,
                           **_targets(region, at, exclude))  # fmt: skip
-        figures.check_request(choice.skeleton, request, spatial=True, class_chooses=True)
+        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True, class_chooses=True)
         _figure(
             choice,
             request,
@@ -622,7 +638,7 @@ def sanity(
         choice = _Choice(model, weights, device)
         name = layer or choice.default_layer
         request = Request(image, [name], None if channel is None else [channel], 1, size=size)
-        figures.check_request(choice.skeleton, request, spatial=True)
+        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
         if out is not None:
             from .render import check_target
 

@@ -14,14 +14,14 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from . import __version__
-from .deconvnet import Deconvnet, Projection
+from .deconvnet import Deconvnet, Projection, crop_boxes
 from .errors import LayerError, OcclusionError, SelectionError
 from .filters import first_conv_name, first_layer_filters
-from .forward import output_shapes
+from .forward import layer_shape
 from .images import DEFAULT_IMAGE, check_size, load_image, to_batch, to_display
 from .invariance import UNITS
 from .invariance import invariance as invariance_sweep
-from .layers import chain_of, default_layer, module_outputs, receptive_fields, resolve, step_index
+from .layers import chain_of, default_layer, module_outputs, receptive_fields, step_index
 from .network import Network, has_classifier
 from .occlusion import occlusion_maps
 from .render import (
@@ -37,6 +37,7 @@ from .render import (
     save,
 )
 from .request import Request
+from .reverse import Stage
 from .rules import RULES
 from .sanity import layer_label, sanity_report
 from .selection import checked_channels
@@ -64,11 +65,19 @@ def _image_record(path: str | os.PathLike | None) -> dict:
     return {"path": shown, "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def check_request(model: nn.Module, request: Request, *, spatial: bool = False, class_chooses: bool = False) -> None:
+def check_request(
+    model: nn.Module,
+    request: Request,
+    *,
+    spatial: bool = False,
+    class_chooses: bool = False,
+    name: str = "this network",
+) -> None:
     """Refuse a bad request before any weights are loaded: the image is read, and the layers, channels, class
     and region, point or excluded boxes (names from the image's sidecar) are checked on the architecture alone
     (network.skeleton_network: no weights, no memory). spatial: the layers must have receptive fields (conv,
-    pool). class_chooses: cls chooses the maps (so it excludes channels), rather than naming a probability."""
+    pool). class_chooses: cls chooses the maps (so it excludes channels), rather than naming a probability.
+    name: what the messages call the network (e.g. "vgg16 with weights vgg16-caffe")."""
     r, size = request, request.size or 224
     check_size(size)
     load_image(r.image if r.image is not None else DEFAULT_IMAGE)
@@ -76,7 +85,7 @@ def check_request(model: nn.Module, request: Request, *, spatial: bool = False, 
     layers = list(r.layers) if r.layers is not None else [default_layer(model)]
     check_choice(region=r.region, at=r.at, exclude=r.exclude, cls=r.cls if class_chooses else None, channels=channels)
     check_layers(model, layers, channels=channels, top=r.top, size=size, cls=r.cls,
-                 spatial=spatial or r.region is not None or r.at is not None)  # fmt: skip
+                 spatial=spatial or r.region is not None or r.at is not None, name=name)  # fmt: skip
     if r.region is not None or r.at is not None:
         found = {"region": None if r.region is None else find_region(r.region, r.image, size, size, size), "at": r.at,
                  "exclude": [find_region(e, r.image, size, size, size) for e in r.exclude]}  # fmt: skip
@@ -84,23 +93,9 @@ def check_request(model: nn.Module, request: Request, *, spatial: bool = False, 
             check_choice(model, layer, (size, size), channels=channels, **found)
 
 
-def layer_shape(model: nn.Module, layer: str, size: int) -> tuple[int, ...]:
-    """Output shape per image of a layer (a name `resolve` knows) for a square input of `size`, on the meta
-    device. A module that does not run exactly once with a tensor output cannot be projected from."""
-    steps = chain_of(model)
-    if steps is not None:
-        return output_shapes(model, steps, (size, size))[step_index(steps, resolve(model, steps, layer))]
-    name = resolve(model, None, layer)
-    found = next((r for r in module_outputs(model, (size, size)) if r.name == name), None)
-    if found is None or found.runs != 1 or not found.shape:
-        why = "does not run" if found is None else f"runs {found.runs} times" if found.runs != 1 else "is no tensor"
-        raise LayerError(f"layer '{layer}' {why} in a forward pass; choose a module that runs once and returns "
-                         "a tensor (see `deconvviz layers`)")  # fmt: skip
-    return found.shape
-
-
 def check_layers(model: nn.Module, layers: Sequence[str] = (), *, channels: Sequence[int] | None = None, top: int = 9,
-                 size: int = 224, cls: int | None = None, spatial: bool = False) -> None:  # fmt: skip
+                 size: int = 224, cls: int | None = None, spatial: bool = False,
+                 name: str = "this network") -> None:  # fmt: skip
     """check_request without an image: layers, channels and class checked on the architecture alone."""
     check_size(size)
     for layer in layers:
@@ -112,11 +107,14 @@ def check_layers(model: nn.Module, layers: Sequence[str] = (), *, channels: Sequ
     if cls is None:
         return
     if not has_classifier(model):
-        raise OcclusionError("a class needs a model with a classifier (class scores), and these weights have "
-                             "none; use weights with a classifier (torchvision, a card or a state dict)")  # fmt: skip
+        raise OcclusionError(f"a class needs a model with a classifier (class scores), and {name} has none; "
+                             "use weights with a classifier (torchvision, a card or a state dict)",
+                             about="class")  # fmt: skip
     n = [r for r in module_outputs(model, (size, size)) if r.name == ""][0].shape[0]
     if not 0 <= cls < n:
-        raise SelectionError(f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}")
+        raise SelectionError(
+            f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}", about="class"
+        )
 
 
 def _selections(dn: Deconvnet, out: Projection) -> dict:
@@ -129,28 +127,6 @@ def _selections(dn: Deconvnet, out: Projection) -> dict:
     if boxes is not None:
         rec["receptive_fields"] = boxes[0].tolist()  # top, bottom, left, right (half-open)
     return rec
-
-
-def crop_boxes(dn: Deconvnet, out: Projection) -> torch.Tensor:
-    """Where to crop each projection (N, K, 4: top, bottom, left, right, half-open): its exact receptive field
-    on a chain; on other networks (no receptive fields yet) the box its projection touches, the smallest box
-    holding every nonzero pixel (all of the image when none is)."""
-    boxes = dn.receptive_field_boxes(out)
-    if boxes is not None:
-        return boxes
-    touched = out.images.abs().sum(2) > 0  # (N, K, H, W)
-    h, w = touched.shape[-2:]
-
-    def span(hit: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.arange(n, device=hit.device)
-        lo = torch.where(hit, idx, n).amin(-1)
-        hi = torch.where(hit, idx + 1, 0).amax(-1)
-        empty = ~hit.any(-1)
-        return lo.masked_fill(empty, 0), hi.masked_fill(empty, n)
-
-    top, bottom = span(touched.any(-1), h)
-    left, right = span(touched.any(-2), w)
-    return torch.stack([top, bottom, left, right], -1).cpu()
 
 
 def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
@@ -264,7 +240,9 @@ def reconstruct(net: Network, request: Request, *, stage_view: str = STAGE_VIEW,
     channels, mode, size, rule = request.channels, request.mode, request.size, request.rule
     region, at, exclude, cls = request.region, request.at, request.exclude, request.cls
     layer = layer or default_layer(model)
-    if image is None and channels is None and region is None and at is None and cls is None and not exclude:
+    # the built-in choice needs receptive-field centres, known here for chains only (targets.centres)
+    plain = image is None and channels is None and region is None and at is None and cls is None and not exclude
+    if plain and chain_of(model) is not None:
         region, exclude, mode = BUILT_IN["region"], BUILT_IN["exclude"], mode or BUILT_IN["mode"]
     mode = mode or "max"
     dn = Deconvnet(model, rule=rule)
@@ -275,7 +253,9 @@ def reconstruct(net: Network, request: Request, *, stage_view: str = STAGE_VIEW,
         progress(f"projecting {layer}")
     target = _target(image, size, x, region, at, exclude, cls)
     out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True, **target)
-    stages = [type(s)(s.name, s.kind, s.step, s.tensor[0, 0].cpu()) for s in out.stages]
+    stages = [Stage(s.name, s.kind, s.step, s.tensor[0, 0].cpu()) for s in out.stages]
+    if not stages:  # the autograd path (a network that is no chain) has no stages yet: the reconstruction alone
+        stages = [Stage("pixels", "deconv", out.layer, out.images[0, 0].cpu())]
     chans = out.selections.channels[0].tolist()
     shown = f"feature map {chans[0]}" if len(chans) == 1 else f"{len(chans)} feature maps together"
     title = (

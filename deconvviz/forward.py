@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ImageError, out_of_memory
-from .layers import Step, chain_of, in_channels, module_outputs, receptive_fields, vgg_aliases
+from .errors import ImageError, LayerError, out_of_memory
+from .layers import Step, chain_of, in_channels, module_outputs, receptive_fields, resolve, step_index, vgg_aliases
 
 
 @dataclass
@@ -102,12 +102,50 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int, *, keep_masks: bool =
     return ForwardRecord(x, shapes, switches, masks)
 
 
+@torch.no_grad()
+def module_activations(model: nn.Module, x: Tensor, taps: dict[str, str], *, keep_output: bool = False):
+    """One forward pass of any network, keeping the output of each tapped module ({layer name: module path});
+    the hooks are removed after the pass, also on error. keep_output: also return the model's output."""
+    kept: dict[str, Tensor] = {}
+    modules = dict(model.named_modules())
+
+    def keep(path: str):
+        def hook(m, args, out):
+            kept[path] = out.detach().clone()  # later in-place steps (a residual's +=) must not change it
+
+        return hook
+
+    handles = [modules[path].register_forward_hook(keep(path)) for path in set(taps.values())]
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    found = {name: kept[path] for name, path in taps.items()}
+    return (found, out) if keep_output else found
+
+
 def output_shapes(model: nn.Module, steps: list[Step], size: tuple[int, int]) -> list[tuple[int, ...]]:
     """Per-image output shape of every step for an input of `size`. Runs on the meta device: shapes only,
     no memory or arithmetic, whatever the size."""
     meta = [Step(s.name, _on_meta(s.module)) for s in steps]
     x = torch.zeros(1, in_channels(steps), *size, device="meta")
     return [tuple(t[1:]) for t in forward_chain(meta, x, len(steps) - 1).shapes[1:]]
+
+
+def layer_shape(model: nn.Module, layer: str, size: int) -> tuple[int, ...]:
+    """Output shape per image of a layer (a name `resolve` knows) for a square input of `size`, on the meta
+    device. A module that does not run exactly once with a tensor output cannot be projected from."""
+    steps = chain_of(model)
+    if steps is not None:
+        return output_shapes(model, steps, (size, size))[step_index(steps, resolve(model, steps, layer))]
+    name = resolve(model, None, layer)
+    found = next((r for r in module_outputs(model, (size, size)) if r.name == name), None)
+    if found is None or found.runs != 1 or not found.shape:
+        why = "does not run" if found is None else f"runs {found.runs} times" if found.runs != 1 else "is no tensor"
+        raise LayerError(f"layer '{layer}' {why} in a forward pass; choose a module that runs once and returns "
+                         "a tensor (see `deconvviz layers`)", about="layer")  # fmt: skip
+    return found.shape
 
 
 def _on_meta(m: nn.Module) -> nn.Module:

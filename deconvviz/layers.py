@@ -219,13 +219,19 @@ def _recording_outputs(model: nn.Module) -> Iterator[dict[str, list]]:
 
 def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None = None) -> list[ModuleOutput]:
     """Every module in the order its forward finishes for one input of `size` (the model itself, path "", last),
-    run on the meta device: shapes only, no memory or arithmetic, and the model is left as it was."""
+    run on the meta device: shapes only, no memory or arithmetic, and the model is left as it was. channels
+    None: the first that runs, of the convolutions' input channels (declared order need not be run order) and 3."""
     twin = model if _on_meta(model) else _meta_copy(model)
-    if channels is None:
-        first = next((m for m in twin.modules() if isinstance(m, nn.Conv2d)), None)
-        channels = first.in_channels if first is not None else 3
-    with _recording_outputs(twin) as seen, torch.no_grad():
-        twin(torch.zeros(1, channels, *size, device="meta"))
+    convs = [m.in_channels for m in twin.modules() if isinstance(m, nn.Conv2d)]
+    tries = [channels] if channels is not None else list(dict.fromkeys([*convs, 3]))
+    for i, c in enumerate(tries):
+        with _recording_outputs(twin) as seen, torch.no_grad():
+            try:
+                twin(torch.zeros(1, c, *size, device="meta"))
+                break
+            except RuntimeError:
+                if i == len(tries) - 1:
+                    raise
     modules = dict(model.named_modules())
     return [ModuleOutput(n, modules[n], s[0], len(s)) for n, s in seen.items()]
 

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .deconvnet import Deconvnet
-from .errors import DeconvvizError, ImageError, LayerError, SelectionError, UnsupportedModelError
-from .forward import apply, output_shapes
+from .errors import DeconvvizError, ImageError, LayerError, SelectionError
+from .forward import apply, layer_shape, module_activations
 from .images import check_size, to_batch, to_display
 from .layers import ReceptiveField, receptive_fields, resolve, step_index
 from .network import Network
@@ -221,11 +221,10 @@ def scan_folder(
     net, info = network.module, network.weights
     dev = next(net.parameters()).device
     dn = Deconvnet(net, rule=args.rule)
-    if dn.steps is None:
-        raise UnsupportedModelError(f"{network.spec} is not a chain of layers; the scan needs one")
-    taps = {name: _step_index(dn, name) for name in dict.fromkeys(layers)}
-    shapes = output_shapes(net, dn.steps, (size, size))  # fails early, and clearly, on a too small size
-    plan = {name: (shapes[i], _field(dn, i)) for name, i in taps.items()}
+    taps = {name: _tap(dn, name) for name in dict.fromkeys(layers)}
+    # shapes fail early, and clearly, on a too small size; fields: None where the network is no chain (the
+    # records then hold no box: the whole image)
+    plan = {name: (layer_shape(net, name, size), _field(dn, i)) for name, i in taps.items()}
     for name, (shape, _) in plan.items():
         _check_channels(chans, name, shape[0])
     with _processes(dev, world):
@@ -265,12 +264,15 @@ def _remove_checkpoints(out: Path, rank: int, world: int, created: bool) -> None
             out.rmdir()
 
 
-def _step_index(dn: Deconvnet, layer: str) -> int:
+def _tap(dn: Deconvnet, layer: str) -> int | str:
+    """Where a layer's activation is read: its step in a chain, else its module path."""
     steps = dn.steps
-    return step_index(steps, resolve(dn.model, steps, layer))
+    return resolve(dn.model, None, layer) if steps is None else step_index(steps, resolve(dn.model, steps, layer))
 
 
-def _field(dn: Deconvnet, i: int) -> tuple[ReceptiveField, ReceptiveField] | None:
+def _field(dn: Deconvnet, i: int | str) -> tuple[ReceptiveField, ReceptiveField] | None:
+    if dn.steps is None:
+        return None
     try:
         return receptive_fields(dn.steps, i)
     except LayerError:  # a classifier layer sees the whole image
@@ -330,7 +332,9 @@ def _scan_shard(dn, preprocess, root, files, taps, plan, args, out, device, rank
         progress("scanning", done, total)
     for x, index, bad in loader:
         if x is not None:
-            for name, act in activations(steps, x.to(device, p.dtype), taps).items():
+            x = x.to(device, p.dtype)
+            found = activations(steps, x, taps) if steps is not None else module_activations(dn.model, x, taps)
+            for name, act in found.items():
                 if not bool(torch.isfinite(act).all()):
                     where = files[int(index[(~torch.isfinite(act)).flatten(1).any(1)][0])]
                     raise DeconvvizError(f"layer '{name}' has NaN or infinite activations for '{where}'; check the "
@@ -414,7 +418,7 @@ def _project(dn: Deconvnet, preprocess: Preprocess, root: Path, size: int, layer
         for r in per_channel[c].records:
             wanted.setdefault(r.image, []).append(c)
     recon, patches, p = {}, {}, next(dn.model.parameters())
-    shape = output_shapes(dn.model, dn.steps, (size, size))[_step_index(dn, layer)]
+    shape = layer_shape(dn.model, layer, size)
     width = shape[-1] if len(shape) == 3 else 1
     for n, (image, chans) in enumerate(sorted(wanted.items())):
         if progress:

@@ -30,7 +30,7 @@ from torch import Tensor
 from . import __version__
 from .deconvnet import Deconvnet
 from .errors import DeconvvizError, LayerError
-from .forward import output_shapes
+from .forward import layer_shape
 from .images import check_size, load_image, to_batch, to_display
 from .layers import ReceptiveField, receptive_fields, resolve, step_index
 from .network import Network, load_network
@@ -458,9 +458,7 @@ def _layer_pictures(b: _ScanBuild, layer: str) -> dict[int, _UnitPictures]:
     for c, ch in per_channel.items():
         if ch.records:
             by_image.setdefault(ch.records[0].image, []).append(c)
-    shape = output_shapes(dn.model, dn.steps, (args.size, args.size))[
-        step_index(dn.steps, resolve(dn.model, dn.steps, layer))
-    ]
+    shape = layer_shape(dn.model, layer, args.size)
     width = shape[-1] if len(shape) == 3 else 1
     pictures: dict[int, _UnitPictures] = {}
     p = next(dn.model.parameters())

@@ -66,6 +66,12 @@ def parse(spec: str) -> Architecture:
     )
 
 
+def located(spec: str) -> str:
+    """The spec with a factory file's path made absolute, so that a run directory rebuilds it from anywhere."""
+    where, _, attr = spec.rpartition(":")
+    return f"{Path(where).expanduser().resolve()}:{attr}" if where.endswith(".py") else spec
+
+
 _FORMS = "; or torchvision:NAME, timm:NAME, package.module:factory, path/to/file.py:factory"
 
 

@@ -180,14 +180,30 @@ def _weights_record(weights: Weights) -> dict:
             "preprocess": weights.preprocess.name}  # fmt: skip
 
 
+def _shown_path(text: str) -> str:
+    """A path inside the working folder relative to it, else its file name: provenance names no local path."""
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        return text
+    return p.relative_to(Path.cwd()).as_posix() if p.is_relative_to(Path.cwd()) else p.name
+
+
+def _network_record(net: Network) -> dict:
+    """Network.record() with the files it names (a factory file, a state dict or card) as _shown_path shows them."""
+    where, colon, attr = net.spec.rpartition(":")
+    spec = f"{_shown_path(where)}:{attr}" if where.endswith(".py") else net.spec
+    weights = _shown_path(net.weights_choice) if Path(net.weights_choice).suffix in (".pt", ".pth", ".toml") else None
+    return net.record() | {"spec": spec, "weights": weights or net.weights_choice}
+
+
 def _provenance(command: str, image, net: Network, size, x, layers: list[dict]) -> dict:
     return {
         "command": command,
         "deconvviz": __version__,
         "torch": torch.__version__.split("+")[0],
         "image": _image_record(image),
-        "model": net.spec,
-        "network": net.record(),
+        "model": _network_record(net)["spec"],
+        "network": _network_record(net),
         "weights": _weights_record(net.weights),
         "input_size": list(x.shape[-2:]),
         "size": size,
@@ -435,8 +451,8 @@ def filters(net: Network, *, layer: str | None = None) -> tuple[Figure, dict]:
              f"{undone} undone);\neach scaled to its own largest |weight|, mid-grey = 0")  # fmt: skip
     prov = {
         "command": "filters", "deconvviz": __version__, "torch": torch.__version__.split("+")[0],
-        "model": model_name, "network": net.record(), "weights": _weights_record(weights), "layer": layer,
-        "module": module,
+        "model": _network_record(net)["spec"], "network": _network_record(net),
+        "weights": _weights_record(weights), "layer": layer, "module": module,
         "filters": k, "kernel": [kh, kw], "normalization": "each filter: 0.5 + w / (2 max|w|)",
         "largest_abs_weight": [round(float(v), 6) for v in templates.abs().flatten(1).amax(1)],
     }  # fmt: skip

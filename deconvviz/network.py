@@ -46,8 +46,9 @@ class Network:
 
     @property
     def name(self) -> str:
-        """What figure titles call it: the spec (vgg16, torchvision:resnet18, ...)."""
-        return self.spec
+        """What figure titles call it: the spec (vgg16, torchvision:resnet18, ...), a factory file by its name."""
+        where, _, attr = self.spec.rpartition(":")
+        return f"{Path(where).name}:{attr}" if where.endswith(".py") else self.spec
 
     @property
     def layer_names(self) -> list[str]:

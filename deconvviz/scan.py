@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
+from .architectures import located
 from .deconvnet import Deconvnet
 from .errors import DeconvvizError, ImageError, LayerError, SelectionError
 from .forward import apply, layer_shape, module_activations
@@ -201,8 +202,10 @@ def scan_folder(
     chans = channels if channels is None or isinstance(channels, str) else tuple(int(c) for c in channels)
     if isinstance(chans, str) and chans != "all":
         raise SelectionError(f"channels '{chans}' is not a list of feature maps; give e.g. 12,40, or all")
-    args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, network.spec,
-                         network.weights_choice, batch_size, get_rule(rule).name)  # fmt: skip
+    weights = network.weights_choice  # a weights or card file by its absolute path, like the folder
+    weights = str(Path(weights).resolve()) if Path(weights).suffix in (".pt", ".pth", ".toml") else weights
+    args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, located(network.spec),
+                         weights, batch_size, get_rule(rule).name)  # fmt: skip
     check_size(size)
     checks = (("top (--top)", top, 1), ("batch size (--batch-size)", batch_size, 1),
               ("checkpoint interval (--checkpoint-every)", checkpoint_every, 1),

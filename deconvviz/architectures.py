@@ -66,10 +66,14 @@ def parse(spec: str) -> Architecture:
     )
 
 
-def located(spec: str) -> str:
-    """The spec with a factory file's path made absolute, so that a run directory rebuilds it from anywhere."""
+def located(spec: str, folder: Path | None = None) -> str:
+    """The spec with a factory file's path made absolute (a relative one taken from `folder`, default the
+    working folder), so that a run directory or a card rebuilds it from anywhere."""
     where, _, attr = spec.rpartition(":")
-    return f"{Path(where).expanduser().resolve()}:{attr}" if where.endswith(".py") else spec
+    if not where.endswith(".py"):
+        return spec
+    path = Path(where).expanduser()
+    return f"{((folder or Path.cwd()) / path).resolve()}:{attr}"
 
 
 _FORMS = "; or torchvision:NAME, timm:NAME, package.module:factory, path/to/file.py:factory"

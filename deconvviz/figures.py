@@ -141,7 +141,7 @@ def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
     return rows.size, cols.size
 
 
-def _target(image, size: int | None, x: torch.Tensor, region=None, at=None, exclude=(), cls=None) -> dict:
+def _target(x: torch.Tensor, *, image, size: int | None, region=None, at=None, exclude=(), cls=None) -> dict:
     """project's keywords for a region (a name from the image's sidecar, or a box), point or class."""
     h, w = x.shape[-2:]
     out = {"region": None if region is None else find_region(region, image, size, w, h), "at": at, "cls": cls}
@@ -196,7 +196,7 @@ def _network_record(net: Network) -> dict:
     return net.record() | {"spec": spec, "weights": weights or net.weights_choice}
 
 
-def _provenance(command: str, image, net: Network, size, x, layers: list[dict]) -> dict:
+def _provenance(command: str, net: Network, x, *, image, size, layers: list[dict]) -> dict:
     return {
         "command": command,
         "deconvviz": __version__,
@@ -224,7 +224,7 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     dn = Deconvnet(model, rule=rule)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
-    target = _target(image, size, x, region, at, exclude, cls)
+    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
     for layer in layers:
         if progress:
             progress(f"projecting {layer}")
@@ -239,7 +239,7 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title})"
     title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
     fig = layer_grid(picture, rows, weights.preprocess, title)
-    return fig, _provenance("visualize", image, net, size, x, records) | {"rule": dn.rule.name}
+    return fig, _provenance("visualize", net, x, image=image, size=size, layers=records) | {"rule": dn.rule.name}
 
 
 def reconstruct(net: Network, request: Request, *, stage_view: str = STAGE_VIEW,
@@ -267,7 +267,7 @@ def reconstruct(net: Network, request: Request, *, stage_view: str = STAGE_VIEW,
         channels = range(layer_shape(net.module, layer, x.shape[-1])[0])
     if progress:
         progress(f"projecting {layer}")
-    target = _target(image, size, x, region, at, exclude, cls)
+    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
     out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True, **target)
     stages = [Stage(s.name, s.kind, s.step, s.tensor[0, 0].cpu()) for s in out.stages]
     if not stages:  # the autograd path (a network that is no chain) has no stages yet: the reconstruction alone
@@ -282,7 +282,7 @@ def reconstruct(net: Network, request: Request, *, stage_view: str = STAGE_VIEW,
     fig = reconstruction_figure(to_display(x[0].cpu(), weights.preprocess), stages, weights.preprocess, title,
                                 stage_view)  # fmt: skip
     chosen = _selections(dn, out) | _target_record(target)
-    prov = _provenance("reconstruct", image, net, size, x, [chosen])
+    prov = _provenance("reconstruct", net, x, image=image, size=size, layers=[chosen])
     prov["rule"] = dn.rule.name
     prov["stage_view"] = stage_view
     prov["stages"] = [{"name": s.name, "kind": s.kind, "size": list(s.size), "undoes": s.step} for s in out.stages]
@@ -307,7 +307,7 @@ def occlusion(net: Network, request: Request, *, channel: int | None = None, occ
                  device=dn.device)  # fmt: skip
     if progress:
         progress(f"projecting {layer}")
-    target = _target(image, image_size, x, region, at, exclude)
+    target = _target(x, image=image, size=image_size, region=region, at=at, exclude=exclude)
     out = dn.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1, **target)
     channel = int(out.selections.channels[0, 0])
     res = occlusion_maps(
@@ -331,7 +331,7 @@ def occlusion(net: Network, request: Request, *, channel: int | None = None, occ
     picture = to_display(x[0].cpu(), weights.preprocess)
     strongest = float(out.selections.values[0, 0])
     fig = occlusion_figure(picture, res, out.images[0, 0].cpu(), strongest, weights.preprocess, title, name)
-    prov = _provenance("occlusion", image, net, image_size, x, [_selections(dn, out)])
+    prov = _provenance("occlusion", net, x, image=image, size=image_size, layers=[_selections(dn, out)])
     del prov["layers"]
 
     def summary(m: torch.Tensor, baseline: float) -> dict:
@@ -373,7 +373,7 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     layer = layer or default_layer(model)
     dn = Deconvnet(model)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
-    target = _target(image, size, x, region, at, exclude, cls)
+    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
     outs, chosen = {}, {"channels": channels, "top": top, **target}
     for rule in RULES.values():
         if progress:
@@ -390,7 +390,9 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     fig = compare_figure(to_display(x[0].cpu(), weights.preprocess), {k: o.images[0].cpu() for k, o in outs.items()},
                          boxes[0], sel.channels[0].tolist(), sel.values[0].tolist(), _field(dn, first.layer),
                          weights.preprocess, title)  # fmt: skip
-    prov = _provenance("compare", image, net, size, x, [_selections(dn, first) | _target_record(target)])
+    prov = _provenance(
+        "compare", net, x, image=image, size=size, layers=[_selections(dn, first) | _target_record(target)]
+    )
     prov["rules"] = [r.name for r in RULES.values()]
     return fig, prov
 
@@ -419,7 +421,7 @@ def sanity(net: Network, request: Request, *, channel: int | None = None, rules:
             rows += [(r, test, lab, *_numbers(s)) for lab, s in zip(labels, sims, strict=True)]
         rows += [(r, "specificity", "", *_numbers(rep.specificity[r])), (r, "recovery", "", *_numbers(rep.recovery[r]))]
     csv = "".join(",".join("" if v is None else str(v) for v in row) + "\n" for row in rows)
-    prov = _provenance("sanity", image, net, size, x, [])
+    prov = _provenance("sanity", net, x, image=image, size=size, layers=[])
     del prov["layers"]
     prov |= {
         "layer": layer, "module": rep.module, "channel": rep.channel, "position": list(rep.position),
@@ -481,7 +483,7 @@ def invariance(net: Network, request: Request, *, transform: str = "rotate",
         curves.append((f"p({name})", res.probabilities, "probability"))
     title = f"{model_name} ({weights.name}): feature vectors of the image under {transform} (Zeiler & Fergus Fig. 5)"
     fig = invariance_figure(thumbs, res.amounts, f"{transform} ({unit})", curves, title)
-    prov = _provenance("invariance", image, net, size, x, [])
+    prov = _provenance("invariance", net, x, image=image, size=size, layers=[])
     del prov["layers"]
     prov |= {
         "transform": transform, "unit": unit, "fill": "dataset mean colour (network input 0)",

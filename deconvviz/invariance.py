@@ -100,7 +100,16 @@ def invariance(model: nn.Module, x: Tensor, transform: str, amounts: Sequence[fl
             kept, out = module_activations(model, batch, taps, keep_output=True)
             return [kept[layer].flatten(1) for layer in layers], out.softmax(1) if classify else None
 
-        return _sweep(x, transform, amounts, layers, batch_size, progress, features, classify)
+        return _sweep(
+            x,
+            transform,
+            amounts,
+            layers,
+            batch_size=batch_size,
+            progress=progress,
+            features=features,
+            classify=classify,
+        )
     where = [step_index(steps, resolve(model, steps, layer)) for layer in layers]
     upto = len(steps) - 1 if classify else max(where)
 
@@ -112,7 +121,9 @@ def invariance(model: nn.Module, x: Tensor, transform: str, amounts: Sequence[fl
                 kept[i] = out.flatten(1)
         return [kept[i] for i in where], out.softmax(1) if classify else None
 
-    return _sweep(x, transform, amounts, layers, batch_size, progress, features, classify)
+    return _sweep(
+        x, transform, amounts, layers, batch_size=batch_size, progress=progress, features=features, classify=classify
+    )
 
 
 def _sweep(

@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from . import weights as _weights  # load_vgg through the module: tests watch it
-from .architectures import Architecture, parse
+from .architectures import Architecture, located, parse
 from .cards import Card
 from .errors import WeightsError
 from .layers import default_layer, layer_names, module_outputs
@@ -70,12 +70,18 @@ class Network:
         return {"spec": self.spec, "weights": self.weights_choice, "seed": self.seed}
 
 
+def card_architecture(card: Card) -> str:
+    """The architecture a card names; a factory file's path is taken relative to the card's folder."""
+    return located(card.architecture, card.path.parent) if card.path is not None else card.architecture
+
+
 def architecture_of(spec: str | None, weights: str | os.PathLike = "auto") -> tuple[Architecture, Card | None]:
     """The architecture `spec` names (None: the card's, else vgg16) and the card `weights` names, if any.
     A spec that contradicts the card's architecture is refused."""
     card = find_card(weights)
-    arch = parse(spec if spec is not None else card.architecture if card is not None else "vgg16")
-    if card is not None and parse(card.architecture).spec != arch.spec:
+    own = card_architecture(card) if card is not None else None
+    arch = parse(spec if spec is not None else own or "vgg16")
+    if card is not None and located(parse(own).spec) != located(arch.spec):
         raise WeightsError(f"weights '{card.name}' are for model '{card.architecture}', not '{arch.spec}'; "
                            f"leave the model out (the card names it) or use model {card.architecture}")  # fmt: skip
     return arch, card
@@ -126,7 +132,7 @@ def _load(arch: Architecture, choice: str, seed: int) -> tuple[nn.Module, Weight
     if choice == "random" or (choice == "built" and arch.kind in ("factory", "named")):
         how = "random" if choice == "random" else "as its factory builds it"
         desc = f"{arch.spec} {how} (its own init scheme, seed {seed}); torchvision preprocessing assumed"
-        return _seeded(arch, seed), Weights(choice, desc, IMAGENET_TORCHVISION, None, None)
+        return _seeded(arch, seed), Weights(choice, desc, IMAGENET_TORCHVISION, categories=None, source=None)
     if choice == "torchvision":
         if arch.kind != "torchvision":
             raise WeightsError(f"weights 'torchvision' exist for torchvision models only, not '{arch.spec}'")
@@ -140,7 +146,9 @@ def _load(arch: Architecture, choice: str, seed: int) -> tuple[nn.Module, Weight
         data = path.read_bytes()
         module = load_state_into(_seeded(arch, seed), _read_state_dict(data, path), path, arch.spec)
         desc = f"{arch.spec} state dict {path.name} (no category names; torchvision preprocessing assumed)"
-        return module, Weights("file", desc, IMAGENET_TORCHVISION, None, path.name, _sha256(data))
+        return module, Weights(
+            "file", desc, IMAGENET_TORCHVISION, categories=None, source=path.name, sha256=_sha256(data)
+        )
     valid = ", ".join([*KEYWORDS, "a model card's name or .toml path", "a .pt/.pth state dict"])
     raise WeightsError(f"unknown weights '{choice}' for model '{arch.spec}'; use {valid}")
 
@@ -167,7 +175,8 @@ def _torchvision(name: str) -> tuple[nn.Module, Weights]:
     pre = Preprocess(f"torchvision {enum} (RGB, 0-1, mean/std)", tuple(t.mean), tuple(t.std))
     cats = tuple(enum.meta["categories"]) if enum.meta.get("categories") else None
     desc = f"torchvision {enum} (from torch's cache or downloaded)"
-    return module, Weights(f"torchvision-{name}", desc, pre, cats, enum.url, Path(enum.url).stem.rsplit("-")[-1])
+    sha = Path(enum.url).stem.rsplit("-")[-1]
+    return module, Weights(f"torchvision-{name}", desc, pre, categories=cats, source=enum.url, sha256=sha)
 
 
 def _timm_pretrained(name: str) -> tuple[nn.Module, Weights]:
@@ -181,7 +190,7 @@ def _timm_pretrained(name: str) -> tuple[nn.Module, Weights]:
                            "random, a card or a state dict") from None  # fmt: skip
     cfg = module.pretrained_cfg
     pre = Preprocess(f"timm {name} (RGB, 0-1, mean/std)", tuple(cfg["mean"]), tuple(cfg["std"]))
-    return module, Weights(f"timm-{name}", f"timm {name} pretrained", pre, None, cfg.get("hf_hub_id"), None)
+    return module, Weights(f"timm-{name}", f"timm {name} pretrained", pre, categories=None, source=cfg.get("hf_hub_id"))
 
 
 def skeleton_network(spec: str | None, weights: str | os.PathLike = "auto") -> nn.Module:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .architectures import located
+from .cards import cards_folder
 from .deconvnet import Deconvnet
 from .errors import DeconvvizError, ImageError, LayerError, SelectionError
 from .forward import apply, layer_shape, module_activations
@@ -32,7 +33,7 @@ from .network import Network
 from .preprocess import Preprocess
 from .render import TopImages, channel_figure, overview_figure, save, write_atomic
 from .rules import get_rule
-from .weights import pick_device
+from .weights import find_card, pick_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHOWN_CHANNELS = 9  # feature maps projected and drawn when none are given: the strongest over the folder
@@ -202,8 +203,7 @@ def scan_folder(
     chans = channels if channels is None or isinstance(channels, str) else tuple(int(c) for c in channels)
     if isinstance(chans, str) and chans != "all":
         raise SelectionError(f"channels '{chans}' is not a list of feature maps; give e.g. 12,40, or all")
-    weights = network.weights_choice  # a weights or card file by its absolute path, like the folder
-    weights = str(Path(weights).resolve()) if Path(weights).suffix in (".pt", ".pth", ".toml") else weights
+    weights = _located_weights(network.weights_choice)
     args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, located(network.spec),
                          weights, batch_size, get_rule(rule).name)  # fmt: skip
     check_size(size)
@@ -249,6 +249,17 @@ def scan_folder(
             if skipped:
                 say(f"{len(skipped)} unreadable file(s) skipped, listed in {out / 'report.json'}")
     return result
+
+
+def _located_weights(weights: str) -> str:
+    """A weights file, or a user's card (found by path or through $DECONVVIZ_MODELS), by its absolute path, like
+    the folder: the site rebuilds the network from the report wherever it runs. A shipped card keeps its name."""
+    if Path(weights).suffix in (".pt", ".pth", ".toml"):
+        return str(Path(weights).expanduser().resolve())
+    card = find_card(weights)
+    if card is not None and card.path is not None and not card.path.resolve().is_relative_to(cards_folder().resolve()):
+        return str(card.path.resolve())
+    return weights
 
 
 def scan_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -392,7 +392,7 @@ def card_file(card: Card) -> Path:
 
 def load_card_file(card: Card) -> tuple[nn.Module, Weights]:
     """The card's architecture (architectures.parse) with the card's weights file, whose sha256 must match."""
-    from .architectures import parse
+    from .architectures import located, parse
 
     path = card_file(card)
     if not path.is_file():
@@ -402,10 +402,14 @@ def load_card_file(card: Card) -> tuple[nn.Module, Weights]:
         raise WeightsError(f"model card {card.name}: {path.name} has sha256 {digest}, the card says {card.sha256}; "
                            "fix the card's file.sha256 or restore the file")  # fmt: skip
     with torch.random.fork_rng(devices=[]):  # the builder's init is overwritten; the caller's RNG is untouched
-        built = parse(card.architecture).build()
+        built = parse(
+            located(card.architecture, card_file(card).parent if card.path is None else card.path.parent)
+        ).build()
     model = load_state_into(built, read_state_dict(data, path), path, card.architecture)
     desc = f"{card.name}: {card.summary} ({path.name}, sha256 {card.sha256[:8]}...)"
-    return model, Weights(card.name, desc, card.preprocess, _categories(card), path.name, card.sha256)
+    return model, Weights(
+        card.name, desc, card.preprocess, categories=_categories(card), source=path.name, sha256=card.sha256
+    )
 
 
 def read_state_dict(data: bytes, path: Path) -> dict[str, Tensor]:

@@ -392,8 +392,17 @@ def visualize(
                                  "(all maps together: deconvviz reconstruct --channels all)")  # fmt: skip
         choice = _Choice(model, weights, device)
         names = names or [choice.default_layer]
-        request = Request(image, names, _channels(channels), top, mode.value, cls=class_, size=size, rule=rule.value,
-                          **_targets(region, at, exclude))  # fmt: skip
+        request = Request(
+            image,
+            names,
+            _channels(channels),
+            top,
+            mode.value,
+            cls=class_,
+            size=size,
+            rule=rule.value,
+            **_targets(region, at, exclude),
+        )
         figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
         default = Path("figures") / f"visualize-{'_'.join(names)}.png"
         _figure(
@@ -455,8 +464,17 @@ def reconstruct(
         every = (channels or "").strip().lower() == "all"
         choice = _Choice(model, weights, device)
         name = layer or choice.default_layer
-        request = Request(image, [name], "all" if every else _channels(channels), 1, mode and mode.value, cls=class_,
-                          size=size, rule=rule.value, **_targets(region, at, exclude))  # fmt: skip
+        request = Request(
+            image,
+            [name],
+            "all" if every else _channels(channels),
+            1,
+            mode and mode.value,
+            cls=class_,
+            size=size,
+            rule=rule.value,
+            **_targets(region, at, exclude),
+        )
         figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
 
         def make(net, status):
@@ -545,13 +563,28 @@ def occlusion(
 
         choice = _Choice(model, weights, device)
         name = layer or choice.default_layer
-        request = Request(image, [name], None if channel is None else [channel], 1, cls=class_, size=size,
-                          rule=rule.value, **_targets(region, at, exclude))  # fmt: skip
+        request = Request(
+            image,
+            [name],
+            None if channel is None else [channel],
+            1,
+            cls=class_,
+            size=size,
+            rule=rule.value,
+            **_targets(region, at, exclude),
+        )
         figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
 
         def make(net, status):
-            return figures.occlusion(net, request, channel=channel, occluder=occluder_size, stride=stride,
-                                     batch_size=batch_size, progress=status)  # fmt: skip
+            return figures.occlusion(
+                net,
+                request,
+                channel=channel,
+                occluder=occluder_size,
+                stride=stride,
+                batch_size=batch_size,
+                progress=status,
+            )
 
         default = lambda prov: Path("figures") / f"occlusion-{name}-c{prov['channel']}.png"  # noqa: E731
         _figure(choice, request, _Output(out, default, dpi, quiet), make)
@@ -589,8 +622,9 @@ def compare(
 
         choice = _Choice(model, weights, device)
         name = layer or choice.default_layer
-        request = Request(image, [name], _channels(channels), top, cls=class_, size=size,
-                          **_targets(region, at, exclude))  # fmt: skip
+        request = Request(
+            image, [name], _channels(channels), top, cls=class_, size=size, **_targets(region, at, exclude)
+        )
         figures.check_request(choice.skeleton, request, name=choice.name, spatial=True, class_chooses=True)
         _figure(
             choice,
@@ -736,9 +770,21 @@ def scan(
         network = load_network(choice.spec, weights, scan_device(device), verbose=not quiet and rank == 0)
         bar = _Bar(quiet)
         try:
-            result = scan_folder(folder, names, out, top=top, channels=chans, size=size, network=network,
-                                 batch_size=batch_size, workers=workers, checkpoint_every=checkpoint_every,
-                                 progress=bar, verbose=not quiet, rule=rule.value)  # fmt: skip
+            result = scan_folder(
+                folder,
+                names,
+                out,
+                top=top,
+                channels=chans,
+                size=size,
+                network=network,
+                batch_size=batch_size,
+                workers=workers,
+                checkpoint_every=checkpoint_every,
+                progress=bar,
+                verbose=not quiet,
+                rule=rule.value,
+            )
         finally:
             bar.stop()
         if result.written and not quiet:
@@ -837,17 +883,22 @@ def invariance(
 
 @app.command()
 def models(debug: Debug = False) -> None:
-    """The weights sets deconvviz knows (one model card each in models/) and which load offline here."""
+    """The weights sets deconvviz knows (one model card each in models/, and yours in $DECONVVIZ_MODELS) and
+    which load offline here."""
     with _errors(debug):
         from .cards import load_cards
         from .weights import available_offline
 
         cards = load_cards()
-        typer.echo(f"{'weights':<21} {'model':<9} {'classifier':<10} {'offline here':<12} summary")
+        name = max([21, *(len(c.name) for c in cards.values())])
+        model = max([9, *(len(c.architecture) for c in cards.values())])
+        typer.echo(f"{'weights':<{name}} {'model':<{model}} {'classifier':<10} {'offline here':<12} summary")
         for card in cards.values():
             offline = "yes" if available_offline(card) else "no"
             classifier = "yes" if card.classifier else "no"
-            typer.echo(f"{card.name:<21} {card.architecture:<9} {classifier:<10} {offline:<12} {card.summary}")
+            typer.echo(
+                f"{card.name:<{name}} {card.architecture:<{model}} {classifier:<10} {offline:<12} {card.summary}"
+            )
 
 
 class _Steps:
@@ -936,8 +987,17 @@ def explore(
         network = load_network(choice.spec, weights, device, verbose=not quiet)
         bar = _Steps(quiet)
         try:
-            summary = explore_site(image, out, layers=names, top=top, per_position=per_position, network=network,
-                                   size=size, progress=bar, verbose=not quiet)  # fmt: skip
+            summary = explore_site(
+                image,
+                out,
+                layers=names,
+                top=top,
+                per_position=per_position,
+                network=network,
+                size=size,
+                progress=bar,
+                verbose=not quiet,
+            )
         finally:
             bar.stop()
         if not quiet:

@@ -84,32 +84,55 @@ def check_request(
     channels = None if isinstance(r.channels, str) else r.channels
     layers = list(r.layers) if r.layers is not None else [default_layer(model)]
     check_choice(region=r.region, at=r.at, exclude=r.exclude, cls=r.cls if class_chooses else None, channels=channels)
-    check_layers(model, layers, channels=channels, top=r.top, size=size, cls=r.cls,
-                 spatial=spatial or r.region is not None or r.at is not None, name=name)  # fmt: skip
+    check_layers(
+        model,
+        layers,
+        channels=channels,
+        top=r.top,
+        size=size,
+        cls=r.cls,
+        spatial=spatial or r.region is not None or r.at is not None,
+        name=name,
+    )
     if r.region is not None or r.at is not None:
-        found = {"region": None if r.region is None else find_region(r.region, r.image, size, size, size), "at": r.at,
-                 "exclude": [find_region(e, r.image, size, size, size) for e in r.exclude]}  # fmt: skip
+        found = {
+            "region": None if r.region is None else find_region(r.region, r.image, size, size, size),
+            "at": r.at,
+            "exclude": [find_region(e, r.image, size, size, size) for e in r.exclude],
+        }
         for layer in layers:
             check_choice(model, layer, (size, size), channels=channels, **found)
 
 
-def check_layers(model: nn.Module, layers: Sequence[str] = (), *, channels: Sequence[int] | None = None, top: int = 9,
-                 size: int = 224, cls: int | None = None, spatial: bool = False,
-                 name: str = "this network") -> None:  # fmt: skip
+def check_layers(
+    model: nn.Module,
+    layers: Sequence[str] = (),
+    *,
+    channels: Sequence[int] | None = None,
+    top: int = 9,
+    size: int = 224,
+    cls: int | None = None,
+    spatial: bool = False,
+    name: str = "this network",
+) -> None:
     """check_request without an image: layers, channels and class checked on the architecture alone."""
     check_size(size)
     for layer in layers:
         shape = layer_shape(model, layer, size)
         checked_channels(layer, shape[0], channels, top)
         if spatial and len(shape) != 3:
-            raise LayerError(f"layer '{layer}' mixes all positions of the image (no receptive field); choose a "
-                             f"convolution or pool layer, e.g. {default_layer(model)}")  # fmt: skip
+            raise LayerError(
+                f"layer '{layer}' mixes all positions of the image (no receptive field); choose a "
+                f"convolution or pool layer, e.g. {default_layer(model)}"
+            )
     if cls is None:
         return
     if not has_classifier(model):
-        raise OcclusionError(f"a class needs a model with a classifier (class scores), and {name} has none; "
-                             "use weights with a classifier (torchvision, a card or a state dict)",
-                             about="class")  # fmt: skip
+        raise OcclusionError(
+            f"a class needs a model with a classifier (class scores), and {name} has none; "
+            "use weights with a classifier (torchvision, a card or a state dict)",
+            about="class",
+        )
     n = [r for r in module_outputs(model, (size, size)) if r.name == ""][0].shape[0]
     if not 0 <= cls < n:
         raise SelectionError(
@@ -242,8 +265,9 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     return fig, _provenance("visualize", net, x, image=image, size=size, layers=records) | {"rule": dn.rule.name}
 
 
-def reconstruct(net: Network, request: Request, *, stage_view: str = STAGE_VIEW,
-                progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+def reconstruct(
+    net: Network, request: Request, *, stage_view: str = STAGE_VIEW, progress: Progress | None = None
+) -> tuple[Figure, dict]:
     """Layer-by-layer reconstruction: the input, then every stage of the reverse journey to pixels.
 
     layer None: the last conv layer. channels None: the strongest feature map; "all": every one; several
@@ -289,9 +313,16 @@ def reconstruct(net: Network, request: Request, *, stage_view: str = STAGE_VIEW,
     return fig, prov
 
 
-def occlusion(net: Network, request: Request, *, channel: int | None = None, occluder: int | None = None,
-              stride: int | None = None, batch_size: int = 32,
-              progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+def occlusion(
+    net: Network,
+    request: Request,
+    *,
+    channel: int | None = None,
+    occluder: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> tuple[Figure, dict]:
     """Occlusion sensitivity (ZF Fig. 7) of one feature map (default: the image's strongest) and, with cls, a class.
 
     The occluder is the dataset mean colour of the weights' preprocessing; size and stride as `occlusion_maps`.
@@ -397,8 +428,15 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     return fig, prov
 
 
-def sanity(net: Network, request: Request, *, channel: int | None = None, rules: Sequence[str] = tuple(RULES),
-           seed: int = 0, progress: Progress | None = None) -> tuple[Figure, dict, str]:  # fmt: skip
+def sanity(
+    net: Network,
+    request: Request,
+    *,
+    channel: int | None = None,
+    rules: Sequence[str] = tuple(RULES),
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[Figure, dict, str]:
     """The sanity report of one unit (sanity.py): figure, provenance with every number, and the numbers as CSV."""
     model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
     size = request.size

@@ -32,8 +32,10 @@ def first_conv(model: nn.Module, layer: str) -> Step:
     if steps is None:
         name, first = resolve(model, None, layer), first_conv_name(model)
         if name != first:
-            raise LayerError(f"the filters of '{layer}' do not see pixels: only the first convolution's ('{first}') "
-                             "can be drawn as colour patches")  # fmt: skip
+            raise LayerError(
+                f"the filters of '{layer}' do not see pixels: only the first convolution's ('{first}') "
+                "can be drawn as colour patches"
+            )
         return Step(name, dict(model.named_modules())[name])
     upto = step_index(steps, resolve(model, steps, layer))
     convs = [s for s in steps[: upto + 1] if isinstance(s.module, nn.Conv2d)]

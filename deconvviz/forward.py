@@ -143,8 +143,11 @@ def layer_shape(model: nn.Module, layer: str, size: int) -> tuple[int, ...]:
     found = next((r for r in module_outputs(model, (size, size)) if r.name == name), None)
     if found is None or found.runs != 1 or not found.shape:
         why = "does not run" if found is None else f"runs {found.runs} times" if found.runs != 1 else "is no tensor"
-        raise LayerError(f"layer '{layer}' {why} in a forward pass; choose a module that runs once and returns "
-                         "a tensor (see `deconvviz layers`)", about="layer")  # fmt: skip
+        raise LayerError(
+            f"layer '{layer}' {why} in a forward pass; choose a module that runs once and returns "
+            "a tensor (see `deconvviz layers`)",
+            about="layer",
+        )
     return found.shape
 
 

@@ -82,8 +82,10 @@ def architecture_of(spec: str | None, weights: str | os.PathLike = "auto") -> tu
     own = card_architecture(card) if card is not None else None
     arch = parse(spec if spec is not None else own or "vgg16")
     if card is not None and located(parse(own).spec) != located(arch.spec):
-        raise WeightsError(f"weights '{card.name}' are for model '{card.architecture}', not '{arch.spec}'; "
-                           f"leave the model out (the card names it) or use model {card.architecture}")  # fmt: skip
+        raise WeightsError(
+            f"weights '{card.name}' are for model '{card.architecture}', not '{arch.spec}'; "
+            f"leave the model out (the card names it) or use model {card.architecture}"
+        )
     return arch, card
 
 
@@ -169,8 +171,10 @@ def _torchvision(name: str) -> tuple[nn.Module, Weights]:
         module = torchvision.models.get_model(name, weights=enum)
     except Exception as e:  # noqa: BLE001 - no network, a bad download: one line
         first = str(e).splitlines()[0] if str(e) else ""
-        raise WeightsError(f"cannot load torchvision's {enum} ({type(e).__name__}: {first}); connect to the "
-                           "network once, or use weights random, a card or a state dict") from None  # fmt: skip
+        raise WeightsError(
+            f"cannot load torchvision's {enum} ({type(e).__name__}: {first}); connect to the "
+            "network once, or use weights random, a card or a state dict"
+        ) from None
     t = enum.transforms()
     pre = Preprocess(f"torchvision {enum} (RGB, 0-1, mean/std)", tuple(t.mean), tuple(t.std))
     cats = tuple(enum.meta["categories"]) if enum.meta.get("categories") else None
@@ -186,8 +190,10 @@ def _timm_pretrained(name: str) -> tuple[nn.Module, Weights]:
         module = timm.create_model(name, pretrained=True)
     except Exception as e:  # noqa: BLE001
         first = str(e).splitlines()[0] if str(e) else ""
-        raise WeightsError(f"cannot load timm's pretrained {name} ({type(e).__name__}: {first}); use weights "
-                           "random, a card or a state dict") from None  # fmt: skip
+        raise WeightsError(
+            f"cannot load timm's pretrained {name} ({type(e).__name__}: {first}); use weights "
+            "random, a card or a state dict"
+        ) from None
     cfg = module.pretrained_cfg
     pre = Preprocess(f"timm {name} (RGB, 0-1, mean/std)", tuple(cfg["mean"]), tuple(cfg["std"]))
     return module, Weights(f"timm-{name}", f"timm {name} pretrained", pre, categories=None, source=cfg.get("hf_hub_id"))

@@ -204,8 +204,17 @@ def scan_folder(
     if isinstance(chans, str) and chans != "all":
         raise SelectionError(f"channels '{chans}' is not a list of feature maps; give e.g. 12,40, or all")
     weights = _located_weights(network.weights_choice)
-    args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, located(network.spec),
-                         weights, batch_size, get_rule(rule).name)  # fmt: skip
+    args = ScanArguments(
+        folder=str(Path(folder).resolve()),
+        layers=tuple(layers),
+        top=top,
+        channels=chans,
+        size=size,
+        model=located(network.spec),
+        weights=weights,
+        batch_size=batch_size,
+        rule=get_rule(rule).name,
+    )
     check_size(size)
     checks = (("top (--top)", top, 1), ("batch size (--batch-size)", batch_size, 1),
               ("checkpoint interval (--checkpoint-every)", checkpoint_every, 1),

@@ -399,8 +399,10 @@ def load_card_file(card: Card) -> tuple[nn.Module, Weights]:
         raise WeightsError(f"model card {card.name}: weights file {card.file} not found beside the card")
     data = path.read_bytes()
     if (digest := _sha256(data)) != card.sha256:
-        raise WeightsError(f"model card {card.name}: {path.name} has sha256 {digest}, the card says {card.sha256}; "
-                           "fix the card's file.sha256 or restore the file")  # fmt: skip
+        raise WeightsError(
+            f"model card {card.name}: {path.name} has sha256 {digest}, the card says {card.sha256}; "
+            "fix the card's file.sha256 or restore the file"
+        )
     with torch.random.fork_rng(devices=[]):  # the builder's init is overwritten; the caller's RNG is untouched
         built = parse(
             located(card.architecture, card_file(card).parent if card.path is None else card.path.parent)

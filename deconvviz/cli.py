@@ -6,6 +6,7 @@ import os
 import sys
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from .errors import DeconvvizError, out_of_memory
+from .request import Request
 
 MAX_SIZE = 2048  # --size above this needs more memory than a figure is worth; the Python API has no such limit
 
@@ -75,21 +77,29 @@ def _root(
     pass
 
 
-Model = Annotated[str, typer.Option(help="Architecture: vgg11, vgg13, vgg16, vgg19, or one of them with _bn.")]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        help="Network: vgg11 ... vgg19_bn, torchvision:NAME (or a bare torchvision name such as resnet50), "
+        "timm:NAME, package.module:factory or path/to/file.py:factory (returns an nn.Module). Default: the "
+        "architecture the --weights card names, else vgg16."
+    ),
+]
 LayerOpt = Annotated[
     str | None,
     typer.Option(
-        help="Layer: conv1_1 ... conv5_3 (conv5_2 on vgg11/13, conv5_4 on vgg19), pool1 ... pool5, fc6 ... fc8 "
-        "(need a classifier), or a module path such as features.28; `deconvviz layers` lists them. "
-        "Default: the model's last conv layer (conv5_3 on vgg16)."
+        help="Layer: on a VGG conv1_1 ... conv5_3 (conv5_2 on vgg11/13, conv5_4 on vgg19), pool1 ... pool5, "
+        "fc6 ... fc8 (need a classifier); on any network a module path such as features.28, layer3 or layer3.1.relu; "
+        "`deconvviz layers` lists them. Default: the last convolutional block (conv5_3 on vgg16, layer4 on a ResNet)."
     ),
 ]
 WeightsOpt = Annotated[
     str,
     typer.Option(
         "--weights",
-        help="auto (cached torchvision file, else offline vgg16-caffe, else download), torchvision, "
-        "vgg16-caffe, random, a model card's name (`deconvviz models`), or a .pt/.pth state dict.",
+        help="auto (cached torchvision file, else offline vgg16-caffe, else download; a factory's own weights), "
+        "torchvision, vgg16-caffe, random, a model card's name (`deconvviz models`, $DECONVVIZ_MODELS) or .toml "
+        "path (names its architecture: --model may be left out), or a .pt/.pth state dict.",
     ),
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -163,6 +173,20 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+# The CLI option for each API argument an error can be about (DeconvvizError.about).
+_FLAGS = {
+    "layer": "--layer",
+    "layers": "--layers",
+    "class": "--class",
+    "weights": "--weights",
+    "model": "--model",
+    "channels": "--channels",
+    "region": "--region",
+    "at": "--at",
+    "exclude": "--exclude",
+}
+
+
 @contextmanager
 def _errors(debug: bool):
     """DeconvvizError: one line, exit 2. Anything else: one line and exit 1 (traceback with --debug)."""
@@ -174,7 +198,8 @@ def _errors(debug: bool):
     except DeconvvizError as e:
         if debug:
             traceback.print_exc()
-        _fail(str(e), 2)
+        flag = _FLAGS.get(getattr(e, "about", None))
+        _fail(f"{flag}: {e}" if flag and not str(e).startswith(flag) else str(e), 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except BrokenPipeError:  # output piped into a reader that stopped (`| head`): nothing left to say
@@ -229,12 +254,29 @@ def _layer_names(layer: str | None, layers: str | None) -> list[str] | None:
     return names
 
 
-def _default_layer(model: str) -> str:
-    """The default layer of an architecture, known before its weights are loaded (for output names)."""
-    from .layers import default_layer
-    from .weights import skeleton
+class _Choice:
+    """--model and --weights, resolved once: the architecture alone (meta device, for checks before any work)
+    and then, on demand, the loaded Network that every function below is given."""
 
-    return default_layer(skeleton(model))
+    def __init__(self, model: str | None, weights: str, device: str = "auto", seed: int = 0):
+        from .network import architecture_of, skeleton_network
+
+        arch, _ = architecture_of(model, weights)
+        self.spec, self.weights, self.device, self.seed = arch.spec, weights, device, seed
+        self.skeleton = skeleton_network(arch.spec, weights)
+        self.name = f"{arch.spec} with weights {weights}"  # what errors call it
+
+    @property
+    def default_layer(self) -> str:
+        from .layers import default_layer
+
+        return default_layer(self.skeleton)
+
+    def load(self, quiet: bool, status: _Status):
+        from .network import load_network
+
+        status(f"loading {self.spec} weights ({self.weights})")
+        return load_network(self.spec, self.weights, self.device, seed=self.seed, verbose=not quiet)
 
 
 def _channels(text: str | None) -> list[int] | None:
@@ -269,17 +311,19 @@ def _targets(region: str | None, at: str | None, exclude: list[str] | None) -> d
     return found | {"exclude": [_box(e, 4, "--exclude") for e in exclude or ()]}
 
 
-def _load(model: str, weights: str, device: str, quiet: bool, status: _Status):
-    from .weights import load_vgg
+@dataclass(frozen=True)
+class _Output:
+    """Where a figure goes: --out (None: default(provenance)), its resolution, and whether to be quiet."""
 
-    status(f"loading {model} weights ({weights})")
-    return load_vgg(model, weights, device=device, verbose=not quiet)
+    out: Path | None
+    default: object  # provenance -> Path
+    dpi: int = 150
+    quiet: bool = False
 
 
-def _figure(out: Path | None, default_out, image: Path | None, model: str, weights: str, device: str, dpi: int,
-            size: int, quiet: bool, make):  # fmt: skip
-    """Load the model, make (figure, provenance) with make(net, weights, status), write both atomically.
-    default_out(provenance) names the figure when --out is not given."""
+def _figure(choice: _Choice, request, output: _Output, make) -> None:
+    """Load the network, make (figure, provenance, *tables) with make(net, status), write them atomically."""
+    out, image, dpi, quiet = output.out, request.image, output.dpi, output.quiet
     from . import figures
     from .render import check_dpi, check_target, check_writable, figure_format
 
@@ -291,13 +335,13 @@ def _figure(out: Path | None, default_out, image: Path | None, model: str, weigh
             if image is not None and target.exists() and target.resolve() == Path(image).resolve():
                 raise DeconvvizError(f"--out '{out}' would overwrite the input image; choose another --out")
     check_dpi(dpi)
-    _check_size(size)
+    _check_size(request.size)
     status = _Status(quiet)
     try:
-        net, info = _load(model, weights, device, quiet, status)
-        fig, prov, *tables = make(net, info, status)
+        net = choice.load(quiet, status)
+        fig, prov, *tables = make(net, status)
         status("writing figure")
-        paths = figures.write(fig, prov, out or default_out(prov), dpi, *tables)
+        paths = figures.write(fig, prov, out or output.default(prov), dpi, *tables)
     finally:
         status.stop()
     if not quiet:
@@ -323,7 +367,7 @@ def visualize(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
-    model: Model = "vgg16",
+    model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
@@ -346,17 +390,27 @@ def visualize(
         if (channels or "").strip().lower() == "all":
             raise DeconvvizError("visualize draws a grid, too small for every map: give --top N or --channels 12,40 "
                                  "(all maps together: deconvviz reconstruct --channels all)")  # fmt: skip
-        chans = _channels(channels)
-        default = Path("figures") / f"visualize-{'_'.join(names or [_default_layer(model)])}.png"
-        target = _targets(region, at, exclude)
-        figures.check_request(model, weights, image, names or [_default_layer(model)], chans, top, size, class_,
-                              class_chooses=True, **target)  # fmt: skip
-
-        def make(net, info, status):
-            return figures.visualize(net, info, image, names, top, chans, mode.value, size, model, status, rule.value,
-                                     cls=class_, **target)  # fmt: skip
-
-        _figure(out, lambda _: default, image, model, weights, device, dpi, size, quiet, make)
+        choice = _Choice(model, weights, device)
+        names = names or [choice.default_layer]
+        request = Request(
+            image,
+            names,
+            _channels(channels),
+            top,
+            mode.value,
+            cls=class_,
+            size=size,
+            rule=rule.value,
+            **_targets(region, at, exclude),
+        )
+        figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
+        default = Path("figures") / f"visualize-{'_'.join(names)}.png"
+        _figure(
+            choice,
+            request,
+            _Output(out, lambda _: default, dpi, quiet),
+            lambda net, status: figures.visualize(net, request, progress=status),
+        )
 
 
 @app.command()
@@ -389,7 +443,7 @@ def reconstruct(
             "(the channel mean)."
         ),
     ] = StageView.channel,
-    model: Model = "vgg16",
+    model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
@@ -408,23 +462,30 @@ def reconstruct(
         from . import figures
 
         every = (channels or "").strip().lower() == "all"
-        chans = "all" if every else _channels(channels)
-        name = layer or _default_layer(model)
-        target = _targets(region, at, exclude)
-        figures.check_request(model, weights, image, [name], None if every else chans, 1, size, class_,
-                              class_chooses=True, **target)  # fmt: skip
+        choice = _Choice(model, weights, device)
+        name = layer or choice.default_layer
+        request = Request(
+            image,
+            [name],
+            "all" if every else _channels(channels),
+            1,
+            mode and mode.value,
+            cls=class_,
+            size=size,
+            rule=rule.value,
+            **_targets(region, at, exclude),
+        )
+        figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
 
-        def make(net, info, status):
-            return figures.reconstruct(net, info, image, name, chans, mode and mode.value, size, model, status,
-                                       rule.value, cls=class_, stage_view=stage_view.value, **target)  # fmt: skip
+        def make(net, status):
+            return figures.reconstruct(net, request, stage_view=stage_view.value, progress=status)
 
-        _figure(out, lambda _: Path("figures") / f"reconstruct-{name}.png", image, model, weights, device, dpi, size,
-                quiet, make)  # fmt: skip
+        _figure(choice, request, _Output(out, lambda _: Path("figures") / f"reconstruct-{name}.png", dpi, quiet), make)
 
 
 @app.command("layers")
 def layers_(
-    model: Model = "vgg16",
+    model: Model = None,
     weights: Annotated[
         str,
         typer.Option(
@@ -436,18 +497,21 @@ def layers_(
     size: Annotated[int, typer.Option(help="Input side in pixels (32 or more) the shapes are given for.")] = 224,
     debug: Debug = False,
 ) -> None:
-    """Every layer with its output shape, receptive field size and stride for a given input size."""
+    """Every layer you can project from, with its output shape, receptive field size and stride for an input size."""
     with _errors(debug):
         from .forward import layer_table
         from .images import check_size
-        from .weights import load_vgg
 
         check_size(size)
-        net, _ = load_vgg(model, weights, device="cpu", verbose=False)
-        typer.echo(f"{'name':<9} {'module':<14} {'type':<18} {'output shape':<16} {'rf size':>7} {'stride':>6}")
-        for alias, path, kind, shape, rf, stride in layer_table(net, (size, size)):
-            shown = "x".join(str(d) for d in shape)
-            typer.echo(f"{alias:<9} {path:<14} {kind:<18} {shown:<16} {rf:>7} {stride:>6}")
+        rows = layer_table(_Choice(model, weights).skeleton, (size, size))
+        extra = list(dict.fromkeys(k for r in rows for k in r.columns))  # more columns, where a row has them
+        wide = max([14, *(len(r.module) for r in rows)])
+        head = f"{'name':<9} {'module':<{wide}} {'type':<18} {'output shape':<16} {'rf size':>7} {'stride':>6}"
+        typer.echo(" ".join([head, *extra]))
+        for r in rows:
+            shown = "x".join(str(d) for d in r.shape)
+            line = f"{r.alias:<9} {r.module:<{wide}} {r.kind:<18} {shown:<16} {r.rf:>7} {r.stride:>6}"
+            typer.echo(" ".join([line, *(r.columns.get(k, "") for k in extra)]))
 
 
 @app.command()
@@ -477,7 +541,7 @@ def occlusion(
     region: RegionOpt = None,
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
-    model: Model = "vgg16",
+    model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
@@ -497,17 +561,33 @@ def occlusion(
     with _errors(debug):
         from . import figures
 
-        name = layer or _default_layer(model)
-        target = _targets(region, at, exclude)
-        figures.check_request(model, weights, image, [name], None if channel is None else [channel], 1, size, class_,
-                              spatial=True, **target)  # fmt: skip
+        choice = _Choice(model, weights, device)
+        name = layer or choice.default_layer
+        request = Request(
+            image,
+            [name],
+            None if channel is None else [channel],
+            1,
+            cls=class_,
+            size=size,
+            rule=rule.value,
+            **_targets(region, at, exclude),
+        )
+        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
 
-        def make(net, info, status):
-            return figures.occlusion(net, info, image, name, channel, class_, occluder_size, stride, size, model,
-                                     batch_size, status, rule.value, **target)  # fmt: skip
+        def make(net, status):
+            return figures.occlusion(
+                net,
+                request,
+                channel=channel,
+                occluder=occluder_size,
+                stride=stride,
+                batch_size=batch_size,
+                progress=status,
+            )
 
-        _figure(out, lambda prov: Path("figures") / f"occlusion-{name}-c{prov['channel']}.png", image, model,
-                weights, device, dpi, size, quiet, make)  # fmt: skip
+        default = lambda prov: Path("figures") / f"occlusion-{name}-c{prov['channel']}.png"  # noqa: E731
+        _figure(choice, request, _Output(out, default, dpi, quiet), make)
 
 
 @app.command()
@@ -522,7 +602,7 @@ def compare(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
-    model: Model = "vgg16",
+    model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
@@ -540,17 +620,18 @@ def compare(
     with _errors(debug):
         from . import figures
 
-        chans = _channels(channels)
-        name = layer or _default_layer(model)
-        target = _targets(region, at, exclude)
-        figures.check_request(model, weights, image, [name], chans, top, size, class_, spatial=True,
-                              class_chooses=True, **target)  # fmt: skip
-
-        def make(net, info, status):
-            return figures.compare(net, info, image, name, top, chans, size, model, status, cls=class_, **target)
-
-        _figure(out, lambda _: Path("figures") / f"compare-{name}.png", image, model, weights, device, dpi, size,
-                quiet, make)  # fmt: skip
+        choice = _Choice(model, weights, device)
+        name = layer or choice.default_layer
+        request = Request(
+            image, [name], _channels(channels), top, cls=class_, size=size, **_targets(region, at, exclude)
+        )
+        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True, class_chooses=True)
+        _figure(
+            choice,
+            request,
+            _Output(out, lambda _: Path("figures") / f"compare-{name}.png", dpi, quiet),
+            lambda net, status: figures.compare(net, request, progress=status),
+        )
 
 
 @app.command()
@@ -564,7 +645,7 @@ def sanity(
         str, typer.Option(help="Rules to test, comma-separated: deconvnet, guided, gradient.")
     ] = "deconvnet,guided,gradient",
     seed: Annotated[int, typer.Option(help="Seed of the re-initialized weights.")] = 0,
-    model: Model = "vgg16",
+    model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
@@ -588,20 +669,20 @@ def sanity(
         chosen = list(dict.fromkeys(get_rule(r.strip()).name for r in rules.split(",") if r.strip()))
         if not chosen:
             raise DeconvvizError(f"--rules '{rules}' names no rule; give e.g. deconvnet,guided,gradient")
-        name = layer or _default_layer(model)
-        figures.check_request(model, weights, image, [name], None if channel is None else [channel], 1, size,
-                              spatial=True)  # fmt: skip
+        choice = _Choice(model, weights, device)
+        name = layer or choice.default_layer
+        request = Request(image, [name], None if channel is None else [channel], 1, size=size)
+        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
         if out is not None:
             from .render import check_target
 
             check_target(out.with_suffix(".csv"))
 
-        def make(net, info, status):
-            fig, prov, csv = figures.sanity(net, info, image, name, channel, chosen, seed, size, model, status)
+        def make(net, status):
+            fig, prov, csv = figures.sanity(net, request, channel=channel, rules=chosen, seed=seed, progress=status)
             return fig, prov, {".csv": csv}
 
-        _figure(out, lambda _: Path("figures") / f"sanity-{name}.png", image, model, weights, device, dpi, size,
-                quiet, make)  # fmt: skip
+        _figure(choice, request, _Output(out, lambda _: Path("figures") / f"sanity-{name}.png", dpi, quiet), make)
 
 
 class _Bar:
@@ -660,7 +741,7 @@ def scan(
     workers: Annotated[int | None, typer.Option(help="Processes reading images. Default: min(4, CPU count).")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Images between checkpoints (OUT/state.pt).")] = 1000,
     rule: RuleOpt = RuleChoice.deconvnet,
-    model: Model = "vgg16",
+    model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
@@ -674,21 +755,36 @@ def scan(
     """
     with _errors(debug):
         from . import figures
+        from .network import load_network
         from .render import check_writable
-        from .scan import scan_folder
+        from .scan import scan_device, scan_folder
 
         _check_size(size)
-        names = _layer_names(layer, layers) or [_default_layer(model)]
+        choice = _Choice(model, weights, device)
+        names = _layer_names(layer, layers) or [choice.default_layer]
         chans = "all" if (channels or "").strip().lower() == "all" else _channels(channels)
-        figures.check_layers(model, weights, names, None if chans == "all" else chans, 1, size)
+        figures.check_layers(choice.skeleton, names, channels=None if chans == "all" else chans, top=1, size=size)
         out = out or Path("runs") / f"scan-{'_'.join(names)}"
         check_writable(out / "report.json")
+        rank = int(os.environ.get("RANK", "0"))
+        network = load_network(choice.spec, weights, scan_device(device), verbose=not quiet and rank == 0)
         bar = _Bar(quiet)
         try:
-            result = scan_folder(folder, names, out, top=top, channels=chans, size=size, model=model, weights=weights,
-                                 device=device, batch_size=batch_size, workers=workers,
-                                 checkpoint_every=checkpoint_every, progress=bar, verbose=not quiet,
-                                 rule=rule.value)  # fmt: skip
+            result = scan_folder(
+                folder,
+                names,
+                out,
+                top=top,
+                channels=chans,
+                size=size,
+                network=network,
+                batch_size=batch_size,
+                workers=workers,
+                checkpoint_every=checkpoint_every,
+                progress=bar,
+                verbose=not quiet,
+                rule=rule.value,
+            )
         finally:
             bar.stop()
         if result.written and not quiet:
@@ -698,9 +794,13 @@ def scan(
 @app.command()
 def filters(
     layer: Annotated[
-        str, typer.Option(help="The first conv layer (conv1_1); deeper layers see feature maps, not colours.")
-    ] = "conv1_1",
-    model: Model = "vgg16",
+        str | None,
+        typer.Option(
+            help="The first conv layer (conv1_1 on a VGG; default: the first convolution, whatever its name); "
+            "deeper layers see feature maps, not colours."
+        ),
+    ] = None,
+    model: Model = None,
     weights: WeightsOpt = "auto",
     out: Annotated[
         Path | None,
@@ -715,16 +815,17 @@ def filters(
     """The first layer's filters as colour patches, in RGB image terms (ZF Fig. 6)."""
     with _errors(debug):
         from . import figures
-        from .filters import first_conv
-        from .weights import skeleton
+        from .filters import first_conv, first_conv_name
 
-        first_conv(skeleton(model, weights), layer)
-
-        def make(net, info, status):
-            return figures.filters(net, info, layer, model)
-
-        _figure(out, lambda _: Path("figures") / f"filters-{layer}.png", None, model, weights, "cpu", dpi, 224, quiet,
-                make)  # fmt: skip
+        choice = _Choice(model, weights, "cpu")
+        layer = layer or first_conv_name(choice.skeleton)
+        first_conv(choice.skeleton, layer)
+        _figure(
+            choice,
+            Request(),
+            _Output(out, lambda _: Path("figures") / f"filters-{layer}.png", dpi, quiet),
+            lambda net, status: figures.filters(net, layer=layer),
+        )
 
 
 class TransformChoice(StrEnum):
@@ -748,7 +849,7 @@ def invariance(
             "classifier."
         ),
     ] = None,
-    model: Model = "vgg16",
+    model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
@@ -768,30 +869,36 @@ def invariance(
     with _errors(debug):
         from . import figures
 
-        names = _layer_names(None, layers)
-        figures.check_request(model, weights, image, names or [], None, 1, size)
-
-        def make(net, info, status):
-            return figures.invariance(net, info, image, transform.value, names, size, model, status)
-
-        _figure(out, lambda _: Path("figures") / f"invariance-{transform.value}.png", image, model, weights, device,
-                dpi, size, quiet, make)  # fmt: skip
+        choice = _Choice(model, weights, device)
+        request = Request(image, _layer_names(None, layers), top=1, size=size)
+        figures.check_request(choice.skeleton, Request(image, request.layers or [], top=1, size=size))
+        default = Path("figures") / f"invariance-{transform.value}.png"
+        _figure(
+            choice,
+            request,
+            _Output(out, lambda _: default, dpi, quiet),
+            lambda net, status: figures.invariance(net, request, transform=transform.value, progress=status),
+        )
 
 
 @app.command()
 def models(debug: Debug = False) -> None:
-    """The weights sets deconvviz knows (one model card each in models/) and which load offline here."""
+    """The weights sets deconvviz knows (one model card each in models/, and yours in $DECONVVIZ_MODELS) and
+    which load offline here."""
     with _errors(debug):
         from .cards import load_cards
         from .weights import available_offline
 
         cards = load_cards()
-        wide = max(len(c.architecture) for c in cards.values())  # a factory path is longer than vgg16
-        typer.echo(f"{'weights':<21} {'model':<{wide}} {'classifier':<10} {'offline here':<12} summary")
+        name = max([21, *(len(c.name) for c in cards.values())])
+        model = max([9, *(len(c.architecture) for c in cards.values())])
+        typer.echo(f"{'weights':<{name}} {'model':<{model}} {'classifier':<10} {'offline here':<12} summary")
         for card in cards.values():
             offline = "yes" if available_offline(card) else "no"
             classifier = "yes" if card.classifier else "no"
-            typer.echo(f"{card.name:<21} {card.architecture:<{wide}} {classifier:<10} {offline:<12} {card.summary}")
+            typer.echo(
+                f"{card.name:<{name}} {card.architecture:<{model}} {classifier:<10} {offline:<12} {card.summary}"
+            )
 
 
 class _Steps:
@@ -859,7 +966,7 @@ def explore(
     per_position: Annotated[
         int, typer.Option(help="Units kept per feature-map position (the strongest there), listed on a click.")
     ] = 5,
-    model: Model = "vgg16",
+    model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
@@ -870,16 +977,27 @@ def explore(
     strongest at that position with their projections. Opens from file://."""
     with _errors(debug):
         from . import figures
+        from .network import load_network
         from .site import explore_site
 
         _check_size(size)
         names = _layer_names(None, layers)
-        figures.check_request(model, weights, image, names or [], None, top, size, spatial=True)
+        choice = _Choice(model, weights, device)
+        figures.check_request(choice.skeleton, Request(image, names or [], top=top, size=size), spatial=True)
+        network = load_network(choice.spec, weights, device, verbose=not quiet)
         bar = _Steps(quiet)
         try:
-            summary = explore_site(image, out, layers=names, top=top, per_position=per_position, model=model,
-                                   weights=weights, device=device, size=size, progress=bar,
-                                   verbose=not quiet)  # fmt: skip
+            summary = explore_site(
+                image,
+                out,
+                layers=names,
+                top=top,
+                per_position=per_position,
+                network=network,
+                size=size,
+                progress=bar,
+                verbose=not quiet,
+            )
         finally:
             bar.stop()
         if not quiet:

@@ -268,3 +268,22 @@ def _seeds(act: Tensor, sel: Selection, rows: Tensor, together: bool) -> tuple[T
     k = sel.channels.shape[1]
     per_sel = seeds(act, sel, (rows[:, None] * k + torch.arange(k, device=rows.device)).flatten())
     return per_sel.unflatten(0, (len(rows), k)).sum(1), rows
+
+
+def crop_boxes(dn: Deconvnet, out: Projection) -> Tensor:
+    """Where to crop each projection (N, K, 4: top, bottom, left, right, half-open): its exact receptive field
+    on a chain; on other networks (whose receptive fields are not computed yet) the box its projection touches,
+    the smallest one holding every nonzero pixel (all of the image where none is)."""
+    boxes = dn.receptive_field_boxes(out)
+    if boxes is not None:
+        return boxes
+    touched = out.images.abs().sum(2) > 0  # (N, K, H, W)
+
+    def span(hit: Tensor) -> tuple[Tensor, Tensor]:
+        n = hit.shape[-1]
+        idx = torch.arange(n, device=hit.device)
+        empty = ~hit.any(-1)
+        lo = torch.where(hit, idx, n).amin(-1).masked_fill(empty, 0)
+        return lo, torch.where(hit, idx + 1, 0).amax(-1).masked_fill(empty, n)
+
+    return torch.stack([*span(touched.any(-1)), *span(touched.any(-2))], -1).cpu()

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 
 
 class DeconvvizError(Exception):
-    """Base of every error deconvviz raises on purpose; the CLI prints it as one line, exit code 2."""
+    """Base of every error deconvviz raises on purpose; the CLI prints it as one line, exit code 2.
+
+    `about`: the API argument the error is about ("layer", "class", "weights", ...), in API terms; the CLI
+    names its own option for it (--layer, --class, --weights): the engine never names a CLI flag."""
+
+    def __init__(self, *args, about: str | None = None):
+        super().__init__(*args)
+        self.about = about
 
 
 class LayerError(DeconvvizError, KeyError):

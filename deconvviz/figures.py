@@ -14,14 +14,15 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from . import __version__
-from .deconvnet import Deconvnet, Projection
+from .deconvnet import Deconvnet, Projection, crop_boxes
 from .errors import LayerError, OcclusionError, SelectionError
-from .filters import first_layer_filters
-from .forward import output_shapes
+from .filters import first_conv_name, first_layer_filters
+from .forward import layer_shape
 from .images import DEFAULT_IMAGE, check_size, load_image, to_batch, to_display
 from .invariance import UNITS
 from .invariance import invariance as invariance_sweep
-from .layers import chain_of, default_layer, receptive_fields, resolve, step_index
+from .layers import chain_of, default_layer, module_outputs, receptive_fields, step_index
+from .network import Network, has_classifier
 from .occlusion import occlusion_maps
 from .render import (
     STAGE_VIEW,
@@ -35,11 +36,13 @@ from .render import (
     sanity_figure,
     save,
 )
+from .request import Request
+from .reverse import Stage
 from .rules import RULES
 from .sanity import layer_label, sanity_report
 from .selection import checked_channels
 from .targets import check_choice, find_region
-from .weights import Weights, skeleton
+from .weights import Weights
 
 Progress = Callable[[str], None]
 # What `reconstruct` shows of the built-in photo when nothing is chosen: the conv5_3 map strongest on the
@@ -62,48 +65,79 @@ def _image_record(path: str | os.PathLike | None) -> dict:
     return {"path": shown, "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def check_request(model_name: str, weights: str | os.PathLike, image=None, layers: Sequence[str] = (),
-                  channels: Sequence[int] | None = None, top: int = 9, size: int = 224, cls: int | None = None, *,
-                  spatial: bool = False, region=None, at=None, exclude=(),
-                  class_chooses: bool = False) -> None:  # fmt: skip
+def check_request(
+    model: nn.Module,
+    request: Request,
+    *,
+    spatial: bool = False,
+    class_chooses: bool = False,
+    name: str = "this network",
+) -> None:
     """Refuse a bad request before any weights are loaded: the image is read, and the layers, channels, class
     and region, point or excluded boxes (names from the image's sidecar) are checked on the architecture alone
-    (weights.skeleton: no weights, no memory). spatial: the layers must have receptive fields (conv, pool).
-    class_chooses: cls chooses the maps (so it excludes channels), rather than naming a probability to map."""
+    (network.skeleton_network: no weights, no memory). spatial: the layers must have receptive fields (conv,
+    pool). class_chooses: cls chooses the maps (so it excludes channels), rather than naming a probability.
+    name: what the messages call the network (e.g. "vgg16 with weights vgg16-caffe")."""
+    r, size = request, request.size or 224
     check_size(size)
-    load_image(image if image is not None else DEFAULT_IMAGE)
-    check_choice(region=region, at=at, exclude=exclude, cls=cls if class_chooses else None, channels=channels)
-    check_layers(model_name, weights, layers, channels, top, size, cls,
-                 spatial=spatial or region is not None or at is not None)  # fmt: skip
-    if region is not None or at is not None:
-        model = skeleton(model_name, weights)
-        found = {"region": None if region is None else find_region(region, image, size, size, size), "at": at,
-                 "exclude": [find_region(e, image, size, size, size) for e in exclude]}  # fmt: skip
+    load_image(r.image if r.image is not None else DEFAULT_IMAGE)
+    channels = None if isinstance(r.channels, str) else r.channels
+    layers = list(r.layers) if r.layers is not None else [default_layer(model)]
+    check_choice(region=r.region, at=r.at, exclude=r.exclude, cls=r.cls if class_chooses else None, channels=channels)
+    check_layers(
+        model,
+        layers,
+        channels=channels,
+        top=r.top,
+        size=size,
+        cls=r.cls,
+        spatial=spatial or r.region is not None or r.at is not None,
+        name=name,
+    )
+    if r.region is not None or r.at is not None:
+        found = {
+            "region": None if r.region is None else find_region(r.region, r.image, size, size, size),
+            "at": r.at,
+            "exclude": [find_region(e, r.image, size, size, size) for e in r.exclude],
+        }
         for layer in layers:
             check_choice(model, layer, (size, size), channels=channels, **found)
 
 
-def check_layers(model_name: str, weights: str | os.PathLike, layers: Sequence[str] = (),
-                 channels: Sequence[int] | None = None, top: int = 9, size: int = 224,
-                 cls: int | None = None, *, spatial: bool = False) -> None:  # fmt: skip
-    """check_request without an image: layers, channels and class checked on weights.skeleton."""
+def check_layers(
+    model: nn.Module,
+    layers: Sequence[str] = (),
+    *,
+    channels: Sequence[int] | None = None,
+    top: int = 9,
+    size: int = 224,
+    cls: int | None = None,
+    spatial: bool = False,
+    name: str = "this network",
+) -> None:
+    """check_request without an image: layers, channels and class checked on the architecture alone."""
     check_size(size)
-    model = skeleton(model_name, weights)
-    steps = chain_of(model)
-    shapes = output_shapes(model, steps, (size, size))
     for layer in layers:
-        index = step_index(steps, resolve(model, steps, layer))
-        checked_channels(layer, shapes[index][0], channels, top)
-        if spatial and len(shapes[index]) != 3:
-            raise LayerError(f"layer '{layer}' mixes all positions of the image (no receptive field); choose a "
-                             "convolution or pool layer, e.g. conv5_3")  # fmt: skip
-    last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
-    if cls is not None and not isinstance(last.module, nn.Linear):
-        raise OcclusionError(f"--class needs a model with a classifier, and {model_name} with --weights {weights} "
-                             "has none; use --weights torchvision")  # fmt: skip
-    if cls is not None and not 0 <= cls < last.module.out_features:
-        n = last.module.out_features
-        raise SelectionError(f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}")
+        shape = layer_shape(model, layer, size)
+        checked_channels(layer, shape[0], channels, top)
+        if spatial and len(shape) != 3:
+            raise LayerError(
+                f"layer '{layer}' mixes all positions of the image (no receptive field); choose a "
+                f"convolution or pool layer, e.g. {default_layer(model)}"
+            )
+    if cls is None:
+        return
+    if not has_classifier(model):
+        raise OcclusionError(
+            f"a class needs a model with a classifier (class scores), and {name} has none; "
+            "use weights with a classifier (torchvision, a card or a state dict)",
+            about="class",
+        )
+    n = [r for r in module_outputs(model, (size, size)) if r.name == ""][0].shape[0]
+    if not 0 <= cls < n:
+        raise SelectionError(
+            f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}", about="class"
+        )
 
 
 def _selections(dn: Deconvnet, out: Projection) -> dict:
@@ -130,7 +164,7 @@ def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
     return rows.size, cols.size
 
 
-def _target(image, size: int | None, x: torch.Tensor, region=None, at=None, exclude=(), cls=None) -> dict:
+def _target(x: torch.Tensor, *, image, size: int | None, region=None, at=None, exclude=(), cls=None) -> dict:
     """project's keywords for a region (a name from the image's sidecar, or a box), point or class."""
     h, w = x.shape[-2:]
     out = {"region": None if region is None else find_region(region, image, size, w, h), "at": at, "cls": cls}
@@ -169,39 +203,56 @@ def _weights_record(weights: Weights) -> dict:
             "preprocess": weights.preprocess.name}  # fmt: skip
 
 
-def _provenance(command: str, image, model_name: str, weights: Weights, size, x, layers: list[dict]) -> dict:
+def _shown_path(text: str) -> str:
+    """A path inside the working folder relative to it, else its file name: provenance names no local path."""
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        return text
+    return p.relative_to(Path.cwd()).as_posix() if p.is_relative_to(Path.cwd()) else p.name
+
+
+def _network_record(net: Network) -> dict:
+    """Network.record() with the files it names (a factory file, a state dict or card) as _shown_path shows them."""
+    where, colon, attr = net.spec.rpartition(":")
+    spec = f"{_shown_path(where)}:{attr}" if where.endswith(".py") else net.spec
+    weights = _shown_path(net.weights_choice) if Path(net.weights_choice).suffix in (".pt", ".pth", ".toml") else None
+    return net.record() | {"spec": spec, "weights": weights or net.weights_choice}
+
+
+def _provenance(command: str, net: Network, x, *, image, size, layers: list[dict]) -> dict:
     return {
         "command": command,
         "deconvviz": __version__,
         "torch": torch.__version__.split("+")[0],
         "image": _image_record(image),
-        "model": model_name,
-        "weights": _weights_record(weights),
+        "model": _network_record(net)["spec"],
+        "network": _network_record(net),
+        "weights": _weights_record(net.weights),
         "input_size": list(x.shape[-2:]),
         "size": size,
         "layers": layers,
     }
 
 
-def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[str] | None = None, top: int = 9,
-              channels: Sequence[int] | None = None, mode: str = "max", size: int | None = 224,
-              model_name: str = "vgg16", progress: Progress | None = None, rule: str = "deconvnet", *, region=None,
-              at=None, exclude=(), cls: int | None = None) -> tuple[Figure, dict]:  # fmt: skip
+def visualize(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
     """Layer grid: per layer (None: the last conv layer), the selected feature maps' projections beside
-    their image patches. rule: how ReLUs pass the signal back (deconvnet, guided, gradient). region (a sidecar
-    name or a box), at, exclude, cls: as `Deconvnet.project`."""
+    their image patches. request.rule: how ReLUs pass the signal back (deconvnet, guided, gradient). region (a
+    sidecar name or a box), at, exclude, cls: as `Deconvnet.project`."""
+    model, weights, model_name, image, layers = net.module, net.weights, net.name, request.image, request.layers
+    top, channels, mode, size, rule = request.top, request.channels, request.mode, request.size, request.rule
+    region, at, exclude, cls = request.region, request.at, request.exclude, request.cls
     layers = list(dict.fromkeys(layers)) if layers is not None else [default_layer(model)]
     if not layers:
         raise LayerError("no layers given; name one or more, e.g. conv1_2,conv3_3,conv5_3")
     dn = Deconvnet(model, rule=rule)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
-    target = _target(image, size, x, region, at, exclude, cls)
+    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
     for layer in layers:
         if progress:
             progress(f"projecting {layer}")
         out = dn.project(x, layer, channels=channels, mode=mode, top=top, **target)
-        boxes = dn.receptive_field_boxes(out) if mode == "max" else None
+        boxes = crop_boxes(dn, out) if mode == "max" else None
         sel = out.selections
         rows.append(GridRow(layer, out.images[0].cpu(), None if boxes is None else boxes[0], sel.channels[0].tolist(),
                             sel.values[0].tolist(), _field(dn, out.layer)))  # fmt: skip
@@ -211,14 +262,12 @@ def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[s
     title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title})"
     title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
     fig = layer_grid(picture, rows, weights.preprocess, title)
-    return fig, _provenance("visualize", image, model_name, weights, size, x, records) | {"rule": dn.rule.name}
+    return fig, _provenance("visualize", net, x, image=image, size=size, layers=records) | {"rule": dn.rule.name}
 
 
-def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | None = None,
-                channels: Sequence[int] | str | None = None, mode: str | None = None, size: int | None = 224,
-                model_name: str = "vgg16", progress: Progress | None = None, rule: str = "deconvnet", *,
-                region=None, at=None, exclude=(), cls: int | None = None,
-                stage_view: str = STAGE_VIEW) -> tuple[Figure, dict]:  # fmt: skip
+def reconstruct(
+    net: Network, request: Request, *, stage_view: str = STAGE_VIEW, progress: Progress | None = None
+) -> tuple[Figure, dict]:
     """Layer-by-layer reconstruction: the input, then every stage of the reverse journey to pixels.
 
     layer None: the last conv layer. channels None: the strongest feature map; "all": every one; several
@@ -227,21 +276,26 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | Non
     outside the dog, whole (BUILT_IN).
     mode None: "max", or the built-in choice's. stage_view: how the intermediate stages are drawn (render).
     """
+    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    channels, mode, size, rule = request.channels, request.mode, request.size, request.rule
+    region, at, exclude, cls = request.region, request.at, request.exclude, request.cls
     layer = layer or default_layer(model)
-    if image is None and channels is None and region is None and at is None and cls is None and not exclude:
+    # the built-in choice needs receptive-field centres, known here for chains only (targets.centres)
+    plain = image is None and channels is None and region is None and at is None and cls is None and not exclude
+    if plain and chain_of(model) is not None:
         region, exclude, mode = BUILT_IN["region"], BUILT_IN["exclude"], mode or BUILT_IN["mode"]
     mode = mode or "max"
     dn = Deconvnet(model, rule=rule)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     if channels == "all":
-        steps = dn.steps
-        shape = output_shapes(model, steps, tuple(x.shape[-2:]))[step_index(steps, resolve(model, steps, layer))]
-        channels = range(shape[0])
+        channels = range(layer_shape(net.module, layer, x.shape[-1])[0])
     if progress:
         progress(f"projecting {layer}")
-    target = _target(image, size, x, region, at, exclude, cls)
+    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
     out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True, **target)
-    stages = [type(s)(s.name, s.kind, s.step, s.tensor[0, 0].cpu()) for s in out.stages]
+    stages = [Stage(s.name, s.kind, s.step, s.tensor[0, 0].cpu()) for s in out.stages]
+    if not stages:  # the autograd path (a network that is no chain) has no stages yet: the reconstruction alone
+        stages = [Stage("pixels", "deconv", out.layer, out.images[0, 0].cpu())]
     chans = out.selections.channels[0].tolist()
     shown = f"feature map {chans[0]}" if len(chans) == 1 else f"{len(chans)} feature maps together"
     title = (
@@ -252,33 +306,53 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | Non
     fig = reconstruction_figure(to_display(x[0].cpu(), weights.preprocess), stages, weights.preprocess, title,
                                 stage_view)  # fmt: skip
     chosen = _selections(dn, out) | _target_record(target)
-    prov = _provenance("reconstruct", image, model_name, weights, size, x, [chosen])
+    prov = _provenance("reconstruct", net, x, image=image, size=size, layers=[chosen])
     prov["rule"] = dn.rule.name
     prov["stage_view"] = stage_view
     prov["stages"] = [{"name": s.name, "kind": s.kind, "size": list(s.size), "undoes": s.step} for s in out.stages]
     return fig, prov
 
 
-def occlusion(model: nn.Module, weights: Weights, image=None, layer: str | None = None, channel: int | None = None,
-              cls: int | None = None, size: int | None = None, stride: int | None = None, image_size: int | None = 224,
-              model_name: str = "vgg16", batch_size: int = 32, progress: Progress | None = None,
-              rule: str = "deconvnet", *, region=None, at=None, exclude=()) -> tuple[Figure, dict]:  # fmt: skip
+def occlusion(
+    net: Network,
+    request: Request,
+    *,
+    channel: int | None = None,
+    occluder: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> tuple[Figure, dict]:
     """Occlusion sensitivity (ZF Fig. 7) of one feature map (default: the image's strongest) and, with cls, a class.
 
     The occluder is the dataset mean colour of the weights' preprocessing; size and stride as `occlusion_maps`.
     layer None: the last conv layer. rule: how the projection panel passes ReLUs (deconvnet, guided, gradient).
-    region, at, exclude: watch the map strongest there (`Deconvnet.project`).
+    region, at, exclude: watch the map strongest there (`Deconvnet.project`). occluder: the square's side.
     """
+    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    cls, size, image_size, rule = request.cls, occluder, request.size, request.rule
+    region, at, exclude = request.region, request.at, request.exclude
     layer = layer or default_layer(model)
     dn = Deconvnet(model, rule=rule)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, image_size,
                  device=dn.device)  # fmt: skip
     if progress:
         progress(f"projecting {layer}")
-    target = _target(image, image_size, x, region, at, exclude)
+    target = _target(x, image=image, size=image_size, region=region, at=at, exclude=exclude)
     out = dn.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1, **target)
     channel = int(out.selections.channels[0, 0])
-    res = occlusion_maps(model, x, layer, channel, size, stride, cls, weights.preprocess, batch_size, progress)
+    res = occlusion_maps(
+        model,
+        x,
+        layer,
+        channel,
+        size=size,
+        stride=stride,
+        cls=cls,
+        grey=weights.preprocess,
+        batch_size=batch_size,
+        progress=progress,
+    )
     name = None
     if cls is not None:
         name = weights.categories[cls] if weights.categories and cls < len(weights.categories) else f"class {cls}"
@@ -288,7 +362,7 @@ def occlusion(model: nn.Module, weights: Weights, image=None, layer: str | None 
     picture = to_display(x[0].cpu(), weights.preprocess)
     strongest = float(out.selections.values[0, 0])
     fig = occlusion_figure(picture, res, out.images[0, 0].cpu(), strongest, weights.preprocess, title, name)
-    prov = _provenance("occlusion", image, model_name, weights, image_size, x, [_selections(dn, out)])
+    prov = _provenance("occlusion", net, x, image=image, size=image_size, layers=[_selections(dn, out)])
     del prov["layers"]
 
     def summary(m: torch.Tensor, baseline: float) -> dict:
@@ -320,17 +394,17 @@ def write(fig: Figure, provenance: dict, out: str | os.PathLike, dpi: int = 150,
     return out, meta, *extra
 
 
-def compare(model: nn.Module, weights: Weights, image=None, layer: str | None = None, top: int = 4,
-            channels: Sequence[int] | None = None, size: int | None = 224, model_name: str = "vgg16",
-            progress: Progress | None = None, *, region=None, at=None, exclude=(),
-            cls: int | None = None) -> tuple[Figure, dict]:  # fmt: skip
+def compare(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
     """Deconvnet, guided backprop and gradient side by side (Springenberg et al.): the selected feature maps'
     strongest activations (default: the `top` strongest maps; region, at, exclude, cls: as `Deconvnet.project`),
     each projected by every rule; the first rule's selections are the others'."""
+    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    top, channels, size, cls = request.top, request.channels, request.size, request.cls
+    region, at, exclude = request.region, request.at, request.exclude
     layer = layer or default_layer(model)
     dn = Deconvnet(model)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
-    target = _target(image, size, x, region, at, exclude, cls)
+    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
     outs, chosen = {}, {"channels": channels, "top": top, **target}
     for rule in RULES.values():
         if progress:
@@ -338,9 +412,9 @@ def compare(model: nn.Module, weights: Weights, image=None, layer: str | None = 
         outs[rule.title] = out = dn.project(x, layer, mode="max", rule=rule, **chosen)
         chosen = {"channels": out.selections.channels[0], "positions": out.selections.positions}
     first = next(iter(outs.values()))
-    boxes = dn.receptive_field_boxes(first)
-    if boxes is None:
+    if len(first.selections.shape) != 3:
         raise LayerError(f"'{layer}' mixes all positions: no receptive field to crop; choose a conv or pool layer")
+    boxes = crop_boxes(dn, first)
     sel = first.selections
     title = f"{model_name} ({weights.name}), {layer}: the same activations projected by three rules"
     title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
@@ -348,16 +422,24 @@ def compare(model: nn.Module, weights: Weights, image=None, layer: str | None = 
                          boxes[0], sel.channels[0].tolist(), sel.values[0].tolist(), _field(dn, first.layer),
                          weights.preprocess, title)  # fmt: skip
     prov = _provenance(
-        "compare", image, model_name, weights, size, x, [_selections(dn, first) | _target_record(target)]
+        "compare", net, x, image=image, size=size, layers=[_selections(dn, first) | _target_record(target)]
     )
     prov["rules"] = [r.name for r in RULES.values()]
     return fig, prov
 
 
-def sanity(model: nn.Module, weights: Weights, image=None, layer: str | None = None, channel: int | None = None,
-           rules: Sequence[str] = tuple(RULES), seed: int = 0, size: int | None = 224, model_name: str = "vgg16",
-           progress: Progress | None = None) -> tuple[Figure, dict, str]:  # fmt: skip
+def sanity(
+    net: Network,
+    request: Request,
+    *,
+    channel: int | None = None,
+    rules: Sequence[str] = tuple(RULES),
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[Figure, dict, str]:
     """The sanity report of one unit (sanity.py): figure, provenance with every number, and the numbers as CSV."""
+    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    size = request.size
     layer = layer or default_layer(model)
     device = Deconvnet(model).device
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
@@ -377,7 +459,7 @@ def sanity(model: nn.Module, weights: Weights, image=None, layer: str | None = N
             rows += [(r, test, lab, *_numbers(s)) for lab, s in zip(labels, sims, strict=True)]
         rows += [(r, "specificity", "", *_numbers(rep.specificity[r])), (r, "recovery", "", *_numbers(rep.recovery[r]))]
     csv = "".join(",".join("" if v is None else str(v) for v in row) + "\n" for row in rows)
-    prov = _provenance("sanity", image, model_name, weights, size, x, [])
+    prov = _provenance("sanity", net, x, image=image, size=size, layers=[])
     del prov["layers"]
     prov |= {
         "layer": layer, "module": rep.module, "channel": rep.channel, "position": list(rep.position),
@@ -397,9 +479,11 @@ def _numbers(s) -> tuple:
     return tuple(None if v is None else round(v, 6) for v in (s.spearman_abs, s.spearman, s.ssim))
 
 
-def filters(model: nn.Module, weights: Weights, layer: str = "conv1_1",
-            model_name: str = "vgg16") -> tuple[Figure, dict]:  # fmt: skip
-    """First-layer filters as colour patches (ZF Fig. 6), in RGB image terms (filters.first_layer_filters)."""
+def filters(net: Network, *, layer: str | None = None) -> tuple[Figure, dict]:
+    """First-layer filters as colour patches (ZF Fig. 6), in RGB image terms (filters.first_layer_filters).
+    layer None: the first convolution, whatever its name."""
+    model, weights, model_name = net.module, net.weights, net.name
+    layer = layer or first_conv_name(model)
     module, templates = first_layer_filters(model, layer, weights.preprocess)
     k, _, kh, kw = templates.shape
     undone = "BGR order and 0-255 scale" if weights.preprocess.bgr else "per-channel std"
@@ -407,18 +491,20 @@ def filters(model: nn.Module, weights: Weights, layer: str = "conv1_1",
              f"{undone} undone);\neach scaled to its own largest |weight|, mid-grey = 0")  # fmt: skip
     prov = {
         "command": "filters", "deconvviz": __version__, "torch": torch.__version__.split("+")[0],
-        "model": model_name, "weights": _weights_record(weights), "layer": layer, "module": module,
+        "model": _network_record(net)["spec"], "network": _network_record(net),
+        "weights": _weights_record(weights), "layer": layer, "module": module,
         "filters": k, "kernel": [kh, kw], "normalization": "each filter: 0.5 + w / (2 max|w|)",
         "largest_abs_weight": [round(float(v), 6) for v in templates.abs().flatten(1).amax(1)],
     }  # fmt: skip
     return filter_grid(templates, title), prov
 
 
-def invariance(model: nn.Module, weights: Weights, image=None, transform: str = "rotate",
-               layers: Sequence[str] | None = None, size: int | None = 224, model_name: str = "vgg16",
+def invariance(net: Network, request: Request, *, transform: str = "rotate",
                progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
     """ZF Fig. 5: distances of feature vectors to the original's over a range of `transform`, per layer, and the
     probability of the image's top class where the weights have a classifier."""
+    model, weights, model_name, image = net.module, net.weights, net.name, request.image
+    layers, size = request.layers, request.size
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size,
                  device=next(model.parameters()).device)  # fmt: skip
     res = invariance_sweep(model, x, transform, layers=layers, progress=progress)
@@ -435,7 +521,7 @@ def invariance(model: nn.Module, weights: Weights, image=None, transform: str = 
         curves.append((f"p({name})", res.probabilities, "probability"))
     title = f"{model_name} ({weights.name}): feature vectors of the image under {transform} (Zeiler & Fergus Fig. 5)"
     fig = invariance_figure(thumbs, res.amounts, f"{transform} ({unit})", curves, title)
-    prov = _provenance("invariance", image, model_name, weights, size, x, [])
+    prov = _provenance("invariance", net, x, image=image, size=size, layers=[])
     del prov["layers"]
     prov |= {
         "transform": transform, "unit": unit, "fill": "dataset mean colour (network input 0)",

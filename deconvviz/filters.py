@@ -5,16 +5,38 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .errors import LayerError
-from .layers import Step, chain_of, resolve, step_index
+from .layers import Step, chain_of, module_outputs, resolve, step_index, vgg_aliases
 from .preprocess import Preprocess
+
+
+def first_conv_name(model: nn.Module) -> str:
+    """The name of the first convolution a forward pass runs: conv1_1 on a VGG, else its module path."""
+    steps = chain_of(model)
+    if steps is not None:
+        aliases = vgg_aliases(steps) if any(s.name.startswith("features.") for s in steps) else {}
+        first = next((s for s in steps if isinstance(s.module, nn.Conv2d)), None)
+        if first is None:
+            raise LayerError(f"{type(model).__name__} has no convolution; there are no filters to draw")
+        relu = next((s.name for s in steps[steps.index(first) :] if isinstance(s.module, nn.ReLU)), None)
+        return next((a for a, p in aliases.items() if p == relu and a.startswith("conv")), first.name)
+    first = next((r for r in module_outputs(model, (64, 64)) if isinstance(r.module, nn.Conv2d)), None)
+    if first is None:
+        raise LayerError(f"{type(model).__name__} has no convolution; there are no filters to draw")
+    return first.name
 
 
 def first_conv(model: nn.Module, layer: str) -> Step:
     """The conv step of `layer` when it is the first layer (its filters see pixels); else a LayerError that
-    says to use the scan. Works on a skeleton (weights.skeleton), so a bad --layer fails before loading."""
+    says to use the scan. Works on a skeleton (network.skeleton_network), so a bad layer fails before loading."""
     steps = chain_of(model)
     if steps is None:
-        raise LayerError(f"{type(model).__name__} is not a chain of layers; filters are drawn for VGG-like models")
+        name, first = resolve(model, None, layer), first_conv_name(model)
+        if name != first:
+            raise LayerError(
+                f"the filters of '{layer}' do not see pixels: only the first convolution's ('{first}') "
+                "can be drawn as colour patches"
+            )
+        return Step(name, dict(model.named_modules())[name])
     upto = step_index(steps, resolve(model, steps, layer))
     convs = [s for s in steps[: upto + 1] if isinstance(s.module, nn.Conv2d)]
     mixers = [s for s in steps[:upto] if isinstance(s.module, (nn.Conv2d, nn.Linear))]

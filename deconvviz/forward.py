@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ImageError, LayerError, out_of_memory
-from .layers import Step, chain_of, in_channels, receptive_fields, vgg_aliases
+from .layers import Step, chain_of, in_channels, module_outputs, receptive_fields, resolve, step_index, vgg_aliases
 
 
 @dataclass
@@ -102,12 +102,53 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int, *, keep_masks: bool =
     return ForwardRecord(x, shapes, switches, masks)
 
 
+@torch.no_grad()
+def module_activations(model: nn.Module, x: Tensor, taps: dict[str, str], *, keep_output: bool = False):
+    """One forward pass of any network, keeping the output of each tapped module ({layer name: module path});
+    the hooks are removed after the pass, also on error. keep_output: also return the model's output."""
+    kept: dict[str, Tensor] = {}
+    modules = dict(model.named_modules())
+
+    def keep(path: str):
+        def hook(m, args, out):
+            kept[path] = out.detach().clone()  # later in-place steps (a residual's +=) must not change it
+
+        return hook
+
+    handles = [modules[path].register_forward_hook(keep(path)) for path in set(taps.values())]
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    found = {name: kept[path] for name, path in taps.items()}
+    return (found, out) if keep_output else found
+
+
 def output_shapes(model: nn.Module, steps: list[Step], size: tuple[int, int]) -> list[tuple[int, ...]]:
     """Per-image output shape of every step for an input of `size`. Runs on the meta device: shapes only,
     no memory or arithmetic, whatever the size."""
     meta = [Step(s.name, _on_meta(s.module)) for s in steps]
     x = torch.zeros(1, in_channels(steps), *size, device="meta")
     return [tuple(t[1:]) for t in forward_chain(meta, x, len(steps) - 1).shapes[1:]]
+
+
+def layer_shape(model: nn.Module, layer: str, size: int) -> tuple[int, ...]:
+    """Output shape per image of a layer (a name `resolve` knows) for a square input of `size`, on the meta
+    device. A module that does not run exactly once with a tensor output cannot be projected from."""
+    steps = chain_of(model)
+    if steps is not None:
+        return output_shapes(model, steps, (size, size))[step_index(steps, resolve(model, steps, layer))]
+    name = resolve(model, None, layer)
+    found = next((r for r in module_outputs(model, (size, size)) if r.name == name), None)
+    if found is None or found.runs != 1 or not found.shape:
+        why = "does not run" if found is None else f"runs {found.runs} times" if found.runs != 1 else "is no tensor"
+        raise LayerError(
+            f"layer '{layer}' {why} in a forward pass; choose a module that runs once and returns "
+            "a tensor (see `deconvviz layers`)",
+            about="layer",
+        )
+    return found.shape
 
 
 def _on_meta(m: nn.Module) -> nn.Module:
@@ -118,18 +159,43 @@ def _on_meta(m: nn.Module) -> nn.Module:
     return twin
 
 
-def layer_table(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, str, str, tuple, str, str]]:
-    """One row per step of a chain model: (VGG name, module path, type, output shape, receptive field size,
-    stride); the field is 'all' from the first layer that mixes every position on."""
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer a projection can start from: its VGG name (or ""), module path, type, output shape per image,
+    and receptive field size and stride ("all" once every position is mixed; "?" where not yet known).
+    `columns` is where more per-layer facts go (e.g. how each rule passes the module), by column title."""
+
+    alias: str
+    module: str
+    kind: str
+    shape: tuple
+    rf: str
+    stride: str
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+def layer_table(model: nn.Module, size: tuple[int, int]) -> list[LayerRow]:
+    """One row per layer: every step of a chain model, or every module of any other network that runs once
+    and returns a tensor (the modules a projection can start from), in the order their forwards finish."""
     steps = chain_of(model)
     if steps is None:
-        raise LayerError(f"{type(model).__name__} is not a chain of layers; its layers: see model.named_modules()")
+        return [
+            LayerRow("", r.name, type(r.module).__name__, r.shape, *_field_of(model, r))
+            for r in module_outputs(model, size)
+            if r.name and r.runs == 1 and r.shape
+        ]
     shapes, alias = output_shapes(model, steps, size), {v: k for k, v in vgg_aliases(steps).items()}
     rows, mixed = [], False
     for i, s in enumerate(steps):
         mixed = mixed or isinstance(s.module, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten))
-        field = None if mixed else receptive_fields(steps, i)[0]
-        rf = ("all", "-") if field is None else (str(field.size), str(field.stride))
+        field_ = None if mixed else receptive_fields(steps, i)[0]
+        rf = ("all", "-") if field_ is None else (str(field_.size), str(field_.stride))
         if s.name != "flatten":
-            rows.append((alias.get(s.name, ""), s.name, type(s.module).__name__, shapes[i], *rf))
+            rows.append(LayerRow(alias.get(s.name, ""), s.name, type(s.module).__name__, shapes[i], *rf))
     return rows
+
+
+def _field_of(model: nn.Module, out) -> tuple[str, str]:
+    """Receptive field size and stride of a module of a non-chain network: "all" for class scores and pooled
+    vectors; "?" for feature maps (exact fields of any network are not computed here yet)."""
+    return ("all", "-") if len(out.shape) == 1 else ("?", "?")

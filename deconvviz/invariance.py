@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .errors import DeconvvizError, LayerError
-from .forward import apply
+from .errors import DeconvvizError
+from .forward import apply, module_activations
 from .layers import chain_of, default_layer, resolve, step_index, vgg_aliases
 
 TRANSFORMS = ("shift", "scale", "rotate")
@@ -64,16 +64,20 @@ def transformed(x: Tensor, transform: str, amount: float) -> Tensor:
 
 
 def has_classifier(model: nn.Module) -> bool:
-    steps = chain_of(model)
-    last = [s for s in steps or [] if not isinstance(s.module, (nn.Identity, nn.Dropout))]
-    return bool(last) and isinstance(last[-1].module, nn.Linear)
+    from .network import has_classifier as scores
+
+    return scores(model)
 
 
 def default_layers(model: nn.Module) -> list[str]:
     """A low layer (the first block's last conv: conv1_2 on vgg16), the last conv layer (conv5_3 on vgg16)
-    and, with a classifier, fc7."""
+    and, with a classifier, fc7; on other networks the first convolution and the default layer."""
     steps = chain_of(model)
-    low = [a for a in vgg_aliases(steps) if a.startswith("conv1_")] if steps is not None else []
+    if steps is None or not any(s.name.startswith("features.") for s in steps):
+        from .filters import first_conv_name
+
+        return list(dict.fromkeys([first_conv_name(model), default_layer(model)]))
+    low = [a for a in vgg_aliases(steps) if a.startswith("conv1_")]
     return [*low[-1:], default_layer(model)] + (["fc7"] if has_classifier(model) else [])
 
 
@@ -84,14 +88,29 @@ def invariance(model: nn.Module, x: Tensor, transform: str, amounts: Sequence[fl
     """Feature-vector distances to the original image (1, 3, H, W) over a range of a transform, per layer, and
     the probability of the original's top class where the model has a classifier."""
     steps = chain_of(model)
-    if steps is None:
-        raise LayerError(f"{type(model).__name__} is not a chain of layers; invariance is measured on VGG-like models")
     if x.dim() != 4 or x.shape[0] != 1:
         raise DeconvvizError(f"invariance takes one preprocessed image (1, 3, H, W), got {tuple(x.shape)}")
     amounts = torch.as_tensor(default_amounts(transform, x.shape[-1]) if amounts is None else amounts).float()
     layers = list(dict.fromkeys(layers)) if layers else default_layers(model)
-    where = [step_index(steps, resolve(model, steps, layer)) for layer in layers]
     classify = has_classifier(model)
+    if steps is None:  # any other network: one whole forward, the layers read by hooks
+        taps = {layer: resolve(model, None, layer) for layer in layers}
+
+        def features(batch: Tensor) -> tuple[list[Tensor], Tensor | None]:
+            kept, out = module_activations(model, batch, taps, keep_output=True)
+            return [kept[layer].flatten(1) for layer in layers], out.softmax(1) if classify else None
+
+        return _sweep(
+            x,
+            transform,
+            amounts,
+            layers,
+            batch_size=batch_size,
+            progress=progress,
+            features=features,
+            classify=classify,
+        )
+    where = [step_index(steps, resolve(model, steps, layer)) for layer in layers]
     upto = len(steps) - 1 if classify else max(where)
 
     def features(batch: Tensor) -> tuple[list[Tensor], Tensor | None]:
@@ -102,6 +121,15 @@ def invariance(model: nn.Module, x: Tensor, transform: str, amounts: Sequence[fl
                 kept[i] = out.flatten(1)
         return [kept[i] for i in where], out.softmax(1) if classify else None
 
+    return _sweep(
+        x, transform, amounts, layers, batch_size=batch_size, progress=progress, features=features, classify=classify
+    )
+
+
+def _sweep(
+    x: Tensor, transform: str, amounts: Tensor, layers: list[str], batch_size: int, progress, features, classify: bool
+) -> Invariance:
+    """The distances of every transformed copy's features (features(batch) -> per layer (B, D), probabilities)."""
     reference, probs = features(x)
     top = int(probs[0].argmax()) if classify else None
     distances, probabilities, images = [], [], []

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torchvision.models import VGG, AlexNet
 
 from .errors import LayerError, unknown_name
@@ -156,8 +160,10 @@ def receptive_fields(steps: list[Step], upto: int) -> tuple[ReceptiveField, Rece
 
 
 def default_layer(model: nn.Module) -> str:
-    """The layer shown when none is named: a VGG's last conv layer (conv5_3 on vgg16), else the last
-    convolution's module path."""
+    """The layer shown when none is named: a VGG's last conv layer (conv5_3 on vgg16), a chain's last
+    convolution, else the last convolutional block's output (layer4 on a ResNet, features.denseblock4 on a
+    DenseNet): going down from the model, the last child that holds a convolution and keeps a spatial map,
+    until a stage of repeated blocks or a module that is not an nn.Sequential."""
     steps = chain_of(model)
     if steps is not None and isinstance(model, VGG):
         convs = [a for a in vgg_aliases(steps) if a.startswith("conv")]
@@ -166,7 +172,81 @@ def default_layer(model: nn.Module) -> str:
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise LayerError(f"{type(model).__name__} has no convolution; name a layer (see `deconvviz layers`)")
-    return convs[-1]
+    if steps is not None:
+        return convs[-1]
+    spatial = {r.name for r in module_outputs(model, (224, 224)) if len(r.shape) == 3 and r.shape[1] * r.shape[2] > 1}
+    path, module = "", model
+    while True:
+        kids = [(f"{path}.{k}".lstrip("."), c) for k, c in module.named_children()]
+        blocks = [(p, c) for p, c in kids if p in spatial and any(isinstance(m, nn.Conv2d) for m in c.modules())]
+        if not blocks:
+            return path or convs[-1]
+        path, module = blocks[-1]
+        children = list(module.children())
+        if type(module) is not nn.Sequential or len({type(c) for c in children}) == 1:
+            return path
+
+
+@dataclass(frozen=True)
+class ModuleOutput:
+    """One module run in a forward pass: its path, the module, its output shape per image (() if not a
+    tensor) and how many times it ran (a projection needs a module that runs once)."""
+
+    name: str
+    module: nn.Module
+    shape: tuple[int, ...]
+    runs: int
+
+
+@contextlib.contextmanager
+def _recording_outputs(model: nn.Module) -> Iterator[dict[str, list]]:
+    """Forward hooks on every module that note its output shapes in the order forwards finish; always removed."""
+    seen: dict[str, list] = {}
+
+    def hook(name: str):
+        def record(m, args, out):
+            seen.setdefault(name, []).append(tuple(out.shape[1:]) if isinstance(out, Tensor) else ())
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None = None) -> list[ModuleOutput]:
+    """Every module in the order its forward finishes for one input of `size` (the model itself, path "", last),
+    run on the meta device: shapes only, no memory or arithmetic, and the model is left as it was. channels
+    None: the first that runs, of the convolutions' input channels (declared order need not be run order) and 3."""
+    twin = model if _on_meta(model) else _meta_copy(model)
+    convs = [m.in_channels for m in twin.modules() if isinstance(m, nn.Conv2d)]
+    tries = [channels] if channels is not None else list(dict.fromkeys([*convs, 3]))
+    for i, c in enumerate(tries):
+        with _recording_outputs(twin) as seen, torch.no_grad():
+            try:
+                twin(torch.zeros(1, c, *size, device="meta"))
+                break
+            except RuntimeError:
+                if i == len(tries) - 1:
+                    raise
+    modules = dict(model.named_modules())
+    return [ModuleOutput(n, modules[n], s[0], len(s)) for n, s in seen.items()]
+
+
+def _on_meta(model: nn.Module) -> bool:
+    tensors = [*model.parameters(), *model.buffers()]
+    return bool(tensors) and all(t.is_meta for t in tensors)
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy whose parameters and buffers are meta tensors (shapes only); the model is not touched."""
+    memo = {id(b): torch.empty_like(b, device="meta") for b in model.buffers()}
+    memo |= {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in model.parameters()}
+    twin = copy.deepcopy(model, memo)
+    return twin.eval()
 
 
 def in_channels(steps: list[Step]) -> int:

@@ -20,9 +20,9 @@ from skimage.metrics import structural_similarity
 from torch import Tensor, nn
 from torchvision.models import VGG
 
-from .deconvnet import Deconvnet
+from .deconvnet import Deconvnet, crop_boxes
 from .errors import LayerError, UnsupportedModelError
-from .layers import resolve, step_index, vgg_aliases
+from .layers import module_outputs, resolve, step_index, vgg_aliases
 from .rules import RULES, get_rule
 
 Progress = Callable[[str], None]
@@ -99,22 +99,30 @@ def _mean(sims: Sequence[Similarity]) -> Similarity:
     return Similarity(*(avg([getattr(s, f) for s in sims]) for f in ("spearman_abs", "spearman", "ssim")))
 
 
+def _forward_order(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
+    """The modules a forward pass runs up to `layer`'s output, in the order they finish: a chain's steps, or
+    on any other network every module whose forward ends before the layer's does (on the meta device)."""
+    steps = Deconvnet(model).steps
+    if steps is not None:
+        return [(s.name, s.module) for s in steps[: step_index(steps, resolve(model, steps, layer)) + 1]]
+    name = resolve(model, None, layer)
+    runs = [r for r in module_outputs(model, (224, 224)) if r.name]
+    upto = next((i for i, r in enumerate(runs) if r.name == name), None)
+    if upto is None:
+        raise LayerError(f"layer '{layer}' does not run in a forward pass; choose a module that does")
+    return [(r.name, r.module) for r in runs[: upto + 1]]
+
+
 def randomizable(model: nn.Module, layer: str) -> list[str]:
-    """Module paths of the parameterized layers on the way from the input to `layer`, nearest to it first.
-    A layer whose parameters cannot be re-initialized (no reset_parameters) is refused by name."""
-    dn = Deconvnet(model)
-    steps = dn.steps
-    if steps is None:
-        raise UnsupportedModelError(f"{type(model).__name__} is not a chain of layers; the sanity report randomizes "
-                                    "a chain's layers in order (VGG, AlexNet, nn.Sequential)")  # fmt: skip
-    upto = step_index(steps, resolve(model, steps, layer))
+    """Module paths of the parameterized layers on the way from the input to `layer`, nearest to it first (in
+    reverse order of forward execution). A layer whose parameters cannot be re-initialized is refused by name."""
     names = []
-    for s in steps[: upto + 1]:
-        if any(True for _ in s.module.parameters(recurse=False)):
-            if not callable(getattr(s.module, "reset_parameters", None)):
-                raise UnsupportedModelError(f"cannot randomize '{s.name}' ({type(s.module).__name__}): it has no "
+    for path, module in _forward_order(model, layer):
+        if any(True for _ in module.parameters(recurse=False)):
+            if not callable(getattr(module, "reset_parameters", None)):
+                raise UnsupportedModelError(f"cannot randomize '{path}' ({type(module).__name__}): it has no "
                                             "reset_parameters(); choose a layer before it")  # fmt: skip
-            names.append(s.name)
+            names.append(path)
     if not names:
         raise LayerError(f"no layer with weights between the input and '{layer}'; choose a deeper layer")
     return names[::-1]
@@ -146,9 +154,9 @@ def sanity_report(model: nn.Module, x: Tensor, layer: str, channel: int | None =
     trained = Deconvnet(model)
     first = trained.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1)
     seeded_at = pre_activation(model, first.layer)
-    boxes = trained.receptive_field_boxes(first)
-    if boxes is None:
+    if len(first.selections.shape) != 3:
         raise LayerError(f"'{layer}' mixes all positions; the sanity report needs a convolution or pool layer")
+    boxes = crop_boxes(trained, first)  # the receptive field (on other networks: what the projection touches)
     box = tuple(int(v) for v in boxes[0, 0])
     chan, pos, value = first.selections.channels, first.selections.positions, first.selections.values
     row, col = (int(v) for v in first.selections.rows_cols[0, 0])
@@ -185,7 +193,7 @@ def sanity_report(model: nn.Module, x: Tensor, layer: str, channel: int | None =
         rep.images[rule] = torch.stack(pictures).cpu()
         rep.cascading[rule], rep.independent[rule] = cascade, alone
         per_unit = Deconvnet(model, rule=rule).project(x, layer, channels=others, mode="max")
-        unit_boxes = trained.receptive_field_boxes(per_unit)[0].tolist()
+        unit_boxes = crop_boxes(trained, per_unit)[0].tolist()
         pairs = [
             similarity(per_unit.images[0, i], per_unit.images[0, j], _union(unit_boxes[i], unit_boxes[j]))
             for i in range(len(others))
@@ -201,6 +209,8 @@ def pre_activation(model: nn.Module, name: str) -> str:
     randomized layer below switches off still has a projection: through its own ReLU, guided backprop and the
     gradient of an inactive unit are zero whatever the network learned, which would say nothing."""
     steps = Deconvnet(model).steps
+    if steps is None:  # a graph: the autograd path seeds at a module's output, so the unit itself
+        return name
     i = step_index(steps, name)
     return steps[i - 1].name if i > 0 and isinstance(steps[i].module, nn.ReLU) else name
 
@@ -213,6 +223,8 @@ def layer_label(model: nn.Module, name: str) -> str:
     """A randomized module's VGG name where it has one: the ReLU alias of the block it feeds (conv5_3 for
     that conv, "conv5_3 bn" for its BatchNorm), else its module path."""
     steps = Deconvnet(model).steps
+    if steps is None:
+        return name
     by_relu = {path: alias for alias, path in vgg_aliases(steps).items()} if isinstance(model, VGG) else {}
     i = step_index(steps, name)
     after = next((s.name for s in steps[i:] if isinstance(s.module, nn.ReLU)), None)

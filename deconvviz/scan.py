@@ -23,15 +23,18 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
+from .architectures import located
+from .cards import cards_folder
 from .deconvnet import Deconvnet
-from .errors import DeconvvizError, ImageError, LayerError, SelectionError, UnsupportedModelError
-from .forward import apply, output_shapes
+from .errors import DeconvvizError, ImageError, LayerError, SelectionError
+from .forward import apply, layer_shape, module_activations
 from .images import check_size, to_batch, to_display
 from .layers import ReceptiveField, receptive_fields, resolve, step_index
+from .network import Network
 from .preprocess import Preprocess
 from .render import TopImages, channel_figure, overview_figure, save, write_atomic
 from .rules import get_rule
-from .weights import load_vgg, pick_device
+from .weights import find_card, pick_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHOWN_CHANNELS = 9  # feature maps projected and drawn when none are given: the strongest over the folder
@@ -53,7 +56,7 @@ class ScanArguments:
     top: int
     channels: tuple[int, ...] | str | None  # feature maps to project and draw; "all"; None: the strongest
     size: int
-    model: str
+    model: str  # the network's spec (Network.spec): the site rebuilds the network from it and `weights`
     weights: str
     batch_size: int
     rule: str = "deconvnet"  # how the kept activations are projected (rules.py); the top-k do not depend on it
@@ -182,9 +185,7 @@ def scan_folder(
     top: int = 9,
     channels: Sequence[int] | str | None = None,
     size: int = 224,
-    model: str = "vgg16",
-    weights: str | os.PathLike = "auto",
-    device: str = "auto",
+    network: Network,
     batch_size: int = 32,
     workers: int | None = None,
     checkpoint_every: int = 1000,
@@ -204,8 +205,18 @@ def scan_folder(
     chans = channels if channels is None or isinstance(channels, str) else tuple(int(c) for c in channels)
     if isinstance(chans, str) and chans != "all":
         raise SelectionError(f"channels '{chans}' is not a list of feature maps; give e.g. 12,40, or all")
-    args = ScanArguments(str(Path(folder).resolve()), tuple(layers), top, chans, size, model, os.fspath(weights),
-                         batch_size, get_rule(rule).name)  # fmt: skip
+    weights = _located_weights(network.weights_choice)
+    args = ScanArguments(
+        folder=str(Path(folder).resolve()),
+        layers=tuple(layers),
+        top=top,
+        channels=chans,
+        size=size,
+        model=located(network.spec),
+        weights=weights,
+        batch_size=batch_size,
+        rule=get_rule(rule).name,
+    )
     check_size(size)
     checks = (("top (--top)", top, 1), ("batch size (--batch-size)", batch_size, 1),
               ("checkpoint interval (--checkpoint-every)", checkpoint_every, 1),
@@ -221,16 +232,13 @@ def scan_folder(
         return done
     root, files = Path(args.folder), image_files(folder)  # resolved: the report must not depend on the cwd
     created = not out.exists()
-    dev = pick_device(device)
-    if world > 1 and dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    net, info = load_vgg(model, weights, device=dev, verbose=verbose and rank == 0)
+    net, info = network.module, network.weights
+    dev = next(net.parameters()).device
     dn = Deconvnet(net, rule=args.rule)
-    if dn.steps is None:
-        raise UnsupportedModelError(f"{model} is not a chain of layers; the scan needs one")
-    taps = {name: _step_index(dn, name) for name in dict.fromkeys(layers)}
-    shapes = output_shapes(net, dn.steps, (size, size))  # fails early, and clearly, on a too small size
-    plan = {name: (shapes[i], _field(dn, i)) for name, i in taps.items()}
+    taps = {name: _tap(dn, name) for name in dict.fromkeys(layers)}
+    # shapes fail early, and clearly, on a too small size; fields: None where the network is no chain (the
+    # records then hold no box: the whole image)
+    plan = {name: (layer_shape(net, name, size), _field(dn, i)) for name, i in taps.items()}
     for name, (shape, _) in plan.items():
         _check_channels(chans, name, shape[0])
     with _processes(dev, world):
@@ -254,6 +262,25 @@ def scan_folder(
     return result
 
 
+def _located_weights(weights: str) -> str:
+    """A weights file, or a user's card (found by path or through $DECONVVIZ_MODELS), by its absolute path, like
+    the folder: the site rebuilds the network from the report wherever it runs. A shipped card keeps its name."""
+    if Path(weights).suffix in (".pt", ".pth", ".toml"):
+        return str(Path(weights).expanduser().resolve())
+    card = find_card(weights)
+    if card is not None and card.path is not None and not card.path.resolve().is_relative_to(cards_folder().resolve()):
+        return str(card.path.resolve())
+    return weights
+
+
+def scan_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device this process scans on: `device`, and under torchrun on CUDA its own GPU (LOCAL_RANK)."""
+    dev = pick_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
 def _remove_checkpoints(out: Path, rank: int, world: int, created: bool) -> None:
     """A scan that found nothing to read leaves nothing behind: its checkpoint, and the run folder it made."""
     (out / ("state.pt" if world == 1 else f"state-rank{rank}.pt")).unlink(missing_ok=True)
@@ -262,12 +289,15 @@ def _remove_checkpoints(out: Path, rank: int, world: int, created: bool) -> None
             out.rmdir()
 
 
-def _step_index(dn: Deconvnet, layer: str) -> int:
+def _tap(dn: Deconvnet, layer: str) -> int | str:
+    """Where a layer's activation is read: its step in a chain, else its module path."""
     steps = dn.steps
-    return step_index(steps, resolve(dn.model, steps, layer))
+    return resolve(dn.model, None, layer) if steps is None else step_index(steps, resolve(dn.model, steps, layer))
 
 
-def _field(dn: Deconvnet, i: int) -> tuple[ReceptiveField, ReceptiveField] | None:
+def _field(dn: Deconvnet, i: int | str) -> tuple[ReceptiveField, ReceptiveField] | None:
+    if dn.steps is None:
+        return None
     try:
         return receptive_fields(dn.steps, i)
     except LayerError:  # a classifier layer sees the whole image
@@ -327,7 +357,9 @@ def _scan_shard(dn, preprocess, root, files, taps, plan, args, out, device, rank
         progress("scanning", done, total)
     for x, index, bad in loader:
         if x is not None:
-            for name, act in activations(steps, x.to(device, p.dtype), taps).items():
+            x = x.to(device, p.dtype)
+            found = activations(steps, x, taps) if steps is not None else module_activations(dn.model, x, taps)
+            for name, act in found.items():
                 if not bool(torch.isfinite(act).all()):
                     where = files[int(index[(~torch.isfinite(act)).flatten(1).any(1)][0])]
                     raise DeconvvizError(f"layer '{name}' has NaN or infinite activations for '{where}'; check the "
@@ -413,7 +445,7 @@ def _project(dn: Deconvnet, preprocess: Preprocess, root: Path, size: int, layer
         for r in per_channel[c].records:
             wanted.setdefault(r.image, []).append(c)
     recon, patches, p = {}, {}, next(dn.model.parameters())
-    shape = output_shapes(dn.model, dn.steps, (size, size))[_step_index(dn, layer)]
+    shape = layer_shape(dn.model, layer, size)
     width = shape[-1] if len(shape) == 3 else 1
     for n, (image, chans) in enumerate(sorted(wanted.items())):
         if progress:

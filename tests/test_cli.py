@@ -138,7 +138,7 @@ def test_default_layer_is_the_models_last_conv(cwd):
 def test_a_broken_weights_cache_setting_is_one_line(cwd, monkeypatch):
     (cwd / "cachefile").write_text("not a folder")
     monkeypatch.setenv("DECONVVIZ_CACHE", str(cwd / "cachefile"))
-    r = run("layers", "--weights", "vgg16-caffe")
+    r = run("filters", "--weights", "vgg16-caffe")  # `layers` reads no weights: shapes do not depend on them
     assert r.exit_code == 2 and "is a file, not a folder; set DECONVVIZ_CACHE" in r.output, r.output
 
 
@@ -185,7 +185,7 @@ REFUSED = [
     ["visualize", "--channels", "9999"], ["reconstruct", "--channels", "512"], ["occlusion", "--channel", "9999"],
     ["visualize", "--top", "-3"], ["occlusion", "--class", "3"], ["reconstruct", "--layer", "fc7"],
     ["visualize", "--out", "/proc/deconvviz/x.png"], ["invariance", "--out", "/proc/x.png"],
-    ["filters", "--out", "/proc/x.png"], ["visualize", "--weights", "torchvision-vgg19"],
+    ["filters", "--out", "/proc/x.png"], ["visualize", "--model", "vgg16", "--weights", "torchvision-vgg19"],
     ["scan", ".", "--layer", "conv5_4"], ["scan", ".", "--channels", "600"], ["scan", ".", "--out", "/proc/x"],
     ["visualize", "--region", "0,0,0,0"], ["visualize", "--region", "0.5,0,100,64"], ["visualize", "--region", "nope"],
     ["visualize", "--at", "1000,1000"], ["visualize", "--exclude", "0,0,10,10"], ["visualize", "--class", "3"],

@@ -12,8 +12,11 @@ from oracle import rel_err
 
 from deconvviz import Deconvnet
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
+from deconvviz.network import load_network
 from deconvviz.scan import load_result, scan_folder
 from deconvviz.weights import load_vgg
+
+VGG11 = load_network("vgg11", "random", "cpu", verbose=False)  # the scans' network: random, seeded
 
 
 @pytest.mark.parametrize(
@@ -90,8 +93,19 @@ def test_scan_projects_with_its_rule_and_records_it(tmp_path):
     img = load_image(DEFAULT_IMAGE)
     for i in range(3):
         img.crop((40 * i, 0, 40 * i + 300, 300)).save(photos / f"p{i}.png")
-    res = scan_folder(photos, ["conv3_1"], tmp_path / "run", top=2, channels=[5], size=64, model="vgg11",
-                      weights="random", batch_size=2, workers=0, verbose=False, rule="guided")  # fmt: skip
+    res = scan_folder(
+        photos,
+        ["conv3_1"],
+        tmp_path / "run",
+        top=2,
+        channels=[5],
+        size=64,
+        network=VGG11,
+        batch_size=2,
+        workers=0,
+        verbose=False,
+        rule="guided",
+    )
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["arguments"]["rule"] == "guided"
     again = load_result(tmp_path / "run")
@@ -103,8 +117,19 @@ def test_scan_projects_with_its_rule_and_records_it(tmp_path):
     want = Deconvnet(model, rule="guided").project(x, "conv3_1", channels=[5], positions=pos).images[0, 0]
     assert rel_err(again.layers["conv3_1"][5].projections[0], want) <= 1e-5
     with pytest.raises(Exception, match="other arguments|different"):
-        scan_folder(photos, ["conv3_1"], tmp_path / "run", top=2, channels=[5], size=64, model="vgg11",
-                    weights="random", batch_size=2, workers=0, verbose=False, rule="gradient")  # fmt: skip
+        scan_folder(
+            photos,
+            ["conv3_1"],
+            tmp_path / "run",
+            top=2,
+            channels=[5],
+            size=64,
+            network=VGG11,
+            batch_size=2,
+            workers=0,
+            verbose=False,
+            rule="gradient",
+        )
 
 
 def test_compare_chooses_by_region_and_every_rule_projects_the_same_activations(cwd):

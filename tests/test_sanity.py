@@ -130,7 +130,7 @@ def test_reproducible_and_the_callers_model_untouched():
     assert not torch.equal(twin[0].weight, model[0].weight) and torch.equal(twin[3].weight, model[3].weight)
 
 
-class NoReset(nn.Module):
+class Gain(nn.Module):
     def __init__(self):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(1))
@@ -139,11 +139,47 @@ class NoReset(nn.Module):
         return x * self.scale
 
 
+class NoReset(nn.Module):
+    """No chain: its modules are randomized in reverse order of forward execution; Gain cannot be."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+        self.gain = Gain()
+
+    def forward(self, x):
+        return self.gain(torch.relu(self.conv(x)))
+
+
+class Shuffled(nn.Module):
+    """Modules declared in another order than they run, with a skip connection: not a chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.late = nn.Conv2d(4, 4, 3, padding=1)
+        self.early = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.early(x)))
+        y = torch.relu(y + self.late(y))
+        return self.head(y.mean((2, 3)))
+
+
+def test_any_network_is_randomized_in_reverse_order_of_forward_execution():
+    model = Shuffled().eval()
+    assert randomizable(model, "late") == ["late", "bn", "early"]  # as run, by hand; "head" runs after
+    assert randomizable(model, "bn") == ["bn", "early"]
+    rep = sanity_report(model, torch.randn(1, 3, 12, 12), "late", rules=["deconvnet"])
+    assert rep.randomized == ["late", "bn", "early"] and len(rep.cascading["deconvnet"]) == 3
+
+
 def test_what_cannot_be_randomized_is_named():
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(deconvviz.LayerError, match="no layer with weights between the input and '1'"):
         randomizable(nn.Sequential(nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(3, 2, 3)), "1")
-    with pytest.raises(deconvviz.UnsupportedModelError, match="not a chain"):
-        sanity_report(NoReset(), x, "scale")
+    with pytest.raises(deconvviz.UnsupportedModelError, match="cannot randomize 'gain' .Gain.: it has no reset_"):
+        sanity_report(NoReset(), x, "gain")
     with pytest.raises(deconvviz.SelectionError, match="unknown rule"):
         sanity_report(chain(), torch.randn(1, 3, 16, 16), "7", rules=["guidde"])

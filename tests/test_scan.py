@@ -21,8 +21,11 @@ from deconvviz.cli import app
 from deconvviz.errors import ImageError
 from deconvviz.images import DEFAULT_IMAGE, to_batch
 from deconvviz.layers import resolve
+from deconvviz.network import load_network
 from deconvviz.scan import CRASH_AFTER_BATCH, TopK, load_result, scan_folder
 from deconvviz.weights import load_vgg
+
+VGG11 = load_network("vgg11", "random", "cpu", verbose=False)  # the scans' network: random, seeded
 
 LAYERS, CHANNELS, SIZE, BATCH = ("conv3_1", "pool3"), (3, 17), 64, 16
 OPTIONS = ["--layers", ",".join(LAYERS), "--channels", "3,17", "--model", "vgg11", "--weights", "random",
@@ -63,8 +66,9 @@ def photos(tmp_path_factory) -> Path:
 def reference(photos, tmp_path_factory) -> Path:
     """One uninterrupted single-process scan, in process."""
     out = tmp_path_factory.mktemp("runs") / "reference"
-    scan_folder(photos, LAYERS, out, channels=CHANNELS, size=SIZE, model="vgg11", weights="random", batch_size=BATCH,
-                workers=2, verbose=False)  # fmt: skip
+    scan_folder(
+        photos, LAYERS, out, channels=CHANNELS, size=SIZE, network=VGG11, batch_size=BATCH, workers=2, verbose=False
+    )
     return out
 
 
@@ -171,8 +175,9 @@ def test_finished_run_is_not_redone_and_other_arguments_are_refused(photos, refe
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
     r = CliRunner().invoke(app, ["scan", *map(str, [photos, *OPTIONS, "--out", reference])])
     assert r.exit_code == 0 and "holds this finished scan; nothing to do" in r.output
-    again = scan_folder(photos, LAYERS, reference, channels=CHANNELS, size=SIZE, model="vgg11", weights="random",
-                        batch_size=BATCH, verbose=False)  # fmt: skip
+    again = scan_folder(
+        photos, LAYERS, reference, channels=CHANNELS, size=SIZE, network=VGG11, batch_size=BATCH, verbose=False
+    )
     assert again.already_done and not again.written and again.layers[LAYERS[0]][3].projections.shape[0] == 9
     r = CliRunner().invoke(app, ["scan", *map(str, [photos, *OPTIONS, "--out", reference, "--top", 4])])
     lines = [line for line in r.output.splitlines() if line.startswith("deconvviz: error:")]

@@ -22,9 +22,12 @@ from deconvviz import site as site_module
 from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE, to_batch
 from deconvviz.layers import ReceptiveField
+from deconvviz.network import load_network
 from deconvviz.scan import scan_folder
 from deconvviz.site import MARKER, explore_site, scan_site
 from deconvviz.weights import load_vgg
+
+VGG11 = load_network("vgg11", "random", "cpu", verbose=False)  # the scans' network: random, seeded
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 HOSTILE = '"><img src=x onerror=alert(1)>.jpg'
@@ -48,8 +51,7 @@ def photo_folder(root: Path) -> Path:
 def run(tmp_path_factory) -> Path:
     photos = photo_folder(tmp_path_factory.mktemp("photos"))
     out = tmp_path_factory.mktemp("scan") / "run"
-    scan_folder(photos, LAYERS, out, top=TOP, size=SIZE, model="vgg11", weights="random", device="cpu",
-                batch_size=4, workers=0, verbose=False)  # fmt: skip
+    scan_folder(photos, LAYERS, out, top=TOP, size=SIZE, network=VGG11, batch_size=4, workers=0, verbose=False)
     return out
 
 
@@ -286,8 +288,18 @@ def test_a_guided_scan_gives_a_guided_site(tmp_path, browser):
     """The rule the scan projected with (its report's arguments) is shown, and the site projects with it too."""
     (tmp_path / "photos").mkdir()
     photos = photo_folder(tmp_path / "photos")
-    scan_folder(photos, ["conv2_1"], tmp_path / "run", top=TOP, size=SIZE, model="vgg11", weights="random",
-                device="cpu", batch_size=4, workers=0, verbose=False, rule="guided")  # fmt: skip
+    scan_folder(
+        photos,
+        ["conv2_1"],
+        tmp_path / "run",
+        top=TOP,
+        size=SIZE,
+        network=VGG11,
+        batch_size=4,
+        workers=0,
+        verbose=False,
+        rule="guided",
+    )
     with mock.patch("deconvviz.site.Deconvnet", wraps=Deconvnet) as made:
         scan_site(tmp_path / "run", tmp_path / "site", device="cpu", verbose=False)
     assert [c.kwargs.get("rule") for c in made.call_args_list] == ["guided"]
@@ -324,8 +336,9 @@ def test_explore_a_click_lists_the_strongest_units_whose_field_holds_it(tmp_path
     image = tmp_path / HOSTILE
     Image.open(DEFAULT_IMAGE).resize((64, 64)).save(image)
     out, k = tmp_path / "explore", 4
-    explore_site(image, out, layers=["conv2_1", "conv3_1"], top=5, per_position=k, model="vgg11",
-                 weights="random", device="cpu", size=SIZE, verbose=False)  # fmt: skip
+    explore_site(
+        image, out, layers=["conv2_1", "conv3_1"], top=5, per_position=k, network=VGG11, size=SIZE, verbose=False
+    )
     net, info = load_vgg("vgg11", "random", device="cpu", verbose=False)
     x = to_batch(image, info.preprocess, SIZE)
     page = tab.open(out / "index.html")

@@ -1,0 +1,39 @@
+"""What one command asks of a network, as one object: the image, the layers and how to choose activations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Request:
+    """One command's choices, passed by name from the CLI (or a script) to the figure functions.
+
+    layers None: the network's default layer. channels: feature maps, "all" (reconstruct), or None (the `top`
+    strongest). region/at/exclude: boxes or a point in input pixels (or sidecar names); cls: choose the maps
+    contributing most to this class. rule: how ReLUs pass the signal back; unpool: how pools are undone."""
+
+    image: str | os.PathLike | None = None  # None: the built-in bicycle
+    layers: Sequence[str] | None = None
+    channels: Sequence[int] | str | None = None
+    top: int = 9
+    mode: str | None = "max"
+    region: object = None
+    at: Sequence[float] | None = None
+    exclude: Sequence[object] = ()
+    cls: int | None = None
+    size: int | None = 224
+    rule: str = "deconvnet"
+    unpool: str = "switches"
+
+    @property
+    def layer(self) -> str | None:
+        """The one layer of a single-layer command (None: the network's default)."""
+        return self.layers[0] if self.layers else None
+
+    @property
+    def target(self) -> dict:
+        """The region, point and excluded boxes, as keywords."""
+        return {"region": self.region, "at": self.at, "exclude": tuple(self.exclude or ())}

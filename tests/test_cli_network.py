@@ -1,0 +1,171 @@
+"""The command line on networks deconvviz has never named: torchvision resnet18 and densenet121 (random
+weights), a factory file with a small residual network, and a user's model card."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+from cli_run import run
+from PIL import Image
+
+from deconvviz.images import DEFAULT_IMAGE
+
+NETWORKS = ["resnet18", "torchvision:densenet121", "FACTORY"]
+
+
+def spec_of(name, residual_factory):
+    return residual_factory if name == "FACTORY" else name
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_figures_of_any_network(cwd, residual_factory, name):
+    spec = spec_of(name, residual_factory)
+    common = ["--model", spec, "--weights", "random", "--size", "64", "-q"]
+    for command in (["visualize", "--top", "2"], ["reconstruct"], ["compare", "--top", "2"]):
+        r = run(*command, *common, "--out", f"{command[0]}.png")
+        assert r.exit_code == 0, r.output
+        prov = json.loads((cwd / f"{command[0]}.json").read_text())
+        assert prov["network"] == {"spec": prov["model"], "weights": "random", "seed": 0}
+        assert str(cwd) not in json.dumps(prov)  # provenance holds no local path
+    default = {"resnet18": "layer4", "torchvision:densenet121": "features.denseblock4", "FACTORY": "block2"}[name]
+    assert prov["layers"][0]["layer"] == default
+
+
+@pytest.mark.parametrize("name, layer", [("resnet18", "layer1"), ("FACTORY", "block1")])
+def test_sanity_of_any_network(cwd, residual_factory, name, layer):
+    spec = spec_of(name, residual_factory)
+    r = run(
+        "sanity",
+        "--model",
+        spec,
+        "--weights",
+        "random",
+        "--size",
+        "64",
+        "--layer",
+        layer,
+        "--rules",
+        "deconvnet",
+        "-q",
+        "--out",
+        "s.png",
+    )
+    assert r.exit_code == 0, r.output
+    prov = json.loads((cwd / "s.json").read_text())
+    if name == "FACTORY":  # reverse order of forward execution, by hand
+        assert prov["randomized"] == ["block1.conv2", "block1.conv1", "stem.0"]
+    else:
+        assert prov["randomized"][0] == "layer1.1.bn2" and prov["randomized"][-1] == "conv1"
+
+
+def test_layers_of_a_resnet_are_module_paths_with_shapes():
+    r = run("layers", "--model", "torchvision:resnet18", "--size", "64")
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line.split()[1:3] for line in r.stdout.splitlines()[1:]}
+    # by hand: 64 -> conv1 /2 -> 32 -> maxpool /2 -> 16 -> layer2 /2 -> 8 -> layer3 /2 -> 4 -> layer4 /2 -> 2
+    assert rows["conv1"] == ["Conv2d", "64x32x32"] and rows["layer3"] == ["Sequential", "256x4x4"]
+    assert rows["layer4.1"] == ["BasicBlock", "512x2x2"] and rows["fc"] == ["Linear", "1000"]
+    assert "layer1.0.relu" not in rows  # it runs twice in a BasicBlock: no one output to project from
+
+
+def test_a_mistyped_module_path_gets_the_nearest_ones(cwd):
+    r = run("visualize", "--model", "resnet18", "--weights", "random", "--layer", "layer3.1.con1", "--size", "64")
+    assert r.exit_code == 2 and "did you mean 'layer3.1.conv1'" in r.output and r.output.count("\n") == 1
+
+
+def test_filters_draws_the_first_convolution_whatever_its_name(cwd, residual_factory):
+    r = run("filters", "--model", residual_factory, "--weights", "random", "-q")
+    assert r.exit_code == 0, r.output
+    prov = json.loads((cwd / "figures" / "filters-stem.0.json").read_text())
+    assert prov["module"] == "stem.0" and prov["filters"] == 8
+
+
+def photos(folder):
+    folder.mkdir()
+    picture = Image.open(DEFAULT_IMAGE)
+    for i in range(3):
+        picture.rotate(40 * i).resize((72, 72)).save(folder / f"p{i}.jpg")
+    return folder
+
+
+@pytest.mark.parametrize("name, layer", [("FACTORY", "block2"), ("resnet18", "layer1")])
+def test_scan_and_site_of_any_network(cwd, residual_factory, name, layer):
+    spec = spec_of(name, residual_factory)
+    folder = photos(cwd / "photos")
+    r = run(
+        "scan",
+        folder,
+        "--model",
+        spec,
+        "--weights",
+        "random",
+        "--size",
+        "64",
+        "--layer",
+        layer,
+        "--top",
+        "2",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--out",
+        "run",
+        "-q",
+    )
+    assert r.exit_code == 0, r.output
+    report = json.loads((cwd / "run" / "report.json").read_text())
+    assert report["arguments"]["model"] == ("torchvision:resnet18" if name != "FACTORY" else residual_factory)
+    # the top-k of one unit, checked against a plain forward pass of the same network with hooks
+    from deconvviz.network import load_network
+    from deconvviz.scan import preprocessed
+
+    net = load_network(spec, "random", "cpu", verbose=False)
+    got = {}
+    handle = dict(net.module.named_modules())[layer].register_forward_hook(lambda m, a, o: got.update(o=o.clone()))
+    values = {}
+    for p in sorted(folder.iterdir()):
+        with torch.no_grad():
+            net.module(preprocessed(p, net.preprocess, 64)[None])
+        values[p.name] = float(got["o"][0, 3].max())
+    handle.remove()
+    unit = report["layers"][layer]["channels"]["3"]
+    best = sorted(values.items(), key=lambda kv: -kv[1])[:2]
+    assert [rec["image"] for rec in unit] == [b[0] for b in best]
+    assert [rec["value"] for rec in unit] == pytest.approx([b[1] for b in best], rel=1e-5)
+    r = run("site", "run", "--out", "site", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    assert (cwd / "site" / "index.html").is_file() and (cwd / "site" / layer / "unit-3.html").is_file()
+
+
+def test_a_user_card_alone_is_enough_and_a_bad_one_is_refused_in_one_line(cwd, residual_factory, monkeypatch):
+    from deconvviz.architectures import parse
+
+    cards = cwd / "cards"
+    cards.mkdir()
+    torch.save(parse(residual_factory).build().state_dict(), cards / "weights.pt")
+    digest = hashlib.sha256((cards / "weights.pt").read_bytes()).hexdigest()
+    text = (
+        f'name = "mine"\narchitecture = "{residual_factory}"\nsummary = "my net"\nloader = "file"\n'
+        'classifier = true\ncategories = "none"\nlicence = "mine"\n'
+        f'[file]\nname = "weights.pt"\nsha256 = "{digest}"\n'
+        '[preprocess]\nname = "mine"\nchannels = "RGB"\nscale = 1.0\nmean = [0.5, 0.5, 0.5]\nstd = [0.2, 0.2, 0.2]\n'
+    )
+    (cards / "mine.toml").write_text(text)
+    monkeypatch.setenv("DECONVVIZ_MODELS", str(cards))
+    r = run("models")
+    assert r.exit_code == 0 and any(line.split()[:1] == ["mine"] for line in r.stdout.splitlines()), r.output
+    r = run("visualize", "--weights", "mine", "--size", "64", "--top", "2", "-q", "--out", "v.png")
+    assert r.exit_code == 0, r.output
+    assert json.loads((cwd / "v.json").read_text())["weights"]["name"] == "mine"
+    r = run("visualize", "--model", "resnet18", "--weights", "mine", "--out", "x.png")
+    assert r.exit_code == 2 and "are for model" in r.output and r.output.count("\n") == 1
+    for bad, message in (
+        (text.replace(digest, "0" * 64), "has sha256"),
+        (text.replace('licence = "mine"\n', ""), "has no field 'licence'"),
+    ):
+        (cards / "mine.toml").write_text(bad)
+        r = run("visualize", "--weights", str(cards / "mine.toml"), "--size", "64", "--out", "x.png")
+        assert r.exit_code == 2 and message in r.output and r.output.count("\n") == 1, r.output
+    assert not (cwd / "x.png").exists() and not (cwd / "x.json").exists()

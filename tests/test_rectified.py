@@ -141,12 +141,13 @@ class Gated(nn.Module):
         return F.relu(self.conv2(y))
 
 
-@pytest.mark.parametrize("act, name", [(nn.Sigmoid(), "Sigmoid"), (nn.GELU(), "GELU"), (nn.LeakyReLU(), "LeakyReLU")])
-def test_nonlinearities_without_a_deconvnet_rule_are_refused(act, name):
+@pytest.mark.parametrize("act, name", [(nn.Sigmoid(), "Sigmoid"), (nn.Tanh(), "Tanh"), (nn.Softmax(1), "Softmax")])
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_nonlinearities_without_a_rule_are_refused(act, name, rule):
     x = torch.randn(1, 3, 12, 12)
-    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'act \({name}\)'.*no deconvnet rule"):
-        deconvviz.Deconvnet(Gated(act)).project(x, "conv2")
-    deconvviz.Deconvnet(Gated(act)).project(x, "conv1")  # before it: fine
+    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'act \({name}\)'.*no {rule} rule.*--rule gradient"):
+        deconvviz.Deconvnet(Gated(act), rule=rule).project(x, "conv2")
+    deconvviz.Deconvnet(Gated(act), rule=rule).project(x, "conv1")  # before it: fine
 
 
 def test_product_of_two_signals_is_refused():

@@ -124,7 +124,7 @@ class _Activated(torch.autograd.Function):
     def forward(ctx, x: Tensor, spec: Activation, f: Callable, inplace: bool, negative, rule: Rule) -> Tensor:
         if inplace:
             ctx.mark_dirty(x)
-        slope, ctx.negative, ctx.rule = None, None, rule
+        slope, ctx.negative, ctx.rule, ctx.activation = None, None, rule, spec.name
         if spec.kind == "relu":
             out = x.clamp_min_(0) if inplace else x.clamp_min(0)
             slope = out > 0 if rule.needs_slope else None
@@ -326,25 +326,31 @@ def _depending(roots: list, x: Tensor, memo: dict[int, bool]) -> None:
             stack.extend((n, False) for n, _ in node.next_functions if n is not None and id(n) not in memo)
 
 
-def _signal_nodes(out: Tensor, x: Tensor) -> Iterator[tuple]:
+def _signal_nodes(out: Tensor, x: Tensor, places: dict | None = None) -> Iterator[tuple]:
     """Every graph node between x and out whose value depends on x, once: (node, op, nodes feeding it signal,
-    signal), with signal(node) telling whether a node depends on x."""
+    signal, place), with signal(node) telling whether a node depends on x, and place the module path it was
+    made in (`_RectifyReLUs.places`; a node made inside a composite call, e.g. attention, takes the place of
+    the node it feeds)."""
     memo: dict[int, bool] = {}
     _depending([out.grad_fn], x, memo)
+    places = places or {}
 
     def signal(node) -> bool:
         if node is not None and id(node) not in memo:
             _depending([node], x, memo)
         return node is not None and memo[id(node)]
 
-    stack, seen = [out.grad_fn], set()
+    stack, seen, inherited = [out.grad_fn], set(), {}
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen or not signal(node):
             continue
         seen.add(id(node))
         feeding = [n for n, _ in node.next_functions if signal(n)]
-        yield node, _op(node), feeding, signal
+        place = places[id(node)][1] if id(node) in places else inherited.get(id(node), "")
+        for n in feeding:
+            inherited.setdefault(id(n), place)
+        yield node, _op(node), feeding, signal, place
         stack.extend(feeding)
 
 
@@ -354,37 +360,41 @@ def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str, gated
     the ids of the nodes on the signal's path. owners: grad_fn id -> module; gated: nodes fed by values computed
     from the signal without a gradient (`_RectifyReLUs.gated`); places: grad_fn id -> (node, module path)."""
     seen = set()
-    for node, op, feeding, signal in _signal_nodes(out, x):
+    for node, op, feeding, signal, place in _signal_nodes(out, x, places):
         seen.add(id(node))
         if rule.exact:
             continue
-        where = owners.get(id(node)) or (f"{places[id(node)][1]} ({op.lower()})" if id(node) in (places or {}) else "")
+        where = owners.get(id(node)) or (f"{place} ({op.lower()})" if place else "")
         what = f"'{where}'" if where else f"an operation ({op.lower()})"
         if op in ("Relu", "Threshold"):
             raise UnsupportedModelError(f"{what} between the input and '{layer}' is a ReLU that deconvviz cannot "
                                         "intercept (scripted or custom kernel); use nn.ReLU or F.relu, or the "
                                         "exact rule='gradient' (--rule gradient)")  # fmt: skip
-        if why := _no_rule(node, op, feeding, signal, gated or {}, rule.name):
+        if refused := _no_rule(node, op, feeding, signal, gated or {}, rule.name):
+            why = refused[1]
             raise UnsupportedModelError(f"cannot project '{layer}' through {what}: {why}; choose a layer before it, "
                                         "or rule='gradient' (--rule gradient), exact through every op")  # fmt: skip
     return seen
 
 
-def _no_rule(node, op: str, feeding: list, signal, gated: dict, rule: str = "deconvnet") -> str | None:
-    """Why the rule has no way through this graph node on the signal's path, or None when it has one."""
+def _no_rule(node, op: str, feeding: list, signal, gated: dict, rule: str = "deconvnet") -> tuple[str, str] | None:
+    """Why the rule has no way through this graph node on the signal's path, (in a word, in a sentence), or
+    None when it has one."""
     if op not in _LINEAR and op != "AccumulateGrad":
-        return (f"{op} has no {rule} rule (only convolutions, linear maps, pools, BatchNorm, LayerNorm, GroupNorm, "
-                "sums, elementwise activations and gated products)")  # fmt: skip
+        return op.lower(), (f"{op} has no {rule} rule (only convolutions, linear maps, pools, BatchNorm, LayerNorm, "
+                            "GroupNorm, sums, elementwise activations and gated products)")  # fmt: skip
     if op == "Div" and len(node.next_functions) > 1 and signal(node.next_functions[1][0]):
-        return f"it divides by an input-dependent signal, which has no {rule} rule"
+        return "division by a signal", f"it divides by an input-dependent signal, which has no {rule} rule"
     if op in _PRODUCTS and len(feeding) > 1:
-        return f"it multiplies two input-dependent signals with no sigmoid gate, which has no {rule} rule"
+        return "product of two signals", (f"it multiplies two input-dependent signals with no sigmoid gate, which "
+                                          f"has no {rule} rule")  # fmt: skip
     if op.endswith("BatchNorm") and getattr(node, "_saved_training", False):
-        return ("it normalizes with the batch's own statistics (BatchNorm without running statistics, InstanceNorm), "
-                f"which has no {rule} rule")  # fmt: skip
+        return "batch statistics", ("it normalizes with the batch's own statistics (BatchNorm without running "
+                                    f"statistics, InstanceNorm), which has no {rule} rule")  # fmt: skip
     if id(node) in gated and any(signal(n) for n in gated[id(node)][1]):
-        return ("it mixes in a value computed from the input without a gradient (a mask such as t > 0, .detach(), "
-                f"torch.no_grad()): a data-dependent gate with no {rule} rule; use nn.ReLU or F.relu")  # fmt: skip
+        return "data-dependent mask", ("it mixes in a value computed from the input without a gradient (a mask such "
+                                       f"as t > 0, .detach(), torch.no_grad()): a data-dependent gate with no {rule} "
+                                       "rule; use nn.ReLU or F.relu")  # fmt: skip
     return None
 
 
@@ -492,3 +502,69 @@ def project_autograd(x: Tensor, out: Tensor, seed: Tensor) -> Tensor:
             "cannot give its ReLUs the deconvnet rule; build the model without checkpointing "
             "(e.g. densenet121(memory_efficient=False))"
         ) from None
+
+
+@dataclass(frozen=True)
+class Passage:
+    """How each rule passes the signal through one module: rules maps a rule's name to "exact" (the gradient
+    rule), "no rule: <op>", a convention (CONVENTIONS), "ReLU rule", "switches" (max-pools), "linear", or "-"
+    (the signal from the output does not pass the module)."""
+
+    module: str
+    kind: str
+    rules: dict[str, str]
+
+
+def rule_passes(model: nn.Module, size: tuple[int, int], rules: tuple[str, ...] = tuple(RULES)) -> list[Passage]:
+    """For every module of the model (named_modules order), how each rule passes the signal from the model's
+    output to an input of `size` (H, W); a container reports what happens inside it. One forward per rule."""
+    p = next(model.parameters(), None)
+    convs = [m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    dtype, device = (p.dtype, p.device) if p is not None else (torch.float32, torch.device("cpu"))
+    x = torch.randn(1, convs[0] if convs else 3, *size, generator=torch.Generator().manual_seed(0))
+    names = [n for n, _ in model.named_modules() if n]
+    found: dict[str, dict[str, str]] = {n: {} for n in names}
+    for rule in map(get_rule, rules):
+        labels = _labels(model, x.to(device, dtype), rule)
+        for n in names:
+            inside = [lab for place, ls in labels.items() if place == n or place.startswith(n + ".") for lab in ls]
+            found[n][rule.name] = _summary(inside, rule)
+    modules = dict(model.named_modules())
+    return [Passage(n, type(modules[n]).__name__, found[n]) for n in names]
+
+
+def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
+    """Module path -> what each graph node placed in it does with the signal, from the output down to x."""
+    leaf = x.detach().requires_grad_(True)
+    mode = _RectifyReLUs(rule)
+    with evaluating(model), recording(model, None, mode.stack) as rec, mode, torch.enable_grad():
+        model(leaf.clone())
+    labels: dict[str, list[str]] = {}
+    for out in [t for t in tree_flatten(rec["outputs"])[0] if isinstance(t, Tensor) and t.grad_fn is not None]:
+        for node, op, feeding, signal, place in _signal_nodes(out, leaf, mode.places):
+            if rule.exact:
+                label = "exact"
+            elif refused := _no_rule(node, op, feeding, signal, mode.gated, rule.name):
+                label = f"no rule: {refused[0]}"
+            elif id(node) in mode.marks:
+                label = mode.marks[id(node)][2]
+            elif op == "_Activated":
+                label = "ReLU rule"
+            elif op.startswith(("MaxPool", "AdaptiveMaxPool")):
+                label = "switches"
+            else:
+                label = "linear"
+            labels.setdefault(place, []).append(label)
+    return labels
+
+
+def _summary(labels: list[str], rule: Rule) -> str:
+    if not labels:
+        return "-"
+    refused = sorted({lab[len("no rule: ") :] for lab in labels if lab.startswith("no rule: ")})
+    if refused:
+        return "no rule: " + ", ".join(refused)
+    conventions = list(dict.fromkeys(lab for lab in labels if lab.startswith(tuple(CONVENTIONS))))
+    if conventions:
+        return ", ".join(conventions)
+    return next(lab for lab in ("exact", "ReLU rule", "switches", "linear") if lab in labels)

@@ -436,18 +436,24 @@ def layers_(
     size: Annotated[int, typer.Option(help="Input side in pixels (32 or more) the shapes are given for.")] = 224,
     debug: Debug = False,
 ) -> None:
-    """Every layer with its output shape, receptive field size and stride for a given input size."""
+    """Every layer with its output shape, receptive field size and stride for a given input size, and how each
+    rule passes it (ReLU rule, linear, switches, a named convention, or no rule)."""
     with _errors(debug):
         from .forward import layer_table
         from .images import check_size
+        from .rectified import rule_passes
         from .weights import load_vgg
 
         check_size(size)
         net, _ = load_vgg(model, weights, device="cpu", verbose=False)
-        typer.echo(f"{'name':<9} {'module':<14} {'type':<18} {'output shape':<16} {'rf size':>7} {'stride':>6}")
+        passes = {p.module: p.rules for p in rule_passes(net, (size, size))}
+        rules = "  ".join(f"{r:<10}" for r in ("deconvnet", "guided", "gradient"))
+        typer.echo(f"{'name':<9} {'module':<14} {'type':<18} {'output shape':<16} {'rf size':>7} {'stride':>6}  "
+                   f"{rules}".rstrip())  # fmt: skip
         for alias, path, kind, shape, rf, stride in layer_table(net, (size, size)):
             shown = "x".join(str(d) for d in shape)
-            typer.echo(f"{alias:<9} {path:<14} {kind:<18} {shown:<16} {rf:>7} {stride:>6}")
+            how = "  ".join(f"{v:<10}" for v in passes.get(path, {}).values())
+            typer.echo(f"{alias:<9} {path:<14} {kind:<18} {shown:<16} {rf:>7} {stride:>6}  {how}".rstrip())
 
 
 @app.command()

@@ -521,3 +521,32 @@ def test_slopes_are_recorded_compactly_and_only_when_the_rule_needs_them():
         assert all(t.dtype == torch.bool for t in saved(act, "guided")) and len(saved(act, "guided")) == 2
     assert all(t.dtype == torch.float32 for t in saved(nn.SiLU(), "gradient"))
     assert saved(nn.GELU(), "deconvnet") == [None, None]
+
+
+class Mixed(nn.Module):
+    """conv, SiLU, torchvision squeeze-and-excitation, conv, GroupNorm, ReLU, max-pool, conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.act = nn.Conv2d(3, 6, 3), nn.SiLU()
+        self.se = torchvision.ops.SqueezeExcitation(6, 2)
+        self.c2, self.norm, self.relu = nn.Conv2d(6, 6, 3), nn.GroupNorm(2, 6), nn.ReLU()
+        self.pool, self.c3 = nn.MaxPool2d(2), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.c3(self.pool(self.relu(self.norm(self.c2(self.se(self.act(self.c1(x))))))))
+
+
+def test_rule_passes_lists_each_module_for_every_rule():
+    from deconvviz.rectified import rule_passes
+
+    passes = {p.module: p.rules for p in rule_passes(seeded_like(Mixed()), (12, 12))}
+    for rule in ("deconvnet", "guided"):
+        got = {m: r[rule] for m, r in passes.items()}
+        assert got["c1"] == "linear" and got["act"] == "activation rule (SiLU)" and got["se"] == "gate fixed"
+        assert got["se.fc1"] == "-" and got["se.fc2"] == "-"  # the fixed gate's branch carries no signal back
+        assert got["norm"] == "std fixed" and got["relu"] == "ReLU rule" and got["pool"] == "switches"
+    assert {r["gradient"] for r in passes.values()} == {"exact"}
+    attention = {p.module: p.rules for p in rule_passes(seeded_like(Attention()), (7, 6))}
+    assert attention["attn"]["deconvnet"].startswith("no rule: ") and attention["attn"]["gradient"] == "exact"
+    assert attention["stem"]["guided"] == "linear"

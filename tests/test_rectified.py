@@ -24,6 +24,15 @@ from torch import nn
 import deconvviz
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small models on small inputs: one thread is faster, and far faster on a machine shared with others."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Residual(nn.Module):
     """Conv stem, a residual block (addition), max-pool, a second block; ReLUs as modules or functional."""
 
@@ -433,7 +442,7 @@ def torchvision_models():
         if name not in built:
             torch.manual_seed(0)
             built[name] = torchvision.models.get_model(name, weights=None, **({"init_weights": True} if name ==
-                                                       "googlenet" else {})).double().eval()  # fmt: skip
+                                                       "googlenet" else {})).eval()  # fmt: skip
         return built[name]
 
     return build
@@ -443,8 +452,8 @@ def torchvision_models():
 @pytest.mark.parametrize("name, layer, side", TORCHVISION)
 def test_torchvision_architectures_match_the_hand_written_rules(torchvision_models, name, layer, side, rule):
     model = torchvision_models(name)
-    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    outs = compare_to_hand(model, layer, x, rule, top=2, tol=1e-9)
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(5))
+    outs = compare_to_hand(model, layer, x, rule, top=2, zennit=False)  # zennit: on each activation above
     used = set(outs["max"].conventions.values())
     expected = {
         "mobilenet_v2": {"activation rule (Hardtanh)"},
@@ -460,12 +469,12 @@ def test_torchvision_architectures_match_the_hand_written_rules(torchvision_mode
 def test_googlenet_captum_passes_the_plain_gradient_where_deconvviz_applies_the_rule(torchvision_models):
     """GoogLeNet's ReLUs are functional: captum's guided backprop does not see them and returns the gradient."""
     model = torchvision_models("googlenet")
-    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(6))
     out = deconvviz.Deconvnet(model, rule="guided").project(x, "inception3a", top=1)
     sel, mod = out.selections, model.inception3a
     captum = oracle(model, mod, x, sel.channels, sel.positions, "guided")
     gradient = oracle(model, mod, x, sel.channels, sel.positions, "gradient")
-    assert rel_err(captum, gradient) <= 1e-9  # silently the plain gradient
+    assert rel_err(captum, gradient) <= 1e-6  # silently the plain gradient
     assert rel_err(out.images, captum) > 0.1
     twin = hand_twin(model, "guided", activation=lambda m: m)  # ReLUs as modules: captum now applies its rule
     assert rel_err(out.images, oracle(twin, twin.inception3a, x, sel.channels, sel.positions, "guided")) <= 1e-6

@@ -42,7 +42,7 @@ def refusal(message: str) -> str:
     if not m:
         return message.split(";")[0]
     where, why = re.sub(r" \([^)]*\)$", "", m[1].strip("'")), m[2]
-    op = why.split(" has no")[0] if " has no" in why else why.split(",")[0].removeprefix("it ")
+    op = why.split(",")[0].removeprefix("it ") if why.startswith("it ") else why.split(" has no")[0]
     return f"{op} at `{where}`"
 
 

@@ -231,7 +231,9 @@ class _RectifyReLUs(TorchFunctionMode):
         x, f, inplace, negative = _call(spec, args, kwargs)
         out = _Activated.apply(x, spec, f, inplace, negative, self.rule)
         if spec.kind != "relu" and not self.rule.exact and convention:
-            return self._mark(out, f"activation rule ({spec.name})")
+            bounds = tuple(args[1:3]) or (kwargs.get("min_val"), kwargs.get("max_val"))
+            relu6 = spec.name == "Hardtanh" and bounds == (0.0, 6.0)  # nn.ReLU6 calls F.hardtanh(x, 0, 6)
+            return self._mark(out, f"activation rule ({'ReLU6' if relu6 else spec.name})")
         self._place(out)
         return out
 

@@ -456,7 +456,7 @@ def test_torchvision_architectures_match_the_hand_written_rules(torchvision_mode
     outs = compare_to_hand(model, layer, x, rule, top=2, zennit=False)  # zennit: on each activation above
     used = set(outs["max"].conventions.values())
     expected = {
-        "mobilenet_v2": {"activation rule (Hardtanh)"},
+        "mobilenet_v2": {"activation rule (ReLU6)"},
         "efficientnet_b0": {"activation rule (SiLU)", "gate fixed"},
         "mobilenet_v3_small": {"activation rule (Hardswish)", "gate fixed"},
         "regnet_y_400mf": {"gate fixed"},

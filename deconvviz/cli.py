@@ -497,21 +497,32 @@ def layers_(
     size: Annotated[int, typer.Option(help="Input side in pixels (32 or more) the shapes are given for.")] = 224,
     debug: Debug = False,
 ) -> None:
-    """Every layer you can project from, with its output shape, receptive field size and stride for an input size."""
+    """Every layer you can project from, with its output shape, receptive field size and stride for an input size,
+    and how each rule passes it (ReLU rule, linear, switches, a named convention, or no rule)."""
     with _errors(debug):
+        from dataclasses import replace
+
         from .forward import layer_table
         from .images import check_size
+        from .network import load_network
+        from .rectified import rule_passes
 
         check_size(size)
-        rows = layer_table(_Choice(model, weights).skeleton, (size, size))
+        choice = _Choice(model, weights)
+        built = load_network(choice.spec, "random", "cpu", verbose=False).module  # how rules pass: structure only
+        passes = {p.module: p.rules for p in rule_passes(built, (size, size))}
+        rows = [
+            replace(r, columns={**r.columns, **passes.get(r.module, {})})
+            for r in layer_table(choice.skeleton, (size, size))
+        ]
         extra = list(dict.fromkeys(k for r in rows for k in r.columns))  # more columns, where a row has them
         wide = max([14, *(len(r.module) for r in rows)])
         head = f"{'name':<9} {'module':<{wide}} {'type':<18} {'output shape':<16} {'rf size':>7} {'stride':>6}"
-        typer.echo(" ".join([head, *extra]))
+        typer.echo("  ".join([head, *(f"{k:<10}" for k in extra)]).rstrip())
         for r in rows:
             shown = "x".join(str(d) for d in r.shape)
             line = f"{r.alias:<9} {r.module:<{wide}} {r.kind:<18} {shown:<16} {r.rf:>7} {r.stride:>6}"
-            typer.echo(" ".join([line, *(r.columns.get(k, "") for k in extra)]))
+            typer.echo("  ".join([line, *(f"{r.columns.get(k, ''):<10}" for k in extra)]).rstrip())
 
 
 @app.command()

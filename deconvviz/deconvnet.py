@@ -27,7 +27,8 @@ class Projection:
     switches: dict[str, Switches]
     stages: list[Stage] = field(default_factory=list)  # filled with keep_stages=True on chain models
     layer: str = ""  # module path the projection started from
-    rule: str = "deconvnet"  # how ReLUs passed the signal back (rules.py)
+    rule: str = "deconvnet"  # how activations passed the signal back (rules.py)
+    conventions: dict[str, str] = field(default_factory=dict)  # module path -> conventions used (CONVENTIONS)
 
 
 class Deconvnet:
@@ -35,7 +36,8 @@ class Deconvnet:
 
     Chain models (torchvision VGG and AlexNet, nn.Sequential of standard layers) are mirrored
     step by step (unpool, rectify, filter), with stages. Any other nn.Module is projected through
-    autograd with the deconvnet ReLU rule; what has no such rule is refused.
+    autograd with the rule at every activation and the named conventions at gates and normalizations
+    (rectified.CONVENTIONS); what has no rule is refused.
     """
 
     def __init__(self, model: nn.Module, *, rule: str | Rule = "deconvnet", max_batch_bytes: int = 1 << 30,
@@ -138,7 +140,8 @@ class Deconvnet:
             Stage(s.name, s.kind, s.step, torch.cat([part[j].tensor for part in stage_parts]).unflatten(0, (n, k)))
             for j, s in enumerate(stage_parts[0])
         ]
-        return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, path.switches, stages, name, rule.name)
+        images = torch.cat(parts).unflatten(0, (n, k))
+        return Projection(images, sel, path.switches, stages, name, rule.name, path.conventions)
 
     def _project_windows(self, x: Tensor, path: _ChainPath, sel: Selection) -> Projection:
         """Selections whose seeds are concentrated (mode max: one activation; mode map: a map whose nonzero
@@ -203,7 +206,7 @@ class _ChainPath:
         self.flipped_filters: dict = {}  # conv -> its transpose as a forward conv's filters, made once per call
 
     def forward(self, x: Tensor) -> Tensor:
-        self.record = forward_chain(self.steps, x, len(self.steps) - 1, keep_masks=self.rule.needs_mask)
+        self.record = forward_chain(self.steps, x, len(self.steps) - 1, keep_masks=self.rule.needs_slope)
         biggest = max(torch.Size(s[1:]).numel() for s in self.record.shapes)
         self.row_bytes = biggest * x.element_size() * 4  # one seed's widest signal, with scratch
         return self.record.activation
@@ -211,6 +214,8 @@ class _ChainPath:
     @property
     def switches(self) -> dict[str, Switches]:
         return self.record.switches
+
+    conventions: dict[str, str] = {}  # a chain has ReLUs only: no conventions
 
     def windows_possible(self) -> bool:
         return self.record.activation.dim() == 4 and croppable(self.steps)
@@ -233,6 +238,10 @@ class _AutogradPath:
     @property
     def switches(self) -> dict[str, Switches]:
         return self.record["switches"]
+
+    @property
+    def conventions(self) -> dict[str, str]:
+        return self.record["conventions"]
 
     def windows_possible(self) -> bool:
         return False

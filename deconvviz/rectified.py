@@ -1,16 +1,19 @@
-"""Deconvnet for any nn.Module, through autograd: the backward of every ReLU is replaced by a rule's.
+"""Deconvnet for any nn.Module, through autograd: the backward of every activation is replaced by a rule's.
 
-For a network of convolutions, affine maps, max-pools, additions and concatenations joined by ReLUs,
-autograd's backward is the exact transpose of each linear step and unpools with the switches; only
-the ReLU rule differs (deconvnet: ReLU on the signal, not the forward mask; see rules.py). Anything
-else on the path from the input to the layer has no such rule and is refused, never silently approximated.
+For a network of convolutions, affine maps, max-pools, additions and concatenations joined by activations,
+autograd's backward is the exact transpose of each linear step and unpools with the switches; only the
+activation rule differs (deconvnet: ReLU on the signal, not the forward slope; see rules.py). Gates and
+normalizations follow the named `CONVENTIONS` under deconvnet and guided (the gradient rule is exact through
+everything). Anything else on the path from the input to the layer has no rule and is refused, never silently
+approximated.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +25,66 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
 from .forward import Switches, overlapping
-from .rules import Rule, get_rule
+from .rules import RULES, Rule, get_rule
 
-_RELUS = {F.relu: False, torch.relu: False, Tensor.relu: False, F.relu_: True, torch.relu_: True, Tensor.relu_: True}
+# What a projection does where deconvnet and guided have no rule of their own (the gradient rule is exact).
+CONVENTIONS = {
+    "activation rule": "deconvnet max(s, 0), guided max(s, 0) f'(x) at an activation f other than ReLU (ReLU's "
+    "rules mapped onto f; zennit's ReLUDeconvNet and ReLUGuidedBackprop on f)",
+    "gate fixed": "a product x g with a sigmoid-like gate g from another branch (squeeze-and-excitation) passes the "
+    "signal as s g, g fixed to its forward value like the switches (Arras et al. 2017, LRP for multiplicative "
+    "gates; Ali et al., ICML 2022)",
+    "std fixed": "LayerNorm and GroupNorm with the standard deviation fixed to its forward value, the centring and "
+    "the affine part kept (Ali et al., ICML 2022, XAI for Transformers: Better Explanations through Conservative "
+    "Propagation)",
+}
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise activation the rules know. kind: how its slope f'(x) is recorded: "relu" (bool, output
+    > 0), "window" (bool, f' is 0 or 1: ReLU6, Hardtanh), "leaky" (bool x > 0; f' is 1 there, the negative
+    slope elsewhere), "smooth" (float f'(x)). pure: the out-of-place function; inplace_at: position of its
+    `inplace` argument (None: none); always_inplace: the in-place form (relu_, elu_, ...)."""
+
+    name: str
+    kind: str
+    pure: Callable
+    inplace_at: int | None = None
+    always_inplace: bool = False
+
+
+def _forms(name: str, kind: str, pure: Callable, inplace_at: int | None, *funcs, inplace_funcs=()) -> dict:
+    out = {f: Activation(name, kind, pure, inplace_at) for f in (pure, *funcs)}
+    return out | {f: Activation(name, kind, pure, None, always_inplace=True) for f in inplace_funcs}
+
+
+# func -> Activation, for modules (whose forward calls these) and functional calls alike.
+_ACTIVATIONS = (
+    _forms("ReLU", "relu", F.relu, 1, torch.relu, Tensor.relu, inplace_funcs=(F.relu_, torch.relu_, Tensor.relu_))
+    | _forms("ReLU6", "window", F.relu6, 1)
+    | _forms("Hardtanh", "window", F.hardtanh, 3, inplace_funcs=(F.hardtanh_,))
+    | _forms("LeakyReLU", "leaky", F.leaky_relu, 2, inplace_funcs=(F.leaky_relu_,))
+    | _forms("PReLU", "leaky", F.prelu, None)
+    | _forms("ELU", "smooth", F.elu, 2, inplace_funcs=(F.elu_,))
+    | _forms("CELU", "smooth", F.celu, 2, torch.celu, inplace_funcs=(F.celu_, torch.celu_))
+    | _forms("SELU", "smooth", F.selu, 1, torch.selu, inplace_funcs=(F.selu_, torch.selu_))
+    | _forms("GELU", "smooth", F.gelu, None)
+    | _forms("SiLU", "smooth", F.silu, 1)
+    | _forms("Hardswish", "smooth", F.hardswish, 1)
+    | _forms("Mish", "smooth", F.mish, 1)
+    | _forms("Softplus", "smooth", F.softplus, None)
+)
+# Sigmoid-like gates: a product with one is a fixed gate, or (of its own input) the activation named here.
+_GATES = {f: "SiLU" for f in (torch.sigmoid, Tensor.sigmoid, F.sigmoid, torch.special.expit)} | {
+    F.hardsigmoid: "Hardswish"
+}
+_GATES_INPLACE = {torch.sigmoid_, Tensor.sigmoid_}
+_PRODUCT_FUNCS = {Tensor.__mul__, Tensor.__rmul__, Tensor.mul, torch.mul, Tensor.mul_, Tensor.__imul__}
+_INPLACE_PRODUCTS = {Tensor.mul_, Tensor.__imul__}
+_VIEWS = {Tensor.view, Tensor.reshape, Tensor.expand, Tensor.expand_as, Tensor.unsqueeze, Tensor.squeeze,
+          Tensor.flatten, Tensor.contiguous, Tensor.permute, torch.reshape, torch.flatten, torch.unsqueeze}  # fmt: skip
+_NORMS = {F.layer_norm: "layer", torch.layer_norm: "layer", F.group_norm: "group", torch.group_norm: "group"}
 
 # autograd nodes (names without "Backward<n>") that are linear in the signal or the max-pool switch rule.
 _LINEAR = set(
@@ -34,34 +94,108 @@ _LINEAR = set(
     "MaxPool2DWithIndices MaxPool3DWithIndices AdaptiveMaxPool2D NativeBatchNorm CudnnBatchNorm "
     "MiopenBatchNorm ConstantPadNd UpsampleNearest2D UpsampleBilinear2D Alias AsStrided ToCopy Index "
     "IndexSelect Flip Roll Repeat Narrow ReflectionPad1D ReflectionPad2D ReflectionPad3D ReplicationPad1D "
-    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Rectified".split()
+    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Activated _FixedStd".split()
 )  # fmt: skip
 _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only if one operand carries no signal
 
 
-class _Rectified(torch.autograd.Function):
-    """ReLU forward; backward by the rule (which keeps the forward mask, as booleans, only if it needs it)."""
+def _call(spec: Activation, args: tuple, kwargs: dict) -> tuple[Tensor, Callable, bool, object]:
+    """(x, f as an out-of-place function of x alone, in place?, negative slope or None) for one call."""
+    args, kwargs = list(args), dict(kwargs)
+    x = args.pop(0) if args else kwargs.pop("input")
+    inplace = spec.always_inplace
+    if spec.inplace_at is not None:
+        at = spec.inplace_at - 1
+        inplace = bool(args.pop(at) if len(args) > at else kwargs.pop("inplace", False))
+    negative = None
+    if spec.name == "LeakyReLU":
+        negative = float(args[0] if args else kwargs.get("negative_slope", 0.01))
+    elif spec.name == "PReLU":
+        w = (args[0] if args else kwargs["weight"]).detach()
+        negative = w.view(1, -1, *[1] * (x.dim() - 2)) if w.numel() > 1 and x.dim() >= 2 else w.reshape(())
+    return x, lambda t: spec.pure(t, *args, **kwargs), inplace, negative
+
+
+class _Activated(torch.autograd.Function):
+    """An activation's forward; backward by the rule, which gets the slope f'(x) only if it needs it (booleans
+    at ReLU, ReLU6, Hardtanh, LeakyReLU, PReLU; floats at smooth activations)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, inplace: bool, rule: Rule) -> Tensor:
+    def forward(ctx, x: Tensor, spec: Activation, f: Callable, inplace: bool, negative, rule: Rule) -> Tensor:
         if inplace:
             ctx.mark_dirty(x)
-        out = x.clamp_min_(0) if inplace else x.clamp_min(0)
-        ctx.rule = rule
-        ctx.save_for_backward(out > 0 if rule.needs_mask else None)
+        slope, ctx.negative, ctx.rule, ctx.activation = None, None, rule, spec.name
+        if spec.kind == "relu":
+            out = x.clamp_min_(0) if inplace else x.clamp_min(0)
+            slope = out > 0 if rule.needs_slope else None
+        else:
+            if rule.needs_slope and spec.kind == "leaky":
+                slope, ctx.negative = x > 0, negative
+            if rule.needs_slope and spec.kind in ("window", "smooth"):  # f'(x) as torch itself defines it
+                with torch.enable_grad():
+                    xd = x.detach().requires_grad_(True)
+                    y = f(xd)
+                    (slope,) = torch.autograd.grad(y, xd, torch.ones_like(y))
+                y = y.detach()
+                slope = slope != 0 if spec.kind == "window" else slope
+            else:
+                y = f(x)
+            out = x.copy_(y) if inplace else y
+        ctx.save_for_backward(slope)
         return out
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
-        return ctx.rule.relu_backward(g, ctx.saved_tensors[0]), None, None
+    def backward(ctx, g: Tensor) -> tuple:
+        slope = ctx.saved_tensors[0]
+        if ctx.negative is not None:
+            slope = torch.where(slope, 1.0, ctx.negative)
+        return ctx.rule.backward(g, slope), None, None, None, None, None
+
+
+class _FixedStd(torch.autograd.Function):
+    """LayerNorm or GroupNorm forward; backward with the standard deviation fixed to its forward value: the
+    adjoint of centring, affine scale and division by the recorded std. groups: None for LayerNorm."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, norm: Callable, dims: int, groups: int | None, weight: Tensor | None, eps: float):
+        out = norm(x)
+        flat = x.detach().unflatten(1, (groups, -1)).flatten(2) if groups else x.detach().flatten(-dims)
+        ctx.rstd = torch.rsqrt(flat.var(-1, unbiased=False, keepdim=True) + eps)
+        ctx.dims, ctx.groups, ctx.weight = dims, groups, None if weight is None else weight.detach()
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple:
+        if ctx.weight is not None:
+            g = g * (ctx.weight.view(-1, *[1] * (g.dim() - 2)) if ctx.groups else ctx.weight)
+        # reshape, not views: this runs under vmap (is_grads_batched), which has no batching rule for them
+        flat = g.reshape(g.shape[0], ctx.groups, -1) if ctx.groups else g.reshape(*g.shape[: g.dim() - ctx.dims], -1)
+        flat = (flat - flat.mean(-1, keepdim=True)) * ctx.rstd
+        return flat.reshape(g.shape), None, None, None, None, None
+
+
+def _fixed_std(func, args: tuple, kwargs: dict) -> Tensor:
+    """F.layer_norm / F.group_norm (and their torch forms) with the std fixed in the backward."""
+    names = ("input", "normalized_shape" if _NORMS[func] == "layer" else "num_groups", "weight", "bias", "eps")
+    bound = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k in names}
+    x, eps = bound["input"], float(bound.get("eps", 1e-5))
+    rest = {k: v for k, v in bound.items() if k != "input"}
+    groups = None if _NORMS[func] == "layer" else int(rest["num_groups"])
+    shape = rest.get("normalized_shape")
+    dims = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
+    norm = F.layer_norm if groups is None else F.group_norm
+    return _FixedStd.apply(x, lambda t: norm(t, **rest), dims, groups, rest.get("weight"), eps)
 
 
 class _RectifyReLUs(TorchFunctionMode):
-    """Routes every ReLU call (modules, F.relu, torch.relu, x.relu(), in-place forms) through _Rectified.
+    """Routes every activation call (modules, F.relu, torch.relu, x.relu(), F.silu, ..., in-place forms) through
+    _Activated, and, unless the rule is exact, applies the gate and normalization conventions.
 
     It also follows values the forward computes from the signal without a gradient (comparisons such as
     `t > 0`, `.detach()`, `torch.no_grad()` blocks): an operation that mixes such a value back into the
     signal (`t * (t > 0)`) is a data-dependent gate, not a linear step, and `gated` records its node.
+    `stack` holds the module paths being run (filled by `recording`); `places` gives each graph node the
+    innermost one, `marks` the convention its node used.
     """
 
     def __init__(self, rule: Rule):
@@ -69,17 +203,68 @@ class _RectifyReLUs(TorchFunctionMode):
         self.rule = rule
         self.constants = WeakIdKeyDictionary()  # tensor -> the graph nodes its value was computed from
         self.gated: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, source nodes)
+        self.gates = WeakIdKeyDictionary()  # sigmoid-like output -> (activation it makes, its input or None)
+        self.stack: list[str] = []
+        self.places: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, module path)
+        self.marks: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, module path, convention)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RELUS:
-            x = args[0] if args else kwargs["input"]
-            inplace = _RELUS[func] or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-            return _Rectified.apply(x, inplace, self.rule)
+        if func in _ACTIVATIONS:
+            return self._activate(_ACTIVATIONS[func], args, kwargs)
+        if not self.rule.exact and func in _NORMS:
+            return self._mark(_fixed_std(func, args, kwargs), "std fixed")
+        if func in _PRODUCT_FUNCS and (out := self._gate_product(func, args, kwargs)) is not None:
+            return out
         out = func(*args, **kwargs)
+        if func in _GATES or func in _GATES_INPLACE:
+            x = args[0] if args else kwargs.get("input")
+            self.gates[out] = (_GATES.get(func), None if func in _GATES_INPLACE else x)
+        elif func in _VIEWS and args and isinstance(args[0], Tensor) and args[0] in self.gates:
+            self.gates[out] = (None, None)  # a reshaped gate: still a gate, no longer the activation of its input
         if func not in _SHAPE_ONLY:
             self._follow(tree_flatten((args, kwargs))[0], out)
+        self._place(out)
         return out
+
+    def _activate(self, spec: Activation, args: tuple, kwargs: dict, convention: bool = True) -> Tensor:
+        x, f, inplace, negative = _call(spec, args, kwargs)
+        out = _Activated.apply(x, spec, f, inplace, negative, self.rule)
+        if spec.kind != "relu" and not self.rule.exact and convention:
+            bounds = tuple(args[1:3]) or (kwargs.get("min_val"), kwargs.get("max_val"))
+            relu6 = spec.name == "Hardtanh" and bounds == (0.0, 6.0)  # nn.ReLU6 calls F.hardtanh(x, 0, 6)
+            return self._mark(out, f"activation rule ({'ReLU6' if relu6 else spec.name})")
+        self._place(out)
+        return out
+
+    def _gate_product(self, func, args: tuple, kwargs: dict) -> Tensor | None:
+        """x * g with g a sigmoid-like gate: of x itself, the activation (SiLU, Hardswish) with its rule; from
+        another branch, g fixed to its forward value (unless the rule is exact). None: not such a product."""
+        if len(args) != 2 or kwargs or not all(isinstance(a, Tensor) for a in args):
+            return None
+        for x, g in (args, args[::-1]):
+            if g not in self.gates or (func in _INPLACE_PRODUCTS and x is not args[0]):
+                continue
+            act, source = self.gates[g]
+            if act is not None and source is x:
+                spec = _ACTIVATIONS[{"SiLU": F.silu, "Hardswish": F.hardswish}[act]]
+                return self._activate(spec, (x,), {"inplace": func in _INPLACE_PRODUCTS})
+            if self.rule.exact or g.grad_fn is None:
+                return None
+            return self._mark(func(x, g.detach()) if x is args[0] else func(g.detach(), x), "gate fixed")
+        return None
+
+    def _mark(self, out: Tensor, convention: str) -> Tensor:
+        if out.grad_fn is not None:
+            self.marks[id(out.grad_fn)] = (out.grad_fn, self.stack[-1] if self.stack else "", convention)
+        self._place(out)
+        return out
+
+    def _place(self, out) -> None:
+        if self.stack:
+            for o in tree_flatten(out)[0]:
+                if isinstance(o, Tensor) and o.grad_fn is not None and id(o.grad_fn) not in self.places:
+                    self.places[id(o.grad_fn)] = (o.grad_fn, self.stack[-1])
 
     def _follow(self, inputs: list, out) -> None:
         tensors = [t for t in inputs if isinstance(t, Tensor)]
@@ -117,7 +302,8 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def rectified_relus(rule: str | Rule = "deconvnet") -> Iterator[None]:
-    """Every ReLU called in the block gets the rule's backward (default: the deconvnet's rectification)."""
+    """Every activation called in the block gets the rule's backward (default: the deconvnet's rectification),
+    gates and normalizations its conventions."""
     with _RectifyReLUs(get_rule(rule)):
         yield
 
@@ -142,61 +328,99 @@ def _depending(roots: list, x: Tensor, memo: dict[int, bool]) -> None:
             stack.extend((n, False) for n, _ in node.next_functions if n is not None and id(n) not in memo)
 
 
-def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str, gated: dict | None = None) -> None:
-    """Refuse any op between x and out that the deconvnet cannot mirror. owners: grad_fn id -> module;
-    gated: nodes fed by values computed from the signal without a gradient (`_RectifyReLUs.gated`)."""
+def _signal_nodes(out: Tensor, x: Tensor, places: dict | None = None) -> Iterator[tuple]:
+    """Every graph node between x and out whose value depends on x, once: (node, op, nodes feeding it signal,
+    signal, place), with signal(node) telling whether a node depends on x, and place the module path it was
+    made in (`_RectifyReLUs.places`; a node made inside a composite call, e.g. attention, takes the place of
+    the node it feeds)."""
     memo: dict[int, bool] = {}
     _depending([out.grad_fn], x, memo)
+    places = places or {}
 
     def signal(node) -> bool:
         if node is not None and id(node) not in memo:
             _depending([node], x, memo)
         return node is not None and memo[id(node)]
 
-    stack, seen = [out.grad_fn], set()
+    stack, seen, inherited = [out.grad_fn], set(), {}
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen or not signal(node):
             continue
         seen.add(id(node))
-        op, feeding = _op(node), [n for n, _ in node.next_functions if signal(n)]
-        where = owners.get(id(node), "")
-        what = f"'{where}'" if where else f"an operation ({op.lower()})"
-        if op in ("Relu", "Threshold"):
-            raise UnsupportedModelError(f"{what} between the input and '{layer}' is a ReLU that deconvviz cannot "
-                                        "intercept (scripted or custom kernel); use nn.ReLU or F.relu")  # fmt: skip
-        if why := _no_rule(node, op, feeding, signal, gated or {}):
-            raise UnsupportedModelError(f"cannot project '{layer}' through {what}: {why}; choose a layer before it")
+        feeding = [n for n, _ in node.next_functions if signal(n)]
+        place = places[id(node)][1] if id(node) in places else inherited.get(id(node), "")
+        for n in feeding:
+            inherited.setdefault(id(n), place)
+        yield node, _op(node), feeding, signal, place
         stack.extend(feeding)
 
 
-def _no_rule(node, op: str, feeding: list, signal, gated: dict) -> str | None:
-    """Why the deconvnet has no rule for this graph node on the signal's path, or None when it has one."""
+def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str, gated: dict | None = None,
+               rule: Rule = RULES["deconvnet"], places: dict | None = None) -> set[int]:  # fmt: skip
+    """Refuse any op between x and out that the rule cannot mirror (none for the exact gradient rule); returns
+    the ids of the nodes on the signal's path. owners: grad_fn id -> module; gated: nodes fed by values computed
+    from the signal without a gradient (`_RectifyReLUs.gated`); places: grad_fn id -> (node, module path)."""
+    seen = set()
+    for node, op, feeding, signal, place in _signal_nodes(out, x, places):
+        seen.add(id(node))
+        if rule.exact:
+            continue
+        where = owners.get(id(node)) or (f"{place} ({op.lower()})" if place else "")
+        what = f"'{where}'" if where else f"an operation ({op.lower()})"
+        if op in ("Relu", "Threshold"):
+            raise UnsupportedModelError(f"{what} between the input and '{layer}' is a ReLU that deconvviz cannot "
+                                        "intercept (scripted or custom kernel); use nn.ReLU or F.relu, or the "
+                                        "exact rule='gradient' (--rule gradient)")  # fmt: skip
+        if refused := _no_rule(node, op, feeding, signal, gated or {}, rule.name):
+            why = refused[1]
+            raise UnsupportedModelError(f"cannot project '{layer}' through {what}: {why}; choose a layer before it, "
+                                        "or rule='gradient' (--rule gradient), exact through every op")  # fmt: skip
+    return seen
+
+
+def _no_rule(node, op: str, feeding: list, signal, gated: dict, rule: str = "deconvnet") -> tuple[str, str] | None:
+    """Why the rule has no way through this graph node on the signal's path, (in a word, in a sentence), or
+    None when it has one."""
     if op not in _LINEAR and op != "AccumulateGrad":
-        return f"{op} has no deconvnet rule (only convolutions, linear maps, pools, BatchNorm, sums and ReLUs)"
+        return op.lower(), (f"{op} has no {rule} rule (only convolutions, linear maps, pools, BatchNorm, LayerNorm, "
+                            "GroupNorm, sums, elementwise activations and gated products)")  # fmt: skip
     if op == "Div" and len(node.next_functions) > 1 and signal(node.next_functions[1][0]):
-        return "it divides by an input-dependent signal, which has no deconvnet rule"
+        return "division by a signal", f"it divides by an input-dependent signal, which has no {rule} rule"
     if op in _PRODUCTS and len(feeding) > 1:
-        return "it multiplies two input-dependent signals, which has no deconvnet rule"
+        return "product of two signals", (f"it multiplies two input-dependent signals with no sigmoid gate, which "
+                                          f"has no {rule} rule")  # fmt: skip
     if op.endswith("BatchNorm") and getattr(node, "_saved_training", False):
-        return ("it normalizes with the batch's own statistics (BatchNorm without running statistics, InstanceNorm), "
-                "which has no deconvnet rule")  # fmt: skip
+        return "batch statistics", ("it normalizes with the batch's own statistics (BatchNorm without running "
+                                    f"statistics, InstanceNorm), which has no {rule} rule")  # fmt: skip
     if id(node) in gated and any(signal(n) for n in gated[id(node)][1]):
-        return ("it mixes in a value computed from the input without a gradient (a mask such as t > 0, .detach(), "
-                "torch.no_grad()): a data-dependent gate with no deconvnet rule; use nn.ReLU or F.relu")  # fmt: skip
+        return "data-dependent mask", ("it mixes in a value computed from the input without a gradient (a mask such "
+                                       f"as t > 0, .detach(), torch.no_grad()): a data-dependent gate with no {rule} "
+                                       "rule; use nn.ReLU or F.relu")  # fmt: skip
     return None
 
 
 @contextlib.contextmanager
-def recording(model: nn.Module, layer: str) -> Iterator[dict]:
-    """Hooks for one forward: the layer's outputs, module names of outputs, max-pool switches. Always removed."""
+def recording(model: nn.Module, layer: str | None, stack: list[str] | None = None) -> Iterator[dict]:
+    """Hooks for one forward: the layer's outputs, module names of outputs, max-pool switches, and (into
+    `stack`) the paths of the modules running. Always removed. layer None: the model's output."""
     found = dict(model.named_modules())
-    if layer not in found:
+    if layer is not None and layer not in found:
         raise LayerError(f"unknown layer '{layer}'")
+    layer = "" if layer is None else layer
     rec: dict = {"outputs": [], "owners": {}, "switches": {}}
+    stack = [] if stack is None else stack
+
+    def enter(name):
+        def pre_hook(mod, args):
+            stack.append(name)
+
+        return pre_hook
 
     def owner(name, m):
         def hook(mod, args, out):
+            if stack and stack[-1] == name:
+                stack.pop()
             if isinstance(out, Tensor) and out.grad_fn is not None:
                 rec["owners"].setdefault(id(out.grad_fn), f"{name} ({type(mod).__name__})")
             if isinstance(mod, nn.MaxPool2d) and args and isinstance(args[0], Tensor) and args[0].dim() == 4:
@@ -213,7 +437,8 @@ def recording(model: nn.Module, layer: str) -> Iterator[dict]:
 
         return hook
 
-    handles = [m.register_forward_hook(owner(n, m)) for n, m in found.items()]
+    handles = [m.register_forward_pre_hook(enter(n)) for n, m in found.items()]
+    handles += [m.register_forward_hook(owner(n, m)) for n, m in found.items()]
     try:
         yield rec
     finally:
@@ -232,7 +457,7 @@ def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule) -> tuple[T
     mode = _RectifyReLUs(rule)
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
         before = _rng_state(leaf.device)
-        with evaluating(model), recording(model, layer) as rec, mode, torch.enable_grad():
+        with evaluating(model), recording(model, layer, mode.stack) as rec, mode, torch.enable_grad():
             try:
                 model(leaf.clone())  # not the leaf itself: in-place ops on the model's input stay legal
             except RuntimeError as e:
@@ -255,8 +480,18 @@ def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule) -> tuple[T
     out = outs[0]
     if out.grad_fn is None:
         raise LayerError(f"layer '{layer}' does not depend on the input; choose a layer on the path from the input")
-    check_path(out, leaf, rec["owners"], layer, mode.gated)
+    on_path = check_path(out, leaf, rec["owners"], layer, mode.gated, rule, mode.places)
+    rec["conventions"] = _conventions(mode, on_path)
     return leaf, out, rec
+
+
+def _conventions(mode: _RectifyReLUs, on_path: set[int]) -> dict[str, str]:
+    """Module path -> the conventions (CONVENTIONS) its ops on the signal's path used, in forward order."""
+    found: dict[str, list[str]] = {}
+    for key, (_, place, convention) in mode.marks.items():
+        if key in on_path and convention not in found.setdefault(place, []):
+            found[place].append(convention)
+    return {place: ", ".join(c) for place, c in found.items() if c}
 
 
 def project_autograd(x: Tensor, out: Tensor, seed: Tensor) -> Tensor:
@@ -269,3 +504,69 @@ def project_autograd(x: Tensor, out: Tensor, seed: Tensor) -> Tensor:
             "cannot give its ReLUs the deconvnet rule; build the model without checkpointing "
             "(e.g. densenet121(memory_efficient=False))"
         ) from None
+
+
+@dataclass(frozen=True)
+class Passage:
+    """How each rule passes the signal through one module: rules maps a rule's name to "exact" (the gradient
+    rule), "no rule: <op>", a convention (CONVENTIONS), "ReLU rule", "switches" (max-pools), "linear", or "-"
+    (the signal from the output does not pass the module)."""
+
+    module: str
+    kind: str
+    rules: dict[str, str]
+
+
+def rule_passes(model: nn.Module, size: tuple[int, int], rules: tuple[str, ...] = tuple(RULES)) -> list[Passage]:
+    """For every module of the model (named_modules order), how each rule passes the signal from the model's
+    output to an input of `size` (H, W); a container reports what happens inside it. One forward per rule."""
+    p = next(model.parameters(), None)
+    convs = [m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    dtype, device = (p.dtype, p.device) if p is not None else (torch.float32, torch.device("cpu"))
+    x = torch.randn(1, convs[0] if convs else 3, *size, generator=torch.Generator().manual_seed(0))
+    names = [n for n, _ in model.named_modules() if n]
+    found: dict[str, dict[str, str]] = {n: {} for n in names}
+    for rule in map(get_rule, rules):
+        labels = _labels(model, x.to(device, dtype), rule)
+        for n in names:
+            inside = [lab for place, ls in labels.items() if place == n or place.startswith(n + ".") for lab in ls]
+            found[n][rule.name] = _summary(inside, rule)
+    modules = dict(model.named_modules())
+    return [Passage(n, type(modules[n]).__name__, found[n]) for n in names]
+
+
+def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
+    """Module path -> what each graph node placed in it does with the signal, from the output down to x."""
+    leaf = x.detach().requires_grad_(True)
+    mode = _RectifyReLUs(rule)
+    with evaluating(model), recording(model, None, mode.stack) as rec, mode, torch.enable_grad():
+        model(leaf.clone())
+    labels: dict[str, list[str]] = {}
+    for out in [t for t in tree_flatten(rec["outputs"])[0] if isinstance(t, Tensor) and t.grad_fn is not None]:
+        for node, op, feeding, signal, place in _signal_nodes(out, leaf, mode.places):
+            if rule.exact:
+                label = "exact"
+            elif refused := _no_rule(node, op, feeding, signal, mode.gated, rule.name):
+                label = f"no rule: {refused[0]}"
+            elif id(node) in mode.marks:
+                label = mode.marks[id(node)][2]
+            elif op == "_Activated":
+                label = "ReLU rule"
+            elif op.startswith(("MaxPool", "AdaptiveMaxPool")):
+                label = "switches"
+            else:
+                label = "linear"
+            labels.setdefault(place, []).append(label)
+    return labels
+
+
+def _summary(labels: list[str], rule: Rule) -> str:
+    if not labels:
+        return "-"
+    refused = sorted({lab[len("no rule: ") :] for lab in labels if lab.startswith("no rule: ")})
+    if refused:
+        return "no rule: " + ", ".join(refused)
+    conventions = list(dict.fromkeys(lab for lab in labels if lab.startswith(tuple(CONVENTIONS))))
+    if conventions:
+        return ", ".join(conventions)
+    return next(lab for lab in ("exact", "ReLU rule", "switches", "linear") if lab in labels)

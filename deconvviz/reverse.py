@@ -121,7 +121,7 @@ def reverse_chain(
             pool_number, pending, has_conv = pool_number - 1, None, False
             continue
         if isinstance(s.module, nn.ReLU):
-            y = rule.relu_backward(y, relu_masks(record, s.name, img) if rule.needs_mask else None)
+            y = rule.backward(y, relu_masks(record, s.name, img) if rule.needs_slope else None)
         elif not isinstance(s.module, (nn.Dropout, nn.Dropout2d, nn.Identity)):
             y = filter_(s.module, y, record.shapes[i], flips)
         has_conv |= isinstance(s.module, nn.Conv2d)
@@ -164,7 +164,7 @@ def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin:
     for i in reversed(range(len(steps))):
         m, plane = steps[i].module, tuple(record.shapes[i][-2:])
         if isinstance(m, nn.ReLU):
-            y = rule.relu_backward(y, _window(record.masks[steps[i].name], img, origin, y.shape[1:]) if rule.needs_mask
+            y = rule.backward(y, _window(record.masks[steps[i].name], img, origin, y.shape[1:]) if rule.needs_slope
                                    else None)  # fmt: skip
         elif isinstance(m, nn.BatchNorm2d):
             y = filter_(m, y, y.shape)

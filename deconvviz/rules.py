@@ -1,9 +1,24 @@
-"""How a ReLU passes the signal backward: the one step in which a deconvnet, guided backprop and the gradient differ.
+"""How an activation passes the signal backward: the one step in which a deconvnet, guided backprop and the
+gradient differ.
 
-Every other reverse step (unpool with the switches, filter with the transposed filters) is the same
-linear adjoint for all three. A rule is one small class; the chain path, the receptive-field window
-path and the autograd path all call `relu_backward`, and the forward pass records the ReLU masks
-(booleans, where the forward ReLU let its input through) only for rules that ask for them.
+Every other reverse step (unpool with the switches, filter with the transposed filters) is the same linear
+adjoint for all three. With f the activation, x its input, s the signal arriving from above and f'(x) its slope:
+
+    activation                                  deconvnet    guided              gradient
+    ReLU                                        max(s, 0)    max(s, 0) [x > 0]   s [x > 0]
+    ReLU6, Hardtanh, LeakyReLU, PReLU           max(s, 0)    max(s, 0) f'(x)     s f'(x)
+    ELU, CELU, SELU, GELU (none, tanh), SiLU,   max(s, 0)    max(s, 0) f'(x)     s f'(x)
+    Hardswish, Mish, Softplus
+
+deconvnet is Zeiler & Fergus's rectification (the forward pass plays no part), guided is Springenberg et al.'s,
+which equals zennit's ReLUGuidedBackprop mapped onto f, and gradient is the exact gradient (Simonyan et al.).
+A rule is one small class; the chain path, the receptive-field window path and the autograd path all call
+`backward`, and the forward pass records the slope only for rules that ask for it: booleans (where the ReLU let
+its input through) at piecewise-linear activations, f'(x) as floats only at smooth ones.
+
+Products with a sigmoid-like gate from another branch (squeeze-and-excitation) and LayerNorm/GroupNorm have no
+rule of their own: deconvnet and guided follow the named conventions of rectified.py (`CONVENTIONS`), the
+gradient rule is exact there too.
 """
 
 from __future__ import annotations
@@ -17,15 +32,18 @@ from .errors import SelectionError, unknown_name
 
 
 class Rule(ABC):
-    """A backward rule for ReLUs. needs_mask: the forward mask (input > 0) must be recorded."""
+    """A backward rule for activations. needs_slope: f'(x) at the activation's input must be recorded;
+    exact: the rule is the plain gradient, so gates and normalizations need no convention."""
 
     name: ClassVar[str]
-    needs_mask: ClassVar[bool]
+    needs_slope: ClassVar[bool]
     title: ClassVar[str]  # for figures
+    exact: ClassVar[bool] = False
 
     @abstractmethod
-    def relu_backward(self, signal: Tensor, mask: Tensor | None) -> Tensor:
-        """The signal arriving at a ReLU's output, passed to its input. mask: bool, same shape, or None."""
+    def backward(self, signal: Tensor, slope: Tensor | None) -> Tensor:
+        """The signal arriving at an activation's output, passed to its input. slope: f'(x), same shape (bool
+        at a ReLU, float at smooth activations), or None when the rule does not need it."""
 
     def __repr__(self) -> str:
         return f"<rule {self.name}>"
@@ -34,28 +52,28 @@ class Rule(ABC):
 class DeconvnetRule(Rule):
     """Zeiler & Fergus: rectify the reconstruction; the forward pass plays no part."""
 
-    name, needs_mask, title = "deconvnet", False, "deconvnet"
+    name, needs_slope, title = "deconvnet", False, "deconvnet"
 
-    def relu_backward(self, signal: Tensor, mask: Tensor | None) -> Tensor:
+    def backward(self, signal: Tensor, slope: Tensor | None) -> Tensor:
         return signal.clamp_min(0)
 
 
 class GuidedRule(Rule):
-    """Springenberg et al.: rectify the signal and keep it only where the forward ReLU was active."""
+    """Springenberg et al.: rectify the signal and weigh it by the forward slope (at a ReLU: keep it where active)."""
 
-    name, needs_mask, title = "guided", True, "guided backprop"
+    name, needs_slope, title = "guided", True, "guided backprop"
 
-    def relu_backward(self, signal: Tensor, mask: Tensor | None) -> Tensor:
-        return signal.clamp_min(0).mul_(mask)
+    def backward(self, signal: Tensor, slope: Tensor | None) -> Tensor:
+        return signal.clamp_min(0).mul_(slope)
 
 
 class GradientRule(Rule):
-    """Simonyan et al.: the unit's plain gradient; the forward mask only."""
+    """Simonyan et al.: the unit's plain gradient."""
 
-    name, needs_mask, title = "gradient", True, "gradient"
+    name, needs_slope, title, exact = "gradient", True, "gradient", True
 
-    def relu_backward(self, signal: Tensor, mask: Tensor | None) -> Tensor:
-        return signal * mask
+    def backward(self, signal: Tensor, slope: Tensor | None) -> Tensor:
+        return signal * slope
 
 
 RULES: dict[str, Rule] = {r.name: r for r in (DeconvnetRule(), GuidedRule(), GradientRule())}

@@ -3,6 +3,7 @@ seeded with the selected activation values; and the seeded models that several t
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -137,3 +138,200 @@ def seeded(model):
     for p in m.parameters():
         p.data.normal_(0, 0.5)
     return m.eval()
+
+
+# ---- hand-written conventions: the same model with each activation rule as a torch.autograd.Function and
+# the gate and normalization conventions written with detach(); projected by plain autograd ----
+
+
+class HandRule(torch.autograd.Function):
+    """f forward; backward as the rule tables say. deconvnet: max(s, 0); guided: torch's own backward of f
+    fed max(s, 0), i.e. max(s, 0) f'(x); gradient: torch's own backward of f, s f'(x)."""
+
+    @staticmethod
+    def forward(ctx, x, f, rule):
+        ctx.save_for_backward(x)
+        ctx.f, ctx.rule = f, rule
+        return f(x)
+
+    @staticmethod
+    def backward(ctx, s):
+        if ctx.rule == "deconvnet":
+            return s.clamp(min=0), None, None
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(ctx.f(xd), xd, s.clamp(min=0) if ctx.rule == "guided" else s)
+        return g, None, None
+
+
+class HandAct(nn.Module):
+    """An activation module whose backward is HandRule's."""
+
+    def __init__(self, f, rule: str):
+        super().__init__()
+        self.f, self.rule = f, rule
+
+    def forward(self, x):
+        return HandRule.apply(x, self.f, self.rule)
+
+
+ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
+                    nn.SiLU, nn.Hardswish, nn.Mish, nn.Softplus)  # fmt: skip
+
+
+def out_of_place(m: nn.Module) -> nn.Module:
+    m = copy.deepcopy(m)
+    if hasattr(m, "inplace"):
+        m.inplace = False
+    return m
+
+
+def hand_layer_norm(x: Tensor, dims: int, weight, bias, eps: float) -> Tensor:
+    """LayerNorm over the last `dims` dims with the std fixed (detach), centring and affine kept."""
+    axes = tuple(range(-dims, 0))
+    centred = x - x.mean(axes, keepdim=True)
+    out = centred / torch.sqrt(x.var(axes, unbiased=False, keepdim=True) + eps).detach()
+    return out * weight + bias if weight is not None else out
+
+
+def hand_group_norm(x: Tensor, groups: int, weight, bias, eps: float) -> Tensor:
+    g = x.reshape(x.shape[0], groups, -1)
+    out = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + eps).detach()
+    out = out.reshape(x.shape)
+    shape = (1, -1, *[1] * (x.dim() - 2))
+    return out * weight.view(shape) + bias.view(shape) if weight is not None else out
+
+
+class _HandLayerNorm(nn.Module):
+    def __init__(self, m: nn.LayerNorm, channels_first: bool):
+        super().__init__()
+        self.m, self.channels_first = m, channels_first
+
+    def forward(self, x):
+        m = self.m
+        if self.channels_first:  # torchvision's LayerNorm2d
+            x = x.permute(0, 2, 3, 1)
+        y = hand_layer_norm(x, len(m.normalized_shape), m.weight, m.bias, m.eps)
+        return y.permute(0, 3, 1, 2) if self.channels_first else y
+
+
+class _HandGroupNorm(nn.Module):
+    def __init__(self, m: nn.GroupNorm):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return hand_group_norm(x, self.m.num_groups, self.m.weight, self.m.bias, self.m.eps)
+
+
+class _HandSE(nn.Module):
+    """torchvision's SqueezeExcitation with the gate fixed: scale.detach() * input."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m._scale(x).detach() * x
+
+
+class _ModuleReLUConv(nn.Module):
+    """googlenet/inception BasicConv2d with its functional ReLU as a module (for captum, zennit, HandAct)."""
+
+    def __init__(self, m: nn.Module, act: nn.Module):
+        super().__init__()
+        self.conv, self.bn, self.act = m.conv, m.bn, act
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+def hand_twin(model: nn.Module, rule: str, activation=None) -> nn.Module:
+    """A copy of the model with the rule written out by hand: every activation module a HandAct (or
+    `activation(module)`, e.g. for zennit), gates and std fixed with detach() (deconvnet and guided only)."""
+    from torchvision.models.convnext import LayerNorm2d
+    from torchvision.models.googlenet import BasicConv2d
+    from torchvision.models.inception import BasicConv2d as InceptionConv
+    from torchvision.ops.misc import SqueezeExcitation
+
+    twin = copy.deepcopy(model).eval()
+    make = activation or (lambda m: HandAct(out_of_place(m), rule))
+    conventions = rule != "gradient"
+
+    def swap(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, (BasicConv2d, InceptionConv)):
+                new = _ModuleReLUConv(child, make(nn.ReLU()))
+            elif isinstance(child, SqueezeExcitation) and conventions:
+                swap(child)
+                new = _HandSE(child)
+            elif isinstance(child, (nn.LayerNorm, LayerNorm2d)) and conventions:
+                new = _HandLayerNorm(child, isinstance(child, LayerNorm2d))
+            elif isinstance(child, nn.GroupNorm) and conventions:
+                new = _HandGroupNorm(child)
+            elif isinstance(child, ACTIVATION_TYPES):
+                new = make(child)
+            else:
+                swap(child)
+                continue
+            setattr(parent, name, new)
+
+    swap(twin)
+    return twin
+
+
+def seeds_for(act: Tensor, channels: Tensor, positions: Tensor | None) -> Tensor:
+    """(N*K, ...) seeds: each selected map (positions None) or its strongest activation, as oracle() builds them."""
+    n, k = channels.shape
+    seed = torch.zeros(n * k, *act.shape[1:], dtype=act.dtype)
+    flat, src = seed.view(n * k, act.shape[1], -1), act.reshape(n, act.shape[1], -1)
+    for i in range(n):
+        for j in range(k):
+            c = channels[i, j]
+            if positions is None:
+                flat[i * k + j, c] = src[i, c]
+            else:
+                flat[i * k + j, c, positions[i, j]] = src[i, c, positions[i, j]]
+    return seed
+
+
+def autograd_projection(twin: nn.Module, layer: str, x: Tensor, channels: Tensor, positions: Tensor | None,
+                        seed_model: nn.Module | None = None) -> Tensor:  # fmt: skip
+    """Plain autograd through `twin` (its rules written out by hand) from the layer, seeded with the selected
+    activations of `seed_model` (default: twin). Returns (N, K, C, H, W)."""
+    mods = dict((seed_model or twin).named_modules())
+    act = layer_activation(seed_model or twin, mods[layer], x)
+    n, k = channels.shape
+    seed = seeds_for(act, channels, positions)
+    got = []
+    h = dict(twin.named_modules())[layer].register_forward_hook(lambda m, i, o: got.append(o))
+    xs = x.repeat_interleave(k, dim=0).clone().requires_grad_(True)
+    try:
+        twin.eval()(xs)
+    finally:
+        h.remove()
+    (g,) = torch.autograd.grad((got[0] * seed).sum(), xs)
+    return g.unflatten(0, (n, k))
+
+
+def zennit_projection(model: nn.Module, layer: str, x: Tensor, channels: Tensor, positions: Tensor | None,
+                      rule: str, twin: nn.Module | None = None) -> Tensor:  # fmt: skip
+    """zennit's ReLUDeconvNet / ReLUGuidedBackprop put on every activation module of a hand twin (gates and std
+    fixed by detach(); `twin`: one made by hand_twin(model, rule, activation=out_of_place)), projected by
+    autograd with zennit's hooks. Returns (N, K, C, H, W)."""
+    from zennit.rules import ReLUDeconvNet, ReLUGuidedBackprop
+
+    twin = twin if twin is not None else hand_twin(model, rule, activation=out_of_place)
+    hooks = []
+    handles = []
+    for m in twin.modules():
+        if isinstance(m, ACTIVATION_TYPES):
+            hook = (ReLUDeconvNet if rule == "deconvnet" else ReLUGuidedBackprop)()
+            hooks.append(hook)
+            handles.append(hook.register(m))
+    try:
+        return autograd_projection(twin, layer, x, channels, positions, seed_model=model)
+    finally:
+        for h in handles:
+            h.remove()

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from oracle import Concat, Residual, oracle, rel_err, seeded
+from oracle import (
+    Concat,
+    HandRule,
+    Residual,
+    autograd_projection,
+    hand_group_norm,
+    hand_layer_norm,
+    hand_twin,
+    oracle,
+    out_of_place,
+    rel_err,
+    seeded,
+    zennit_projection,
+)
 from torch import nn
 
 import deconvviz
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small models on small inputs: one thread is faster, and far faster on a machine shared with others."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def compare(model, twin, layer, x, modes=("max", "map")):
@@ -83,12 +107,13 @@ class Gated(nn.Module):
         return F.relu(self.conv2(y))
 
 
-@pytest.mark.parametrize("act, name", [(nn.Sigmoid(), "Sigmoid"), (nn.GELU(), "GELU"), (nn.LeakyReLU(), "LeakyReLU")])
-def test_nonlinearities_without_a_deconvnet_rule_are_refused(act, name):
+@pytest.mark.parametrize("act, name", [(nn.Sigmoid(), "Sigmoid"), (nn.Tanh(), "Tanh"), (nn.Softmax(1), "Softmax")])
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_nonlinearities_without_a_rule_are_refused(act, name, rule):
     x = torch.randn(1, 3, 12, 12)
-    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'act \({name}\)'.*no deconvnet rule"):
-        deconvviz.Deconvnet(Gated(act)).project(x, "conv2")
-    deconvviz.Deconvnet(Gated(act)).project(x, "conv1")  # before it: fine
+    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'act \({name}\)'.*no {rule} rule.*--rule gradient"):
+        deconvviz.Deconvnet(Gated(act), rule=rule).project(x, "conv2")
+    deconvviz.Deconvnet(Gated(act), rule=rule).project(x, "conv1")  # before it: fine
 
 
 def test_product_of_two_signals_is_refused():
@@ -221,3 +246,261 @@ def test_inference_mode_tensors_and_calls():
         xi = x.clone()
         got = deconvviz.Deconvnet(model).project(xi, "b1", top=2).images
     assert torch.equal(got, want)
+
+
+# ---- every activation, gate and normalization, against the rules written out by hand (and zennit) ----
+
+RULE_NAMES = ["deconvnet", "guided", "gradient"]
+ACTIVATIONS = [
+    nn.ReLU(), nn.ReLU6(), nn.Hardtanh(-0.5, 0.7), nn.LeakyReLU(0.2), nn.PReLU(6, 0.3), nn.ELU(0.7), nn.CELU(1.3),
+    nn.SELU(), nn.GELU(), nn.GELU("tanh"), nn.SiLU(), nn.Hardswish(), nn.Mish(), nn.Softplus(2.0, 3.0),
+]  # fmt: skip
+
+
+class Activated(nn.Module):
+    """conv -> act -> max-pool -> conv -> act -> conv, the activation a module (in-place where it can be)."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 4, 3)
+        self.a1, self.a2 = copy.deepcopy(act), copy.deepcopy(act)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.c3(self.a2(self.c2(self.pool(self.a1(self.c1(x))))))
+
+
+def compare_to_hand(model, layer, x, rule, modes=("max", "map"), top=3, zennit=True, tol=1e-5):
+    """deconvviz against the hand twin (plain model for the gradient) and zennit (deconvnet, guided)."""
+    dn = deconvviz.Deconvnet(model, rule=rule)
+    assert dn.steps is None
+    outs = {}
+    twin = model if rule == "gradient" else hand_twin(model, rule)
+    zennit_twin = hand_twin(model, rule, activation=out_of_place) if zennit and rule != "gradient" else None
+    for mode in modes:
+        out = dn.project(x, layer, top=top, mode=mode)
+        sel = out.selections
+        pos = sel.positions if mode == "max" else None
+        want = autograd_projection(twin, layer, x, sel.channels, pos, seed_model=model)
+        assert want.abs().max() > 0, "degenerate test: the oracle projected nothing"
+        assert rel_err(out.images, want) <= tol, (layer, mode, rule)
+        if zennit_twin is not None:
+            got = zennit_projection(model, layer, x, sel.channels, pos, rule, zennit_twin)
+            assert rel_err(out.images, got) <= tol, (layer, mode, rule, "zennit")
+        outs[mode] = out
+    return outs
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: repr(a))
+def test_each_activation_module_matches_the_hand_written_rule_and_zennit(act, rule):
+    torch.manual_seed(0)
+    model = seeded_like(Activated(act))
+    x = torch.randn(2, 3, 14, 13, generator=torch.Generator().manual_seed(3))
+    compare_to_hand(model, "c3", x, rule)
+
+
+def seeded_like(model: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if not name.endswith("weight") or p.dim() > 1:  # PReLU's slopes keep their values
+            p.data.normal_(0, 0.5)
+    return model.eval()
+
+
+class Functional(nn.Module):
+    """Every functional form: F.silu, x * sigmoid(x), x * hardsigmoid(x), F.gelu(tanh), in-place leaky ReLU,
+    F.layer_norm, F.group_norm, a squeeze-and-excitation gate written with functional calls.
+    hand: the same model with the rule written out (HandRule) and gates and std fixed by detach()."""
+
+    def __init__(self, hand: str | None = None):
+        super().__init__()
+        self.hand = hand
+        self.c = nn.ModuleList([nn.Conv2d(3, 8, 3, padding=1)] + [nn.Conv2d(8, 8, 3, padding=1) for _ in range(6)])
+        self.se1, self.se2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.ln_w, self.ln_b = nn.Parameter(torch.randn(8)), nn.Parameter(torch.randn(8))
+
+    def act(self, f, x):
+        return HandRule.apply(x, f, self.hand) if self.hand else None
+
+    def forward(self, x):
+        hand, fixed = self.hand, self.hand in ("deconvnet", "guided")
+        x = self.c[0](x)
+        x = self.act(F.silu, x) if hand else F.silu(x)
+        x = self.c[1](x)
+        x = self.act(F.silu, x) if hand else x * torch.sigmoid(x)
+        x = self.c[2](x)
+        x = self.act(F.hardswish, x) if hand else x * F.hardsigmoid(x)
+        x = self.c[3](x)
+        x = self.act(lambda t: F.gelu(t, approximate="tanh"), x) if hand else F.gelu(x, approximate="tanh")
+        g = torch.sigmoid(self.se2(F.relu(self.se1(x.mean((2, 3), keepdim=True)))))
+        x = x * (g.detach() if fixed else g)
+        x = self.c[4](x).permute(0, 2, 3, 1)
+        if fixed:
+            x = hand_layer_norm(x, 1, self.ln_w, self.ln_b, 1e-5)
+        else:
+            x = F.layer_norm(x, (8,), self.ln_w, self.ln_b)
+        x = self.c[5](x.permute(0, 3, 1, 2))
+        x = hand_group_norm(x, 2, None, None, 1e-5) if fixed else F.group_norm(x, 2)
+        x = self.act(lambda t: F.leaky_relu(t, 0.1), x) if hand else F.leaky_relu_(x, 0.1)
+        return self.c[6](x)
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_functional_forms_match_the_hand_written_conventions(rule):
+    model = seeded_like(Functional())
+    twin = Functional(hand=rule).eval()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 11, 12, generator=torch.Generator().manual_seed(4))
+    dn = deconvviz.Deconvnet(model, rule=rule)
+    for mode in ("max", "map"):
+        out = dn.project(x, "c.6", top=3, mode=mode)
+        sel = out.selections
+        want = autograd_projection(twin, "c.6", x, sel.channels, sel.positions if mode == "max" else None, model)
+        assert rel_err(out.images, want) <= 1e-5, mode
+        plain = autograd_projection(model, "c.6", x, sel.channels, sel.positions if mode == "max" else None)
+        assert (rel_err(out.images, plain) <= 1e-5) == (rule == "gradient")  # the conventions do change things
+    if rule == "gradient":
+        assert out.conventions == {}
+    else:
+        assert list(out.conventions) == [""] and set(out.conventions[""].split(", ")) == {  # all in the root
+            "activation rule (SiLU)", "activation rule (Hardswish)", "activation rule (GELU)", "gate fixed",
+            "std fixed", "activation rule (LeakyReLU)",
+        }  # fmt: skip
+
+
+TORCHVISION = [  # (architecture, layer, input side): layers past the gates, normalizations and activations
+    ("mobilenet_v2", "features.4", 32),
+    ("efficientnet_b0", "features.3", 32),
+    ("mobilenet_v3_small", "features.4", 32),
+    ("regnet_y_400mf", "trunk_output.block1", 32),
+    ("convnext_tiny", "features.2", 32),
+    ("googlenet", "inception3a", 48),
+]
+
+
+@pytest.fixture(scope="module")
+def torchvision_models():
+    built = {}
+
+    def build(name):
+        if name not in built:
+            torch.manual_seed(0)
+            built[name] = torchvision.models.get_model(name, weights=None, **({"init_weights": True} if name ==
+                                                       "googlenet" else {})).eval()  # fmt: skip
+        return built[name]
+
+    return build
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("name, layer, side", TORCHVISION)
+def test_torchvision_architectures_match_the_hand_written_rules(torchvision_models, name, layer, side, rule):
+    model = torchvision_models(name)
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(5))
+    outs = compare_to_hand(model, layer, x, rule, top=2, zennit=False)  # zennit: on each activation above
+    used = set(outs["max"].conventions.values())
+    expected = {
+        "mobilenet_v2": {"activation rule (ReLU6)"},
+        "efficientnet_b0": {"activation rule (SiLU)", "gate fixed"},
+        "mobilenet_v3_small": {"activation rule (Hardswish)", "gate fixed"},
+        "regnet_y_400mf": {"gate fixed"},
+        "convnext_tiny": {"std fixed", "activation rule (GELU)"},
+        "googlenet": set(),
+    }[name]
+    assert used == (set() if rule == "gradient" else expected)
+
+
+def test_googlenet_captum_passes_the_plain_gradient_where_deconvviz_applies_the_rule(torchvision_models):
+    """GoogLeNet's ReLUs are functional: captum's guided backprop does not see them and returns the gradient."""
+    model = torchvision_models("googlenet")
+    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(6))
+    out = deconvviz.Deconvnet(model, rule="guided").project(x, "inception3a", top=1)
+    sel, mod = out.selections, model.inception3a
+    captum = oracle(model, mod, x, sel.channels, sel.positions, "guided")
+    gradient = oracle(model, mod, x, sel.channels, sel.positions, "gradient")
+    assert rel_err(captum, gradient) <= 1e-6  # silently the plain gradient
+    assert rel_err(out.images, captum) > 0.1
+    twin = hand_twin(model, "guided", activation=lambda m: m)  # ReLUs as modules: captum now applies its rule
+    assert rel_err(out.images, oracle(twin, twin.inception3a, x, sel.channels, sel.positions, "guided")) <= 1e-6
+
+
+class Attention(nn.Module):
+    """A conv stem and one self-attention over positions: softmax of two signals, then a product of two."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2)
+        return self.out(self.attn(t, t, t, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_attention_is_refused_under_deconvnet_and_guided_and_exact_under_gradient(rule):
+    model = seeded_like(Attention())
+    x = torch.randn(2, 3, 7, 6, generator=torch.Generator().manual_seed(7))
+    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'attn \(.*no {rule} rule.*--rule gradient"):
+        deconvviz.Deconvnet(model, rule=rule).project(x, "out", channels=[1], mode="map")
+    out = deconvviz.Deconvnet(model, rule="gradient").project(x, "out", channels=[1, 3], mode="map")
+    want = []
+    for i in range(2):
+        for c in (1, 3):
+            xs = x.clone().requires_grad_(True)
+            o = model(xs)[i, c]  # dim 1 is what a selection calls the channel (here: the token)
+            want.append(torch.autograd.grad((o * o.detach()).sum(), xs)[0][i])
+    assert rel_err(out.images.flatten(0, 1), torch.stack(want)) <= 1e-5
+
+
+def test_slopes_are_recorded_compactly_and_only_when_the_rule_needs_them():
+    from deconvviz.rectified import layer_output
+    from deconvviz.rules import RULES
+
+    def saved(act, rule):
+        model = seeded_like(Activated(act))
+        _, out, _ = layer_output(model, torch.randn(1, 3, 10, 10), "c3", RULES[rule])
+        nodes, stack = [], [out.grad_fn]
+        while stack:
+            n = stack.pop()
+            if n is not None:
+                if type(n).__name__ == "_ActivatedBackward":
+                    nodes.append(n.saved_tensors[0])
+                stack.extend(f for f, _ in n.next_functions)
+        return nodes
+
+    for act in (nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(), nn.PReLU()):
+        assert all(t.dtype == torch.bool for t in saved(act, "guided")) and len(saved(act, "guided")) == 2
+    assert all(t.dtype == torch.float32 for t in saved(nn.SiLU(), "gradient"))
+    assert saved(nn.GELU(), "deconvnet") == [None, None]
+
+
+class Mixed(nn.Module):
+    """conv, SiLU, torchvision squeeze-and-excitation, conv, GroupNorm, ReLU, max-pool, conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.act = nn.Conv2d(3, 6, 3), nn.SiLU()
+        self.se = torchvision.ops.SqueezeExcitation(6, 2)
+        self.c2, self.norm, self.relu = nn.Conv2d(6, 6, 3), nn.GroupNorm(2, 6), nn.ReLU()
+        self.pool, self.c3 = nn.MaxPool2d(2), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.c3(self.pool(self.relu(self.norm(self.c2(self.se(self.act(self.c1(x))))))))
+
+
+def test_rule_passes_lists_each_module_for_every_rule():
+    from deconvviz.rectified import rule_passes
+
+    passes = {p.module: p.rules for p in rule_passes(seeded_like(Mixed()), (12, 12))}
+    for rule in ("deconvnet", "guided"):
+        got = {m: r[rule] for m, r in passes.items()}
+        assert got["c1"] == "linear" and got["act"] == "activation rule (SiLU)" and got["se"] == "gate fixed"
+        assert got["se.fc1"] == "-" and got["se.fc2"] == "-"  # the fixed gate's branch carries no signal back
+        assert got["norm"] == "std fixed" and got["relu"] == "ReLU rule" and got["pool"] == "switches"
+    assert {r["gradient"] for r in passes.values()} == {"exact"}
+    attention = {p.module: p.rules for p in rule_passes(seeded_like(Attention()), (7, 6))}
+    assert attention["attn"]["deconvnet"].startswith("no rule: ") and attention["attn"]["gradient"] == "exact"
+    assert attention["stem"]["guided"] == "linear"

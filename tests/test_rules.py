@@ -205,9 +205,9 @@ def test_a_fourth_rule_is_one_class():
     """A new rule plugs into every path without other changes (here: ReLU passes the signal unchanged)."""
 
     class Identity(Rule):
-        name, needs_mask, title = "identity", False, "identity"
+        name, needs_slope, title = "identity", False, "identity"
 
-        def relu_backward(self, signal, mask):
+        def backward(self, signal, slope):
             return signal
 
     model = randomized(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.ReLU()))

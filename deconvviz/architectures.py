@@ -18,7 +18,7 @@ from pathlib import Path
 import torchvision
 from torch import nn
 
-from .cards import ARCHITECTURES as VGG_NAMES
+from .cards import VGG_ARCHITECTURES as VGG_NAMES
 from .errors import WeightsError
 
 # Architectures deconvviz builds itself, by name: {spec: builder returning an nn.Module with fresh weights}.

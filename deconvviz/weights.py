@@ -105,8 +105,8 @@ def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card |
         card = cards[choice]
         if card.architecture not in VGG_ARCHITECTURES:
             raise WeightsError(
-                f"--weights {choice} is for {card.architecture}, not a VGG; give it alone (the card names its "
-                f"model), or load it in Python with deconvviz.load_network(weights='{choice}')"
+                f"--weights {choice} is for {card.architecture}, not a VGG; load it in Python with "
+                f"deconvviz.load_network(weights='{choice}'), or give it alone (the card names its model)"
             )
         if card.architecture not in (name, f"torchvision:{name}"):
             raise WeightsError(

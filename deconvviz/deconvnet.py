@@ -10,7 +10,16 @@ from torch import Tensor, nn
 
 from .errors import ImageError, LayerError, UnsupportedModelError
 from .forward import ForwardRecord, Switches, forward_chain
-from .layers import Step, chain_of, layer_names, receptive_fields, resolve, step_index
+from .layers import (
+    Step,
+    chain_of,
+    check_stage_modules,
+    layer_names,
+    receptive_fields,
+    resolve,
+    stage_modules,
+    step_index,
+)
 from .rectified import layer_output, project_autograd
 from .reverse import Stage, croppable, reverse_chain, reverse_cropped
 from .rules import Rule, get_rule
@@ -25,7 +34,7 @@ class Projection:
     images: Tensor
     selections: Selection
     switches: dict[str, Switches]
-    stages: list[Stage] = field(default_factory=list)  # filled with keep_stages=True on chain models
+    stages: list[Stage] = field(default_factory=list)  # filled with keep_stages=True, from the layer down
     layer: str = ""  # module path the projection started from
     rule: str = "deconvnet"  # how ReLUs passed the signal back (rules.py)
 
@@ -92,7 +101,7 @@ class Deconvnet:
                 top: int = 9, keep_stages: bool = False, together: bool = False,
                 positions: Tensor | None = None, rule: str | Rule | None = None, values: Tensor | None = None,
                 *, region: Box | None = None, at: Sequence[float] | None = None, exclude: Sequence[Box] = (),
-                cls: int | None = None) -> Projection:  # fmt: skip
+                cls: int | None = None, stages: Sequence[str] | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
@@ -105,22 +114,33 @@ class Deconvnet:
         in each the strongest position, among the positions whose receptive-field centre lies inside
         (less those inside `exclude` boxes), or at the position nearest the point (see deconvviz.targets).
         cls: the `top` maps contributing most to class `cls`'s score (gradient times activation).
+        keep_stages: also return the reverse signal at stage boundaries, from the layer down to the input (chains:
+        after each block of reverse steps and each unpooling; any other model: the signal arriving at the output
+        of each module in `stages`, default `layers.stage_modules`, and at each max-pool's input, then the input).
+        stages: module paths to use as boundaries instead (a chain given them is projected through autograd).
         """
         rule = get_rule(self.rule if rule is None else rule)
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
             if region is not None or at is not None or cls is not None or exclude:
                 channels, positions = choose(self.model, self._input(x), layer, channels, mode, top, region=region,
                                              at=at, exclude=exclude, cls=cls, positions=positions)  # fmt: skip
-            return self._project(x, layer, channels, mode, top, keep_stages, together, positions, rule, values)
+            boundaries = None if stages is None else check_stage_modules(self.model, list(stages))
+            return self._project(x, layer, channels, mode, top, keep_stages, together, positions, rule, values,
+                                 boundaries)  # fmt: skip
 
-    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values) -> Projection:
+    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values,
+                 boundaries=None) -> Projection:  # fmt: skip
         """The one driver of both paths: resolve, forward, select, then the reverse pass in chunks of seeds."""
-        x, steps = self._input(x), self.steps
+        x, steps = self._input(x), self.steps if boundaries is None else None
         layer = str(layer) if isinstance(layer, int) and not isinstance(layer, bool) else layer
         if not isinstance(layer, str):
             raise LayerError(f"layer must be a name such as 'conv5_3' or a module path, got {type(layer).__name__}")
         name = resolve(self.model, steps, layer)
-        path = _AutogradPath(self.model, name, rule) if steps is None else _ChainPath(steps, name, rule)
+        if steps is None:
+            kept = (stage_modules(self.model) if boundaries is None else boundaries) if keep_stages else []
+            path = _AutogradPath(self.model, name, rule, kept)
+        else:
+            path = _ChainPath(steps, name, rule)
         act = path.forward(x)
         sel = select(act, layer, channels, mode, top, positions, values)
         if not (keep_stages or together) and self.crop is not False and path.windows_possible():
@@ -220,14 +240,20 @@ class _ChainPath:
 
 
 class _AutogradPath:
-    """Any other model: one recorded forward with the rule's ReLU backward, then autograd for the seeds."""
+    """Any other model: one recorded forward with the rule's ReLU backward, then autograd for the seeds.
 
-    def __init__(self, model: nn.Module, name: str, rule: Rule) -> None:
-        self.model, self.name, self.rule = model, name, rule
+    boundaries: module paths whose outputs (and each max-pool's input) give the stages, when not empty."""
+
+    def __init__(self, model: nn.Module, name: str, rule: Rule, boundaries: list[str] = ()) -> None:
+        self.model, self.name, self.rule, self.boundaries = model, name, rule, list(boundaries)
 
     def forward(self, x: Tensor) -> Tensor:
-        self.leaf, self.out, self.record = layer_output(self.model, x, self.name, self.rule)
+        kept = set(self.boundaries) - {self.name}
+        self.leaf, self.out, self.record = layer_output(self.model, x, self.name, self.rule, kept,
+                                                        unpools=bool(self.boundaries))  # fmt: skip
         self.row_bytes = x.numel() * x.element_size() * 16
+        if self.boundaries:  # every kept tensor with a stage per seed
+            self.row_bytes += sum(t[0].numel() * t[0].element_size() for *_, t in self.record["boundaries"])
         return self.out.detach()
 
     @property
@@ -238,11 +264,24 @@ class _AutogradPath:
         return False
 
     def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[Stage]]:
-        """seed (B, ...) for image img (B,) -> (B, C, H, W); no stages (the model is one piece)."""
+        """seed (B, ...) for image img (B,) -> (B, C, H, W), and with keep_stages the stages (B, C, h, w), from
+        the layer down: the signal arriving at each boundary the layer depends on, then the input."""
         rows = torch.arange(len(img), device=img.device)
         full = seed.new_zeros(len(img), *self.out.shape)
         full[rows, img] = seed
-        return project_autograd(self.leaf, self.out, full)[rows, img], []
+        kept = self.record["boundaries"] if keep_stages else []
+        y, at = project_autograd(self.leaf, self.out, full, [t for *_, t in kept])
+        y = y[rows, img]
+        if not keep_stages:
+            return y, []
+        stages, pools = [], sum(kind == "unpool" for _, kind, _ in kept)
+        for (path, kind, _), g in reversed(list(zip(kept, at, strict=True))):
+            if kind == "unpool":
+                pools -= 1
+            if g is not None:
+                name = f"unpool{pools + 1}" if kind == "unpool" else path
+                stages.append(Stage(name, kind, path, g[rows, img]))
+        return y, [*stages, Stage("input", "deconv", "", y)]
 
 
 def _seed_boxes(act: Tensor, sel: Selection, img: Tensor, chan: Tensor) -> Tensor:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -188,12 +189,27 @@ def _no_rule(node, op: str, feeding: list, signal, gated: dict) -> str | None:
 
 
 @contextlib.contextmanager
-def recording(model: nn.Module, layer: str) -> Iterator[dict]:
-    """Hooks for one forward: the layer's outputs, module names of outputs, max-pool switches. Always removed."""
+def recording(model: nn.Module, layer: str, boundaries: Collection[str] = (), *, unpools: bool = False
+              ) -> Iterator[dict]:  # fmt: skip
+    """Hooks for one forward: the layer's outputs, module names of outputs, max-pool switches. Always removed.
+
+    boundaries: module paths whose outputs `rec["boundaries"]` keeps, in forward order, as (path, "deconv",
+    tensor); unpools: also each max-pool's input, as (path, "unpool", tensor). The model goes on with copies,
+    so the kept tensors' gradients are the signal arriving there from what follows, and nothing else."""
     found = dict(model.named_modules())
     if layer not in found:
         raise LayerError(f"unknown layer '{layer}'")
-    rec: dict = {"outputs": [], "owners": {}, "switches": {}}
+    rec: dict = {"outputs": [], "owners": {}, "switches": {}, "boundaries": []}
+    copies: dict[int, tuple] = {}  # id of a copy the model went on with -> (its entry in boundaries, the copy)
+
+    def pool_input(name):
+        def hook(mod, args):
+            if args and isinstance(args[0], Tensor) and args[0].requires_grad:
+                rec["boundaries"].append((name, "unpool", args[0]))
+                return (args[0].clone(), *args[1:])
+            return None
+
+        return hook
 
     def owner(name, m):
         def hook(mod, args, out):
@@ -205,15 +221,27 @@ def recording(model: nn.Module, layer: str) -> Iterator[dict]:
                                        mod.ceil_mode, return_indices=True)[1]  # fmt: skip
                 key = name if name not in rec["switches"] else f"{name}#{len(rec['switches'])}"
                 rec["switches"][key] = Switches(idx, tuple(args[0].shape[-2:]), overlapping(mod))
+            kept = name in boundaries and isinstance(out, Tensor) and out.requires_grad
+            if kept and id(out) in copies:  # a container ending with a kept part: one stage, the container's name
+                i = copies[id(out)][0]
+                rec["boundaries"][i] = (name, *rec["boundaries"][i][1:])
+                kept = False
+            elif kept:
+                rec["boundaries"].append((name, "deconv", out))
             if name == layer:
                 rec["outputs"].append(out)
-                if isinstance(out, Tensor):  # the model goes on with a copy: its in-place ops must not change ours
-                    return out.clone()
+            if isinstance(out, Tensor) and (name == layer or name in boundaries):
+                copy = out.clone()  # the model goes on with a copy: its in-place ops must not change ours
+                if kept or id(out) in copies:
+                    copies[id(copy)] = (copies.pop(id(out), (len(rec["boundaries"]) - 1,))[0], copy)
+                return copy
             return None
 
         return hook
 
     handles = [m.register_forward_hook(owner(n, m)) for n, m in found.items()]
+    if unpools:
+        handles += [m.register_forward_pre_hook(pool_input(n)) for n, m in found.items() if isinstance(m, nn.MaxPool2d)]
     try:
         yield rec
     finally:
@@ -225,14 +253,17 @@ def _rng_state(device: torch.device) -> list[Tensor]:
     return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
-def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule) -> tuple[Tensor, Tensor, dict]:
+def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule, boundaries: Collection[str] = (), *,
+                 unpools: bool = False) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
     """Forward x (ReLUs with the rule's backward, eval mode, hooks removed after). Returns (input leaf, layer
-    output, record). The caller's x is never written (the model sees a copy), and the RNG is left as it was."""
+    output, record). The caller's x is never written (the model sees a copy), and the RNG is left as it was.
+    boundaries, unpools: the tensors to keep for stages (see `recording`)."""
     leaf = x.detach().clone().requires_grad_(True)
     mode = _RectifyReLUs(rule)
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
         before = _rng_state(leaf.device)
-        with evaluating(model), recording(model, layer) as rec, mode, torch.enable_grad():
+        rec_hooks = recording(model, layer, boundaries, unpools=unpools)
+        with evaluating(model), rec_hooks as rec, mode, torch.enable_grad():
             try:
                 model(leaf.clone())  # not the leaf itself: in-place ops on the model's input stay legal
             except RuntimeError as e:
@@ -259,10 +290,20 @@ def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule) -> tuple[T
     return leaf, out, rec
 
 
-def project_autograd(x: Tensor, out: Tensor, seed: Tensor) -> Tensor:
-    """Input-space reconstructions for K seeds at once. seed (K, *out.shape) -> (K, *x.shape)."""
+def _grads(out: Tensor, inputs: list[Tensor], seed: Tensor) -> tuple:
+    """One seed's backward, for torch.func.vmap: its batching rules run each backward op once for all seeds,
+    where is_grads_batched (the older vmap) loops over the seeds in every convolution and BatchNorm."""
+    grads = torch.autograd.grad(out, inputs, seed, retain_graph=True, allow_unused=True)
+    return tuple(g if g is not None else seed.new_zeros(0) for g in grads)  # (0,): out does not depend on it
+
+
+def project_autograd(x: Tensor, out: Tensor, seed: Tensor, stages: Sequence[Tensor] = ()
+                     ) -> tuple[Tensor, list[Tensor | None]]:  # fmt: skip
+    """Input-space reconstructions for K seeds at once, in one backward. seed (K, *out.shape) -> (K, *x.shape),
+    and the signal arriving at each tensor of `stages` (K, *t.shape; None where out does not depend on it)."""
     try:
-        return torch.autograd.grad(out, x, seed, retain_graph=True, is_grads_batched=True)[0]
+        grads = torch.func.vmap(partial(_grads, out, [x, *stages]))(seed)
+        return grads[0], [g if g.shape[1:] != (0,) else None for g in grads[1:]]
     except torch.utils.checkpoint.CheckpointError:
         raise UnsupportedModelError(
             "the model recomputes parts of its forward during backward (torch.utils.checkpoint), where deconvviz "

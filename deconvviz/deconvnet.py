@@ -199,10 +199,19 @@ class Deconvnet:
 
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
-        activation, or None where the layer mixes all positions (classifier) or the model is no chain."""
-        steps = self.steps
-        if steps is None or len(out.selections.shape) != 3:
+        activation, or None where the layer mixes all positions (classifier). Any network: its exact fields
+        (deconvviz.fields.receptive_field)."""
+        if len(out.selections.shape) != 3:
             return None
+        if self.steps is None:
+            from .fields import receptive_field
+
+            try:
+                f = receptive_field(self.model, out.layer, tuple(out.images.shape[-2:]), out.images.shape[-3])
+            except LayerError:
+                return None
+            return f.boxes(out.selections.rows_cols.cpu())
+        steps = self.steps
         upto = step_index(steps, out.layer)
         try:
             rows, cols = receptive_fields(steps, upto)

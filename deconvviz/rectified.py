@@ -35,7 +35,8 @@ _LINEAR = set(
     "MaxPool2DWithIndices MaxPool3DWithIndices AdaptiveMaxPool2D NativeBatchNorm CudnnBatchNorm "
     "MiopenBatchNorm ConstantPadNd UpsampleNearest2D UpsampleBilinear2D Alias AsStrided ToCopy Index "
     "IndexSelect Flip Roll Repeat Narrow ReflectionPad1D ReflectionPad2D ReflectionPad3D ReplicationPad1D "
-    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Rectified".split()
+    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Rectified "
+    "_FrozenBatchNorm".split()
 )  # fmt: skip
 _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only if one operand carries no signal
 
@@ -57,6 +58,32 @@ class _Rectified(torch.autograd.Function):
         return ctx.rule.relu_backward(g, ctx.saved_tensors[0]), None, None
 
 
+class _FrozenBatchNorm(torch.autograd.Function):
+    """batch_norm with running statistics (eval mode) whose backward is the signal times the fixed scale, for the
+    input only: autograd's own computes the affine parameters' gradients too, with layout copies per seed."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
+                eps: float) -> Tensor:  # fmt: skip
+        scale = torch.rsqrt(var + eps) * (weight if weight is not None else 1)
+        ctx.save_for_backward(scale.view(-1, *[1] * (x.dim() - 2)))
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g * ctx.saved_tensors[0], None, None, None, None, None
+
+
+def _frozen_batch_norm(args: tuple, kwargs: dict) -> Tensor | None:
+    """An eval-mode F.batch_norm call as _FrozenBatchNorm, or None for one with batch statistics."""
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    a = {"weight": None, "bias": None, "training": False, "eps": 1e-5, **dict(zip(names, args, strict=False)), **kwargs}
+    if a["training"] or a["running_mean"] is None or a["running_var"] is None or not a["input"].requires_grad:
+        return None
+    w, b = (t.detach() if t is not None else None for t in (a["weight"], a["bias"]))
+    return _FrozenBatchNorm.apply(a["input"], a["running_mean"], a["running_var"], w, b, a["eps"])
+
+
 class _RectifyReLUs(TorchFunctionMode):
     """Routes every ReLU call (modules, F.relu, torch.relu, x.relu(), in-place forms) through _Rectified.
 
@@ -65,9 +92,10 @@ class _RectifyReLUs(TorchFunctionMode):
     signal (`t * (t > 0)`) is a data-dependent gate, not a linear step, and `gated` records its node.
     """
 
-    def __init__(self, rule: Rule):
+    def __init__(self, rule: Rule, *, frozen_batch_norm: bool = False):
+        """frozen_batch_norm: eval-mode BatchNorm passes only its input's gradient (no parameter gradients)."""
         super().__init__()
-        self.rule = rule
+        self.rule, self.frozen_batch_norm = rule, frozen_batch_norm
         self.constants = WeakIdKeyDictionary()  # tensor -> the graph nodes its value was computed from
         self.gated: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, source nodes)
 
@@ -77,7 +105,8 @@ class _RectifyReLUs(TorchFunctionMode):
             x = args[0] if args else kwargs["input"]
             inplace = _RELUS[func] or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
             return _Rectified.apply(x, inplace, self.rule)
-        out = func(*args, **kwargs)
+        out = _frozen_batch_norm(args, kwargs) if func is F.batch_norm and self.frozen_batch_norm else None
+        out = func(*args, **kwargs) if out is None else out
         if func not in _SHAPE_ONLY:
             self._follow(tree_flatten((args, kwargs))[0], out)
         return out
@@ -259,7 +288,7 @@ def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule, boundaries
     output, record). The caller's x is never written (the model sees a copy), and the RNG is left as it was.
     boundaries, unpools: the tensors to keep for stages (see `recording`)."""
     leaf = x.detach().clone().requires_grad_(True)
-    mode = _RectifyReLUs(rule)
+    mode = _RectifyReLUs(rule, frozen_batch_norm=True)
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
         before = _rng_state(leaf.device)
         rec_hooks = recording(model, layer, boundaries, unpools=unpools)

@@ -56,6 +56,7 @@ class Deconvnet:
         self.rule = get_rule(rule)
         self.max_batch_bytes = max_batch_bytes
         self.crop = crop
+        self._fields: dict = {}  # receptive fields of the last model seen, by (layer, input shape): structural
 
     @property
     def steps(self) -> list[Step] | None:
@@ -145,6 +146,10 @@ class Deconvnet:
         sel = select(act, layer, channels, mode, top, positions, values)
         if not (keep_stages or together) and self.crop is not False and path.windows_possible():
             return self._project_windows(x, path, sel)
+        if steps is None and not (keep_stages or together) and self.crop is not False and sel.mode == "max":
+            windowed = self._project_field_windows(x, path, sel)
+            if windowed is not None:
+                return windowed
         n, k = sel.channels.shape
         parts, stage_parts = [], []
         with torch.no_grad():
@@ -196,6 +201,72 @@ class Deconvnet:
                             y[j, c, :bh, :bw] = act[i, c, t : t + bh, left : left + bw]
                     out[r] = reverse_cropped(steps, record, y, box[r, :2], img[r], path.rule, path.flipped_filters)
         return Projection(out.unflatten(0, (n, k)), sel, record.switches, [], path.name, path.rule.name)
+
+    def _project_field_windows(self, x: Tensor, path: _AutogradPath, sel: Selection) -> Projection | None:
+        """Mode max on any network, on windows: each selection's forward and backward run on the crop of the input
+        its activation depends on (fields.receptive_field, widened by one layer stride and aligned to it, so the
+        crop's grid is the plane's). Inside the activation's cone the crop then gives the same switches and masks.
+        A crop whose activation differs from the full plane's (a layer that is not translation-equivariant, such
+        as an adaptive pool) takes the full-plane pass. None: no selection is worth a window."""
+        from .fields import receptive_field
+
+        if len(sel.shape) != 3:
+            return None
+        (h, w), key = x.shape[-2:], (path.name, *x.shape[-3:])
+        fields = self._fields.get(key) if self._fields.get("model") is self.model else None
+        if fields is None:
+            self._fields = {"model": self.model, key: receptive_field(self.model, path.name, (h, w), x.shape[1])}
+            fields = self._fields[key]
+        n, k = sel.channels.shape
+        rc = sel.rows_cols.reshape(-1, 2).cpu()
+        strides = [_grid_stride(f) for f in (fields.rows, fields.cols)]
+        if None in strides:
+            return None
+        box = fields.boxes(rc)  # (N*K, 4) top, bottom, left, right
+        s_r, s_c = strides
+        top, left = ((box[:, 0] - s_r) // s_r * s_r).clamp_min(0), ((box[:, 2] - s_c) // s_c * s_c).clamp_min(0)
+        bottom, right = (box[:, 1] + s_r).clamp(max=h), (box[:, 3] + s_c).clamp(max=w)
+        area = (bottom - top) * (right - left)
+        windowed = area < 0.5 * h * w if self.crop is None else torch.ones_like(area, dtype=torch.bool)
+        if not bool(windowed.any()):
+            return None
+        img, chan = torch.arange(n * k) // k, sel.channels.reshape(-1).cpu()
+        values = sel.values.reshape(-1)
+        out = x.new_zeros(n * k, *x.shape[1:])
+        full = []
+        crops = torch.stack([top, bottom, left, right], 1)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for r in torch.nonzero(windowed).flatten().tolist():
+            groups.setdefault((int(bottom[r] - top[r]), int(right[r] - left[r])), []).append(r)
+        for rows in groups.values():
+            for part in torch.tensor(rows).split(self._chunk(int(area[rows[0]]) * x.shape[1] * x.element_size() * 64)):
+                t, b, lft, rgt = crops[part].T.tolist()
+                batch = torch.stack([x[i, :, t0:b0, l0:r0] for i, t0, b0, l0, r0 in
+                                     zip(img[part].tolist(), t, b, lft, rgt, strict=True)])  # fmt: skip
+                leaf, act, _ = layer_output(self.model, batch, path.name, path.rule, stop=True)
+                at_r, at_c = rc[part, 0] - crops[part, 0] // s_r, rc[part, 1] - crops[part, 2] // s_c
+                inside = (at_r < act.shape[-2]) & (at_c < act.shape[-1])
+                b_idx = torch.arange(len(part))
+                got = act.detach()[
+                    b_idx, chan[part], at_r.clamp(max=act.shape[-2] - 1), at_c.clamp(max=act.shape[-1] - 1)
+                ]
+                want = path.out.detach()[img[part], chan[part], rc[part, 0], rc[part, 1]]
+                same = inside.to(got.device) & ((got - want).abs() <= 1e-5 * want.abs().clamp_min(1e-30))
+                seed = torch.zeros_like(act)
+                ok = b_idx[same.cpu()]
+                seed[ok, chan[part][ok], at_r[ok], at_c[ok]] = values[part][ok.to(values.device)]
+                (g,) = torch.autograd.grad(act, leaf, seed)
+                for j, row in enumerate(part.tolist()):
+                    if bool(same[j]):
+                        out[row, :, t[j] : b[j], lft[j] : rgt[j]] = g[j]
+                    else:
+                        full.append(row)
+        full += torch.nonzero(~windowed).flatten().tolist()
+        with torch.no_grad():
+            for r in torch.tensor(sorted(full), dtype=torch.long).split(self._chunk(path.row_bytes)) if full else []:
+                r = r.to(x.device)
+                out[r] = path.backward(seeds(path.out.detach(), sel, r), r // k, keep_stages=False)[0]
+        return Projection(out.unflatten(0, (n, k)), sel, path.switches, [], path.name, path.rule.name)
 
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
@@ -291,6 +362,19 @@ class _AutogradPath:
                 name = f"unpool{pools + 1}" if kind == "unpool" else path
                 stages.append(Stage(name, kind, path, g[rows, img]))
         return y, [*stages, Stage("input", "deconv", "", y)]
+
+
+def _grid_stride(spans: Tensor) -> int | None:
+    """The whole-number step between consecutive fields' starts away from the edges (1 for a single position);
+    None where the fields do not follow a regular grid."""
+    lo = spans[:, 0]
+    steps = (lo[1:] - lo[:-1])[lo[:-1] > 0]
+    if len(spans) == 1:
+        return 1
+    if len(steps) == 0:
+        return None
+    step = int(steps.max())
+    return step if step > 0 and bool((steps == step).all()) else None
 
 
 def _seed_boxes(act: Tensor, sel: Selection, img: Tensor, chan: Tensor) -> Tensor:

@@ -217,9 +217,13 @@ def _no_rule(node, op: str, feeding: list, signal, gated: dict) -> str | None:
     return None
 
 
+class _LayerReached(Exception):
+    """Raised by `recording(..., stop=True)` once the layer has run: the rest of the forward is not needed."""
+
+
 @contextlib.contextmanager
-def recording(model: nn.Module, layer: str, boundaries: Collection[str] = (), *, unpools: bool = False
-              ) -> Iterator[dict]:  # fmt: skip
+def recording(model: nn.Module, layer: str, boundaries: Collection[str] = (), *, unpools: bool = False,
+              stop: bool = False) -> Iterator[dict]:  # fmt: skip
     """Hooks for one forward: the layer's outputs, module names of outputs, max-pool switches. Always removed.
 
     boundaries: module paths whose outputs `rec["boundaries"]` keeps, in forward order, as (path, "deconv",
@@ -259,6 +263,8 @@ def recording(model: nn.Module, layer: str, boundaries: Collection[str] = (), *,
                 rec["boundaries"].append((name, "deconv", out))
             if name == layer:
                 rec["outputs"].append(out)
+                if stop:
+                    raise _LayerReached
             if isinstance(out, Tensor) and (name == layer or name in boundaries):
                 copy = out.clone()  # the model goes on with a copy: its in-place ops must not change ours
                 if kept or id(out) in copies:
@@ -283,18 +289,21 @@ def _rng_state(device: torch.device) -> list[Tensor]:
 
 
 def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule, boundaries: Collection[str] = (), *,
-                 unpools: bool = False) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
+                 unpools: bool = False, stop: bool = False) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
     """Forward x (ReLUs with the rule's backward, eval mode, hooks removed after). Returns (input leaf, layer
     output, record). The caller's x is never written (the model sees a copy), and the RNG is left as it was.
-    boundaries, unpools: the tensors to keep for stages (see `recording`)."""
+    boundaries, unpools: the tensors to keep for stages (see `recording`); stop: end the forward at the layer
+    (for a layer known to run once, e.g. on windows of an input already projected whole)."""
     leaf = x.detach().clone().requires_grad_(True)
     mode = _RectifyReLUs(rule, frozen_batch_norm=True)
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
         before = _rng_state(leaf.device)
-        rec_hooks = recording(model, layer, boundaries, unpools=unpools)
+        rec_hooks = recording(model, layer, boundaries, unpools=unpools, stop=stop)
         with evaluating(model), rec_hooks as rec, mode, torch.enable_grad():
             try:
                 model(leaf.clone())  # not the leaf itself: in-place ops on the model's input stay legal
+            except _LayerReached:
+                pass
             except RuntimeError as e:
                 if out_of_memory(e):
                     raise

@@ -12,6 +12,7 @@ from torch import nn
 
 import deconvviz
 import deconvviz.rectified
+from deconvviz.deconvnet import _AutogradPath
 from deconvviz.layers import vgg_aliases
 from deconvviz.reverse import reverse_cropped
 
@@ -455,3 +456,36 @@ def test_chosen_stages_and_default_boundaries_of_torchvision_models():
     assert "features.denseblock2" in d and "features.transition2" in d and "features.denseblock2.denselayer1" not in d
     m = stage_modules(torchvision.models.mobilenet_v2())
     assert m[:3] == ["features", "features.0", "features.1"] and "features.18" in m
+
+
+class Resized(nn.Module):
+    """Local, but not translation-equivariant: an adaptive pool to a fixed size changes its windows on a crop."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(12), nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.pool(self.conv(x))))
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+def test_windows_on_local_non_chain_networks_match_the_full_plane(rule):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 40, 40)
+    tiny = TinyResNet(relu_modules=True).eval()
+    resnet = randomized(torchvision.models.resnet18())
+    for model, layer, size in ((tiny, "head", 40), (resnet, "layer1", 64), (resnet, "layer2.0.conv1", 64)):
+        xs = torch.randn(2, 3, size, size)
+        full = deconvviz.Deconvnet(model, crop=False, rule=rule).project(xs, layer, top=4, mode="max")
+        with mock.patch.object(_AutogradPath, "backward", side_effect=AssertionError("took the full plane")):
+            crop = deconvviz.Deconvnet(model, crop=True, rule=rule).project(xs, layer, top=4, mode="max")
+        assert torch.equal(full.selections.positions, crop.selections.positions)
+        assert rel_err(crop.images, full.images) <= TOL, (layer, rule)
+    if rule == "deconvnet":  # and captum, independently
+        out = deconvviz.Deconvnet(tiny, crop=True).project(x, "head", top=3, mode="max")
+        assert rel_err(out.images, oracle(tiny, tiny.head, x, out.selections.channels, out.selections.positions)) <= TOL
+    odd = Resized().eval()
+    full = deconvviz.Deconvnet(odd, crop=False, rule=rule).project(x, "head", top=3, mode="max")
+    crop = deconvviz.Deconvnet(odd, crop=True, rule=rule).project(x, "head", top=3, mode="max")
+    assert rel_err(crop.images, full.images) <= TOL  # its crops disagree with the plane: the full pass is taken

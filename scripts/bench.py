@@ -7,7 +7,8 @@
 5 mode max at conv3_3, full reverse pass vs receptive-field crop (identical output), 6 projecting all 512
 conv5_3 maps of one image: peak memory (child process), 7 the same per-map times and peak memory for the
 guided and gradient rules, beside captum's NeuronGuidedBackprop and NeuronGradient, 8 the autograd path (any
-network): K whole layer3 maps of torchvision resnet50 at 224 against captum batched, and its peak memory.
+network): K whole layer3 maps of torchvision resnet50 at 224 against captum batched, and its peak memory, 9 mode
+max at resnet50 layer1 and layer2 (K strongest maps), full plane vs receptive-field windows (same output).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 import deconvviz
+import deconvviz.rectified
 from deconvviz.forward import forward_chain
 from deconvviz.weights import load_vgg
 
@@ -143,12 +145,38 @@ def resnet_autograd(dev: torch.device, repeat: int, k: int) -> dict[str, float]:
     r["resnet50_layer3_deconvviz_per_map_s"] = timed(ours, dev, repeat) / k
     want, got = theirs(), ours().images[0]
     r["resnet50_layer3_max_rel_err_vs_captum"] = float((got - want).abs().max() / want.abs().max())
-    child = subprocess.run([sys.executable, "-c", RESNET_PEAK.format(device=str(dev), k=k)], capture_output=True,
-                           text=True)  # fmt: skip
+    code = RESNET_PEAK.format(device=str(dev), k=k)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if child.returncode != 0:
         raise SystemExit(f"resnet50 peak-memory child failed:\n{child.stderr}")
     r["resnet50_layer3_peak_gib"] = float(child.stdout.strip().splitlines()[-1])
     return r
+
+
+def resnet_windows(dev: torch.device, repeat: int, k: int) -> dict[str, float]:
+    """Mode max on resnet50 at 224: per projection, the full-plane autograd pass vs receptive-field windows
+    (fields cached by the first call), the forward that selects the activations excluded from both."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval().to(dev)
+    x = torch.randn(1, 3, 224, 224, device=dev)
+    r = {}
+    for layer in ("layer1", "layer2"):
+        r.update(_windows_rows(model, x, layer, dev, repeat, k))
+    return r
+
+
+def _windows_rows(model: nn.Module, x: torch.Tensor, layer: str, dev, repeat: int, k: int) -> dict[str, float]:
+    full, crop = deconvviz.Deconvnet(model, crop=False), deconvviz.Deconvnet(model, crop=True)
+    fwd = timed(lambda: deconvviz.rectified.layer_output(model, x, layer, full.rule), dev, repeat)
+    one = lambda d: d.project(x, layer, top=k, mode="max")  # noqa: E731
+    a, b = one(full).images, one(crop).images
+    return {
+        f"resnet50_{layer}_full_per_projection_s": (timed(lambda: one(full), dev, repeat) - fwd) / k,
+        f"resnet50_{layer}_windows_per_projection_s": (timed(lambda: one(crop), dev, repeat) - fwd) / k,
+        f"resnet50_{layer}_windows_max_rel_diff": float((a - b).abs().max() / a.abs().max()),
+    }
 
 
 def scan_throughput(device: str, count: int) -> tuple[float, float]:
@@ -205,8 +233,19 @@ def main() -> None:
     r = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"}
     if args.only_resnet:
         r.update(resnet_autograd(dev, args.repeat, args.k))
-        speedup = r["resnet50_layer3_captum_per_map_s"] / r["resnet50_layer3_deconvviz_per_map_s"]
-        print(json.dumps({**r, "ratios": {"resnet50 layer3 speedup vs captum, batched (>= 2)": speedup}}))
+        r.update(resnet_windows(dev, args.repeat, args.k))
+        ratios = {
+            "resnet50 layer3 speedup vs captum, batched (>= 2)": r["resnet50_layer3_captum_per_map_s"]
+            / r["resnet50_layer3_deconvviz_per_map_s"],
+            **{
+                f"resnet50 {layer} windows speedup (>= 10)": r[f"resnet50_{layer}_full_per_projection_s"]
+                / r[f"resnet50_{layer}_windows_per_projection_s"]
+                for layer in ("layer1", "layer2")
+            },
+        }
+        for key, v in {**r, **ratios}.items():
+            print(f"{key:<48} {v:.4g}" if isinstance(v, float) else f"{key:<48} {v}")
+        print(json.dumps({**r, "ratios": ratios}))
         return
 
     n = 4096 if dev.type == "cuda" else 2048
@@ -253,6 +292,7 @@ def main() -> None:
         r[f"all_512_maps_{rule}_peak_gib"] = peak_memory_child(args.device, rule)
     r["scan_images_per_s"], r["plain_forward_images_per_s"] = scan_throughput(args.device, args.images)
     r.update(resnet_autograd(dev, args.repeat, args.k))
+    r.update(resnet_windows(dev, args.repeat, args.k))
 
     ratios = {
         "speedup vs captum, batched (>= 4)": r["captum_batched_per_map_s"] / r["deconvviz_per_map_s"],
@@ -273,6 +313,11 @@ def main() -> None:
         "resnet50 layer3 speedup vs captum, batched (>= 2)": r["resnet50_layer3_captum_per_map_s"]
         / r["resnet50_layer3_deconvviz_per_map_s"],
         "resnet50 layer3, 16 maps, peak GiB": r["resnet50_layer3_peak_gib"],
+        **{
+            f"resnet50 {layer} windows speedup (>= 10)": r[f"resnet50_{layer}_full_per_projection_s"]
+            / r[f"resnet50_{layer}_windows_per_projection_s"]
+            for layer in ("layer1", "layer2")
+        },
     }
     for k, v in {**r, **ratios}.items():
         print(f"{k:<40} {v:.4g}" if isinstance(v, float) else f"{k:<40} {v}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .errors import ImageError, LayerError, UnsupportedModelError
+from .errors import DeconvvizError, ImageError, LayerError, UnsupportedModelError
 from .forward import ForwardRecord, Switches, forward_chain
 from .layers import (
     Step,
@@ -51,7 +51,8 @@ class Deconvnet:
                  crop: bool | None = None) -> None:  # fmt: skip
         """rule: how ReLUs pass the signal back (deconvnet, guided, gradient; rules.py); max_batch_bytes bounds
         the memory of one chunk of selections; crop: run mode-max projections on receptive-field windows
-        (None: when the window is smaller than half the image; same result)."""
+        (None: on chains, when the window is smaller than half the image; other models: only with crop=True).
+        Same result either way."""
         self.model = model
         self.rule = get_rule(rule)
         self.max_batch_bytes = max_batch_bytes
@@ -146,7 +147,7 @@ class Deconvnet:
         sel = select(act, layer, channels, mode, top, positions, values)
         if not (keep_stages or together) and self.crop is not False and path.windows_possible():
             return self._project_windows(x, path, sel)
-        if steps is None and not (keep_stages or together) and self.crop is not False and sel.mode == "max":
+        if steps is None and not (keep_stages or together) and self.crop and sel.mode == "max":
             windowed = self._project_field_windows(x, path, sel)
             if windowed is not None:
                 return windowed
@@ -207,7 +208,9 @@ class Deconvnet:
         its activation depends on (fields.receptive_field, widened by one layer stride and aligned to it, so the
         crop's grid is the plane's). Inside the activation's cone the crop then gives the same switches and masks.
         A crop whose activation differs from the full plane's (a layer that is not translation-equivariant, such
-        as an adaptive pool) takes the full-plane pass. None: no selection is worth a window."""
+        as an adaptive pool) takes the full-plane pass. Only with crop=True: on CPU the per-crop forwards cost more
+        than one batched backward over the plane (scripts/bench.py). None: no windows (fields not on a grid, or the
+        model cannot be probed)."""
         from .fields import receptive_field
 
         if len(sel.shape) != 3:
@@ -215,8 +218,11 @@ class Deconvnet:
         (h, w), key = x.shape[-2:], (path.name, *x.shape[-3:])
         fields = self._fields.get(key) if self._fields.get("model") is self.model else None
         if fields is None:
-            self._fields = {"model": self.model, key: receptive_field(self.model, path.name, (h, w), x.shape[1])}
-            fields = self._fields[key]
+            try:
+                fields = receptive_field(self.model, path.name, (h, w), x.shape[1])
+            except DeconvvizError:
+                return None
+            self._fields = {"model": self.model, key: fields}
         n, k = sel.channels.shape
         rc = sel.rows_cols.reshape(-1, 2).cpu()
         strides = [_grid_stride(f) for f in (fields.rows, fields.cols)]
@@ -227,9 +233,7 @@ class Deconvnet:
         top, left = ((box[:, 0] - s_r) // s_r * s_r).clamp_min(0), ((box[:, 2] - s_c) // s_c * s_c).clamp_min(0)
         bottom, right = (box[:, 1] + s_r).clamp(max=h), (box[:, 3] + s_c).clamp(max=w)
         area = (bottom - top) * (right - left)
-        windowed = area < 0.5 * h * w if self.crop is None else torch.ones_like(area, dtype=torch.bool)
-        if not bool(windowed.any()):
-            return None
+        windowed = torch.ones_like(area, dtype=torch.bool)  # crop=True: every selection, as on chains
         img, chan = torch.arange(n * k) // k, sel.channels.reshape(-1).cpu()
         values = sel.values.reshape(-1)
         out = x.new_zeros(n * k, *x.shape[1:])

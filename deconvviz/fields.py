@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import ImageError, LayerError
+from .errors import ImageError, LayerError, UnsupportedModelError
 from .layers import chain_of, receptive_fields, resolve, step_index
 
 
@@ -79,6 +80,9 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
         with evaluating(model), torch.random.fork_rng(), _Structural(), torch.enable_grad():
             try:
                 model(leaf.clone())
+            except torch.utils.checkpoint.CheckpointError:
+                raise UnsupportedModelError(f"cannot trace the receptive fields of '{name}': the model recomputes "
+                                            "parts of its forward (torch.utils.checkpoint)") from None  # fmt: skip
             except RuntimeError as e:
                 why = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise ImageError(f"cannot trace the receptive fields of '{name}' on a {h_in}x{w_in} input ({why}); "

@@ -127,8 +127,9 @@ class Deconvnet:
                 channels, positions = choose(self.model, self._input(x), layer, channels, mode, top, region=region,
                                              at=at, exclude=exclude, cls=cls, positions=positions)  # fmt: skip
             boundaries = None if stages is None else check_stage_modules(self.model, list(stages))
-            return self._project(x, layer, channels, mode, top, keep_stages, together, positions, rule, values,
-                                 boundaries)  # fmt: skip
+            return self._project(
+                x, layer, channels, mode, top, keep_stages, together, positions, rule, values, boundaries
+            )
 
     def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values,
                  boundaries=None) -> Projection:  # fmt: skip
@@ -245,8 +246,12 @@ class Deconvnet:
         for rows in groups.values():
             for part in torch.tensor(rows).split(self._chunk(int(area[rows[0]]) * x.shape[1] * x.element_size() * 64)):
                 t, b, lft, rgt = crops[part].T.tolist()
-                batch = torch.stack([x[i, :, t0:b0, l0:r0] for i, t0, b0, l0, r0 in
-                                     zip(img[part].tolist(), t, b, lft, rgt, strict=True)])  # fmt: skip
+                batch = torch.stack(
+                    [
+                        x[i, :, t0:b0, l0:r0]
+                        for i, t0, b0, l0, r0 in zip(img[part].tolist(), t, b, lft, rgt, strict=True)
+                    ]
+                )
                 leaf, act, _ = layer_output(self.model, batch, path.name, path.rule, stop=True)
                 at_r, at_c = rc[part, 0] - crops[part, 0] // s_r, rc[part, 1] - crops[part, 2] // s_c
                 inside = (at_r < act.shape[-2]) & (at_c < act.shape[-1])
@@ -333,8 +338,9 @@ class _AutogradPath:
 
     def forward(self, x: Tensor) -> Tensor:
         kept = set(self.boundaries) - {self.name}
-        self.leaf, self.out, self.record = layer_output(self.model, x, self.name, self.rule, kept,
-                                                        unpools=bool(self.boundaries))  # fmt: skip
+        self.leaf, self.out, self.record = layer_output(
+            self.model, x, self.name, self.rule, kept, unpools=bool(self.boundaries)
+        )
         self.row_bytes = x.numel() * x.element_size() * 16
         if self.boundaries:  # every kept tensor with a stage per seed
             self.row_bytes += sum(t[0].numel() * t[0].element_size() for *_, t in self.record["boundaries"])

@@ -81,12 +81,16 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
             try:
                 model(leaf.clone())
             except torch.utils.checkpoint.CheckpointError:
-                raise UnsupportedModelError(f"cannot trace the receptive fields of '{name}': the model recomputes "
-                                            "parts of its forward (torch.utils.checkpoint)") from None  # fmt: skip
+                raise UnsupportedModelError(
+                    f"cannot trace the receptive fields of '{name}': the model recomputes "
+                    "parts of its forward (torch.utils.checkpoint)"
+                ) from None
             except RuntimeError as e:
                 why = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise ImageError(f"cannot trace the receptive fields of '{name}' on a {h_in}x{w_in} input ({why}); "
-                                 "give an input size the model accepts") from None  # fmt: skip
+                raise ImageError(
+                    f"cannot trace the receptive fields of '{name}' on a {h_in}x{w_in} input ({why}); "
+                    "give an input size the model accepts"
+                ) from None
     finally:
         handle.remove()
     if len(got) != 1 or got[0].dim() != 4:
@@ -155,8 +159,9 @@ def _conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def _conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    return F.conv_transpose2d(x, _weights(weight, x, (0, 2, 3)), None, stride, padding, output_padding, groups,
-                              dilation)  # fmt: skip
+    return F.conv_transpose2d(
+        x, _weights(weight, x, (0, 2, 3)), None, stride, padding, output_padding, groups, dilation
+    )
 
 
 def _linear(x, weight, bias=None):
@@ -170,8 +175,10 @@ def _pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, r
     s = pair(stride) if stride not in (None, []) else k
     real = F.max_pool2d(x.detach(), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
     h, w = real[0].shape[-2:]
-    need = [(n - 1) * ss + dd * (kk - 1) + 1 - (size + 2 * pp) for n, ss, dd, kk, size, pp in
-            zip((h, w), s, d, k, x.shape[-2:], p, strict=True)]  # fmt: skip
+    need = [
+        (n - 1) * ss + dd * (kk - 1) + 1 - (size + 2 * pp)
+        for n, ss, dd, kk, size, pp in zip((h, w), s, d, k, x.shape[-2:], p, strict=True)
+    ]
     padded = F.pad(x, (p[1], p[1] + max(need[1], 0), p[0], p[0] + max(need[0], 0)))
     grid = [(n - dd * (kk - 1) - 1) // ss + 1 for n, dd, kk, ss in zip(padded.shape[-2:], d, k, s, strict=True)]
     cols = F.unfold(padded if x.dim() == 4 else padded[None], k, d, 0, s)  # (N, C*kh*kw, rows*cols)
@@ -211,25 +218,82 @@ def _magnitude(t):
     return t.abs() if isinstance(t, Tensor) and t.grad_fn is None else t
 
 
-_ACTIVATIONS = [F.relu, torch.relu, Tensor.relu, F.relu6, F.hardtanh, F.leaky_relu, F.elu, F.celu, F.selu, F.gelu,
-                F.silu, F.hardswish, F.mish, F.softplus, F.sigmoid, torch.sigmoid, Tensor.sigmoid, F.hardsigmoid,
-                F.tanh, torch.tanh, Tensor.tanh, F.prelu, F.threshold, torch.clamp, Tensor.clamp, torch.clamp_min,
-                Tensor.clamp_min, torch.clamp_max, Tensor.clamp_max, F.logsigmoid, F.softsign, F.tanhshrink,
-                torch.abs, Tensor.abs, Tensor.__abs__]  # fmt: skip
-_INPLACE = [F.relu_, torch.relu_, Tensor.relu_, F.hardtanh_, F.leaky_relu_, F.elu_, Tensor.clamp_, Tensor.clamp_min_,
-            Tensor.clamp_max_, torch.sigmoid_, Tensor.sigmoid_, Tensor.tanh_, Tensor.abs_]  # fmt: skip
+_ACTIVATIONS = [
+    F.relu,
+    torch.relu,
+    Tensor.relu,
+    F.relu6,
+    F.hardtanh,
+    F.leaky_relu,
+    F.elu,
+    F.celu,
+    F.selu,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.mish,
+    F.softplus,
+    F.sigmoid,
+    torch.sigmoid,
+    Tensor.sigmoid,
+    F.hardsigmoid,
+    F.tanh,
+    torch.tanh,
+    Tensor.tanh,
+    F.prelu,
+    F.threshold,
+    torch.clamp,
+    Tensor.clamp,
+    torch.clamp_min,
+    Tensor.clamp_min,
+    torch.clamp_max,
+    Tensor.clamp_max,
+    F.logsigmoid,
+    F.softsign,
+    F.tanhshrink,
+    torch.abs,
+    Tensor.abs,
+    Tensor.__abs__,
+]
+_INPLACE = [
+    F.relu_,
+    torch.relu_,
+    Tensor.relu_,
+    F.hardtanh_,
+    F.leaky_relu_,
+    F.elu_,
+    Tensor.clamp_,
+    Tensor.clamp_min_,
+    Tensor.clamp_max_,
+    torch.sigmoid_,
+    Tensor.sigmoid_,
+    Tensor.tanh_,
+    Tensor.abs_,
+]
 _REPLACED = {
-    **dict.fromkeys(_ACTIVATIONS, _identity), **dict.fromkeys(_INPLACE, _identity_),
-    F.conv2d: _conv, F.conv_transpose2d: _conv_transpose, F.linear: _linear, F.max_pool2d: _pool,
-    F.adaptive_max_pool2d: _adaptive_max, F.batch_norm: _batch_norm,
+    **dict.fromkeys(_ACTIVATIONS, _identity),
+    **dict.fromkeys(_INPLACE, _identity_),
+    F.conv2d: _conv,
+    F.conv_transpose2d: _conv_transpose,
+    F.linear: _linear,
+    F.max_pool2d: _pool,
+    F.adaptive_max_pool2d: _adaptive_max,
+    F.batch_norm: _batch_norm,
     F.instance_norm: _plus_mean(lambda x, *a, **k: tuple(range(2, x.dim()))),
     F.layer_norm: _plus_mean(lambda x, shape, *a, **k: tuple(range(x.dim() - len(shape), x.dim()))),
     F.group_norm: _plus_mean(lambda x, *a, **k: tuple(range(1, x.dim()))),
     **dict.fromkeys([F.softmax, torch.softmax, Tensor.softmax], _plus_mean(lambda x, dim, *a, **k: (dim,))),
-    torch.sub: torch.add, Tensor.sub: Tensor.add, Tensor.__sub__: Tensor.__add__, Tensor.__rsub__: Tensor.__radd__,
-    torch.rsub: lambda a, b, *args, **kw: torch.add(b, a), Tensor.sub_: Tensor.add_, Tensor.__isub__: Tensor.__iadd__,
-    torch.neg: _identity, Tensor.neg: _identity, Tensor.__neg__: _identity,
-}  # fmt: skip
+    torch.sub: torch.add,
+    Tensor.sub: Tensor.add,
+    Tensor.__sub__: Tensor.__add__,
+    Tensor.__rsub__: Tensor.__radd__,
+    torch.rsub: lambda a, b, *args, **kw: torch.add(b, a),
+    Tensor.sub_: Tensor.add_,
+    Tensor.__isub__: Tensor.__iadd__,
+    torch.neg: _identity,
+    Tensor.neg: _identity,
+    Tensor.__neg__: _identity,
+}
 _PRODUCTS = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_, Tensor.__imul__}
 _QUOTIENTS = {torch.div, Tensor.div, Tensor.__truediv__, torch.true_divide, Tensor.div_, Tensor.__itruediv__}
 

@@ -63,8 +63,9 @@ class _FrozenBatchNorm(torch.autograd.Function):
     input only: autograd's own computes the affine parameters' gradients too, with layout copies per seed."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
-                eps: float) -> Tensor:  # fmt: skip
+    def forward(
+        ctx, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> Tensor:
         scale = torch.rsqrt(var + eps) * (weight if weight is not None else 1)
         ctx.save_for_backward(scale.view(-1, *[1] * (x.dim() - 2)))
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
@@ -222,8 +223,9 @@ class _LayerReached(Exception):
 
 
 @contextlib.contextmanager
-def recording(model: nn.Module, layer: str, boundaries: Collection[str] = (), *, unpools: bool = False,
-              stop: bool = False) -> Iterator[dict]:  # fmt: skip
+def recording(
+    model: nn.Module, layer: str, boundaries: Collection[str] = (), *, unpools: bool = False, stop: bool = False
+) -> Iterator[dict]:
     """Hooks for one forward: the layer's outputs, module names of outputs, max-pool switches. Always removed.
 
     boundaries: module paths whose outputs `rec["boundaries"]` keeps, in forward order, as (path, "deconv",
@@ -288,8 +290,16 @@ def _rng_state(device: torch.device) -> list[Tensor]:
     return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
-def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule, boundaries: Collection[str] = (), *,
-                 unpools: bool = False, stop: bool = False) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
+def layer_output(
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    rule: Rule,
+    boundaries: Collection[str] = (),
+    *,
+    unpools: bool = False,
+    stop: bool = False,
+) -> tuple[Tensor, Tensor, dict]:
     """Forward x (ReLUs with the rule's backward, eval mode, hooks removed after). Returns (input leaf, layer
     output, record). The caller's x is never written (the model sees a copy), and the RNG is left as it was.
     boundaries, unpools: the tensors to keep for stages (see `recording`); stop: end the forward at the layer
@@ -335,8 +345,9 @@ def _grads(out: Tensor, inputs: list[Tensor], seed: Tensor) -> tuple:
     return tuple(g if g is not None else seed.new_zeros(0) for g in grads)  # (0,): out does not depend on it
 
 
-def project_autograd(x: Tensor, out: Tensor, seed: Tensor, stages: Sequence[Tensor] = ()
-                     ) -> tuple[Tensor, list[Tensor | None]]:  # fmt: skip
+def project_autograd(
+    x: Tensor, out: Tensor, seed: Tensor, stages: Sequence[Tensor] = ()
+) -> tuple[Tensor, list[Tensor | None]]:
     """Input-space reconstructions for K seeds at once, in one backward. seed (K, *out.shape) -> (K, *x.shape),
     and the signal arriving at each tensor of `stages` (K, *t.shape; None where out does not depend on it)."""
     try:

@@ -442,8 +442,9 @@ def test_chosen_stages_and_default_boundaries_of_torchvision_models():
     torch.manual_seed(0)
     model = TinyResNet().eval()
     x = torch.randn(1, 3, 16, 16)
-    out = deconvviz.Deconvnet(model, rule="gradient").project(x, "head", channels=[1], mode="map", keep_stages=True,
-                                                              stages=["conv_a", "branch"])  # fmt: skip
+    out = deconvviz.Deconvnet(model, rule="gradient").project(
+        x, "head", channels=[1], mode="map", keep_stages=True, stages=["conv_a", "branch"]
+    )
     assert [s.name for s in out.stages] == ["branch", "conv_a", "unpool1", "input"]  # and each max-pool's input
     assert out.stages[0].tensor.shape == (1, 1, 4, 8, 8) and out.stages[0].tensor.abs().max() > 0
     with pytest.raises(deconvviz.LayerError, match="did you mean 'conv_a'"):

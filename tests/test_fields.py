@@ -106,8 +106,15 @@ class _Named(nn.Module):
 
 def test_vgg_like_chains_keep_their_closed_form():
     torch.manual_seed(0)
-    chain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
-                          nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1)).eval()  # fmt: skip
+    chain = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+    ).eval()
     want = centres(chain, "6", (32, 32))
     got = centres(_Named(chain), "out", (32, 32))
     assert all(torch.equal(a.float(), b) for a, b in zip(want, got, strict=True))

@@ -8,9 +8,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .errors import ImageError, LayerError, UnsupportedModelError
+from .errors import DeconvvizError, ImageError, LayerError, UnsupportedModelError
 from .forward import ForwardRecord, Switches, forward_chain
-from .layers import Step, chain_of, layer_names, receptive_fields, resolve, step_index
+from .layers import (
+    Step,
+    chain_of,
+    check_stage_modules,
+    layer_names,
+    receptive_fields,
+    resolve,
+    stage_modules,
+    step_index,
+)
 from .rectified import layer_output, project_autograd
 from .reverse import Stage, croppable, reverse_chain, reverse_cropped
 from .rules import Rule, get_rule
@@ -25,7 +34,7 @@ class Projection:
     images: Tensor
     selections: Selection
     switches: dict[str, Switches]
-    stages: list[Stage] = field(default_factory=list)  # filled with keep_stages=True on chain models
+    stages: list[Stage] = field(default_factory=list)  # filled with keep_stages=True, from the layer down
     layer: str = ""  # module path the projection started from
     rule: str = "deconvnet"  # how activations passed the signal back (rules.py)
     conventions: dict[str, str] = field(default_factory=dict)  # module path -> conventions used (CONVENTIONS)
@@ -44,11 +53,13 @@ class Deconvnet:
                  crop: bool | None = None) -> None:  # fmt: skip
         """rule: how ReLUs pass the signal back (deconvnet, guided, gradient; rules.py); max_batch_bytes bounds
         the memory of one chunk of selections; crop: run mode-max projections on receptive-field windows
-        (None: when the window is smaller than half the image; same result)."""
+        (None: on chains, when the window is smaller than half the image; other models: only with crop=True).
+        Same result either way."""
         self.model = model
         self.rule = get_rule(rule)
         self.max_batch_bytes = max_batch_bytes
         self.crop = crop
+        self._fields: dict = {}  # receptive fields of the last model seen, by (layer, input shape): structural
 
     @property
     def steps(self) -> list[Step] | None:
@@ -94,7 +105,7 @@ class Deconvnet:
                 top: int = 9, keep_stages: bool = False, together: bool = False,
                 positions: Tensor | None = None, rule: str | Rule | None = None, values: Tensor | None = None,
                 *, region: Box | None = None, at: Sequence[float] | None = None, exclude: Sequence[Box] = (),
-                cls: int | None = None) -> Projection:  # fmt: skip
+                cls: int | None = None, stages: Sequence[str] | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
@@ -107,26 +118,42 @@ class Deconvnet:
         in each the strongest position, among the positions whose receptive-field centre lies inside
         (less those inside `exclude` boxes), or at the position nearest the point (see deconvviz.targets).
         cls: the `top` maps contributing most to class `cls`'s score (gradient times activation).
+        keep_stages: also return the reverse signal at stage boundaries, from the layer down to the input (chains:
+        after each block of reverse steps and each unpooling; any other model: the signal arriving at the output
+        of each module in `stages`, default `layers.stage_modules`, and at each max-pool's input, then the input).
+        stages: module paths to use as boundaries instead (a chain given them is projected through autograd).
         """
         rule = get_rule(self.rule if rule is None else rule)
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
             if region is not None or at is not None or cls is not None or exclude:
                 channels, positions = choose(self.model, self._input(x), layer, channels, mode, top, region=region,
                                              at=at, exclude=exclude, cls=cls, positions=positions)  # fmt: skip
-            return self._project(x, layer, channels, mode, top, keep_stages, together, positions, rule, values)
+            boundaries = None if stages is None else check_stage_modules(self.model, list(stages))
+            return self._project(
+                x, layer, channels, mode, top, keep_stages, together, positions, rule, values, boundaries
+            )
 
-    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values) -> Projection:
+    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values,
+                 boundaries=None) -> Projection:  # fmt: skip
         """The one driver of both paths: resolve, forward, select, then the reverse pass in chunks of seeds."""
-        x, steps = self._input(x), self.steps
+        x, steps = self._input(x), self.steps if boundaries is None else None
         layer = str(layer) if isinstance(layer, int) and not isinstance(layer, bool) else layer
         if not isinstance(layer, str):
             raise LayerError(f"layer must be a name such as 'conv5_3' or a module path, got {type(layer).__name__}")
         name = resolve(self.model, steps, layer)
-        path = _AutogradPath(self.model, name, rule) if steps is None else _ChainPath(steps, name, rule)
+        if steps is None:
+            kept = (stage_modules(self.model) if boundaries is None else boundaries) if keep_stages else []
+            path = _AutogradPath(self.model, name, rule, kept)
+        else:
+            path = _ChainPath(steps, name, rule)
         act = path.forward(x)
         sel = select(act, layer, channels, mode, top, positions, values)
         if not (keep_stages or together) and self.crop is not False and path.windows_possible():
             return self._project_windows(x, path, sel)
+        if steps is None and not (keep_stages or together) and self.crop and sel.mode == "max":
+            windowed = self._project_field_windows(x, path, sel)
+            if windowed is not None:
+                return windowed
         n, k = sel.channels.shape
         parts, stage_parts = [], []
         with torch.no_grad():
@@ -180,12 +207,94 @@ class Deconvnet:
                     out[r] = reverse_cropped(steps, record, y, box[r, :2], img[r], path.rule, path.flipped_filters)
         return Projection(out.unflatten(0, (n, k)), sel, record.switches, [], path.name, path.rule.name)
 
+    def _project_field_windows(self, x: Tensor, path: _AutogradPath, sel: Selection) -> Projection | None:
+        """Mode max on any network, on windows: each selection's forward and backward run on the crop of the input
+        its activation depends on (fields.receptive_field, widened by one layer stride and aligned to it, so the
+        crop's grid is the plane's). Inside the activation's cone the crop then gives the same switches and masks.
+        A crop whose activation differs from the full plane's (a layer that is not translation-equivariant, such
+        as an adaptive pool) takes the full-plane pass. Only with crop=True: on CPU the per-crop forwards cost more
+        than one batched backward over the plane (scripts/bench.py). None: no windows (fields not on a grid, or the
+        model cannot be probed)."""
+        from .fields import receptive_field
+
+        if len(sel.shape) != 3:
+            return None
+        (h, w), key = x.shape[-2:], (path.name, *x.shape[-3:])
+        fields = self._fields.get(key) if self._fields.get("model") is self.model else None
+        if fields is None:
+            try:
+                fields = receptive_field(self.model, path.name, (h, w), x.shape[1])
+            except DeconvvizError:
+                return None
+            self._fields = {"model": self.model, key: fields}
+        n, k = sel.channels.shape
+        rc = sel.rows_cols.reshape(-1, 2).cpu()
+        strides = [_grid_stride(f) for f in (fields.rows, fields.cols)]
+        if None in strides:
+            return None
+        box = fields.boxes(rc)  # (N*K, 4) top, bottom, left, right
+        s_r, s_c = strides
+        top, left = ((box[:, 0] - s_r) // s_r * s_r).clamp_min(0), ((box[:, 2] - s_c) // s_c * s_c).clamp_min(0)
+        bottom, right = (box[:, 1] + s_r).clamp(max=h), (box[:, 3] + s_c).clamp(max=w)
+        area = (bottom - top) * (right - left)
+        windowed = torch.ones_like(area, dtype=torch.bool)  # crop=True: every selection, as on chains
+        img, chan = torch.arange(n * k) // k, sel.channels.reshape(-1).cpu()
+        values = sel.values.reshape(-1)
+        out = x.new_zeros(n * k, *x.shape[1:])
+        full = []
+        crops = torch.stack([top, bottom, left, right], 1)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for r in torch.nonzero(windowed).flatten().tolist():
+            groups.setdefault((int(bottom[r] - top[r]), int(right[r] - left[r])), []).append(r)
+        for rows in groups.values():
+            for part in torch.tensor(rows).split(self._chunk(int(area[rows[0]]) * x.shape[1] * x.element_size() * 64)):
+                t, b, lft, rgt = crops[part].T.tolist()
+                batch = torch.stack(
+                    [
+                        x[i, :, t0:b0, l0:r0]
+                        for i, t0, b0, l0, r0 in zip(img[part].tolist(), t, b, lft, rgt, strict=True)
+                    ]
+                )
+                leaf, act, _ = layer_output(self.model, batch, path.name, path.rule, stop=True)
+                at_r, at_c = rc[part, 0] - crops[part, 0] // s_r, rc[part, 1] - crops[part, 2] // s_c
+                inside = (at_r < act.shape[-2]) & (at_c < act.shape[-1])
+                b_idx = torch.arange(len(part))
+                got = act.detach()[
+                    b_idx, chan[part], at_r.clamp(max=act.shape[-2] - 1), at_c.clamp(max=act.shape[-1] - 1)
+                ]
+                want = path.out.detach()[img[part], chan[part], rc[part, 0], rc[part, 1]]
+                same = inside.to(got.device) & ((got - want).abs() <= 1e-5 * want.abs().clamp_min(1e-30))
+                seed = torch.zeros_like(act)
+                ok = b_idx[same.cpu()]
+                seed[ok, chan[part][ok], at_r[ok], at_c[ok]] = values[part][ok.to(values.device)]
+                (g,) = torch.autograd.grad(act, leaf, seed)
+                for j, row in enumerate(part.tolist()):
+                    if bool(same[j]):
+                        out[row, :, t[j] : b[j], lft[j] : rgt[j]] = g[j]
+                    else:
+                        full.append(row)
+        full += torch.nonzero(~windowed).flatten().tolist()
+        with torch.no_grad():
+            for r in torch.tensor(sorted(full), dtype=torch.long).split(self._chunk(path.row_bytes)) if full else []:
+                r = r.to(x.device)
+                out[r] = path.backward(seeds(path.out.detach(), sel, r), r // k, keep_stages=False)[0]
+        return Projection(out.unflatten(0, (n, k)), sel, path.switches, [], path.name, path.rule.name)
+
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
-        activation, or None where the layer mixes all positions (classifier) or the model is no chain."""
-        steps = self.steps
-        if steps is None or len(out.selections.shape) != 3:
+        activation, or None where the layer mixes all positions (classifier). Any network: its exact fields
+        (deconvviz.fields.receptive_field)."""
+        if len(out.selections.shape) != 3:
             return None
+        if self.steps is None:
+            from .fields import receptive_field
+
+            try:
+                f = receptive_field(self.model, out.layer, tuple(out.images.shape[-2:]), out.images.shape[-3])
+            except LayerError:
+                return None
+            return f.boxes(out.selections.rows_cols.cpu())
+        steps = self.steps
         upto = step_index(steps, out.layer)
         try:
             rows, cols = receptive_fields(steps, upto)
@@ -225,14 +334,21 @@ class _ChainPath:
 
 
 class _AutogradPath:
-    """Any other model: one recorded forward with the rule's ReLU backward, then autograd for the seeds."""
+    """Any other model: one recorded forward with the rule's ReLU backward, then autograd for the seeds.
 
-    def __init__(self, model: nn.Module, name: str, rule: Rule) -> None:
-        self.model, self.name, self.rule = model, name, rule
+    boundaries: module paths whose outputs (and each max-pool's input) give the stages, when not empty."""
+
+    def __init__(self, model: nn.Module, name: str, rule: Rule, boundaries: list[str] = ()) -> None:
+        self.model, self.name, self.rule, self.boundaries = model, name, rule, list(boundaries)
 
     def forward(self, x: Tensor) -> Tensor:
-        self.leaf, self.out, self.record = layer_output(self.model, x, self.name, self.rule)
+        kept = set(self.boundaries) - {self.name}
+        self.leaf, self.out, self.record = layer_output(
+            self.model, x, self.name, self.rule, kept, unpools=bool(self.boundaries)
+        )
         self.row_bytes = x.numel() * x.element_size() * 16
+        if self.boundaries:  # every kept tensor with a stage per seed
+            self.row_bytes += sum(t[0].numel() * t[0].element_size() for *_, t in self.record["boundaries"])
         return self.out.detach()
 
     @property
@@ -247,11 +363,37 @@ class _AutogradPath:
         return False
 
     def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[Stage]]:
-        """seed (B, ...) for image img (B,) -> (B, C, H, W); no stages (the model is one piece)."""
+        """seed (B, ...) for image img (B,) -> (B, C, H, W), and with keep_stages the stages (B, C, h, w), from
+        the layer down: the signal arriving at each boundary the layer depends on, then the input."""
         rows = torch.arange(len(img), device=img.device)
         full = seed.new_zeros(len(img), *self.out.shape)
         full[rows, img] = seed
-        return project_autograd(self.leaf, self.out, full)[rows, img], []
+        kept = self.record["boundaries"] if keep_stages else []
+        y, at = project_autograd(self.leaf, self.out, full, [t for *_, t in kept])
+        y = y[rows, img]
+        if not keep_stages:
+            return y, []
+        stages, pools = [], sum(kind == "unpool" for _, kind, _ in kept)
+        for (path, kind, _), g in reversed(list(zip(kept, at, strict=True))):
+            if kind == "unpool":
+                pools -= 1
+            if g is not None:
+                name = f"unpool{pools + 1}" if kind == "unpool" else path
+                stages.append(Stage(name, kind, path, g[rows, img]))
+        return y, [*stages, Stage("input", "deconv", "", y)]
+
+
+def _grid_stride(spans: Tensor) -> int | None:
+    """The whole-number step between consecutive fields' starts away from the edges (1 for a single position);
+    None where the fields do not follow a regular grid."""
+    lo = spans[:, 0]
+    steps = (lo[1:] - lo[:-1])[lo[:-1] > 0]
+    if len(spans) == 1:
+        return 1
+    if len(steps) == 0:
+        return None
+    step = int(steps.max())
+    return step if step > 0 and bool((steps == step).all()) else None
 
 
 def _seed_boxes(act: Tensor, sel: Selection, img: Tensor, chan: Tensor) -> Tensor:

@@ -257,3 +257,25 @@ def in_channels(steps: list[Step]) -> int:
         if isinstance(s.module, (nn.Linear, nn.BatchNorm2d)):
             break
     return 3
+
+
+def stage_modules(model: nn.Module) -> list[str]:
+    """Default stage boundaries of a non-chain model: its top-level children, and the children of a top-level
+    nn.Sequential of mixed parts (DenseNet's dense blocks and transitions, `features.i` of torchvision's
+    sequential backbones); a Sequential of repeated blocks (ResNet's layer1) stays one stage."""
+    out = []
+    for name, child in model.named_children():
+        out.append(name)
+        parts = list(child.named_children()) if isinstance(child, nn.Sequential) else []
+        if len({type(m) for _, m in parts}) > 1:
+            out.extend(f"{name}.{n}" for n, _ in parts)
+    return out
+
+
+def check_stage_modules(model: nn.Module, stages: list[str]) -> list[str]:
+    """Module paths chosen as stage boundaries, checked: an unknown path is a LayerError naming the nearest."""
+    known = [n for n, _ in model.named_modules() if n]
+    for s in stages:
+        if not isinstance(s, str) or s not in known:
+            raise LayerError(unknown_name("stage module", str(s), known, "; give module paths such as 'layer2'"))
+    return list(stages)

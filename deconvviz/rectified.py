@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,8 @@ _LINEAR = set(
     "MaxPool2DWithIndices MaxPool3DWithIndices AdaptiveMaxPool2D NativeBatchNorm CudnnBatchNorm "
     "MiopenBatchNorm ConstantPadNd UpsampleNearest2D UpsampleBilinear2D Alias AsStrided ToCopy Index "
     "IndexSelect Flip Roll Repeat Narrow ReflectionPad1D ReflectionPad2D ReflectionPad3D ReplicationPad1D "
-    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Activated _FixedStd".split()
+    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Activated _FixedStd "
+    "_FrozenBatchNorm".split()
 )  # fmt: skip
 _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only if one operand carries no signal
 
@@ -187,6 +189,33 @@ def _fixed_std(func, args: tuple, kwargs: dict) -> Tensor:
     return _FixedStd.apply(x, lambda t: norm(t, **rest), dims, groups, rest.get("weight"), eps)
 
 
+class _FrozenBatchNorm(torch.autograd.Function):
+    """batch_norm with running statistics (eval mode) whose backward is the signal times the fixed scale, for the
+    input only: autograd's own computes the affine parameters' gradients too, with layout copies per seed."""
+
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> Tensor:
+        scale = torch.rsqrt(var + eps) * (weight if weight is not None else 1)
+        ctx.save_for_backward(scale.view(-1, *[1] * (x.dim() - 2)))
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g * ctx.saved_tensors[0], None, None, None, None, None
+
+
+def _frozen_batch_norm(args: tuple, kwargs: dict) -> Tensor | None:
+    """An eval-mode F.batch_norm call as _FrozenBatchNorm, or None for one with batch statistics."""
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    a = {"weight": None, "bias": None, "training": False, "eps": 1e-5, **dict(zip(names, args, strict=False)), **kwargs}
+    if a["training"] or a["running_mean"] is None or a["running_var"] is None or not a["input"].requires_grad:
+        return None
+    w, b = (t.detach() if t is not None else None for t in (a["weight"], a["bias"]))
+    return _FrozenBatchNorm.apply(a["input"], a["running_mean"], a["running_var"], w, b, a["eps"])
+
+
 class _RectifyReLUs(TorchFunctionMode):
     """Routes every activation call (modules, F.relu, torch.relu, x.relu(), F.silu, ..., in-place forms) through
     _Activated, and, unless the rule is exact, applies the gate and normalization conventions.
@@ -198,9 +227,10 @@ class _RectifyReLUs(TorchFunctionMode):
     innermost one, `marks` the convention its node used.
     """
 
-    def __init__(self, rule: Rule):
+    def __init__(self, rule: Rule, *, frozen_batch_norm: bool = False):
+        """frozen_batch_norm: eval-mode BatchNorm passes only its input's gradient (no parameter gradients)."""
         super().__init__()
-        self.rule = rule
+        self.rule, self.frozen_batch_norm = rule, frozen_batch_norm
         self.constants = WeakIdKeyDictionary()  # tensor -> the graph nodes its value was computed from
         self.gated: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, source nodes)
         self.gates = WeakIdKeyDictionary()  # sigmoid-like output -> (activation it makes, its input or None)
@@ -216,7 +246,8 @@ class _RectifyReLUs(TorchFunctionMode):
             return self._mark(_fixed_std(func, args, kwargs), "std fixed")
         if func in _PRODUCT_FUNCS and (out := self._gate_product(func, args, kwargs)) is not None:
             return out
-        out = func(*args, **kwargs)
+        out = _frozen_batch_norm(args, kwargs) if func is F.batch_norm and self.frozen_batch_norm else None
+        out = func(*args, **kwargs) if out is None else out
         if func in _GATES or func in _GATES_INPLACE:
             x = args[0] if args else kwargs.get("input")
             self.gates[out] = (_GATES.get(func), None if func in _GATES_INPLACE else x)
@@ -400,15 +431,32 @@ def _no_rule(node, op: str, feeding: list, signal, gated: dict, rule: str = "dec
     return None
 
 
+class _LayerReached(Exception):
+    """Raised by `recording(..., stop=True)` once the layer has run: the rest of the forward is not needed."""
+
+
 @contextlib.contextmanager
-def recording(model: nn.Module, layer: str | None, stack: list[str] | None = None) -> Iterator[dict]:
+def recording(
+    model: nn.Module,
+    layer: str | None,
+    boundaries: Collection[str] = (),
+    *,
+    stack: list[str] | None = None,
+    unpools: bool = False,
+    stop: bool = False,
+) -> Iterator[dict]:
     """Hooks for one forward: the layer's outputs, module names of outputs, max-pool switches, and (into
-    `stack`) the paths of the modules running. Always removed. layer None: the model's output."""
+    `stack`) the paths of the modules running. Always removed. layer None: the model's output.
+
+    boundaries: module paths whose outputs `rec["boundaries"]` keeps, in forward order, as (path, "deconv",
+    tensor); unpools: also each max-pool's input, as (path, "unpool", tensor). The model goes on with copies,
+    so the kept tensors' gradients are the signal arriving there from what follows, and nothing else."""
     found = dict(model.named_modules())
     if layer is not None and layer not in found:
         raise LayerError(f"unknown layer '{layer}'")
     layer = "" if layer is None else layer
-    rec: dict = {"outputs": [], "owners": {}, "switches": {}}
+    rec: dict = {"outputs": [], "owners": {}, "switches": {}, "boundaries": []}
+    copies: dict[int, tuple] = {}  # id of a copy the model went on with -> (its entry in boundaries, the copy)
     stack = [] if stack is None else stack
 
     def enter(name):
@@ -416,6 +464,15 @@ def recording(model: nn.Module, layer: str | None, stack: list[str] | None = Non
             stack.append(name)
 
         return pre_hook
+
+    def pool_input(name):
+        def hook(mod, args):
+            if args and isinstance(args[0], Tensor) and args[0].requires_grad:
+                rec["boundaries"].append((name, "unpool", args[0]))
+                return (args[0].clone(), *args[1:])
+            return None
+
+        return hook
 
     def owner(name, m):
         def hook(mod, args, out):
@@ -429,16 +486,30 @@ def recording(model: nn.Module, layer: str | None, stack: list[str] | None = Non
                                        mod.ceil_mode, return_indices=True)[1]  # fmt: skip
                 key = name if name not in rec["switches"] else f"{name}#{len(rec['switches'])}"
                 rec["switches"][key] = Switches(idx, tuple(args[0].shape[-2:]), overlapping(mod))
+            kept = name in boundaries and isinstance(out, Tensor) and out.requires_grad
+            if kept and id(out) in copies:  # a container ending with a kept part: one stage, the container's name
+                i = copies[id(out)][0]
+                rec["boundaries"][i] = (name, *rec["boundaries"][i][1:])
+                kept = False
+            elif kept:
+                rec["boundaries"].append((name, "deconv", out))
             if name == layer:
                 rec["outputs"].append(out)
-                if isinstance(out, Tensor):  # the model goes on with a copy: its in-place ops must not change ours
-                    return out.clone()
+                if stop:
+                    raise _LayerReached
+            if isinstance(out, Tensor) and (name == layer or name in boundaries):
+                copy = out.clone()  # the model goes on with a copy: its in-place ops must not change ours
+                if kept or id(out) in copies:
+                    copies[id(copy)] = (copies.pop(id(out), (len(rec["boundaries"]) - 1,))[0], copy)
+                return copy
             return None
 
         return hook
 
     handles = [m.register_forward_pre_hook(enter(n)) for n, m in found.items()]
     handles += [m.register_forward_hook(owner(n, m)) for n, m in found.items()]
+    if unpools:
+        handles += [m.register_forward_pre_hook(pool_input(n)) for n, m in found.items() if isinstance(m, nn.MaxPool2d)]
     try:
         yield rec
     finally:
@@ -450,16 +521,30 @@ def _rng_state(device: torch.device) -> list[Tensor]:
     return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
-def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule) -> tuple[Tensor, Tensor, dict]:
+def layer_output(
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    rule: Rule,
+    boundaries: Collection[str] = (),
+    *,
+    unpools: bool = False,
+    stop: bool = False,
+) -> tuple[Tensor, Tensor, dict]:
     """Forward x (ReLUs with the rule's backward, eval mode, hooks removed after). Returns (input leaf, layer
-    output, record). The caller's x is never written (the model sees a copy), and the RNG is left as it was."""
+    output, record). The caller's x is never written (the model sees a copy), and the RNG is left as it was.
+    boundaries, unpools: the tensors to keep for stages (see `recording`); stop: end the forward at the layer
+    (for a layer known to run once, e.g. on windows of an input already projected whole)."""
     leaf = x.detach().clone().requires_grad_(True)
-    mode = _RectifyReLUs(rule)
+    mode = _RectifyReLUs(rule, frozen_batch_norm=True)
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
         before = _rng_state(leaf.device)
-        with evaluating(model), recording(model, layer, mode.stack) as rec, mode, torch.enable_grad():
+        rec_hooks = recording(model, layer, boundaries, stack=mode.stack, unpools=unpools, stop=stop)
+        with evaluating(model), rec_hooks as rec, mode, torch.enable_grad():
             try:
                 model(leaf.clone())  # not the leaf itself: in-place ops on the model's input stay legal
+            except _LayerReached:
+                pass
             except RuntimeError as e:
                 if out_of_memory(e):
                     raise
@@ -494,10 +579,21 @@ def _conventions(mode: _RectifyReLUs, on_path: set[int]) -> dict[str, str]:
     return {place: ", ".join(c) for place, c in found.items() if c}
 
 
-def project_autograd(x: Tensor, out: Tensor, seed: Tensor) -> Tensor:
-    """Input-space reconstructions for K seeds at once. seed (K, *out.shape) -> (K, *x.shape)."""
+def _grads(out: Tensor, inputs: list[Tensor], seed: Tensor) -> tuple:
+    """One seed's backward, for torch.func.vmap: its batching rules run each backward op once for all seeds,
+    where is_grads_batched (the older vmap) loops over the seeds in every convolution and BatchNorm."""
+    grads = torch.autograd.grad(out, inputs, seed, retain_graph=True, allow_unused=True)
+    return tuple(g if g is not None else seed.new_zeros(0) for g in grads)  # (0,): out does not depend on it
+
+
+def project_autograd(
+    x: Tensor, out: Tensor, seed: Tensor, stages: Sequence[Tensor] = ()
+) -> tuple[Tensor, list[Tensor | None]]:
+    """Input-space reconstructions for K seeds at once, in one backward. seed (K, *out.shape) -> (K, *x.shape),
+    and the signal arriving at each tensor of `stages` (K, *t.shape; None where out does not depend on it)."""
     try:
-        return torch.autograd.grad(out, x, seed, retain_graph=True, is_grads_batched=True)[0]
+        grads = torch.func.vmap(partial(_grads, out, [x, *stages]))(seed)
+        return grads[0], [g if g.shape[1:] != (0,) else None for g in grads[1:]]
     except torch.utils.checkpoint.CheckpointError:
         raise UnsupportedModelError(
             "the model recomputes parts of its forward during backward (torch.utils.checkpoint), where deconvviz "
@@ -539,7 +635,7 @@ def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
     """Module path -> what each graph node placed in it does with the signal, from the output down to x."""
     leaf = x.detach().requires_grad_(True)
     mode = _RectifyReLUs(rule)
-    with evaluating(model), recording(model, None, mode.stack) as rec, mode, torch.enable_grad():
+    with evaluating(model), recording(model, None, stack=mode.stack) as rec, mode, torch.enable_grad():
         model(leaf.clone())
     labels: dict[str, list[str]] = {}
     for out in [t for t in tree_flatten(rec["outputs"])[0] if isinstance(t, Tensor) and t.grad_fn is not None]:

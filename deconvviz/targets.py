@@ -157,11 +157,19 @@ def find_region(region: Box | str, image: str | os.PathLike | None, size: int | 
 
 
 def centres(model: nn.Module, layer: str, input_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Receptive-field centres (rows (h,), cols (w,)) of a chain model's layer positions, in input pixels."""
+    """Receptive-field centres (rows (h,), cols (w,)) of a layer's positions, in input pixels: a chain's closed
+    form, or any other network's exact fields (deconvviz.fields.receptive_field)."""
     steps = chain_of(model)
     if steps is None:
-        raise SelectionError(f"a region or point needs receptive fields, which {type(model).__name__} (not a chain of "
-                             "layers) does not have; give channels and positions instead")  # fmt: skip
+        from .fields import receptive_field
+
+        name = resolve(model, steps, layer)
+        try:
+            f = receptive_field(model, name, input_size)
+        except LayerError:
+            raise SelectionError(f"layer '{layer}' has no spatial positions (N, C, H, W): a region or point needs "
+                                 "a convolution or pool layer") from None  # fmt: skip
+        return f.centre_rows, f.centre_cols
     name = resolve(model, steps, layer)
     upto = step_index(steps, name)
     try:
@@ -278,6 +286,11 @@ def choose(model: nn.Module, x: Tensor, layer: str, channels: Sequence[int] | No
         return channels, positions
     mask = region_mask(model, layer, tuple(x.shape[-2:]), region, at, exclude)
     steps = chain_of(model)
-    act = forward_chain(steps, x, step_index(steps, resolve(model, steps, layer))).activation
+    if steps is None:
+        with torch.no_grad(), _watching(model, resolve(model, steps, layer)) as got:
+            model(x.detach().clone())
+        act = got[0]
+    else:
+        act = forward_chain(steps, x, step_index(steps, resolve(model, steps, layer))).activation
     chans, positions = strongest_in_region(act, mask, channels, top, layer)
     return chans, positions if mode == "max" else None

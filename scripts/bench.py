@@ -6,7 +6,9 @@
 (K whole conv5_3 maps, one image, value-seeded), 4 deconvviz per map and the FLOP rate of its reverse pass,
 5 mode max at conv3_3, full reverse pass vs receptive-field crop (identical output), 6 projecting all 512
 conv5_3 maps of one image: peak memory (child process), 7 the same per-map times and peak memory for the
-guided and gradient rules, beside captum's NeuronGuidedBackprop and NeuronGradient.
+guided and gradient rules, beside captum's NeuronGuidedBackprop and NeuronGradient, 8 the autograd path (any
+network): K whole layer3 maps of torchvision resnet50 at 224 against captum batched, and its peak memory, 9 mode
+max at resnet50 layer1 and layer2 (K strongest maps), full plane vs receptive-field windows (same output).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 import deconvviz
+import deconvviz.rectified
 from deconvviz.forward import forward_chain
 from deconvviz.weights import load_vgg
 
@@ -95,6 +98,87 @@ print((peak - base) / 2**30)
     return float(r.stdout.strip().splitlines()[-1])
 
 
+RESNET_PEAK = """
+import torch, torchvision, deconvviz
+def rss(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+torch.manual_seed(0)
+m = torchvision.models.resnet50().eval().to("{device}")
+x = torch.randn(1, 3, 224, 224, device="{device}")
+cuda = "{device}".startswith("cuda")
+if cuda:
+    torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
+else:
+    base = rss("VmRSS:"); open("/proc/self/clear_refs", "w").write("5")
+deconvviz.Deconvnet(m).project(x, "layer3", channels=range({k}), mode="map")
+peak = torch.cuda.max_memory_allocated() if cuda else rss("VmHWM:")
+print((peak - base) / 2**30)
+"""
+
+
+def resnet_autograd(dev: torch.device, repeat: int, k: int) -> dict[str, float]:
+    """deconvviz's autograd path against captum (batched) per map: K whole layer3 maps of resnet50, one image."""
+    import torchvision
+    from captum.attr import NeuronDeconvolution
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval().to(dev)
+    x = torch.randn(1, 3, 224, 224, device=dev)
+    dn, channels = deconvviz.Deconvnet(model), list(range(k))
+    act = []
+    hook = model.layer3.register_forward_hook(lambda m, i, o: act.append(o.detach()))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    seed = torch.zeros(k, *act[0].shape[1:], device=dev)
+    seed[torch.arange(k), channels] = act[0][0, channels]
+
+    def theirs():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return NeuronDeconvolution(model, model.layer3).attribute(
+                x.expand(k, -1, -1, -1).clone(), neuron_selector=lambda o: (o * seed).flatten(1).sum(1)
+            )
+
+    ours = lambda: dn.project(x, "layer3", channels=channels, mode="map")  # noqa: E731
+    r = {"resnet50_layer3_captum_per_map_s": timed(theirs, dev, repeat) / k}
+    r["resnet50_layer3_deconvviz_per_map_s"] = timed(ours, dev, repeat) / k
+    want, got = theirs(), ours().images[0]
+    r["resnet50_layer3_max_rel_err_vs_captum"] = float((got - want).abs().max() / want.abs().max())
+    code = RESNET_PEAK.format(device=str(dev), k=k)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if child.returncode != 0:
+        raise SystemExit(f"resnet50 peak-memory child failed:\n{child.stderr}")
+    r["resnet50_layer3_peak_gib"] = float(child.stdout.strip().splitlines()[-1])
+    return r
+
+
+def resnet_windows(dev: torch.device, repeat: int, k: int) -> dict[str, float]:
+    """Mode max on resnet50 at 224: per projection, the full-plane autograd pass vs receptive-field windows
+    (fields cached by the first call), the forward that selects the activations excluded from both."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval().to(dev)
+    x = torch.randn(1, 3, 224, 224, device=dev)
+    r = {}
+    for layer in ("layer1", "layer2"):
+        r.update(_windows_rows(model, x, layer, dev, repeat, k))
+    return r
+
+
+def _windows_rows(model: nn.Module, x: torch.Tensor, layer: str, dev, repeat: int, k: int) -> dict[str, float]:
+    full, crop = deconvviz.Deconvnet(model, crop=False), deconvviz.Deconvnet(model, crop=True)
+    fwd = timed(lambda: deconvviz.rectified.layer_output(model, x, layer, full.rule), dev, repeat)
+    one = lambda d: d.project(x, layer, top=k, mode="max")  # noqa: E731
+    a, b = one(full).images, one(crop).images
+    return {
+        f"resnet50_{layer}_full_per_projection_s": (timed(lambda: one(full), dev, repeat) - fwd) / k,
+        f"resnet50_{layer}_windows_per_projection_s": (timed(lambda: one(crop), dev, repeat) - fwd) / k,
+        f"resnet50_{layer}_windows_max_rel_diff": float((a - b).abs().max() / a.abs().max()),
+    }
+
+
 def scan_throughput(device: str, count: int) -> tuple[float, float]:
     """Images/s of `deconvviz scan` (conv5_3, top 9) vs a plain forward to conv5_3 over the same batches and
     the same DataLoader (decoding included in both), on a folder of crops of the built-in photo."""
@@ -142,10 +226,27 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--images", type=int, default=96, help="images in the scan benchmark's folder")
+    ap.add_argument("--only-resnet", action="store_true", help="only the autograd rows (resnet50 layer3)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
     r = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"}
+    if args.only_resnet:
+        r.update(resnet_autograd(dev, args.repeat, args.k))
+        r.update(resnet_windows(dev, args.repeat, args.k))
+        ratios = {
+            "resnet50 layer3 speedup vs captum, batched (>= 2)": r["resnet50_layer3_captum_per_map_s"]
+            / r["resnet50_layer3_deconvviz_per_map_s"],
+            **{
+                f"resnet50 {layer} windows speedup (>= 10)": r[f"resnet50_{layer}_full_per_projection_s"]
+                / r[f"resnet50_{layer}_windows_per_projection_s"]
+                for layer in ("layer1", "layer2")
+            },
+        }
+        for key, v in {**r, **ratios}.items():
+            print(f"{key:<48} {v:.4g}" if isinstance(v, float) else f"{key:<48} {v}")
+        print(json.dumps({**r, "ratios": ratios}))
+        return
 
     n = 4096 if dev.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
@@ -190,6 +291,8 @@ def main() -> None:
         r[f"{rule}_max_rel_err_vs_captum"] = float((got - want).abs().max() / want.abs().max())
         r[f"all_512_maps_{rule}_peak_gib"] = peak_memory_child(args.device, rule)
     r["scan_images_per_s"], r["plain_forward_images_per_s"] = scan_throughput(args.device, args.images)
+    r.update(resnet_autograd(dev, args.repeat, args.k))
+    r.update(resnet_windows(dev, args.repeat, args.k))
 
     ratios = {
         "speedup vs captum, batched (>= 4)": r["captum_batched_per_map_s"] / r["deconvviz_per_map_s"],
@@ -207,6 +310,14 @@ def main() -> None:
             for rule in ("guided", "gradient")
         },
         "scan overhead over plain forward (<= 0.15)": r["plain_forward_images_per_s"] / r["scan_images_per_s"] - 1,
+        "resnet50 layer3 speedup vs captum, batched (>= 2)": r["resnet50_layer3_captum_per_map_s"]
+        / r["resnet50_layer3_deconvviz_per_map_s"],
+        "resnet50 layer3, 16 maps, peak GiB": r["resnet50_layer3_peak_gib"],
+        **{
+            f"resnet50 {layer} windows speedup (>= 10)": r[f"resnet50_{layer}_full_per_projection_s"]
+            / r[f"resnet50_{layer}_windows_per_projection_s"]
+            for layer in ("layer1", "layer2")
+        },
     }
     for k, v in {**r, **ratios}.items():
         print(f"{k:<40} {v:.4g}" if isinstance(v, float) else f"{k:<40} {v}")

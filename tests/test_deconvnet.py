@@ -12,6 +12,7 @@ from torch import nn
 
 import deconvviz
 import deconvviz.rectified
+from deconvviz.deconvnet import _AutogradPath
 from deconvviz.layers import vgg_aliases
 from deconvviz.reverse import reverse_cropped
 
@@ -354,3 +355,120 @@ def test_inference_mode_on_the_chain_path():
     with torch.inference_mode():
         got = deconvviz.Deconvnet(model).project(x.clone(), "fc6", top=2).images
     assert torch.equal(got, want)
+
+
+class TinyResNet(nn.Module):
+    """A stem with a max-pool, a residual block and a concatenating block: a non-chain model with stages."""
+
+    def __init__(self, relu_modules: bool = False):
+        super().__init__()
+        self.relus = (
+            nn.ModuleList([nn.ReLU(), nn.ReLU()]) if relu_modules else None
+        )  # for captum, which hooks only these
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.conv_a, self.conv_b = nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=2, dilation=2)
+        self.branch = nn.Conv2d(6, 4, 1)
+        self.head = nn.Conv2d(10, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        s = self.stem(x)
+        relu_a, relu_b = self.relus if self.relus is not None else (torch.relu, torch.relu)
+        r = relu_b(s + self.conv_b(relu_a(self.conv_a(s))))
+        return self.head(torch.cat([r, self.branch(r)], 1))
+
+
+def _plain_gradients(model, x, layer, tensors_of, n, c, p):
+    """Plain autograd (no deconvviz): the selected unit's value times its gradient at each named module's output."""
+    got = {}
+    mods = dict(model.named_modules())
+    hooks = [
+        mods[name].register_forward_hook(lambda m, i, o, name=name: got.__setitem__(name, o)) for name in tensors_of
+    ]
+    hooks.append(mods[layer].register_forward_hook(lambda m, i, o: got.__setitem__("_out", o)))
+    xx = x.clone().requires_grad_(True)
+    try:
+        model(xx)
+    finally:
+        for h in hooks:
+            h.remove()
+    unit = got["_out"][n, c].flatten()[p]
+    grads = torch.autograd.grad(unit * unit.detach(), [got[t] for t in tensors_of] + [xx])
+    return dict(zip([*tensors_of, "input"], [g[n] for g in grads], strict=True))  # a name twice: one tensor
+
+
+def test_stages_of_any_network_are_the_signal_at_each_boundary():
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(2, 3, 20, 20)
+    out = deconvviz.Deconvnet(model, rule="gradient").project(x, "head", top=2, mode="max", keep_stages=True)
+    names = ["branch", "conv_b", "conv_a", "stem", "unpool1", "stem.1", "stem.0", "input"]
+    assert [s.name for s in out.stages] == names  # stem ends with its max-pool: one stage, the container's
+    assert [s.kind for s in out.stages].count("unpool") == 1 and out.stages[4].step == "stem.2"
+    assert out.stages[0].tensor.shape == (2, 2, 4, 10, 10) and out.stages[4].size == (20, 20)
+    assert torch.equal(out.stages[-1].tensor, out.images)
+    modules = ["branch", "conv_b", "conv_a", "stem", "stem.1", "stem.1", "stem.0"]  # the pool's input: the ReLU's
+    for n in range(2):
+        for k in range(2):
+            c, p = int(out.selections.channels[n, k]), int(out.selections.positions[n, k])
+            want = _plain_gradients(model, x, "head", modules, n, c, p)
+            for stage, name in zip(out.stages, [*modules, "input"], strict=True):
+                assert rel_err(stage.tensor[n, k], want[name]) <= TOL, stage.name
+    # the deconvnet rule: its last stage is its reconstruction, which captum checks
+    model = TinyResNet(relu_modules=True).eval()
+    dn = deconvviz.Deconvnet(model).project(x, "head", top=2, mode="max", keep_stages=True)
+    want = oracle(model, model.head, x, dn.selections.channels, dn.selections.positions)
+    assert rel_err(dn.stages[-1].tensor, want) <= TOL
+
+
+def test_chosen_stages_and_default_boundaries_of_torchvision_models():
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(1, 3, 16, 16)
+    out = deconvviz.Deconvnet(model, rule="gradient").project(
+        x, "head", channels=[1], mode="map", keep_stages=True, stages=["conv_a", "branch"]
+    )
+    assert [s.name for s in out.stages] == ["branch", "conv_a", "unpool1", "input"]  # and each max-pool's input
+    assert out.stages[0].tensor.shape == (1, 1, 4, 8, 8) and out.stages[0].tensor.abs().max() > 0
+    with pytest.raises(deconvviz.LayerError, match="did you mean 'conv_a'"):
+        deconvviz.Deconvnet(model).project(x, "head", keep_stages=True, stages=["conv_aa"])
+    from deconvviz.layers import stage_modules
+
+    r = stage_modules(torchvision.models.resnet18())
+    assert r == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]
+    d = stage_modules(torchvision.models.densenet121())
+    assert "features.denseblock2" in d and "features.transition2" in d and "features.denseblock2.denselayer1" not in d
+    m = stage_modules(torchvision.models.mobilenet_v2())
+    assert m[:3] == ["features", "features.0", "features.1"] and "features.18" in m
+
+
+class Resized(nn.Module):
+    """Local, but not translation-equivariant: an adaptive pool to a fixed size changes its windows on a crop."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(12), nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.pool(self.conv(x))))
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+def test_windows_on_local_non_chain_networks_match_the_full_plane(rule):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 40, 40)
+    tiny = TinyResNet(relu_modules=True).eval()
+    resnet = randomized(torchvision.models.resnet18())
+    for model, layer, size in ((tiny, "head", 40), (resnet, "layer1", 64), (resnet, "layer2.0.conv1", 64)):
+        xs = torch.randn(2, 3, size, size)
+        full = deconvviz.Deconvnet(model, crop=False, rule=rule).project(xs, layer, top=4, mode="max")
+        with mock.patch.object(_AutogradPath, "backward", side_effect=AssertionError("took the full plane")):
+            crop = deconvviz.Deconvnet(model, crop=True, rule=rule).project(xs, layer, top=4, mode="max")
+        assert torch.equal(full.selections.positions, crop.selections.positions)
+        assert rel_err(crop.images, full.images) <= TOL, (layer, rule)
+    if rule == "deconvnet":  # and captum, independently
+        out = deconvviz.Deconvnet(tiny, crop=True).project(x, "head", top=3, mode="max")
+        assert rel_err(out.images, oracle(tiny, tiny.head, x, out.selections.channels, out.selections.positions)) <= TOL
+    odd = Resized().eval()
+    full = deconvviz.Deconvnet(odd, crop=False, rule=rule).project(x, "head", top=3, mode="max")
+    crop = deconvviz.Deconvnet(odd, crop=True, rule=rule).project(x, "head", top=3, mode="max")
+    assert rel_err(crop.images, full.images) <= TOL  # its crops disagree with the plane: the full pass is taken

@@ -1,0 +1,315 @@
+"""Receptive fields of any network: the input box each position of a layer depends on, by a structural probe.
+
+The probe runs the model once on an input of ones with every dependency counted positively: convolutions
+and linear maps with equal positive weights (1 / fan-in, so values stay near 1), max-pools as mean-pools
+over the same windows (a max-pool depends on its whole window), elementwise activations as the identity,
+normalizations as the signal plus its mean over what they normalize, subtractions as additions and factors
+that are not the signal as their magnitude. No contribution is then negative, so none cancels: the support
+of a position's gradient in the probe is exactly the set of input pixels it depends on (residual and
+concatenating blocks, strides, dilation and padding included). Chains keep their closed form (layers.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import ImageError, LayerError, UnsupportedModelError
+from .layers import chain_of, receptive_fields, resolve, step_index
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Receptive fields of a layer's positions. rows (h, 2), cols (w, 2): the half-open input range [lo, hi) that
+    row i (column j) of the layer depends on, clipped to the input; a position (i, j) depends on rows[i] x cols[j].
+    centre_rows (h,), centre_cols (w,): each field's centre unclipped by the image's edge, in input pixels."""
+
+    rows: Tensor
+    cols: Tensor
+    centre_rows: Tensor
+    centre_cols: Tensor
+
+    def boxes(self, rows_cols: Tensor) -> Tensor:
+        """(..., 4) top, bottom, left, right (half-open) of positions rows_cols (..., 2)."""
+        r, c = rows_cols[..., 0], rows_cols[..., 1]
+        return torch.stack([self.rows[r, 0], self.rows[r, 1], self.cols[c, 0], self.cols[c, 1]], dim=-1)
+
+
+def receptive_field(model: nn.Module, layer: str, input_size: tuple[int, int], channels: int | None = None) -> Fields:
+    """The input box every position of `layer` depends on, for an input of input_size (H, W) (channels: the
+    model's input channels, default the first convolution's). Chains: their closed form; any other model: the
+    structural probe (see the module). A layer that mixes all positions has every field the whole input."""
+    steps = chain_of(model)
+    name = resolve(model, steps, layer)
+    h_in, w_in = input_size
+    if steps is not None:
+        from .forward import output_shapes
+
+        upto = step_index(steps, name)
+        try:
+            fr, fc = receptive_fields(steps, upto)
+        except LayerError:
+            fr = fc = None
+        shape = output_shapes(model, steps[: upto + 1], input_size)[upto]
+        if fr is not None and len(shape) == 4:
+            h, w = shape[-2:]
+            spans = [torch.tensor([f.span(i, n) for i in range(m)]) for f, m, n in ((fr, h, h_in), (fc, w, w_in))]
+            centres = [torch.arange(m) * f.stride - f.offset + f.size / 2 for f, m in ((fr, h), (fc, w))]
+            return Fields(spans[0], spans[1], centres[0], centres[1])
+    return _probe(model, name, input_size, channels)
+
+
+def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: int | None) -> Fields:
+    from .rectified import evaluating
+
+    h_in, w_in = input_size
+    if channels is None:
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = first.in_channels if first is not None else 3
+    module = dict(model.named_modules())[name]
+    got: list[Tensor] = []
+    handle = module.register_forward_hook(lambda m, i, o: got.append(o) if isinstance(o, Tensor) else None)
+    leaf = torch.ones(1, channels, h_in, w_in, dtype=torch.float64, device=_device(model), requires_grad=True)
+    try:
+        with evaluating(model), torch.random.fork_rng(), _Structural(), torch.enable_grad():
+            try:
+                model(leaf.clone())
+            except torch.utils.checkpoint.CheckpointError:
+                raise UnsupportedModelError(
+                    f"cannot trace the receptive fields of '{name}': the model recomputes "
+                    "parts of its forward (torch.utils.checkpoint)"
+                ) from None
+            except RuntimeError as e:
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ImageError(
+                    f"cannot trace the receptive fields of '{name}' on a {h_in}x{w_in} input ({why}); "
+                    "give an input size the model accepts"
+                ) from None
+    finally:
+        handle.remove()
+    if len(got) != 1 or got[0].dim() != 4:
+        raise LayerError(f"layer '{name}' must run once per forward and give (N, C, H, W) for receptive fields")
+    out = got[0]
+    h, w = out.shape[-2:]
+    if out.grad_fn is None:
+        raise LayerError(f"layer '{name}' does not depend on the input; choose a layer on the path from the input")
+    # one seed per row (all columns and channels) and one per column: the union over the other axis
+    seeds = out.new_zeros(h + w, *out.shape)
+    seeds[torch.arange(h), :, :, torch.arange(h)] = 1
+    seeds[h + torch.arange(w), :, :, :, torch.arange(w)] = 1
+    hit = torch.cat([_support(out, leaf, part) for part in seeds.split(64)])  # (h + w, H, W)
+    rows = _spans(hit[:h].any(2), h_in)
+    cols = _spans(hit[h:].any(1), w_in)
+    return Fields(rows, cols, _centres(rows, h_in), _centres(cols, w_in))
+
+
+def _support(out: Tensor, leaf: Tensor, seeds: Tensor) -> Tensor:
+    """(B, H, W) bool: the input pixels each seed (B, *out.shape) reaches in the probe, in one batched backward."""
+
+    def grad(seed):
+        return torch.autograd.grad(out, leaf, seed, retain_graph=True)[0]
+
+    return torch.func.vmap(grad)(seeds).abs().sum((1, 2)) > 0
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _spans(hit: Tensor, limit: int) -> Tensor:
+    """(n, 2) [first, last + 1) of each row of a boolean (n, limit); a position depending on nothing: [0, 0)."""
+    any_ = hit.any(1)
+    first = hit.int().argmax(1)
+    last = limit - hit.flip(1).int().argmax(1)
+    return torch.stack([first.where(any_, 0), last.where(any_, 0)], dim=1).cpu()
+
+
+def _centres(spans: Tensor, limit: int) -> Tensor:
+    """Field centres unclipped by the image's edge. The fields' first rows lie on a line i * stride + a where the
+    edge does not cut them (lo > 0), their ends on i * stride + b (hi < limit); a side cut everywhere is taken
+    from the other by the grid's mirror symmetry (the first field's start mirrors the last one's end)."""
+    lo, hi = spans[:, 0].double(), spans[:, 1].double()
+    n, i = len(lo), torch.arange(len(lo), dtype=torch.float64)
+    low, high = lo > 0, hi < limit
+    steps = [d for ok, v in ((low, lo), (high, hi)) for d in (v[1:] - v[:-1])[ok[1:] & ok[:-1]].tolist()]
+    stride = float(torch.tensor(steps).median()) if steps else limit / n
+    a = float((lo - i * stride)[low].median()) if bool(low.any()) else None
+    b = float((hi - i * stride)[high].median()) if bool(high.any()) else None
+    if a is None and b is None:
+        return (limit / 2 + (i - (n - 1) / 2) * stride).float()
+    a = limit - b - (n - 1) * stride if a is None else a
+    b = limit - a - (n - 1) * stride if b is None else b
+    return (i * stride + (a + b) / 2).float()
+
+
+def _weights(w: Tensor, x: Tensor, fan_dims: tuple[int, ...]) -> Tensor:
+    fan = math.prod(w.shape[d] for d in fan_dims)
+    return torch.full(w.shape, 1.0 / fan, dtype=x.dtype, device=x.device)
+
+
+def _conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return F.conv2d(x, _weights(weight, x, (1, 2, 3)), None, stride, padding, dilation, groups)
+
+
+def _conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    return F.conv_transpose2d(
+        x, _weights(weight, x, (0, 2, 3)), None, stride, padding, output_padding, groups, dilation
+    )
+
+
+def _linear(x, weight, bias=None):
+    return F.linear(x, _weights(weight, x, (1,)))
+
+
+def _pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """A max-pool depends on its whole window: the mean over the same windows (dilation and ceil mode kept)."""
+    pair = torch.nn.modules.utils._pair
+    k, p, d = pair(kernel_size), pair(padding), pair(dilation)
+    s = pair(stride) if stride not in (None, []) else k
+    real = F.max_pool2d(x.detach(), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+    h, w = real[0].shape[-2:]
+    need = [
+        (n - 1) * ss + dd * (kk - 1) + 1 - (size + 2 * pp)
+        for n, ss, dd, kk, size, pp in zip((h, w), s, d, k, x.shape[-2:], p, strict=True)
+    ]
+    padded = F.pad(x, (p[1], p[1] + max(need[1], 0), p[0], p[0] + max(need[0], 0)))
+    grid = [(n - dd * (kk - 1) - 1) // ss + 1 for n, dd, kk, ss in zip(padded.shape[-2:], d, k, s, strict=True)]
+    cols = F.unfold(padded if x.dim() == 4 else padded[None], k, d, 0, s)  # (N, C*kh*kw, rows*cols)
+    means = cols.unflatten(1, (-1, k[0] * k[1])).mean(2).unflatten(-1, grid)[..., :h, :w]
+    out = means.reshape(*x.shape[:-2], h, w)
+    return (out, real[1]) if return_indices else out
+
+
+def _adaptive_max(x, output_size, return_indices=False):
+    out = F.adaptive_avg_pool2d(x, output_size)
+    return (out, F.adaptive_max_pool2d(x.detach(), output_size, True)[1]) if return_indices else out
+
+
+def _plus_mean(dims_of):
+    def norm(x, *args, **kwargs):
+        dims = dims_of(x, *args, **kwargs)
+        return x + x.mean(dims, keepdim=True) if dims else x.clone()
+
+    return norm
+
+
+def _batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, *args, **kwargs):
+    # eval mode: elementwise; batch statistics: every position of the channel
+    return x + x.mean((0, *range(2, x.dim())), keepdim=True) if training or running_mean is None else x.clone()
+
+
+def _identity(x, *args, **kwargs):
+    return x.clone()
+
+
+def _identity_(x, *args, **kwargs):
+    return x
+
+
+def _magnitude(t):
+    """A factor that is not the signal (a parameter, a constant) counts by its magnitude."""
+    return t.abs() if isinstance(t, Tensor) and t.grad_fn is None else t
+
+
+_ACTIVATIONS = [
+    F.relu,
+    torch.relu,
+    Tensor.relu,
+    F.relu6,
+    F.hardtanh,
+    F.leaky_relu,
+    F.elu,
+    F.celu,
+    F.selu,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.mish,
+    F.softplus,
+    F.sigmoid,
+    torch.sigmoid,
+    Tensor.sigmoid,
+    F.hardsigmoid,
+    F.tanh,
+    torch.tanh,
+    Tensor.tanh,
+    F.prelu,
+    F.threshold,
+    torch.clamp,
+    Tensor.clamp,
+    torch.clamp_min,
+    Tensor.clamp_min,
+    torch.clamp_max,
+    Tensor.clamp_max,
+    F.logsigmoid,
+    F.softsign,
+    F.tanhshrink,
+    torch.abs,
+    Tensor.abs,
+    Tensor.__abs__,
+]
+_INPLACE = [
+    F.relu_,
+    torch.relu_,
+    Tensor.relu_,
+    F.hardtanh_,
+    F.leaky_relu_,
+    F.elu_,
+    Tensor.clamp_,
+    Tensor.clamp_min_,
+    Tensor.clamp_max_,
+    torch.sigmoid_,
+    Tensor.sigmoid_,
+    Tensor.tanh_,
+    Tensor.abs_,
+]
+_REPLACED = {
+    **dict.fromkeys(_ACTIVATIONS, _identity),
+    **dict.fromkeys(_INPLACE, _identity_),
+    F.conv2d: _conv,
+    F.conv_transpose2d: _conv_transpose,
+    F.linear: _linear,
+    F.max_pool2d: _pool,
+    F.adaptive_max_pool2d: _adaptive_max,
+    F.batch_norm: _batch_norm,
+    F.instance_norm: _plus_mean(lambda x, *a, **k: tuple(range(2, x.dim()))),
+    F.layer_norm: _plus_mean(lambda x, shape, *a, **k: tuple(range(x.dim() - len(shape), x.dim()))),
+    F.group_norm: _plus_mean(lambda x, *a, **k: tuple(range(1, x.dim()))),
+    **dict.fromkeys([F.softmax, torch.softmax, Tensor.softmax], _plus_mean(lambda x, dim, *a, **k: (dim,))),
+    torch.sub: torch.add,
+    Tensor.sub: Tensor.add,
+    Tensor.__sub__: Tensor.__add__,
+    Tensor.__rsub__: Tensor.__radd__,
+    torch.rsub: lambda a, b, *args, **kw: torch.add(b, a),
+    Tensor.sub_: Tensor.add_,
+    Tensor.__isub__: Tensor.__iadd__,
+    torch.neg: _identity,
+    Tensor.neg: _identity,
+    Tensor.__neg__: _identity,
+}
+_PRODUCTS = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.mul_, Tensor.__imul__}
+_QUOTIENTS = {torch.div, Tensor.div, Tensor.__truediv__, torch.true_divide, Tensor.div_, Tensor.__itruediv__}
+
+
+class _Structural(TorchFunctionMode):
+    """The probe's forward: every dependency counted positively (see the module)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _REPLACED:
+            return _REPLACED[func](*args, **kwargs)
+        if func in _PRODUCTS:
+            return func(*[_magnitude(a) for a in args], **kwargs)
+        if func in _QUOTIENTS:  # a / b depends on b as a * b does, with no sign
+            a, b = (_magnitude(t) for t in args[:2])
+            return a * b if isinstance(b, Tensor) and b.grad_fn is not None else func(a, b, *args[2:], **kwargs)
+        if func is Tensor.__rtruediv__:
+            return _magnitude(args[1]) * args[0]
+        return func(*args, **kwargs)

@@ -1,0 +1,139 @@
+"""Receptive fields of any network against the support of each position's gradient (plain autograd)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import deconvviz
+from deconvviz.fields import receptive_field
+from deconvviz.targets import centres, region_mask
+
+
+class Residual(nn.Module):
+    def __init__(self, act: bool):
+        super().__init__()
+        self.act = nn.ReLU() if act else nn.Identity()
+        self.stem = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.a = nn.Conv2d(4, 4, 3, padding=2, dilation=2)
+        self.b = nn.Conv2d(4, 4, (1, 5), padding=(0, 2))  # an anisotropic field
+        self.pool = nn.AvgPool2d(2, ceil_mode=True)
+        self.branch = nn.Conv2d(4, 2, 3, padding=0)
+        self.head = nn.Conv2d(6, 3, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        s = self.act(self.stem(x))
+        r = self.pool(s + self.b(self.act(self.a(s))))
+        br = nn.functional.pad(self.branch(r), (1, 1, 1, 1))  # a concatenated branch of another field
+        return self.head(torch.cat([r, br], 1))
+
+
+def positive(model: nn.Module) -> nn.Module:
+    """Positive weights: every dependency shows in the gradient, so the support fills the field exactly."""
+    g = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.data.copy_(torch.rand(p.shape, generator=g) + 0.1)
+    return model.eval()
+
+
+def gradient_support(model, layer, x, i, j):
+    """Bounding box (top, bottom, left, right; half-open) of the input pixels where position (i, j)'s gradient is
+    nonzero, by plain autograd."""
+    got = []
+    h = dict(model.named_modules())[layer].register_forward_hook(lambda m, a, o: got.append(o))
+    xx = x.clone().requires_grad_(True)
+    try:
+        model(xx)
+    finally:
+        h.remove()
+    (g,) = torch.autograd.grad(got[0][0, :, i, j].sum(), xx)
+    hit = g[0].abs().sum(0) > 0
+    rows, cols = hit.any(1).nonzero().flatten(), hit.any(0).nonzero().flatten()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+@pytest.mark.parametrize("layer", ["stem", "a", "pool", "branch", "head"])
+def test_fields_are_the_support_of_the_gradient_residual_concat_strided_dilated_padded(layer):
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, 23, 18)
+    tight, relu = positive(Residual(act=False)), Residual(act=True).eval()
+    f = receptive_field(tight, layer, (23, 18))
+    assert torch.equal(f.rows, receptive_field(relu, layer, (23, 18)).rows)  # structure, not values
+    for i in range(len(f.rows)):
+        for j in range(len(f.cols)):
+            box = tuple(f.boxes(torch.tensor([i, j])).tolist())
+            assert gradient_support(tight, layer, x, i, j) == box, (i, j)  # every position matters: tight
+            t, b, left, r = gradient_support(relu, layer, torch.randn(1, 2, 23, 18), i, j) if i == j else box
+            assert box[0] <= t and b <= box[1] and box[2] <= left and r <= box[3]  # inside
+
+
+def test_max_pools_depend_on_their_whole_window_and_global_layers_on_everything():
+    model = nn.Sequential(nn.Conv2d(1, 1, 3), nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU())
+
+    class Wrapped(nn.Module):  # the same network, not a chain: the probe
+        def __init__(self):
+            super().__init__()
+            self.body = model
+
+        def forward(self, x):
+            y = self.body(x)
+            return y + y.mean((2, 3), keepdim=True) * self.body[0].weight.sum()
+
+    chain, probe = receptive_field(model, "1", (12, 11)), receptive_field(Wrapped(), "body.1", (12, 11))
+    assert torch.equal(chain.rows, probe.rows) and torch.equal(chain.cols, probe.cols)
+    assert torch.equal(chain.centre_rows, probe.centre_rows) and torch.equal(chain.centre_cols, probe.centre_cols)
+    assert chain.rows.tolist() == [[0, 5], [2, 7], [4, 9], [6, 11], [8, 12]]  # by hand: 3x3 conv, then 3-pools by 2
+
+    class Gated(Wrapped):
+        def forward(self, x):
+            return self.body(x) * torch.sigmoid(self.body(x).mean((2, 3), keepdim=True))
+
+    f = receptive_field(_Named(Gated()), "out", (12, 11))  # a gate from a global pool: every field is the input
+    assert f.rows.tolist() == [[0, 12]] * len(f.rows) and f.cols.tolist() == [[0, 11]] * len(f.cols)
+
+
+class _Named(nn.Module):
+    """A model whose result passes through a named module, so it can be asked for as a layer."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.out = inner, nn.Identity()
+
+    def forward(self, x):
+        return self.out(self.inner(x))
+
+
+def test_vgg_like_chains_keep_their_closed_form():
+    torch.manual_seed(0)
+    chain = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+    ).eval()
+    want = centres(chain, "6", (32, 32))
+    got = centres(_Named(chain), "out", (32, 32))
+    assert all(torch.equal(a.float(), b) for a, b in zip(want, got, strict=True))
+
+
+def test_regions_points_and_boxes_on_a_non_chain_model():
+    torch.manual_seed(0)
+    model = positive(Residual(act=True))
+    x = torch.rand(1, 2, 23, 18)
+    rows, cols = centres(model, "head", (23, 18))
+    assert len(rows) == 3 and len(cols) == 3
+    mask = region_mask(model, "head", (23, 18), at=(17, 0))
+    assert mask.nonzero().tolist() == [[0, 2]]
+    dn = deconvviz.Deconvnet(model)
+    out = dn.project(x, "head", channels=[0, 2], mode="max", at=(17, 0))
+    assert out.selections.rows_cols[0].tolist() == [[0, 2], [0, 2]]
+    boxes = dn.receptive_field_boxes(out)
+    want = receptive_field(model, "head", (23, 18)).boxes(torch.tensor([0, 2]))
+    assert boxes.shape == (1, 2, 4) and boxes[0, 0].tolist() == want.tolist()
+    support = (out.images[0, 0].abs().sum(0) > 0).nonzero()
+    t, b, left, r = want.tolist()
+    assert t <= support[:, 0].min() and support[:, 0].max() < b and left <= support[:, 1].min() < r

@@ -12,7 +12,7 @@ from .errors import ImageError, LayerError, UnsupportedModelError
 from .forward import ForwardRecord, Switches, forward_chain
 from .layers import Step, chain_of, layer_names, receptive_fields, resolve, step_index
 from .rectified import layer_output, project_autograd
-from .reverse import Stage, croppable, reverse_chain, reverse_cropped
+from .reverse import WINDOWED_UNPOOLING, Stage, croppable, get_unpool, reverse_chain, reverse_cropped
 from .rules import Rule, get_rule
 from .selection import Selection, seeds, select
 from .targets import Box, choose
@@ -28,6 +28,7 @@ class Projection:
     stages: list[Stage] = field(default_factory=list)  # filled with keep_stages=True on chain models
     layer: str = ""  # module path the projection started from
     rule: str = "deconvnet"  # how ReLUs passed the signal back (rules.py)
+    unpool: str = "switches"  # how max-pools were undone (reverse.UNPOOLS)
 
 
 class Deconvnet:
@@ -38,13 +39,15 @@ class Deconvnet:
     autograd with the deconvnet ReLU rule; what has no such rule is refused.
     """
 
-    def __init__(self, model: nn.Module, *, rule: str | Rule = "deconvnet", max_batch_bytes: int = 1 << 30,
-                 crop: bool | None = None) -> None:  # fmt: skip
-        """rule: how ReLUs pass the signal back (deconvnet, guided, gradient; rules.py); max_batch_bytes bounds
+    def __init__(self, model: nn.Module, *, rule: str | Rule = "deconvnet", unpool: str = "switches",
+                 max_batch_bytes: int = 1 << 30, crop: bool | None = None) -> None:  # fmt: skip
+        """rule: how ReLUs pass the signal back (deconvnet, guided, gradient, linear; rules.py); unpool: how
+        max-pools are undone (switches, nearest, bilinear, fixed; reverse.UNPOOLS); max_batch_bytes bounds
         the memory of one chunk of selections; crop: run mode-max projections on receptive-field windows
         (None: when the window is smaller than half the image; same result)."""
         self.model = model
         self.rule = get_rule(rule)
+        self.unpool = get_unpool(unpool)
         self.max_batch_bytes = max_batch_bytes
         self.crop = crop
 
@@ -92,7 +95,7 @@ class Deconvnet:
                 top: int = 9, keep_stages: bool = False, together: bool = False,
                 positions: Tensor | None = None, rule: str | Rule | None = None, values: Tensor | None = None,
                 *, region: Box | None = None, at: Sequence[float] | None = None, exclude: Sequence[Box] = (),
-                cls: int | None = None) -> Projection:  # fmt: skip
+                cls: int | None = None, unpool: str | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
@@ -105,22 +108,26 @@ class Deconvnet:
         in each the strongest position, among the positions whose receptive-field centre lies inside
         (less those inside `exclude` boxes), or at the position nearest the point (see deconvviz.targets).
         cls: the `top` maps contributing most to class `cls`'s score (gradient times activation).
+        unpool: how max-pools are undone, switches, nearest, bilinear or fixed (None: the Deconvnet's own).
         """
         rule = get_rule(self.rule if rule is None else rule)
+        unpool = get_unpool(self.unpool if unpool is None else unpool)
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
             if region is not None or at is not None or cls is not None or exclude:
                 channels, positions = choose(self.model, self._input(x), layer, channels, mode, top, region=region,
                                              at=at, exclude=exclude, cls=cls, positions=positions)  # fmt: skip
-            return self._project(x, layer, channels, mode, top, keep_stages, together, positions, rule, values)
+            return self._project(x, layer, channels, mode, top, keep_stages, together, positions, rule, values, unpool)
 
-    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values) -> Projection:
+    def _project(
+        self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values, unpool
+    ) -> Projection:
         """The one driver of both paths: resolve, forward, select, then the reverse pass in chunks of seeds."""
         x, steps = self._input(x), self.steps
         layer = str(layer) if isinstance(layer, int) and not isinstance(layer, bool) else layer
         if not isinstance(layer, str):
             raise LayerError(f"layer must be a name such as 'conv5_3' or a module path, got {type(layer).__name__}")
         name = resolve(self.model, steps, layer)
-        path = _AutogradPath(self.model, name, rule) if steps is None else _ChainPath(steps, name, rule)
+        path = _AutogradPath(self.model, name, rule, unpool) if steps is None else _ChainPath(steps, name, rule, unpool)
         act = path.forward(x)
         sel = select(act, layer, channels, mode, top, positions, values)
         if not (keep_stages or together) and self.crop is not False and path.windows_possible():
@@ -138,7 +145,7 @@ class Deconvnet:
             Stage(s.name, s.kind, s.step, torch.cat([part[j].tensor for part in stage_parts]).unflatten(0, (n, k)))
             for j, s in enumerate(stage_parts[0])
         ]
-        return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, path.switches, stages, name, rule.name)
+        return Projection(torch.cat(parts).unflatten(0, (n, k)), sel, path.switches, stages, name, rule.name, unpool)
 
     def _project_windows(self, x: Tensor, path: _ChainPath, sel: Selection) -> Projection:
         """Selections whose seeds are concentrated (mode max: one activation; mode map: a map whose nonzero
@@ -174,8 +181,9 @@ class Deconvnet:
                             y[j, c, 0, 0] = sel.values.reshape(-1)[r[j]]
                         else:
                             y[j, c, :bh, :bw] = act[i, c, t : t + bh, left : left + bw]
-                    out[r] = reverse_cropped(steps, record, y, box[r, :2], img[r], path.rule, path.flipped_filters)
-        return Projection(out.unflatten(0, (n, k)), sel, record.switches, [], path.name, path.rule.name)
+                    rows = (steps, record, y, box[r, :2], img[r], path.rule, path.flipped_filters)
+                    out[r] = reverse_cropped(*rows, unpooling=path.unpool)
+        return Projection(out.unflatten(0, (n, k)), sel, record.switches, [], path.name, path.rule.name, path.unpool)
 
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
@@ -196,10 +204,10 @@ class Deconvnet:
 
 class _ChainPath:
     """A chain mirrored step by step: the forward records switches (and ReLU masks if the rule needs them),
-    the reverse pass unpools, passes ReLUs by the rule and filters with the transposed filters."""
+    the reverse pass unpools (by `unpool`), passes ReLUs by the rule and filters with the transposed filters."""
 
-    def __init__(self, steps: list[Step], name: str, rule: Rule) -> None:
-        self.steps, self.name, self.rule = steps[: step_index(steps, name) + 1], name, rule
+    def __init__(self, steps: list[Step], name: str, rule: Rule, unpool: str = "switches") -> None:
+        self.steps, self.name, self.rule, self.unpool = steps[: step_index(steps, name) + 1], name, rule, unpool
         self.flipped_filters: dict = {}  # conv -> its transpose as a forward conv's filters, made once per call
 
     def forward(self, x: Tensor) -> Tensor:
@@ -213,20 +221,22 @@ class _ChainPath:
         return self.record.switches
 
     def windows_possible(self) -> bool:
-        return self.record.activation.dim() == 4 and croppable(self.steps)
+        return self.record.activation.dim() == 4 and croppable(self.steps) and self.unpool in WINDOWED_UNPOOLING
 
     def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[Stage]]:
-        return reverse_chain(self.steps, self.record, seed, img, self.rule, keep_stages, self.flipped_filters)
+        flips = self.flipped_filters
+        return reverse_chain(self.steps, self.record, seed, img, self.rule, keep_stages, flips, self.unpool)
 
 
 class _AutogradPath:
-    """Any other model: one recorded forward with the rule's ReLU backward, then autograd for the seeds."""
+    """Any other model: one recorded forward with the rule's ReLU backward (and the max-pools' by `unpool`),
+    then autograd for the seeds."""
 
-    def __init__(self, model: nn.Module, name: str, rule: Rule) -> None:
-        self.model, self.name, self.rule = model, name, rule
+    def __init__(self, model: nn.Module, name: str, rule: Rule, unpool: str = "switches") -> None:
+        self.model, self.name, self.rule, self.unpool = model, name, rule, unpool
 
     def forward(self, x: Tensor) -> Tensor:
-        self.leaf, self.out, self.record = layer_output(self.model, x, self.name, self.rule)
+        self.leaf, self.out, self.record = layer_output(self.model, x, self.name, self.rule, self.unpool)
         self.row_bytes = x.numel() * x.element_size() * 16
         return self.out.detach()
 

@@ -46,6 +46,7 @@ Progress = Callable[[str], None]
 # bicycle where the dog is not (the dog sits inside the bicycle's box), projected whole, so the last panel
 # shows the bicycle's frame and wheels (the image's strongest map overall responds to the dog's face).
 BUILT_IN = {"region": "bicycle", "exclude": ("dog",), "mode": "map"}
+COMPARED = ("deconvnet", "guided", "gradient")  # compare's rules (Springenberg et al.); linear is ablate's
 
 
 def _image_record(path: str | os.PathLike | None) -> dict:
@@ -332,7 +333,7 @@ def compare(model: nn.Module, weights: Weights, image=None, layer: str | None = 
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     target = _target(image, size, x, region, at, exclude, cls)
     outs, chosen = {}, {"channels": channels, "top": top, **target}
-    for rule in RULES.values():
+    for rule in (RULES[r] for r in COMPARED):
         if progress:
             progress(f"projecting {layer} ({rule.title})")
         outs[rule.title] = out = dn.project(x, layer, mode="max", rule=rule, **chosen)
@@ -350,7 +351,7 @@ def compare(model: nn.Module, weights: Weights, image=None, layer: str | None = 
     prov = _provenance(
         "compare", image, model_name, weights, size, x, [_selections(dn, first) | _target_record(target)]
     )
-    prov["rules"] = [r.name for r in RULES.values()]
+    prov["rules"] = list(COMPARED)
     return fig, prov
 
 

@@ -22,6 +22,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
 from .forward import Switches, overlapping
+from .reverse import upsample
 from .rules import Rule, get_rule
 
 _RELUS = {F.relu: False, torch.relu: False, Tensor.relu: False, F.relu_: True, torch.relu_: True, Tensor.relu_: True}
@@ -34,7 +35,7 @@ _LINEAR = set(
     "MaxPool2DWithIndices MaxPool3DWithIndices AdaptiveMaxPool2D NativeBatchNorm CudnnBatchNorm "
     "MiopenBatchNorm ConstantPadNd UpsampleNearest2D UpsampleBilinear2D Alias AsStrided ToCopy Index "
     "IndexSelect Flip Roll Repeat Narrow ReflectionPad1D ReflectionPad2D ReflectionPad3D ReplicationPad1D "
-    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Rectified".split()
+    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Rectified _Unpooled".split()
 )  # fmt: skip
 _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only if one operand carries no signal
 
@@ -56,6 +57,51 @@ class _Rectified(torch.autograd.Function):
         return ctx.rule.relu_backward(g, ctx.saved_tensors[0]), None, None
 
 
+class _Unpooled(torch.autograd.Function):
+    """Max-pool forward; backward by an unpooling without the switches (reverse.upsample: nearest, ...)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, pool: nn.MaxPool2d, how: str) -> Tensor:
+        ctx.pool, ctx.how, ctx.size = pool, how, tuple(x.shape[-2:])
+        return F.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        if g.dim() == 3:  # an unbatched (C, H, W) input
+            return upsample(g[None], ctx.pool, ctx.size, ctx.how)[0], None, None
+        return upsample(g, ctx.pool, ctx.size, ctx.how), None, None
+
+
+_MAX_POOLS = {F.max_pool2d, torch.max_pool2d}
+_OTHER_MAX_POOLS = {
+    F.max_pool2d_with_indices,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool2d_with_indices,
+    F.max_pool1d,
+    F.max_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool3d,
+    torch.max_pool1d,
+    torch.max_pool3d,
+    torch.adaptive_max_pool1d,
+    F.fractional_max_pool2d,
+}
+
+
+def _unpooled(func, args: tuple, kwargs: dict, how: str) -> Tensor:
+    """A max-pool call whose backward unpools by `how` instead of the switches (_Unpooled)."""
+    if func not in _MAX_POOLS or kwargs.get("return_indices") or (len(args) > 6 and args[6]):
+        name = getattr(func, "__name__", str(func))
+        raise UnsupportedModelError(
+            f"unpool '{how}' replaces the backward of 2-d max-pools only, and the model "
+            f"calls {name} (with indices, adaptive or not 2-d); use unpool='switches'"
+        )
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    given = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k != "return_indices"}
+    x = given.pop("input")
+    return _Unpooled.apply(x, nn.MaxPool2d(**given), how)
+
+
 class _RectifyReLUs(TorchFunctionMode):
     """Routes every ReLU call (modules, F.relu, torch.relu, x.relu(), in-place forms) through _Rectified.
 
@@ -64,9 +110,9 @@ class _RectifyReLUs(TorchFunctionMode):
     signal (`t * (t > 0)`) is a data-dependent gate, not a linear step, and `gated` records its node.
     """
 
-    def __init__(self, rule: Rule):
+    def __init__(self, rule: Rule, unpool: str = "switches"):
         super().__init__()
-        self.rule = rule
+        self.rule, self.unpool = rule, unpool  # unpool: how max-pools are undone (reverse.UNPOOLS)
         self.constants = WeakIdKeyDictionary()  # tensor -> the graph nodes its value was computed from
         self.gated: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, source nodes)
 
@@ -76,6 +122,8 @@ class _RectifyReLUs(TorchFunctionMode):
             x = args[0] if args else kwargs["input"]
             inplace = _RELUS[func] or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
             return _Rectified.apply(x, inplace, self.rule)
+        if self.unpool != "switches" and (func in _MAX_POOLS or func in _OTHER_MAX_POOLS) and torch.is_grad_enabled():
+            return _unpooled(func, args, kwargs, self.unpool)
         out = func(*args, **kwargs)
         if func not in _SHAPE_ONLY:
             self._follow(tree_flatten((args, kwargs))[0], out)
@@ -225,11 +273,14 @@ def _rng_state(device: torch.device) -> list[Tensor]:
     return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
-def layer_output(model: nn.Module, x: Tensor, layer: str, rule: Rule) -> tuple[Tensor, Tensor, dict]:
-    """Forward x (ReLUs with the rule's backward, eval mode, hooks removed after). Returns (input leaf, layer
-    output, record). The caller's x is never written (the model sees a copy), and the RNG is left as it was."""
+def layer_output(
+    model: nn.Module, x: Tensor, layer: str, rule: Rule, unpool: str = "switches"
+) -> tuple[Tensor, Tensor, dict]:
+    """Forward x (ReLUs with the rule's backward, max-pools with `unpool`'s, eval mode, hooks removed after).
+    Returns (input leaf, layer output, record). The caller's x is never written (the model sees a copy), and the
+    RNG is left as it was."""
     leaf = x.detach().clone().requires_grad_(True)
-    mode = _RectifyReLUs(rule)
+    mode = _RectifyReLUs(rule, unpool)
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
         before = _rng_state(leaf.device)
         with evaluating(model), recording(model, layer) as rec, mode, torch.enable_grad():

@@ -58,11 +58,20 @@ class GradientRule(Rule):
         return signal * mask
 
 
-RULES: dict[str, Rule] = {r.name: r for r in (DeconvnetRule(), GuidedRule(), GradientRule())}
+class LinearRule(Rule):
+    """Mahendran & Vedaldi's fourth combination: no rectification, no forward mask; the ReLU passes all."""
+
+    name, needs_mask, title = "linear", False, "linear"
+
+    def relu_backward(self, signal: Tensor, mask: Tensor | None) -> Tensor:
+        return signal
+
+
+RULES: dict[str, Rule] = {r.name: r for r in (DeconvnetRule(), GuidedRule(), GradientRule(), LinearRule())}
 
 
 def get_rule(rule: str | Rule) -> Rule:
-    """A rule by name (deconvnet, guided, gradient), or the Rule itself; an unknown name is a SelectionError."""
+    """A rule by name (deconvnet, guided, gradient, linear), or the Rule itself; an unknown name is a SelectionError."""
     if isinstance(rule, Rule):
         return rule
     if isinstance(rule, str) and rule in RULES:

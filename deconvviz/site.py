@@ -365,7 +365,7 @@ def scan_site(
         net, info = load_vgg(args.model, args.weights, device=pick_device(device), verbose=verbose)
         b = _ScanBuild(
             site,
-            Deconvnet(net, rule=rule),
+            Deconvnet(net, rule=rule, unpool=args.unpool),  # as the scan projected
             result,
             report,
             rule,
@@ -609,6 +609,7 @@ def _scan_index(b: _ScanBuild, drawn: dict[str, dict[int, _UnitPictures]]) -> st
         ("weights", e(f"{w.get('name', args.weights)} ({w.get('source') or 'no file'})")),
         ("preprocessing", e(w.get("preprocess", ""))),
         ("rule", e(rule)),
+        ("unpool", e(args.unpool)),
         ("image folder", e(_shown_folder(args.folder))),
         (
             "images",

@@ -596,7 +596,7 @@ def ablation_figure(
     receptive field `box`, each panel `centred` on its own contrast. edges: (3, H, W) in [0, 1]."""
     t, b, left, right = box
     cols = 1 + len(panels)
-    fig, axes = plt.subplots(2, cols, figsize=(1.3 * cols, 3.9), squeeze=False)
+    fig, axes = plt.subplots(2, cols, figsize=(1.3 * cols, 4.4), squeeze=False)
     first = [
         ("(a) image patch", image[t:b, left:right]),
         ("(b) edge map", edges[0, t:b, left:right].float().cpu().numpy()),
@@ -622,5 +622,5 @@ def ablation_figure(
     axes[1, 1].set_ylabel("(d) randomized", fontsize=7.5)
     fig.suptitle(title, fontsize=9)
     fig.text(0.5, 0.01, note, ha="center", fontsize=6, color="0.3", wrap=True)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95), h_pad=1.5)
     return fig

@@ -1,7 +1,8 @@
 """Deconvnet for any nn.Module, through autograd: the backward of every ReLU is replaced by a rule's.
 
 For a network of convolutions, affine maps, max-pools, additions and concatenations joined by ReLUs,
-autograd's backward is the exact transpose of each linear step and unpools with the switches; only
+autograd's backward is the exact transpose of each linear step and unpools with the switches (or, with
+`unpool`, a max-pool's backward is swapped for nearest, bilinear or fixed-position upsampling); only
 the ReLU rule differs (deconvnet: ReLU on the signal, not the forward mask; see rules.py). Anything
 else on the path from the input to the layer has no such rule and is refused, never silently approximated.
 """

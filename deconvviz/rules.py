@@ -1,7 +1,7 @@
 """How a ReLU passes the signal backward: the one step in which a deconvnet, guided backprop and the gradient differ.
 
-Every other reverse step (unpool with the switches, filter with the transposed filters) is the same
-linear adjoint for all three. A rule is one small class; the chain path, the receptive-field window
+Every other reverse step (unpool, filter with the transposed filters) is the same for all of them (and for
+`linear`, which passes the signal unchanged). A rule is one small class; the chain path, the receptive-field window
 path and the autograd path all call `relu_backward`, and the forward pass records the ReLU masks
 (booleans, where the forward ReLU let its input through) only for rules that ask for them.
 """

@@ -67,7 +67,7 @@ def _pool_geometry(pool: nn.MaxPool2d) -> tuple:
 
 
 def unpool_by_loops(g: Tensor, pool: nn.MaxPool2d, size: tuple[int, int], how: str) -> Tensor:
-    """Unpooling without switches, one window position and tap at a time. g (B, C, Ho, Wo) -> (B, C, *size).
+    """Unpooling without switches, one tap of every window at a time. g (B, C, Ho, Wo) -> (B, C, *size).
 
     nearest: the value to every tap of its window; fixed: to tap (k - 1) // 2 only; bilinear: half-pixel
     centres, source row (r + 0.5) * Ho / H - 0.5 clamped at 0, blended with the next row (clamped at Ho - 1)."""
@@ -88,15 +88,15 @@ def unpool_by_loops(g: Tensor, pool: nn.MaxPool2d, size: tuple[int, int], how: s
 
         return weights(h, ho) @ g @ weights(w, wo).T
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pool_geometry(pool)
-    for i in range(ho):
-        for j in range(wo):
-            for a in range(kh):
-                for t in range(kw):
-                    if how == "fixed" and (a, t) != ((kh - 1) // 2, (kw - 1) // 2):
-                        continue
-                    r, q = i * sh - ph + dh * a, j * sw - pw + dw * t
-                    if 0 <= r < h and 0 <= q < w:
-                        out[:, :, r, q] += g[:, :, i, j]
+    for a in range(kh):
+        for t in range(kw):
+            if how == "fixed" and (a, t) != ((kh - 1) // 2, (kw - 1) // 2):
+                continue
+            rows = torch.arange(ho) * sh - ph + dh * a  # where tap (a, t) of window (i, j) lies
+            cols = torch.arange(wo) * sw - pw + dw * t
+            i, j = ((rows >= 0) & (rows < h)).nonzero()[:, 0], ((cols >= 0) & (cols < w)).nonzero()[:, 0]
+            # one tap: distinct windows, distinct positions; taps of overlapping windows add up across the loop
+            out[:, :, rows[i][:, None], cols[j][None, :]] += g[:, :, i[:, None], j[None, :]]
     return out
 
 

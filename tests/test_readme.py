@@ -1,8 +1,10 @@
-"""The README's Python example runs as written."""
+"""The README's Python examples run as written; its Quick start's test command is CI's and does what it says."""
 
 import re
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -28,3 +30,50 @@ def test_readme_region_example_runs_and_picks_the_bicycle_map(tmp_path, monkeypa
     assert scope["bike"].selections.channels.tolist() == [[348]]  # as the README's table says
     cols = scope["right"].selections.rows_cols[0, :, 1]
     assert bool((cols * 16 + 8 >= 112).all())  # field centres in the right half
+
+
+def _quick_start() -> list[str]:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"## Quick start\n\n```sh\n(.*?)```", text, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_quick_start_has_two_commands_and_ci_runs_the_second():
+    commands = _quick_start()
+    assert len(commands) == 2 and commands[1].endswith("bash scripts/test.sh")
+    ci = (Path(__file__).parents[1] / ".ci" / "run").read_text().splitlines()
+    assert [line for line in ci if line.startswith("python3 -m venv")] == [commands[1]] and ci[-1] == commands[1]
+
+
+FAKE = """#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$LOG"
+case "$(basename "$0") $1" in
+    "apt-get install") printf '#!/bin/sh\\n' > "$CHROMIUM" && chmod +x "$CHROMIUM" ;;
+    "sudo "*) LOG=/dev/null "$@" ;;  # the command it runs is logged as sudo's
+    "id "*) echo "$UID_SEEN" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    "uid, prefix", [("0", []), ("1000", ["sudo apt-get update -q", "sudo apt-get install -y -q chromium"])]
+)
+def test_the_test_script_installs_chromium_when_missing_then_lints_and_runs_pytest(tmp_path, uid, prefix):
+    """scripts/test.sh with fake apt-get, sudo, id, ruff and python on PATH, logging each call in order."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("apt-get", "sudo", "id", "ruff", "python"):
+        (bin_dir / name).write_text(FAKE)
+        (bin_dir / name).chmod(0o755)
+    log, browser = tmp_path / "calls.log", tmp_path / "chromium"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(log), "CHROMIUM": str(browser), "UID_SEEN": uid}
+    script = Path(__file__).parents[1] / "scripts" / "test.sh"
+    r = subprocess.run(["bash", str(script), "-x", "-q"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    install = prefix or ["apt-get update -q", "apt-get install -y -q chromium"]
+    tail = ["ruff check .", "ruff format --check .", "python -m pytest -x -q"]
+    assert log.read_text().splitlines() == ["id -u", *install, *tail]
+    assert f"no browser at {browser}; installing Debian's chromium" in r.stderr
+    log.unlink()  # a second run with the browser present installs nothing
+    assert subprocess.run(["bash", str(script)], env=env, capture_output=True).returncode == 0
+    assert log.read_text().splitlines() == ["ruff check .", "ruff format --check .", "python -m pytest"]

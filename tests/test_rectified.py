@@ -6,68 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from oracle import oracle, rel_err, unpool_oracle
+from oracle import Concat, Residual, oracle, rel_err, seeded, unpool_oracle
 from torch import nn
 
 import deconvviz
-
-
-class Residual(nn.Module):
-    """Conv stem, a residual block (addition), max-pool, a second block; ReLUs as modules or functional."""
-
-    def __init__(self, relu: str = "module"):
-        super().__init__()
-        self.relu_kind = relu
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.a1, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-        self.pool = nn.MaxPool2d(3, stride=2, padding=1)  # overlapping
-        self.down = nn.Conv2d(8, 16, 1, stride=2)
-        self.b1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.r1, self.r2, self.r3, self.r4 = nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU(), nn.ReLU()
-        self.shared = nn.ReLU()
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
-
-    def act(self, x, module):
-        if self.relu_kind == "module":
-            return module(x)
-        if self.relu_kind == "shared":
-            return self.shared(x)
-        return {0: F.relu, 1: torch.relu, 2: lambda t: t.relu(), 3: lambda t: F.relu(t, inplace=True)}[
-            [self.r1, self.r2, self.r3, self.r4].index(module)
-        ](x)
-
-    def forward(self, x):
-        x = self.act(self.bn(self.stem(x)), self.r1)
-        x = self.act(x + self.a2(self.act(self.a1(x), self.r2)), self.r3)
-        x = self.pool(x)
-        x = self.act(self.down(x) + self.b1(x), self.r4)
-        return self.head(x)
-
-
-class Concat(nn.Module):
-    """Inception-like: two branches of different kernels, concatenated."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 1)
-        self.b = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 5, padding=2))
-        self.ra, self.rb = nn.ReLU(), nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.c = nn.Conv2d(8, 6, 3)
-        self.rc = nn.ReLU()
-
-    def forward(self, x):
-        y = torch.cat([self.ra(self.a(x)), self.rb(self.b(x))], dim=1)
-        return self.rc(self.c(self.pool(y)))
-
-
-def seeded(model):
-    torch.manual_seed(0)
-    m = type(model)(*getattr(model, "_args", ()))
-    for p in m.parameters():
-        p.data.normal_(0, 0.5)
-    return m.eval()
 
 
 def compare(model, twin, layer, x, modes=("max", "map")):

@@ -8,9 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from oracle import layer_activation, oracle, rel_err
-from test_deconvnet import VGGS, randomized, vgg
-from test_rectified import Concat, Residual, seeded
+from oracle import VGGS, Concat, Residual, layer_activation, oracle, randomized, rel_err, seeded, vgg
 from torch import nn
 
 import deconvviz

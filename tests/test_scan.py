@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from deconvviz.cli import app
 from deconvviz.errors import ImageError
 from deconvviz.images import DEFAULT_IMAGE, to_batch
 from deconvviz.layers import resolve
-from deconvviz.scan import TopK, load_result, scan_folder
+from deconvviz.scan import CRASH_AFTER_BATCH, TopK, load_result, scan_folder
 from deconvviz.weights import load_vgg
 
 LAYERS, CHANNELS, SIZE, BATCH = ("conv3_1", "pool3"), (3, 17), 64, 16
@@ -157,17 +156,14 @@ def test_result_from_python_holds_records_and_their_projections(photos, referenc
 def test_killed_scan_resumes_to_identical_files(photos, reference, tmp_path):
     out = tmp_path / "run"
     cmd = cli(photos, *OPTIONS, "--out", out, "--workers", 2, "--checkpoint-every", BATCH, "-q")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not (out / "state.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    crash = {**os.environ, CRASH_AFTER_BATCH: "5"}  # kill -9, by the scan itself, right after batch 5's checkpoint
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=crash)
+    assert r.returncode == -signal.SIGKILL, r.stderr
     state = torch.load(out / "state.pt", weights_only=True)
-    assert 0 < state["batches"] < 13 and not (out / "report.json").exists()  # killed in the middle of the scan
+    assert state["batches"] == 5 and not (out / "report.json").exists()  # killed in the middle of the scan
     r = subprocess.run(cmd[:-1], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert f"resuming: {state['batches'] * BATCH} of 202 images already scanned" in r.stderr
+    assert f"resuming: {5 * BATCH} of 202 images already scanned" in r.stderr
     assert files_of(out) == files_of(reference)  # results and checkpoint, byte for byte
 
 
@@ -185,14 +181,45 @@ def test_finished_run_is_not_redone_and_other_arguments_are_refused(photos, refe
 
 
 def test_torchrun_two_processes_equal_one_process(photos, reference, tmp_path):
+    """With the thread count of the reference (made in this process), every file is equal to the bit."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *cli(photos)[1:],
-           *map(str, OPTIONS), "--out", str(out), "--workers", "0", "--device", "cpu", "-q"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd = [
+        *torchrun,
+        *cli(photos)[1:],
+        *map(str, OPTIONS),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "-q",
+    ]
+    threads = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # torchrun's own default is 1
+    r = subprocess.run(cmd, capture_output=True, text=True, env=threads)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in out.glob("state-rank*.pt")) == ["state-rank0.pt", "state-rank1.pt"]
     got = {k: v for k, v in files_of(out).items() if not k.startswith("state")}
     assert got == {k: v for k, v in files_of(reference).items() if not k.startswith("state")}
+
+
+def test_projections_with_another_thread_count_agree_to_float_rounding(photos, reference):
+    """CPU kernels round differently with other thread counts (torchrun sets OMP_NUM_THREADS=1): the README
+    promises the same records and projections equal to float rounding then, not to the bit."""
+    result, (model, weights) = load_result(reference), load_vgg("vgg11", "random", device="cpu", verbose=False)
+    dn, threads = Deconvnet(model), torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        for layer, c in zip(LAYERS, CHANNELS, strict=True):
+            ch = result.layers[layer][c]
+            width = SIZE // {"conv3_1": 4, "pool3": 8}[layer]  # vgg11: two pools before conv3_1, three to pool3
+            for rec, want in zip(ch.records, ch.projections, strict=True):
+                x = to_batch(photos / rec.image, weights.preprocess, SIZE)
+                got = dn.project(x, layer, [c], positions=torch.tensor([[rec.row * width + rec.col]])).images[0, 0]
+                assert rel_err(got, want) <= 1e-6
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_bad_folder_is_one_line_exit_2(tmp_path):

@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from unittest import mock
 
+import jinja2
 import pytest
 import torch
 from PIL import Image, ImageOps
@@ -20,6 +21,7 @@ from deconvviz import Deconvnet
 from deconvviz import site as site_module
 from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE, to_batch
+from deconvviz.layers import ReceptiveField
 from deconvviz.scan import scan_folder
 from deconvviz.site import MARKER, explore_site, scan_site
 from deconvviz.weights import load_vgg
@@ -66,8 +68,8 @@ def report(run) -> dict:
 @pytest.fixture(scope="module")
 def browser():
     if not os.access(CHROMIUM, os.X_OK):  # a failure that says what to do, not a skip: CI must run these
-        pytest.fail(f"no browser at {CHROMIUM}: install Debian's chromium (apt-get install -y chromium, as .ci/run "
-                    "does) or set CHROMIUM to its path")  # fmt: skip
+        fix = "run bash scripts/test.sh (it installs Debian's chromium), or set CHROMIUM to a browser's path"
+        pytest.fail(f"no browser at {CHROMIUM}: {fix}")
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM)
         yield b
@@ -404,3 +406,160 @@ def test_a_fixed_position_scan_gives_a_fixed_position_site(tmp_path):
     assert [(c.kwargs.get("rule"), c.kwargs.get("unpool")) for c in made.call_args_list] == [("deconvnet", "fixed")]
     index = (tmp_path / "site" / "index.html").read_text()
     assert re.search(r"unpool</t[hd]>\s*<td>fixed<", index), index
+
+
+HOSTILE_PATH = "a</script><script>alert(3)</script>{{ 7*7 }}'\".jpg"  # in folders a< and script><script>alert(3)<
+HOSTILE_PATH_SKIPPED = "b</script><img src=x onerror=alert(4)>{{ 7*7 }}'\".png"
+
+
+def script_elements(page) -> list[str]:
+    """The page's script elements: a file's name, or the type of an inline block."""
+    return page.evaluate("Array.from(document.scripts).map(s => s.src ? s.src.split('/').pop() : s.type)")
+
+
+def test_a_hostile_path_with_script_quotes_and_braces_shows_as_text(tmp_path, browser):
+    """A scanned file under folders whose names close a script element, with quotes and template braces in its
+    name: shown as that text on the unit pages, the index and an explore site; no script runs, nothing is
+    evaluated as a template."""
+    photos = tmp_path / "photos"
+    hostile = photos / HOSTILE_PATH
+    hostile.parent.mkdir(parents=True)
+    (photos / HOSTILE_PATH_SKIPPED).parent.mkdir(parents=True)
+    src = Image.open(DEFAULT_IMAGE).convert("RGB")
+    src.crop((0, 0, 300, 300)).resize((48, 48)).save(hostile, format="JPEG")
+    ImageOps.mirror(src).resize((48, 48)).save(photos / "plain.jpg")
+    (photos / HOSTILE_PATH_SKIPPED).write_text("not an image")
+    tiny = {"size": SIZE, "model": "vgg11", "weights": "random", "device": "cpu", "verbose": False}
+    scan_folder(photos, ["conv1_1"], tmp_path / "run", top=2, batch_size=4, workers=0, **tiny)
+    scan_site(tmp_path / "run", tmp_path / "site", device="cpu", verbose=False)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    chans = report["layers"]["conv1_1"]["channels"]
+    units = [int(c) for c, recs in chans.items() if recs and recs[0]["image"] == HOSTILE_PATH]
+    assert units, "the hostile image is no unit's strongest; the test needs it in the lead sentence"
+    tab = Watched(browser)
+    page = tab.open(tmp_path / "site" / "conv1_1" / f"unit-{units[0]}.html")
+    tab.check()
+    main = page.locator("main").inner_text()
+    assert f"in {HOSTILE_PATH}." in main and page.locator(".source a").first.inner_text() == HOSTILE_PATH
+    assert script_elements(page) == ["arrows.js"]
+    page = tab.open(tmp_path / "site" / "index.html")
+    tab.check()
+    assert f"{HOSTILE_PATH_SKIPPED}: " in page.locator("main ul").inner_text()
+    assert script_elements(page) == [] and page.locator("img[src='x'], [onerror]").count() == 0
+
+    out = tmp_path / "explore"
+    explore_site(hostile, out, layers=["conv1_1"], top=2, per_position=2, **tiny)
+    page = tab.open(out / "index.html")
+    tab.check()
+    assert page.title() == f"explore {hostile.name} · deconvviz"
+    assert page.locator("h1").inner_text() == f"Explore {hostile.name}"
+    assert str(hostile) in page.locator("table.facts").inner_text()
+    page.click("main h2 a:text-is('conv1_1')")
+    tab.check()
+    assert script_elements(page) == ["application/json", "explore.js", "arrows.js"]
+    assert tab.dialogs == [] and tab.errors == []
+    tab.close()
+
+
+HOSTILE_LABEL = "</script><script>alert(5)</script>\"'{{ 7*7 }}{% if 1 %}<!--"
+
+
+def test_a_hostile_layer_and_labels_render_as_text_in_every_template(tmp_path, browser):
+    """A layer name (a module path of the user's network may be any text but '.') and labels through every page
+    template: the title, crumbs, links, headings, alt texts, captions, facts and the explore page's JSON data
+    show them as that text; no script runs and the explore page still works."""
+    s, text = site_module, HOSTILE_LABEL
+    folder = s._SiteFolder(tmp_path / "site", "test")
+    for name in ("site.css", "layer.js", "arrows.js", "explore.js"):
+        folder.static(name)
+    pic = folder.picture("pic.png", torch.linspace(0, 1, 16).reshape(4, 4).numpy())
+    folder.picture("image.jpg", torch.full((8, 8, 3), 0.5).numpy(), side=SIZE)
+    folder.picture("layer/unit-3.jpg", torch.full((4, 4, 3), 0.5).numpy())
+    tile = s.Tile(3, 0.5, pic, pic, text, href="unit.html")
+    card = s._RecordCard(1, 0.5, 0, 0, text, "pic.png", text, pic, pic)
+    nav = s.Nav(s.Link(text, "../index.html"), s.Link(text, "../index.html"), s.Link(text, "../index.html"))
+    frame = {"title": f"{text} · deconvviz", "crumbs": [s.Link(text, "../index.html"), s.Link(text)], "nav": nav}
+    strip = {"layer": text, "href": "layer/index.html", "units": 1, "projected": 1, "tiles": [tile]}
+    rf = ReceptiveField(SIZE, 1, 0)
+    one_unit = {"units": [3], "values": [0.5], "maps": {"3": {"value": 0.5, "row": 0, "col": 0}}}
+    positions = {"layer": text, "size": SIZE, "h": 1, "w": 1, "k": 1, "rf": [[SIZE, 1, 0]] * 2, **one_unit}
+    view = {"layer": text, "href": "layer/explore.html", "units": 1, "h": 1, "w": 1, "maps": [(3, pic)]}
+    sizes = {"units": 1, "h": 1, "w": 1, "shown": SIZE, "per_position": 1, "rf": (rf, rf)}
+    pages = {  # page: (template, root, context)
+        "index.html": (
+            "scan_index.html.j2",
+            "",
+            dict(folder=text, rows=[(text, text)], top=1, strips=[strip], skipped=[(text, text)], provenance=text),
+        ),
+        "layer/index.html": (
+            "scan_layer.html.j2",
+            "../",
+            dict(layer=text, rule=text, top=1, projected=1, tiles=[tile]),
+        ),
+        "layer/unit.html": (
+            "scan_unit.html.j2",
+            "../",
+            dict(layer=text, unit=3, rule=text, records=[card], stages=[(text, pic)]),
+        ),
+        "explore.html": ("explore_index.html.j2", "", dict(image=text, size=SIZE, rows=[(text, text)], views=[view])),
+        "layer/explore.html": (
+            "explore_layer.html.j2",
+            "../",
+            dict(layer=text, tiles=[tile], positions=positions, **sizes),
+        ),
+    }
+    for rel, (template, root, context) in pages.items():
+        folder.page(rel, s.render_page(template, root=root, **frame, **context))
+    scripts = {
+        "index.html": [],
+        "layer/index.html": ["layer.js"],
+        "layer/unit.html": ["arrows.js"],
+        "explore.html": [],
+        "layer/explore.html": ["application/json", "explore.js", "arrows.js"],
+    }
+    tab = Watched(browser)
+    for rel in pages:
+        page = tab.open(tmp_path / "site" / rel)
+        tab.check()
+        assert page.title() == frame["title"], rel
+        assert page.locator("header").inner_text().count(text) == 5, rel  # two crumbs, prev, up, next
+        assert text in page.locator("main").inner_text(), rel
+        assert page.locator("img[onerror], [onload]").count() == 0, rel
+        assert script_elements(page) == scripts[rel], rel
+    page = tab.open(tmp_path / "site" / "layer" / "unit.html")
+    assert page.locator(".stages img").get_attribute("alt") == text
+    assert page.locator(".stages figcaption").inner_text() == text
+    assert page.locator(".source a").inner_text() == text and page.locator(".record .note").inner_text().endswith(text)
+    page = tab.open(tmp_path / "site" / "layer" / "index.html")
+    assert page.locator(".tile .caption span").inner_text() == text
+    page = tab.open(tmp_path / "site" / "index.html")
+    assert page.locator("table.facts th").inner_text() == text == page.locator("table.facts td").inner_text()
+    assert page.locator("main ul").inner_text() == f"{text}: {text}" and page.locator("pre").inner_text() == text
+    page = tab.open(tmp_path / "site" / "layer" / "explore.html")
+    assert page.evaluate("JSON.parse(document.getElementById('positions').textContent)") == positions
+    assert text in page.locator("#where").inner_text()
+    box = page.locator("#picture").bounding_box()
+    page.mouse.click(box["x"] + 1, box["y"] + 1)
+    assert page.eval_on_selector_all("#units li[data-unit]", "ls => ls.map(l => l.dataset.unit)") == ["3"]
+    tab.check()
+    assert tab.dialogs == []
+    tab.close()
+
+
+def test_a_name_missing_from_a_page_context_raises_instead_of_rendering_empty():
+    frame = {"title": "t", "root": "", "crumbs": [], "nav": None}
+    with pytest.raises(jinja2.UndefinedError, match="projected"):
+        site_module.render_page("scan_layer.html.j2", **frame, layer="conv1_1", rule="deconvnet", top=1, tiles=[])
+    tile = site_module.Tile(1, 0.5, None, None, "max 0.5")
+    with pytest.raises(jinja2.UndefinedError, match="chanel"):
+        site_module._environment().from_string("unit {{ t.chanel }}").render(t=tile)  # a misspelled attribute
+
+
+def test_no_template_turns_escaping_off():
+    env = site_module._environment()
+    assert env.autoescape is True and env.undefined is jinja2.StrictUndefined
+    templates = env.list_templates(extensions=["j2"])
+    assert "base.html.j2" in templates
+    for name in templates:
+        source = env.loader.get_source(env, name)[0]
+        assert not re.search(r"\|\s*safe\b|autoescape\s+false|Markup", source), name

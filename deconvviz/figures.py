@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from . import __version__
+from .ablation import REFERENCE, ablation_report
 from .deconvnet import Deconvnet, Projection, crop_boxes
 from .errors import LayerError, OcclusionError, SelectionError
 from .filters import first_conv_name, first_layer_filters
@@ -26,7 +27,9 @@ from .network import Network, has_classifier
 from .occlusion import occlusion_maps
 from .render import (
     STAGE_VIEW,
+    AblationPanel,
     GridRow,
+    ablation_figure,
     compare_figure,
     filter_grid,
     invariance_figure,
@@ -37,9 +40,9 @@ from .render import (
     save,
 )
 from .request import Request
-from .reverse import Stage
+from .reverse import UNPOOLS, Stage
 from .rules import RULES
-from .sanity import layer_label, sanity_report
+from .sanity import edge_map, layer_label, sanity_report
 from .selection import checked_channels
 from .targets import check_choice, find_region
 from .weights import Weights
@@ -49,6 +52,7 @@ Progress = Callable[[str], None]
 # bicycle where the dog is not (the dog sits inside the bicycle's box), projected whole, so the last panel
 # shows the bicycle's frame and wheels (the image's strongest map overall responds to the dog's face).
 BUILT_IN = {"region": "bicycle", "exclude": ("dog",), "mode": "map"}
+COMPARED = ("deconvnet", "guided", "gradient")  # compare's rules (Springenberg et al.); linear is ablate's
 
 
 def _image_record(path: str | os.PathLike | None) -> dict:
@@ -244,7 +248,7 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     layers = list(dict.fromkeys(layers)) if layers is not None else [default_layer(model)]
     if not layers:
         raise LayerError("no layers given; name one or more, e.g. conv1_2,conv3_3,conv5_3")
-    dn = Deconvnet(model, rule=rule)
+    dn = Deconvnet(model, rule=rule, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
@@ -259,10 +263,12 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
         records.append(_selections(dn, out) | _target_record(target))
     picture = to_display(x[0].cpu(), weights.preprocess)
     what = "strongest activation" if mode == "max" else "whole feature map"
-    title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title})"
+    title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title}"
+    title += ")" if dn.unpool == "switches" else f", unpooled: {UNPOOLS[dn.unpool]})"
     title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
     fig = layer_grid(picture, rows, weights.preprocess, title)
-    return fig, _provenance("visualize", net, x, image=image, size=size, layers=records) | {"rule": dn.rule.name}
+    prov = _provenance("visualize", net, x, image=image, size=size, layers=records)
+    return fig, prov | {"rule": dn.rule.name, "unpool": dn.unpool}
 
 
 def reconstruct(
@@ -285,7 +291,7 @@ def reconstruct(
     if plain and chain_of(model) is not None:
         region, exclude, mode = BUILT_IN["region"], BUILT_IN["exclude"], mode or BUILT_IN["mode"]
     mode = mode or "max"
-    dn = Deconvnet(model, rule=rule)
+    dn = Deconvnet(model, rule=rule, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     if channels == "all":
         channels = range(layer_shape(net.module, layer, x.shape[-1])[0])
@@ -302,12 +308,14 @@ def reconstruct(
         f"{model_name} ({weights.name}): {layer}, {shown} ({'strongest activation' if mode == 'max' else 'whole map'})"
     )
     title += "" if dn.rule.name == "deconvnet" else f", {dn.rule.title}"
+    title += "" if dn.unpool == "switches" else f", unpooled: {UNPOOLS[dn.unpool]}"
     title += f"\nthe map {_target_words(target)}" if _target_words(target) else ""
     fig = reconstruction_figure(to_display(x[0].cpu(), weights.preprocess), stages, weights.preprocess, title,
                                 stage_view)  # fmt: skip
     chosen = _selections(dn, out) | _target_record(target)
     prov = _provenance("reconstruct", net, x, image=image, size=size, layers=[chosen])
     prov["rule"] = dn.rule.name
+    prov["unpool"] = dn.unpool
     prov["stage_view"] = stage_view
     prov["stages"] = [{"name": s.name, "kind": s.kind, "size": list(s.size), "undoes": s.step} for s in out.stages]
     return fig, prov
@@ -397,16 +405,16 @@ def write(fig: Figure, provenance: dict, out: str | os.PathLike, dpi: int = 150,
 def compare(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
     """Deconvnet, guided backprop and gradient side by side (Springenberg et al.): the selected feature maps'
     strongest activations (default: the `top` strongest maps; region, at, exclude, cls: as `Deconvnet.project`),
-    each projected by every rule; the first rule's selections are the others'."""
+    each projected by every rule, all unpooled by request.unpool; the first rule's selections are the others'."""
     model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
     top, channels, size, cls = request.top, request.channels, request.size, request.cls
     region, at, exclude = request.region, request.at, request.exclude
     layer = layer or default_layer(model)
-    dn = Deconvnet(model)
+    dn = Deconvnet(model, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
     outs, chosen = {}, {"channels": channels, "top": top, **target}
-    for rule in RULES.values():
+    for rule in (RULES[r] for r in COMPARED):
         if progress:
             progress(f"projecting {layer} ({rule.title})")
         outs[rule.title] = out = dn.project(x, layer, mode="max", rule=rule, **chosen)
@@ -417,6 +425,7 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     boxes = crop_boxes(dn, first)
     sel = first.selections
     title = f"{model_name} ({weights.name}), {layer}: the same activations projected by three rules"
+    title += "" if dn.unpool == "switches" else f" (unpooled: {UNPOOLS[dn.unpool]})"
     title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
     fig = compare_figure(to_display(x[0].cpu(), weights.preprocess), {k: o.images[0].cpu() for k, o in outs.items()},
                          boxes[0], sel.channels[0].tolist(), sel.values[0].tolist(), _field(dn, first.layer),
@@ -424,7 +433,8 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     prov = _provenance(
         "compare", net, x, image=image, size=size, layers=[_selections(dn, first) | _target_record(target)]
     )
-    prov["rules"] = [r.name for r in RULES.values()]
+    prov["rules"] = list(COMPARED)
+    prov["unpool"] = dn.unpool
     return fig, prov
 
 
@@ -452,12 +462,14 @@ def sanity(
         {titles[r]: [s.ssim for s in rep.cascading[r]] for r in rep.rules}, weights.preprocess,
         f"{model_name} ({weights.name}), {layer} map {rep.channel} at {rep.position}: how much of each picture "
         f"comes from the trained weights (seed {seed})",
+        fixed={titles[r]: (rep.fixed_images[r], rep.fixed_positions[r].spearman_abs) for r in rep.rules},
     )  # fmt: skip
     rows = [("rule", "test", "randomized", "spearman_abs", "spearman", "ssim")]
     for r in rep.rules:
         for test, sims in (("cascading", rep.cascading[r]), ("independent", rep.independent[r])):
             rows += [(r, test, lab, *_numbers(s)) for lab, s in zip(labels, sims, strict=True)]
         rows += [(r, "specificity", "", *_numbers(rep.specificity[r])), (r, "recovery", "", *_numbers(rep.recovery[r]))]
+        rows.append((r, "fixed_positions", "", *_numbers(rep.fixed_positions[r])))
     csv = "".join(",".join("" if v is None else str(v) for v in row) + "\n" for row in rows)
     prov = _provenance("sanity", net, x, image=image, size=size, layers=[])
     del prov["layers"]
@@ -469,10 +481,91 @@ def sanity(
         "similarity": "inside the receptive field; Spearman of |r| and r summed over colour channels, SSIM of |r|",
         "results": {r: {"cascading": [asdict(s) for s in rep.cascading[r]],
                         "independent": [asdict(s) for s in rep.independent[r]],
-                        "specificity": asdict(rep.specificity[r]), "recovery": asdict(rep.recovery[r])}
+                        "specificity": asdict(rep.specificity[r]), "recovery": asdict(rep.recovery[r]),
+                        "fixed_positions": asdict(rep.fixed_positions[r])}
                     for r in rep.rules},
     }  # fmt: skip
     return fig, prov, csv
+
+
+def ablate(
+    net: Network, request: Request, *, channel: int | None = None, seed: int = 0, progress: Progress | None = None
+) -> tuple[Figure, dict, str]:
+    """Mahendran & Vedaldi's ablation of one unit (ablation.py): figure, provenance with every number, and CSV.
+    request.layer None: pool5 where the network has one (VGG), else its default layer."""
+    model, weights, model_name, image, size = net.module, net.weights, net.name, request.image, request.size
+    layer = request.layer or ("pool5" if "pool5" in net.layer_names else net.default_layer)
+    device = Deconvnet(model).device
+    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
+    rep = ablation_report(model, x, layer, channel, seed, progress=progress)
+
+    def words(s, what: str) -> str:
+        return f"{what} ρ {_shown(s.spearman_abs)} S {_shown(s.ssim)}"
+
+    panels = []
+    for i, v in enumerate(rep.variants):
+        above = words(rep.vs_reference[i], "vs ZF") + "\n" + words(rep.vs_edges[i], "edges")
+        below = words(rep.vs_randomized[i], "vs trained")
+        panels.append(AblationPanel(v.title, rep.images[i], rep.randomized_images[i], above, below))
+    note = (
+        "ρ: Spearman rank correlation of |r|, S: SSIM of |r| (colour channels summed, each scaled to its maximum), "
+        "inside the unit's receptive field; vs ZF: against the deconvnet with switches (Zeiler & Fergus), edges: "
+        "against the input's Sobel edge map, vs trained: the same variant through the trained weights. Randomized: "
+        f"every layer up to {layer} re-initialized (seed {seed}), the unit seeded with its trained value. "
+        "Projections: mid-grey = 0, contrast: 99.9th percentile of |r| per panel"
+    )
+    title = (
+        f"{model_name} ({weights.name}), {layer} map {rep.channel} at {rep.position}: what makes the picture, "
+        "the ReLU rule or the switches? (Mahendran & Vedaldi 2016, Fig. 3)"
+    )
+    edges = edge_map(x[0].cpu())
+    fig = ablation_figure(
+        to_display(x[0].cpu(), weights.preprocess),
+        edges / edges.max().clamp_min(1e-12),
+        panels,
+        rep.box,
+        weights.preprocess,
+        title,
+        note,
+    )
+    comparisons = {"reference": rep.vs_reference, "randomized": rep.vs_randomized, "edges": rep.vs_edges}
+    rows = [("variant", "rule", "unpool", "against", "spearman_abs", "spearman", "ssim")]
+    for i, v in enumerate(rep.variants):
+        rows += [(v.name, v.rule, v.unpool, against, *_numbers(sims[i])) for against, sims in comparisons.items()]
+    csv = "".join(",".join("" if val is None else str(val) for val in row) + "\n" for row in rows)
+    prov = _provenance("ablate", net, x, image=image, size=size, layers=[])
+    del prov["layers"]
+    prov |= {
+        "layer": layer,
+        "module": rep.module,
+        "channel": rep.channel,
+        "position": list(rep.position),
+        "receptive_field": list(rep.box),
+        "seed": seed,
+        "randomized": rep.randomized,
+        "reference": REFERENCE.name,
+        "similarity": "inside the receptive field; Spearman of |r| and r summed over colour channels, SSIM of |r|",
+        "against": {
+            "reference": f"the {REFERENCE.name} picture through the trained weights",
+            "randomized": "the same variant through weights re-initialized up to the layer (seeded), the "
+            "unit seeded at its pre-activation with its trained value",
+            "edges": "the Sobel edge map of the input's channel mean",
+        },
+        "variants": [
+            {
+                "name": v.name,
+                "rule": v.rule,
+                "unpool": v.unpool,
+                **{against: asdict(sims[i]) for against, sims in comparisons.items()},
+            }
+            for i, v in enumerate(rep.variants)
+        ],
+    }
+    return fig, prov, csv
+
+
+def _shown(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _numbers(s) -> tuple:

@@ -1,7 +1,8 @@
 """Deconvnet for any nn.Module, through autograd: the backward of every activation is replaced by a rule's.
 
 For a network of convolutions, affine maps, max-pools, additions and concatenations joined by activations,
-autograd's backward is the exact transpose of each linear step and unpools with the switches; only the
+autograd's backward is the exact transpose of each linear step and unpools with the switches (or, with
+`unpool`, a max-pool's backward is swapped for nearest, bilinear or fixed-position upsampling); only the
 activation rule differs (deconvnet: ReLU on the signal, not the forward slope; see rules.py). Gates and
 normalizations follow the named `CONVENTIONS` under deconvnet and guided (the gradient rule is exact through
 everything). Anything else on the path from the input to the layer has no rule and is refused, never silently
@@ -26,6 +27,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
 from .forward import Switches, overlapping
+from .reverse import upsample
 from .rules import RULES, Rule, get_rule
 
 # What a projection does where deconvnet and guided have no rule of their own (the gradient rule is exact).
@@ -96,7 +98,7 @@ _LINEAR = set(
     "MiopenBatchNorm ConstantPadNd UpsampleNearest2D UpsampleBilinear2D Alias AsStrided ToCopy Index "
     "IndexSelect Flip Roll Repeat Narrow ReflectionPad1D ReflectionPad2D ReflectionPad3D ReplicationPad1D "
     "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Activated _FixedStd "
-    "_FrozenBatchNorm".split()
+    "_FrozenBatchNorm _Unpooled".split()
 )  # fmt: skip
 _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only if one operand carries no signal
 
@@ -216,6 +218,51 @@ def _frozen_batch_norm(args: tuple, kwargs: dict) -> Tensor | None:
     return _FrozenBatchNorm.apply(a["input"], a["running_mean"], a["running_var"], w, b, a["eps"])
 
 
+class _Unpooled(torch.autograd.Function):
+    """Max-pool forward; backward by an unpooling without the switches (reverse.upsample: nearest, ...)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, pool: nn.MaxPool2d, how: str) -> Tensor:
+        ctx.pool, ctx.how, ctx.size = pool, how, tuple(x.shape[-2:])
+        return F.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        if g.dim() == 3:  # an unbatched (C, H, W) input
+            return upsample(g[None], ctx.pool, ctx.size, ctx.how)[0], None, None
+        return upsample(g, ctx.pool, ctx.size, ctx.how), None, None
+
+
+_MAX_POOLS = {F.max_pool2d, torch.max_pool2d}
+_OTHER_MAX_POOLS = {
+    F.max_pool2d_with_indices,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool2d_with_indices,
+    F.max_pool1d,
+    F.max_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool3d,
+    torch.max_pool1d,
+    torch.max_pool3d,
+    torch.adaptive_max_pool1d,
+    F.fractional_max_pool2d,
+}
+
+
+def _unpooled(func, args: tuple, kwargs: dict, how: str) -> Tensor:
+    """A max-pool call whose backward unpools by `how` instead of the switches (_Unpooled)."""
+    if func not in _MAX_POOLS or kwargs.get("return_indices") or (len(args) > 6 and args[6]):
+        name = getattr(func, "__name__", str(func))
+        raise UnsupportedModelError(
+            f"unpool '{how}' replaces the backward of 2-d max-pools only, and the model "
+            f"calls {name} (with indices, adaptive or not 2-d); use unpool='switches'"
+        )
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    given = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k != "return_indices"}
+    x = given.pop("input")
+    return _Unpooled.apply(x, nn.MaxPool2d(**given), how)
+
+
 class _RectifyReLUs(TorchFunctionMode):
     """Routes every activation call (modules, F.relu, torch.relu, x.relu(), F.silu, ..., in-place forms) through
     _Activated, and, unless the rule is exact, applies the gate and normalization conventions.
@@ -227,10 +274,11 @@ class _RectifyReLUs(TorchFunctionMode):
     innermost one, `marks` the convention its node used.
     """
 
-    def __init__(self, rule: Rule, *, frozen_batch_norm: bool = False):
-        """frozen_batch_norm: eval-mode BatchNorm passes only its input's gradient (no parameter gradients)."""
+    def __init__(self, rule: Rule, unpool: str = "switches", *, frozen_batch_norm: bool = False):
+        """unpool: how max-pools are undone (reverse.UNPOOLS); frozen_batch_norm: eval-mode BatchNorm passes only
+        its input's gradient (no parameter gradients)."""
         super().__init__()
-        self.rule, self.frozen_batch_norm = rule, frozen_batch_norm
+        self.rule, self.unpool, self.frozen_batch_norm = rule, unpool, frozen_batch_norm
         self.constants = WeakIdKeyDictionary()  # tensor -> the graph nodes its value was computed from
         self.gated: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, source nodes)
         self.gates = WeakIdKeyDictionary()  # sigmoid-like output -> (activation it makes, its input or None)
@@ -246,6 +294,8 @@ class _RectifyReLUs(TorchFunctionMode):
             return self._mark(_fixed_std(func, args, kwargs), "std fixed")
         if func in _PRODUCT_FUNCS and (out := self._gate_product(func, args, kwargs)) is not None:
             return out
+        if self.unpool != "switches" and (func in _MAX_POOLS or func in _OTHER_MAX_POOLS) and torch.is_grad_enabled():
+            return _unpooled(func, args, kwargs, self.unpool)
         out = _frozen_batch_norm(args, kwargs) if func is F.batch_norm and self.frozen_batch_norm else None
         out = func(*args, **kwargs) if out is None else out
         if func in _GATES or func in _GATES_INPLACE:
@@ -528,15 +578,17 @@ def layer_output(
     rule: Rule,
     boundaries: Collection[str] = (),
     *,
+    unpool: str = "switches",
     unpools: bool = False,
     stop: bool = False,
 ) -> tuple[Tensor, Tensor, dict]:
-    """Forward x (ReLUs with the rule's backward, eval mode, hooks removed after). Returns (input leaf, layer
-    output, record). The caller's x is never written (the model sees a copy), and the RNG is left as it was.
-    boundaries, unpools: the tensors to keep for stages (see `recording`); stop: end the forward at the layer
-    (for a layer known to run once, e.g. on windows of an input already projected whole)."""
+    """Forward x (activations with the rule's backward, max-pools with `unpool`'s, eval mode, hooks removed
+    after). Returns (input leaf, layer output, record). The caller's x is never written (the model sees a copy),
+    and the RNG is left as it was. boundaries, unpools: the tensors to keep for stages (see `recording`); stop:
+    end the forward at the layer (for a layer known to run once, e.g. on windows of an input already projected
+    whole)."""
     leaf = x.detach().clone().requires_grad_(True)
-    mode = _RectifyReLUs(rule, frozen_batch_norm=True)
+    mode = _RectifyReLUs(rule, unpool, frozen_batch_norm=True)
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
         before = _rng_state(leaf.device)
         rec_hooks = recording(model, layer, boundaries, stack=mode.stack, unpools=unpools, stop=stop)

@@ -501,12 +501,17 @@ def sanity_figure(
     ssim: dict[str, Sequence[float | None]],
     preprocess: Preprocess,
     title: str,
+    fixed: dict[str, tuple[Tensor, float | None]] | None = None,
 ) -> Figure:
     """Cascading randomization (Adebayo et al. Fig. 2 layout): rows = rules, columns = trained, then randomized
     from the layer down to each named layer; under each panel its Spearman |r| with the trained one. Below,
-    the same numbers (and SSIM) as curves. images: rule title -> (1 + steps, 3, H, W)."""
+    the same numbers (and SSIM) as curves. images: rule title -> (1 + steps, 3, H, W). fixed: rule title ->
+    (the trained picture with the switches replaced by fixed positions (3, H, W), its Spearman |r|), a last column."""
     t, b, left, right = box
-    n_rules, n_cols = len(images), 1 + len(columns)
+    if fixed:
+        images = {k: torch.cat([v, fixed[k][0][None]]) for k, v in images.items()}
+        scores = {k: [*v, fixed[k][1]] for k, v in scores.items()}
+    n_rules, n_cols = len(images), 1 + len(columns) + bool(fixed)
     fig = plt.figure(figsize=(1.05 * (n_cols + 1) + 0.6, 1.25 * n_rules + 3.6))
     grid = fig.add_gridspec(n_rules + 1, n_cols + 1, height_ratios=[1] * n_rules + [2.2], hspace=0.45, wspace=0.08)
     ax = fig.add_subplot(grid[0, 0])
@@ -524,7 +529,8 @@ def sanity_figure(
                 ax.imshow(np.full((*r.shape[-2:], 3), 0.5), vmin=0, vmax=1)
                 ax.text(0.5, 0.5, "all zero", ha="center", va="center", fontsize=6, transform=ax.transAxes)
             if i == 0:
-                ax.set_title("trained" if j == 0 else f"→ {columns[j - 1]}", fontsize=6.5, rotation=0)
+                name = "trained" if j == 0 else f"→ {columns[j - 1]}" if j <= len(columns) else "fixed positions"
+                ax.set_title(name, fontsize=6.5, rotation=0)
             if j == 0:
                 ax.set_ylabel(rule, fontsize=8)
             else:
@@ -534,7 +540,7 @@ def sanity_figure(
     steps = np.arange(1, len(columns) + 1)
     for k, rule in enumerate(images):
         color = f"C{k}"
-        spearman = [np.nan if v is None else v for v in scores[rule]]
+        spearman = [np.nan if v is None else v for v in scores[rule][: len(columns)]]
         ax.plot(steps, spearman, "o-", color=color, ms=3, label=f"{rule}: Spearman |r|")
         structural = [np.nan if v is None else v for v in ssim[rule]]
         ax.plot(steps, structural, "s--", color=color, ms=3, alpha=0.6, label=f"{rule}: SSIM |r|")
@@ -603,4 +609,59 @@ def invariance_figure(
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
     fig.suptitle(title, fontsize=9)
+    return fig
+
+
+@dataclass
+class AblationPanel:
+    """One variant's column in the ablation figure: its pictures (3, H, W) and the numbers under each."""
+
+    title: str
+    trained: Tensor
+    randomized: Tensor
+    trained_note: str  # e.g. "vs ZF ρ 0.83 S 0.71"
+    randomized_note: str
+
+
+def ablation_figure(
+    image: np.ndarray,
+    edges: Tensor,
+    panels: Sequence[AblationPanel],
+    box: Sequence[int],
+    preprocess: Preprocess,
+    title: str,
+    note: str,
+) -> Figure:
+    """Mahendran & Vedaldi Fig. 3 layout: the unit's image patch and the edge map, then one column per reverse-pass
+    variant, through the trained weights (top row) and the randomized ones (bottom), all cropped to the unit's
+    receptive field `box`, each panel `centred` on its own contrast. edges: (3, H, W) in [0, 1]."""
+    t, b, left, right = box
+    cols = 1 + len(panels)
+    fig, axes = plt.subplots(2, cols, figsize=(1.3 * cols, 4.4), squeeze=False)
+    first = [
+        ("(a) image patch", image[t:b, left:right]),
+        ("(b) edge map", edges[0, t:b, left:right].float().cpu().numpy()),
+    ]
+    for ax, (name, crop) in zip(axes[:, 0], first, strict=True):
+        _off(ax)
+        ax.imshow(crop, cmap="gray" if crop.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(name, fontsize=7)
+    for j, p in enumerate(panels, start=1):
+        for i, (pic, words) in enumerate(((p.trained, p.trained_note), (p.randomized, p.randomized_note))):
+            ax = axes[i, j]
+            _off(ax)
+            crop = pic[:, t:b, left:right]
+            if crop.any():
+                ax.imshow(pattern_rgb(crop, preprocess), interpolation="nearest")
+            else:
+                ax.imshow(np.full((*crop.shape[-2:], 3), 0.5), vmin=0, vmax=1)
+                ax.text(0.5, 0.5, "all zero", ha="center", va="center", fontsize=6, transform=ax.transAxes)
+            ax.set_xlabel(words, fontsize=5.5, labelpad=2)
+            if i == 0:
+                ax.set_title(p.title, fontsize=6.5)
+    axes[0, 1].set_ylabel("(c) trained", fontsize=7.5)
+    axes[1, 1].set_ylabel("(d) randomized", fontsize=7.5)
+    fig.suptitle(title, fontsize=9)
+    fig.text(0.5, 0.01, note, ha="center", fontsize=6, color="0.3", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95), h_pad=1.5)
     return fig

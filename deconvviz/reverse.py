@@ -1,4 +1,9 @@
-"""Reverse pass of the deconvnet: unpool with the switches, rectify, filter with transposed filters."""
+"""Reverse pass of the deconvnet: unpool with the switches, rectify, filter with transposed filters.
+
+Unpooling can also be done without the switches, to see what they contribute (Mahendran & Vedaldi 2016):
+`nearest` (every position of a window gets the pooled value), `bilinear` (the pooled map resized) and
+`fixed` (the value at one fixed position of each window); see `UNPOOLS` and `upsample`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import SelectionError, unknown_name
 from .forward import ForwardRecord, Switches, apply
 from .layers import Step
 from .rules import Rule
@@ -46,6 +52,53 @@ def unpool(y: Tensor, switches: Switches, img: Tensor) -> Tensor:
         return out.view(b, h, w, c).permute(0, 3, 1, 2)
     out = y.new_zeros(b, c, h * w)
     return out.scatter_add_(2, idx.reshape(b, c, -1), y.reshape(b, c, -1)).view(b, c, h, w)
+
+
+UNPOOLS: dict[str, str] = {
+    "switches": "switches",  # Zeiler & Fergus: each value back where its maximum was
+    "nearest": "nearest",  # every position of the window (nearest-neighbour upsampling)
+    "bilinear": "bilinear",  # the pooled map resized bilinearly, half-pixel centres
+    "fixed": "fixed position",  # Mahendran & Vedaldi: offset (k - 1) // 2 of each window
+}  # name -> title for figures
+
+
+def get_unpool(unpool: str) -> str:
+    """The name of an unpooling choice (UNPOOLS); an unknown name is a SelectionError naming the valid ones."""
+    if isinstance(unpool, str) and unpool in UNPOOLS:
+        return unpool
+    raise SelectionError(unknown_name("unpool", str(unpool), list(UNPOOLS), "; e.g. --unpool nearest"))
+
+
+def spread(y: Tensor, pool: nn.MaxPool2d, fixed: bool = False) -> Tensor:
+    """Each pooled value to every position of its window (fixed: to tap (k - 1) // 2 only), overlaps added.
+
+    y (B, C, Ho, Wo) -> (B, C, (Ho - 1) * s + d * (k - 1) + 1, ...): the plane the windows cover, starting at
+    -padding (and, with ceil_mode, running past the input). F.fold is the adjoint of unfold: it sums.
+    """
+    pair = torch.nn.modules.utils._pair
+    (kh, kw), s, d = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size), pair(pool.dilation)
+    b, c, ho, wo = y.shape
+    if fixed:
+        taps = y.new_zeros(b, c, kh * kw, ho * wo)
+        taps[:, :, (kh - 1) // 2 * kw + (kw - 1) // 2] = y.reshape(b, c, -1)
+    else:
+        taps = y.reshape(b, c, 1, ho * wo).expand(b, c, kh * kw, ho * wo)
+    size = tuple((n - 1) * ss + dd * (k - 1) + 1 for n, ss, dd, k in zip((ho, wo), s, d, (kh, kw), strict=True))
+    return F.fold(taps.reshape(b, c * kh * kw, ho * wo), size, (kh, kw), dilation=d, stride=s)
+
+
+def upsample(y: Tensor, pool: nn.MaxPool2d, input_size: tuple[int, int], how: str) -> Tensor:
+    """Unpool without the switches. y (B, C, Ho, Wo) -> (B, C, *input_size) of the pool's input plane.
+
+    nearest: the adjoint of sum pooling (avg pool times window size, zero padding), windows overlapping add;
+    fixed: the value at offset (k - 1) // 2 of each window (a position in the padding gets nothing);
+    bilinear: F.interpolate to input_size, align_corners=False (the pool's geometry plays no part).
+    """
+    if how == "bilinear":
+        return F.interpolate(y, size=tuple(input_size), mode="bilinear", align_corners=False)
+    plane = spread(y, pool, fixed=how == "fixed")
+    (p, q), (h, w) = torch.nn.modules.utils._pair(pool.padding), input_size
+    return F.pad(plane, (-q, q + w - plane.shape[3], -p, p + h - plane.shape[2]))  # negative: cropped
 
 
 def relu_masks(record: ForwardRecord, name: str, img: Tensor) -> Tensor:
@@ -98,9 +151,10 @@ def reverse_chain(
     rule: Rule,
     keep_stages: bool = False,
     flips: dict | None = None,
+    unpooling: str = "switches",
 ) -> tuple[Tensor, list[Stage]]:
     """Project y (B, ...) at the output of steps[-1] back to the input. img (B,) says whose switches and masks;
-    each ReLU passes the signal by `rule`.
+    each ReLU passes the signal by `rule`, each max-pool is undone by `unpooling` (UNPOOLS).
 
     Returns the input-space reconstruction (B, C, H, W) and, if asked, the stages of these rows (B, C, h, w).
     """
@@ -115,7 +169,10 @@ def reverse_chain(
         s = steps[i]
         if isinstance(s.module, nn.MaxPool2d):
             flush(pool_number + 1)
-            y = unpool(y, record.switches[s.name], img)
+            if unpooling == "switches":
+                y = unpool(y, record.switches[s.name], img)
+            else:
+                y = upsample(y, s.module, record.shapes[i][-2:], unpooling)
             if keep_stages:
                 stages.append(Stage(f"unpool{pool_number}", "unpool", s.name, y))
             pool_number, pending, has_conv = pool_number - 1, None, False
@@ -129,6 +186,8 @@ def reverse_chain(
     flush(1)
     return y, stages
 
+
+WINDOWED_UNPOOLING = ("switches", "nearest", "fixed")  # unpooling that keeps to the windows
 
 _LOCAL = (nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
 
@@ -154,12 +213,14 @@ def _inside(origin: Tensor, size: tuple[int, int], limit: tuple[int, int]) -> Te
 
 
 def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin: Tensor, img: Tensor, rule: Rule,
-                    flips: dict | None = None) -> Tensor:  # fmt: skip
+                    flips: dict | None = None, unpooling: str = "switches") -> Tensor:  # fmt: skip
     """Reverse pass on windows that follow the receptive field of one activation per row.
 
     y (B, C, 1, 1): the selected activation at `origin` (B, 2) of steps[-1]'s output. Each conv or
     pool widens the window by its kernel; positions outside the plane are padding and are zeroed.
     Same result as `reverse_chain` on the full planes (up to float rounding), far less work.
+    unpooling: switches, nearest or fixed (these stay inside the window); bilinear resizes the whole
+    plane, beyond any window, and takes the full-plane path (see WINDOWED_UNPOOLING).
     """
     for i in reversed(range(len(steps))):
         m, plane = steps[i].module, tuple(record.shapes[i][-2:])
@@ -179,8 +240,10 @@ def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin:
                                  tuple(int(v) for v in d * (k - 1)), m.dilation)  # fmt: skip
                 else:
                     y = F.conv_transpose2d(y, m.weight, None, m.stride, 0, 0, m.groups, m.dilation)
-            else:
+            elif unpooling == "switches":
                 y = _unpool_window(y, record.switches[steps[i].name], img, origin, start, size)
+            else:
+                y = spread(y, m, fixed=unpooling == "fixed")  # the window's plane: (B, C, *size) at `start`
             y = y * _inside(start, size, plane)
             origin = start
     h, w = record.shapes[0][-2:]

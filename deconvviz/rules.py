@@ -2,13 +2,16 @@
 gradient differ.
 
 Every other reverse step (unpool with the switches, filter with the transposed filters) is the same linear
-adjoint for all three. With f the activation, x its input, s the signal arriving from above and f'(x) its slope:
+adjoint for all of them. With f the activation, x its input, s the signal arriving from above and f'(x) its slope:
 
     activation                                  deconvnet    guided              gradient
     ReLU                                        max(s, 0)    max(s, 0) [x > 0]   s [x > 0]
     ReLU6, Hardtanh, LeakyReLU, PReLU           max(s, 0)    max(s, 0) f'(x)     s f'(x)
     ELU, CELU, SELU, GELU (none, tanh), SiLU,   max(s, 0)    max(s, 0) f'(x)     s f'(x)
     Hardswish, Mish, Softplus
+
+The fourth, `linear` (Mahendran & Vedaldi's fourth combination), passes s unchanged at every activation: no
+rectification, no forward mask.
 
 deconvnet is Zeiler & Fergus's rectification (the forward pass plays no part), guided is Springenberg et al.'s,
 which equals zennit's ReLUGuidedBackprop mapped onto f, and gradient is the exact gradient (Simonyan et al.).
@@ -76,11 +79,20 @@ class GradientRule(Rule):
         return signal * slope
 
 
-RULES: dict[str, Rule] = {r.name: r for r in (DeconvnetRule(), GuidedRule(), GradientRule())}
+class LinearRule(Rule):
+    """Mahendran & Vedaldi's fourth combination: no rectification, no forward mask; the ReLU passes all."""
+
+    name, needs_slope, title = "linear", False, "linear"
+
+    def backward(self, signal: Tensor, slope: Tensor | None) -> Tensor:
+        return signal
+
+
+RULES: dict[str, Rule] = {r.name: r for r in (DeconvnetRule(), GuidedRule(), GradientRule(), LinearRule())}
 
 
 def get_rule(rule: str | Rule) -> Rule:
-    """A rule by name (deconvnet, guided, gradient), or the Rule itself; an unknown name is a SelectionError."""
+    """A rule by name (deconvnet, guided, gradient, linear), or the Rule itself; an unknown name is a SelectionError."""
     if isinstance(rule, Rule):
         return rule
     if isinstance(rule, str) and rule in RULES:

@@ -58,6 +58,9 @@ class SanityReport:
     specificity_units: list[int] = field(default_factory=list)
     recovery: dict[str, Similarity] = field(default_factory=dict)  # vs the input's edge map
     images: dict[str, Tensor] = field(default_factory=dict)
+    # the trained unit with the switches replaced by fixed positions (Mahendran & Vedaldi), vs the trained picture
+    fixed_positions: dict[str, Similarity] = field(default_factory=dict)
+    fixed_images: dict[str, Tensor] = field(default_factory=dict)  # rule -> (3, H, W)
 
 
 def _maps(r: Tensor, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +165,8 @@ def sanity_report(model: nn.Module, x: Tensor, layer: str, channel: int | None =
     row, col = (int(v) for v in first.selections.rows_cols[0, 0])
     rep = SanityReport(layer, first.layer, int(chan[0, 0]), (row, col), box, rules, names, seed)
 
-    def unit(net: nn.Module, rule: str) -> Tensor:  # the same unit, seeded alike at its pre-activation, in any network
-        dn = Deconvnet(net, rule=rule)
+    def unit(net: nn.Module, rule: str, unpool: str = "switches") -> Tensor:  # the same unit, seeded alike, anywhere
+        dn = Deconvnet(net, rule=rule, unpool=unpool)
         return dn.project(x, seeded_at, channels=chan[0], positions=pos, values=value).images[0, 0]
 
     total = len(rules) * (1 + 2 * len(names))
@@ -201,6 +204,8 @@ def sanity_report(model: nn.Module, x: Tensor, layer: str, channel: int | None =
         ]
         rep.specificity[rule] = _mean(pairs)
         rep.recovery[rule] = similarity(base, edges.to(base), box)
+        rep.fixed_images[rule] = unit(model, rule, "fixed").cpu()
+        rep.fixed_positions[rule] = similarity(base, rep.fixed_images[rule].to(base), box)
     return rep
 
 

@@ -33,6 +33,7 @@ from .layers import ReceptiveField, receptive_fields, resolve, step_index
 from .network import Network
 from .preprocess import Preprocess
 from .render import TopImages, channel_figure, overview_figure, save, write_atomic
+from .reverse import UNPOOLS, get_unpool
 from .rules import get_rule
 from .weights import find_card, pick_device
 
@@ -60,6 +61,7 @@ class ScanArguments:
     weights: str
     batch_size: int
     rule: str = "deconvnet"  # how the kept activations are projected (rules.py); the top-k do not depend on it
+    unpool: str = "switches"  # how their max-pools are undone (reverse.UNPOOLS); reports without one: switches
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -192,13 +194,15 @@ def scan_folder(
     progress: Progress | None = None,
     verbose: bool = True,
     rule: str = "deconvnet",
+    unpool: str = "switches",
 ) -> ScanResult:
     """For every channel of `layers`, the `top` images of `folder` with its strongest activations; the chosen
     `channels` (None: the 9 strongest, "all") are projected and drawn. Everything is written under `out`.
 
     Resumable: `out/state.pt` is checkpointed every `checkpoint_every` images; run again with the same
     arguments after an interruption and the result is that of an uninterrupted run. A finished run
-    (`out/report.json`) is returned without recomputing. rule: deconvnet, guided or gradient. Under torchrun
+    (`out/report.json`) is returned without recomputing. rule: deconvnet, guided, gradient or linear; unpool:
+    switches, nearest, bilinear or fixed (reverse.UNPOOLS). Under torchrun
     the batches are shared out among the processes and the per-process top-k merged exactly; process 0
     projects and writes.
     """
@@ -216,6 +220,7 @@ def scan_folder(
         weights=weights,
         batch_size=batch_size,
         rule=get_rule(rule).name,
+        unpool=get_unpool(unpool),
     )
     check_size(size)
     checks = (("top (--top)", top, 1), ("batch size (--batch-size)", batch_size, 1),
@@ -234,7 +239,7 @@ def scan_folder(
     created = not out.exists()
     net, info = network.module, network.weights
     dev = next(net.parameters()).device
-    dn = Deconvnet(net, rule=args.rule)
+    dn = Deconvnet(net, rule=args.rule, unpool=args.unpool)
     taps = {name: _tap(dn, name) for name in dict.fromkeys(layers)}
     # shapes fail early, and clearly, on a too small size; fields: None where the network is no chain (the
     # records then hold no box: the whole image)
@@ -486,6 +491,7 @@ def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out:
         if drawn:
             title = f"{args.model} ({info.name}), {layer}: each feature map's {args.top} strongest images"
             title += "" if args.rule == "deconvnet" else f" ({dn.rule.title})"
+            title += "" if args.unpool == "switches" else f" (unpooled: {UNPOOLS[args.unpool]})"
             written.append(save(overview_figure(drawn[:OVERVIEW_CHANNELS], info.preprocess, title),
                                 out / layer / "overview.png"))  # fmt: skip
         projections = {t.channel: t.reconstructions for t in drawn}
@@ -539,7 +545,9 @@ def load_result(rundir: str | os.PathLike) -> ScanResult:
         raise DeconvvizError(f"no finished scan in '{rundir}' ({e}); run `deconvviz scan` there first") from None
     a = report["arguments"]
     chans = tuple(a["channels"]) if isinstance(a["channels"], list) else a["channels"]
-    args = ScanArguments(**{**a, "layers": tuple(a["layers"]), "channels": chans})  # no "rule": deconvnet
+    args = ScanArguments(
+        **{**a, "layers": tuple(a["layers"]), "channels": chans}
+    )  # no "rule": deconvnet, no "unpool": switches
     layers = {}
     for layer, rec in report["layers"].items():
         proj = torch.load(rundir / layer / "projections.pt", weights_only=True)

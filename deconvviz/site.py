@@ -280,7 +280,7 @@ def scan_site(
         net, info = network.module, network.weights
         b = _ScanBuild(
             site,
-            Deconvnet(net, rule=rule),
+            Deconvnet(net, rule=rule, unpool=args.unpool),  # as the scan projected
             result,
             report,
             rule,
@@ -506,6 +506,7 @@ def _scan_index(b: _ScanBuild, drawn: dict[str, dict[int, _UnitPictures]]) -> st
         ("weights", f"{w.get('name', args.weights)} ({w.get('source') or 'no file'})"),
         ("preprocessing", w.get("preprocess", "")),
         ("rule", rule),
+        ("unpool", args.unpool),
         ("image folder", _shown_folder(args.folder)),
         ("images", f"{found} found, {read} read, {counts.get('skipped', len(result.skipped))} skipped"),
         ("input size", f"{args.size} x {args.size}"),

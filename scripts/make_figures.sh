@@ -11,6 +11,7 @@ deconvviz reconstruct --weights vgg16-caffe --mode map --channels all --out figu
 deconvviz occlusion --weights vgg16-caffe --out figures/occlusion-conv5_3.png -q
 deconvviz compare --weights vgg16-caffe --out figures/compare-conv5_3.png -q
 deconvviz sanity --weights vgg16-caffe --dpi 110 --out figures/sanity-conv5_3.png -q
+deconvviz ablate --weights vgg16-caffe --out figures/ablate-pool5.png -q
 deconvviz filters --weights vgg16-caffe --out figures/filters-conv1_1.png -q
 for transform in shift scale rotate; do
     deconvviz invariance --weights vgg16-caffe --transform "$transform" --out "figures/invariance-$transform.png" -q

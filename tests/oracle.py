@@ -60,6 +60,129 @@ def rel_err(got: Tensor, want: Tensor) -> float:
     return float((got - want).abs().max() / scale)
 
 
+# --- the unpooling oracle: a copy of the model whose max-pools and ReLUs have hand-written backwards ---
+
+
+def _pool_geometry(pool: nn.MaxPool2d) -> tuple:
+    pair = torch.nn.modules.utils._pair
+    return tuple(pair(v) for v in (pool.kernel_size, pool.stride or pool.kernel_size, pool.padding, pool.dilation))
+
+
+def unpool_by_loops(g: Tensor, pool: nn.MaxPool2d, size: tuple[int, int], how: str) -> Tensor:
+    """Unpooling without switches, one tap of every window at a time. g (B, C, Ho, Wo) -> (B, C, *size).
+
+    nearest: the value to every tap of its window; fixed: to tap (k - 1) // 2 only; bilinear: half-pixel
+    centres, source row (r + 0.5) * Ho / H - 0.5 clamped at 0, blended with the next row (clamped at Ho - 1)."""
+    b, c, ho, wo = g.shape
+    h, w = size
+    out = g.new_zeros(b, c, h, w)
+    if how == "bilinear":
+
+        def weights(n_out: int, n_in: int) -> Tensor:
+            m = torch.zeros(n_out, n_in, dtype=g.dtype)
+            for r in range(n_out):
+                src = max((r + 0.5) * n_in / n_out - 0.5, 0.0)
+                i0 = int(src)
+                i1, lam = min(i0 + 1, n_in - 1), src - i0
+                m[r, i0] += 1 - lam
+                m[r, i1] += lam
+            return m
+
+        return weights(h, ho) @ g @ weights(w, wo).T
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pool_geometry(pool)
+    for a in range(kh):
+        for t in range(kw):
+            if how == "fixed" and (a, t) != ((kh - 1) // 2, (kw - 1) // 2):
+                continue
+            rows = torch.arange(ho) * sh - ph + dh * a  # where tap (a, t) of window (i, j) lies
+            cols = torch.arange(wo) * sw - pw + dw * t
+            i, j = ((rows >= 0) & (rows < h)).nonzero()[:, 0], ((cols >= 0) & (cols < w)).nonzero()[:, 0]
+            # one tap: distinct windows, distinct positions; taps of overlapping windows add up across the loop
+            out[:, :, rows[i][:, None], cols[j][None, :]] += g[:, :, i[:, None], j[None, :]]
+    return out
+
+
+class _OraclePool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, pool, how):
+        ctx.pool, ctx.how, ctx.size = pool, how, tuple(x.shape[-2:])
+        return pool(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return unpool_by_loops(g, ctx.pool, ctx.size, ctx.how), None, None
+
+
+class _OracleReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, rule):
+        ctx.rule = rule
+        ctx.save_for_backward(x > 0)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (on,) = ctx.saved_tensors
+        rectified = {"deconvnet": g.clamp_min(0), "guided": g.clamp_min(0) * on, "gradient": g * on, "linear": g}
+        return rectified[ctx.rule], None
+
+
+class OraclePool(nn.Module):
+    def __init__(self, pool: nn.MaxPool2d, how: str):
+        super().__init__()
+        self.pool, self.how = pool, how
+
+    def forward(self, x):
+        if self.how == "switches":
+            return self.pool(x)  # autograd's own max-pool backward: the switches
+        return _OraclePool.apply(x, self.pool, self.how)
+
+
+class OracleReLU(nn.Module):
+    def __init__(self, rule: str):
+        super().__init__()
+        self.rule = rule
+
+    def forward(self, x):
+        return _OracleReLU.apply(x, self.rule)
+
+
+def unpool_oracle(
+    model: nn.Module, layer: str, x: Tensor, channels: Tensor, positions: Tensor | None, rule: str, how: str
+) -> Tensor:
+    """Projections through a copy of the model whose nn.MaxPool2d and nn.ReLU modules are OraclePool and
+    OracleReLU, seeded (like `oracle`) with the selected activations of `layer`. Returns (N, K, C, H, W)."""
+    twin = copy.deepcopy(model).eval()
+    for name, m in list(twin.named_modules()):
+        if isinstance(m, (nn.MaxPool2d, nn.ReLU)) and name:
+            parent, _, leaf = name.rpartition(".")
+            owner = twin.get_submodule(parent) if parent else twin
+            setattr(owner, leaf, OraclePool(m, how) if isinstance(m, nn.MaxPool2d) else OracleReLU(rule))
+    act = layer_activation(model, dict(model.named_modules())[layer], x)
+    n, k = channels.shape
+    seed = torch.zeros(n, k, *act.shape[1:])
+    for i in range(n):
+        for j in range(k):
+            c = channels[i, j]
+            if positions is None:
+                seed[i, j, c] = act[i, c]
+            else:
+                seed[i, j, c].view(-1)[positions[i, j]] = act[i, c].reshape(-1)[positions[i, j]]
+    got = []
+    target = twin.get_submodule(layer)
+    h = target.register_forward_hook(lambda m, i, o: got.append(o))
+    out = torch.zeros(n, k, *x.shape[1:])
+    try:
+        for j in range(k):
+            xs = x.clone().requires_grad_(True)
+            got.clear()
+            twin(xs)
+            out[:, j] = torch.autograd.grad(got[0], xs, seed[:, j])[0]
+    finally:
+        h.remove()
+    return out
+
+
 # --- seeded models checked against the oracle by several test files
 
 VGGS = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]

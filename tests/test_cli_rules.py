@@ -78,7 +78,7 @@ def test_sanity_writes_figure_json_and_csv_with_the_same_numbers(cwd):
         prov["randomized"][-1] == "conv1_1" and len(prov["randomized"]) == 4
     )  # vgg11: conv1_1, conv2_1, conv3_1, conv3_2
     rows = list(csv.DictReader((cwd / "s.csv").open()))
-    assert len(rows) == 2 * (2 * 4 + 2)
+    assert len(rows) == 2 * (2 * 4 + 3)  # cascading, independent, specificity, recovery, fixed positions
     for row in rows:
         if row["test"] in ("cascading", "independent"):
             i = prov["randomized"].index(row["randomized"])

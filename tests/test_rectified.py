@@ -20,6 +20,7 @@ from oracle import (
     out_of_place,
     rel_err,
     seeded,
+    unpool_oracle,
     zennit_projection,
 )
 from torch import nn
@@ -504,3 +505,63 @@ def test_rule_passes_lists_each_module_for_every_rule():
     attention = {p.module: p.rules for p in rule_passes(seeded_like(Attention()), (7, 6))}
     assert attention["attn"]["deconvnet"].startswith("no rule: ") and attention["attn"]["gradient"] == "exact"
     assert attention["stem"]["guided"] == "linear"
+
+
+class Pools(nn.Module):
+    """A residual block between a ceil-mode overlapping pool and a functional (F.max_pool2d) one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.r1 = nn.Conv2d(3, 6, 3, padding=1), nn.ReLU()
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.a, self.ra, self.b, self.rb = nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 1), nn.ReLU()
+        self.last = nn.MaxPool2d((2, 3), stride=(2, 1), dilation=(1, 2))
+
+    def forward(self, x):
+        x = self.pool(self.r1(self.stem(x)))
+        x = self.rb(x + self.b(self.ra(self.a(x))))
+        return self.last(x)
+
+
+@pytest.mark.parametrize("how", ["switches", "nearest", "bilinear", "fixed"])
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient", "linear"])
+def test_unpooling_through_autograd_matches_the_oracle(how, rule):
+    """The autograd path swaps each max-pool's backward for the unpooling; checked against a twin whose pools
+    and ReLUs have hand-written backwards (tests/oracle.py), on odd sizes."""
+    model = seeded(Pools())
+    x = torch.randn(2, 3, 21, 27, generator=torch.Generator().manual_seed(3))
+    dn = deconvviz.Deconvnet(model, rule=rule, unpool=how)
+    assert dn.steps is None
+    for layer, mode in (("last", "max"), ("rb", "map"), ("pool", "max")):
+        out = dn.project(x, layer, top=2, mode=mode)
+        sel = out.selections
+        want = unpool_oracle(model, layer, x, sel.channels, sel.positions if mode == "max" else None, rule, how)
+        assert want.abs().max() > 0 and out.unpool == how
+        assert rel_err(out.images, want) <= 1e-5, (layer, mode)
+        assert set(out.switches) == {"pool", "last"}  # still recorded, whatever the unpooling
+
+
+def test_switches_through_autograd_stay_bit_for_bit():
+    model, x = seeded(Pools()), torch.randn(1, 3, 21, 27, generator=torch.Generator().manual_seed(4))
+    plain = deconvviz.Deconvnet(model).project(x, "last", top=3)
+    named = deconvviz.Deconvnet(model, unpool="nearest").project(x, "last", top=3, unpool="switches")
+    assert torch.equal(plain.images, named.images)
+
+
+class _AdaptiveMax(nn.Module):
+    def __init__(self, indices: bool):
+        super().__init__()
+        self.conv, self.indices = nn.Conv2d(3, 4, 3), indices
+
+    def forward(self, x):
+        if self.indices:
+            return F.max_pool2d(self.conv(x), 2, return_indices=True)[0]
+        return F.adaptive_max_pool2d(self.conv(x), 2)
+
+
+@pytest.mark.parametrize("indices", [False, True])
+def test_max_pools_without_a_swappable_backward_are_refused(indices):
+    model, x = _AdaptiveMax(indices).eval(), torch.randn(1, 3, 12, 12)
+    deconvviz.Deconvnet(model).project(x, "conv", top=1)  # switches: fine
+    with pytest.raises(deconvviz.UnsupportedModelError, match="2-d max-pools only.*use unpool='switches'"):
+        deconvviz.Deconvnet(model, unpool="nearest").project(x, "conv", top=1)

@@ -235,3 +235,17 @@ def test_every_vgg_every_conv_and_pool_layer(name):
         x224 = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
         for rule in OTHER_RULES:
             check(model, "conv5_3", mods[vgg_aliases(steps)["conv5_3"]], x224, rule, top=1)
+
+
+def test_linear_rule_is_the_plain_transpose_by_name():
+    """The built-in `linear` rule (Mahendran & Vedaldi's fourth combination): the same hand-computed transpose
+    as an identity ReLU, chosen by name, with no mask recorded."""
+    assert list(RULES) == ["deconvnet", "guided", "gradient", "linear"] and not RULES["linear"].needs_mask
+    model = randomized(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.ReLU()))
+    x = torch.randn(1, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    out = deconvviz.Deconvnet(model, rule="linear").project(x, "3", channels=[0], mode="map")
+    seed = layer_activation(model, model[3], x)
+    seed[:, 1] = 0
+    hidden = torch.nn.grad.conv2d_input((1, 4, 7, 7), model[2].weight.detach(), seed)
+    want = torch.nn.grad.conv2d_input(x.shape, model[0].weight.detach(), hidden)
+    assert out.rule == "linear" and rel_err(out.images[0, 0], want[0]) <= TOL

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from oracle import unpool_oracle
 from scipy.stats import rankdata
 from torch import nn
 
@@ -183,3 +184,22 @@ def test_what_cannot_be_randomized_is_named():
         sanity_report(NoReset(), x, "gain")
     with pytest.raises(deconvviz.SelectionError, match="unknown rule"):
         sanity_report(chain(), torch.randn(1, 3, 16, 16), "7", rules=["guidde"])
+
+
+def test_fixed_positions_column_against_the_oracle():
+    """The extra column: the trained unit with the switches replaced by fixed positions (Mahendran & Vedaldi),
+    as a twin with hand-written pool and ReLU backwards draws it, and its similarity to the trained picture."""
+    model = chain()
+    x = torch.randn(1, 3, 20, 18, generator=torch.Generator().manual_seed(6))
+    rep = sanity_report(model, x, "7", rules=["gradient", "deconvnet"], seed=5, units=2)
+    c, (row, col) = rep.channel, rep.position
+    pos = torch.tensor([[row * model(x).shape[-1] + col]])  # flat position in the layer's plane
+    for rule in rep.rules:
+        want = unpool_oracle(model, "6", x, torch.tensor([[c]]), pos, rule, "fixed")[0, 0]
+        assert want.abs().max() > 0
+        assert torch.allclose(rep.fixed_images[rule], want, atol=1e-6), rule
+        got, sim = rep.fixed_positions[rule], similarity(rep.images[rule][0], want, rep.box)
+        assert (got.spearman_abs, got.ssim) == (
+            pytest.approx(sim.spearman_abs, abs=1e-4),
+            pytest.approx(sim.ssim, abs=1e-4),
+        )

@@ -396,6 +396,31 @@ def test_explore_bad_inputs_are_one_line_exit_2_and_write_nothing(tmp_path):
         assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before, args
 
 
+def test_a_fixed_position_scan_gives_a_fixed_position_site(tmp_path):
+    """The unpooling the scan projected with (its report's arguments) is what the site projects with, and shows."""
+    (tmp_path / "photos").mkdir()
+    photos = photo_folder(tmp_path / "photos")
+    scan_folder(
+        photos,
+        ["conv2_1"],
+        tmp_path / "run",
+        top=TOP,
+        size=SIZE,
+        model="vgg11",
+        weights="random",
+        device="cpu",
+        batch_size=4,
+        workers=0,
+        verbose=False,
+        unpool="fixed",
+    )
+    with mock.patch("deconvviz.site.Deconvnet", wraps=Deconvnet) as made:
+        scan_site(tmp_path / "run", tmp_path / "site", device="cpu", verbose=False)
+    assert [(c.kwargs.get("rule"), c.kwargs.get("unpool")) for c in made.call_args_list] == [("deconvnet", "fixed")]
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert re.search(r"unpool</t[hd]>\s*<td>fixed<", index), index
+
+
 HOSTILE_PATH = "a</script><script>alert(3)</script>{{ 7*7 }}'\".jpg"  # in folders a< and script><script>alert(3)<
 HOSTILE_PATH_SKIPPED = "b</script><img src=x onerror=alert(4)>{{ 7*7 }}'\".png"
 

@@ -1,0 +1,130 @@
+"""The command line's unpooling: --unpool on every projecting command, --rule linear, and `deconvviz ablate`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from cli_run import SMALL, run
+from oracle import rel_err
+
+from deconvviz import Deconvnet
+from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
+from deconvviz.scan import load_result, scan_folder
+from deconvviz.weights import load_vgg
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["visualize", "--unpool", "fixd"], "is not one of 'switches', 'nearest', 'bilinear', 'fixed'"),
+        (["reconstruct", "--unpool", "centre"], "is not one of 'switches', 'nearest', 'bilinear', 'fixed'"),
+        (["compare", "--unpool", "x"], "is not one of 'switches', 'nearest', 'bilinear', 'fixed'"),
+        (["scan", ".", "--unpool", "x"], "is not one of 'switches', 'nearest', 'bilinear', 'fixed'"),
+        (["visualize", "--rule", "lineer"], "is not one of 'deconvnet', 'guided', 'gradient', 'linear'"),
+        (["ablate", "--layer", "pool9"], "unknown layer 'pool9'"),
+        (["ablate", "--layer", "fc7"], "mixes all positions"),
+        (["ablate", "--channel", "9999"], "channel"),
+        (["ablate", "--out", "pair.png"], "cannot write 'pair.csv': it is a folder"),
+        (["ablate", "missing.jpg"], "missing.jpg"),
+    ],
+)
+def test_bad_unpooling_and_ablation_input_is_one_line_exit_2_and_nothing_written(cwd, args, message):
+    (cwd / "pair.csv").mkdir()
+    before = {p: p.stat().st_mtime_ns for p in cwd.rglob("*")}
+    r = run(*args, "--weights", "torchvision") if args[0] == "ablate" and "fc7" in args else run(*args)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("deconvviz: error:")]
+    assert len(lines) == 1 and message in lines[0], r.output
+    assert "Traceback" not in r.output
+    assert {p: p.stat().st_mtime_ns for p in cwd.rglob("*")} == before
+
+
+def _model_and_input():
+    model, w = load_vgg("vgg11", "random", device="cpu", verbose=False)
+    return model, to_batch(load_image(DEFAULT_IMAGE), w.preprocess, 64)
+
+
+@pytest.mark.parametrize("unpool", ["nearest", "fixed"])
+def test_visualize_reconstruct_compare_record_the_unpooling(cwd, unpool):
+    r = run(
+        "visualize",
+        "--unpool",
+        unpool,
+        "--rule",
+        "linear",
+        "--layer",
+        "conv3_2",
+        "--channels",
+        "3",
+        "--out",
+        "v.png",
+        "-q",
+        *SMALL,
+    )
+    assert r.exit_code == 0, r.output
+    prov = json.loads((cwd / "v.json").read_text())
+    assert prov["unpool"] == unpool and prov["rule"] == "linear"
+    assert run("reconstruct", "--unpool", unpool, "--out", "r.png", "-q", *SMALL).exit_code == 0
+    assert json.loads((cwd / "r.json").read_text())["unpool"] == unpool
+    assert (
+        run("compare", "--unpool", unpool, "--layer", "conv3_2", "--top", "1", "--out", "c.png", "-q", *SMALL).exit_code
+        == 0
+    )
+    assert json.loads((cwd / "c.json").read_text())["unpool"] == unpool
+
+
+def test_ablate_writes_figure_json_and_csv_with_the_same_numbers(cwd):
+    r = run("ablate", "--layer", "conv3_2", "--out", "a.png", "-q", *SMALL)
+    assert r.exit_code == 0, r.output
+    prov = json.loads((cwd / "a.json").read_text())
+    assert prov["command"] == "ablate" and prov["reference"] == "deconvnet+switches"
+    assert [v["name"] for v in prov["variants"]][8:] == ["deconvnet+nearest", "deconvnet+bilinear"]
+    assert prov["variants"][0]["reference"]["spearman_abs"] == pytest.approx(1.0)
+    assert "/" not in json.dumps(prov["image"]["path"])
+    rows = list(csv.DictReader((cwd / "a.csv").open()))
+    assert len(rows) == 10 * 3
+    for row in rows:
+        v = next(v for v in prov["variants"] if v["name"] == row["variant"])
+        want = v[row["against"]]["spearman_abs"]
+        assert (row["spearman_abs"] == "" and want is None) or float(row["spearman_abs"]) == pytest.approx(
+            want, abs=1e-6
+        )
+    model, x = _model_and_input()
+    out = Deconvnet(model).project(x, "conv3_2", top=1)
+    assert prov["channel"] == int(out.selections.channels[0, 0])
+    assert (cwd / "a.png").stat().st_size > 20_000
+
+
+def test_scan_projects_with_its_unpooling_and_records_it(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    img = load_image(DEFAULT_IMAGE)
+    for i in range(2):
+        img.crop((40 * i, 0, 40 * i + 300, 300)).save(photos / f"p{i}.png")
+    res = scan_folder(
+        photos,
+        ["conv3_1"],
+        tmp_path / "run",
+        top=1,
+        channels=[5],
+        size=64,
+        model="vgg11",
+        weights="random",
+        batch_size=2,
+        workers=0,
+        verbose=False,
+        unpool="bilinear",
+    )
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["arguments"]["unpool"] == "bilinear"
+    again = load_result(tmp_path / "run")
+    assert again.arguments.unpool == "bilinear"
+    model, w = load_vgg("vgg11", "random", device="cpu", verbose=False)
+    rec = res.layers["conv3_1"][5].records[0]
+    x = to_batch(load_image(photos / rec.image), w.preprocess, 64)
+    pos = torch.tensor([[rec.row * 16 + rec.col]])  # conv3_1 of a 64 input: 16x16
+    want = Deconvnet(model, unpool="bilinear").project(x, "conv3_1", channels=[5], positions=pos).images[0, 0]
+    assert rel_err(again.layers["conv3_1"][5].projections[0], want) <= 1e-5

@@ -12,6 +12,7 @@ from oracle import rel_err
 
 from deconvviz import Deconvnet
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
+from deconvviz.network import load_network
 from deconvviz.scan import load_result, scan_folder
 from deconvviz.weights import load_vgg
 
@@ -111,8 +112,7 @@ def test_scan_projects_with_its_unpooling_and_records_it(tmp_path):
         top=1,
         channels=[5],
         size=64,
-        model="vgg11",
-        weights="random",
+        network=load_network("vgg11", "random", "cpu", verbose=False),
         batch_size=2,
         workers=0,
         verbose=False,

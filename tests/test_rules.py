@@ -240,7 +240,7 @@ def test_every_vgg_every_conv_and_pool_layer(name):
 def test_linear_rule_is_the_plain_transpose_by_name():
     """The built-in `linear` rule (Mahendran & Vedaldi's fourth combination): the same hand-computed transpose
     as an identity ReLU, chosen by name, with no mask recorded."""
-    assert list(RULES) == ["deconvnet", "guided", "gradient", "linear"] and not RULES["linear"].needs_mask
+    assert list(RULES) == ["deconvnet", "guided", "gradient", "linear"] and not RULES["linear"].needs_slope
     model = randomized(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.ReLU()))
     x = torch.randn(1, 3, 9, 9, generator=torch.Generator().manual_seed(1))
     out = deconvviz.Deconvnet(model, rule="linear").project(x, "3", channels=[0], mode="map")

@@ -39,5 +39,5 @@ if [ -d "$IMAGES" ]; then
     python scripts/make_crops.py "$IMAGES"/*.jpg deconvviz/data/bicycle.jpg --count 40 --out runs/sq-site/photos
     deconvviz scan runs/sq-site/photos --weights squeezenet1_1-keras --layer features.fire9 --out runs/sq-site/run -q
     deconvviz site runs/sq-site/run --out runs/sq-site/site -q
-    python scripts/site_screenshots.py runs/sq-site/site features.fire9 416 --prefix figures/site-squeezenet
+    python scripts/site_screenshots.py runs/sq-site/site features.fire9 308 --prefix figures/site-squeezenet
 fi

@@ -12,6 +12,7 @@ concatenating blocks, strides, dilation and padding included). Chains keep their
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,7 @@ def receptive_field(model: nn.Module, layer: str, input_size: tuple[int, int], c
 def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: int | None) -> Fields:
     from .rectified import evaluating
 
+    model = _structural_copy(model) if _device(model).type == "meta" else model
     h_in, w_in = input_size
     if channels is None:
         first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
@@ -116,6 +118,16 @@ def _support(out: Tensor, leaf: Tensor, seeds: Tensor) -> Tensor:
         return torch.autograd.grad(out, leaf, seed, retain_graph=True)[0]
 
     return torch.func.vmap(grad)(seeds).abs().sum((1, 2)) > 0
+
+
+def _structural_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy of a meta-device skeleton with every parameter and buffer one: the probe reads only shapes and
+    positive magnitudes, so a skeleton (checked before any weights are read) gets the fields of the real model."""
+    copy = deepcopy(model).to_empty(device="cpu")
+    with torch.no_grad():
+        for t in (*copy.parameters(), *copy.buffers()):
+            t.fill_(1)
+    return copy
 
 
 def _device(model: nn.Module) -> torch.device:

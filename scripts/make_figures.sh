@@ -16,6 +16,10 @@ deconvviz filters --weights vgg16-caffe --out figures/filters-conv1_1.png -q
 for transform in shift scale rotate; do
     deconvviz invariance --weights vgg16-caffe --transform "$transform" --out "figures/invariance-$transform.png" -q
 done
+# SqueezeNet 1.1 (card squeezenet1_1-keras, offline, with a classifier): block stages, rules, --class 671.
+deconvviz reconstruct --weights squeezenet1_1-keras --region bicycle --exclude dog --mode map --out figures/squeezenet-reconstruction.png -q
+deconvviz compare --weights squeezenet1_1-keras --out figures/squeezenet-compare.png -q
+deconvviz visualize --weights squeezenet1_1-keras --class 671 --out figures/squeezenet-class671.png -q
 # A small dataset scan over the darknet photos beside the checkout (and the built-in bicycle), when present.
 IMAGES=${IMAGES:-../shared/images}
 if [ -d "$IMAGES" ]; then
@@ -30,4 +34,10 @@ if [ -d "$IMAGES" ]; then
     deconvviz scan runs/figures-site/photos --weights vgg16-caffe --layer conv5_3 --out runs/figures-site/run -q
     deconvviz site runs/figures-site/run --out runs/figures-site/site -q
     python scripts/site_screenshots.py runs/figures-site/site conv5_3 303 --prefix figures/site-conv5_3
+    # The site of a features.fire9 SqueezeNet scan of 40 seeded crops and flips of the same photos.
+    rm -rf runs/sq-site
+    python scripts/make_crops.py "$IMAGES"/*.jpg deconvviz/data/bicycle.jpg --count 40 --out runs/sq-site/photos
+    deconvviz scan runs/sq-site/photos --weights squeezenet1_1-keras --layer features.fire9 --out runs/sq-site/run -q
+    deconvviz site runs/sq-site/run --out runs/sq-site/site -q
+    python scripts/site_screenshots.py runs/sq-site/site features.fire9 308 --prefix figures/site-squeezenet
 fi

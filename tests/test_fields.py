@@ -137,3 +137,15 @@ def test_regions_points_and_boxes_on_a_non_chain_model():
     support = (out.images[0, 0].abs().sum(0) > 0).nonzero()
     t, b, left, r = want.tolist()
     assert t <= support[:, 0].min() and support[:, 0].max() < b and left <= support[:, 1].min() < r
+
+
+def test_a_meta_skeleton_has_the_fields_of_the_gradient_support():
+    """What checks --region before any weights are read: the architecture on the meta device."""
+    with torch.device("meta"):
+        skeleton = Residual(act=True)
+    tight = positive(Residual(act=False))
+    x = torch.rand(1, 2, 23, 18)
+    f = receptive_field(skeleton, "head", (23, 18))
+    for i, j in [(0, 0), (1, 2), (2, 1)]:
+        assert tuple(f.boxes(torch.tensor([i, j])).tolist()) == gradient_support(tight, "head", x, i, j)
+    assert all(p.is_meta for p in skeleton.parameters())  # the skeleton itself is untouched

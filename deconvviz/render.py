@@ -84,6 +84,12 @@ def _off(ax) -> None:
         s.set_visible(False)
 
 
+def _letter(i: int) -> str:
+    """Panel letters a, b, ..., z, then aa, ab, ... (deep networks have more than 26 stages)."""
+    a = string.ascii_lowercase
+    return a[i] if i < 26 else a[i // 26 - 1] + a[i % 26]
+
+
 def reconstruction_figure(
     image: np.ndarray, stages: Sequence[Stage], preprocess: Preprocess, title: str, stage_view: str = STAGE_VIEW
 ) -> Figure:
@@ -104,7 +110,7 @@ def reconstruction_figure(
         if i >= len(panels):
             ax.set_visible(False)
             continue
-        letter = string.ascii_lowercase[i]
+        letter = _letter(i)
         if i == 0:
             ax.imshow(image, interpolation="nearest")
             label = f"({letter}) input {image.shape[0]}×{image.shape[1]}"
@@ -131,7 +137,8 @@ def reconstruction_figure(
     else:
         shown = "the channel mean of the rectified signal"
     reconstruction = "reconstruction: mid-grey = 0, contrast: 99.9th percentile of |r|"
-    _note(fig, 0.005, f"stages (b)-(i): {shown}, 0 to its 99.5th percentile | {reconstruction}")
+    last_stage = _letter(len(panels) - 2)  # the last panel is the reconstruction
+    _note(fig, 0.005, f"stages (b)-({last_stage}): {shown}, 0 to its 99.5th percentile | {reconstruction}")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 

@@ -39,3 +39,20 @@ def test_stage_channel_is_the_channel_most_like_the_stage_mean():
     c, picture = stage_channel(t)
     assert c == 2 and picture.shape == (4, 5)
     assert np.allclose(picture, t[2].numpy())  # 0 to its 99.5th percentile (1)
+
+
+def test_reconstruction_figure_letters_every_stage_and_names_the_last_in_its_note():
+    """A deep network has more than 26 stages: panels go on as aa, ab, ...; the note names the last stage."""
+    import numpy as np
+
+    from deconvviz.preprocess import IMAGENET_TORCHVISION
+    from deconvviz.render import reconstruction_figure
+    from deconvviz.reverse import Stage
+
+    g = torch.Generator().manual_seed(0)
+    stages = [Stage(f"block{i}", "deconv", f"m{i}", torch.randn(4, 8, 8, generator=g)) for i in range(29)]
+    stages.append(Stage("input", "deconv", "", torch.randn(3, 16, 16, generator=g)))
+    fig = reconstruction_figure(np.zeros((16, 16, 3)), stages, IMAGENET_TORCHVISION, "t")
+    labels = [ax.get_xlabel().split(")")[0] + ")" for ax in fig.axes if ax.get_visible()]
+    assert labels[:2] == ["(a)", "(b)"] and labels[26:28] == ["(aa)", "(ab)"] and len(labels) == 31
+    assert any("stages (b)-(ad):" in t.get_text() for t in fig.texts)  # 29 stages: b..ad; (ae) reconstruction

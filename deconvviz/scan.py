@@ -27,6 +27,7 @@ from .architectures import located
 from .cards import cards_folder
 from .deconvnet import Deconvnet
 from .errors import DeconvvizError, ImageError, LayerError, SelectionError
+from .fields import Fields, receptive_field
 from .forward import apply, layer_shape, module_activations
 from .images import check_size, to_batch, to_display
 from .layers import ReceptiveField, receptive_fields, resolve, step_index
@@ -241,9 +242,10 @@ def scan_folder(
     dev = next(net.parameters()).device
     dn = Deconvnet(net, rule=args.rule, unpool=args.unpool)
     taps = {name: _tap(dn, name) for name in dict.fromkeys(layers)}
-    # shapes fail early, and clearly, on a too small size; fields: None where the network is no chain (the
-    # records then hold no box: the whole image)
-    plan = {name: (layer_shape(net, name, size), _field(dn, i)) for name, i in taps.items()}
+    # shapes fail early, and clearly, on a too small size; fields: None where positions see the whole image (the
+    # records then hold no box)
+    shapes = {name: layer_shape(net, name, size) for name in taps}
+    plan = {name: (shapes[name], _field(dn, i, shapes[name], size)) for name, i in taps.items()}
     for name, (shape, _) in plan.items():
         _check_channels(chans, name, shape[0])
     with _processes(dev, world):
@@ -300,13 +302,31 @@ def _tap(dn: Deconvnet, layer: str) -> int | str:
     return resolve(dn.model, None, layer) if steps is None else step_index(steps, resolve(dn.model, steps, layer))
 
 
-def _field(dn: Deconvnet, i: int | str) -> tuple[ReceptiveField, ReceptiveField] | None:
+def _field(
+    dn: Deconvnet, i: int | str, shape: tuple, size: int
+) -> tuple[ReceptiveField, ReceptiveField] | Fields | None:
+    """The receptive fields of a layer's positions: a chain's closed form, any other network's exact fields
+    (fields.receptive_field), or None where every position sees the whole image (a classifier, a pooled vector)."""
     if dn.steps is None:
-        return None
+        if len(shape) != 3:
+            return None
+        try:
+            return receptive_field(dn.model, i, (size, size))
+        except DeconvvizError:  # a model the probe cannot trace: the records hold no box (the whole image)
+            return None
     try:
         return receptive_fields(dn.steps, i)
     except LayerError:  # a classifier layer sees the whole image
         return None
+
+
+def _box(rf, r: int, col: int, size: int) -> tuple[int, int, int, int] | None:
+    """Top, bottom, left, right (half-open) of position (r, col)'s receptive field; None: the whole image."""
+    if rf is None:
+        return None
+    if isinstance(rf, Fields):
+        return tuple(int(v) for v in rf.boxes(torch.tensor([r, col])).tolist())
+    return (*rf[0].span(r, size), *rf[1].span(col, size))
 
 
 def _check_channels(channels, layer: str, count: int) -> None:
@@ -426,8 +446,7 @@ def _records(top: TopK, files: list[str], shape, rf, size: int) -> dict[int, lis
         for v, i, p in zip(vs, ims, ps, strict=True):
             if i >= 0:
                 r, col = divmod(p, w)
-                box = (*rf[0].span(r, size), *rf[1].span(col, size)) if rf else None
-                out[c].append(Record(files[i], v, r, col, box))
+                out[c].append(Record(files[i], v, r, col, _box(rf, r, col, size)))
     return out
 
 

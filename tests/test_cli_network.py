@@ -89,6 +89,11 @@ def photos(folder):
     return folder
 
 
+# receptive field sizes worked out by hand: the factory's stem conv 3, pool 2, two convs 3, pool 2, two convs 3
+# (3, 4, 12, 14, 30); resnet18's conv1 7/2, maxpool 3/2, layer1's four convs 3 at stride 4 (7, 11, 43)
+FIELD = {"FACTORY": 30, "resnet18": 43}
+
+
 @pytest.mark.parametrize("name, layer", [("FACTORY", "block2"), ("resnet18", "layer1")])
 def test_scan_and_site_of_any_network(cwd, residual_factory, name, layer):
     spec = spec_of(name, residual_factory)
@@ -134,6 +139,19 @@ def test_scan_and_site_of_any_network(cwd, residual_factory, name, layer):
     best = sorted(values.items(), key=lambda kv: -kv[1])[:2]
     assert [rec["image"] for rec in unit] == [b[0] for b in best]
     assert [rec["value"] for rec in unit] == pytest.approx([b[1] for b in best], rel=1e-5)
+    # each record's box: the receptive field of its position, which holds the support of that unit's gradient
+    for rec in unit:
+        x = preprocessed(folder / rec["image"], net.preprocess, 64)[None].requires_grad_(True)
+        handle = dict(net.module.named_modules())[layer].register_forward_hook(lambda m, a, o: got.update(o=o))
+        net.module(x)
+        handle.remove()
+        (g,) = torch.autograd.grad(got["o"][0, 3, rec["row"], rec["col"]], x)
+        rows, cols = g.abs().sum((0, 1)).nonzero().unbind(1)
+        top, bottom, left, right = rec["box"]
+        assert (
+            top <= int(rows.min()) and int(rows.max()) < bottom and left <= int(cols.min()) and int(cols.max()) < right
+        )
+        assert bottom - top <= FIELD[name] and right - left <= FIELD[name]
     r = run("site", "run", "--out", "site", "--device", "cpu", "-q")
     assert r.exit_code == 0, r.output
     assert (cwd / "site" / "index.html").is_file() and (cwd / "site" / layer / "unit-3.html").is_file()

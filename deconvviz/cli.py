@@ -8,6 +8,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -109,6 +110,24 @@ Size = Annotated[
 ]
 Dpi = Annotated[int, typer.Option(help="Resolution of raster figures (png, jpg), 1 to 1200.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+UnitChannel = Annotated[
+    int | None, typer.Option(help="Feature map whose strongest activation is the unit. Default: the strongest.")
+]
+Seed = Annotated[int, typer.Option(help="Seed of the re-initialized weights.")]
+
+
+def _report_out(stem: str):
+    """--out of a command that writes a figure, its .json and a .csv."""
+    return Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png .pdf .svg .jpg); .json (provenance and every number) and .csv beside it. "
+            f"Default: figures/{stem}-LAYER.png"
+        ),
+    ]
+
+
+SanityOut, AblateOut = _report_out("sanity"), _report_out("ablate")
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Image = Annotated[Path | None, typer.Argument(help="Image file (any format PIL reads). Default: the built-in bicycle.")]
 
@@ -677,28 +696,38 @@ def compare(
         )
 
 
+def _unit_report(choice: _Choice, request: Request, report, output: _Output) -> None:
+    """sanity and ablate: one unit's figure, its .json and a .csv, all checked before the weights load.
+    report(net, request, progress=...) -> (figure, provenance, csv)."""
+    from . import figures
+
+    figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
+    if output.out is not None:
+        from .render import check_target
+
+        check_target(output.out.with_suffix(".csv"))
+
+    def make(net, status):
+        fig, prov, csv = report(net, request, progress=status)
+        return fig, prov, {".csv": csv}
+
+    _figure(choice, request, output, make)
+
+
 @app.command()
 def sanity(
     image: Image = None,
     layer: LayerOpt = None,
-    channel: Annotated[
-        int | None, typer.Option(help="Feature map whose strongest activation is the unit. Default: the strongest.")
-    ] = None,
+    channel: UnitChannel = None,
     rules: Annotated[
         str, typer.Option(help="Rules to test, comma-separated: deconvnet, guided, gradient.")
     ] = "deconvnet,guided,gradient",
-    seed: Annotated[int, typer.Option(help="Seed of the re-initialized weights.")] = 0,
+    seed: Seed = 0,
     model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); .json (provenance and every number) and .csv beside it. "
-            "Default: figures/sanity-LAYER.png"
-        ),
-    ] = None,
+    out: SanityOut = None,
     dpi: Dpi = 150,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -715,17 +744,10 @@ def sanity(
         choice = _Choice(model, weights, device)
         name = layer or choice.default_layer
         request = Request(image, [name], None if channel is None else [channel], 1, size=size)
-        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
-        if out is not None:
-            from .render import check_target
-
-            check_target(out.with_suffix(".csv"))
-
-        def make(net, status):
-            fig, prov, csv = figures.sanity(net, request, channel=channel, rules=chosen, seed=seed, progress=status)
-            return fig, prov, {".csv": csv}
-
-        _figure(choice, request, _Output(out, lambda _: Path("figures") / f"sanity-{name}.png", dpi, quiet), make)
+        report = partial(figures.sanity, channel=channel, rules=chosen, seed=seed)
+        _unit_report(
+            choice, request, report, _Output(out, lambda _: Path("figures") / f"sanity-{name}.png", dpi, quiet)
+        )
 
 
 @app.command()
@@ -735,21 +757,13 @@ def ablate(
         str | None,
         typer.Option(help="Layer of the unit, as --layer elsewhere. Default: pool5 (Mahendran & Vedaldi's) on VGG."),
     ] = None,
-    channel: Annotated[
-        int | None, typer.Option(help="Feature map whose strongest activation is the unit. Default: the strongest.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the re-initialized weights.")] = 0,
+    channel: UnitChannel = None,
+    seed: Seed = 0,
     model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); .json (provenance and every number) and .csv beside it. "
-            "Default: figures/ablate-LAYER.png"
-        ),
-    ] = None,
+    out: AblateOut = None,
     dpi: Dpi = 150,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -763,17 +777,10 @@ def ablate(
         choice = _Choice(model, weights, device)
         name = layer or ("pool5" if "pool5" in layer_names(choice.skeleton) else choice.default_layer)
         request = Request(image, [name], None if channel is None else [channel], 1, size=size)
-        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
-        if out is not None:
-            from .render import check_target
-
-            check_target(out.with_suffix(".csv"))
-
-        def make(net, status):
-            fig, prov, csv = figures.ablate(net, request, channel=channel, seed=seed, progress=status)
-            return fig, prov, {".csv": csv}
-
-        _figure(choice, request, _Output(out, lambda _: Path("figures") / f"ablate-{name}.png", dpi, quiet), make)
+        report = partial(figures.ablate, channel=channel, seed=seed)
+        _unit_report(
+            choice, request, report, _Output(out, lambda _: Path("figures") / f"ablate-{name}.png", dpi, quiet)
+        )
 
 
 class _Bar:

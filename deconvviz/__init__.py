@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .boxes import Box, Point  # noqa: E402
 from .deconvnet import Deconvnet, Projection  # noqa: E402
 from .errors import (  # noqa: E402
     DeconvvizError,
@@ -24,12 +25,14 @@ from .weights import Weights, load_vgg  # noqa: E402
 __all__ = [
     "DEFAULT_IMAGE",
     "RULES",
+    "Box",
     "Deconvnet",
     "DeconvvizError",
     "ImageError",
     "LayerError",
     "Network",
     "OcclusionError",
+    "Point",
     "Projection",
     "Request",
     "Rule",

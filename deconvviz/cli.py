@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from .boxes import Box, Point
 from .errors import DeconvvizError, out_of_memory
 from .request import Request
 
@@ -186,12 +187,17 @@ RegionOpt = Annotated[
     typer.Option(
         "--region",
         help="Choose the maps, and in each the position, strongest where the receptive-field centres lie in this "
-        "box of the preprocessed input: x0,y0,x1,y1 in pixels (0,0,224,224 is all of it) or fractions of the side "
-        "(0.5,0.0,1.0,1.0), or a name from the image's sidecar IMAGE.json (the built-in photo: bicycle, dog).",
+        "box of the preprocessed input: x0,y0,x1,y1 in pixels (0,0,224,224 is all of it), or fractions of the side "
+        "with the prefix frac: (frac:0.5,0,1,1 is the right half; 0.5,0.0,1.0,1.0, every number with a point and "
+        "in 0..1, is read as fractions too), or a name from the image's sidecar IMAGE.json (the built-in photo: "
+        "bicycle, dog).",
     ),
 ]
 AtOpt = Annotated[
-    str | None, typer.Option("--at", help="Like --region, at the one position nearest to the point x,y (pixels).")
+    str | None,
+    typer.Option(
+        "--at", help="Like --region, at the one position nearest to the point x,y (pixels, or frac:x,y fractions)."
+    ),
 ]
 ExcludeOpt = Annotated[
     list[str] | None,
@@ -328,20 +334,31 @@ def _channels(text: str | None) -> list[int] | None:
 
 
 def _box(text: str | None, count: int, option: str):
-    """'x0,y0,x1,y1' (or 'x,y') as numbers: whole ones are pixels, ones with a point fractions; else a name."""
+    """'x0,y0,x1,y1' (or 'x,y') as a Box (or Point): whole numbers, or any number above 1, are pixels; the prefix
+    'frac:' makes fractions of the side; so do numbers that all have a decimal point and lie in 0..1 (0.5,0.0,1.0,1.0),
+    the CLI's shorthand. A single word is a region named in the image's sidecar."""
     if text is None:
         return None
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) == 1 and count == 4 and parts[0]:
+    body = text.strip()
+    fractions = body.lower().startswith("frac:")
+    body = body[len("frac:") :] if fractions else body
+    parts = [p.strip() for p in body.split(",")]
+    if len(parts) == 1 and count == 4 and parts[0] and not fractions:
         return parts[0]  # a region named in the image's sidecar
     try:
         values = [float(p) if "." in p or "e" in p.lower() else int(p) for p in parts]
     except ValueError:
         values = []
     if len(values) != count:
-        form = "x0,y0,x1,y1 (pixels, or fractions such as 0.5) or a region name" if count == 4 else "x,y"
+        form = "x0,y0,x1,y1 (pixels, or frac:x0,y0,x1,y1) or a region name" if count == 4 else "x,y"
         _fail(f"{option} '{text}' is not {form}", 2)
-    return values
+    if not fractions and all(0 <= v <= 1 for v in values) and any(isinstance(v, float) for v in values):
+        if not all(isinstance(v, float) for v in values):
+            fix = f"write frac:{body} for fractions of the side, or whole pixels"
+            _fail(f"{option} '{text}' mixes fractions and pixels; {fix}", 2)
+        fractions = True
+    kind = Box if count == 4 else Point
+    return kind.fractions(*values) if fractions else kind.pixels(*values)
 
 
 def _targets(region: str | None, at: str | None, exclude: list[str] | None) -> dict:

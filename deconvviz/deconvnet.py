@@ -24,7 +24,7 @@ from .rectified import layer_output, project_autograd
 from .reverse import WINDOWED_UNPOOLING, Stage, croppable, get_unpool, reverse_chain, reverse_cropped
 from .rules import Rule, get_rule
 from .selection import Selection, seeds, select
-from .targets import Box, choose
+from .targets import Box, Point, choose
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Deconvnet:
     def project(self, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
                 top: int = 9, keep_stages: bool = False, together: bool = False,
                 positions: Tensor | None = None, rule: str | Rule | None = None, values: Tensor | None = None,
-                *, region: Box | None = None, at: Sequence[float] | None = None, exclude: Sequence[Box] = (),
+                *, region: Box | None = None, at: Point | None = None, exclude: Sequence[Box] = (),
                 cls: int | None = None, stages: Sequence[str] | None = None,
                 unpool: str | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
@@ -118,7 +118,7 @@ class Deconvnet:
         the flat positions to keep instead of each map's strongest activation, and values (N, K) the seeds
         to put there (default: the activations). rule: how ReLUs pass the signal back, deconvnet, guided or
         gradient (None: the Deconvnet's own).
-        region (x0, y0, x1, y1; input pixels, or fractions as floats) or at (x, y): the maps strongest, and
+        region (a Box: Box.pixels or Box.fractions) or at (a Point): the maps strongest, and
         in each the strongest position, among the positions whose receptive-field centre lies inside
         (less those inside `exclude` boxes), or at the position nearest the point (see deconvviz.targets).
         cls: the `top` maps contributing most to class `cls`'s score (gradient times activation).

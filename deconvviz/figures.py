@@ -102,7 +102,7 @@ def check_request(
         found = {
             "region": None if r.region is None else find_region(r.region, r.image, size, size, size),
             "at": r.at,
-            "exclude": [find_region(e, r.image, size, size, size) for e in r.exclude],
+            "exclude": [find_region(e, r.image, size, size, size, what="exclude") for e in r.exclude],
         }
         for layer in layers:
             check_choice(model, layer, (size, size), channels=channels, **found)
@@ -169,10 +169,10 @@ def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
 
 
 def _target(x: torch.Tensor, *, image, size: int | None, region=None, at=None, exclude=(), cls=None) -> dict:
-    """project's keywords for a region (a name from the image's sidecar, or a box), point or class."""
+    """project's keywords for a region (a name from the image's sidecar, or a Box), point (a Point) or class."""
     h, w = x.shape[-2:]
     out = {"region": None if region is None else find_region(region, image, size, w, h), "at": at, "cls": cls}
-    return out | {"exclude": [find_region(e, image, size, w, h) for e in exclude or ()]}
+    return out | {"exclude": [find_region(e, image, size, w, h, what="exclude") for e in exclude or ()]}
 
 
 def _target_record(target: dict) -> dict:
@@ -185,7 +185,8 @@ def _target_record(target: dict) -> dict:
                      for b in boxes]  # fmt: skip
             rec[key] = found if key == "exclude" else found[0]
     if target["at"] is not None:
-        rec["at"] = list(target["at"])
+        at = target["at"]
+        rec["at"] = [at.x, at.y] if at.unit == "px" else {"fractions": [at.x, at.y]}
     if target["cls"] is not None:
         rec["class"] = int(target["cls"])
     return rec

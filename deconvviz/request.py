@@ -6,13 +6,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .boxes import Box, Point
+
 
 @dataclass(frozen=True)
 class Request:
     """One command's choices, passed by name from the CLI (or a script) to the figure functions.
 
     layers None: the network's default layer. channels: feature maps, "all" (reconstruct), or None (the `top`
-    strongest). region/at/exclude: boxes or a point in input pixels (or sidecar names); cls: choose the maps
+    strongest). region/exclude: Boxes (Box.pixels, Box.fractions) or names from the image's sidecar; at: a Point
+    (Point.pixels, Point.fractions); plain tuples are refused (their unit would be a guess). cls: choose the maps
     contributing most to this class. rule: how ReLUs pass the signal back; unpool: how pools are undone."""
 
     image: str | os.PathLike | None = None  # None: the built-in bicycle
@@ -20,9 +23,9 @@ class Request:
     channels: Sequence[int] | str | None = None
     top: int = 9
     mode: str | None = "max"
-    region: object = None
-    at: Sequence[float] | None = None
-    exclude: Sequence[object] = ()
+    region: Box | str | None = None
+    at: Point | None = None
+    exclude: Sequence[Box | str] = ()
     cls: int | None = None
     size: int | None = 224
     rule: str = "deconvnet"

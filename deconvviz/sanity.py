@@ -26,7 +26,7 @@ from .layers import module_outputs, resolve, step_index, vgg_aliases
 from .rules import RULES, get_rule
 
 Progress = Callable[[str], None]
-Box = tuple[int, int, int, int]  # top, bottom, left, right (half-open)
+FieldBounds = tuple[int, int, int, int]  # a receptive field: top, bottom, left, right (half-open); not a Box
 
 
 @dataclass
@@ -48,7 +48,7 @@ class SanityReport:
     module: str  # the module path the layer name resolves to
     channel: int
     position: tuple[int, int]  # row, col at the layer
-    box: Box  # the unit's receptive field in the input
+    box: FieldBounds  # the unit's receptive field in the input
     rules: list[str]
     randomized: list[str]  # parameterized layers, from the chosen layer down toward the input
     seed: int
@@ -63,7 +63,7 @@ class SanityReport:
     fixed_images: dict[str, Tensor] = field(default_factory=dict)  # rule -> (3, H, W)
 
 
-def _maps(r: Tensor, box: Box) -> tuple[np.ndarray, np.ndarray]:
+def _maps(r: Tensor, box: FieldBounds) -> tuple[np.ndarray, np.ndarray]:
     """(3, H, W) projection -> (signed, absolute) channel sums inside the box, float64."""
     t, b, left, right = box
     crop = r[:, t:b, left:right].double().cpu()
@@ -82,7 +82,7 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(structural_similarity(a / a.max(), b / b.max(), data_range=1.0))
 
 
-def similarity(r1: Tensor, r2: Tensor, box: Box) -> Similarity:
+def similarity(r1: Tensor, r2: Tensor, box: FieldBounds) -> Similarity:
     """Similarity of two input-space projections (3, H, W) inside the box (top, bottom, left, right)."""
     (s1, a1), (s2, a2) = _maps(r1, box), _maps(r2, box)
     return Similarity(_rank_corr(a1, a2), _rank_corr(s1, s2), _ssim(a1, a2))
@@ -220,7 +220,7 @@ def pre_activation(model: nn.Module, name: str) -> str:
     return steps[i - 1].name if i > 0 and isinstance(steps[i].module, nn.ReLU) else name
 
 
-def _union(a: Sequence[int], b: Sequence[int]) -> Box:
+def _union(a: Sequence[int], b: Sequence[int]) -> FieldBounds:
     return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
 
 

@@ -2,9 +2,10 @@
 positions of a layer that `select` then keeps.
 
 Coordinates are continuous input pixels of the preprocessed image: pixel (x, y) covers [x, x+1) x [y, y+1),
-so the region 0,0,224,224 is a whole 224x224 input. Whole numbers are pixels; numbers with a fraction part
-(Python floats) are fractions of the side, 0 to 1. A layer position belongs to a region when the centre of
-its receptive field (unclipped by the image's edge) lies inside: x0 <= centre < x1, y0 <= centre < y1.
+so Box.pixels(0, 0, 224, 224) is a whole 224x224 input. Boxes and points say their unit (Box.pixels,
+Box.fractions, Point.pixels, Point.fractions); a plain tuple is refused, never guessed. A layer position
+belongs to a region when the centre of its receptive field (unclipped by the image's edge) lies inside:
+x0 <= centre < x1, y0 <= centre < y1.
 """
 
 from __future__ import annotations
@@ -14,36 +15,18 @@ import json
 import numbers
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .boxes import Box, Point, point, region_box
 from .errors import ImageError, LayerError, SelectionError
 from .forward import forward_chain, output_shapes
 from .images import DEFAULT_IMAGE, resize_crop_geometry
 from .layers import chain_of, receptive_fields, resolve, step_index
 from .rectified import evaluating
 from .selection import strongest_channels, strongest_in_region
-
-
-@dataclass(frozen=True)
-class Region:
-    """A box in continuous input pixels of the preprocessed image: x0 <= x < x1, y0 <= y < y1."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    name: str = ""
-
-    def __str__(self) -> str:
-        box = ",".join(f"{v:g}" for v in (self.x0, self.y0, self.x1, self.y1))
-        return f"'{self.name}' ({box})" if self.name else box
-
-
-Box = Region | Sequence[float]
 
 
 def _numbers(values, count: int, what: str) -> list[float]:
@@ -55,48 +38,8 @@ def _numbers(values, count: int, what: str) -> list[float]:
     ok = len(vals) == count and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in vals)
     if not ok:
         form = "x0,y0,x1,y1" if count == 4 else "x,y"
-        raise SelectionError(f"{what} must be {count} numbers {form} (input pixels, or fractions 0-1 of the side), "
-                             f"got {values!r}")  # fmt: skip
+        raise SelectionError(f"{what} must be {count} numbers {form}, got {values!r}")
     return vals
-
-
-def _scaled(vals: list[float], width: int, height: int, what: str) -> list[float]:
-    """Whole numbers as pixels; any number with a fraction part makes them all fractions of the side."""
-    sides = [width, height] * (len(vals) // 2)
-    if all(isinstance(v, numbers.Integral) for v in vals):
-        scaled = [float(v) for v in vals]
-    elif all(0 <= v <= 1 for v in vals):
-        scaled = [float(v) * s for v, s in zip(vals, sides, strict=True)]
-    else:
-        shown = ",".join(f"{v:g}" for v in vals)
-        raise SelectionError(f"{what} {shown} mixes fractions and pixels: give whole pixels 0..{width} (x) and "
-                             f"0..{height} (y), or fractions 0-1 of the side, such as 0.5")  # fmt: skip
-    for v, s in zip(scaled, sides, strict=True):
-        if not 0 <= v <= s:
-            raise SelectionError(f"{what} {','.join(f'{v:g}' for v in vals)} leaves the {width}x{height} input; "
-                                 f"use x in 0..{width} and y in 0..{height} (pixels) or fractions 0-1")  # fmt: skip
-    return scaled
-
-
-def region_box(box: Box, width: int, height: int) -> Region:
-    """A Region or 4 numbers (pixels or fractions, see the module) as a Region in input pixels; checked."""
-    if isinstance(box, Region):
-        vals, name = [box.x0, box.y0, box.x1, box.y1], box.name
-    else:
-        vals, name = _numbers(box, 4, "a region"), ""
-        vals = _scaled(vals, width, height, "region")
-    x0, y0, x1, y1 = vals
-    if not (x0 < x1 and y0 < y1):
-        raise SelectionError(f"region {Region(*vals, name)} is empty; give x0 < x1 and y0 < y1 within the "
-                             f"{width}x{height} input")  # fmt: skip
-    return Region(*vals, name)
-
-
-def point(at: Sequence[float], width: int, height: int) -> tuple[float, float]:
-    """x, y (pixels: the pixel's centre; or fractions of the side) in continuous input pixels."""
-    given = _numbers(at, 2, "a point (at)")
-    x, y = _scaled(given, width, height, "point")
-    return (x + 0.5, y + 0.5) if all(isinstance(v, numbers.Integral) for v in given) else (x, y)
 
 
 def sidecar(image: str | os.PathLike | None) -> Path:
@@ -104,7 +47,7 @@ def sidecar(image: str | os.PathLike | None) -> Path:
     return Path(f"{Path(image if image is not None else DEFAULT_IMAGE)}.json")
 
 
-def named_regions(image: str | os.PathLike | None, size: int | None = 224) -> dict[str, Region]:
+def named_regions(image: str | os.PathLike | None, size: int | None = 224) -> dict[str, Box]:
     """The named boxes of an image's sidecar JSON ({"name": [x0, y0, x1, y1]} in the image's own pixels), mapped
     through the same resize and centre crop as the image (`to_batch(..., size)`). No sidecar: {}."""
     from PIL import Image, ImageOps
@@ -135,24 +78,24 @@ def named_regions(image: str | os.PathLike | None, size: int | None = 224) -> di
         sx, sy = nw / w, nh / h
         cx0, cx1 = (min(max(v * sx - left, 0), side_w) for v in (x0, x1))
         cy0, cy1 = (min(max(v * sy - top, 0), side_h) for v in (y0, y1))
-        out[name] = Region(cx0, cy0, cx1, cy1, name)
+        out[name] = Box.pixels(cx0, cy0, cx1, cy1, name=name)
     return out
 
 
 def find_region(region: Box | str, image: str | os.PathLike | None, size: int | None, width: int,
-                height: int) -> Region:  # fmt: skip
-    """A region by name (from the image's sidecar) or as a box; in input pixels of the preprocessed image."""
+                height: int, *, what: str = "region") -> Box:  # fmt: skip
+    """A region by name (from the image's sidecar) or as a Box; in input pixels of the preprocessed image."""
     if not isinstance(region, str):
-        return region_box(region, width, height)
+        return region_box(region, width, height, what=what)
     known = named_regions(image, size)
     if region not in known:
         file = "the built-in photo" if image is None else f"'{sidecar(image)}'"
         where = f"{file} names: {', '.join(known)}" if known else f"there is no '{sidecar(image)}'"
-        raise SelectionError(f"unknown region '{region}'; {where}; or give x0,y0,x1,y1 in input pixels")
+        raise SelectionError(f"unknown region '{region}'; {where}; or give a box", about=what)
     found = known[region]
     if not (found.x0 < found.x1 and found.y0 < found.y1):
         raise SelectionError(f"region '{region}' lies outside the centre square the image is cropped to; "
-                             "give x0,y0,x1,y1 in input pixels")  # fmt: skip
+                             "give a box inside it", about=what)  # fmt: skip
     return found
 
 
@@ -182,7 +125,7 @@ def centres(model: nn.Module, layer: str, input_size: tuple[int, int]) -> tuple[
 
 
 def region_mask(model: nn.Module, layer: str, input_size: tuple[int, int], region: Box | None = None,
-                at: Sequence[float] | None = None, exclude: Sequence[Box] = ()) -> Tensor:  # fmt: skip
+                at: Point | None = None, exclude: Sequence[Box] = ()) -> Tensor:  # fmt: skip
     """(h, w) bool: the layer positions inside `region` and outside every box of `exclude`, or the one
     position nearest to the point `at` (ties: the upper-left one). Empty: a SelectionError naming the valid range."""
     height, width = input_size
@@ -195,7 +138,7 @@ def region_mask(model: nn.Module, layer: str, input_size: tuple[int, int], regio
     box = region_box(region, width, height)
     mask = _inside(box, rows, cols)
     for other in exclude:
-        mask &= ~_inside(region_box(other, width, height), rows, cols)
+        mask &= ~_inside(region_box(other, width, height, what="exclude"), rows, cols)
     if not bool(mask.any()):
         spans = (f"x {cols[0]:g}..{cols[-1]:g}, y {rows[0]:g}..{rows[-1]:g}, every {float(cols[1] - cols[0]):g} px"
                  if len(rows) > 1 and len(cols) > 1 else f"x {cols[0]:g}, y {rows[0]:g}")  # fmt: skip
@@ -205,7 +148,7 @@ def region_mask(model: nn.Module, layer: str, input_size: tuple[int, int], regio
     return mask
 
 
-def _inside(box: Region, rows: Tensor, cols: Tensor) -> Tensor:
+def _inside(box: Box, rows: Tensor, cols: Tensor) -> Tensor:
     return ((rows >= box.y0) & (rows < box.y1))[:, None] & ((cols >= box.x0) & (cols < box.x1))[None, :]
 
 
@@ -255,7 +198,7 @@ def class_contributions(model: nn.Module, x: Tensor, layer: str, cls: int) -> Te
 
 
 def check_choice(model: nn.Module | None = None, layer: str | None = None, input_size: tuple[int, int] | None = None,
-                 *, region: Box | None = None, at: Sequence[float] | None = None, exclude: Sequence[Box] = (),
+                 *, region: Box | None = None, at: Point | None = None, exclude: Sequence[Box] = (),
                  cls: int | None = None, channels=None, positions=None) -> None:  # fmt: skip
     """Refuse a region, point or class request that cannot work, before any activation: conflicting choices,
     and, given the model (its architecture is enough: weights.skeleton) and layer, a region with no field centre."""
@@ -272,7 +215,7 @@ def check_choice(model: nn.Module | None = None, layer: str | None = None, input
 
 
 def choose(model: nn.Module, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
-           top: int = 9, *, region: Box | None = None, at: Sequence[float] | None = None,
+           top: int = 9, *, region: Box | None = None, at: Point | None = None,
            exclude: Sequence[Box] = (), cls: int | None = None, positions: Tensor | None = None):  # fmt: skip
     """Channels (N, K) and positions (N, K; None in mode map) for `select`, from a region, point or class.
 

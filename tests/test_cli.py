@@ -200,7 +200,7 @@ REFUSED = [
     ["visualize", "--out", "/proc/deconvviz/x.png"], ["invariance", "--out", "/proc/x.png"],
     ["filters", "--out", "/proc/x.png"], ["visualize", "--model", "vgg16", "--weights", "torchvision-vgg19"],
     ["scan", ".", "--layer", "conv5_4"], ["scan", ".", "--channels", "600"], ["scan", ".", "--out", "/proc/x"],
-    ["visualize", "--region", "0,0,0,0"], ["visualize", "--region", "0.5,0,100,64"], ["visualize", "--region", "nope"],
+    ["visualize", "--region", "0,0,0,0"], ["visualize", "--region", "0.5,0,1,1"], ["visualize", "--region", "nope"],
     ["visualize", "--at", "1000,1000"], ["visualize", "--exclude", "0,0,10,10"], ["visualize", "--class", "3"],
     ["visualize", "--region", "0,0,50,50", "--at", "3,3"], ["visualize", "--class", "3", "--channels", "1,2"],
     ["reconstruct", "--region", "bicycle", "--exclude", "cat"], ["visualize", "--region", "0,0,3,3"],

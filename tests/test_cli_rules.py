@@ -10,7 +10,7 @@ import torch
 from cli_run import SMALL, run
 from oracle import rel_err
 
-from deconvviz import Deconvnet
+from deconvviz import Box, Deconvnet
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
 from deconvviz.network import load_network
 from deconvviz.scan import load_result, scan_folder
@@ -137,6 +137,6 @@ def test_compare_chooses_by_region_and_every_rule_projects_the_same_activations(
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "c.json").read_text())
     model, x = _model_and_input()
-    want = Deconvnet(model).project(x, "conv4_1", top=2, region=(0, 0, 32, 32))
+    want = Deconvnet(model).project(x, "conv4_1", top=2, region=Box.pixels(0, 0, 32, 32))
     assert prov["layers"][0]["channels"] == want.selections.channels[0].tolist()
     assert prov["layers"][0]["positions"] == want.selections.rows_cols[0].tolist()

@@ -126,10 +126,10 @@ def test_regions_points_and_boxes_on_a_non_chain_model():
     x = torch.rand(1, 2, 23, 18)
     rows, cols = centres(model, "head", (23, 18))
     assert len(rows) == 3 and len(cols) == 3
-    mask = region_mask(model, "head", (23, 18), at=(17, 0))
+    mask = region_mask(model, "head", (23, 18), at=deconvviz.Point.pixels(17, 0))
     assert mask.nonzero().tolist() == [[0, 2]]
     dn = deconvviz.Deconvnet(model)
-    out = dn.project(x, "head", channels=[0, 2], mode="max", at=(17, 0))
+    out = dn.project(x, "head", channels=[0, 2], mode="max", at=deconvviz.Point.pixels(17, 0))
     assert out.selections.rows_cols[0].tolist() == [[0, 2], [0, 2]]
     boxes = dn.receptive_field_boxes(out)
     want = receptive_field(model, "head", (23, 18)).boxes(torch.tensor([0, 2]))

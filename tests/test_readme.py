@@ -30,6 +30,7 @@ def test_readme_region_example_runs_and_picks_the_bicycle_map(tmp_path, monkeypa
     assert scope["bike"].selections.channels.tolist() == [[348]]  # as the README's table says
     cols = scope["right"].selections.rows_cols[0, :, 1]
     assert bool((cols * 16 + 8 >= 112).all())  # field centres in the right half
+    assert scope["point"].selections.rows_cols[0].tolist() == [[5, 9]] * 3  # centres 16 i + 8 nearest (150.5, 90.5)
 
 
 def _quick_start() -> list[str]:

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from deconvviz import Deconvnet, SelectionError
+from deconvviz import Box, Deconvnet, Point, SelectionError
 from deconvviz.images import to_batch
 from deconvviz.preprocess import Preprocess
-from deconvviz.targets import Region, class_contributions, named_regions
+from deconvviz.targets import class_contributions, named_regions
 
 
 def _net(seed: int = 0) -> nn.Sequential:
@@ -74,7 +74,15 @@ def _brute(act: torch.Tensor, rows, cols, box, top):
 
 @pytest.mark.parametrize(
     "box",
-    [(0, 0, 37, 29), (0, 0, 9, 7), (30, 20, 37, 29), (10.0 / 37, 0.5, 1.0, 1.0), (0, 14, 37, 29), (17, 0, 23, 29)],
+    [
+        Box.pixels(0, 0, 37, 29),
+        Box.pixels(0, 0, 9, 7),
+        Box.pixels(30, 20, 37, 29),
+        Box.fractions(10 / 37, 0.5, 1, 1),
+        Box.pixels(0, 14, 37, 29),
+        Box.pixels(17, 0, 23, 29),
+        Box.pixels(16.5, 0.5, 23.25, 29),
+    ],
 )
 def test_region_selection_matches_brute_force_over_the_map_and_receptive_fields(box):
     net = _net()
@@ -82,7 +90,8 @@ def test_region_selection_matches_brute_force_over_the_map_and_receptive_fields(
     x = torch.randn(2, 3, 29, 37)  # odd sizes, not square: width 37, height 29
     act = net(x).detach()
     rows, cols = _footprint_centres(net, (29, 37))
-    pixels = [v * s if isinstance(v, float) else v for v, s in zip(box, (37, 29, 37, 29), strict=True)]
+    scale = (37, 29, 37, 29) if box.unit == "fraction" else (1, 1, 1, 1)
+    pixels = [v * s for v, s in zip((box.x0, box.y0, box.x1, box.y1), scale, strict=True)]
     want_c, want_p = _brute(act, rows, cols, pixels, 3)
     out = Deconvnet(net).project(x, "4", region=box, top=3)
     assert out.selections.channels.tolist() == want_c
@@ -106,8 +115,8 @@ def test_point_picks_the_position_whose_field_centre_is_nearest():
     x = torch.randn(1, 3, 29, 37)
     act = net(x).detach()
     rows, cols = _footprint_centres(net, (29, 37))
-    for at in [(0, 0), (36, 28), (18, 3), (0.5, 0.25)]:
-        px, py = (at[0] * 37, at[1] * 29) if isinstance(at[0], float) else (at[0] + 0.5, at[1] + 0.5)
+    for at in [Point.pixels(0, 0), Point.pixels(36, 28), Point.pixels(18, 3), Point.fractions(0.5, 0.25)]:
+        px, py = (at.x * 37, at.y * 29) if at.unit == "fraction" else (at.x + 0.5, at.y + 0.5)
         i, j = int(np.abs(rows - py).argmin()), int(np.abs(cols - px).argmin())
         out = Deconvnet(net).project(x, "4", at=at, top=2, mode="map")
         assert out.selections.channels[0].tolist() == act[0, :, i, j].topk(2).indices.tolist()
@@ -122,20 +131,49 @@ def test_exclude_removes_positions_and_an_empty_region_names_the_valid_range():
     act = net(x).detach()
     rows, cols = _footprint_centres(net, (29, 37))
     dn = Deconvnet(net)
-    out = dn.project(x, "4", region=(0, 0, 37, 29), exclude=[Region(0, 0, 20, 29)], top=2)
+    out = dn.project(x, "4", region=Box.fractions(0, 0, 1, 1), exclude=[Box.pixels(0, 0, 20, 29)], top=2)
     want_c, want_p = _brute(act, rows, cols, (20, 0, 37, 29), 2)
     assert out.selections.channels.tolist() == want_c and out.selections.positions.tolist() == want_p
-    gap = Region(cols[0] + 0.5, 0, cols[1] - 0.5, 29)  # between two columns of centres (a Region: pixels)
+    gap = Box.pixels(cols[0] + 0.5, 0, cols[1] - 0.5, 29)  # between two columns of centres
     with pytest.raises(SelectionError, match=rf"no receptive-field centre.*x {cols[0]:g}\.\.{cols[-1]:g}"):
         dn.project(x, "4", region=gap)
     with pytest.raises(SelectionError, match=r"leaves the 37x29 input; use x in 0\.\.37 and y in 0\.\.29"):
-        dn.project(x, "4", region=(0, 0, 40, 29))
+        dn.project(x, "4", region=Box.pixels(0, 0, 40, 29))
     with pytest.raises(SelectionError, match="is empty"):
-        dn.project(x, "4", region=(10, 5, 10, 20))
-    with pytest.raises(SelectionError, match="mixes fractions and pixels"):
-        dn.project(x, "4", region=(10, 5, 0.5, 20))
+        dn.project(x, "4", region=Box.pixels(10, 5, 10, 20))
+    with pytest.raises(SelectionError, match=r"exclude fractions 0,0,1\.5,1 must lie in 0\.\.1"):
+        dn.project(x, "4", region=Box.pixels(0, 0, 37, 29), exclude=[Box.fractions(0, 0, 1.5, 1)])
     with pytest.raises(SelectionError, match="not both"):
-        dn.project(x, "4", region=(0, 0, 37, 29), at=(3, 3))
+        dn.project(x, "4", region=Box.pixels(0, 0, 37, 29), at=Point.pixels(3, 3))
+
+
+def test_plain_tuples_are_refused_because_their_unit_would_be_a_guess():
+    x = torch.randn(1, 3, 29, 37)
+    dn = Deconvnet(_net())
+    fix = r"say its unit with Box\.pixels\(x0, y0, x1, y1\) or Box\.fractions"
+    with pytest.raises(SelectionError, match=rf"region must be a Box, got \(0, 0, 1, 1\): {fix}") as e:
+        dn.project(x, "4", region=(0, 0, 1, 1))
+    assert e.value.about == "region"
+    with pytest.raises(SelectionError, match=rf"exclude must be a Box, got \[0\.0, 0\.0, 0\.5, 0\.5\]: {fix}"):
+        dn.project(x, "4", region=Box.pixels(0, 0, 37, 29), exclude=[[0.0, 0.0, 0.5, 0.5]])
+    with pytest.raises(SelectionError, match=r"at must be a Point, got \(3, 3\): say its unit with Point\.pixels"):
+        dn.project(x, "4", at=(3, 3))
+    with pytest.raises(SelectionError, match="unit must be 'px' or 'fraction', got 'cm'"):
+        Box(0, 0, 1, 1, unit="cm")
+
+
+def test_a_box_in_fractions_and_the_same_box_in_pixels_choose_the_same_activations():
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 29, 37)
+    dn = Deconvnet(_net())
+    frac = Box.fractions(0.25, 0.5, 0.75, 1)
+    assert frac.in_pixels(37, 29) == Box.pixels(9.25, 14.5, 27.75, 29)
+    a = dn.project(x, "4", region=frac, top=3).selections
+    b = dn.project(x, "4", region=Box.pixels(9.25, 14.5, 27.75, 29), top=3).selections
+    assert torch.equal(a.channels, b.channels) and torch.equal(a.positions, b.positions)
+    # one pixel and the whole image: the same four numbers, two units
+    assert Box.pixels(0, 0, 1, 1).in_pixels(37, 29) == Box.pixels(0, 0, 1, 1)
+    assert Box.fractions(0, 0, 1, 1).in_pixels(37, 29) == Box.pixels(0, 0, 37, 29)
 
 
 def _with_head(seed: int = 0) -> nn.Sequential:

@@ -113,15 +113,15 @@ def ablation_report(
     row, col = (int(v) for v in sel.rows_cols[0, 0])
     rep = AblationReport(
         layer,
-        first.layer,
-        int(sel.channels[0, 0]),
-        (row, col),
-        box,
-        seed,
-        names,
-        list(variants),
-        torch.stack(pictures),
-        torch.stack(random_pictures),
+        module=first.layer,
+        channel=int(sel.channels[0, 0]),
+        position=(row, col),
+        box=box,
+        seed=seed,
+        randomized=names,
+        variants=list(variants),
+        images=torch.stack(pictures),
+        randomized_images=torch.stack(random_pictures),
     )
     if REFERENCE in variants:
         reference = rep.images[list(variants).index(REFERENCE)]

@@ -132,13 +132,34 @@ class Deconvnet:
         unpool = get_unpool(self.unpool if unpool is None else unpool)
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
             if region is not None or at is not None or cls is not None or exclude:
-                channels, positions = choose(self.model, self._input(x), layer, channels, mode, top, region=region,
-                                             at=at, exclude=exclude, cls=cls, positions=positions)  # fmt: skip
+                channels, positions = choose(
+                    self.model,
+                    self._input(x),
+                    layer,
+                    channels=channels,
+                    mode=mode,
+                    top=top,
+                    region=region,
+                    at=at,
+                    exclude=exclude,
+                    cls=cls,
+                    positions=positions,
+                )
             boundaries = None if stages is None else check_stage_modules(self.model, list(stages))
             return self._project(
-                x, layer, channels, mode, top, keep_stages, together, positions, rule, values,
-                unpool=unpool, boundaries=boundaries,
-            )  # fmt: skip
+                x,
+                layer,
+                channels=channels,
+                mode=mode,
+                top=top,
+                keep_stages=keep_stages,
+                together=together,
+                positions=positions,
+                rule=rule,
+                values=values,
+                unpool=unpool,
+                boundaries=boundaries,
+            )
 
     def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values, *,
                  unpool: str = "switches", boundaries=None) -> Projection:  # fmt: skip
@@ -154,7 +175,7 @@ class Deconvnet:
         else:
             path = _ChainPath(steps, name, rule, unpool)
         act = path.forward(x)
-        sel = select(act, layer, channels, mode, top, positions, values)
+        sel = select(act, layer, channels=channels, mode=mode, top=top, positions=positions, values=values)
         if not (keep_stages or together) and self.crop is not False and path.windows_possible():
             return self._project_windows(x, path, sel)
         windows_ok = unpool in WINDOWED_UNPOOLING
@@ -177,7 +198,14 @@ class Deconvnet:
         ]
         images = torch.cat(parts).unflatten(0, (n, k))
         return Projection(
-            images, sel, path.switches, stages, name, rule.name, conventions=path.conventions, unpool=unpool
+            images,
+            sel,
+            path.switches,
+            stages=stages,
+            layer=name,
+            rule=rule.name,
+            conventions=path.conventions,
+            unpool=unpool,
         )
 
     def _project_windows(self, x: Tensor, path: _ChainPath, sel: Selection) -> Projection:
@@ -217,7 +245,9 @@ class Deconvnet:
                     rows = (steps, record, y, box[r, :2], img[r], path.rule, path.flipped_filters)
                     out[r] = reverse_cropped(*rows, unpooling=path.unpool)
         images = out.unflatten(0, (n, k))
-        return Projection(images, sel, record.switches, [], path.name, path.rule.name, unpool=path.unpool)
+        return Projection(
+            images, sel, record.switches, stages=[], layer=path.name, rule=path.rule.name, unpool=path.unpool
+        )
 
     def _project_field_windows(self, x: Tensor, path: _AutogradPath, sel: Selection) -> Projection | None:
         """Mode max on any network, on windows: each selection's forward and backward run on the crop of the input
@@ -292,7 +322,14 @@ class Deconvnet:
                 out[r] = path.backward(seeds(path.out.detach(), sel, r), r // k, keep_stages=False)[0]
         images = out.unflatten(0, (n, k))
         return Projection(
-            images, sel, path.switches, [], path.name, path.rule.name, conventions=path.conventions, unpool=path.unpool
+            images,
+            sel,
+            path.switches,
+            stages=[],
+            layer=path.name,
+            rule=path.rule.name,
+            conventions=path.conventions,
+            unpool=path.unpool,
         )
 
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
@@ -346,7 +383,16 @@ class _ChainPath:
 
     def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[Stage]]:
         flips = self.flipped_filters
-        return reverse_chain(self.steps, self.record, seed, img, self.rule, keep_stages, flips, self.unpool)
+        return reverse_chain(
+            self.steps,
+            self.record,
+            seed,
+            img=img,
+            rule=self.rule,
+            keep_stages=keep_stages,
+            flips=flips,
+            unpooling=self.unpool,
+        )
 
 
 class _AutogradPath:

@@ -167,12 +167,21 @@ def _weights(w: Tensor, x: Tensor, fan_dims: tuple[int, ...]) -> Tensor:
 
 
 def _conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    return F.conv2d(x, _weights(weight, x, (1, 2, 3)), None, stride, padding, dilation, groups)
+    return F.conv2d(
+        x, _weights(weight, x, (1, 2, 3)), bias=None, stride=stride, padding=padding, dilation=dilation, groups=groups
+    )
 
 
 def _conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     return F.conv_transpose2d(
-        x, _weights(weight, x, (0, 2, 3)), None, stride, padding, output_padding, groups, dilation
+        x,
+        _weights(weight, x, (0, 2, 3)),
+        bias=None,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        groups=groups,
+        dilation=dilation,
     )
 
 
@@ -185,12 +194,18 @@ def _pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, r
     pair = torch.nn.modules.utils._pair
     k, p, d = pair(kernel_size), pair(padding), pair(dilation)
     s = pair(stride) if stride not in (None, []) else k
-    real = F.max_pool2d(x.detach(), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+    real = F.max_pool2d(
+        x.detach(),
+        kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+        return_indices=True,
+    )
     h, w = real[0].shape[-2:]
-    need = [
-        (n - 1) * ss + dd * (kk - 1) + 1 - (size + 2 * pp)
-        for n, ss, dd, kk, size, pp in zip((h, w), s, d, k, x.shape[-2:], p, strict=True)
-    ]
+    sizes = x.shape[-2:]
+    need = [(n - 1) * s[a] + d[a] * (k[a] - 1) + 1 - (sizes[a] + 2 * p[a]) for a, n in enumerate((h, w))]
     padded = F.pad(x, (p[1], p[1] + max(need[1], 0), p[0], p[0] + max(need[0], 0)))
     grid = [(n - dd * (kk - 1) - 1) // ss + 1 for n, dd, kk, ss in zip(padded.shape[-2:], d, k, s, strict=True)]
     cols = F.unfold(padded if x.dim() == 4 else padded[None], k, d, 0, s)  # (N, C*kh*kw, rows*cols)

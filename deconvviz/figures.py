@@ -259,8 +259,16 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
         out = dn.project(x, layer, channels=channels, mode=mode, top=top, **target)
         boxes = crop_boxes(dn, out) if mode == "max" else None
         sel = out.selections
-        rows.append(GridRow(layer, out.images[0].cpu(), None if boxes is None else boxes[0], sel.channels[0].tolist(),
-                            sel.values[0].tolist(), _field(dn, out.layer)))  # fmt: skip
+        rows.append(
+            GridRow(
+                layer,
+                reconstructions=out.images[0].cpu(),
+                boxes=None if boxes is None else boxes[0],
+                channels=sel.channels[0].tolist(),
+                values=sel.values[0].tolist(),
+                field=_field(dn, out.layer),
+            )
+        )
         records.append(_selections(dn, out) | _target_record(target))
     picture = to_display(x[0].cpu(), weights.preprocess)
     what = "strongest activation" if mode == "max" else "whole feature map"
@@ -370,7 +378,15 @@ def occlusion(
     title += "" if dn.rule.name == "deconvnet" else f"; {dn.rule.title} projection"
     picture = to_display(x[0].cpu(), weights.preprocess)
     strongest = float(out.selections.values[0, 0])
-    fig = occlusion_figure(picture, res, out.images[0, 0].cpu(), strongest, weights.preprocess, title, name)
+    fig = occlusion_figure(
+        picture,
+        res,
+        out.images[0, 0].cpu(),
+        strongest=strongest,
+        preprocess=weights.preprocess,
+        title=title,
+        class_name=name,
+    )
     prov = _provenance("occlusion", net, x, image=image, size=image_size, layers=[_selections(dn, out)])
     del prov["layers"]
 
@@ -428,9 +444,16 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     title = f"{model_name} ({weights.name}), {layer}: the same activations projected by three rules"
     title += "" if dn.unpool == "switches" else f" (unpooled: {UNPOOLS[dn.unpool]})"
     title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
-    fig = compare_figure(to_display(x[0].cpu(), weights.preprocess), {k: o.images[0].cpu() for k, o in outs.items()},
-                         boxes[0], sel.channels[0].tolist(), sel.values[0].tolist(), _field(dn, first.layer),
-                         weights.preprocess, title)  # fmt: skip
+    fig = compare_figure(
+        to_display(x[0].cpu(), weights.preprocess),
+        {k: o.images[0].cpu() for k, o in outs.items()},
+        boxes[0],
+        channels=sel.channels[0].tolist(),
+        values=sel.values[0].tolist(),
+        field=_field(dn, first.layer),
+        preprocess=weights.preprocess,
+        title=title,
+    )
     prov = _provenance(
         "compare", net, x, image=image, size=size, layers=[_selections(dn, first) | _target_record(target)]
     )
@@ -454,17 +477,21 @@ def sanity(
     layer = layer or default_layer(model)
     device = Deconvnet(model).device
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
-    rep = sanity_report(model, x, layer, channel, rules, seed, progress=progress)
+    rep = sanity_report(model, x, layer, channel=channel, rules=rules, seed=seed, progress=progress)
     labels = [layer_label(model, n) for n in rep.randomized]
     titles = {r: RULES[r].title for r in rep.rules}
     fig = sanity_figure(
-        to_display(x[0].cpu(), weights.preprocess), {titles[r]: rep.images[r] for r in rep.rules}, rep.box, labels,
-        {titles[r]: [s.spearman_abs for s in rep.cascading[r]] for r in rep.rules},
-        {titles[r]: [s.ssim for s in rep.cascading[r]] for r in rep.rules}, weights.preprocess,
-        f"{model_name} ({weights.name}), {layer} map {rep.channel} at {rep.position}: how much of each picture "
+        to_display(x[0].cpu(), weights.preprocess),
+        {titles[r]: rep.images[r] for r in rep.rules},
+        rep.box,
+        columns=labels,
+        scores={titles[r]: [s.spearman_abs for s in rep.cascading[r]] for r in rep.rules},
+        ssim={titles[r]: [s.ssim for s in rep.cascading[r]] for r in rep.rules},
+        preprocess=weights.preprocess,
+        title=f"{model_name} ({weights.name}), {layer} map {rep.channel} at {rep.position}: how much of each picture "
         f"comes from the trained weights (seed {seed})",
         fixed={titles[r]: (rep.fixed_images[r], rep.fixed_positions[r].spearman_abs) for r in rep.rules},
-    )  # fmt: skip
+    )
     rows = [("rule", "test", "randomized", "spearman_abs", "spearman", "ssim")]
     for r in rep.rules:
         for test, sims in (("cascading", rep.cascading[r]), ("independent", rep.independent[r])):
@@ -524,10 +551,10 @@ def ablate(
         to_display(x[0].cpu(), weights.preprocess),
         edges / edges.max().clamp_min(1e-12),
         panels,
-        rep.box,
-        weights.preprocess,
-        title,
-        note,
+        box=rep.box,
+        preprocess=weights.preprocess,
+        title=title,
+        note=note,
     )
     comparisons = {"reference": rep.vs_reference, "randomized": rep.vs_randomized, "edges": rep.vs_edges}
     rows = [("variant", "rule", "unpool", "against", "spearman_abs", "spearman", "ssim")]

@@ -34,7 +34,15 @@ class ForwardRecord:
 
 
 def _maxpool(m: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor]:
-    return F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+    return F.max_pool2d(
+        x,
+        m.kernel_size,
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        ceil_mode=m.ceil_mode,
+        return_indices=True,
+    )
 
 
 def overlapping(m: nn.MaxPool2d) -> bool:
@@ -46,15 +54,27 @@ def overlapping(m: nn.MaxPool2d) -> bool:
 def apply(m: nn.Module, x: Tensor) -> Tensor:
     """One step with eval-mode semantics, functionally: no hooks, no in-place, no state updates."""
     if isinstance(m, nn.Conv2d):
-        return F.conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+        return F.conv2d(
+            x, m.weight, bias=m.bias, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups
+        )
     if isinstance(m, nn.ReLU):
         return F.relu(x)
     if isinstance(m, nn.BatchNorm2d):
-        return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+        return F.batch_norm(
+            x, m.running_mean, m.running_var, weight=m.weight, bias=m.bias, training=False, momentum=0.0, eps=m.eps
+        )
     if isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Identity)):
         return x
     if isinstance(m, nn.AvgPool2d):
-        return F.avg_pool2d(x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
+        return F.avg_pool2d(
+            x,
+            m.kernel_size,
+            stride=m.stride,
+            padding=m.padding,
+            ceil_mode=m.ceil_mode,
+            count_include_pad=m.count_include_pad,
+            divisor_override=m.divisor_override,
+        )
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return F.adaptive_avg_pool2d(x, m.output_size)
     if isinstance(m, nn.Flatten):

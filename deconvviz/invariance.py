@@ -142,6 +142,12 @@ def _sweep(
         probabilities.append(p[:, top] if classify else batch.new_zeros(0))
         images.append(batch.cpu())
     return Invariance(
-        transform, amounts, layers, torch.cat(distances, 1).cpu(), torch.stack([r.norm() for r in reference]).cpu(),
-        torch.cat(images), top, torch.cat(probabilities).cpu() if classify else None,
-    )  # fmt: skip
+        transform,
+        amounts,
+        layers,
+        distances=torch.cat(distances, 1).cpu(),
+        norms=torch.stack([r.norm() for r in reference]).cpu(),
+        images=torch.cat(images),
+        top_class=top,
+        probabilities=torch.cat(probabilities).cpu() if classify else None,
+    )

@@ -153,8 +153,16 @@ def occlusion_maps(model: nn.Module, x: Tensor, layer: str, channel: int, size: 
             probs.append(out.softmax(1)[:, cls])
     grid = (len(rows), len(cols))
     return OcclusionResult(
-        rows.cpu(), cols.cpu(), size, stride, grey.cpu(), name, channel,
-        torch.cat(totals).view(grid).cpu(), float(base_act[0, channel].sum()), cls,
-        torch.cat(probs).view(grid).cpu() if cls is not None else None,
-        float(base_out.softmax(1)[0, cls]) if cls is not None else None,
-    )  # fmt: skip
+        rows.cpu(),
+        cols.cpu(),
+        size,
+        stride=stride,
+        grey=grey.cpu(),
+        layer=name,
+        channel=channel,
+        activation=torch.cat(totals).view(grid).cpu(),
+        baseline_activation=float(base_act[0, channel].sum()),
+        cls=cls,
+        probability=torch.cat(probs).view(grid).cpu() if cls is not None else None,
+        baseline_probability=float(base_out.softmax(1)[0, cls]) if cls is not None else None,
+    )

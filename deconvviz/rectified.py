@@ -57,21 +57,23 @@ class Activation:
     always_inplace: bool = False
 
 
-def _forms(name: str, kind: str, pure: Callable, inplace_at: int | None, *funcs, inplace_funcs=()) -> dict:
+def _forms(name: str, kind: str, pure: Callable, inplace_at: int | None, funcs=(), inplace_funcs=()) -> dict:
     out = {f: Activation(name, kind, pure, inplace_at) for f in (pure, *funcs)}
     return out | {f: Activation(name, kind, pure, None, always_inplace=True) for f in inplace_funcs}
 
 
 # func -> Activation, for modules (whose forward calls these) and functional calls alike.
 _ACTIVATIONS = (
-    _forms("ReLU", "relu", F.relu, 1, torch.relu, Tensor.relu, inplace_funcs=(F.relu_, torch.relu_, Tensor.relu_))
+    _forms(
+        "ReLU", "relu", F.relu, 1, funcs=(torch.relu, Tensor.relu), inplace_funcs=(F.relu_, torch.relu_, Tensor.relu_)
+    )
     | _forms("ReLU6", "window", F.relu6, 1)
     | _forms("Hardtanh", "window", F.hardtanh, 3, inplace_funcs=(F.hardtanh_,))
     | _forms("LeakyReLU", "leaky", F.leaky_relu, 2, inplace_funcs=(F.leaky_relu_,))
     | _forms("PReLU", "leaky", F.prelu, None)
     | _forms("ELU", "smooth", F.elu, 2, inplace_funcs=(F.elu_,))
-    | _forms("CELU", "smooth", F.celu, 2, torch.celu, inplace_funcs=(F.celu_, torch.celu_))
-    | _forms("SELU", "smooth", F.selu, 1, torch.selu, inplace_funcs=(F.selu_, torch.selu_))
+    | _forms("CELU", "smooth", F.celu, 2, funcs=(torch.celu,), inplace_funcs=(F.celu_, torch.celu_))
+    | _forms("SELU", "smooth", F.selu, 1, funcs=(torch.selu,), inplace_funcs=(F.selu_, torch.selu_))
     | _forms("GELU", "smooth", F.gelu, None)
     | _forms("SiLU", "smooth", F.silu, 1)
     | _forms("Hardswish", "smooth", F.hardswish, 1)
@@ -188,7 +190,7 @@ def _fixed_std(func, args: tuple, kwargs: dict) -> Tensor:
     shape = rest.get("normalized_shape")
     dims = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
     norm = F.layer_norm if groups is None else F.group_norm
-    return _FixedStd.apply(x, lambda t: norm(t, **rest), dims, groups, rest.get("weight"), eps)
+    return _FixedStd.apply(x, lambda t: norm(t, **rest), dims=dims, groups=groups, weight=rest.get("weight"), eps=eps)
 
 
 class _FrozenBatchNorm(torch.autograd.Function):
@@ -201,7 +203,7 @@ class _FrozenBatchNorm(torch.autograd.Function):
     ) -> Tensor:
         scale = torch.rsqrt(var + eps) * (weight if weight is not None else 1)
         ctx.save_for_backward(scale.view(-1, *[1] * (x.dim() - 2)))
-        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+        return F.batch_norm(x, mean, var, weight=weight, bias=bias, training=False, momentum=0.0, eps=eps)
 
     @staticmethod
     def backward(ctx, g: Tensor):
@@ -215,7 +217,7 @@ def _frozen_batch_norm(args: tuple, kwargs: dict) -> Tensor | None:
     if a["training"] or a["running_mean"] is None or a["running_var"] is None or not a["input"].requires_grad:
         return None
     w, b = (t.detach() if t is not None else None for t in (a["weight"], a["bias"]))
-    return _FrozenBatchNorm.apply(a["input"], a["running_mean"], a["running_var"], w, b, a["eps"])
+    return _FrozenBatchNorm.apply(a["input"], a["running_mean"], var=a["running_var"], weight=w, bias=b, eps=a["eps"])
 
 
 class _Unpooled(torch.autograd.Function):
@@ -224,7 +226,14 @@ class _Unpooled(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, pool: nn.MaxPool2d, how: str) -> Tensor:
         ctx.pool, ctx.how, ctx.size = pool, how, tuple(x.shape[-2:])
-        return F.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+        return F.max_pool2d(
+            x,
+            pool.kernel_size,
+            stride=pool.stride,
+            padding=pool.padding,
+            dilation=pool.dilation,
+            ceil_mode=pool.ceil_mode,
+        )
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
@@ -310,7 +319,7 @@ class _RectifyReLUs(TorchFunctionMode):
 
     def _activate(self, spec: Activation, args: tuple, kwargs: dict, convention: bool = True) -> Tensor:
         x, f, inplace, negative = _call(spec, args, kwargs)
-        out = _Activated.apply(x, spec, f, inplace, negative, self.rule)
+        out = _Activated.apply(x, spec, f=f, inplace=inplace, negative=negative, rule=self.rule)
         if spec.kind != "relu" and not self.rule.exact and convention:
             bounds = tuple(args[1:3]) or (kwargs.get("min_val"), kwargs.get("max_val"))
             relu6 = spec.name == "Hardtanh" and bounds == (0.0, 6.0)  # nn.ReLU6 calls F.hardtanh(x, 0, 6)
@@ -453,7 +462,7 @@ def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str, gated
             raise UnsupportedModelError(f"{what} between the input and '{layer}' is a ReLU that deconvviz cannot "
                                         "intercept (scripted or custom kernel); use nn.ReLU or F.relu, or the "
                                         "exact rule='gradient' (--rule gradient)")  # fmt: skip
-        if refused := _no_rule(node, op, feeding, signal, gated or {}, rule.name):
+        if refused := _no_rule(node, op, feeding, signal=signal, gated=gated or {}, rule=rule.name):
             why = refused[1]
             raise UnsupportedModelError(f"cannot project '{layer}' through {what}: {why}; choose a layer before it, "
                                         "or rule='gradient' (--rule gradient), exact through every op")  # fmt: skip
@@ -532,8 +541,15 @@ def recording(
                 rec["owners"].setdefault(id(out.grad_fn), f"{name} ({type(mod).__name__})")
             if isinstance(mod, nn.MaxPool2d) and args and isinstance(args[0], Tensor) and args[0].dim() == 4:
                 with torch.no_grad():
-                    idx = F.max_pool2d(args[0], mod.kernel_size, mod.stride, mod.padding, mod.dilation,
-                                       mod.ceil_mode, return_indices=True)[1]  # fmt: skip
+                    idx = F.max_pool2d(
+                        args[0],
+                        mod.kernel_size,
+                        stride=mod.stride,
+                        padding=mod.padding,
+                        dilation=mod.dilation,
+                        ceil_mode=mod.ceil_mode,
+                        return_indices=True,
+                    )[1]
                 key = name if name not in rec["switches"] else f"{name}#{len(rec['switches'])}"
                 rec["switches"][key] = Switches(idx, tuple(args[0].shape[-2:]), overlapping(mod))
             kept = name in boundaries and isinstance(out, Tensor) and out.requires_grad
@@ -617,7 +633,7 @@ def layer_output(
     out = outs[0]
     if out.grad_fn is None:
         raise LayerError(f"layer '{layer}' does not depend on the input; choose a layer on the path from the input")
-    on_path = check_path(out, leaf, rec["owners"], layer, mode.gated, rule, mode.places)
+    on_path = check_path(out, leaf, rec["owners"], layer=layer, gated=mode.gated, rule=rule, places=mode.places)
     rec["conventions"] = _conventions(mode, on_path)
     return leaf, out, rec
 
@@ -694,7 +710,7 @@ def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
         for node, op, feeding, signal, place in _signal_nodes(out, leaf, mode.places):
             if rule.exact:
                 label = "exact"
-            elif refused := _no_rule(node, op, feeding, signal, mode.gated, rule.name):
+            elif refused := _no_rule(node, op, feeding, signal=signal, gated=mode.gated, rule=rule.name):
                 label = f"no rule: {refused[0]}"
             elif id(node) in mode.marks:
                 label = mode.marks[id(node)][2]

@@ -278,14 +278,25 @@ def occlusion_figure(
     occluder = f"occluder {res.size}×{res.size}\n(top left, to scale), stride {res.stride}"
     axes[0].set_xlabel(f"(a) input {h}×{w}; {occluder}", fontsize=8)
     label = f"(b) total activation of map {res.channel}"
-    _occlusion_panel(fig, axes[1], image, res.activation, res.baseline_activation, res, label, ".4g")
+    _occlusion_panel(
+        fig, axes[1], image, values=res.activation, baseline=res.baseline_activation, res=res, what=label, fmt=".4g"
+    )
     axes[2].imshow(pattern_rgb(projection, preprocess), interpolation="nearest", extent=(0, w, h, 0))
     what = f"strongest activation\n({strongest:.4g}) projected to pixels"
     what = what if projection.any() else f"strongest activation ({strongest:.4g})\nprojects to 0 everywhere"
     axes[2].set_xlabel(f"(c) map {res.channel}'s {what}", fontsize=8)
     if res.probability is not None:
         label = f"(d) p({class_name or f'class {res.cls}'})"
-        _occlusion_panel(fig, axes[3], image, res.probability, res.baseline_probability, res, label, ".3g")
+        _occlusion_panel(
+            fig,
+            axes[3],
+            image,
+            values=res.probability,
+            baseline=res.baseline_probability,
+            res=res,
+            what=label,
+            fmt=".3g",
+        )
     fig.suptitle(title, fontsize=10)
     maps = "each value at the centre of its occluder position, colours spanning the map and the unoccluded value"
     contrast = "projection: mid-grey = 0, contrast: 99.9th percentile of |r|"

@@ -126,9 +126,13 @@ def filter_(m: nn.Module, y: Tensor, in_shape: torch.Size, flips: dict | None = 
     if isinstance(m, nn.Conv2d):
         w = flips.setdefault(m, flipped(m)) if flips is not None else None
         if w is None:
-            return torch.nn.grad.conv2d_input(in_shape, m.weight, y, m.stride, m.padding, m.dilation, m.groups)
+            return torch.nn.grad.conv2d_input(
+                in_shape, m.weight, y, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups
+            )
         pad = tuple(d * (k - 1) - p for k, p, d in zip(m.kernel_size, m.padding, m.dilation, strict=True))
-        return F.conv2d(y.contiguous(memory_format=torch.channels_last), w, None, 1, pad, m.dilation)
+        return F.conv2d(
+            y.contiguous(memory_format=torch.channels_last), w, bias=None, stride=1, padding=pad, dilation=m.dilation
+        )
     if isinstance(m, nn.Linear):
         return y @ m.weight
     if isinstance(m, nn.BatchNorm2d):
@@ -236,12 +240,27 @@ def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin:
             if isinstance(m, nn.Conv2d):
                 w = flips.setdefault(m, flipped(m)) if flips is not None else flipped(m)
                 if w is not None:
-                    y = F.conv2d(y.contiguous(memory_format=torch.channels_last), w, None, 1,
-                                 tuple(int(v) for v in d * (k - 1)), m.dilation)  # fmt: skip
+                    y = F.conv2d(
+                        y.contiguous(memory_format=torch.channels_last),
+                        w,
+                        bias=None,
+                        stride=1,
+                        padding=tuple(int(v) for v in d * (k - 1)),
+                        dilation=m.dilation,
+                    )
                 else:
-                    y = F.conv_transpose2d(y, m.weight, None, m.stride, 0, 0, m.groups, m.dilation)
+                    y = F.conv_transpose2d(
+                        y,
+                        m.weight,
+                        bias=None,
+                        stride=m.stride,
+                        padding=0,
+                        output_padding=0,
+                        groups=m.groups,
+                        dilation=m.dilation,
+                    )
             elif unpooling == "switches":
-                y = _unpool_window(y, record.switches[steps[i].name], img, origin, start, size)
+                y = _unpool_window(y, record.switches[steps[i].name], img, origin=origin, start=start, size=size)
             else:
                 y = spread(y, m, fixed=unpooling == "fixed")  # the window's plane: (B, C, *size) at `start`
             y = y * _inside(start, size, plane)

@@ -163,7 +163,16 @@ def sanity_report(model: nn.Module, x: Tensor, layer: str, channel: int | None =
     box = tuple(int(v) for v in boxes[0, 0])
     chan, pos, value = first.selections.channels, first.selections.positions, first.selections.values
     row, col = (int(v) for v in first.selections.rows_cols[0, 0])
-    rep = SanityReport(layer, first.layer, int(chan[0, 0]), (row, col), box, rules, names, seed)
+    rep = SanityReport(
+        layer,
+        module=first.layer,
+        channel=int(chan[0, 0]),
+        position=(row, col),
+        box=box,
+        rules=rules,
+        randomized=names,
+        seed=seed,
+    )
 
     def unit(net: nn.Module, rule: str, unpool: str = "switches") -> Tensor:  # the same unit, seeded alike, anywhere
         dn = Deconvnet(net, rule=rule, unpool=unpool)

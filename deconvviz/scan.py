@@ -249,8 +249,23 @@ def scan_folder(
     for name, (shape, _) in plan.items():
         _check_channels(chans, name, shape[0])
     with _processes(dev, world):
-        state = _scan_shard(dn, info.preprocess, root, files, taps, plan, args, out, dev, rank, world,
-                            workers, checkpoint_every, progress, say)  # fmt: skip
+        state = _scan_shard(
+            dn,
+            info.preprocess,
+            root,
+            files=files,
+            taps=taps,
+            plan=plan,
+            args=args,
+            out=out,
+            device=dev,
+            rank=rank,
+            world=world,
+            workers=workers,
+            every=checkpoint_every,
+            progress=progress,
+            say=say,
+        )
         state = _gathered(state, world)
         skipped = [{"path": files[i], "reason": why} for i, why in sorted(state["skipped"])]
         if len(skipped) == len(files):
@@ -263,7 +278,7 @@ def scan_folder(
             top_k = TopK(*(state["top"][name][f] for f in _FIELDS))
             result.layers[name] = {c: ChannelResult(r) for c, r in _records(top_k, files, shape, rf, size).items()}
         if rank == 0:
-            result.written = _project_and_write(dn, info, root, result, out, progress)
+            result.written = _project_and_write(dn, info, root, result=result, out=out, progress=progress)
             if skipped:
                 say(f"{len(skipped)} unreadable file(s) skipped, listed in {out / 'report.json'}")
     return result
@@ -489,8 +504,16 @@ def _project(dn: Deconvnet, preprocess: Preprocess, root: Path, size: int, layer
     for c in shown:
         recs = per_channel[c].records
         per_channel[c].projections = torch.stack([recon[c, r.image] for r in recs]) if recs else None
-        items.append(TopImages(layer, c, per_channel[c].projections, [patches[c, r.image] for r in recs],
-                               [r.box for r in recs], [r.value for r in recs]))  # fmt: skip
+        items.append(
+            TopImages(
+                layer,
+                channel=c,
+                reconstructions=per_channel[c].projections,
+                patches=[patches[c, r.image] for r in recs],
+                boxes=[r.box for r in recs],
+                values=[r.value for r in recs],
+            )
+        )
     return items
 
 
@@ -504,8 +527,17 @@ def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out:
     args, layers, written = result.arguments, {}, []
     for layer, per_channel in result.layers.items():
         shown = _shown(result, layer)
-        drawn = [t for t in _project(dn, info.preprocess, root, args.size, layer, per_channel, shown, progress)
-                 if t.reconstructions is not None]  # fmt: skip
+        tops = _project(
+            dn,
+            info.preprocess,
+            root,
+            size=args.size,
+            layer=layer,
+            per_channel=per_channel,
+            shown=shown,
+            progress=progress,
+        )
+        drawn = [t for t in tops if t.reconstructions is not None]
         written += [save(channel_figure(t, info.preprocess), out / layer / f"channel-{t.channel}.png") for t in drawn]
         if drawn:
             title = f"{args.model} ({info.name}), {layer}: each feature map's {args.top} strongest images"

@@ -69,8 +69,17 @@ def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None
             values = torch.as_tensor(given, dtype=activation.dtype, device=activation.device)
             if values.shape != chans.shape or not bool(torch.isfinite(values).all()):
                 raise SelectionError(f"values must be finite numbers of shape (N, K) = {tuple(chans.shape)}")
-        return Selection(layer, mode, chans, values, where, tuple(activation.shape[1:]))
-    return Selection(layer, mode, chans, peak.gather(1, chans), where, tuple(activation.shape[1:]))
+        return Selection(
+            layer, mode=mode, channels=chans, values=values, positions=where, shape=tuple(activation.shape[1:])
+        )
+    return Selection(
+        layer,
+        mode=mode,
+        channels=chans,
+        values=peak.gather(1, chans),
+        positions=where,
+        shape=tuple(activation.shape[1:]),
+    )
 
 
 def _channels(channels, layer: str, n: int, c: int) -> Tensor:

@@ -282,11 +282,11 @@ def scan_site(
             site,
             Deconvnet(net, rule=rule, unpool=args.unpool),  # as the scan projected
             result,
-            report,
-            rule,
-            info.preprocess,
-            {image: n for n, image in enumerate(images)},
-            progress,
+            report=report,
+            rule=rule,
+            preprocess=info.preprocess,
+            number={image: n for n, image in enumerate(images)},
+            progress=progress,
         )
         site.start()
         for name in ("site.css", "layer.js", "arrows.js"):
@@ -484,7 +484,11 @@ def _record_cards(b: _ScanBuild, layer: str, c: int, pics: _UnitPictures) -> lis
     for i, (r, (proj, patch)) in enumerate(zip(b.result.layers[layer][c].records, pics.records, strict=True)):
         box = "the whole image" if r.box is None else f"rows {r.box[0]}–{r.box[1] - 1}, cols {r.box[2]}–{r.box[3] - 1}"
         source = f"images/{b.number[r.image]}.jpg"
-        cards.append(_RecordCard(i + 1, r.value, r.row, r.col, r.image, source, box, proj, patch))
+        cards.append(
+            _RecordCard(
+                i + 1, r.value, r.row, col=r.col, image=r.image, source=source, field=box, projection=proj, patch=patch
+            )
+        )
     return cards
 
 
@@ -621,7 +625,15 @@ def explore_site(
         for name in ("site.css", "explore.js", "arrows.js"):
             site.static(name)
         ex = _Explore(
-            site, dn, x.to(dn.device), to_display(x[0], info.preprocess), info, model, top, per_position, progress
+            site,
+            dn,
+            x.to(dn.device),
+            picture=to_display(x[0], info.preprocess),
+            weights=info,
+            model=model,
+            top=top,
+            per_position=per_position,
+            progress=progress,
         )
         site.picture("image.jpg", ex.picture, side=size)
         views = [_explore_layer(ex, n) for n in names]
@@ -680,7 +692,7 @@ def _explore_layer(ex: _Explore, layer: str) -> _LayerView:
         "values": [float(f"{v:.4g}") for v in values.permute(1, 2, 0).flatten().tolist()],
         "maps": {str(c): {"value": float(f"{d.value:.4g}"), "row": d.row, "col": d.col} for c, d in drawn.items()},
     }
-    return _LayerView(layer, act, rf, strongest, drawn, data)
+    return _LayerView(layer, activation=act, rf=rf, strongest=strongest, drawn=drawn, positions=data)
 
 
 @torch.no_grad()

@@ -211,7 +211,7 @@ def check_choice(model: nn.Module | None = None, layer: str | None = None, input
     if exclude and region is None:
         raise SelectionError("excluded boxes narrow a region: give a region too")
     if model is not None and (region is not None or at is not None):
-        region_mask(model, layer, input_size, region, at, exclude)
+        region_mask(model, layer, input_size=input_size, region=region, at=at, exclude=exclude)
 
 
 def choose(model: nn.Module, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
@@ -227,7 +227,7 @@ def choose(model: nn.Module, x: Tensor, layer: str, channels: Sequence[int] | No
         channels = strongest_channels(contrib, top)
     if region is None and at is None:
         return channels, positions
-    mask = region_mask(model, layer, tuple(x.shape[-2:]), region, at, exclude)
+    mask = region_mask(model, layer, input_size=tuple(x.shape[-2:]), region=region, at=at, exclude=exclude)
     steps = chain_of(model)
     if steps is None:
         with torch.no_grad(), _watching(model, resolve(model, steps, layer)) as got:

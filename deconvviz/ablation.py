@@ -79,6 +79,7 @@ def ablation_report(
     model: nn.Module,
     x: Tensor,
     layer: str,
+    *,
     channel: int | None = None,
     seed: int = 0,
     variants: tuple[Variant, ...] = VARIANTS,

@@ -397,7 +397,7 @@ def _figure(choice: _Choice, request, output: _Output, make) -> None:
         net = choice.load(quiet, status)
         fig, prov, *tables = make(net, status)
         status("writing figure")
-        paths = figures.write(fig, prov, out or output.default(prov), dpi, *tables)
+        paths = figures.write(fig, prov, out or output.default(prov), dpi=dpi, tables=tables[0] if tables else None)
     finally:
         status.stop()
     if not quiet:

@@ -104,10 +104,10 @@ class Deconvnet:
     def _chunk(self, per_selection: int) -> int:
         return max(1, self.max_batch_bytes // max(per_selection, 1))
 
-    def project(self, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
+    def project(self, x: Tensor, layer: str, *, channels: Sequence[int] | None = None, mode: str = "max",
                 top: int = 9, keep_stages: bool = False, together: bool = False,
                 positions: Tensor | None = None, rule: str | Rule | None = None, values: Tensor | None = None,
-                *, region: Box | None = None, at: Point | None = None, exclude: Sequence[Box] = (),
+                region: Box | None = None, at: Point | None = None, exclude: Sequence[Box] = (),
                 cls: int | None = None, stages: Sequence[str] | None = None,
                 unpool: str | None = None) -> Projection:  # fmt: skip
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
@@ -242,8 +242,16 @@ class Deconvnet:
                             y[j, c, 0, 0] = sel.values.reshape(-1)[r[j]]
                         else:
                             y[j, c, :bh, :bw] = act[i, c, t : t + bh, left : left + bw]
-                    rows = (steps, record, y, box[r, :2], img[r], path.rule, path.flipped_filters)
-                    out[r] = reverse_cropped(*rows, unpooling=path.unpool)
+                    out[r] = reverse_cropped(
+                        steps,
+                        record,
+                        y,
+                        origin=box[r, :2],
+                        img=img[r],
+                        rule=path.rule,
+                        flips=path.flipped_filters,
+                        unpooling=path.unpool,
+                    )
         images = out.unflatten(0, (n, k))
         return Projection(
             images, sel, record.switches, stages=[], layer=path.name, rule=path.rule.name, unpool=path.unpool
@@ -265,7 +273,7 @@ class Deconvnet:
         fields = self._fields.get(key) if self._fields.get("model") is self.model else None
         if fields is None:
             try:
-                fields = receptive_field(self.model, path.name, (h, w), x.shape[1])
+                fields = receptive_field(self.model, path.name, input_size=(h, w), channels=x.shape[1])
             except DeconvvizError:
                 return None
             self._fields = {"model": self.model, key: fields}
@@ -297,7 +305,7 @@ class Deconvnet:
                         for i, t0, b0, l0, r0 in zip(img[part].tolist(), t, b, lft, rgt, strict=True)
                     ]
                 )
-                leaf, act, _ = layer_output(self.model, batch, path.name, path.rule, unpool=path.unpool, stop=True)
+                leaf, act, _ = layer_output(self.model, batch, path.name, rule=path.rule, unpool=path.unpool, stop=True)
                 at_r, at_c = rc[part, 0] - crops[part, 0] // s_r, rc[part, 1] - crops[part, 2] // s_c
                 inside = (at_r < act.shape[-2]) & (at_c < act.shape[-1])
                 b_idx = torch.arange(len(part))
@@ -342,7 +350,9 @@ class Deconvnet:
             from .fields import receptive_field
 
             try:
-                f = receptive_field(self.model, out.layer, tuple(out.images.shape[-2:]), out.images.shape[-3])
+                f = receptive_field(
+                    self.model, out.layer, input_size=tuple(out.images.shape[-2:]), channels=out.images.shape[-3]
+                )
             except LayerError:
                 return None
             return f.boxes(out.selections.rows_cols.cpu())
@@ -409,7 +419,7 @@ class _AutogradPath:
     def forward(self, x: Tensor) -> Tensor:
         kept = set(self.boundaries) - {self.name}
         self.leaf, self.out, self.record = layer_output(
-            self.model, x, self.name, self.rule, kept, unpool=self.unpool, unpools=bool(self.boundaries)
+            self.model, x, self.name, rule=self.rule, boundaries=kept, unpool=self.unpool, unpools=bool(self.boundaries)
         )
         self.row_bytes = x.numel() * x.element_size() * 16
         if self.boundaries:  # every kept tensor with a stage per seed
@@ -434,7 +444,7 @@ class _AutogradPath:
         full = seed.new_zeros(len(img), *self.out.shape)
         full[rows, img] = seed
         kept = self.record["boundaries"] if keep_stages else []
-        y, at = project_autograd(self.leaf, self.out, full, [t for *_, t in kept])
+        y, at = project_autograd(self.leaf, self.out, full, stages=[t for *_, t in kept])
         y = y[rows, img]
         if not keep_stages:
             return y, []

@@ -44,7 +44,7 @@ class UnsupportedModelError(DeconvvizError, TypeError):
     """A model or layer type the deconvnet rule cannot project through correctly."""
 
 
-def unknown_name(kind: str, name: str, valid: Sequence[str], fix: str = "") -> str:
+def unknown_name(kind: str, name: str, valid: Sequence[str], *, fix: str = "") -> str:
     """Message for an unknown name: a closest-match suggestion and the list of valid names."""
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'? Valid:" if close else "; valid:"

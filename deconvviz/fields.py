@@ -42,7 +42,9 @@ class Fields:
         return torch.stack([self.rows[r, 0], self.rows[r, 1], self.cols[c, 0], self.cols[c, 1]], dim=-1)
 
 
-def receptive_field(model: nn.Module, layer: str, input_size: tuple[int, int], channels: int | None = None) -> Fields:
+def receptive_field(
+    model: nn.Module, layer: str, *, input_size: tuple[int, int], channels: int | None = None
+) -> Fields:
     """The input box every position of `layer` depends on, for an input of input_size (H, W) (channels: the
     model's input channels, default the first convolution's). Chains: their closed form; any other model: the
     structural probe (see the module). A layer that mixes all positions has every field the whole input."""

@@ -100,12 +100,12 @@ def check_request(
     )
     if r.region is not None or r.at is not None:
         found = {
-            "region": None if r.region is None else find_region(r.region, r.image, size, size, size),
+            "region": None if r.region is None else find_region(r.region, r.image, size, width=size, height=size),
             "at": r.at,
-            "exclude": [find_region(e, r.image, size, size, size, what="exclude") for e in r.exclude],
+            "exclude": [find_region(e, r.image, size, width=size, height=size, what="exclude") for e in r.exclude],
         }
         for layer in layers:
-            check_choice(model, layer, (size, size), channels=channels, **found)
+            check_choice(model, layer, input_size=(size, size), channels=channels, **found)
 
 
 def check_layers(
@@ -122,8 +122,8 @@ def check_layers(
     """check_request without an image: layers, channels and class checked on the architecture alone."""
     check_size(size)
     for layer in layers:
-        shape = layer_shape(model, layer, size)
-        checked_channels(layer, shape[0], channels, top)
+        shape = layer_shape(model, layer, size=size)
+        checked_channels(layer, count=shape[0], channels=channels, top=top)
         if spatial and len(shape) != 3:
             raise LayerError(
                 f"layer '{layer}' mixes all positions of the image (no receptive field); choose a "
@@ -171,8 +171,12 @@ def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
 def _target(x: torch.Tensor, *, image, size: int | None, region=None, at=None, exclude=(), cls=None) -> dict:
     """project's keywords for a region (a name from the image's sidecar, or a Box), point (a Point) or class."""
     h, w = x.shape[-2:]
-    out = {"region": None if region is None else find_region(region, image, size, w, h), "at": at, "cls": cls}
-    return out | {"exclude": [find_region(e, image, size, w, h, what="exclude") for e in exclude or ()]}
+    out = {
+        "region": None if region is None else find_region(region, image, size, width=w, height=h),
+        "at": at,
+        "cls": cls,
+    }
+    return out | {"exclude": [find_region(e, image, size, width=w, height=h, what="exclude") for e in exclude or ()]}
 
 
 def _target_record(target: dict) -> dict:
@@ -275,7 +279,7 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title}"
     title += ")" if dn.unpool == "switches" else f", unpooled: {UNPOOLS[dn.unpool]})"
     title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
-    fig = layer_grid(picture, rows, weights.preprocess, title)
+    fig = layer_grid(picture, rows, weights.preprocess, title=title)
     prov = _provenance("visualize", net, x, image=image, size=size, layers=records)
     return fig, prov | {"rule": dn.rule.name, "unpool": dn.unpool}
 
@@ -303,7 +307,7 @@ def reconstruct(
     dn = Deconvnet(model, rule=rule, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     if channels == "all":
-        channels = range(layer_shape(net.module, layer, x.shape[-1])[0])
+        channels = range(layer_shape(net.module, layer, size=x.shape[-1])[0])
     if progress:
         progress(f"projecting {layer}")
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
@@ -319,8 +323,8 @@ def reconstruct(
     title += "" if dn.rule.name == "deconvnet" else f", {dn.rule.title}"
     title += "" if dn.unpool == "switches" else f", unpooled: {UNPOOLS[dn.unpool]}"
     title += f"\nthe map {_target_words(target)}" if _target_words(target) else ""
-    fig = reconstruction_figure(to_display(x[0].cpu(), weights.preprocess), stages, weights.preprocess, title,
-                                stage_view)  # fmt: skip
+    picture = to_display(x[0].cpu(), weights.preprocess)
+    fig = reconstruction_figure(picture, stages, weights.preprocess, title=title, stage_view=stage_view)
     chosen = _selections(dn, out) | _target_record(target)
     prov = _provenance("reconstruct", net, x, image=image, size=size, layers=[chosen])
     prov["rule"] = dn.rule.name
@@ -362,7 +366,7 @@ def occlusion(
         model,
         x,
         layer,
-        channel,
+        channel=channel,
         size=size,
         stride=stride,
         cls=cls,
@@ -407,7 +411,7 @@ def occlusion(
     return fig, prov
 
 
-def write(fig: Figure, provenance: dict, out: str | os.PathLike, dpi: int = 150,
+def write(fig: Figure, provenance: dict, out: str | os.PathLike, *, dpi: int = 150,
           tables: dict[str, str] | None = None) -> tuple[Path, ...]:  # fmt: skip
     """Figure at `out` and its provenance JSON beside it (same name, .json), and any tables ({suffix: text},
     e.g. {".csv": ...}) with the same name: all written, or none."""
@@ -415,7 +419,7 @@ def write(fig: Figure, provenance: dict, out: str | os.PathLike, dpi: int = 150,
     meta = out.with_suffix(".json")
     text = json.dumps({**provenance, "figure": out.name}, indent=2, allow_nan=False) + "\n"
     extra = {out.with_suffix(suffix): body.encode() for suffix, body in (tables or {}).items()}
-    save(fig, out, dpi, also={meta: text.encode()} | extra)
+    save(fig, out, dpi=dpi, also={meta: text.encode()} | extra)
     return out, meta, *extra
 
 
@@ -525,7 +529,7 @@ def ablate(
     layer = request.layer or ("pool5" if "pool5" in net.layer_names else net.default_layer)
     device = Deconvnet(model).device
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
-    rep = ablation_report(model, x, layer, channel, seed, progress=progress)
+    rep = ablation_report(model, x, layer, channel=channel, seed=seed, progress=progress)
 
     def words(s, what: str) -> str:
         return f"{what} ρ {_shown(s.spearman_abs)} S {_shown(s.ssim)}"
@@ -605,7 +609,7 @@ def filters(net: Network, *, layer: str | None = None) -> tuple[Figure, dict]:
     layer None: the first convolution, whatever its name."""
     model, weights, model_name = net.module, net.weights, net.name
     layer = layer or first_conv_name(model)
-    module, templates = first_layer_filters(model, layer, weights.preprocess)
+    module, templates = first_layer_filters(model, layer, preprocess=weights.preprocess)
     k, _, kh, kw = templates.shape
     undone = "BGR order and 0-255 scale" if weights.preprocess.bgr else "per-channel std"
     title = (f"{model_name} ({weights.name}): the {k} filters of {layer} ({kh}x{kw}) as RGB templates (the weights' "
@@ -641,7 +645,7 @@ def invariance(net: Network, request: Request, *, transform: str = "rotate",
         name = cats[res.top_class] if cats and res.top_class < len(cats) else f"class {res.top_class}"
         curves.append((f"p({name})", res.probabilities, "probability"))
     title = f"{model_name} ({weights.name}): feature vectors of the image under {transform} (Zeiler & Fergus Fig. 5)"
-    fig = invariance_figure(thumbs, res.amounts, f"{transform} ({unit})", curves, title)
+    fig = invariance_figure(thumbs, res.amounts, f"{transform} ({unit})", curves=curves, title=title)
     prov = _provenance("invariance", net, x, image=image, size=size, layers=[])
     del prov["layers"]
     prov |= {

@@ -49,7 +49,7 @@ def first_conv(model: nn.Module, layer: str) -> Step:
     return convs[-1]
 
 
-def first_layer_filters(model: nn.Module, layer: str, preprocess: Preprocess) -> tuple[str, Tensor]:
+def first_layer_filters(model: nn.Module, layer: str, *, preprocess: Preprocess) -> tuple[str, Tensor]:
     """The conv module path of `layer` and its filters as RGB image templates. Returns (K, 3, kh, kw).
 
     A filter w answers an image with sum_c w_c * (pixel_c * scale - mean_c) / std_c in the weights' own

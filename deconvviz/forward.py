@@ -153,7 +153,7 @@ def output_shapes(model: nn.Module, steps: list[Step], size: tuple[int, int]) ->
     return [tuple(t[1:]) for t in forward_chain(meta, x, len(steps) - 1).shapes[1:]]
 
 
-def layer_shape(model: nn.Module, layer: str, size: int) -> tuple[int, ...]:
+def layer_shape(model: nn.Module, layer: str, *, size: int) -> tuple[int, ...]:
     """Output shape per image of a layer (a name `resolve` knows) for a square input of `size`, on the meta
     device. A module that does not run exactly once with a tensor output cannot be projected from."""
     steps = chain_of(model)

@@ -129,6 +129,7 @@ def to_batch(
     images: Sequence[ImageSource] | ImageSource,
     preprocess: Preprocess,
     size: int | None = 224,
+    *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:

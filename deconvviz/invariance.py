@@ -82,7 +82,7 @@ def default_layers(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def invariance(model: nn.Module, x: Tensor, transform: str, amounts: Sequence[float] | Tensor | None = None,
+def invariance(model: nn.Module, x: Tensor, transform: str, *, amounts: Sequence[float] | Tensor | None = None,
                layers: Sequence[str] | None = None, batch_size: int = 8,
                progress: Callable[[str], None] | None = None) -> Invariance:  # fmt: skip
     """Feature-vector distances to the original image (1, 3, H, W) over a range of a transform, per layer, and

@@ -118,7 +118,7 @@ def resolve(model: nn.Module, steps: list[Step] | None, layer: str) -> str:
             raise LayerError(f"layer '{layer}' needs a classifier, and this model has none (vgg16-caffe weights are "
                              "conv layers only); use --weights torchvision or a state dict with a classifier, or a "
                              "conv/pool layer")  # fmt: skip
-        raise LayerError(unknown_name("layer", layer, layer_names(model), "; see `deconvviz layers`"))
+        raise LayerError(unknown_name("layer", layer, layer_names(model), fix="; see `deconvviz layers`"))
     return layer
 
 
@@ -277,5 +277,5 @@ def check_stage_modules(model: nn.Module, stages: list[str]) -> list[str]:
     known = [n for n, _ in model.named_modules() if n]
     for s in stages:
         if not isinstance(s, str) or s not in known:
-            raise LayerError(unknown_name("stage module", str(s), known, "; give module paths such as 'layer2'"))
+            raise LayerError(unknown_name("stage module", str(s), known, fix="; give module paths such as 'layer2'"))
     return list(stages)

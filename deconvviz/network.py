@@ -144,7 +144,7 @@ def _load(arch: Architecture, choice: str, seed: int) -> tuple[nn.Module, Weight
         if not path.is_file() or path.stat().st_size == 0:
             raise WeightsError(f"weights file {choice} not found or empty; give the path of a .pt/.pth state dict")
         data = path.read_bytes()
-        module = load_state_into(_seeded(arch, seed), _read_state_dict(data, path), path, arch.spec)
+        module = load_state_into(_seeded(arch, seed), _read_state_dict(data, path), path, name=arch.spec)
         desc = f"{arch.spec} state dict {path.name} (no category names; torchvision preprocessing assumed)"
         return module, Weights(
             "file", desc, IMAGENET_TORCHVISION, categories=None, source=path.name, sha256=_sha256(data)

@@ -72,7 +72,7 @@ def _band(coords: Tensor, start: Tensor, size: int) -> Tensor:
     return (coords >= start[:, None]) & (coords < start[:, None] + size)
 
 
-def occlusion_maps(model: nn.Module, x: Tensor, layer: str, channel: int, size: int | None = None,
+def occlusion_maps(model: nn.Module, x: Tensor, layer: str, *, channel: int, size: int | None = None,
                    stride: int | None = None, cls: int | None = None, grey: Grey = None, batch_size: int = 32,
                    progress: Callable[[str], None] | None = None) -> OcclusionResult:  # fmt: skip
     """Occlusion maps for one image x (1, 3, H, W), already preprocessed.

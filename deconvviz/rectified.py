@@ -238,8 +238,8 @@ class _Unpooled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
         if g.dim() == 3:  # an unbatched (C, H, W) input
-            return upsample(g[None], ctx.pool, ctx.size, ctx.how)[0], None, None
-        return upsample(g, ctx.pool, ctx.size, ctx.how), None, None
+            return upsample(g[None], ctx.pool, ctx.size, how=ctx.how)[0], None, None
+        return upsample(g, ctx.pool, ctx.size, how=ctx.how), None, None
 
 
 _MAX_POOLS = {F.max_pool2d, torch.max_pool2d}
@@ -446,7 +446,7 @@ def _signal_nodes(out: Tensor, x: Tensor, places: dict | None = None) -> Iterato
         stack.extend(feeding)
 
 
-def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str, gated: dict | None = None,
+def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str, *, gated: dict | None = None,
                rule: Rule = RULES["deconvnet"], places: dict | None = None) -> set[int]:  # fmt: skip
     """Refuse any op between x and out that the rule cannot mirror (none for the exact gradient rule); returns
     the ids of the nodes on the signal's path. owners: grad_fn id -> module; gated: nodes fed by values computed
@@ -498,8 +498,8 @@ class _LayerReached(Exception):
 def recording(
     model: nn.Module,
     layer: str | None,
-    boundaries: Collection[str] = (),
     *,
+    boundaries: Collection[str] = (),
     stack: list[str] | None = None,
     unpools: bool = False,
     stop: bool = False,
@@ -591,9 +591,9 @@ def layer_output(
     model: nn.Module,
     x: Tensor,
     layer: str,
+    *,
     rule: Rule,
     boundaries: Collection[str] = (),
-    *,
     unpool: str = "switches",
     unpools: bool = False,
     stop: bool = False,
@@ -607,7 +607,7 @@ def layer_output(
     mode = _RectifyReLUs(rule, unpool, frozen_batch_norm=True)
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
         before = _rng_state(leaf.device)
-        rec_hooks = recording(model, layer, boundaries, stack=mode.stack, unpools=unpools, stop=stop)
+        rec_hooks = recording(model, layer, boundaries=boundaries, stack=mode.stack, unpools=unpools, stop=stop)
         with evaluating(model), rec_hooks as rec, mode, torch.enable_grad():
             try:
                 model(leaf.clone())  # not the leaf itself: in-place ops on the model's input stay legal
@@ -655,7 +655,7 @@ def _grads(out: Tensor, inputs: list[Tensor], seed: Tensor) -> tuple:
 
 
 def project_autograd(
-    x: Tensor, out: Tensor, seed: Tensor, stages: Sequence[Tensor] = ()
+    x: Tensor, out: Tensor, seed: Tensor, *, stages: Sequence[Tensor] = ()
 ) -> tuple[Tensor, list[Tensor | None]]:
     """Input-space reconstructions for K seeds at once, in one backward. seed (K, *out.shape) -> (K, *x.shape),
     and the signal arriving at each tensor of `stages` (K, *t.shape; None where out does not depend on it)."""

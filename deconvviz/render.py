@@ -91,7 +91,7 @@ def _letter(i: int) -> str:
 
 
 def reconstruction_figure(
-    image: np.ndarray, stages: Sequence[Stage], preprocess: Preprocess, title: str, stage_view: str = STAGE_VIEW
+    image: np.ndarray, stages: Sequence[Stage], preprocess: Preprocess, *, title: str, stage_view: str = STAGE_VIEW
 ) -> Figure:
     """Layer-by-layer reconstruction (Noh et al. Fig. 4 layout): (a) input, then every reverse stage.
 
@@ -156,7 +156,7 @@ class GridRow:
 
 
 def layer_grid(
-    image: np.ndarray, rows: Sequence[GridRow], preprocess: Preprocess, title: str, pairs_per_row: int = 3
+    image: np.ndarray, rows: Sequence[GridRow], preprocess: Preprocess, *, title: str, pairs_per_row: int = 3
 ) -> Figure:
     """Zeiler-Fergus Fig. 2 style: for each selected feature map, its projection (cropped to the
     receptive field of the strongest activation) beside the matching image patch."""
@@ -256,6 +256,7 @@ def occlusion_figure(
     image: np.ndarray,
     res: OcclusionResult,
     projection: Tensor,
+    *,
     strongest: float,
     preprocess: Preprocess,
     title: str,
@@ -389,7 +390,7 @@ def overview_figure(items: Sequence[TopImages], preprocess: Preprocess, title: s
     return fig
 
 
-def save(fig: Figure, path: str | os.PathLike, dpi: int = 150, also: dict | None = None) -> Path:
+def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 150, also: dict | None = None) -> Path:
     """Write the figure atomically (temp file, then rename); the format follows the suffix. also: more files
     ({path: bytes}) written with it, all or none."""
     path = Path(path)
@@ -477,6 +478,7 @@ def compare_figure(
     image: np.ndarray,
     projections: dict[str, Tensor],
     boxes: Tensor,
+    *,
     channels: Sequence[int],
     values: Sequence[float],
     field: tuple[int, int] | None,
@@ -514,6 +516,7 @@ def sanity_figure(
     image: np.ndarray,
     images: dict[str, Tensor],
     box: Sequence[int],
+    *,
     columns: Sequence[str],
     scores: dict[str, Sequence[float | None]],
     ssim: dict[str, Sequence[float | None]],
@@ -601,6 +604,7 @@ def invariance_figure(
     thumbs: Sequence[tuple[str, np.ndarray]],
     amounts: Tensor,
     unit: str,
+    *,
     curves: Sequence[tuple[str, Tensor, str]],
     title: str,
 ) -> Figure:
@@ -645,6 +649,7 @@ def ablation_figure(
     image: np.ndarray,
     edges: Tensor,
     panels: Sequence[AblationPanel],
+    *,
     box: Sequence[int],
     preprocess: Preprocess,
     title: str,

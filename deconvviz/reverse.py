@@ -66,7 +66,7 @@ def get_unpool(unpool: str) -> str:
     """The name of an unpooling choice (UNPOOLS); an unknown name is a SelectionError naming the valid ones."""
     if isinstance(unpool, str) and unpool in UNPOOLS:
         return unpool
-    raise SelectionError(unknown_name("unpool", str(unpool), list(UNPOOLS), "; e.g. --unpool nearest"))
+    raise SelectionError(unknown_name("unpool", str(unpool), list(UNPOOLS), fix="; e.g. --unpool nearest"))
 
 
 def spread(y: Tensor, pool: nn.MaxPool2d, fixed: bool = False) -> Tensor:
@@ -87,7 +87,7 @@ def spread(y: Tensor, pool: nn.MaxPool2d, fixed: bool = False) -> Tensor:
     return F.fold(taps.reshape(b, c * kh * kw, ho * wo), size, (kh, kw), dilation=d, stride=s)
 
 
-def upsample(y: Tensor, pool: nn.MaxPool2d, input_size: tuple[int, int], how: str) -> Tensor:
+def upsample(y: Tensor, pool: nn.MaxPool2d, input_size: tuple[int, int], *, how: str) -> Tensor:
     """Unpool without the switches. y (B, C, Ho, Wo) -> (B, C, *input_size) of the pool's input plane.
 
     nearest: the adjoint of sum pooling (avg pool times window size, zero padding), windows overlapping add;
@@ -116,7 +116,7 @@ def flipped(m: nn.Conv2d) -> Tensor | None:
     return m.weight.detach().transpose(0, 1).flip(2, 3).contiguous(memory_format=torch.channels_last)
 
 
-def filter_(m: nn.Module, y: Tensor, in_shape: torch.Size, flips: dict | None = None) -> Tensor:
+def filter_(m: nn.Module, y: Tensor, in_shape: torch.Size, *, flips: dict | None = None) -> Tensor:
     """Transpose of the linear part of an affine step (biases unused). in_shape: the step's input shape.
 
     flips caches `flipped` filters: a forward convolution (channels-last) runs faster than the
@@ -151,6 +151,7 @@ def reverse_chain(
     steps: list[Step],
     record: ForwardRecord,
     y: Tensor,
+    *,
     img: Tensor,
     rule: Rule,
     keep_stages: bool = False,
@@ -176,7 +177,7 @@ def reverse_chain(
             if unpooling == "switches":
                 y = unpool(y, record.switches[s.name], img)
             else:
-                y = upsample(y, s.module, record.shapes[i][-2:], unpooling)
+                y = upsample(y, s.module, record.shapes[i][-2:], how=unpooling)
             if keep_stages:
                 stages.append(Stage(f"unpool{pool_number}", "unpool", s.name, y))
             pool_number, pending, has_conv = pool_number - 1, None, False
@@ -184,7 +185,7 @@ def reverse_chain(
         if isinstance(s.module, nn.ReLU):
             y = rule.backward(y, relu_masks(record, s.name, img) if rule.needs_slope else None)
         elif not isinstance(s.module, (nn.Dropout, nn.Dropout2d, nn.Identity)):
-            y = filter_(s.module, y, record.shapes[i], flips)
+            y = filter_(s.module, y, record.shapes[i], flips=flips)
         has_conv |= isinstance(s.module, nn.Conv2d)
         pending = s.name
     flush(1)
@@ -216,7 +217,7 @@ def _inside(origin: Tensor, size: tuple[int, int], limit: tuple[int, int]) -> Te
     return (ok_r[:, :, None] & ok_c[:, None, :])[:, None]
 
 
-def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, origin: Tensor, img: Tensor, rule: Rule,
+def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, *, origin: Tensor, img: Tensor, rule: Rule,
                     flips: dict | None = None, unpooling: str = "switches") -> Tensor:  # fmt: skip
     """Reverse pass on windows that follow the receptive field of one activation per row.
 

@@ -145,7 +145,7 @@ def randomized_copy(model: nn.Module, names: Sequence[str], seed: int) -> nn.Mod
     return twin
 
 
-def sanity_report(model: nn.Module, x: Tensor, layer: str, channel: int | None = None,
+def sanity_report(model: nn.Module, x: Tensor, layer: str, *, channel: int | None = None,
                   rules: Sequence[str] = tuple(RULES), seed: int = 0, units: int = 8,
                   progress: Progress | None = None) -> SanityReport:  # fmt: skip
     """Randomization, specificity and recovery numbers for one unit of `layer` (the strongest activation of

@@ -244,7 +244,7 @@ def scan_folder(
     taps = {name: _tap(dn, name) for name in dict.fromkeys(layers)}
     # shapes fail early, and clearly, on a too small size; fields: None where positions see the whole image (the
     # records then hold no box)
-    shapes = {name: layer_shape(net, name, size) for name in taps}
+    shapes = {name: layer_shape(net, name, size=size) for name in taps}
     plan = {name: (shapes[name], _field(dn, i, shapes[name], size)) for name, i in taps.items()}
     for name, (shape, _) in plan.items():
         _check_channels(chans, name, shape[0])
@@ -326,7 +326,7 @@ def _field(
         if len(shape) != 3:
             return None
         try:
-            return receptive_field(dn.model, i, (size, size))
+            return receptive_field(dn.model, i, input_size=(size, size))
         except DeconvvizError:  # a model the probe cannot trace: the records hold no box (the whole image)
             return None
     try:
@@ -484,7 +484,7 @@ def _project(dn: Deconvnet, preprocess: Preprocess, root: Path, size: int, layer
         for r in per_channel[c].records:
             wanted.setdefault(r.image, []).append(c)
     recon, patches, p = {}, {}, next(dn.model.parameters())
-    shape = layer_shape(dn.model, layer, size)
+    shape = layer_shape(dn.model, layer, size=size)
     width = shape[-1] if len(shape) == 3 else 1
     for n, (image, chans) in enumerate(sorted(wanted.items())):
         if progress:
@@ -494,7 +494,9 @@ def _project(dn: Deconvnet, preprocess: Preprocess, root: Path, size: int, layer
         # the recorded positions, not a fresh argmax: a near-tie in a batch of one cannot move the activation
         pos = torch.tensor([[next(r.row * width + r.col for r in per_channel[c].records if r.image == image)
                              for c in chans]])  # fmt: skip
-        for c, y in zip(chans, dn.project(x, layer, chans, "max", positions=pos).images[0].cpu(), strict=True):
+        for c, y in zip(
+            chans, dn.project(x, layer, channels=chans, mode="max", positions=pos).images[0].cpu(), strict=True
+        ):
             box = next(r.box for r in per_channel[c].records if r.image == image)
             top, bottom, left, right = box or (0, size, 0, size)  # None: a classifier layer sees all
             recon[c, image], patches[c, image] = y, picture[top:bottom, left:right]

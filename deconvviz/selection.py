@@ -32,7 +32,7 @@ class Selection:
         return torch.stack([self.positions // w, self.positions % w], dim=-1)
 
 
-def select(activation: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
+def select(activation: Tensor, layer: str, *, channels: Sequence[int] | None = None, mode: str = "max",
            top: int = 9, positions: Tensor | None = None, values: Tensor | None = None) -> Selection:  # fmt: skip
     """Pick channels (given, or the `top` strongest per image) of an activation (N, C, ...).
 
@@ -120,7 +120,7 @@ def strongest_in_region(activation: Tensor, mask: Tensor, channels=None, top: in
     return chans, inside[where.gather(1, chans.to(where.device))]
 
 
-def checked_channels(layer: str, count: int, channels: Sequence[int] | Tensor | None = None, top: int = 9):
+def checked_channels(layer: str, *, count: int, channels: Sequence[int] | Tensor | None = None, top: int = 9):
     """The channels asked for as a (K,) long tensor, or None for the `top` strongest, checked against a layer
     of `count` channels. Needs no activation, so a bad request is refused before any weights are loaded."""
     if channels is None:

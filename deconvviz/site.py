@@ -372,7 +372,7 @@ def _layer_pictures(b: _ScanBuild, layer: str) -> dict[int, _UnitPictures]:
     for c, ch in per_channel.items():
         if ch.records:
             by_image.setdefault(ch.records[0].image, []).append(c)
-    shape = layer_shape(dn.model, layer, args.size)
+    shape = layer_shape(dn.model, layer, size=args.size)
     width = shape[-1] if len(shape) == 3 else 1
     pictures: dict[int, _UnitPictures] = {}
     p = next(dn.model.parameters())
@@ -380,7 +380,7 @@ def _layer_pictures(b: _ScanBuild, layer: str) -> dict[int, _UnitPictures]:
         x = preprocessed(Path(args.folder) / image, b.preprocess, args.size)[None].to(dn.device, p.dtype)
         for part in (chans[i : i + STAGE_CHUNK] for i in range(0, len(chans), STAGE_CHUNK)):
             pos = torch.tensor([[per_channel[c].records[0].row * width + per_channel[c].records[0].col for c in part]])
-            out = dn.project(x, layer, part, "max", keep_stages=True, positions=pos.to(dn.device))
+            out = dn.project(x, layer, channels=part, mode="max", keep_stages=True, positions=pos.to(dn.device))
             for j, c in enumerate(part):
                 stages = [(s.name, s.tensor[0, j].cpu()) for s in out.stages]
                 pictures[c] = _unit_pictures(b, layer, c, out.images[0, j].cpu(), stages)
@@ -668,7 +668,7 @@ def _explore_layer(ex: _Explore, layer: str) -> _LayerView:
     folder, size, drawn = _folder_name(layer), x.shape[-1], {}
     for n in range(0, len(listed), 32):
         part = listed[n : n + 32]
-        out = dn.project(x, layer, part, "max")
+        out = dn.project(x, layer, channels=part, mode="max")
         rc = out.selections.rows_cols[0].tolist()
         for j, c in enumerate(part):
             r, col = rc[j]

@@ -82,8 +82,8 @@ def named_regions(image: str | os.PathLike | None, size: int | None = 224) -> di
     return out
 
 
-def find_region(region: Box | str, image: str | os.PathLike | None, size: int | None, width: int,
-                height: int, *, what: str = "region") -> Box:  # fmt: skip
+def find_region(region: Box | str, image: str | os.PathLike | None, size: int | None, *, width: int,
+                height: int, what: str = "region") -> Box:  # fmt: skip
     """A region by name (from the image's sidecar) or as a Box; in input pixels of the preprocessed image."""
     if not isinstance(region, str):
         return region_box(region, width, height, what=what)
@@ -99,7 +99,7 @@ def find_region(region: Box | str, image: str | os.PathLike | None, size: int | 
     return found
 
 
-def centres(model: nn.Module, layer: str, input_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def centres(model: nn.Module, layer: str, *, input_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """Receptive-field centres (rows (h,), cols (w,)) of a layer's positions, in input pixels: a chain's closed
     form, or any other network's exact fields (deconvviz.fields.receptive_field)."""
     steps = chain_of(model)
@@ -108,7 +108,7 @@ def centres(model: nn.Module, layer: str, input_size: tuple[int, int]) -> tuple[
 
         name = resolve(model, steps, layer)
         try:
-            f = receptive_field(model, name, input_size)
+            f = receptive_field(model, name, input_size=input_size)
         except LayerError:
             raise SelectionError(f"layer '{layer}' has no spatial positions (N, C, H, W): a region or point needs "
                                  "a convolution or pool layer") from None  # fmt: skip
@@ -124,12 +124,12 @@ def centres(model: nn.Module, layer: str, input_size: tuple[int, int]) -> tuple[
     return tuple(torch.arange(n) * f.stride - f.offset + f.size / 2 for n, f in zip(shape, (rows, cols), strict=True))
 
 
-def region_mask(model: nn.Module, layer: str, input_size: tuple[int, int], region: Box | None = None,
+def region_mask(model: nn.Module, layer: str, *, input_size: tuple[int, int], region: Box | None = None,
                 at: Point | None = None, exclude: Sequence[Box] = ()) -> Tensor:  # fmt: skip
     """(h, w) bool: the layer positions inside `region` and outside every box of `exclude`, or the one
     position nearest to the point `at` (ties: the upper-left one). Empty: a SelectionError naming the valid range."""
     height, width = input_size
-    rows, cols = centres(model, layer, input_size)
+    rows, cols = centres(model, layer, input_size=input_size)
     if at is not None:
         x, y = point(at, width, height)
         mask = torch.zeros(len(rows), len(cols), dtype=torch.bool)
@@ -170,7 +170,7 @@ def _watching(model: nn.Module, name: str) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
-def class_contributions(model: nn.Module, x: Tensor, layer: str, cls: int) -> Tensor:
+def class_contributions(model: nn.Module, x: Tensor, layer: str, *, cls: int) -> Tensor:
     """Each feature map's contribution to class `cls`'s score: gradient times activation, summed over positions.
 
     x: (N, C, H, W) preprocessed; the score is the model's output (logit) for `cls`. Returns (N, channels)."""
@@ -197,8 +197,8 @@ def class_contributions(model: nn.Module, x: Tensor, layer: str, cls: int) -> Te
     return (grad * act).detach().flatten(2).sum(2) if act.dim() > 2 else (grad * act).detach()
 
 
-def check_choice(model: nn.Module | None = None, layer: str | None = None, input_size: tuple[int, int] | None = None,
-                 *, region: Box | None = None, at: Point | None = None, exclude: Sequence[Box] = (),
+def check_choice(model: nn.Module | None = None, layer: str | None = None, *, input_size: tuple[int, int] | None = None,
+                 region: Box | None = None, at: Point | None = None, exclude: Sequence[Box] = (),
                  cls: int | None = None, channels=None, positions=None) -> None:  # fmt: skip
     """Refuse a region, point or class request that cannot work, before any activation: conflicting choices,
     and, given the model (its architecture is enough: weights.skeleton) and layer, a region with no field centre."""
@@ -214,8 +214,8 @@ def check_choice(model: nn.Module | None = None, layer: str | None = None, input
         region_mask(model, layer, input_size=input_size, region=region, at=at, exclude=exclude)
 
 
-def choose(model: nn.Module, x: Tensor, layer: str, channels: Sequence[int] | None = None, mode: str = "max",
-           top: int = 9, *, region: Box | None = None, at: Point | None = None,
+def choose(model: nn.Module, x: Tensor, layer: str, *, channels: Sequence[int] | None = None, mode: str = "max",
+           top: int = 9, region: Box | None = None, at: Point | None = None,
            exclude: Sequence[Box] = (), cls: int | None = None, positions: Tensor | None = None):  # fmt: skip
     """Channels (N, K) and positions (N, K; None in mode map) for `select`, from a region, point or class.
 
@@ -223,7 +223,7 @@ def choose(model: nn.Module, x: Tensor, layer: str, channels: Sequence[int] | No
     at: the maps (given, or the `top` strongest there) and in each its strongest position inside the region."""
     check_choice(region=region, at=at, exclude=exclude, cls=cls, channels=channels, positions=positions)
     if cls is not None:
-        contrib = class_contributions(model, x, layer, cls)
+        contrib = class_contributions(model, x, layer, cls=cls)
         channels = strongest_channels(contrib, top)
     if region is None and at is None:
         return channels, positions

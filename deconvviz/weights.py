@@ -117,7 +117,7 @@ def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card |
     if Path(choice).expanduser().exists() or choice.endswith((".pt", ".pth")):
         return None, ""
     fix = ", or a path to a .pt/.pth state dict"
-    raise WeightsError(unknown_name("weights", choice, weight_choices(), fix))
+    raise WeightsError(unknown_name("weights", choice, weight_choices(), fix=fix))
 
 
 def load_vgg(
@@ -485,7 +485,7 @@ def load_card_file(card: Card) -> tuple[nn.Module, Weights]:
         built = parse(
             located(card.architecture, card_file(card).parent if card.path is None else card.path.parent)
         ).build()
-    model = load_state_into(built, read_state_dict(data, path), path, card.architecture)
+    model = load_state_into(built, read_state_dict(data, path), path, name=card.architecture)
     desc = f"{card.name}: {card.summary} ({path.name}, sha256 {card.sha256[:8]}...)"
     return model, Weights(
         card.name, desc, card.preprocess, categories=_categories(card), source=path.name, sha256=card.sha256
@@ -514,7 +514,7 @@ def read_state_dict(data: bytes, path: Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_state_into(model: nn.Module, state: dict[str, Tensor], path: Path, name: str) -> nn.Module:
+def load_state_into(model: nn.Module, state: dict[str, Tensor], path: Path, *, name: str) -> nn.Module:
     """`model` with `state` loaded strictly; a state dict that does not fit is one error naming what differs."""
     expected = model.state_dict()
     problems = [
@@ -552,7 +552,7 @@ def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
     if features_only:  # a conv-only state dict, with or without the "features." prefix
         model.classifier = nn.Identity()
         state = {k if k.startswith("features.") else f"features.{k}": v for k, v in state.items()}
-    load_state_into(model, state, path, name)
+    load_state_into(model, state, path, name=name)
     part = "features only, no classifier" if features_only else "with classifier"
     desc = f"{name} state dict {path.name} ({part}; no category names; torchvision preprocessing assumed)"
     return model, Weights("file", desc, IMAGENET_TORCHVISION, categories=None, source=path.name, sha256=_sha256(data))

@@ -169,7 +169,7 @@ def resnet_windows(dev: torch.device, repeat: int, k: int) -> dict[str, float]:
 
 def _windows_rows(model: nn.Module, x: torch.Tensor, layer: str, dev, repeat: int, k: int) -> dict[str, float]:
     full, crop = deconvviz.Deconvnet(model, crop=False), deconvviz.Deconvnet(model, crop=True)
-    fwd = timed(lambda: deconvviz.rectified.layer_output(model, x, layer, full.rule), dev, repeat)
+    fwd = timed(lambda: deconvviz.rectified.layer_output(model, x, layer, rule=full.rule), dev, repeat)
     one = lambda d: d.project(x, layer, top=k, mode="max")  # noqa: E731
     a, b = one(full).images, one(crop).images
     return {

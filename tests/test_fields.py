@@ -58,8 +58,8 @@ def test_fields_are_the_support_of_the_gradient_residual_concat_strided_dilated_
     torch.manual_seed(0)
     x = torch.rand(1, 2, 23, 18)
     tight, relu = positive(Residual(act=False)), Residual(act=True).eval()
-    f = receptive_field(tight, layer, (23, 18))
-    assert torch.equal(f.rows, receptive_field(relu, layer, (23, 18)).rows)  # structure, not values
+    f = receptive_field(tight, layer, input_size=(23, 18))
+    assert torch.equal(f.rows, receptive_field(relu, layer, input_size=(23, 18)).rows)  # structure, not values
     for i in range(len(f.rows)):
         for j in range(len(f.cols)):
             box = tuple(f.boxes(torch.tensor([i, j])).tolist())
@@ -80,7 +80,10 @@ def test_max_pools_depend_on_their_whole_window_and_global_layers_on_everything(
             y = self.body(x)
             return y + y.mean((2, 3), keepdim=True) * self.body[0].weight.sum()
 
-    chain, probe = receptive_field(model, "1", (12, 11)), receptive_field(Wrapped(), "body.1", (12, 11))
+    chain, probe = (
+        receptive_field(model, "1", input_size=(12, 11)),
+        receptive_field(Wrapped(), "body.1", input_size=(12, 11)),
+    )
     assert torch.equal(chain.rows, probe.rows) and torch.equal(chain.cols, probe.cols)
     assert torch.equal(chain.centre_rows, probe.centre_rows) and torch.equal(chain.centre_cols, probe.centre_cols)
     assert chain.rows.tolist() == [[0, 5], [2, 7], [4, 9], [6, 11], [8, 12]]  # by hand: 3x3 conv, then 3-pools by 2
@@ -89,7 +92,9 @@ def test_max_pools_depend_on_their_whole_window_and_global_layers_on_everything(
         def forward(self, x):
             return self.body(x) * torch.sigmoid(self.body(x).mean((2, 3), keepdim=True))
 
-    f = receptive_field(_Named(Gated()), "out", (12, 11))  # a gate from a global pool: every field is the input
+    f = receptive_field(
+        _Named(Gated()), "out", input_size=(12, 11)
+    )  # a gate from a global pool: every field is the input
     assert f.rows.tolist() == [[0, 12]] * len(f.rows) and f.cols.tolist() == [[0, 11]] * len(f.cols)
 
 
@@ -115,8 +120,8 @@ def test_vgg_like_chains_keep_their_closed_form():
         nn.MaxPool2d(2),
         nn.Conv2d(4, 4, 3, padding=1),
     ).eval()
-    want = centres(chain, "6", (32, 32))
-    got = centres(_Named(chain), "out", (32, 32))
+    want = centres(chain, "6", input_size=(32, 32))
+    got = centres(_Named(chain), "out", input_size=(32, 32))
     assert all(torch.equal(a.float(), b) for a, b in zip(want, got, strict=True))
 
 
@@ -124,15 +129,15 @@ def test_regions_points_and_boxes_on_a_non_chain_model():
     torch.manual_seed(0)
     model = positive(Residual(act=True))
     x = torch.rand(1, 2, 23, 18)
-    rows, cols = centres(model, "head", (23, 18))
+    rows, cols = centres(model, "head", input_size=(23, 18))
     assert len(rows) == 3 and len(cols) == 3
-    mask = region_mask(model, "head", (23, 18), at=deconvviz.Point.pixels(17, 0))
+    mask = region_mask(model, "head", input_size=(23, 18), at=deconvviz.Point.pixels(17, 0))
     assert mask.nonzero().tolist() == [[0, 2]]
     dn = deconvviz.Deconvnet(model)
     out = dn.project(x, "head", channels=[0, 2], mode="max", at=deconvviz.Point.pixels(17, 0))
     assert out.selections.rows_cols[0].tolist() == [[0, 2], [0, 2]]
     boxes = dn.receptive_field_boxes(out)
-    want = receptive_field(model, "head", (23, 18)).boxes(torch.tensor([0, 2]))
+    want = receptive_field(model, "head", input_size=(23, 18)).boxes(torch.tensor([0, 2]))
     assert boxes.shape == (1, 2, 4) and boxes[0, 0].tolist() == want.tolist()
     support = (out.images[0, 0].abs().sum(0) > 0).nonzero()
     t, b, left, r = want.tolist()
@@ -145,7 +150,7 @@ def test_a_meta_skeleton_has_the_fields_of_the_gradient_support():
         skeleton = Residual(act=True)
     tight = positive(Residual(act=False))
     x = torch.rand(1, 2, 23, 18)
-    f = receptive_field(skeleton, "head", (23, 18))
+    f = receptive_field(skeleton, "head", input_size=(23, 18))
     for i, j in [(0, 0), (1, 2), (2, 1)]:
         assert tuple(f.boxes(torch.tensor([i, j])).tolist()) == gradient_support(tight, "head", x, i, j)
     assert all(p.is_meta for p in skeleton.parameters())  # the skeleton itself is untouched

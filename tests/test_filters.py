@@ -16,7 +16,7 @@ from deconvviz.weights import load_vgg, skeleton
 def test_filters_are_the_gradient_of_the_response_to_rgb_pixels(preprocess):
     """Independent oracle: autograd through the weights' preprocessing and the first conv, at one position."""
     model, _ = load_vgg("vgg11_bn", "random", device="cpu", seed=2, verbose=False)
-    module, templates = first_layer_filters(model, "conv1_1", preprocess)
+    module, templates = first_layer_filters(model, "conv1_1", preprocess=preprocess)
     conv = model.features[0]
     assert module == "features.0" and templates.shape == (64, 3, 3, 3)
     rgb = torch.rand(1, 3, 7, 7, generator=torch.Generator().manual_seed(0), requires_grad=True)

@@ -45,7 +45,7 @@ def shifted_down(x, a):
 )
 def test_distances_and_probabilities_match_a_plain_recomputation(net, transform, amounts, plain):
     model, x = net
-    res = invariance(model, x, transform, amounts, layers=["conv1_1", "conv5_2", "fc7"], batch_size=3)
+    res = invariance(model, x, transform, amounts=amounts, layers=["conv1_1", "conv5_2", "fc7"], batch_size=3)
     ref, p_ref = plain_features(model, x)
     top = int(p_ref[0].argmax())
     assert res.top_class == top and res.layers == ["conv1_1", "conv5_2", "fc7"]
@@ -62,7 +62,7 @@ def test_distances_and_probabilities_match_a_plain_recomputation(net, transform,
 
 def test_scale_one_is_the_original_and_other_scales_move_every_layer(net):
     model, x = net
-    res = invariance(model, x, "scale", [1.0, 0.7, 1.4])
+    res = invariance(model, x, "scale", amounts=[1.0, 0.7, 1.4])
     assert res.distances[:, 0].abs().max() < 1e-3 * res.norms.min()
     assert (res.distances[:, 1:] > 0).all()
     assert torch.allclose(res.images[0], x[0], atol=1e-5)

@@ -462,7 +462,7 @@ def test_slopes_are_recorded_compactly_and_only_when_the_rule_needs_them():
 
     def saved(act, rule):
         model = seeded_like(Activated(act))
-        _, out, _ = layer_output(model, torch.randn(1, 3, 10, 10), "c3", RULES[rule])
+        _, out, _ = layer_output(model, torch.randn(1, 3, 10, 10), "c3", rule=RULES[rule])
         nodes, stack = [], [out.grad_fn]
         while stack:
             n = stack.pop()

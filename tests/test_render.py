@@ -52,7 +52,7 @@ def test_reconstruction_figure_letters_every_stage_and_names_the_last_in_its_not
     g = torch.Generator().manual_seed(0)
     stages = [Stage(f"block{i}", "deconv", f"m{i}", torch.randn(4, 8, 8, generator=g)) for i in range(29)]
     stages.append(Stage("input", "deconv", "", torch.randn(3, 16, 16, generator=g)))
-    fig = reconstruction_figure(np.zeros((16, 16, 3)), stages, IMAGENET_TORCHVISION, "t")
+    fig = reconstruction_figure(np.zeros((16, 16, 3)), stages, IMAGENET_TORCHVISION, title="t")
     labels = [ax.get_xlabel().split(")")[0] + ")" for ax in fig.axes if ax.get_visible()]
     assert labels[:2] == ["(a)", "(b)"] and labels[26:28] == ["(aa)", "(ab)"] and len(labels) == 31
     assert any("stages (b)-(ad):" in t.get_text() for t in fig.texts)  # 29 stages: b..ad; (ae) reconstruction

@@ -22,19 +22,19 @@ RULE_NAMES = ["deconvnet", "guided", "gradient", "linear"]
 def test_nearest_upsampling_by_2_worked_by_hand():
     """Each value fills its 2x2 window (UpSampling2D's default)."""
     want = torch.tensor([[1.0, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]])
-    assert torch.equal(upsample(Y, nn.MaxPool2d(2), (4, 4), "nearest")[0, 0], want)
+    assert torch.equal(upsample(Y, nn.MaxPool2d(2), (4, 4), how="nearest")[0, 0], want)
 
 
 def test_nearest_upsampling_by_2_3_worked_by_hand():
     """Windows of 2 rows and 3 columns: a 4x6 plane."""
     want = torch.tensor([[1.0, 1, 1, 2, 2, 2], [1, 1, 1, 2, 2, 2], [3, 3, 3, 4, 4, 4], [3, 3, 3, 4, 4, 4]])
-    assert torch.equal(upsample(Y, nn.MaxPool2d((2, 3)), (4, 6), "nearest")[0, 0], want)
+    assert torch.equal(upsample(Y, nn.MaxPool2d((2, 3)), (4, 6), how="nearest")[0, 0], want)
 
 
 def test_nearest_overlapping_windows_add_and_padding_gets_nothing():
     """3x3 windows, stride 2, padding 1 on a 4x4 plane: windows start at -1 and 1; the rows and columns 1 of
     both windows (overlap) get both values; the padded row and column -1 are dropped."""
-    got = upsample(torch.ones(1, 1, 2, 2), nn.MaxPool2d(3, 2, padding=1), (4, 4), "nearest")[0, 0]
+    got = upsample(torch.ones(1, 1, 2, 2), nn.MaxPool2d(3, 2, padding=1), (4, 4), how="nearest")[0, 0]
     want = torch.tensor([[1.0, 2, 1, 1], [2, 4, 2, 2], [1, 2, 1, 1], [1, 2, 1, 1]])
     assert torch.equal(got, want)
 
@@ -46,22 +46,22 @@ def test_bilinear_upsampling_worked_by_hand():
     want = torch.tensor(
         [[1.0, 1.25, 1.75, 2.0], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5], [3.0, 3.25, 3.75, 4.0]]
     )
-    assert torch.equal(upsample(Y, nn.MaxPool2d(2), (4, 4), "bilinear")[0, 0], want)
+    assert torch.equal(upsample(Y, nn.MaxPool2d(2), (4, 4), how="bilinear")[0, 0], want)
 
 
 def test_fixed_position_worked_by_hand():
     """Offset (k - 1) // 2 from each window's start: the top-left cell of 2x2 windows, the centre of 3x3 ones;
     a 3x3 window that starts in the padding puts its value at the plane's corner (0, 0)."""
     two = torch.tensor([[1.0, 0, 2, 0], [0, 0, 0, 0], [3, 0, 4, 0], [0, 0, 0, 0]])
-    assert torch.equal(upsample(Y, nn.MaxPool2d(2), (4, 4), "fixed")[0, 0], two)
+    assert torch.equal(upsample(Y, nn.MaxPool2d(2), (4, 4), how="fixed")[0, 0], two)
     three = torch.zeros(6, 6)
     three[1, 1], three[1, 4], three[4, 1], three[4, 4] = 1, 2, 3, 4
-    assert torch.equal(upsample(Y, nn.MaxPool2d(3), (6, 6), "fixed")[0, 0], three)
+    assert torch.equal(upsample(Y, nn.MaxPool2d(3), (6, 6), how="fixed")[0, 0], three)
     padded = torch.zeros(4, 4)
     padded[0, 0], padded[0, 2], padded[2, 0], padded[2, 2] = 1, 2, 3, 4
-    assert torch.equal(upsample(Y, nn.MaxPool2d(3, 2, padding=1), (4, 4), "fixed")[0, 0], padded)
+    assert torch.equal(upsample(Y, nn.MaxPool2d(3, 2, padding=1), (4, 4), how="fixed")[0, 0], padded)
     # a 2x2 window at -1 (padding 1) puts its value at offset 0: in the padding, so it is lost
-    corner = upsample(Y, nn.MaxPool2d(2, 2, padding=1), (2, 2), "fixed")[0, 0]
+    corner = upsample(Y, nn.MaxPool2d(2, 2, padding=1), (2, 2), how="fixed")[0, 0]
     assert torch.equal(corner, torch.tensor([[0.0, 0], [0, 4]]))
 
 
@@ -113,7 +113,7 @@ def test_filter_step_is_a_convolution_over_a_zero_inserted_padded_input(stride, 
     assert want.shape == x.shape
     with torch.no_grad():
         assert torch.allclose(filter_(conv, y, x.shape), want, atol=1e-12)
-        assert torch.allclose(filter_(conv, y, x.shape, {}), want, atol=1e-12)  # the flipped-filters fast path
+        assert torch.allclose(filter_(conv, y, x.shape, flips={}), want, atol=1e-12)  # the flipped-filters fast path
 
 
 def test_unpool_names_are_checked_in_one_place():
@@ -175,7 +175,7 @@ def test_oracle_loops_agree_with_upsample_on_odd_overlapping_ceil_pools():
                 continue
             for how in ("nearest", "bilinear", "fixed"):
                 want = unpool_by_loops(g, pool, size, how)
-                assert torch.allclose(upsample(g, pool, size, how), want, atol=1e-12), (pool, size, how)
+                assert torch.allclose(upsample(g, pool, size, how=how), want, atol=1e-12), (pool, size, how)
 
 
 def test_switches_stay_bit_for_bit_what_they_were():

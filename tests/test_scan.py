@@ -221,7 +221,9 @@ def test_projections_with_another_thread_count_agree_to_float_rounding(photos, r
             width = SIZE // {"conv3_1": 4, "pool3": 8}[layer]  # vgg11: two pools before conv3_1, three to pool3
             for rec, want in zip(ch.records, ch.projections, strict=True):
                 x = to_batch(photos / rec.image, weights.preprocess, SIZE)
-                got = dn.project(x, layer, [c], positions=torch.tensor([[rec.row * width + rec.col]])).images[0, 0]
+                got = dn.project(x, layer, channels=[c], positions=torch.tensor([[rec.row * width + rec.col]])).images[
+                    0, 0
+                ]
                 assert rel_err(got, want) <= 1e-6
     finally:
         torch.set_num_threads(threads)

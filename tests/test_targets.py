@@ -206,7 +206,7 @@ def test_class_selection_matches_gradient_times_activation_from_autograd():
         contrib = (g * a).detach().sum((2, 3))  # (N, 8)
         want = contrib.topk(3, dim=1).indices
         for model, layer in ((net, "4"), (_Wrapped(net), "body.4")):
-            torch.testing.assert_close(class_contributions(model, x, layer, cls), contrib, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(class_contributions(model, x, layer, cls=cls), contrib, rtol=1e-5, atol=1e-6)
             out = Deconvnet(model).project(x, layer, cls=cls, top=3)
             assert torch.equal(out.selections.channels, want)
         # per-image channels are projected as given by hand
@@ -252,9 +252,9 @@ def test_a_region_named_in_the_sidecar_outside_the_crop_is_refused(tmp_path):
     Image.fromarray(np.zeros((100, 400, 3), np.uint8)).save(path)
     path.with_name("wide.png.json").write_text(json.dumps({"left": [0, 0, 100, 100]}))
     with pytest.raises(SelectionError, match="outside the centre square"):
-        find_region("left", path, 64, 64, 64)
+        find_region("left", path, 64, width=64, height=64)
     with pytest.raises(SelectionError, match="unknown region 'right'.*names: left"):
-        find_region("right", path, 64, 64, 64)
+        find_region("right", path, 64, width=64, height=64)
 
 
 def test_the_built_in_photo_names_the_bicycle_and_the_dog():

@@ -106,8 +106,10 @@ def read_card(path: str | os.PathLike) -> Card:
     whole = converts or loader == "file"
     file, sha256 = field.get("file.name", str), field.get("file.sha256", "sha256" if whole else "sha256 prefix")
     if loader == "torchvision" and not re.fullmatch(rf".+-{sha256}\.pth?", file):
-        raise WeightsError(f"model card {path.name}: file.name '{file}' must end in -{sha256}.pth (file.sha256), "
-                           "the prefix torch.hub checks")  # fmt: skip
+        raise WeightsError(
+            f"model card {path.name}: file.name '{file}' must end in -{sha256}.pth (file.sha256), "
+            "the prefix torch.hub checks"
+        )
     return Card(
         name=name,
         architecture=architecture,

@@ -445,8 +445,10 @@ def visualize(
 
         names = _layer_names(layer, layers)
         if (channels or "").strip().lower() == "all":
-            raise DeconvvizError("visualize draws a grid, too small for every map: give --top N or --channels 12,40 "
-                                 "(all maps together: deconvviz reconstruct --channels all)")  # fmt: skip
+            raise DeconvvizError(
+                "visualize draws a grid, too small for every map: give --top N or --channels 12,40 "
+                "(all maps together: deconvviz reconstruct --channels all)"
+            )
         choice = _Choice(model, weights, device)
         names = names or [choice.default_layer]
         request = Request(
@@ -815,8 +817,13 @@ class _Bar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         if self._bar is None:
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn())  # fmt: skip
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+            )
             self._bar.start()
         if phase not in self._tasks:
             task = self._bar.add_task(phase, total=total, completed=done, rate="")
@@ -1031,8 +1038,9 @@ class _Steps:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         if self._bar is None:
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn())  # fmt: skip
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+            )
             self._bar.start()
         if phase not in self._tasks:
             self._tasks[phase] = self._bar.add_task(phase, total=total)
@@ -1068,8 +1076,10 @@ def site(
         finally:
             bar.stop()
         if not quiet:
-            typer.echo(f"wrote {summary.pages} pages ({summary.files} files, {summary.bytes / 1e6:.1f} MB); "
-                       f"open {summary.out / 'index.html'}")  # fmt: skip
+            typer.echo(
+                f"wrote {summary.pages} pages ({summary.files} files, {summary.bytes / 1e6:.1f} MB); "
+                f"open {summary.out / 'index.html'}"
+            )
 
 
 @app.command()
@@ -1118,8 +1128,10 @@ def explore(
         finally:
             bar.stop()
         if not quiet:
-            typer.echo(f"wrote {summary.pages} pages ({summary.files} files, {summary.bytes / 1e6:.1f} MB); "
-                       f"open {summary.out / 'index.html'}")  # fmt: skip
+            typer.echo(
+                f"wrote {summary.pages} pages ({summary.files} files, {summary.bytes / 1e6:.1f} MB); "
+                f"open {summary.out / 'index.html'}"
+            )
 
 
 def main() -> None:

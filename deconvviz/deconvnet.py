@@ -50,8 +50,15 @@ class Deconvnet:
     (rectified.CONVENTIONS); what has no rule is refused.
     """
 
-    def __init__(self, model: nn.Module, *, rule: str | Rule = "deconvnet", unpool: str = "switches",
-                 max_batch_bytes: int = 1 << 30, crop: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        rule: str | Rule = "deconvnet",
+        unpool: str = "switches",
+        max_batch_bytes: int = 1 << 30,
+        crop: bool | None = None,
+    ) -> None:
         """rule: how ReLUs pass the signal back (deconvnet, guided, gradient, linear; rules.py); unpool: how
         max-pools are undone (switches, nearest, bilinear, fixed; reverse.UNPOOLS); max_batch_bytes bounds
         the memory of one chunk of selections; crop: run mode-max projections on receptive-field windows
@@ -104,12 +111,26 @@ class Deconvnet:
     def _chunk(self, per_selection: int) -> int:
         return max(1, self.max_batch_bytes // max(per_selection, 1))
 
-    def project(self, x: Tensor, layer: str, *, channels: Sequence[int] | None = None, mode: str = "max",
-                top: int = 9, keep_stages: bool = False, together: bool = False,
-                positions: Tensor | None = None, rule: str | Rule | None = None, values: Tensor | None = None,
-                region: Box | None = None, at: Point | None = None, exclude: Sequence[Box] = (),
-                cls: int | None = None, stages: Sequence[str] | None = None,
-                unpool: str | None = None) -> Projection:  # fmt: skip
+    def project(
+        self,
+        x: Tensor,
+        layer: str,
+        *,
+        channels: Sequence[int] | None = None,
+        mode: str = "max",
+        top: int = 9,
+        keep_stages: bool = False,
+        together: bool = False,
+        positions: Tensor | None = None,
+        rule: str | Rule | None = None,
+        values: Tensor | None = None,
+        region: Box | None = None,
+        at: Point | None = None,
+        exclude: Sequence[Box] = (),
+        cls: int | None = None,
+        stages: Sequence[str] | None = None,
+        unpool: str | None = None,
+    ) -> Projection:
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
         channels: feature maps to project (None: the `top` strongest for each image); mode "max" keeps
@@ -161,8 +182,22 @@ class Deconvnet:
                 boundaries=boundaries,
             )
 
-    def _project(self, x, layer, channels, mode, top, keep_stages, together, positions, rule, values, *,
-                 unpool: str = "switches", boundaries=None) -> Projection:  # fmt: skip
+    def _project(
+        self,
+        x,
+        layer,
+        channels,
+        mode,
+        top,
+        keep_stages,
+        together,
+        positions,
+        rule,
+        values,
+        *,
+        unpool: str = "switches",
+        boundaries=None,
+    ) -> Projection:
         """The one driver of both paths: resolve, forward, select, then the reverse pass in chunks of seeds."""
         x, steps = self._input(x), self.steps if boundaries is None else None
         layer = str(layer) if isinstance(layer, int) and not isinstance(layer, bool) else layer
@@ -236,8 +271,9 @@ class Deconvnet:
                 for r in small.split(self._chunk(per_sel)):
                     hh, ww = int(box[r, 2].max()), int(box[r, 3].max())
                     y = act.new_zeros(len(r), act.shape[1], hh, ww)
-                    for j, (i, c, (t, left, bh, bw)) in enumerate(zip(img[r].tolist(), chan[r].tolist(),
-                                                                      box[r].tolist(), strict=True)):  # fmt: skip
+                    for j, (i, c, (t, left, bh, bw)) in enumerate(
+                        zip(img[r].tolist(), chan[r].tolist(), box[r].tolist(), strict=True)
+                    ):
                         if sel.mode == "max":
                             y[j, c, 0, 0] = sel.values.reshape(-1)[r[j]]
                         else:
@@ -411,8 +447,9 @@ class _AutogradPath:
 
     boundaries: module paths whose outputs (and each max-pool's input) give the stages, when not empty."""
 
-    def __init__(self, model: nn.Module, name: str, rule: Rule, boundaries: list[str] = (), *,
-                 unpool: str = "switches") -> None:  # fmt: skip
+    def __init__(
+        self, model: nn.Module, name: str, rule: Rule, boundaries: list[str] = (), *, unpool: str = "switches"
+    ) -> None:
         self.model, self.name, self.rule, self.boundaries = model, name, rule, list(boundaries)
         self.unpool = unpool
 

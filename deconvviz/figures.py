@@ -147,8 +147,13 @@ def check_layers(
 def _selections(dn: Deconvnet, out: Projection) -> dict:
     sel = out.selections
     boxes = dn.receptive_field_boxes(out)
-    rec = {"layer": sel.layer, "module": out.layer, "mode": sel.mode, "channels": sel.channels[0].tolist(),
-           "values": [float(v) for v in sel.values[0]]}  # fmt: skip
+    rec = {
+        "layer": sel.layer,
+        "module": out.layer,
+        "mode": sel.mode,
+        "channels": sel.channels[0].tolist(),
+        "values": [float(v) for v in sel.values[0]],
+    }
     if len(sel.shape) == 3:
         rec["positions"] = sel.rows_cols[0].tolist()
     if boxes is not None:
@@ -185,8 +190,9 @@ def _target_record(target: dict) -> dict:
     for key in ("region", "exclude"):
         boxes = target[key] if key == "exclude" else [target[key]] if target[key] is not None else []
         if boxes:
-            found = [{"name": b.name, "box": [b.x0, b.y0, b.x1, b.y1]} if b.name else [b.x0, b.y0, b.x1, b.y1]
-                     for b in boxes]  # fmt: skip
+            found = [
+                {"name": b.name, "box": [b.x0, b.y0, b.x1, b.y1]} if b.name else [b.x0, b.y0, b.x1, b.y1] for b in boxes
+            ]
             rec[key] = found if key == "exclude" else found[0]
     if target["at"] is not None:
         at = target["at"]
@@ -208,8 +214,12 @@ def _target_words(target: dict) -> str:
 
 
 def _weights_record(weights: Weights) -> dict:
-    return {"name": weights.name, "source": weights.source, "sha256": weights.sha256,
-            "preprocess": weights.preprocess.name}  # fmt: skip
+    return {
+        "name": weights.name,
+        "source": weights.source,
+        "sha256": weights.sha256,
+        "preprocess": weights.preprocess.name,
+    }
 
 
 def _shown_path(text: str) -> str:
@@ -355,8 +365,9 @@ def occlusion(
     region, at, exclude = request.region, request.at, request.exclude
     layer = layer or default_layer(model)
     dn = Deconvnet(model, rule=rule)
-    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, image_size,
-                 device=dn.device)  # fmt: skip
+    x = to_batch(
+        load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, image_size, device=dn.device
+    )
     if progress:
         progress(f"projecting {layer}")
     target = _target(x, image=image, size=image_size, region=region, at=at, exclude=exclude)
@@ -396,23 +407,35 @@ def occlusion(
 
     def summary(m: torch.Tensor, baseline: float) -> dict:
         i, j = divmod(int(m.argmin()), m.shape[1])
-        return {"unoccluded": baseline, "min": float(m.min()), "argmin": [int(res.rows[i]), int(res.cols[j])],
-                "max": float(m.max()), "map": m.tolist()}  # fmt: skip
+        return {
+            "unoccluded": baseline,
+            "min": float(m.min()),
+            "argmin": [int(res.rows[i]), int(res.cols[j])],
+            "max": float(m.max()),
+            "map": m.tolist(),
+        }
 
     prov |= {
-        "layer": layer, "module": res.layer, "channel": channel,
-        "occluder": {"size": res.size, "stride": res.stride, "grey": [round(float(g), 6) for g in res.grey],
-                     "positions": {"rows": res.rows.tolist(), "cols": res.cols.tolist()}},
+        "layer": layer,
+        "module": res.layer,
+        "channel": channel,
+        "occluder": {
+            "size": res.size,
+            "stride": res.stride,
+            "grey": [round(float(g), 6) for g in res.grey],
+            "positions": {"rows": res.rows.tolist(), "cols": res.cols.tolist()},
+        },
         "activation": summary(res.activation, res.baseline_activation),
         "projection": _selections(dn, out) | {"channel": channel, "rule": dn.rule.name} | _target_record(target),
-    }  # fmt: skip
+    }
     if cls is not None:
         prov["class"] = {"index": cls, "name": name} | summary(res.probability, res.baseline_probability)
     return fig, prov
 
 
-def write(fig: Figure, provenance: dict, out: str | os.PathLike, *, dpi: int = 150,
-          tables: dict[str, str] | None = None) -> tuple[Path, ...]:  # fmt: skip
+def write(
+    fig: Figure, provenance: dict, out: str | os.PathLike, *, dpi: int = 150, tables: dict[str, str] | None = None
+) -> tuple[Path, ...]:
     """Figure at `out` and its provenance JSON beside it (same name, .json), and any tables ({suffix: text},
     e.g. {".csv": ...}) with the same name: all written, or none."""
     out = Path(out)
@@ -506,17 +529,28 @@ def sanity(
     prov = _provenance("sanity", net, x, image=image, size=size, layers=[])
     del prov["layers"]
     prov |= {
-        "layer": layer, "module": rep.module, "channel": rep.channel, "position": list(rep.position),
-        "receptive_field": list(rep.box), "seed": seed, "rules": rep.rules, "randomized": labels,
+        "layer": layer,
+        "module": rep.module,
+        "channel": rep.channel,
+        "position": list(rep.position),
+        "receptive_field": list(rep.box),
+        "seed": seed,
+        "rules": rep.rules,
+        "randomized": labels,
         "seeded_at": "the unit's pre-activation (the step before its ReLU), with its trained value",
         "specificity_units": rep.specificity_units,
         "similarity": "inside the receptive field; Spearman of |r| and r summed over colour channels, SSIM of |r|",
-        "results": {r: {"cascading": [asdict(s) for s in rep.cascading[r]],
-                        "independent": [asdict(s) for s in rep.independent[r]],
-                        "specificity": asdict(rep.specificity[r]), "recovery": asdict(rep.recovery[r]),
-                        "fixed_positions": asdict(rep.fixed_positions[r])}
-                    for r in rep.rules},
-    }  # fmt: skip
+        "results": {
+            r: {
+                "cascading": [asdict(s) for s in rep.cascading[r]],
+                "independent": [asdict(s) for s in rep.independent[r]],
+                "specificity": asdict(rep.specificity[r]),
+                "recovery": asdict(rep.recovery[r]),
+                "fixed_positions": asdict(rep.fixed_positions[r]),
+            }
+            for r in rep.rules
+        },
+    }
     return fig, prov, csv
 
 
@@ -612,33 +646,51 @@ def filters(net: Network, *, layer: str | None = None) -> tuple[Figure, dict]:
     module, templates = first_layer_filters(model, layer, preprocess=weights.preprocess)
     k, _, kh, kw = templates.shape
     undone = "BGR order and 0-255 scale" if weights.preprocess.bgr else "per-channel std"
-    title = (f"{model_name} ({weights.name}): the {k} filters of {layer} ({kh}x{kw}) as RGB templates (the weights' "
-             f"{undone} undone);\neach scaled to its own largest |weight|, mid-grey = 0")  # fmt: skip
+    title = (
+        f"{model_name} ({weights.name}): the {k} filters of {layer} ({kh}x{kw}) as RGB templates (the weights' "
+        f"{undone} undone);\neach scaled to its own largest |weight|, mid-grey = 0"
+    )
     prov = {
-        "command": "filters", "deconvviz": __version__, "torch": torch.__version__.split("+")[0],
-        "model": _network_record(net)["spec"], "network": _network_record(net),
-        "weights": _weights_record(weights), "layer": layer, "module": module,
-        "filters": k, "kernel": [kh, kw], "normalization": "each filter: 0.5 + w / (2 max|w|)",
+        "command": "filters",
+        "deconvviz": __version__,
+        "torch": torch.__version__.split("+")[0],
+        "model": _network_record(net)["spec"],
+        "network": _network_record(net),
+        "weights": _weights_record(weights),
+        "layer": layer,
+        "module": module,
+        "filters": k,
+        "kernel": [kh, kw],
+        "normalization": "each filter: 0.5 + w / (2 max|w|)",
         "largest_abs_weight": [round(float(v), 6) for v in templates.abs().flatten(1).amax(1)],
-    }  # fmt: skip
+    }
     return filter_grid(templates, title), prov
 
 
-def invariance(net: Network, request: Request, *, transform: str = "rotate",
-               progress: Progress | None = None) -> tuple[Figure, dict]:  # fmt: skip
+def invariance(
+    net: Network, request: Request, *, transform: str = "rotate", progress: Progress | None = None
+) -> tuple[Figure, dict]:
     """ZF Fig. 5: distances of feature vectors to the original's over a range of `transform`, per layer, and the
     probability of the image's top class where the weights have a classifier."""
     model, weights, model_name, image = net.module, net.weights, net.name, request.image
     layers, size = request.layers, request.size
-    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size,
-                 device=next(model.parameters()).device)  # fmt: skip
+    x = to_batch(
+        load_image(image if image is not None else DEFAULT_IMAGE),
+        weights.preprocess,
+        size,
+        device=next(model.parameters()).device,
+    )
     res = invariance_sweep(model, x, transform, layers=layers, progress=progress)
     picks = sorted({round(i * (len(res.amounts) - 1) / 4) for i in range(5)})
     unit = UNITS[transform]
-    thumbs = [(f"{float(res.amounts[i]):g} {unit.split(',')[0]}", to_display(res.images[i], weights.preprocess))
-              for i in picks]  # fmt: skip
-    curves = [(f"{layer} (|f(x)| = {float(n):.3g})", d, "|f(T x) - f(x)|")
-              for layer, d, n in zip(res.layers, res.distances, res.norms, strict=True)]  # fmt: skip
+    thumbs = [
+        (f"{float(res.amounts[i]):g} {unit.split(',')[0]}", to_display(res.images[i], weights.preprocess))
+        for i in picks
+    ]
+    curves = [
+        (f"{layer} (|f(x)| = {float(n):.3g})", d, "|f(T x) - f(x)|")
+        for layer, d, n in zip(res.layers, res.distances, res.norms, strict=True)
+    ]
     name = None
     if res.top_class is not None:
         cats = weights.categories
@@ -649,11 +701,13 @@ def invariance(net: Network, request: Request, *, transform: str = "rotate",
     prov = _provenance("invariance", net, x, image=image, size=size, layers=[])
     del prov["layers"]
     prov |= {
-        "transform": transform, "unit": unit, "fill": "dataset mean colour (network input 0)",
+        "transform": transform,
+        "unit": unit,
+        "fill": "dataset mean colour (network input 0)",
         "amounts": [round(float(a), 6) for a in res.amounts],
         "distances": {layer: [float(v) for v in d] for layer, d in zip(res.layers, res.distances, strict=True)},
         "norms": {layer: float(n) for layer, n in zip(res.layers, res.norms, strict=True)},
-    }  # fmt: skip
+    }
     if res.top_class is not None:
         prov["class"] = {"index": res.top_class, "name": name, "probabilities": res.probabilities.tolist()}
     return fig, prov

@@ -99,8 +99,10 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int, *, keep_masks: bool =
         shapes.append(x.shape)
         wanted = s.module.in_channels if isinstance(s.module, nn.Conv2d) else None
         if wanted is not None and (x.dim() != 4 or x.shape[1] != wanted):
-            raise ImageError(f"'{s.name}' expects {wanted} input channels, got a {tuple(x.shape)} tensor; "
-                             "give images preprocessed for this model (deconvviz.to_batch)")  # fmt: skip
+            raise ImageError(
+                f"'{s.name}' expects {wanted} input channels, got a {tuple(x.shape)} tensor; "
+                "give images preprocessed for this model (deconvviz.to_batch)"
+            )
         try:
             if isinstance(s.module, nn.MaxPool2d):
                 x, idx = _maxpool(s.module, x)
@@ -113,11 +115,14 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int, *, keep_masks: bool =
             if out_of_memory(e):
                 raise
             why = f"{type(s.module).__name__}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-            raise ImageError(f"input {tuple(shapes[0][-2:])} does not fit '{s.name}' ({why}); use a larger --size, "
-                             "or images preprocessed for this model") from None  # fmt: skip
+            raise ImageError(
+                f"input {tuple(shapes[0][-2:])} does not fit '{s.name}' ({why}); use a larger --size, "
+                "or images preprocessed for this model"
+            ) from None
         if x.numel() == 0:
-            raise ImageError(f"input {tuple(shapes[0][-2:])} is too small: '{s.name}' has an empty output; "
-                             "use a larger --size")  # fmt: skip
+            raise ImageError(
+                f"input {tuple(shapes[0][-2:])} is too small: '{s.name}' has an empty output; use a larger --size"
+            )
     shapes.append(x.shape)
     return ForwardRecord(x, shapes, switches, masks)
 

@@ -59,8 +59,15 @@ def transformed(x: Tensor, transform: str, amount: float) -> Tensor:
         raise DeconvvizError(f"unknown transform '{transform}'; use {', '.join(TRANSFORMS)}")
     if shift == [0, 0] and scale == 1.0 and angle % 360 == 0:
         return x.clone()  # exactly the original (resampling would add rounding noise)
-    return TF.affine(x, angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0],
-                     interpolation=InterpolationMode.BILINEAR, fill=0.0)  # fmt: skip
+    return TF.affine(
+        x,
+        angle=angle,
+        translate=shift,
+        scale=scale,
+        shear=[0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR,
+        fill=0.0,
+    )
 
 
 def has_classifier(model: nn.Module) -> bool:
@@ -82,9 +89,16 @@ def default_layers(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def invariance(model: nn.Module, x: Tensor, transform: str, *, amounts: Sequence[float] | Tensor | None = None,
-               layers: Sequence[str] | None = None, batch_size: int = 8,
-               progress: Callable[[str], None] | None = None) -> Invariance:  # fmt: skip
+def invariance(
+    model: nn.Module,
+    x: Tensor,
+    transform: str,
+    *,
+    amounts: Sequence[float] | Tensor | None = None,
+    layers: Sequence[str] | None = None,
+    batch_size: int = 8,
+    progress: Callable[[str], None] | None = None,
+) -> Invariance:
     """Feature-vector distances to the original image (1, 3, H, W) over a range of a transform, per layer, and
     the probability of the original's top class where the model has a classifier."""
     steps = chain_of(model)

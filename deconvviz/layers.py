@@ -16,9 +16,18 @@ from .errors import LayerError, unknown_name
 
 # Module types the explicit reverse pass mirrors exactly (exact types: a subclass may change forward).
 MIRRORED = (
-    nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity,
-    nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear,
-)  # fmt: skip
+    nn.Conv2d,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.BatchNorm2d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Linear,
+)
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,12 @@ def chain_of(model: nn.Module) -> list[Step] | None:
         steps = _leaves("", model)
     elif type(model) in (VGG, AlexNet):  # forward: features, avgpool, flatten(1), classifier
         flat = Step("flatten", nn.Flatten(1))
-        steps = [*_leaves("features", model.features), *_leaves("avgpool", model.avgpool), flat,
-                 *_leaves("classifier", model.classifier)]  # fmt: skip
+        steps = [
+            *_leaves("features", model.features),
+            *_leaves("avgpool", model.avgpool),
+            flat,
+            *_leaves("classifier", model.classifier),
+        ]
     else:
         return None
     ok = all(type(s.module) in MIRRORED for s in steps) and all(_plain(s.module) for s in steps)
@@ -115,9 +128,11 @@ def resolve(model: nn.Module, steps: list[Step] | None, layer: str) -> str:
             return inside[-1]
     if layer not in known:
         if steps is not None and isinstance(model, VGG) and re.fullmatch(r"fc[678]", layer):
-            raise LayerError(f"layer '{layer}' needs a classifier, and this model has none (vgg16-caffe weights are "
-                             "conv layers only); use --weights torchvision or a state dict with a classifier, or a "
-                             "conv/pool layer")  # fmt: skip
+            raise LayerError(
+                f"layer '{layer}' needs a classifier, and this model has none (vgg16-caffe weights are "
+                "conv layers only); use --weights torchvision or a state dict with a classifier, or a "
+                "conv/pool layer"
+            )
         raise LayerError(unknown_name("layer", layer, layer_names(model), fix="; see `deconvviz layers`"))
     return layer
 

@@ -72,9 +72,19 @@ def _band(coords: Tensor, start: Tensor, size: int) -> Tensor:
     return (coords >= start[:, None]) & (coords < start[:, None] + size)
 
 
-def occlusion_maps(model: nn.Module, x: Tensor, layer: str, *, channel: int, size: int | None = None,
-                   stride: int | None = None, cls: int | None = None, grey: Grey = None, batch_size: int = 32,
-                   progress: Callable[[str], None] | None = None) -> OcclusionResult:  # fmt: skip
+def occlusion_maps(
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    *,
+    channel: int,
+    size: int | None = None,
+    stride: int | None = None,
+    cls: int | None = None,
+    grey: Grey = None,
+    batch_size: int = 32,
+    progress: Callable[[str], None] | None = None,
+) -> OcclusionResult:
     """Occlusion maps for one image x (1, 3, H, W), already preprocessed.
 
     size: occluder side (default 48 at 224, scaled); stride: step between positions (default size // 3);
@@ -106,8 +116,10 @@ def occlusion_maps(model: nn.Module, x: Tensor, layer: str, *, channel: int, siz
         upto = step_index(steps, name)
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
         if cls is not None and not isinstance(last.module, nn.Linear):
-            raise OcclusionError(f"--class needs a model with a classifier, and this one ends with '{last.name}' "
-                                 "(no class scores); use --weights torchvision")  # fmt: skip
+            raise OcclusionError(
+                f"--class needs a model with a classifier, and this one ends with '{last.name}' "
+                "(no class scores); use --weights torchvision"
+            )
         forward_chain(steps, x, len(steps) - 1 if cls is not None else upto)  # clear errors for too small inputs
 
         def run(xb: Tensor) -> tuple[Tensor, Tensor]:

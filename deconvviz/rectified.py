@@ -87,8 +87,20 @@ _GATES = {f: "SiLU" for f in (torch.sigmoid, Tensor.sigmoid, F.sigmoid, torch.sp
 _GATES_INPLACE = {torch.sigmoid_, Tensor.sigmoid_}
 _PRODUCT_FUNCS = {Tensor.__mul__, Tensor.__rmul__, Tensor.mul, torch.mul, Tensor.mul_, Tensor.__imul__}
 _INPLACE_PRODUCTS = {Tensor.mul_, Tensor.__imul__}
-_VIEWS = {Tensor.view, Tensor.reshape, Tensor.expand, Tensor.expand_as, Tensor.unsqueeze, Tensor.squeeze,
-          Tensor.flatten, Tensor.contiguous, Tensor.permute, torch.reshape, torch.flatten, torch.unsqueeze}  # fmt: skip
+_VIEWS = {
+    Tensor.view,
+    Tensor.reshape,
+    Tensor.expand,
+    Tensor.expand_as,
+    Tensor.unsqueeze,
+    Tensor.squeeze,
+    Tensor.flatten,
+    Tensor.contiguous,
+    Tensor.permute,
+    torch.reshape,
+    torch.flatten,
+    torch.unsqueeze,
+}
 _NORMS = {F.layer_norm: "layer", torch.layer_norm: "layer", F.group_norm: "group", torch.group_norm: "group"}
 
 # autograd nodes (names without "Backward<n>") that are linear in the signal or the max-pool switch rule.
@@ -101,7 +113,7 @@ _LINEAR = set(
     "IndexSelect Flip Roll Repeat Narrow ReflectionPad1D ReflectionPad2D ReflectionPad3D ReplicationPad1D "
     "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Activated _FixedStd "
     "_FrozenBatchNorm _Unpooled".split()
-)  # fmt: skip
+)
 _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only if one operand carries no signal
 
 
@@ -373,9 +385,18 @@ class _RectifyReLUs(TorchFunctionMode):
 
 # Calls whose result does not depend on the values of their tensor arguments (only shape, dtype, device).
 _SHAPE_ONLY = {
-    torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, Tensor.new_zeros, Tensor.new_ones,
-    Tensor.new_empty, Tensor.new_full, Tensor.size, Tensor.dim, Tensor.numel,
-}  # fmt: skip
+    torch.zeros_like,
+    torch.ones_like,
+    torch.empty_like,
+    torch.full_like,
+    Tensor.new_zeros,
+    Tensor.new_ones,
+    Tensor.new_empty,
+    Tensor.new_full,
+    Tensor.size,
+    Tensor.dim,
+    Tensor.numel,
+}
 
 
 @contextlib.contextmanager
@@ -446,8 +467,16 @@ def _signal_nodes(out: Tensor, x: Tensor, places: dict | None = None) -> Iterato
         stack.extend(feeding)
 
 
-def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str, *, gated: dict | None = None,
-               rule: Rule = RULES["deconvnet"], places: dict | None = None) -> set[int]:  # fmt: skip
+def check_path(
+    out: Tensor,
+    x: Tensor,
+    owners: dict[int, str],
+    layer: str,
+    *,
+    gated: dict | None = None,
+    rule: Rule = RULES["deconvnet"],
+    places: dict | None = None,
+) -> set[int]:
     """Refuse any op between x and out that the rule cannot mirror (none for the exact gradient rule); returns
     the ids of the nodes on the signal's path. owners: grad_fn id -> module; gated: nodes fed by values computed
     from the signal without a gradient (`_RectifyReLUs.gated`); places: grad_fn id -> (node, module path)."""
@@ -459,13 +488,17 @@ def check_path(out: Tensor, x: Tensor, owners: dict[int, str], layer: str, *, ga
         where = owners.get(id(node)) or (f"{place} ({op.lower()})" if place else "")
         what = f"'{where}'" if where else f"an operation ({op.lower()})"
         if op in ("Relu", "Threshold"):
-            raise UnsupportedModelError(f"{what} between the input and '{layer}' is a ReLU that deconvviz cannot "
-                                        "intercept (scripted or custom kernel); use nn.ReLU or F.relu, or the "
-                                        "exact rule='gradient' (--rule gradient)")  # fmt: skip
+            raise UnsupportedModelError(
+                f"{what} between the input and '{layer}' is a ReLU that deconvviz cannot "
+                "intercept (scripted or custom kernel); use nn.ReLU or F.relu, or the "
+                "exact rule='gradient' (--rule gradient)"
+            )
         if refused := _no_rule(node, op, feeding, signal=signal, gated=gated or {}, rule=rule.name):
             why = refused[1]
-            raise UnsupportedModelError(f"cannot project '{layer}' through {what}: {why}; choose a layer before it, "
-                                        "or rule='gradient' (--rule gradient), exact through every op")  # fmt: skip
+            raise UnsupportedModelError(
+                f"cannot project '{layer}' through {what}: {why}; choose a layer before it, "
+                "or rule='gradient' (--rule gradient), exact through every op"
+            )
     return seen
 
 
@@ -473,20 +506,27 @@ def _no_rule(node, op: str, feeding: list, signal, gated: dict, rule: str = "dec
     """Why the rule has no way through this graph node on the signal's path, (in a word, in a sentence), or
     None when it has one."""
     if op not in _LINEAR and op != "AccumulateGrad":
-        return op.lower(), (f"{op} has no {rule} rule (only convolutions, linear maps, pools, BatchNorm, LayerNorm, "
-                            "GroupNorm, sums, elementwise activations and gated products)")  # fmt: skip
+        return op.lower(), (
+            f"{op} has no {rule} rule (only convolutions, linear maps, pools, BatchNorm, LayerNorm, "
+            "GroupNorm, sums, elementwise activations and gated products)"
+        )
     if op == "Div" and len(node.next_functions) > 1 and signal(node.next_functions[1][0]):
         return "division by a signal", f"it divides by an input-dependent signal, which has no {rule} rule"
     if op in _PRODUCTS and len(feeding) > 1:
-        return "product of two signals", (f"it multiplies two input-dependent signals with no sigmoid gate, which "
-                                          f"has no {rule} rule")  # fmt: skip
+        return "product of two signals", (
+            f"it multiplies two input-dependent signals with no sigmoid gate, which has no {rule} rule"
+        )
     if op.endswith("BatchNorm") and getattr(node, "_saved_training", False):
-        return "batch statistics", ("it normalizes with the batch's own statistics (BatchNorm without running "
-                                    f"statistics, InstanceNorm), which has no {rule} rule")  # fmt: skip
+        return "batch statistics", (
+            "it normalizes with the batch's own statistics (BatchNorm without running "
+            f"statistics, InstanceNorm), which has no {rule} rule"
+        )
     if id(node) in gated and any(signal(n) for n in gated[id(node)][1]):
-        return "data-dependent mask", ("it mixes in a value computed from the input without a gradient (a mask such "
-                                       f"as t > 0, .detach(), torch.no_grad()): a data-dependent gate with no {rule} "
-                                       "rule; use nn.ReLU or F.relu")  # fmt: skip
+        return "data-dependent mask", (
+            "it mixes in a value computed from the input without a gradient (a mask such "
+            f"as t > 0, .detach(), torch.no_grad()): a data-dependent gate with no {rule} "
+            "rule; use nn.ReLU or F.relu"
+        )
     return None
 
 
@@ -617,8 +657,10 @@ def layer_output(
                 if out_of_memory(e):
                     raise
                 why = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise ImageError(f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape)} ({why}); "
-                                 "give input preprocessed for this model") from None  # fmt: skip
+                raise ImageError(
+                    f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape)} ({why}); "
+                    "give input preprocessed for this model"
+                ) from None
         random = any(not torch.equal(a, b) for a, b in zip(before, _rng_state(leaf.device), strict=True))
     if random:
         raise UnsupportedModelError(

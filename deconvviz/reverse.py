@@ -217,8 +217,17 @@ def _inside(origin: Tensor, size: tuple[int, int], limit: tuple[int, int]) -> Te
     return (ok_r[:, :, None] & ok_c[:, None, :])[:, None]
 
 
-def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, *, origin: Tensor, img: Tensor, rule: Rule,
-                    flips: dict | None = None, unpooling: str = "switches") -> Tensor:  # fmt: skip
+def reverse_cropped(
+    steps: list[Step],
+    record: ForwardRecord,
+    y: Tensor,
+    *,
+    origin: Tensor,
+    img: Tensor,
+    rule: Rule,
+    flips: dict | None = None,
+    unpooling: str = "switches",
+) -> Tensor:
     """Reverse pass on windows that follow the receptive field of one activation per row.
 
     y (B, C, 1, 1): the selected activation at `origin` (B, 2) of steps[-1]'s output. Each conv or
@@ -230,8 +239,9 @@ def reverse_cropped(steps: list[Step], record: ForwardRecord, y: Tensor, *, orig
     for i in reversed(range(len(steps))):
         m, plane = steps[i].module, tuple(record.shapes[i][-2:])
         if isinstance(m, nn.ReLU):
-            y = rule.backward(y, _window(record.masks[steps[i].name], img, origin, y.shape[1:]) if rule.needs_slope
-                                   else None)  # fmt: skip
+            y = rule.backward(
+                y, _window(record.masks[steps[i].name], img, origin, y.shape[1:]) if rule.needs_slope else None
+            )
         elif isinstance(m, nn.BatchNorm2d):
             y = filter_(m, y, y.shape)
         elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
@@ -282,8 +292,12 @@ def _window(t: Tensor, img: Tensor, origin: Tensor, shape: tuple[int, int, int])
     rows = (origin[:, 0, None] + torch.arange(h, device=t.device)).clamp(0, t.shape[2] - 1)
     cols = (origin[:, 1, None] + torch.arange(w, device=t.device)).clamp(0, t.shape[3] - 1)
     n = img if t.shape[0] > 1 else torch.zeros_like(img)
-    return t[n[:, None, None, None], torch.arange(c, device=t.device)[None, :, None, None],
-             rows[:, None, :, None], cols[:, None, None, :]]  # fmt: skip
+    return t[
+        n[:, None, None, None],
+        torch.arange(c, device=t.device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
 
 
 def _unpool_window(y: Tensor, sw: Switches, img: Tensor, origin: Tensor, start: Tensor, size: tuple) -> Tensor:
@@ -292,8 +306,12 @@ def _unpool_window(y: Tensor, sw: Switches, img: Tensor, origin: Tensor, start: 
     ho, wo = sw.indices.shape[-2:]
     rows = (origin[:, 0, None] + torch.arange(h, device=y.device)).clamp(0, ho - 1)
     cols = (origin[:, 1, None] + torch.arange(w, device=y.device)).clamp(0, wo - 1)
-    idx = sw.indices[img[:, None, None, None], torch.arange(c, device=y.device)[None, :, None, None],
-                     rows[:, None, :, None], cols[:, None, None, :]]  # fmt: skip
+    idx = sw.indices[
+        img[:, None, None, None],
+        torch.arange(c, device=y.device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
     r = idx // sw.input_size[1] - start[:, 0, None, None, None]
     q = idx % sw.input_size[1] - start[:, 1, None, None, None]
     # positions outside the plane carry zeros; clamping only keeps their (zero) adds inside the window

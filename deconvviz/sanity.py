@@ -123,8 +123,10 @@ def randomizable(model: nn.Module, layer: str) -> list[str]:
     for path, module in _forward_order(model, layer):
         if any(True for _ in module.parameters(recurse=False)):
             if not callable(getattr(module, "reset_parameters", None)):
-                raise UnsupportedModelError(f"cannot randomize '{path}' ({type(module).__name__}): it has no "
-                                            "reset_parameters(); choose a layer before it")  # fmt: skip
+                raise UnsupportedModelError(
+                    f"cannot randomize '{path}' ({type(module).__name__}): it has no "
+                    "reset_parameters(); choose a layer before it"
+                )
             names.append(path)
     if not names:
         raise LayerError(f"no layer with weights between the input and '{layer}'; choose a deeper layer")
@@ -145,9 +147,17 @@ def randomized_copy(model: nn.Module, names: Sequence[str], seed: int) -> nn.Mod
     return twin
 
 
-def sanity_report(model: nn.Module, x: Tensor, layer: str, *, channel: int | None = None,
-                  rules: Sequence[str] = tuple(RULES), seed: int = 0, units: int = 8,
-                  progress: Progress | None = None) -> SanityReport:  # fmt: skip
+def sanity_report(
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    *,
+    channel: int | None = None,
+    rules: Sequence[str] = tuple(RULES),
+    seed: int = 0,
+    units: int = 8,
+    progress: Progress | None = None,
+) -> SanityReport:
     """Randomization, specificity and recovery numbers for one unit of `layer` (the strongest activation of
     `channel`; None: of the image's strongest map). x: one preprocessed image (1, C, H, W)."""
     rules = [get_rule(r).name for r in rules]

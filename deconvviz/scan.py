@@ -224,9 +224,12 @@ def scan_folder(
         unpool=get_unpool(unpool),
     )
     check_size(size)
-    checks = (("top (--top)", top, 1), ("batch size (--batch-size)", batch_size, 1),
-              ("checkpoint interval (--checkpoint-every)", checkpoint_every, 1),
-              ("workers (--workers)", workers, 0))  # fmt: skip
+    checks = (
+        ("top (--top)", top, 1),
+        ("batch size (--batch-size)", batch_size, 1),
+        ("checkpoint interval (--checkpoint-every)", checkpoint_every, 1),
+        ("workers (--workers)", workers, 0),
+    )
     for what, v, least in checks:
         if v is not None and v < least:
             raise DeconvvizError(f"{what} must be at least {least}, got {v}")
@@ -271,8 +274,10 @@ def scan_folder(
         if len(skipped) == len(files):
             _remove_checkpoints(out, rank, world, created)
             first = skipped[0]
-            raise ImageError(f"none of the {len(files)} image file(s) under '{folder}' could be read "
-                             f"('{first['path']}': {first['reason']}); check the folder")  # fmt: skip
+            raise ImageError(
+                f"none of the {len(files)} image file(s) under '{folder}' could be read "
+                f"('{first['path']}': {first['reason']}); check the folder"
+            )
         result = ScanResult(args, len(files), skipped, {})
         for name, (shape, rf) in plan.items():
             top_k = TopK(*(state["top"][name][f] for f in _FIELDS))
@@ -372,16 +377,23 @@ def _fingerprint(root: Path, files: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _scan_shard(dn, preprocess, root, files, taps, plan, args, out, device, rank, world, workers, every, progress,
-                say) -> dict:  # fmt: skip
+def _scan_shard(
+    dn, preprocess, root, files, taps, plan, args, out, device, rank, world, workers, every, progress, say
+) -> dict:
     """Scan this process's batches (batch b goes to process b mod world), resuming from its checkpoint."""
     path = out / ("state.pt" if world == 1 else f"state-rank{rank}.pt")
     _remove_temporaries(out, f".{path.name}.")
     b = args.batch_size
     batches = [range(j * b, min(j * b + b, len(files))) for j in range(rank, -(-len(files) // b), world)]
     empty = {name: asdict(TopK.empty(shape[0], args.top)) for name, (shape, _) in plan.items()}
-    state = {"arguments": args.to_json(), "files": _fingerprint(root, files), "world": world, "batches": 0,
-             "skipped": [], "top": empty}  # fmt: skip
+    state = {
+        "arguments": args.to_json(),
+        "files": _fingerprint(root, files),
+        "world": world,
+        "batches": 0,
+        "skipped": [],
+        "top": empty,
+    }
     if path.is_file():
         state = _resumed(path, state, out, len(batches))
         if 0 < state["batches"] < len(batches):
@@ -390,9 +402,12 @@ def _scan_shard(dn, preprocess, root, files, taps, plan, args, out, device, rank
     total = sum(map(len, batches))
     done = saved = sum(map(len, batches[: state["batches"]]))
     p = next(dn.model.parameters())
-    loader = DataLoader(ImageFiles(root, files, preprocess, args.size), batch_sampler=batches[state["batches"] :],
-                        num_workers=min(4, os.cpu_count() or 1) if workers is None else workers,
-                        collate_fn=_collate)  # fmt: skip
+    loader = DataLoader(
+        ImageFiles(root, files, preprocess, args.size),
+        batch_sampler=batches[state["batches"] :],
+        num_workers=min(4, os.cpu_count() or 1) if workers is None else workers,
+        collate_fn=_collate,
+    )
     if progress and rank == 0:
         progress("scanning", done, total)
     for x, index, bad in loader:
@@ -402,8 +417,9 @@ def _scan_shard(dn, preprocess, root, files, taps, plan, args, out, device, rank
             for name, act in found.items():
                 if not bool(torch.isfinite(act).all()):
                     where = files[int(index[(~torch.isfinite(act)).flatten(1).any(1)][0])]
-                    raise DeconvvizError(f"layer '{name}' has NaN or infinite activations for '{where}'; check the "
-                                         "weights")  # fmt: skip
+                    raise DeconvvizError(
+                        f"layer '{name}' has NaN or infinite activations for '{where}'; check the weights"
+                    )
                 tops[name] = tops[name].add(act, index)
         state["skipped"] += bad
         state["batches"] += 1
@@ -426,8 +442,10 @@ def _resumed(path: Path, fresh: dict, out: Path, batches: int) -> dict:
         raise DeconvvizError(f"cannot read the checkpoint {path} ({e}); delete it to scan again") from None
     _same_arguments(out, state.get("arguments"), fresh["arguments"])
     if state.get("files") != fresh["files"] or state.get("world") != fresh["world"] or state["batches"] > batches:
-        raise DeconvvizError(f"the images under '{fresh['arguments']['folder']}' (or the number of processes) "
-                             f"changed since the scan in '{out}' began; give a new --out")  # fmt: skip
+        raise DeconvvizError(
+            f"the images under '{fresh['arguments']['folder']}' (or the number of processes) "
+            f"changed since the scan in '{out}' began; give a new --out"
+        )
     return state
 
 
@@ -435,8 +453,10 @@ def _same_arguments(out: Path, stored: dict | None, now: dict) -> None:
     if stored != now:
         stored = stored or {}
         diff = "; ".join(f"{k} {stored.get(k)!r}, now {v!r}" for k, v in now.items() if stored.get(k) != v)
-        raise DeconvvizError(f"'{out}' holds a scan with other arguments ({diff}); rerun with the same "
-                             "arguments to resume or reuse it, or give a new --out")  # fmt: skip
+        raise DeconvvizError(
+            f"'{out}' holds a scan with other arguments ({diff}); rerun with the same "
+            "arguments to resume or reuse it, or give a new --out"
+        )
 
 
 def _gathered(state: dict, world: int) -> dict:
@@ -476,8 +496,16 @@ def _shown(result: ScanResult, layer: str) -> list[int]:
     return best.argsort(descending=True, stable=True)[:SHOWN_CHANNELS].tolist()
 
 
-def _project(dn: Deconvnet, preprocess: Preprocess, root: Path, size: int, layer: str,
-             per_channel: dict[int, ChannelResult], shown: list[int], progress) -> list[TopImages]:  # fmt: skip
+def _project(
+    dn: Deconvnet,
+    preprocess: Preprocess,
+    root: Path,
+    size: int,
+    layer: str,
+    per_channel: dict[int, ChannelResult],
+    shown: list[int],
+    progress,
+) -> list[TopImages]:
     """Project the shown channels' records, one pass per image for all its channels; fills their projections."""
     wanted: dict[str, list[int]] = {}  # image -> the shown channels whose top-k hold it
     for c in shown:
@@ -492,8 +520,9 @@ def _project(dn: Deconvnet, preprocess: Preprocess, root: Path, size: int, layer
         x = preprocessed(root / image, preprocess, size)[None].to(dn.device, p.dtype)
         picture = to_display(x[0].cpu(), preprocess)
         # the recorded positions, not a fresh argmax: a near-tie in a batch of one cannot move the activation
-        pos = torch.tensor([[next(r.row * width + r.col for r in per_channel[c].records if r.image == image)
-                             for c in chans]])  # fmt: skip
+        pos = torch.tensor(
+            [[next(r.row * width + r.col for r in per_channel[c].records if r.image == image) for c in chans]]
+        )
         for c, y in zip(
             chans, dn.project(x, layer, channels=chans, mode="max", positions=pos).images[0].cpu(), strict=True
         ):
@@ -545,8 +574,9 @@ def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out:
             title = f"{args.model} ({info.name}), {layer}: each feature map's {args.top} strongest images"
             title += "" if args.rule == "deconvnet" else f" ({dn.rule.title})"
             title += "" if args.unpool == "switches" else f" (unpooled: {UNPOOLS[args.unpool]})"
-            written.append(save(overview_figure(drawn[:OVERVIEW_CHANNELS], info.preprocess, title),
-                                out / layer / "overview.png"))  # fmt: skip
+            written.append(
+                save(overview_figure(drawn[:OVERVIEW_CHANNELS], info.preprocess, title), out / layer / "overview.png")
+            )
         projections = {t.channel: t.reconstructions for t in drawn}
         written.append(out / layer / "projections.pt")
         write_atomic(written[-1], lambda f, pr=projections: torch.save(pr, f))
@@ -607,7 +637,7 @@ def load_result(rundir: str | os.PathLike) -> ScanResult:
         layers[layer] = {
             int(c): ChannelResult(
                 [Record(**{**r, "box": tuple(r["box"]) if r["box"] else None}) for r in recs], proj.get(int(c))
-            )  # fmt: skip
+            )
             for c, recs in rec["channels"].items()
         }
     return ScanResult(args, report["images"]["found"], report["skipped"], layers)

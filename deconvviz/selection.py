@@ -32,8 +32,16 @@ class Selection:
         return torch.stack([self.positions // w, self.positions % w], dim=-1)
 
 
-def select(activation: Tensor, layer: str, *, channels: Sequence[int] | None = None, mode: str = "max",
-           top: int = 9, positions: Tensor | None = None, values: Tensor | None = None) -> Selection:  # fmt: skip
+def select(
+    activation: Tensor,
+    layer: str,
+    *,
+    channels: Sequence[int] | None = None,
+    mode: str = "max",
+    top: int = 9,
+    positions: Tensor | None = None,
+    values: Tensor | None = None,
+) -> Selection:
     """Pick channels (given, or the `top` strongest per image) of an activation (N, C, ...).
 
     positions (N, K): flat positions to keep in mode max instead of each map's strongest (e.g. recorded
@@ -45,8 +53,9 @@ def select(activation: Tensor, layer: str, *, channels: Sequence[int] | None = N
     peak, where = activation.reshape(n, c, -1).max(dim=2)  # (N, C)
     if not bool(torch.isfinite(peak).all()):
         bad = int((~torch.isfinite(peak)).any(1).nonzero()[0, 0])
-        raise DeconvvizError(f"layer '{layer}' has NaN or infinite activations (image {bad}); check the weights "
-                             "and the input")  # fmt: skip
+        raise DeconvvizError(
+            f"layer '{layer}' has NaN or infinite activations (image {bad}); check the weights and the input"
+        )
     if channels is None:
         chans = peak.topk(min(_check_top(top), c), dim=1).indices
     else:
@@ -57,8 +66,10 @@ def select(activation: Tensor, layer: str, *, channels: Sequence[int] | None = N
     if positions is not None:
         where = torch.as_tensor(positions, device=activation.device)
         if where.shape != chans.shape or where.is_floating_point():
-            raise SelectionError(f"positions must be whole numbers of shape (N, K) = {tuple(chans.shape)}, one per "
-                                 f"image and feature map; got {tuple(where.shape)}")  # fmt: skip
+            raise SelectionError(
+                f"positions must be whole numbers of shape (N, K) = {tuple(chans.shape)}, one per "
+                f"image and feature map; got {tuple(where.shape)}"
+            )
         where = where.long()
         if mode != "max" or bool(((where < 0) | (where >= activation[0, 0].numel())).any()):
             raise SelectionError(
@@ -107,8 +118,9 @@ def strongest_channels(scores: Tensor, top: int) -> Tensor:
     return scores.double().sort(dim=1, descending=True, stable=True).indices[:, :k]
 
 
-def strongest_in_region(activation: Tensor, mask: Tensor, channels=None, top: int = 9,
-                        layer: str = "") -> tuple[Tensor, Tensor]:  # fmt: skip
+def strongest_in_region(
+    activation: Tensor, mask: Tensor, channels=None, top: int = 9, layer: str = ""
+) -> tuple[Tensor, Tensor]:
     """Channels and, in each, the strongest position among those `mask` (H, W) keeps. activation (N, C, H, W).
 
     channels None: the `top` maps whose strongest activation inside the mask is largest. Returns channels and
@@ -136,8 +148,9 @@ def _channel_list(channels, layer: str) -> Tensor:
     except (TypeError, ValueError, RuntimeError):
         chans = None
     if isinstance(channels, str) or chans is None or chans.is_floating_point() or chans.dtype == torch.bool:
-        raise SelectionError(f"channels for layer '{layer}' must be a list of whole numbers such as [12, 40], "
-                             f"got {channels!r}")  # fmt: skip
+        raise SelectionError(
+            f"channels for layer '{layer}' must be a list of whole numbers such as [12, 40], got {channels!r}"
+        )
     return chans.long()
 
 

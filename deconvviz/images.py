@@ -122,7 +122,7 @@ def _resize_crop(t: Tensor, size: int) -> Tensor:
 def check_size(size: int | None) -> None:
     """The network input side must be at least MIN_SIZE pixels (None: each image's own size)."""
     if size is not None and size < MIN_SIZE:
-        raise ImageError(f"input size {size} is too small; use --size {MIN_SIZE} or more (224 is VGG's own)")
+        raise ImageError(f"input size {size} is too small; use {MIN_SIZE} or more (224 is VGG's own)", about="size")
 
 
 def to_batch(

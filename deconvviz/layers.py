@@ -130,8 +130,9 @@ def resolve(model: nn.Module, steps: list[Step] | None, layer: str) -> str:
         if steps is not None and isinstance(model, VGG) and re.fullmatch(r"fc[678]", layer):
             raise LayerError(
                 f"layer '{layer}' needs a classifier, and this model has none (vgg16-caffe weights are "
-                "conv layers only); use --weights torchvision or a state dict with a classifier, or a "
-                "conv/pool layer"
+                "conv layers only); use the torchvision weights or a state dict with a classifier, or a "
+                "conv/pool layer",
+                about="layer",
             )
         raise LayerError(unknown_name("layer", layer, layer_names(model), fix="; see `deconvviz layers`"))
     return layer

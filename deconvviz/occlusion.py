@@ -102,8 +102,10 @@ def occlusion_maps(
     if not 1 <= size <= min(h, w):
         raise OcclusionError(f"occluder size {size} does not fit the {h}x{w} image; use 1..{min(h, w)}")
     if stride < 1 or batch_size < 1:
-        what, v = ("occluder stride (--stride)", stride) if stride < 1 else ("batch size (--batch-size)", batch_size)
-        raise OcclusionError(f"{what} must be at least 1, got {v}")
+        what, about, v = (
+            ("occluder stride", "stride", stride) if stride < 1 else ("batch size", "batch_size", batch_size)
+        )
+        raise OcclusionError(f"{what} must be at least 1, got {v}", about=about)
     p = next(model.parameters(), None)
     if p is not None:
         x = x.to(p.device, p.dtype)
@@ -117,8 +119,9 @@ def occlusion_maps(
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
         if cls is not None and not isinstance(last.module, nn.Linear):
             raise OcclusionError(
-                f"--class needs a model with a classifier, and this one ends with '{last.name}' "
-                "(no class scores); use --weights torchvision"
+                f"class {cls} needs a model with a classifier, and this one ends with '{last.name}' "
+                "(no class scores); use the torchvision weights",
+                about="class",
             )
         forward_chain(steps, x, len(steps) - 1 if cls is not None else upto)  # clear errors for too small inputs
 
@@ -145,7 +148,9 @@ def occlusion_maps(
     if cls is not None:
         if not isinstance(base_out, Tensor) or base_out.dim() != 2:
             shape = tuple(base_out.shape) if isinstance(base_out, Tensor) else type(base_out).__name__
-            raise OcclusionError(f"--class needs a model whose output is class scores (N, classes), got {shape}")
+            raise OcclusionError(
+                f"class {cls} needs a model whose output is class scores (N, classes), got {shape}", about="class"
+            )
         n = base_out.shape[1]
         if not 0 <= cls < n:
             raise SelectionError(f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}")

@@ -491,13 +491,15 @@ def check_path(
             raise UnsupportedModelError(
                 f"{what} between the input and '{layer}' is a ReLU that deconvviz cannot "
                 "intercept (scripted or custom kernel); use nn.ReLU or F.relu, or the "
-                "exact rule='gradient' (--rule gradient)"
+                "exact rule='gradient'",
+                about="rule",
             )
         if refused := _no_rule(node, op, feeding, signal=signal, gated=gated or {}, rule=rule.name):
             why = refused[1]
             raise UnsupportedModelError(
                 f"cannot project '{layer}' through {what}: {why}; choose a layer before it, "
-                "or rule='gradient' (--rule gradient), exact through every op"
+                "or rule='gradient', exact through every op",
+                about="rule",
             )
     return seen
 

@@ -410,7 +410,7 @@ MAX_DPI = 1200
 
 def check_dpi(dpi: int) -> None:
     if not 1 <= dpi <= MAX_DPI:
-        raise DeconvvizError(f"dpi {dpi} is not a usable resolution; use a --dpi from 1 to {MAX_DPI}, such as 150")
+        raise DeconvvizError(f"dpi {dpi} is not a usable resolution; use 1 to {MAX_DPI}, such as 150", about="dpi")
 
 
 def figure_format(path: str | os.PathLike) -> str:
@@ -425,24 +425,26 @@ def check_target(path: str | os.PathLike) -> None:
     """A file can be made at `path`: it is no folder, and no file stands where one of its folders should be."""
     path = Path(path)
     if path.is_dir():
-        raise DeconvvizError(f"cannot write '{path}': it is a folder; choose another --out")
+        raise DeconvvizError(f"cannot write '{path}': it is a folder; choose another path", about="out")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise DeconvvizError(f"cannot write '{path}': '{parent}' is a file, not a folder; choose another --out")
+                raise DeconvvizError(
+                    f"cannot write '{path}': '{parent}' is a file, not a folder; choose another path", about="out"
+                )
             break
 
 
 def check_writable(path: str | os.PathLike) -> None:
     """A file can be created in the folder of `path` (or, when it does not exist yet, the nearest folder above):
-    tried with a temp file, removed at once, so an unwritable --out fails before any work."""
+    tried with a temp file, removed at once, so an unwritable output path fails before any work."""
     path = Path(path)
     folder = next((p for p in path.absolute().parents if p.exists()), None)
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
             pass
     except OSError as e:
-        raise DeconvvizError(f"cannot write '{path}': {e.strerror}; choose another --out") from None
+        raise DeconvvizError(f"cannot write '{path}': {e.strerror}; choose another path", about="out") from None
 
 
 def write_atomic(path: Path, write) -> None:
@@ -468,7 +470,7 @@ def write_files(writers: dict) -> None:
         for path, tmp in zip(writers, temps, strict=True):
             os.replace(tmp, path)
     except OSError as e:
-        raise DeconvvizError(f"cannot write '{path}': {e.strerror or e}; choose another --out") from None
+        raise DeconvvizError(f"cannot write '{path}': {e.strerror or e}; choose another path", about="out") from None
     finally:
         for tmp in temps:
             Path(tmp).unlink(missing_ok=True)

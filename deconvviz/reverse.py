@@ -66,7 +66,8 @@ def get_unpool(unpool: str) -> str:
     """The name of an unpooling choice (UNPOOLS); an unknown name is a SelectionError naming the valid ones."""
     if isinstance(unpool, str) and unpool in UNPOOLS:
         return unpool
-    raise SelectionError(unknown_name("unpool", str(unpool), list(UNPOOLS), fix="; e.g. --unpool nearest"))
+    fix = "; e.g. unpool='nearest'"
+    raise SelectionError(unknown_name("unpool", str(unpool), list(UNPOOLS), fix=fix), about="unpool")
 
 
 def spread(y: Tensor, pool: nn.MaxPool2d, fixed: bool = False) -> Tensor:

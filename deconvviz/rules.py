@@ -97,4 +97,4 @@ def get_rule(rule: str | Rule) -> Rule:
         return rule
     if isinstance(rule, str) and rule in RULES:
         return RULES[rule]
-    raise SelectionError(unknown_name("rule", str(rule), list(RULES), fix="; e.g. --rule guided"))
+    raise SelectionError(unknown_name("rule", str(rule), list(RULES), fix="; e.g. rule='guided'"), about="rule")

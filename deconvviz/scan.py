@@ -225,19 +225,19 @@ def scan_folder(
     )
     check_size(size)
     checks = (
-        ("top (--top)", top, 1),
-        ("batch size (--batch-size)", batch_size, 1),
-        ("checkpoint interval (--checkpoint-every)", checkpoint_every, 1),
-        ("workers (--workers)", workers, 0),
+        ("top", "top", top, 1),
+        ("batch size", "batch_size", batch_size, 1),
+        ("checkpoint interval", "checkpoint_every", checkpoint_every, 1),
+        ("workers", "workers", workers, 0),
     )
-    for what, v, least in checks:
+    for what, about, v, least in checks:
         if v is not None and v < least:
-            raise DeconvvizError(f"{what} must be at least {least}, got {v}")
+            raise DeconvvizError(f"{what} must be at least {least}, got {v}", about=about)
     out = Path(out)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     say = (lambda text: print(f"deconvviz: {text}", file=sys.stderr)) if verbose and rank == 0 else lambda text: None
     if (done := _finished(out, args)) is not None:
-        say(f"'{out}' holds this finished scan; nothing to do (give a new --out to scan again)")
+        say(f"'{out}' holds this finished scan; nothing to do (give a new output folder to scan again)")
         return done
     root, files = Path(args.folder), image_files(folder)  # resolved: the report must not depend on the cwd
     created = not out.exists()
@@ -444,7 +444,8 @@ def _resumed(path: Path, fresh: dict, out: Path, batches: int) -> dict:
     if state.get("files") != fresh["files"] or state.get("world") != fresh["world"] or state["batches"] > batches:
         raise DeconvvizError(
             f"the images under '{fresh['arguments']['folder']}' (or the number of processes) "
-            f"changed since the scan in '{out}' began; give a new --out"
+            f"changed since the scan in '{out}' began; give a new output folder",
+            about="out",
         )
     return state
 
@@ -455,7 +456,8 @@ def _same_arguments(out: Path, stored: dict | None, now: dict) -> None:
         diff = "; ".join(f"{k} {stored.get(k)!r}, now {v!r}" for k, v in now.items() if stored.get(k) != v)
         raise DeconvvizError(
             f"'{out}' holds a scan with other arguments ({diff}); rerun with the same "
-            "arguments to resume or reuse it, or give a new --out"
+            "arguments to resume or reuse it, or give a new output folder",
+            about="out",
         )
 
 

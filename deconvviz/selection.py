@@ -108,7 +108,9 @@ def _channels(channels, layer: str, n: int, c: int) -> Tensor:
 
 def _check_top(top) -> int:
     if not isinstance(top, numbers.Integral) or isinstance(top, bool) or top < 1:
-        raise SelectionError(f"top (how many feature maps, --top) must be a whole number of at least 1, got {top!r}")
+        raise SelectionError(
+            f"top (how many feature maps) must be a whole number of at least 1, got {top!r}", about="top"
+        )
     return int(top)
 
 

@@ -71,14 +71,18 @@ class _SiteFolder:
     def __init__(self, out: str | os.PathLike, kind: str):
         self.out, self.kind, self.written = Path(out), kind, []
         if self.out.exists() and not self.out.is_dir():
-            raise DeconvvizError(f"cannot write a site to '{out}': it is a file; give a folder as --out")
+            raise DeconvvizError(f"cannot write a site to '{out}': it is a file; give a folder", about="out")
         previous = self.out / MARKER
         if self.out.is_dir() and any(self.out.iterdir()) and not previous.is_file():
-            raise DeconvvizError(f"'{out}' is not empty and holds no deconvviz site; give a new or empty --out folder")
+            raise DeconvvizError(
+                f"'{out}' is not empty and holds no deconvviz site; give a new or empty folder", about="out"
+            )
         try:
             self.old_files = json.loads(previous.read_text())["files"] if previous.is_file() else []
         except (OSError, ValueError, KeyError, TypeError):
-            raise DeconvvizError(f"'{previous}' is unreadable; delete '{out}' or give a new --out folder") from None
+            raise DeconvvizError(
+                f"'{previous}' is unreadable; delete '{out}' or give a new folder", about="out"
+            ) from None
         made = [d for d in (self.out, *self.out.parents) if not d.exists()]
         self.created = made[-1] if made else None  # the outermost folder this build makes: removed on failure
         try:
@@ -86,7 +90,9 @@ class _SiteFolder:
             tempfile.TemporaryFile(dir=self.out).close()
         except OSError as e:
             self.abandon()
-            raise DeconvvizError(f"cannot write to '{out}': {e.strerror or e}; give a writable --out folder") from None
+            raise DeconvvizError(
+                f"cannot write to '{out}': {e.strerror or e}; give a writable folder", about="out"
+            ) from None
 
     def start(self) -> None:
         """Mark the folder as a (not yet complete) site, so that a crashed build can be rerun into it."""
@@ -223,10 +229,10 @@ def _read_report(rundir: Path) -> dict:
     """The scan's report.json, checked to be a finished scan of this version."""
     where = rundir / "report.json"
     if not rundir.is_dir():
-        raise DeconvvizError(f"'{rundir}' is not a folder; give the --out folder of a finished `deconvviz scan`")
+        raise DeconvvizError(f"'{rundir}' is not a folder; give the output folder of a finished `deconvviz scan`")
     if not where.is_file():
         raise DeconvvizError(
-            f"'{rundir}' is not a finished scan (no report.json); give the --out folder of "
+            f"'{rundir}' is not a finished scan (no report.json); give the output folder of "
             "`deconvviz scan`, or finish that scan first"
         )
     try:
@@ -598,9 +604,9 @@ def explore_site(
     from .images import DEFAULT_IMAGE
 
     check_size(size)
-    for what, v in (("top (--top)", top), ("units per position (--per-position)", per_position)):
+    for what, about, v in (("top", "top", top), ("units per position", "per_position", per_position)):
         if v < 1:
-            raise DeconvvizError(f"{what} must be at least 1, got {v}")
+            raise DeconvvizError(f"{what} must be at least 1, got {v}", about=about)
     path = Path(image) if image is not None else Path(DEFAULT_IMAGE)
     if not path.is_file():
         raise DeconvvizError(f"'{path}' is not an image file; give the path of an image")

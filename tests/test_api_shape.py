@@ -8,6 +8,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 from pathlib import Path
 
 import deconvviz
@@ -68,3 +69,50 @@ def test_the_public_api_takes_keywords_after_layer_and_after_at_most_three_leadi
         elif "layer" not in positional and len(positional) > 3:
             wrong.append(f"{name}: {len(positional)} leading positional parameters {positional}")
     assert not wrong, "put `*` after layer (or after the leading 1-3 arguments):\n" + "\n".join(wrong)
+
+
+def _message(node: ast.AST) -> str:
+    """The text of every string in a raise statement, in order; {} where an f-string puts a value."""
+    parts, inside = [], set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.JoinedStr):
+            parts.append("".join(v.value if isinstance(v, ast.Constant) else "{}" for v in sub.values))
+            inside |= {id(v) for v in sub.values}
+        elif isinstance(sub, ast.Constant) and isinstance(sub.value, str) and id(sub) not in inside:
+            parts.append(sub.value)
+    return " ".join(parts)
+
+
+SHOWN_COMMANDS = (re.compile(r"`[^`]*`"), re.compile(r"pip install[^;,)]*"))
+FLAG = re.compile(r"(?:^|[\s(\"'])--[a-z][a-z-]*")
+
+
+def test_engine_errors_name_api_arguments_not_cli_flags():
+    """No raise statement outside cli.py names a command-line flag such as --size or --weights: the engine says
+    `size=` or "the torchvision weights" and sets `about=`, and the CLI puts the flag in front. Allowed: a flag
+    inside a command line shown to the user, that is inside backticks (`deconvviz scan FOLDER --layer x`) or
+    after "pip install" (pip install --force-reinstall ...)."""
+    found = []
+    for path, tree in _modules():
+        if path.name == "cli.py":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                text = _message(node.exc)
+                for shown in SHOWN_COMMANDS:
+                    text = shown.sub("", text)
+                found += [f"{path.name}:{node.lineno}: {m.strip()}" for m in FLAG.findall(text)]
+    assert not found, "engine errors naming CLI flags:\n" + "\n".join(found)
+
+
+def test_the_flag_rule_catches_a_flag_and_allows_shown_commands():
+    def flags(code: str) -> list[str]:
+        text = _message(ast.parse(code).body[0].exc)
+        for shown in SHOWN_COMMANDS:
+            text = shown.sub("", text)
+        return FLAG.findall(text)
+
+    assert flags('raise E(f"input {n} is too small; use a larger --size")') == [" --size"]
+    assert flags('raise E("--class needs a classifier")') == ["--class"]
+    assert flags('raise E(f"use `deconvviz scan FOLDER --layer {x}`; or pip install --force-reinstall a")') == []
+    assert flags('raise E("size=16 is too small", about="size")') == []

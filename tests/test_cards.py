@@ -42,7 +42,7 @@ def test_shipped_cards_are_the_eight_torchvision_vggs_vgg16_caffe_and_squeezenet
 def test_weights_names_resolve_through_the_cards():
     assert weights_card("vgg19", "torchvision")[0].name == "torchvision-vgg19"
     assert weights_card("vgg16", "vgg16-caffe")[0].name == "vgg16-caffe"
-    with pytest.raises(WeightsError, match="exists only for vgg19, not vgg16; use --model vgg19"):
+    with pytest.raises(WeightsError, match="weights '.*' exist only for vgg19, not vgg16; use the model vgg19"):
         weights_card("vgg16", "torchvision-vgg19")
 
 

@@ -113,7 +113,7 @@ def test_bad_arguments_are_clear_errors(vgg11, kwargs, message):
 
 def test_class_map_needs_a_classifier():
     caffe = load_vgg("vgg16", "vgg16-caffe", device="cpu", verbose=False)[0]
-    with pytest.raises(DeconvvizError, match="needs a model with a classifier.*use --weights torchvision"):
+    with pytest.raises(DeconvvizError, match="class 3 needs a model with a classifier.*use the torchvision weights"):
         occlusion_maps(caffe, torch.zeros(1, 3, 64, 64), "conv5_3", channel=0, cls=3)
 
 

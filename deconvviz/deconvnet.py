@@ -224,8 +224,9 @@ class Deconvnet:
         its activation depends on (fields.receptive_field, widened by one layer stride and aligned to it, so the
         crop's grid is the plane's). Inside the activation's cone the crop then gives the same switches and masks.
         A crop whose activation differs from the full plane's (a layer that is not translation-equivariant, such
-        as an adaptive pool) takes the full-plane pass. Only with crop=True: on CPU the per-crop forwards cost more
-        than one batched backward over the plane (scripts/bench.py). None: no windows (fields not on a grid, or the
+        as an adaptive pool) takes the full-plane pass. All crops share one size, so one batched forward and backward
+        run them. Only with crop=True: the first call on a layer and input size probes the receptive fields
+        (fields.py), which costs more than one full-plane backward. None: no windows (fields not on a grid, or the
         model cannot be probed)."""
         from .fields import receptive_field
 

@@ -298,8 +298,9 @@ class Deconvnet:
         its activation depends on (fields.receptive_field, widened by one layer stride and aligned to it, so the
         crop's grid is the plane's). Inside the activation's cone the crop then gives the same switches and masks.
         A crop whose activation differs from the full plane's (a layer that is not translation-equivariant, such
-        as an adaptive pool) takes the full-plane pass. Only with crop=True: on CPU the per-crop forwards cost more
-        than one batched backward over the plane (scripts/bench.py). None: no windows (fields not on a grid, or the
+        as an adaptive pool) takes the full-plane pass. All crops share one size, so one batched forward and backward
+        run them. Only with crop=True: the first call on a layer and input size probes the receptive fields
+        (fields.py), which costs more than one full-plane backward. None: no windows (fields not on a grid, or the
         model cannot be probed)."""
         from .fields import receptive_field
 
@@ -318,17 +319,17 @@ class Deconvnet:
         strides = [_grid_stride(f) for f in (fields.rows, fields.cols)]
         if None in strides:
             return None
-        box = fields.boxes(rc)  # (N*K, 4) top, bottom, left, right
         s_r, s_c = strides
-        top, left = ((box[:, 0] - s_r) // s_r * s_r).clamp_min(0), ((box[:, 2] - s_c) // s_c * s_c).clamp_min(0)
-        bottom, right = (box[:, 1] + s_r).clamp(max=h), (box[:, 3] + s_c).clamp(max=w)
+        crops = torch.stack(
+            [*_field_crops(fields.rows, rc[:, 0], s_r, h), *_field_crops(fields.cols, rc[:, 1], s_c, w)], 1
+        )
+        top, bottom, left, right = crops.T
         area = (bottom - top) * (right - left)
         windowed = torch.ones_like(area, dtype=torch.bool)  # crop=True: every selection, as on chains
         img, chan = torch.arange(n * k) // k, sel.channels.reshape(-1).cpu()
         values = sel.values.reshape(-1)
         out = x.new_zeros(n * k, *x.shape[1:])
         full = []
-        crops = torch.stack([top, bottom, left, right], 1)
         groups: dict[tuple[int, int], list[int]] = {}
         for r in torch.nonzero(windowed).flatten().tolist():
             groups.setdefault((int(bottom[r] - top[r]), int(right[r] - left[r])), []).append(r)
@@ -341,7 +342,9 @@ class Deconvnet:
                         for i, t0, b0, l0, r0 in zip(img[part].tolist(), t, b, lft, rgt, strict=True)
                     ]
                 )
-                leaf, act, _ = layer_output(self.model, batch, path.name, rule=path.rule, unpool=path.unpool, stop=True)
+                cpu = batch.device.type == "cpu"  # oneDNN: channels-last convolutions and pools are faster there
+                again = {"unpool": path.unpool, "stop": True, "switches": False, "channels_last": cpu}
+                leaf, act, _ = layer_output(self.model, batch, path.name, rule=path.rule, **again)
                 at_r, at_c = rc[part, 0] - crops[part, 0] // s_r, rc[part, 1] - crops[part, 2] // s_c
                 inside = (at_r < act.shape[-2]) & (at_c < act.shape[-1])
                 b_idx = torch.arange(len(part))
@@ -493,6 +496,19 @@ class _AutogradPath:
                 name = f"unpool{pools + 1}" if kind == "unpool" else path
                 stages.append(Stage(name, kind, path, g[rows, img]))
         return y, [*stages, Stage("input", "deconv", "", y)]
+
+
+def _field_crops(spans: Tensor, at: Tensor, stride: int, n: int) -> tuple[Tensor, Tensor]:
+    """Along one axis of n input pixels, the range [lo, hi) of each unit's crop (positions `at` of a layer whose
+    fields are `spans` (m, 2), on a grid of `stride`): its field widened by one stride and aligned to it, then
+    grown to one common size for all units, inward at the image's edge, so that one batched pass runs every crop.
+    A crop that would lose its alignment there (a side that is not a multiple of the stride) keeps its own size."""
+    lo = ((spans[at, 0] - stride) // stride * stride).clamp_min(0)
+    hi = (spans[at, 1] + stride).clamp(max=n)
+    size = min(n, -(-int((hi - lo).max()) // stride) * stride)
+    common = lo.clamp(max=(n - size) // stride * stride)
+    fits = common + size >= hi
+    return torch.where(fits, common, lo), torch.where(fits, common + size, hi)
 
 
 def _grid_stride(spans: Tensor) -> int | None:

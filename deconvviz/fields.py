@@ -104,13 +104,21 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
     if out.grad_fn is None:
         raise LayerError(f"layer '{name}' does not depend on the input; choose a layer on the path from the input")
     # one seed per row (all columns and channels) and one per column: the union over the other axis
-    seeds = out.new_zeros(h + w, *out.shape)
-    seeds[torch.arange(h), :, :, torch.arange(h)] = 1
-    seeds[h + torch.arange(w), :, :, :, torch.arange(w)] = 1
-    hit = torch.cat([_support(out, leaf, part) for part in seeds.split(64)])  # (h + w, H, W)
+    hit = torch.cat([_support(out, leaf, _line_seeds(out, part, h)) for part in torch.arange(h + w).split(16)])
     rows = _spans(hit[:h].any(2), h_in)
     cols = _spans(hit[h:].any(1), w_in)
     return Fields(rows, cols, _centres(rows, h_in), _centres(cols, w_in))
+
+
+def _line_seeds(out: Tensor, lines: Tensor, h: int) -> Tensor:
+    """(B, *out.shape) seeds of ones on whole rows (lines < h) or columns (lines >= h: column lines - h), made a
+    chunk at a time: all h + w at once would hold (h + w) copies of the layer in float64."""
+    seeds = out.new_zeros(len(lines), *out.shape)
+    at = torch.arange(len(lines))
+    rows, cols = lines < h, lines >= h
+    seeds[at[rows], :, :, lines[rows]] = 1
+    seeds[at[cols], :, :, :, lines[cols] - h] = 1
+    return seeds
 
 
 def _support(out: Tensor, leaf: Tensor, seeds: Tensor) -> Tensor:

@@ -545,13 +545,15 @@ def recording(
     stack: list[str] | None = None,
     unpools: bool = False,
     stop: bool = False,
+    switches: bool = True,
 ) -> Iterator[dict]:
     """Hooks for one forward: the layer's outputs, module names of outputs, max-pool switches, and (into
     `stack`) the paths of the modules running. Always removed. layer None: the model's output.
 
     boundaries: module paths whose outputs `rec["boundaries"]` keeps, in forward order, as (path, "deconv",
     tensor); unpools: also each max-pool's input, as (path, "unpool", tensor). The model goes on with copies,
-    so the kept tensors' gradients are the signal arriving there from what follows, and nothing else."""
+    so the kept tensors' gradients are the signal arriving there from what follows, and nothing else. switches:
+    False leaves `rec["switches"]` empty (a forward whose switches are known already)."""
     found = dict(model.named_modules())
     if layer is not None and layer not in found:
         raise LayerError(f"unknown layer '{layer}'")
@@ -581,7 +583,8 @@ def recording(
                 stack.pop()
             if isinstance(out, Tensor) and out.grad_fn is not None:
                 rec["owners"].setdefault(id(out.grad_fn), f"{name} ({type(mod).__name__})")
-            if isinstance(mod, nn.MaxPool2d) and args and isinstance(args[0], Tensor) and args[0].dim() == 4:
+            planes = bool(args) and isinstance(args[0], Tensor) and args[0].dim() == 4
+            if switches and isinstance(mod, nn.MaxPool2d) and planes:
                 with torch.no_grad():
                     idx = F.max_pool2d(
                         args[0],
@@ -639,31 +642,42 @@ def layer_output(
     unpool: str = "switches",
     unpools: bool = False,
     stop: bool = False,
+    switches: bool = True,
+    channels_last: bool = False,
 ) -> tuple[Tensor, Tensor, dict]:
     """Forward x (activations with the rule's backward, max-pools with `unpool`'s, eval mode, hooks removed
     after). Returns (input leaf, layer output, record). The caller's x is never written (the model sees a copy),
     and the RNG is left as it was. boundaries, unpools: the tensors to keep for stages (see `recording`); stop:
     end the forward at the layer (for a layer known to run once, e.g. on windows of an input already projected
-    whole)."""
+    whole); switches: record the max-pools' switches; channels_last: give the model its input in channels-last
+    memory order (oneDNN's faster convolutions and pools on CPU; the same numbers up to float rounding), or, for
+    a model that cannot run on it (a `.view` of an activation), as it is."""
     leaf = x.detach().clone().requires_grad_(True)
     mode = _RectifyReLUs(rule, unpool, frozen_batch_norm=True)
+    channels_last = channels_last and leaf.dim() == 4
+    failed = None
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
         before = _rng_state(leaf.device)
-        rec_hooks = recording(model, layer, boundaries=boundaries, stack=mode.stack, unpools=unpools, stop=stop)
+        hooks = {"boundaries": boundaries, "stack": mode.stack, "unpools": unpools, "stop": stop, "switches": switches}
+        rec_hooks = recording(model, layer, **hooks)
         with evaluating(model), rec_hooks as rec, mode, torch.enable_grad():
-            try:
-                model(leaf.clone())  # not the leaf itself: in-place ops on the model's input stay legal
+            try:  # not the leaf itself: in-place ops on the model's input stay legal
+                model(leaf.clone(memory_format=torch.channels_last) if channels_last else leaf.clone())
             except _LayerReached:
                 pass
             except RuntimeError as e:
                 if out_of_memory(e):
                     raise
-                why = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise ImageError(
-                    f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape)} ({why}); "
-                    "give input preprocessed for this model"
-                ) from None
+                failed = str(e).splitlines()[0] if str(e) else type(e).__name__
         random = any(not torch.equal(a, b) for a, b in zip(before, _rng_state(leaf.device), strict=True))
+    if failed is not None and channels_last:
+        again = {"unpool": unpool, "unpools": unpools, "stop": stop, "switches": switches}
+        return layer_output(model, x, layer, rule=rule, boundaries=boundaries, **again)
+    if failed is not None:
+        raise ImageError(
+            f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape)} ({failed}); "
+            "give input preprocessed for this model"
+        )
     if random:
         raise UnsupportedModelError(
             f"{type(model).__name__}'s forward draws random numbers (dropout in training mode?); "

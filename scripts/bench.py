@@ -8,7 +8,8 @@
 conv5_3 maps of one image: peak memory (child process), 7 the same per-map times and peak memory for the
 guided and gradient rules, beside captum's NeuronGuidedBackprop and NeuronGradient, 8 the autograd path (any
 network): K whole layer3 maps of torchvision resnet50 at 224 against captum batched, and its peak memory, 9 mode
-max at resnet50 layer1 and layer2 (K strongest maps), full plane vs receptive-field windows (same output).
+max at resnet50 layer1 and layer2 (K strongest maps), full plane vs receptive-field windows (same output), and
+the peak memory of each.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ if cuda:
     torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
 else:
     base = rss("VmRSS:"); open("/proc/self/clear_refs", "w").write("5")
-deconvviz.Deconvnet(m).project(x, "layer3", channels=range({k}), mode="map")
+deconvviz.Deconvnet(m, crop={crop}).project(x, "{layer}", {select})
 peak = torch.cuda.max_memory_allocated() if cuda else rss("VmHWM:")
 print((peak - base) / 2**30)
 """
@@ -145,12 +146,18 @@ def resnet_autograd(dev: torch.device, repeat: int, k: int) -> dict[str, float]:
     r["resnet50_layer3_deconvviz_per_map_s"] = timed(ours, dev, repeat) / k
     want, got = theirs(), ours().images[0]
     r["resnet50_layer3_max_rel_err_vs_captum"] = float((got - want).abs().max() / want.abs().max())
-    code = RESNET_PEAK.format(device=str(dev), k=k)
+    r["resnet50_layer3_peak_gib"] = resnet_peak_child(dev, "layer3", f'channels=range({k}), mode="map"')
+    return r
+
+
+def resnet_peak_child(dev: torch.device, layer: str, select: str, crop: bool | None = None) -> float:
+    """Peak memory (GiB) above the loaded resnet50 of one projection (`select`: project's keyword arguments),
+    in a fresh process, as peak_memory_child."""
+    code = RESNET_PEAK.format(device=str(dev), layer=layer, select=select, crop=crop)
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if child.returncode != 0:
         raise SystemExit(f"resnet50 peak-memory child failed:\n{child.stderr}")
-    r["resnet50_layer3_peak_gib"] = float(child.stdout.strip().splitlines()[-1])
-    return r
+    return float(child.stdout.strip().splitlines()[-1])
 
 
 def resnet_windows(dev: torch.device, repeat: int, k: int) -> dict[str, float]:
@@ -176,6 +183,10 @@ def _windows_rows(model: nn.Module, x: torch.Tensor, layer: str, dev, repeat: in
         f"resnet50_{layer}_full_per_projection_s": (timed(lambda: one(full), dev, repeat) - fwd) / k,
         f"resnet50_{layer}_windows_per_projection_s": (timed(lambda: one(crop), dev, repeat) - fwd) / k,
         f"resnet50_{layer}_windows_max_rel_diff": float((a - b).abs().max() / a.abs().max()),
+        **{
+            f"resnet50_{layer}_{name}_peak_gib": resnet_peak_child(dev, layer, f'top={k}, mode="max"', crop)
+            for name, crop in (("full", False), ("windows", True))
+        },
     }
 
 

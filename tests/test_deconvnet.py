@@ -472,3 +472,41 @@ def test_windows_on_local_non_chain_networks_match_the_full_plane(rule):
     full = deconvviz.Deconvnet(odd, crop=False, rule=rule).project(x, "head", top=3, mode="max")
     crop = deconvviz.Deconvnet(odd, crop=True, rule=rule).project(x, "head", top=3, mode="max")
     assert rel_err(crop.images, full.images) <= TOL  # its crops disagree with the plane: the full pass is taken
+
+
+def test_windows_share_one_crop_size_and_stay_exact_off_the_stride_grid():
+    """Every crop of a layer grows to one size (inward at the image's edge), so one batched pass runs them all; a
+    side that is not a multiple of the layer's stride keeps the edge crops' own size. Same numbers either way."""
+    resnet = randomized(torchvision.models.resnet18())
+    for size, passes in (((112, 112), 2), ((112, 110), None)):  # the selecting forward, then one for all crops
+        xs = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(3))
+        full = deconvviz.Deconvnet(resnet, crop=False).project(xs, "layer1", top=6, mode="max")
+        spy = mock.patch("deconvviz.deconvnet.layer_output", wraps=deconvviz.rectified.layer_output)
+        with spy as calls, mock.patch.object(_AutogradPath, "backward", side_effect=AssertionError("full plane")):
+            crop = deconvviz.Deconvnet(resnet, crop=True).project(xs, "layer1", top=6, mode="max")
+        rows = crop.selections.rows_cols[..., 0]
+        assert bool((rows == 0).any() or (rows == full.images.shape[-2] // 4 - 1).any()), "no unit at an edge"
+        assert rel_err(crop.images, full.images) <= TOL, size
+        assert passes is None or calls.call_count == passes
+
+
+class Viewed(nn.Module):
+    """Local, but its forward takes a `.view` of an activation, which channels-last memory order cannot give."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.relu, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = self.relu(self.a(x))
+        return self.b(h.view(h.shape[0], -1).view(h.shape))
+
+
+def test_windows_run_a_model_that_needs_contiguous_activations():
+    x = torch.randn(1, 3, 40, 40, generator=torch.Generator().manual_seed(4))
+    model = Viewed().eval()
+    full = deconvviz.Deconvnet(model, crop=False).project(x, "b", top=3, mode="max")
+    with mock.patch.object(_AutogradPath, "backward", side_effect=AssertionError("took the full plane")):
+        crop = deconvviz.Deconvnet(model, crop=True).project(x, "b", top=3, mode="max")
+    assert rel_err(crop.images, full.images) <= TOL  # captum, independently:
+    assert rel_err(crop.images, oracle(model, model.b, x, crop.selections.channels, crop.selections.positions)) <= TOL

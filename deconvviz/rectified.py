@@ -12,9 +12,10 @@ approximated.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -84,6 +85,25 @@ _ACTIVATIONS = (
 _GATES = {f: "SiLU" for f in (torch.sigmoid, Tensor.sigmoid, F.sigmoid, torch.special.expit)} | {
     F.hardsigmoid: "Hardswish"
 }
+
+
+def _scaled_silu(t: Tensor, beta: float) -> Tensor:
+    return t * torch.sigmoid(beta * t)
+
+
+def _scaled_hardswish(t: Tensor, beta: float) -> Tensor:
+    return t * F.hardsigmoid(beta * t)
+
+
+def _gated_activation(act: str, beta: float) -> Activation:
+    """x g(beta x), g the gate of `act`: SiLU or Hardswish themselves at beta 1, else a smooth activation of its
+    own (QuickGELU, x sigmoid(1.702 x), of CLIP and open_clip; SiLU-beta, the Swish of Ramachandran et al.)."""
+    if beta == 1.0:
+        return _ACTIVATIONS[{"SiLU": F.silu, "Hardswish": F.hardswish}[act]]
+    name = "QuickGELU" if act == "SiLU" and abs(beta - 1.702) < 1e-6 else f"{act}({beta:g}x)"
+    return Activation(name, "smooth", _scaled_silu if act == "SiLU" else _scaled_hardswish)
+
+
 _GATES_INPLACE = {torch.sigmoid_, Tensor.sigmoid_}
 _PRODUCT_FUNCS = {Tensor.__mul__, Tensor.__rmul__, Tensor.mul, torch.mul, Tensor.mul_, Tensor.__imul__}
 _INPLACE_PRODUCTS = {Tensor.mul_, Tensor.__imul__}
@@ -302,7 +322,8 @@ class _RectifyReLUs(TorchFunctionMode):
         self.rule, self.unpool, self.frozen_batch_norm = rule, unpool, frozen_batch_norm
         self.constants = WeakIdKeyDictionary()  # tensor -> the graph nodes its value was computed from
         self.gated: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, source nodes)
-        self.gates = WeakIdKeyDictionary()  # sigmoid-like output -> (activation it makes, its input or None)
+        self.gates = WeakIdKeyDictionary()  # sigmoid-like output -> (activation it makes, its input or None, beta)
+        self.scaled = WeakIdKeyDictionary()  # beta x -> (x, beta), for a gate g(beta x) of x
         self.stack: list[str] = []
         self.places: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, module path)
         self.marks: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, module path, convention)
@@ -319,11 +340,17 @@ class _RectifyReLUs(TorchFunctionMode):
             return _unpooled(func, args, kwargs, self.unpool)
         out = _frozen_batch_norm(args, kwargs) if func is F.batch_norm and self.frozen_batch_norm else None
         out = func(*args, **kwargs) if out is None else out
+        if func in _PRODUCT_FUNCS and func not in _INPLACE_PRODUCTS and not kwargs and len(args) == 2:
+            scale = [a for a in args if isinstance(a, numbers.Real) and not isinstance(a, bool)]
+            tensor = [a for a in args if isinstance(a, Tensor)]
+            if scale and tensor and isinstance(out, Tensor):  # beta x: the input of a gate g(beta x) below
+                self.scaled[out] = (tensor[0], float(scale[0]))
         if func in _GATES or func in _GATES_INPLACE:
             x = args[0] if args else kwargs.get("input")
-            self.gates[out] = (_GATES.get(func), None if func in _GATES_INPLACE else x)
+            x, beta = self.scaled[x] if isinstance(x, Tensor) and x in self.scaled else (x, 1.0)
+            self.gates[out] = (_GATES.get(func), None if func in _GATES_INPLACE else x, beta)
         elif func in _VIEWS and args and isinstance(args[0], Tensor) and args[0] in self.gates:
-            self.gates[out] = (None, None)  # a reshaped gate: still a gate, no longer the activation of its input
+            self.gates[out] = (None, None, 1.0)  # a reshaped gate: still a gate, no longer the activation of its input
         if func not in _SHAPE_ONLY:
             self._follow(tree_flatten((args, kwargs))[0], out)
         self._place(out)
@@ -347,10 +374,14 @@ class _RectifyReLUs(TorchFunctionMode):
         for x, g in (args, args[::-1]):
             if g not in self.gates or (func in _INPLACE_PRODUCTS and x is not args[0]):
                 continue
-            act, source = self.gates[g]
+            act, source, beta = self.gates[g]
             if act is not None and source is x:
-                spec = _ACTIVATIONS[{"SiLU": F.silu, "Hardswish": F.hardswish}[act]]
-                return self._activate(spec, (x,), {"inplace": func in _INPLACE_PRODUCTS})
+                spec = _gated_activation(act, beta)
+                if beta == 1.0:
+                    return self._activate(spec, (x,), {"inplace": func in _INPLACE_PRODUCTS})
+                if func in _INPLACE_PRODUCTS:
+                    spec = replace(spec, always_inplace=True)
+                return self._activate(spec, (x, beta), {})
             if self.rule.exact or g.grad_fn is None:
                 return None
             return self._mark(func(x, g.detach()) if x is args[0] else func(g.detach(), x), "gate fixed")

@@ -8,7 +8,7 @@ adjoint for all of them. With f the activation, x its input, s the signal arrivi
     ReLU                                        max(s, 0)    max(s, 0) [x > 0]   s [x > 0]
     ReLU6, Hardtanh, LeakyReLU, PReLU           max(s, 0)    max(s, 0) f'(x)     s f'(x)
     ELU, CELU, SELU, GELU (none, tanh), SiLU,   max(s, 0)    max(s, 0) f'(x)     s f'(x)
-    Hardswish, Mish, Softplus
+    Hardswish, Mish, Softplus, QuickGELU (x sigmoid(1.702 x)), x sigmoid(beta x)
 
 The fourth, `linear` (Mahendran & Vedaldi's fourth combination), passes s unchanged at every activation: no
 rectification, no forward mask.

@@ -370,6 +370,57 @@ def test_functional_forms_match_the_hand_written_conventions(rule):
         }  # fmt: skip
 
 
+class ScaledGates(nn.Module):
+    """QuickGELU written three ways (CLIP's x * sigmoid(1.702 x), sigmoid(x * 1.702), in place), a SiLU with
+    beta 0.5, and a gate sigmoid(1.702 y) of another tensor y, which stays a fixed gate. hand: the same with the
+    rule written out (HandRule on f(t) = t sigmoid(beta t)) and the foreign gate detached."""
+
+    def __init__(self, hand: str | None = None):
+        super().__init__()
+        self.hand = hand
+        self.c = nn.ModuleList([nn.Conv2d(3, 6, 3, padding=1)] + [nn.Conv2d(6, 6, 3, padding=1) for _ in range(5)])
+
+    def gated(self, x, beta, form):
+        if self.hand:
+            return HandRule.apply(x, lambda t: t * torch.sigmoid(beta * t), self.hand)
+        if form == "mul":
+            return x * torch.sigmoid(beta * x)
+        if form == "rmul":
+            return torch.sigmoid(x * beta) * x
+        return x.mul_(torch.sigmoid(x.mul(beta)))
+
+    def forward(self, x):
+        x = self.gated(self.c[0](x), 1.702, "mul")
+        x = self.gated(self.c[1](x), 1.702, "rmul")
+        x = self.gated(self.c[2](x), 1.702, "inplace")
+        x = self.gated(self.c[3](x), 0.5, "mul")
+        g = torch.sigmoid(1.702 * self.c[4](x))
+        x = x * (g.detach() if self.hand in ("deconvnet", "guided") else g)
+        return self.c[5](x)
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_quickgelu_and_scaled_silu_are_activations_and_a_foreign_gate_is_fixed(rule):
+    model = seeded_like(ScaledGates())
+    twin = ScaledGates(hand=rule).eval()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 11, 12, generator=torch.Generator().manual_seed(5))
+    dn = deconvviz.Deconvnet(model, rule=rule)
+    for mode in ("max", "map"):
+        out = dn.project(x, "c.5", top=3, mode=mode)
+        pos = out.selections.positions if mode == "max" else None
+        want = autograd_projection(twin, "c.5", x, out.selections.channels, pos, model)
+        assert want.abs().max() > 0
+        assert rel_err(out.images, want) <= 1e-5, mode
+        plain = autograd_projection(model, "c.5", x, out.selections.channels, pos)
+        assert (rel_err(out.images, plain) <= 1e-5) == (rule == "gradient")
+    if rule == "gradient":
+        assert out.conventions == {}
+    else:
+        labels = set(out.conventions[""].split(", "))
+        assert labels == {"activation rule (QuickGELU)", "activation rule (SiLU(0.5x))", "gate fixed"}
+
+
 TORCHVISION = [  # (architecture, layer, input side): layers past the gates, normalizations and activations
     ("mobilenet_v2", "features.4", 32),
     ("efficientnet_b0", "features.3", 32),

@@ -67,6 +67,32 @@ def test_layers_of_a_resnet_are_module_paths_with_shapes():
     assert rows["conv1"] == ["Conv2d", "64x32x32"] and rows["layer3"] == ["Sequential", "256x4x4"]
     assert rows["layer4.1"] == ["BasicBlock", "512x2x2"] and rows["fc"] == ["Linear", "1000"]
     assert "layer1.0.relu" not in rows  # it runs twice in a BasicBlock: no one output to project from
+    fields = {line.split()[0]: line.split()[3:5] for line in r.stdout.splitlines()[1:]}
+    # by hand: 7x7 by 2, 3x3 max-pool by 2 (11, stride 4), layer1's four 3x3 convs at stride 4 (43); layer4's
+    # 427 pixels cover all of a 64 x 64 input from every position
+    assert fields["conv1"] == ["7", "2"] and fields["maxpool"] == ["11", "4"] and fields["layer1"] == ["43", "4"]
+    assert fields["layer4"] == ["all", "-"] and fields["fc"] == ["all", "-"]
+
+
+def test_layers_of_a_factory_network_give_receptive_fields_worked_by_hand(residual_factory):
+    r = run("layers", "--model", residual_factory, "--size", "64")
+    assert r.exit_code == 0, r.output
+    fields = {line.split()[0]: line.split()[3:5] for line in r.stdout.splitlines()[1:]}
+    # stem: 3x3 (3), max-pool 2 (4, stride 2); block1: two 3x3 at stride 2 (8, 12), the residual's sum keeps the
+    # larger field; pool (14, stride 4); block2: two 3x3 at stride 4 (22, 30); the head pools everything
+    want = {
+        "stem.0": ["3", "1"],
+        "stem.2": ["4", "2"],
+        "block1.conv1": ["8", "2"],
+        "block1.conv2": ["12", "2"],
+        "block1": ["12", "2"],
+        "pool": ["14", "4"],
+        "block2.conv1": ["22", "4"],
+        "block2": ["30", "4"],
+        "head.0": ["all", "-"],
+        "head.2": ["all", "-"],
+    }
+    assert {k: fields[k] for k in want} == want
 
 
 def test_a_mistyped_module_path_gets_the_nearest_ones(cwd):

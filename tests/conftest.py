@@ -1,4 +1,7 @@
 import pytest
+from typer.testing import CliRunner
+
+from deconvviz.cli import app
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -15,6 +18,28 @@ def cwd(tmp_path, monkeypatch):
     """A fresh working folder for a command that writes its default outputs there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture()
+def runner():
+    """typer's runner, for a test that invokes the app itself (its own argument list, its own checks)."""
+    return CliRunner()
+
+
+@pytest.fixture()
+def run(runner):
+    """The command line run in-process: run("visualize", path, "--top", 3) -> typer's Result."""
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture()
+def small():
+    """A quick random model for CLI paths: arguments that follow a command."""
+    return ["--model", "vgg11", "--weights", "random", "--size", "64"]
 
 
 RESIDUAL_NETS = '''

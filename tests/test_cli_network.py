@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from cli_run import run
 from PIL import Image
 
 from deconvviz.images import DEFAULT_IMAGE
@@ -19,7 +18,7 @@ def spec_of(name, residual_factory):
 
 
 @pytest.mark.parametrize("name", NETWORKS)
-def test_figures_of_any_network(cwd, residual_factory, name):
+def test_figures_of_any_network(run, cwd, residual_factory, name):
     spec = spec_of(name, residual_factory)
     common = ["--model", spec, "--weights", "random", "--size", "64", "-q"]
     for command in (["visualize", "--top", "2"], ["reconstruct"], ["compare", "--top", "2"]):
@@ -33,7 +32,7 @@ def test_figures_of_any_network(cwd, residual_factory, name):
 
 
 @pytest.mark.parametrize("name, layer", [("resnet18", "layer1"), ("FACTORY", "block1")])
-def test_sanity_of_any_network(cwd, residual_factory, name, layer):
+def test_sanity_of_any_network(run, cwd, residual_factory, name, layer):
     spec = spec_of(name, residual_factory)
     r = run(
         "sanity",
@@ -59,7 +58,7 @@ def test_sanity_of_any_network(cwd, residual_factory, name, layer):
         assert prov["randomized"][0] == "layer1.1.bn2" and prov["randomized"][-1] == "conv1"
 
 
-def test_layers_of_a_resnet_are_module_paths_with_shapes():
+def test_layers_of_a_resnet_are_module_paths_with_shapes(run):
     r = run("layers", "--model", "torchvision:resnet18", "--size", "64")
     assert r.exit_code == 0, r.output
     rows = {line.split()[0]: line.split()[1:3] for line in r.stdout.splitlines()[1:]}
@@ -74,7 +73,7 @@ def test_layers_of_a_resnet_are_module_paths_with_shapes():
     assert fields["layer4"] == ["all", "-"] and fields["fc"] == ["all", "-"]
 
 
-def test_layers_of_a_factory_network_give_receptive_fields_worked_by_hand(residual_factory):
+def test_layers_of_a_factory_network_give_receptive_fields_worked_by_hand(run, residual_factory):
     r = run("layers", "--model", residual_factory, "--size", "64")
     assert r.exit_code == 0, r.output
     fields = {line.split()[0]: line.split()[3:5] for line in r.stdout.splitlines()[1:]}
@@ -95,12 +94,12 @@ def test_layers_of_a_factory_network_give_receptive_fields_worked_by_hand(residu
     assert {k: fields[k] for k in want} == want
 
 
-def test_a_mistyped_module_path_gets_the_nearest_ones(cwd):
+def test_a_mistyped_module_path_gets_the_nearest_ones(run, cwd):
     r = run("visualize", "--model", "resnet18", "--weights", "random", "--layer", "layer3.1.con1", "--size", "64")
     assert r.exit_code == 2 and "did you mean 'layer3.1.conv1'" in r.output and r.output.count("\n") == 1
 
 
-def test_filters_draws_the_first_convolution_whatever_its_name(cwd, residual_factory):
+def test_filters_draws_the_first_convolution_whatever_its_name(run, cwd, residual_factory):
     r = run("filters", "--model", residual_factory, "--weights", "random", "-q")
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "figures" / "filters-stem.0.json").read_text())
@@ -121,7 +120,7 @@ FIELD = {"FACTORY": 30, "resnet18": 43}
 
 
 @pytest.mark.parametrize("name, layer", [("FACTORY", "block2"), ("resnet18", "layer1")])
-def test_scan_and_site_of_any_network(cwd, residual_factory, name, layer):
+def test_scan_and_site_of_any_network(run, cwd, residual_factory, name, layer):
     spec = spec_of(name, residual_factory)
     folder = photos(cwd / "photos")
     r = run(
@@ -183,7 +182,7 @@ def test_scan_and_site_of_any_network(cwd, residual_factory, name, layer):
     assert (cwd / "site" / "index.html").is_file() and (cwd / "site" / layer / "unit-3.html").is_file()
 
 
-def test_a_user_card_alone_is_enough_and_a_bad_one_is_refused_in_one_line(cwd, residual_factory, monkeypatch):
+def test_a_user_card_alone_is_enough_and_a_bad_one_is_refused_in_one_line(run, cwd, residual_factory, monkeypatch):
     from deconvviz.architectures import parse
 
     cards = cwd / "cards"

@@ -41,6 +41,30 @@ class Fields:
         r, c = rows_cols[..., 0], rows_cols[..., 1]
         return torch.stack([self.rows[r, 0], self.rows[r, 1], self.cols[c, 0], self.cols[c, 1]], dim=-1)
 
+    def whole(self, input_size: tuple[int, int]) -> bool:
+        """True when every position depends on the whole input."""
+        return all(
+            bool((s[:, 0] == 0).all() and (s[:, 1] == n).all())
+            for s, n in zip((self.rows, self.cols), input_size, strict=True)
+        )
+
+    def interior(self) -> tuple[tuple[int, int], tuple[float | None, float | None]]:
+        """Size (rows, cols) of the centre position's field, clipped to the input, and the stride between
+        neighbouring fields' centres (None along an axis of one position)."""
+        sizes = tuple(int(s[len(s) // 2, 1] - s[len(s) // 2, 0]) for s in (self.rows, self.cols))
+        strides = tuple(float(c[1] - c[0]) if len(c) > 1 else None for c in (self.centre_rows, self.centre_cols))
+        return sizes, strides
+
+    def describe(self) -> tuple[str, str]:
+        """Size and stride as text: "99" and "16", or rows x cols ("99x51") where they differ; "-": no stride."""
+        sizes, strides = self.interior()
+        shown = ["-" if v is None else str(round(v)) if abs(v - round(v)) < 1e-6 else f"{v:g}" for v in strides]
+        return _pair_text(list(sizes)), _pair_text(shown)
+
+
+def _pair_text(pair: list) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+
 
 def receptive_field(model: nn.Module, layer: str, input_size: tuple[int, int], channels: int | None = None) -> Fields:
     """The input box every position of `layer` depends on, for an input of input_size (H, W) (channels: the

@@ -204,16 +204,4 @@ def _field_of(out, fields: dict, size: tuple[int, int]) -> tuple[str, str]:
     f = fields.get(out.name)
     if f is None:
         return "?", "?"
-    if all(torch.equal(s, torch.tensor([[0, n]] * len(s))) for s, n in ((f.rows, size[0]), (f.cols, size[1]))):
-        return "all", "-"
-    sizes = [int(s[len(s) // 2, 1] - s[len(s) // 2, 0]) for s in (f.rows, f.cols)]
-    strides = [_number(float(c[1] - c[0])) if len(c) > 1 else "-" for c in (f.centre_rows, f.centre_cols)]
-    return _pair_text(sizes), _pair_text(strides)
-
-
-def _number(v: float) -> str:
-    return str(round(v)) if abs(v - round(v)) < 1e-6 else f"{v:g}"
-
-
-def _pair_text(pair: list) -> str:
-    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+    return ("all", "-") if f.whole(size) else f.describe()

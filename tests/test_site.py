@@ -163,6 +163,34 @@ def test_index_layer_unit_next_by_clicks_and_arrow_keys(site, report, tab):
     assert page.url.endswith("/conv2_1/unit-0.html")
 
 
+def test_the_site_of_a_resnet_scanned_under_torchrun(resnet_scans, tmp_path, tab):
+    """The site of a network that is not a chain (resnet18, random weights), from the two-process torchrun scan:
+    the pages load with every image and no script error; a unit's page shows its top images, each with its
+    projection and patch, in the order and with the values of the report."""
+    run = resnet_scans[1]
+    report = json.loads((run / "report.json").read_text())
+    out = tmp_path / "site"
+    scan_site(run, out, device="cpu", verbose=False)
+    page = tab.open(out / "index.html")
+    tab.check()
+    assert "torchvision:resnet18" in page.locator("main").inner_text()
+    for layer in ("layer1", "layer2"):
+        page = tab.open(out / "index.html")
+        page.click(f"main a:text-is('{layer}')")
+        assert page.url.endswith(f"/{layer}/index.html")
+        tab.check()
+        best = strongest_first(report, layer)
+        assert visible_tiles(page) == best
+        page.click("#tiles .tile[data-channel='3']")
+        assert page.url.endswith(f"/{layer}/unit-3.html")
+        tab.check()
+        records = report["layers"][layer]["channels"]["3"]
+        shown = page.eval_on_selector_all(".record", "rs => rs.map(r => Number(r.dataset.value))")
+        assert shown == [r["value"] for r in records] and len(records) == 3
+        assert page.locator(".record img").count() >= 2 * len(records)  # a projection and a patch per record
+        assert page.locator("main").inner_text().count(records[0]["image"]) >= 1
+
+
 def test_sorting_and_filtering_change_the_tile_order(site, report, tab):
     page = tab.open(site / "conv1_1" / "index.html")
     tab.check()

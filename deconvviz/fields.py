@@ -364,7 +364,7 @@ def module_fields(model: nn.Module, input_size: tuple[int, int], channels: int |
         p.requires_grad_(False)  # below, requires_grad marks the signal: what depends on the input
     h_in, w_in = input_size
     convs = [m.in_channels for m in copy.modules() if isinstance(m, nn.Conv2d)]
-    tries = [channels] if channels is not None else list(dict.fromkeys([*convs[:1], *convs, 3]))
+    tries = [channels] if channels is not None else list(dict.fromkeys([*convs, 3]))
     rows, cols = torch.arange(h_in, dtype=torch.float32)[:, None], torch.arange(w_in, dtype=torch.float32)
     # (4, H, W): last row, -first row, last column, -first column each pixel depends on: all combine by max
     coords = torch.stack(
@@ -525,6 +525,15 @@ def _hull_reduce(x, dim=None, keepdim=False, *args, **kwargs):
     return x.amax(dim, keepdim=keepdim)
 
 
+def _hull_norm(x, p="fro", dim=None, keepdim=False, *args, **kwargs):
+    return _hull_reduce(x, dim, keepdim)
+
+
+def _hull_spread(x, dim=None, *args, **kwargs):
+    """std and var: (x, dim, unbiased, keepdim) or (x, dim, correction=..., keepdim=...)."""
+    return _hull_reduce(x, dim, args[1] if len(args) > 1 else kwargs.get("keepdim", False))
+
+
 def _hull_max(x, *args, **kwargs):
     if args and isinstance(args[0], Tensor):
         return _hull_union(torch.maximum)(x, args[0])
@@ -561,29 +570,34 @@ def _unknown(t: Tensor) -> Tensor:
     return torch.full_like(t, math.nan, dtype=torch.float32).requires_grad_(True)
 
 
-_BINARY = [torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__, torch.sub, Tensor.sub, Tensor.__sub__,
-           Tensor.__rsub__, torch.rsub, torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, torch.div,
-           Tensor.div, Tensor.__truediv__, Tensor.__rtruediv__, torch.true_divide, torch.maximum, torch.minimum,
-           Tensor.maximum, Tensor.minimum, torch.addcmul, torch.lerp, Tensor.__pow__, torch.pow]  # fmt: skip
-_IN_PLACE_UNION = {Tensor.add_, Tensor.__iadd__, Tensor.sub_, Tensor.__isub__, Tensor.mul_, Tensor.__imul__,
-                   Tensor.div_, Tensor.__itruediv__}  # fmt: skip
-_REDUCTIONS = [torch.mean, Tensor.mean, torch.sum, Tensor.sum, torch.amax, Tensor.amax, torch.amin, Tensor.amin,
-               torch.std, Tensor.std, torch.var, Tensor.var, torch.logsumexp, Tensor.logsumexp, torch.norm,
-               Tensor.norm]  # fmt: skip
+def _named(names: str, *owners) -> list:
+    """The functions of these names that torch or Tensor (owners) have."""
+    return [getattr(o, n) for o in owners for n in names.split() if hasattr(o, n)]
+
+
+_BINARY = _named("add sub rsub mul div true_divide maximum minimum pow addcmul lerp", torch, Tensor) + _named(
+    "__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ __pow__", Tensor
+)
+_IN_PLACE_UNION = set(_named("add_ sub_ mul_ div_ __iadd__ __isub__ __imul__ __itruediv__", Tensor))
+_REDUCTIONS = _named("mean sum amax amin logsumexp", torch, Tensor)
 # operations that only move, copy or look at positions: the hulls move with them
-_MOVING = {Tensor.view, Tensor.reshape, torch.reshape, Tensor.flatten, torch.flatten, Tensor.unflatten,
-           torch.unflatten, Tensor.permute, torch.permute, Tensor.transpose, torch.transpose, Tensor.contiguous,
-           Tensor.squeeze, torch.squeeze, Tensor.unsqueeze, torch.unsqueeze, Tensor.expand, Tensor.expand_as,
-           Tensor.repeat, Tensor.__getitem__, Tensor.narrow, torch.narrow, Tensor.chunk, torch.chunk, Tensor.split,
-           torch.split, Tensor.unbind, torch.unbind, Tensor.clone, torch.clone, Tensor.to, Tensor.float,
-           Tensor.type_as, Tensor.roll, torch.roll, Tensor.flip, torch.flip, Tensor.movedim, torch.movedim,
-           Tensor.view_as, Tensor.reshape_as, Tensor.tensor_split, torch.tensor_split, F.pixel_shuffle,
-           F.pixel_unshuffle, F.channel_shuffle, Tensor.__len__, F.dropout, F.dropout2d, F.dropout1d,
-           F.alpha_dropout, F.feature_alpha_dropout}  # fmt: skip
+_MOVING = set(
+    _named(
+        "view reshape flatten unflatten permute transpose contiguous squeeze unsqueeze expand expand_as repeat "
+        "__getitem__ narrow chunk split unbind clone to float type_as roll flip movedim view_as reshape_as "
+        "tensor_split __len__",
+        torch,
+        Tensor,
+    )
+    + _named("pixel_shuffle pixel_unshuffle channel_shuffle dropout dropout1d dropout2d alpha_dropout", F)
+    + [F.feature_alpha_dropout]
+)
 _HULLS = {
     **dict.fromkeys([*_ACTIVATIONS, *_INPLACE], _identity_),
     **{f: _hull_union(f) for f in [*_BINARY, *_IN_PLACE_UNION]},
     **dict.fromkeys(_REDUCTIONS, _hull_reduce),
+    **dict.fromkeys([torch.std, Tensor.std, torch.var, Tensor.var], _hull_spread),
+    **dict.fromkeys([torch.norm, Tensor.norm], _hull_norm),
     **dict.fromkeys([torch.neg, Tensor.neg, Tensor.__neg__, Tensor.detach], _identity_),
     F.conv2d: _hull_conv,
     F.linear: _hull_linear,

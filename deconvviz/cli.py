@@ -1099,7 +1099,11 @@ def explore(
     image: Image = None,
     out: SiteOut = Path("explore"),
     layers: Annotated[
-        str | None, typer.Option(help="Layers to explore, e.g. conv3_3,conv5_3. Default: every conv layer.")
+        str | None,
+        typer.Option(
+            help="Layers to explore, e.g. conv3_3,conv5_3 or layer2,layer3. Default: every conv layer of a VGG, "
+            "the stage outputs (e.g. layer1-layer4) of other networks.",
+        ),
     ] = None,
     top: Annotated[int, typer.Option(help="Strongest feature maps shown per layer.")] = 9,
     per_position: Annotated[

@@ -41,6 +41,30 @@ class Fields:
         r, c = rows_cols[..., 0], rows_cols[..., 1]
         return torch.stack([self.rows[r, 0], self.rows[r, 1], self.cols[c, 0], self.cols[c, 1]], dim=-1)
 
+    def whole(self, input_size: tuple[int, int]) -> bool:
+        """True when every position depends on the whole input."""
+        return all(
+            bool((s[:, 0] == 0).all() and (s[:, 1] == n).all())
+            for s, n in zip((self.rows, self.cols), input_size, strict=True)
+        )
+
+    def interior(self) -> tuple[tuple[int, int], tuple[float | None, float | None]]:
+        """Size (rows, cols) of the centre position's field, clipped to the input, and the stride between
+        neighbouring fields' centres (None along an axis of one position)."""
+        sizes = tuple(int(s[len(s) // 2, 1] - s[len(s) // 2, 0]) for s in (self.rows, self.cols))
+        strides = tuple(float(c[1] - c[0]) if len(c) > 1 else None for c in (self.centre_rows, self.centre_cols))
+        return sizes, strides
+
+    def describe(self) -> tuple[str, str]:
+        """Size and stride as text: "99" and "16", or rows x cols ("99x51") where they differ; "-": no stride."""
+        sizes, strides = self.interior()
+        shown = ["-" if v is None else str(round(v)) if abs(v - round(v)) < 1e-6 else f"{v:g}" for v in strides]
+        return _pair_text(list(sizes)), _pair_text(shown)
+
+
+def _pair_text(pair: list) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+
 
 def receptive_field(
     model: nn.Module, layer: str, *, input_size: tuple[int, int], channels: int | None = None
@@ -350,3 +374,300 @@ class _Structural(TorchFunctionMode):
         if func is Tensor.__rtruediv__:
             return _magnitude(args[1]) * args[0]
         return func(*args, **kwargs)
+
+
+def module_fields(model: nn.Module, input_size: tuple[int, int], channels: int | None = None) -> dict[str, Fields]:
+    """Receptive fields of every module with a feature-map output (N, C, H, W) that runs once, from one cheap
+    forward: each position carries the hull of the input rows and columns it depends on (see _Hulls), so a
+    whole network costs about a max-pool per layer instead of a backward per module. Equal to the structural
+    probe (receptive_field) wherever the forward uses operations _Hulls knows; a module reached through any
+    other operation gets the probe's fields instead."""
+    from .rectified import evaluating
+
+    copy = _structural_copy(model)
+    for p in copy.parameters():
+        p.requires_grad_(False)  # below, requires_grad marks the signal: what depends on the input
+    h_in, w_in = input_size
+    convs = [m.in_channels for m in copy.modules() if isinstance(m, nn.Conv2d)]
+    tries = [channels] if channels is not None else list(dict.fromkeys([*convs, 3]))
+    rows, cols = torch.arange(h_in, dtype=torch.float32)[:, None], torch.arange(w_in, dtype=torch.float32)
+    # (4, H, W): last row, -first row, last column, -first column each pixel depends on: all combine by max
+    coords = torch.stack(
+        [rows.expand(h_in, w_in), -rows.expand(h_in, w_in), cols.expand(h_in, w_in), -cols.expand(h_in, w_in)]
+    )
+    for k, c in enumerate(tries):
+        seen: dict[str, list] = {}
+        hooks = [m.register_forward_hook(_keep_hull(n, seen)) for n, m in copy.named_modules() if n]
+        try:
+            with evaluating(copy), torch.random.fork_rng(), _Hulls(), torch.enable_grad():
+                copy(coords[:, None].expand(4, c, h_in, w_in).clone().requires_grad_(True))
+            break
+        except RuntimeError as e:
+            if k == len(tries) - 1:
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ImageError(
+                    f"cannot trace the receptive fields on a {h_in}x{w_in} input ({why}); "
+                    "give an input size the model accepts"
+                ) from None
+        finally:
+            for h in hooks:
+                h.remove()
+    out = {}
+    for name, hulls in seen.items():
+        if len(hulls) != 1 or hulls[0] is None:
+            continue
+        hull = hulls[0]
+        if bool(hull.isnan().any()):  # an operation _Hulls does not know: the probe, on the model itself
+            out[name] = _probe(model, name, input_size, channels)
+            continue
+        last_row, first_row = hull[0].amax(1), -hull[1].amax(1)  # (H,): union over columns
+        last_col, first_col = hull[2].amax(0), -hull[3].amax(0)
+        spans = [torch.stack([lo, hi + 1]).T for lo, hi in ((first_row, last_row), (first_col, last_col))]
+        spans = [s.nan_to_num(0, 0, 0).long() for s in spans]  # a position depending on nothing: [0, 0)
+        out[name] = Fields(spans[0], spans[1], _centres(spans[0], h_in), _centres(spans[1], w_in))
+    return out
+
+
+def _keep_hull(name: str, seen: dict[str, list]):
+    def keep(m, args, out):
+        ok = isinstance(out, Tensor) and out.dim() == 4 and out.requires_grad
+        seen.setdefault(name, []).append(_channels_hull(out.detach())[:, 0] if ok else None)  # (4, H, W)
+
+    return keep
+
+
+def _is_signal(t) -> bool:
+    return isinstance(t, Tensor) and t.requires_grad
+
+
+def _signals(args) -> list[Tensor]:
+    found = []
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            found += _signals(a)
+        elif _is_signal(a):
+            found.append(a)
+    return found
+
+
+def _window_hull(x: Tensor, kernel, stride, *, padding, dilation, ceil_mode=False) -> Tensor:
+    """Max over each window, padding depending on nothing (-inf): the hull of a conv's or pool's window."""
+    pair = torch.nn.modules.utils._pair
+    k, d, p = pair(kernel), pair(dilation), pair(padding)
+    s = pair(stride) if stride not in (None, []) else k
+    if any(2 * pp > kk for pp, kk in zip(p, k, strict=True)):
+        x, p = F.pad(x, (p[1], p[1], p[0], p[0]), value=-math.inf), (0, 0)  # max_pool2d pads at most half
+    return F.max_pool2d(x, k, s, padding=p, dilation=d, ceil_mode=ceil_mode)
+
+
+def _hull_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    k = weight.shape[-2:]
+    if isinstance(padding, str):  # 'valid' or 'same' (stride 1): the total padding split as torch does
+        pair = torch.nn.modules.utils._pair
+        total = [0, 0] if padding == "valid" else [dd * (kk - 1) for dd, kk in zip(pair(dilation), k, strict=True)]
+        x = F.pad(
+            x, (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2), value=-math.inf
+        )
+        padding = 0
+    if groups == 1:  # every output channel sees all inputs: one hull, shared by the channels (stride 0)
+        hull = _window_hull(_channels_hull(x), k, stride, padding=padding, dilation=dilation)
+        return hull.expand(-1, weight.shape[0], -1, -1)
+    grouped = x.unflatten(1, (groups, -1)).amax(2)  # (N, groups, H, W): a group's output sees all its inputs
+    hull = _window_hull(grouped, k, stride, padding=padding, dilation=dilation)
+    return hull.repeat_interleave(weight.shape[0] // groups, dim=1)
+
+
+def _channels_hull(x: Tensor) -> Tensor:
+    """(N, 1, H, W): the hull over a feature map's channels (read once where they are one shared hull)."""
+    return x[:, :1] if x.stride(1) == 0 else x.amax(1, keepdim=True)
+
+
+def _hull_linear(x, weight, bias=None):
+    return x.amax(-1, keepdim=True).expand(*x.shape[:-1], weight.shape[0]).clone()
+
+
+def _hull_max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    out = _window_hull(x, kernel_size, stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    if return_indices:
+        geometry = {"padding": padding, "dilation": dilation, "ceil_mode": ceil_mode}
+        return out, F.max_pool2d(x.detach(), kernel_size, stride, return_indices=True, **geometry)[1]
+    return out
+
+
+def _hull_avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False, *args, **kwargs):
+    return _window_hull(x, kernel_size, stride, padding=padding, dilation=1, ceil_mode=ceil_mode)
+
+
+def _hull_adaptive(x, output_size, return_indices=False):
+    out = F.adaptive_max_pool2d(x, output_size)  # the same windows as the average's
+    return (out, F.adaptive_max_pool2d(x.detach(), output_size, True)[1]) if return_indices else out
+
+
+def _hull_over(dims_of):
+    """A normalization or softmax: each position depends on everything it is normalized over."""
+
+    def norm(x, *args, **kwargs):
+        dims = dims_of(x, *args, **kwargs)
+        return x.amax(dims, keepdim=True).expand_as(x) if dims else x
+
+    return norm
+
+
+def _hull_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, *args, **kwargs):
+    return x.amax(tuple(range(2, x.dim())), keepdim=True).expand_as(x) if training else x
+
+
+def _hull_union(func):
+    """An elementwise operation of the signal and anything else: each position depends on what its operands'
+    positions depend on (a constant operand on nothing), broadcast as the operation does. In place it changes
+    the first operand, which the hulls' identities may share with other tensors: a hull can only grow by that.
+    Operands with one hull for all channels (stride 0) are combined once."""
+
+    def union(*args, **kwargs):
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        found = _signals(args)
+        shared = all(t.dim() == 4 and t.stride(1) == 0 for t in found) and len(shape) == 4
+        found = [t[:, :1] for t in found] if shared else found
+        out = found[0]
+        for t in found[1:]:
+            out = torch.maximum(out, t)
+        out = out.broadcast_to(shape)
+        if func in _IN_PLACE_UNION and args[0].requires_grad and args[0].stride(1 % args[0].dim()) != 0:
+            return args[0].copy_(out)
+        return out
+
+    return union
+
+
+def _hull_reduce(x, dim=None, keepdim=False, *args, **kwargs):
+    """A reduction over some axes (mean, sum, norm, ...): the hull over them; over the batch it is unknown."""
+    if (
+        dim is None
+        or (isinstance(dim, int) and dim % x.dim() == 0)
+        or (not isinstance(dim, int) and 0 in [d % x.dim() for d in dim])
+    ):
+        return _unknown(x.sum())
+    return x.amax(dim, keepdim=keepdim)
+
+
+def _hull_norm(x, p="fro", dim=None, keepdim=False, *args, **kwargs):
+    return _hull_reduce(x, dim, keepdim)
+
+
+def _hull_spread(x, dim=None, *args, **kwargs):
+    """std and var: (x, dim, unbiased, keepdim) or (x, dim, correction=..., keepdim=...)."""
+    return _hull_reduce(x, dim, args[1] if len(args) > 1 else kwargs.get("keepdim", False))
+
+
+def _hull_max(x, *args, **kwargs):
+    if args and isinstance(args[0], Tensor):
+        return _hull_union(torch.maximum)(x, args[0])
+    dim = args[0] if args else kwargs.get("dim")
+    if dim is None:
+        return _unknown(x.amax())
+    keepdim = args[1] if len(args) > 1 else kwargs.get("keepdim", False)
+    return torch.return_types.max((x.amax(dim, keepdim), x.detach().argmax(dim, keepdim)))
+
+
+def _hull_cat(tensors, *args, **kwargs):
+    """Concatenated parts that are not the signal (a learned token, a constant map) depend on nothing."""
+    parts = [t if _is_signal(t) else torch.full_like(t, -math.inf) for t in tensors]
+    return torch.cat(parts, *args, **kwargs)
+
+
+def _hull_stack(tensors, *args, **kwargs):
+    parts = [t if _is_signal(t) else torch.full_like(t, -math.inf) for t in tensors]
+    return torch.stack(parts, *args, **kwargs)
+
+
+def _hull_pad(x, pad, mode="constant", value=None):
+    return F.pad(x, pad, mode, -math.inf) if mode == "constant" else F.pad(x, pad, mode)
+
+
+def _hull_interpolate(x, size=None, scale_factor=None, mode="nearest", *args, **kwargs):
+    """Nearest neighbours move positions; any other interpolation mixes neighbours: unknown here."""
+    out = F.interpolate(x, size, scale_factor, mode, *args, **kwargs)
+    return out if mode in ("nearest", "nearest-exact") else _unknown(out)
+
+
+def _unknown(t: Tensor) -> Tensor:
+    """The result of an operation the hulls do not model: NaN, which every later hull keeps."""
+    return torch.full_like(t, math.nan, dtype=torch.float32).requires_grad_(True)
+
+
+def _named(names: str, *owners) -> list:
+    """The functions of these names that torch or Tensor (owners) have."""
+    return [getattr(o, n) for o in owners for n in names.split() if hasattr(o, n)]
+
+
+_BINARY = _named("add sub rsub mul div true_divide maximum minimum pow addcmul lerp", torch, Tensor) + _named(
+    "__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ __pow__", Tensor
+)
+_IN_PLACE_UNION = set(_named("add_ sub_ mul_ div_ __iadd__ __isub__ __imul__ __itruediv__", Tensor))
+_REDUCTIONS = _named("mean sum amax amin logsumexp", torch, Tensor)
+# operations that only move, copy or look at positions: the hulls move with them
+_MOVING = set(
+    _named(
+        "view reshape flatten unflatten permute transpose contiguous squeeze unsqueeze expand expand_as repeat "
+        "__getitem__ narrow chunk split unbind clone to float type_as roll flip movedim view_as reshape_as "
+        "tensor_split __len__",
+        torch,
+        Tensor,
+    )
+    + _named("pixel_shuffle pixel_unshuffle channel_shuffle dropout dropout1d dropout2d alpha_dropout", F)
+    + [F.feature_alpha_dropout]
+)
+_HULLS = {
+    **dict.fromkeys([*_ACTIVATIONS, *_INPLACE], _identity_),
+    **{f: _hull_union(f) for f in [*_BINARY, *_IN_PLACE_UNION]},
+    **dict.fromkeys(_REDUCTIONS, _hull_reduce),
+    **dict.fromkeys([torch.std, Tensor.std, torch.var, Tensor.var], _hull_spread),
+    **dict.fromkeys([torch.norm, Tensor.norm], _hull_norm),
+    **dict.fromkeys([torch.neg, Tensor.neg, Tensor.__neg__, Tensor.detach], _identity_),
+    F.conv2d: _hull_conv,
+    F.linear: _hull_linear,
+    F.max_pool2d: _hull_max_pool,
+    F.avg_pool2d: _hull_avg_pool,
+    F.adaptive_max_pool2d: _hull_adaptive,
+    F.adaptive_avg_pool2d: _hull_adaptive,
+    F.batch_norm: _hull_batch_norm,
+    F.instance_norm: _hull_over(lambda x, *a, **k: tuple(range(2, x.dim()))),
+    F.layer_norm: _hull_over(lambda x, shape, *a, **k: tuple(range(x.dim() - len(shape), x.dim()))),
+    F.group_norm: _hull_over(lambda x, *a, **k: tuple(range(1, x.dim()))),
+    **dict.fromkeys(
+        [F.softmax, torch.softmax, Tensor.softmax, F.log_softmax], _hull_over(lambda x, dim, *a, **k: (dim,))
+    ),
+    torch.max: _hull_max,
+    Tensor.max: _hull_max,
+    torch.cat: _hull_cat,
+    torch.concat: _hull_cat,
+    torch.stack: _hull_stack,
+    F.pad: _hull_pad,
+    F.interpolate: _hull_interpolate,
+}
+
+
+class _Hulls(TorchFunctionMode):
+    """The hulls' forward: on the signal (what requires grad), every operation becomes the max of the hulls its
+    result depends on; operations it does not know give NaN (see module_fields)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not _signals([*args, *kwargs.values()]):
+            return func(*args, **kwargs)
+        if func in _HULLS:
+            return _HULLS[func](*args, **kwargs)
+        out = func(*args, **kwargs)
+        if func is Tensor.__setitem__:  # positions overwritten by what the hulls cannot tell apart
+            args[0].copy_(_unknown(args[0]))
+            return out
+        if func in _MOVING:
+            return out  # the hulls move with the positions
+        if isinstance(out, (tuple, list)):
+            return type(out)(_unknown(t) if _floating(t) else t for t in out)
+        return _unknown(out) if _floating(out) else out  # else a look at the signal (its shape, a count, a test)
+
+
+def _floating(t) -> bool:
+    return isinstance(t, Tensor) and t.is_floating_point()

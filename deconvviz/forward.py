@@ -189,7 +189,7 @@ def _on_meta(m: nn.Module) -> nn.Module:
 @dataclass(frozen=True)
 class LayerRow:
     """One layer a projection can start from: its VGG name (or ""), module path, type, output shape per image,
-    and receptive field size and stride ("all" once every position is mixed; "?" where not yet known).
+    and receptive field size and stride ("all" once every position is mixed; "?" for outputs that are not maps).
     `columns` is where more per-layer facts go (e.g. how each rule passes the module), by column title."""
 
     alias: str
@@ -206,11 +206,11 @@ def layer_table(model: nn.Module, size: tuple[int, int]) -> list[LayerRow]:
     and returns a tensor (the modules a projection can start from), in the order their forwards finish."""
     steps = chain_of(model)
     if steps is None:
-        return [
-            LayerRow("", r.name, type(r.module).__name__, r.shape, *_field_of(model, r))
-            for r in module_outputs(model, size)
-            if r.name and r.runs == 1 and r.shape
-        ]
+        from .fields import module_fields
+
+        outputs = [r for r in module_outputs(model, size) if r.name and r.runs == 1 and r.shape]
+        fields = module_fields(model, size) if any(len(r.shape) == 3 for r in outputs) else {}
+        return [LayerRow("", r.name, type(r.module).__name__, r.shape, *_field_of(r, fields, size)) for r in outputs]
     shapes, alias = output_shapes(model, steps, size), {v: k for k, v in vgg_aliases(steps).items()}
     rows, mixed = [], False
     for i, s in enumerate(steps):
@@ -222,7 +222,13 @@ def layer_table(model: nn.Module, size: tuple[int, int]) -> list[LayerRow]:
     return rows
 
 
-def _field_of(model: nn.Module, out) -> tuple[str, str]:
-    """Receptive field size and stride of a module of a non-chain network: "all" for class scores and pooled
-    vectors; "?" for feature maps (exact fields of any network are not computed here yet)."""
-    return ("all", "-") if len(out.shape) == 1 else ("?", "?")
+def _field_of(out, fields: dict, size: tuple[int, int]) -> tuple[str, str]:
+    """Receptive field size and stride (input pixels) of a module of a non-chain network, at its centre position
+    (an interior one: fields clip at the image's edge); rows x cols where they differ. "all" for class scores,
+    pooled vectors and maps whose every position sees the whole input; "?" for outputs that are not maps."""
+    if len(out.shape) == 1:
+        return "all", "-"
+    f = fields.get(out.name)
+    if f is None:
+        return "?", "?"
+    return ("all", "-") if f.whole(size) else f.describe()

@@ -29,16 +29,18 @@ import jinja2
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import __version__
 from .deconvnet import Deconvnet
 from .errors import DeconvvizError, LayerError
-from .forward import layer_shape
+from .fields import Fields, receptive_field
+from .forward import layer_shape, module_activations
 from .images import check_size, load_image, to_batch, to_display
-from .layers import ReceptiveField, receptive_fields, resolve, step_index
+from .layers import module_outputs, resolve, stage_modules, step_index
 from .network import Network, load_network
 from .preprocess import Preprocess
+from .rectified import evaluating
 from .render import pattern_rgb, stage_channel, write_atomic
 from .scan import ScanResult, activations, load_result, preprocessed
 from .weights import Weights, pick_device
@@ -189,6 +191,12 @@ class Tile:
     missing: str = "no record"  # shown in place of a picture that is None
 
 
+def _js_number(v: float) -> str:
+    """A float as JavaScript's Number() reads it back exactly: repr, and Infinity/-Infinity/NaN (repr's 'inf'
+    reads as NaN, which breaks sorting by value: a unit with no record is -inf)."""
+    return repr(v) if math.isfinite(v) else "NaN" if math.isnan(v) else "Infinity" if v > 0 else "-Infinity"
+
+
 @cache
 def _environment() -> jinja2.Environment:
     """The pages' templates: autoescaped (every value is text, quotes included), and a name a template uses that
@@ -201,7 +209,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["g4"] = lambda v: f"{v:.4g}"
-    env.filters["exact"] = repr  # a float as written back by Number() in the page's JavaScript
+    env.filters["exact"] = _js_number  # a float as written back by Number() in the page's JavaScript
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "separators": (",", ":")}
     env.globals["version"] = __version__
     return env
@@ -562,7 +570,7 @@ class _LayerView:
 
     layer: str
     activation: Tensor
-    rf: tuple[ReceptiveField, ReceptiveField]
+    rf: Fields
     strongest: list[int]  # the top maps, strongest first
     drawn: dict[int, _DrawnUnit]
     positions: dict  # the units strongest at each position, for the page's JavaScript (explore.js)
@@ -616,13 +624,12 @@ def explore_site(
         net, info, model = network.module, network.weights, network.spec
         x = to_batch(path, info.preprocess, size)
         dn = Deconvnet(net)
-        if dn.steps is None:
-            raise DeconvvizError(f"{model} is not a chain of layers; explore needs one")
-        names = list(layers) if layers else [n for n in dn.layers() if re.fullmatch(r"conv\d+_\d+", n)]
-        taps = {n: step_index(dn.steps, resolve(net, dn.steps, n)) for n in names}
-        for n, i in taps.items():
+        names = list(layers) if layers else _explore_layers(dn, size)
+        fields = {}
+        for n in names:
+            resolve(net, dn.steps, n)  # an unknown name: its own message
             try:
-                receptive_fields(dn.steps, i)
+                fields[n] = receptive_field(net, n, (size, size))
             except LayerError:
                 raise DeconvvizError(
                     f"layer '{n}' has no feature-map positions to click; explore takes conv and pool layers"
@@ -642,7 +649,7 @@ def explore_site(
             progress=progress,
         )
         site.picture("image.jpg", ex.picture, side=size)
-        views = [_explore_layer(ex, n) for n in names]
+        views = [_explore_layer(ex, n, fields[n]) for n in names]
         for i, v in enumerate(views):
             site.page(f"{_folder_name(v.layer)}/index.html", _explore_page(ex, views, i))
         site.page("index.html", _explore_index(ex, views, path))
@@ -660,13 +667,32 @@ def strongest_units(activation: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return units, values.clamp_min(0)
 
 
-def _explore_layer(ex: _Explore, layer: str) -> _LayerView:
+def _explore_layers(dn: Deconvnet, size: int) -> list[str]:
+    """The layers explored when none are named: a VGG's conv layers (conv1_1 ... conv5_3); any other network's
+    stage outputs (stage_modules: ResNet's conv1, layer1-layer4, DenseNet's blocks and transitions) that hold a
+    convolution and give a feature map of more than one position."""
+    if dn.steps is not None:
+        convs = [n for n in dn.layers() if re.fullmatch(r"conv\d+_\d+", n)]
+        if convs:
+            return convs
+    outputs = {r.name: r for r in module_outputs(dn.model, (size, size))}
+    modules = dict(dn.model.named_modules())
+
+    def maps(name: str) -> bool:
+        r = outputs.get(name)
+        return r is not None and r.runs == 1 and len(r.shape) == 3 and r.shape[1] * r.shape[2] > 1
+
+    stages = [n for n in stage_modules(dn.model) if maps(n)]
+    found = {n for n in stages if any(isinstance(m, nn.Conv2d) for m in modules[n].modules())}
+    if found:
+        return [n for n in outputs if n in found]  # in the order the forward reaches them
+    return [n for n in dn.layers() if maps(n) and isinstance(modules[n], nn.Conv2d)]
+
+
+def _explore_layer(ex: _Explore, layer: str, rf: Fields) -> _LayerView:
     """Project a layer's strongest maps and every unit listed at some position; the positions' data for its page."""
     dn, x, site = ex.dn, ex.x, ex.site
-    steps = dn.steps
-    i = step_index(steps, resolve(dn.model, steps, layer))
-    act = _activation(steps, x, i)[0]  # (C, H, W)
-    rf = receptive_fields(steps, i)
+    act = _activation(dn, x, layer)[0]  # (C, H, W)
     peak = act.flatten(1).max(1).values
     strongest = peak.argsort(descending=True, stable=True)[: min(ex.top, act.shape[0])].tolist()
     units, values = strongest_units(act, ex.per_position)
@@ -678,8 +704,8 @@ def _explore_layer(ex: _Explore, layer: str) -> _LayerView:
         rc = out.selections.rows_cols[0].tolist()
         for j, c in enumerate(part):
             r, col = rc[j]
-            t, b = rf[0].span(r, size)
-            left, right = rf[1].span(col, size)
+            t, b = rf.rows[r].tolist()
+            left, right = rf.cols[col].tolist()
             crop = pattern_rgb(out.images[0, j, :, t:b, left:right].cpu(), ex.weights.preprocess)
             proj = site.picture(f"{folder}/unit-{c}.jpg", crop)
             patch = site.picture(f"{folder}/patch-{c}.jpg", ex.picture[t:b, left:right])
@@ -693,7 +719,9 @@ def _explore_layer(ex: _Explore, layer: str) -> _LayerView:
         "h": h,
         "w": w,
         "k": units.shape[0],
-        "rf": [[f.size, f.stride, f.offset] for f in rf],
+        "rows": rf.rows.tolist(),  # the input rows [top, bottom) each row of positions sees, and columns
+        "cols": rf.cols.tolist(),
+        "centres": [[round(float(v), 3) for v in c] for c in (rf.centre_rows, rf.centre_cols)],
         "units": units.permute(1, 2, 0).flatten().tolist(),  # position-major: (row * w + col) * k + rank
         "values": [float(f"{v:.4g}") for v in values.permute(1, 2, 0).flatten().tolist()],
         "maps": {str(c): {"value": float(f"{d.value:.4g}"), "row": d.row, "col": d.col} for c, d in drawn.items()},
@@ -702,8 +730,13 @@ def _explore_layer(ex: _Explore, layer: str) -> _LayerView:
 
 
 @torch.no_grad()
-def _activation(steps, x: Tensor, upto: int) -> Tensor:
-    return activations(steps, x, {"layer": upto})["layer"].cpu()
+def _activation(dn: Deconvnet, x: Tensor, layer: str) -> Tensor:
+    """A layer's activation (1, C, H, W) for x, on the CPU: a chain's steps, or any network's module output."""
+    path = resolve(dn.model, dn.steps, layer)
+    if dn.steps is not None:
+        return activations(dn.steps, x, {"layer": step_index(dn.steps, path)})["layer"].cpu()
+    with evaluating(dn.model):
+        return module_activations(dn.model, x, {"layer": path})["layer"].cpu()
 
 
 def _explore_page(ex: _Explore, views: list[_LayerView], i: int) -> str:
@@ -727,10 +760,17 @@ def _explore_page(ex: _Explore, views: list[_LayerView], i: int) -> str:
         w=w,
         shown=max(ex.size, 336),
         per_position=ex.per_position,
-        rf=v.rf,
+        field=_field_text(v.rf),
         tiles=tiles,
         positions=v.positions,
     )
+
+
+def _field_text(rf: Fields) -> str:
+    """The centre position's field, for a page: "99×99 pixels, stride 16"."""
+    (h, w), strides = rf.interior()
+    stride = rf.describe()[1].replace("x", "×")
+    return f"{h}×{w} pixels" + ("" if all(s is None for s in strides) else f", stride {stride}")
 
 
 def _explore_index(ex: _Explore, views: list[_LayerView], path: Path) -> str:

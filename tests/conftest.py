@@ -1,4 +1,14 @@
+import os
+import subprocess
+import sys
+
 import pytest
+import torch
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from deconvviz.cli import app
+from deconvviz.images import DEFAULT_IMAGE
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -15,6 +25,28 @@ def cwd(tmp_path, monkeypatch):
     """A fresh working folder for a command that writes its default outputs there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture()
+def runner():
+    """typer's runner, for a test that invokes the app itself (its own argument list, its own checks)."""
+    return CliRunner()
+
+
+@pytest.fixture()
+def run(runner):
+    """The command line run in-process: run("visualize", path, "--top", 3) -> typer's Result."""
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture()
+def small():
+    """A quick random model for CLI paths: arguments that follow a command."""
+    return ["--model", "vgg11", "--weights", "random", "--size", "64"]
 
 
 RESIDUAL_NETS = '''
@@ -63,3 +95,29 @@ def residual_factory(tmp_path):
     path = tmp_path / "residual_nets.py"
     path.write_text(RESIDUAL_NETS)
     return f"{path}:build"
+
+
+RESNET_MODEL = ["--model", "torchvision:resnet18", "--weights", "random", "--size", "48", "--device", "cpu"]
+RESNET_SCAN = ["--layers", "layer1,layer2", "--channels", "3,5", "--batch-size", "3", "--top", "3", "--workers", "0"]
+
+
+@pytest.fixture(scope="session")
+def resnet_scans(tmp_path_factory):
+    """A scan of a torchvision resnet18 with random weights (a network that is not a chain) over eight small
+    photos, twice: in one process and under torchrun with two (with the reference's thread count: torchrun's
+    default is one). Returns (one process, torchrun) run directories; the torchrun one carries its site."""
+    root = tmp_path_factory.mktemp("resnet-scan")
+    photos = root / "photos"
+    photos.mkdir()
+    src = Image.open(DEFAULT_IMAGE).convert("RGB")  # 448x448
+    for i, (left, top, side) in enumerate([(0, 0, 300), (100, 50, 250), (148, 148, 300), (50, 200, 200)] * 2):
+        img = src.crop((left, top, left + side, top + side)).resize((56, 56))
+        (ImageOps.mirror(img) if i >= 4 else img).save(photos / f"img{i}.jpg")
+    one, two = root / "one", root / "torchrun"
+    scan = [sys.executable, "-m", "deconvviz", "scan", str(photos), *RESNET_MODEL, *RESNET_SCAN, "-q"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    threads = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    for cmd in ([*scan, "--out", str(one)], [*torchrun, *scan[1:], "--out", str(two)]):
+        r = subprocess.run(cmd, capture_output=True, text=True, env=threads)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return one, two

@@ -458,3 +458,19 @@ def zennit_projection(model: nn.Module, layer: str, x: Tensor, channels: Tensor,
     finally:
         for h in handles:
             h.remove()
+
+
+def gradient_support(model, layer, x, i, j):
+    """Bounding box (top, bottom, left, right; half-open) of the input pixels where position (i, j)'s gradient is
+    nonzero, by plain autograd."""
+    got = []
+    h = dict(model.named_modules())[layer].register_forward_hook(lambda m, a, o: got.append(o))
+    xx = x.clone().requires_grad_(True)
+    try:
+        model(xx)
+    finally:
+        h.remove()
+    (g,) = torch.autograd.grad(got[0][0, :, i, j].sum(), xx)
+    hit = g[0].abs().sum(0) > 0
+    rows, cols = hit.any(1).nonzero().flatten(), hit.any(0).nonzero().flatten()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from cli_run import run
 from PIL import Image
 
 from deconvviz.images import DEFAULT_IMAGE
@@ -19,7 +18,7 @@ def spec_of(name, residual_factory):
 
 
 @pytest.mark.parametrize("name", NETWORKS)
-def test_figures_of_any_network(cwd, residual_factory, name):
+def test_figures_of_any_network(run, cwd, residual_factory, name):
     spec = spec_of(name, residual_factory)
     common = ["--model", spec, "--weights", "random", "--size", "64", "-q"]
     for command in (["visualize", "--top", "2"], ["reconstruct"], ["compare", "--top", "2"]):
@@ -33,7 +32,7 @@ def test_figures_of_any_network(cwd, residual_factory, name):
 
 
 @pytest.mark.parametrize("name, layer", [("resnet18", "layer1"), ("FACTORY", "block1")])
-def test_sanity_of_any_network(cwd, residual_factory, name, layer):
+def test_sanity_of_any_network(run, cwd, residual_factory, name, layer):
     spec = spec_of(name, residual_factory)
     r = run(
         "sanity",
@@ -59,7 +58,7 @@ def test_sanity_of_any_network(cwd, residual_factory, name, layer):
         assert prov["randomized"][0] == "layer1.1.bn2" and prov["randomized"][-1] == "conv1"
 
 
-def test_layers_of_a_resnet_are_module_paths_with_shapes():
+def test_layers_of_a_resnet_are_module_paths_with_shapes(run):
     r = run("layers", "--model", "torchvision:resnet18", "--size", "64")
     assert r.exit_code == 0, r.output
     rows = {line.split()[0]: line.split()[1:3] for line in r.stdout.splitlines()[1:]}
@@ -67,14 +66,40 @@ def test_layers_of_a_resnet_are_module_paths_with_shapes():
     assert rows["conv1"] == ["Conv2d", "64x32x32"] and rows["layer3"] == ["Sequential", "256x4x4"]
     assert rows["layer4.1"] == ["BasicBlock", "512x2x2"] and rows["fc"] == ["Linear", "1000"]
     assert "layer1.0.relu" not in rows  # it runs twice in a BasicBlock: no one output to project from
+    fields = {line.split()[0]: line.split()[3:5] for line in r.stdout.splitlines()[1:]}
+    # by hand: 7x7 by 2, 3x3 max-pool by 2 (11, stride 4), layer1's four 3x3 convs at stride 4 (43); layer4's
+    # 427 pixels cover all of a 64 x 64 input from every position
+    assert fields["conv1"] == ["7", "2"] and fields["maxpool"] == ["11", "4"] and fields["layer1"] == ["43", "4"]
+    assert fields["layer4"] == ["all", "-"] and fields["fc"] == ["all", "-"]
 
 
-def test_a_mistyped_module_path_gets_the_nearest_ones(cwd):
+def test_layers_of_a_factory_network_give_receptive_fields_worked_by_hand(run, residual_factory):
+    r = run("layers", "--model", residual_factory, "--size", "64")
+    assert r.exit_code == 0, r.output
+    fields = {line.split()[0]: line.split()[3:5] for line in r.stdout.splitlines()[1:]}
+    # stem: 3x3 (3), max-pool 2 (4, stride 2); block1: two 3x3 at stride 2 (8, 12), the residual's sum keeps the
+    # larger field; pool (14, stride 4); block2: two 3x3 at stride 4 (22, 30); the head pools everything
+    want = {
+        "stem.0": ["3", "1"],
+        "stem.2": ["4", "2"],
+        "block1.conv1": ["8", "2"],
+        "block1.conv2": ["12", "2"],
+        "block1": ["12", "2"],
+        "pool": ["14", "4"],
+        "block2.conv1": ["22", "4"],
+        "block2": ["30", "4"],
+        "head.0": ["all", "-"],
+        "head.2": ["all", "-"],
+    }
+    assert {k: fields[k] for k in want} == want
+
+
+def test_a_mistyped_module_path_gets_the_nearest_ones(run, cwd):
     r = run("visualize", "--model", "resnet18", "--weights", "random", "--layer", "layer3.1.con1", "--size", "64")
     assert r.exit_code == 2 and "did you mean 'layer3.1.conv1'" in r.output and r.output.count("\n") == 1
 
 
-def test_filters_draws_the_first_convolution_whatever_its_name(cwd, residual_factory):
+def test_filters_draws_the_first_convolution_whatever_its_name(run, cwd, residual_factory):
     r = run("filters", "--model", residual_factory, "--weights", "random", "-q")
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "figures" / "filters-stem.0.json").read_text())
@@ -95,7 +120,7 @@ FIELD = {"FACTORY": 30, "resnet18": 43}
 
 
 @pytest.mark.parametrize("name, layer", [("FACTORY", "block2"), ("resnet18", "layer1")])
-def test_scan_and_site_of_any_network(cwd, residual_factory, name, layer):
+def test_scan_and_site_of_any_network(run, cwd, residual_factory, name, layer):
     spec = spec_of(name, residual_factory)
     folder = photos(cwd / "photos")
     r = run(
@@ -157,7 +182,7 @@ def test_scan_and_site_of_any_network(cwd, residual_factory, name, layer):
     assert (cwd / "site" / "index.html").is_file() and (cwd / "site" / layer / "unit-3.html").is_file()
 
 
-def test_a_user_card_alone_is_enough_and_a_bad_one_is_refused_in_one_line(cwd, residual_factory, monkeypatch):
+def test_a_user_card_alone_is_enough_and_a_bad_one_is_refused_in_one_line(run, cwd, residual_factory, monkeypatch):
     from deconvviz.architectures import parse
 
     cards = cwd / "cards"

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from cli_run import SMALL, run
 from oracle import rel_err
 
 from deconvviz import Box, Deconvnet
@@ -32,7 +31,7 @@ VGG11 = load_network("vgg11", "random", "cpu", verbose=False)  # the scans' netw
         (["sanity", "--layer", "pool9"], "unknown layer 'pool9'"),
     ],
 )
-def test_bad_rules_and_outputs_are_one_line_exit_2_and_nothing_written(cwd, args, message):
+def test_bad_rules_and_outputs_are_one_line_exit_2_and_nothing_written(run, cwd, args, message):
     (cwd / "pair.csv").mkdir()
     before = {p: p.stat().st_mtime_ns for p in cwd.rglob("*")}
     r = run(*args)
@@ -49,11 +48,11 @@ def _model_and_input():
 
 
 @pytest.mark.parametrize("rule", ["guided", "gradient"])
-def test_reconstruct_and_visualize_record_the_rule_and_project_with_it(cwd, rule):
-    assert run("reconstruct", "--rule", rule, "--out", "r.png", "-q", *SMALL).exit_code == 0
+def test_reconstruct_and_visualize_record_the_rule_and_project_with_it(run, small, cwd, rule):
+    assert run("reconstruct", "--rule", rule, "--out", "r.png", "-q", *small).exit_code == 0
     prov = json.loads((cwd / "r.json").read_text())
     assert prov["rule"] == rule
-    r = run("visualize", "--rule", rule, "--layer", "conv3_2", "--top", "2", "--out", "v.png", "-q", *SMALL)
+    r = run("visualize", "--rule", rule, "--layer", "conv3_2", "--top", "2", "--out", "v.png", "-q", *small)
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "v.json").read_text())
     model, x = _model_and_input()
@@ -61,16 +60,16 @@ def test_reconstruct_and_visualize_record_the_rule_and_project_with_it(cwd, rule
     assert prov["rule"] == rule and prov["layers"][0]["channels"] == out.selections.channels[0].tolist()
 
 
-def test_compare_draws_every_rule(cwd):
-    r = run("compare", "--layer", "conv4_1", "--top", "2", "--out", "c.png", *SMALL)
+def test_compare_draws_every_rule(run, small, cwd):
+    r = run("compare", "--layer", "conv4_1", "--top", "2", "--out", "c.png", *small)
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "c.json").read_text())
     assert prov["rules"] == ["deconvnet", "guided", "gradient"] and len(prov["layers"][0]["channels"]) == 2
     assert (cwd / "c.png").stat().st_size > 5000
 
 
-def test_sanity_writes_figure_json_and_csv_with_the_same_numbers(cwd):
-    r = run("sanity", "--layer", "conv3_2", "--rules", "deconvnet,gradient", "--out", "s.png", "-q", *SMALL)
+def test_sanity_writes_figure_json_and_csv_with_the_same_numbers(run, small, cwd):
+    r = run("sanity", "--layer", "conv3_2", "--rules", "deconvnet,gradient", "--out", "s.png", "-q", *small)
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "s.json").read_text())
     assert prov["rules"] == ["deconvnet", "gradient"] and prov["randomized"][0] == "conv3_2"
@@ -132,8 +131,8 @@ def test_scan_projects_with_its_rule_and_records_it(tmp_path):
         )
 
 
-def test_compare_chooses_by_region_and_every_rule_projects_the_same_activations(cwd):
-    r = run("compare", "--layer", "conv4_1", "--region", "0,0,32,32", "--top", "2", "--out", "c.png", *SMALL)
+def test_compare_chooses_by_region_and_every_rule_projects_the_same_activations(run, small, cwd):
+    r = run("compare", "--layer", "conv4_1", "--region", "0,0,32,32", "--top", "2", "--out", "c.png", *small)
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "c.json").read_text())
     model, x = _model_and_input()

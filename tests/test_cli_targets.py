@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
-from cli_run import SMALL, run
 from oracle import layer_activation
 
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
 from deconvviz.weights import load_vgg
 
 
-def test_reconstruct_default_is_the_map_strongest_on_the_bicycle_outside_the_dog(cwd):
+def test_reconstruct_default_is_the_map_strongest_on_the_bicycle_outside_the_dog(run, cwd):
     r = run("reconstruct", "--quiet", "--out", "bike.png")
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "bike.json").read_text())
@@ -41,46 +40,59 @@ def test_reconstruct_default_is_the_map_strongest_on_the_bicycle_outside_the_dog
         (["reconstruct", "--class", "671", "--weights", "vgg16-caffe"], "vgg16-caffe has none"),
         (["visualize", "--region", "0,0,3"], "--region '0,0,3' is not x0,y0,x1,y1"),
         (["visualize", "--at", "1,b"], "--at '1,b' is not x,y"),
-        (["visualize", "--region", "0,0,100,64", *SMALL], "leaves the 64x64 input; use x in 0..64"),
-        (["visualize", "--region", "cat", *SMALL], "unknown region 'cat'; "),
         (["visualize", "--region", "0.5,0,1,1"], "'0.5,0,1,1' mixes fractions and pixels; write frac:0.5,0,1,1"),
-        (["visualize", "--region", "frac:0,0,1.5,1", *SMALL], "--region: region fractions 0,0,1.5,1 must lie in 0..1"),
         (["visualize", "--region", "frac:cat"], "--region 'frac:cat' is not x0,y0,x1,y1"),
-        (["visualize", "--at", "100,3", *SMALL], "--at: point 100,3 leaves the 64x64 input"),
-        (["visualize", "--region", "0,0,64,64", "--exclude", "0,0,65,3", *SMALL], "--exclude: exclude 0,0,65,3 leaves"),
-        (["visualize", "--region", "10,10,12,12", *SMALL], "holds no receptive-field centre of layer 'conv5_2'"),
-        (["visualize", "--class", "3", "--channels", "1,2", *SMALL], "give channels or a class, not both"),
-        (["occlusion", "--region", "0,0,64,64", "--at", "3,3", *SMALL], "not both"),
         (["reconstruct", "--stage-view", "max"], "is not one of 'channel', 'mean'"),
     ],
 )
-def test_bad_targets_are_one_line_and_exit_2(cwd, args, message):
-    r = run(*args)
+def test_bad_targets_are_one_line_and_exit_2(run, cwd, args, message):
+    _refused(run(*args), cwd, message)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["visualize", "--region", "0,0,100,64"], "leaves the 64x64 input; use x in 0..64"),
+        (["visualize", "--region", "cat"], "unknown region 'cat'; "),
+        (["visualize", "--region", "frac:0,0,1.5,1"], "--region: region fractions 0,0,1.5,1 must lie in 0..1"),
+        (["visualize", "--at", "100,3"], "--at: point 100,3 leaves the 64x64 input"),
+        (["visualize", "--region", "0,0,64,64", "--exclude", "0,0,65,3"], "--exclude: exclude 0,0,65,3 leaves"),
+        (["visualize", "--region", "10,10,12,12"], "holds no receptive-field centre of layer 'conv5_2'"),
+        (["visualize", "--class", "3", "--channels", "1,2"], "give channels or a class, not both"),
+        (["occlusion", "--region", "0,0,64,64", "--at", "3,3"], "not both"),
+        (["occlusion", "--class", "-1"], "class -1 is out of range"),
+    ],
+)
+def test_bad_targets_on_a_quick_model_are_one_line_and_exit_2(run, small, cwd, args, message):
+    _refused(run(*args, *small), cwd, message)
+
+
+def _refused(r, cwd, message: str) -> None:
     assert r.exit_code == 2, r.output
     lines = [line for line in r.output.splitlines() if line.startswith("deconvviz: error:")]
     assert len(lines) == 1 and message in lines[0], r.output
     assert not list(cwd.iterdir())
 
 
-def test_region_at_and_class_reach_the_figures(cwd):
-    r = run("visualize", "--region", "0.0,0.0,0.5,0.5", "--top", "2", *SMALL, "--out", "v.png", "-q")
+def test_region_at_and_class_reach_the_figures(run, small, cwd):
+    r = run("visualize", "--region", "0.0,0.0,0.5,0.5", "--top", "2", *small, "--out", "v.png", "-q")
     assert r.exit_code == 0, r.output
     layer = json.loads((cwd / "v.json").read_text())["layers"][0]
     assert layer["region"] == [0.0, 0.0, 32.0, 32.0] and len(layer["channels"]) == 2
     assert all(f[0] < 32 and f[2] < 32 for f in layer["receptive_fields"])  # fields start in the top-left quarter
     for spelled in ("frac:0,0,0.5,0.5", "0,0,32,32"):  # the explicit fractions and the same box in pixels
-        r = run("visualize", "--region", spelled, "--top", "2", *SMALL, "--out", "w.png", "-q")
+        r = run("visualize", "--region", spelled, "--top", "2", *small, "--out", "w.png", "-q")
         assert r.exit_code == 0, r.output
         same = json.loads((cwd / "w.json").read_text())["layers"][0]
         assert (same["region"], same["channels"]) == (layer["region"], layer["channels"])
-    r = run("visualize", "--region", "0,0,1,1", "--layer", "conv1_1", "--top", "1", *SMALL, "--out", "p.png", "-q")
+    r = run("visualize", "--region", "0,0,1,1", "--layer", "conv1_1", "--top", "1", *small, "--out", "p.png", "-q")
     assert r.exit_code == 0, r.output  # whole numbers are pixels: one pixel, not the whole image
     assert json.loads((cwd / "p.json").read_text())["layers"][0]["region"] == [0.0, 0.0, 1.0, 1.0]
-    r = run("reconstruct", "--class", "3", "--stage-view", "mean", *SMALL, "--out", "r.png", "-q")
+    r = run("reconstruct", "--class", "3", "--stage-view", "mean", *small, "--out", "r.png", "-q")
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "r.json").read_text())
     assert prov["layers"][0]["class"] == 3 and prov["stage_view"] == "mean"
-    r = run("occlusion", "--at", "10,50", "--stride", "32", *SMALL, "--out", "o.png", "-q")
+    r = run("occlusion", "--at", "10,50", "--stride", "32", *small, "--out", "o.png", "-q")
     assert r.exit_code == 0, r.output
     proj = json.loads((cwd / "o.json").read_text())["projection"]
     assert proj["at"] == [10, 50]

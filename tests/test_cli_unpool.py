@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from cli_run import SMALL, run
 from oracle import rel_err
 
 from deconvviz import Deconvnet
@@ -32,7 +31,7 @@ from deconvviz.weights import load_vgg
         (["ablate", "missing.jpg"], "missing.jpg"),
     ],
 )
-def test_bad_unpooling_and_ablation_input_is_one_line_exit_2_and_nothing_written(cwd, args, message):
+def test_bad_unpooling_and_ablation_input_is_one_line_exit_2_and_nothing_written(run, cwd, args, message):
     (cwd / "pair.csv").mkdir()
     before = {p: p.stat().st_mtime_ns for p in cwd.rglob("*")}
     r = run(*args, "--weights", "torchvision") if args[0] == "ablate" and "fc7" in args else run(*args)
@@ -49,7 +48,7 @@ def _model_and_input():
 
 
 @pytest.mark.parametrize("unpool", ["nearest", "fixed"])
-def test_visualize_reconstruct_compare_record_the_unpooling(cwd, unpool):
+def test_visualize_reconstruct_compare_record_the_unpooling(run, small, cwd, unpool):
     r = run(
         "visualize",
         "--unpool",
@@ -63,22 +62,22 @@ def test_visualize_reconstruct_compare_record_the_unpooling(cwd, unpool):
         "--out",
         "v.png",
         "-q",
-        *SMALL,
+        *small,
     )
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "v.json").read_text())
     assert prov["unpool"] == unpool and prov["rule"] == "linear"
-    assert run("reconstruct", "--unpool", unpool, "--out", "r.png", "-q", *SMALL).exit_code == 0
+    assert run("reconstruct", "--unpool", unpool, "--out", "r.png", "-q", *small).exit_code == 0
     assert json.loads((cwd / "r.json").read_text())["unpool"] == unpool
     assert (
-        run("compare", "--unpool", unpool, "--layer", "conv3_2", "--top", "1", "--out", "c.png", "-q", *SMALL).exit_code
+        run("compare", "--unpool", unpool, "--layer", "conv3_2", "--top", "1", "--out", "c.png", "-q", *small).exit_code
         == 0
     )
     assert json.loads((cwd / "c.json").read_text())["unpool"] == unpool
 
 
-def test_ablate_writes_figure_json_and_csv_with_the_same_numbers(cwd):
-    r = run("ablate", "--layer", "conv3_2", "--out", "a.png", "-q", *SMALL)
+def test_ablate_writes_figure_json_and_csv_with_the_same_numbers(run, small, cwd):
+    r = run("ablate", "--layer", "conv3_2", "--out", "a.png", "-q", *small)
     assert r.exit_code == 0, r.output
     prov = json.loads((cwd / "a.json").read_text())
     assert prov["command"] == "ablate" and prov["reference"] == "deconvnet+switches"

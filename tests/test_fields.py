@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
+from oracle import gradient_support
 from torch import nn
 
 import deconvviz
-from deconvviz.fields import receptive_field
+from deconvviz.fields import module_fields, receptive_field
 from deconvviz.targets import centres, region_mask
 
 
@@ -35,22 +37,6 @@ def positive(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.data.copy_(torch.rand(p.shape, generator=g) + 0.1)
     return model.eval()
-
-
-def gradient_support(model, layer, x, i, j):
-    """Bounding box (top, bottom, left, right; half-open) of the input pixels where position (i, j)'s gradient is
-    nonzero, by plain autograd."""
-    got = []
-    h = dict(model.named_modules())[layer].register_forward_hook(lambda m, a, o: got.append(o))
-    xx = x.clone().requires_grad_(True)
-    try:
-        model(xx)
-    finally:
-        h.remove()
-    (g,) = torch.autograd.grad(got[0][0, :, i, j].sum(), xx)
-    hit = g[0].abs().sum(0) > 0
-    rows, cols = hit.any(1).nonzero().flatten(), hit.any(0).nonzero().flatten()
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 @pytest.mark.parametrize("layer", ["stem", "a", "pool", "branch", "head"])
@@ -154,3 +140,53 @@ def test_a_meta_skeleton_has_the_fields_of_the_gradient_support():
     for i, j in [(0, 0), (1, 2), (2, 1)]:
         assert tuple(f.boxes(torch.tensor([i, j])).tolist()) == gradient_support(tight, "head", x, i, j)
     assert all(p.is_meta for p in skeleton.parameters())  # the skeleton itself is untouched
+
+
+def _same_fields(a, b) -> bool:
+    return all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("rows", "cols")) and all(
+        torch.allclose(getattr(a, k), getattr(b, k)) for k in ("centre_rows", "centre_cols")
+    )
+
+
+def test_every_module_s_fields_from_one_forward_equal_the_probe_s():
+    """module_fields (the hulls' one forward, what `deconvviz layers` shows) against the structural probe,
+    module by module: a residual net with concatenation, dilation, ceil mode and an anisotropic kernel, and a
+    torchvision resnet18 skeleton (meta device: no weights)."""
+    model = Residual(act=True).eval()
+    fields = module_fields(model, (23, 18))
+    assert set(fields) == {"stem", "a", "b", "pool", "branch", "head"}  # not act: it runs twice
+    for name, f in fields.items():
+        assert _same_fields(f, receptive_field(model, name, (23, 18))), name
+    with torch.device("meta"):
+        resnet = torchvision.models.resnet18()
+    fields = module_fields(resnet, (40, 40))
+    # by hand: conv1, bn1, relu, maxpool; 8 blocks of conv1, bn1, conv2, bn2 and the block; 3 downsamples of
+    # 3 modules; layer1-4; avgpool (not the blocks' relu: it runs twice)
+    assert len(fields) == 4 + 8 * 5 + 3 * 3 + 4 + 1 and all(p.is_meta for p in resnet.parameters())
+    for name in [*list(fields)[::5], "layer1", "layer2", "layer3.0.downsample", "layer4"]:  # the probe is slow
+        assert _same_fields(fields[name], receptive_field(resnet, name, (40, 40))), name
+
+
+def test_a_grouped_gated_network_and_an_operation_the_hulls_do_not_know():
+    """Depthwise convolutions and squeeze-excitation gates (mobilenet_v3_small) agree with the probe; a bilinear
+    upsampling (mixing neighbours, not modelled by the hulls) falls back to the probe for what follows it."""
+    with torch.device("meta"):
+        mobile = torchvision.models.mobilenet_v3_small()
+    fields = module_fields(mobile, (32, 32))
+    for name in ["features.0", "features.1.block.0", "features.1.block.1", "features.4.block.1"]:
+        assert _same_fields(fields[name], receptive_field(mobile, name, (32, 32))), name
+    assert fields["features.1.block.0"].rows.tolist()[4] == [13, 20]  # by hand: 3x3 by 2, then 3x3 by 2
+    assert fields["features.1.block.1"].rows.tolist() == [[0, 32]] * 8  # a gate over all positions: everything
+
+    class Upsampled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3, stride=2), nn.Conv2d(2, 2, 3)
+
+        def forward(self, x):
+            return self.b(nn.functional.interpolate(self.a(x), scale_factor=2, mode="bilinear"))
+
+    model = Upsampled()
+    fields = module_fields(model, (17, 17))
+    assert fields["a"].rows.tolist()[:2] == [[0, 3], [2, 5]]  # by hand: 3x3 by 2
+    assert _same_fields(fields["b"], receptive_field(model, "b", (17, 17)))

@@ -209,6 +209,25 @@ def test_torchrun_two_processes_equal_one_process(photos, reference, tmp_path):
     assert got == {k: v for k, v in files_of(reference).items() if not k.startswith("state")}
 
 
+def test_torchrun_on_a_resnet_equals_one_process(resnet_scans):
+    """A network that is not a chain (torchvision resnet18, random weights; projections through autograd) under
+    torchrun with two processes: the records equal to the bit, the projections to float rounding (README), and
+    with the reference's thread count every file to the bit."""
+    one, two = resnet_scans
+    assert sorted(p.name for p in two.glob("state-rank*.pt")) == ["state-rank0.pt", "state-rank1.pt"]
+    reports = [json.loads((d / "report.json").read_text()) for d in (one, two)]
+    assert reports[0]["layers"] == reports[1]["layers"] and reports[0]["skipped"] == reports[1]["skipped"]
+    a, b = load_result(one), load_result(two)
+    assert list(a.layers) == ["layer1", "layer2"]
+    for layer, channels in a.layers.items():
+        drawn = {c: ch.projections for c, ch in channels.items() if ch.projections is not None}
+        assert sorted(drawn) == [3, 5] and all(len(p) == 3 for p in drawn.values()), layer
+        for c, p in drawn.items():
+            assert rel_err(b.layers[layer][c].projections, p) <= 1e-6, (layer, c)
+    got = {k: v for k, v in files_of(two).items() if not k.startswith("state")}  # with equal thread counts: bitwise
+    assert got == {k: v for k, v in files_of(one).items() if not k.startswith("state")}
+
+
 def test_projections_with_another_thread_count_agree_to_float_rounding(photos, reference):
     """CPU kernels round differently with other thread counts (torchrun sets OMP_NUM_THREADS=1): the README
     promises the same records and projections equal to float rounding then, not to the bit."""

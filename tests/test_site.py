@@ -13,6 +13,7 @@ from unittest import mock
 import jinja2
 import pytest
 import torch
+from oracle import gradient_support, layer_activation
 from PIL import Image, ImageOps
 from playwright.sync_api import sync_playwright
 from typer.testing import CliRunner
@@ -21,7 +22,6 @@ from deconvviz import Deconvnet
 from deconvviz import site as site_module
 from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE, to_batch
-from deconvviz.layers import ReceptiveField
 from deconvviz.network import load_network
 from deconvviz.scan import scan_folder
 from deconvviz.site import MARKER, explore_site, scan_site
@@ -161,6 +161,34 @@ def test_index_layer_unit_next_by_clicks_and_arrow_keys(site, report, tab):
     assert page.locator("a#prev").count() == 0
     page.keyboard.press("ArrowLeft")  # nothing before unit 0: stays
     assert page.url.endswith("/conv2_1/unit-0.html")
+
+
+def test_the_site_of_a_resnet_scanned_under_torchrun(resnet_scans, tmp_path, tab):
+    """The site of a network that is not a chain (resnet18, random weights), from the two-process torchrun scan:
+    the pages load with every image and no script error; a unit's page shows its top images, each with its
+    projection and patch, in the order and with the values of the report."""
+    run = resnet_scans[1]
+    report = json.loads((run / "report.json").read_text())
+    out = tmp_path / "site"
+    scan_site(run, out, device="cpu", verbose=False)
+    page = tab.open(out / "index.html")
+    tab.check()
+    assert "torchvision:resnet18" in page.locator("main").inner_text()
+    for layer in ("layer1", "layer2"):
+        page = tab.open(out / "index.html")
+        page.click(f"main a:text-is('{layer}')")
+        assert page.url.endswith(f"/{layer}/index.html")
+        tab.check()
+        best = strongest_first(report, layer)
+        assert visible_tiles(page) == best
+        page.click("#tiles .tile[data-channel='3']")
+        assert page.url.endswith(f"/{layer}/unit-3.html")
+        tab.check()
+        records = report["layers"][layer]["channels"]["3"]
+        shown = page.eval_on_selector_all(".record", "rs => rs.map(r => Number(r.dataset.value))")
+        assert shown == [r["value"] for r in records] and len(records) == 3
+        assert page.locator(".record img").count() >= 2 * len(records)  # a projection and a patch per record
+        assert page.locator("main").inner_text().count(records[0]["image"]) >= 1
 
 
 def test_sorting_and_filtering_change_the_tile_order(site, report, tab):
@@ -376,6 +404,53 @@ def test_explore_a_click_lists_the_strongest_units_whose_field_holds_it(tmp_path
     assert page.url.endswith("/conv3_1/index.html")
 
 
+FIELD_SHOWN = """([row, col]) => {
+  const P = JSON.parse(document.getElementById('positions').textContent);
+  return [...P.rows[row], ...P.cols[col]];
+}"""
+
+
+@pytest.mark.parametrize("name", ["torchvision:resnet18", "FACTORY"])
+def test_explore_on_networks_that_are_not_chains(name, tmp_path, tab, residual_factory):
+    """Explore on networks deconvviz has never named (random weights): the default layers are the stage outputs;
+    a click lists the strongest units at the position whose field is centred nearest (from an independent forward
+    hook) and draws a field that holds the pixel and the support of that position's gradient."""
+    spec = residual_factory if name == "FACTORY" else name
+    network = load_network(spec, "random", "cpu", verbose=False)
+    net, size, k = network.module, 48, 3
+    want = ["stem.0", "stem", "block1", "block2"] if name == "FACTORY" else ["conv1", *(f"layer{i}" for i in "1234")]
+    assert site_module._explore_layers(Deconvnet(net), size) == want
+    layers = want if name == "FACTORY" else ["layer1", "layer3"]
+    image = tmp_path / "img.jpg"
+    Image.open(DEFAULT_IMAGE).resize((64, 64)).save(image)
+    out = tmp_path / "explore"
+    explore_site(image, out, layers=layers, top=3, per_position=k, network=network, size=size, verbose=False)
+    x = to_batch(image, network.weights.preprocess, size)
+    page = tab.open(out / "index.html")
+    tab.check()
+    for layer in layers:
+        page = tab.open(out / layer / "index.html")
+        tab.check()
+        assert page.locator(".tiles .tile").count() == 3
+        act = layer_activation(net, dict(net.named_modules())[layer], x)[0]
+        for y, xx in ((0, 0), (size - 1, size - 1), (5, 30), (20, 7)):
+            picture = page.locator("#picture").bounding_box()
+            scale = picture["width"] / size
+            page.mouse.click(picture["x"] + (xx + 0.5) * scale, picture["y"] + (y + 0.5) * scale)
+            where = page.locator("#where")
+            row, col = int(where.get_attribute("data-row")), int(where.get_attribute("data-col"))
+            top, bottom, left, right = page.evaluate(FIELD_SHOWN, [row, col])
+            assert top <= y < bottom and left <= xx < right, (layer, y, xx, row, col)
+            t, b, le, r = gradient_support(net, layer, x, row, col)
+            assert top <= t and b <= bottom and left <= le and r <= right, (layer, row, col)
+            units = page.eval_on_selector_all("#units li[data-unit]", "ls => ls.map(l => Number(l.dataset.unit))")
+            here = act[:, row, col]
+            expected = [c for c in here.argsort(descending=True).tolist() if here[c] > 0][:k]
+            assert len(units) == len(expected)
+            assert torch.allclose(here[units], here[expected], rtol=1e-3)  # the same values (ties may swap)
+        tab.check()
+
+
 def test_explore_bad_inputs_are_one_line_exit_2_and_write_nothing(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
@@ -491,11 +566,11 @@ def test_a_hostile_layer_and_labels_render_as_text_in_every_template(tmp_path, b
     nav = s.Nav(s.Link(text, "../index.html"), s.Link(text, "../index.html"), s.Link(text, "../index.html"))
     frame = {"title": f"{text} · deconvviz", "crumbs": [s.Link(text, "../index.html"), s.Link(text)], "nav": nav}
     strip = {"layer": text, "href": "layer/index.html", "units": 1, "projected": 1, "tiles": [tile]}
-    rf = ReceptiveField(SIZE, 1, 0)
     one_unit = {"units": [3], "values": [0.5], "maps": {"3": {"value": 0.5, "row": 0, "col": 0}}}
-    positions = {"layer": text, "size": SIZE, "h": 1, "w": 1, "k": 1, "rf": [[SIZE, 1, 0]] * 2, **one_unit}
+    fields = {"rows": [[0, SIZE]], "cols": [[0, SIZE]], "centres": [[SIZE / 2], [SIZE / 2]]}
+    positions = {"layer": text, "size": SIZE, "h": 1, "w": 1, "k": 1, **fields, **one_unit}
     view = {"layer": text, "href": "layer/explore.html", "units": 1, "h": 1, "w": 1, "maps": [(3, pic)]}
-    sizes = {"units": 1, "h": 1, "w": 1, "shown": SIZE, "per_position": 1, "rf": (rf, rf)}
+    sizes = {"units": 1, "h": 1, "w": 1, "shown": SIZE, "per_position": 1, "field": text}
     pages = {  # page: (template, root, context)
         "index.html": (
             "scan_index.html.j2",
@@ -564,6 +639,26 @@ def test_a_name_missing_from_a_page_context_raises_instead_of_rendering_empty():
     tile = site_module.Tile(1, 0.5, None, None, "max 0.5")
     with pytest.raises(jinja2.UndefinedError, match="chanel"):
         site_module._environment().from_string("unit {{ t.chanel }}").render(t=tile)  # a misspelled attribute
+
+
+def test_a_unit_without_records_sorts_as_minus_infinity_not_nan(tmp_path, browser):
+    """A tile's data-value is what JavaScript's Number() reads: a unit with no record is -Infinity (repr's '-inf'
+    read as NaN, so sorting by value put such tiles anywhere)."""
+    s = site_module
+    folder = s._SiteFolder(tmp_path / "site", "test")
+    folder.static("site.css"), folder.static("layer.js"), folder.static("arrows.js")
+    tiles = [s.Tile(c, v, None, None, f"unit {c}", href="u.html") for c, v in ((0, float("-inf")), (1, 2.5), (2, 0.1))]
+    frame = {"title": "t", "crumbs": [s.Link("t")], "nav": None}
+    page = s.render_page(
+        "scan_layer.html.j2", root="../", layer="l", rule="r", top=1, projected=2, tiles=tiles, **frame
+    )
+    folder.page("l/index.html", page)
+    tab = Watched(browser)
+    p = tab.open(tmp_path / "site" / "l" / "index.html")
+    values = p.eval_on_selector_all(".tile", "ts => ts.map(t => String(Number(t.dataset.value)))")
+    assert sorted(values) == sorted(["-Infinity", "2.5", "0.1"]) and visible_tiles(p)[-1] == 0
+    assert tab.errors == [] and tab.dialogs == []
+    tab.close()
 
 
 def test_no_template_turns_escaping_off():

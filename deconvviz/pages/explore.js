@@ -5,14 +5,16 @@
   const img = document.getElementById('picture');
   const field = document.getElementById('field'), dot = document.getElementById('dot');
   const list = document.getElementById('units'), where = document.getElementById('where');
-  function nearest(v, rf, n) {  // the position whose receptive field is centred closest to input pixel v
-    const i = Math.round((v + rf[2] - (rf[0] - 1) / 2) / rf[1]);
-    return Math.min(n - 1, Math.max(0, i));
+  function nearest(v, centres) {  // the position whose receptive field is centred closest to input pixel v
+    let best = 0;  // ties: the first (upper-left), as --at chooses
+    for (let i = 1; i < centres.length; i++) {
+      if (Math.abs(centres[i] - (v + 0.5)) < Math.abs(centres[best] - (v + 0.5))) best = i;
+    }
+    return best;
   }
-  function span(i, rf) { const lo = i * rf[1] - rf[2]; return [Math.max(lo, 0), Math.min(lo + rf[0], P.size)]; }
   function show(y, x) {
-    const row = nearest(y, P.rf[0], P.h), col = nearest(x, P.rf[1], P.w);
-    const [t, b] = span(row, P.rf[0]), [l, r] = span(col, P.rf[1]);
+    const row = nearest(y, P.centres[0]), col = nearest(x, P.centres[1]);
+    const [t, b] = P.rows[row], [l, r] = P.cols[col];
     const pct = (v) => (100 * v / P.size) + '%';
     Object.assign(field.style, {top: pct(t), left: pct(l), height: pct(b - t), width: pct(r - l), display: 'block'});
     Object.assign(dot.style, {top: pct(y + 0.5), left: pct(x + 0.5), display: 'block'});

@@ -629,7 +629,7 @@ def explore_site(
         for n in names:
             resolve(net, dn.steps, n)  # an unknown name: its own message
             try:
-                fields[n] = receptive_field(net, n, (size, size))
+                fields[n] = receptive_field(net, n, input_size=(size, size))
             except LayerError:
                 raise DeconvvizError(
                     f"layer '{n}' has no feature-map positions to click; explore takes conv and pool layers"

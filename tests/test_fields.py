@@ -156,7 +156,7 @@ def test_every_module_s_fields_from_one_forward_equal_the_probe_s():
     fields = module_fields(model, (23, 18))
     assert set(fields) == {"stem", "a", "b", "pool", "branch", "head"}  # not act: it runs twice
     for name, f in fields.items():
-        assert _same_fields(f, receptive_field(model, name, (23, 18))), name
+        assert _same_fields(f, receptive_field(model, name, input_size=(23, 18))), name
     with torch.device("meta"):
         resnet = torchvision.models.resnet18()
     fields = module_fields(resnet, (40, 40))
@@ -164,7 +164,7 @@ def test_every_module_s_fields_from_one_forward_equal_the_probe_s():
     # 3 modules; layer1-4; avgpool (not the blocks' relu: it runs twice)
     assert len(fields) == 4 + 8 * 5 + 3 * 3 + 4 + 1 and all(p.is_meta for p in resnet.parameters())
     for name in [*list(fields)[::5], "layer1", "layer2", "layer3.0.downsample", "layer4"]:  # the probe is slow
-        assert _same_fields(fields[name], receptive_field(resnet, name, (40, 40))), name
+        assert _same_fields(fields[name], receptive_field(resnet, name, input_size=(40, 40))), name
 
 
 def test_a_grouped_gated_network_and_an_operation_the_hulls_do_not_know():
@@ -174,7 +174,7 @@ def test_a_grouped_gated_network_and_an_operation_the_hulls_do_not_know():
         mobile = torchvision.models.mobilenet_v3_small()
     fields = module_fields(mobile, (32, 32))
     for name in ["features.0", "features.1.block.0", "features.1.block.1", "features.4.block.1"]:
-        assert _same_fields(fields[name], receptive_field(mobile, name, (32, 32))), name
+        assert _same_fields(fields[name], receptive_field(mobile, name, input_size=(32, 32))), name
     assert fields["features.1.block.0"].rows.tolist()[4] == [13, 20]  # by hand: 3x3 by 2, then 3x3 by 2
     assert fields["features.1.block.1"].rows.tolist() == [[0, 32]] * 8  # a gate over all positions: everything
 
@@ -189,4 +189,4 @@ def test_a_grouped_gated_network_and_an_operation_the_hulls_do_not_know():
     model = Upsampled()
     fields = module_fields(model, (17, 17))
     assert fields["a"].rows.tolist()[:2] == [[0, 3], [2, 5]]  # by hand: 3x3 by 2
-    assert _same_fields(fields["b"], receptive_field(model, "b", (17, 17)))
+    assert _same_fields(fields["b"], receptive_field(model, "b", input_size=(17, 17)))

@@ -331,6 +331,19 @@ _INPLACE = [
     Tensor.tanh_,
     Tensor.abs_,
 ]
+
+
+def _softmax_dims(x, dim, *a, **k):
+    return (dim,)
+
+
+# Normalizations and softmaxes: the dims over which each output position mixes its input (from the call's args).
+_MIXED_DIMS = {
+    F.instance_norm: lambda x, *a, **k: tuple(range(2, x.dim())),
+    F.layer_norm: lambda x, shape, *a, **k: tuple(range(x.dim() - len(shape), x.dim())),
+    F.group_norm: lambda x, *a, **k: tuple(range(1, x.dim())),
+    **dict.fromkeys([F.softmax, torch.softmax, Tensor.softmax, F.log_softmax], _softmax_dims),
+}
 _REPLACED = {
     **dict.fromkeys(_ACTIVATIONS, _identity),
     **dict.fromkeys(_INPLACE, _identity_),
@@ -340,10 +353,7 @@ _REPLACED = {
     F.max_pool2d: _pool,
     F.adaptive_max_pool2d: _adaptive_max,
     F.batch_norm: _batch_norm,
-    F.instance_norm: _plus_mean(lambda x, *a, **k: tuple(range(2, x.dim()))),
-    F.layer_norm: _plus_mean(lambda x, shape, *a, **k: tuple(range(x.dim() - len(shape), x.dim()))),
-    F.group_norm: _plus_mean(lambda x, *a, **k: tuple(range(1, x.dim()))),
-    **dict.fromkeys([F.softmax, torch.softmax, Tensor.softmax], _plus_mean(lambda x, dim, *a, **k: (dim,))),
+    **{f: _plus_mean(dims) for f, dims in _MIXED_DIMS.items()},
     torch.sub: torch.add,
     Tensor.sub: Tensor.add,
     Tensor.__sub__: Tensor.__add__,
@@ -632,12 +642,7 @@ _HULLS = {
     F.adaptive_max_pool2d: _hull_adaptive,
     F.adaptive_avg_pool2d: _hull_adaptive,
     F.batch_norm: _hull_batch_norm,
-    F.instance_norm: _hull_over(lambda x, *a, **k: tuple(range(2, x.dim()))),
-    F.layer_norm: _hull_over(lambda x, shape, *a, **k: tuple(range(x.dim() - len(shape), x.dim()))),
-    F.group_norm: _hull_over(lambda x, *a, **k: tuple(range(1, x.dim()))),
-    **dict.fromkeys(
-        [F.softmax, torch.softmax, Tensor.softmax, F.log_softmax], _hull_over(lambda x, dim, *a, **k: (dim,))
-    ),
+    **{f: _hull_over(dims) for f, dims in _MIXED_DIMS.items()},
     torch.max: _hull_max,
     Tensor.max: _hull_max,
     torch.cat: _hull_cat,

@@ -253,6 +253,14 @@ def _provenance(command: str, net: Network, x, *, image, size, layers: list[dict
     }
 
 
+def _unit_provenance(command: str, net: Network, x, *, image, size, layer: str, rep, seed: int) -> dict:
+    """The provenance of a one-unit report (sanity, ablate): the unit, its receptive field and the seed."""
+    prov = _provenance(command, net, x, image=image, size=size, layers=[])
+    del prov["layers"]
+    unit = {"layer": layer, "module": rep.module, "channel": rep.channel, "position": list(rep.position)}
+    return prov | unit | {"receptive_field": list(rep.box), "seed": seed}
+
+
 def visualize(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
     """Layer grid: per layer (None: the last conv layer), the selected feature maps' projections beside
     their image patches. request.rule: how ReLUs pass the signal back (deconvnet, guided, gradient). region (a
@@ -526,15 +534,8 @@ def sanity(
         rows += [(r, "specificity", "", *_numbers(rep.specificity[r])), (r, "recovery", "", *_numbers(rep.recovery[r]))]
         rows.append((r, "fixed_positions", "", *_numbers(rep.fixed_positions[r])))
     csv = "".join(",".join("" if v is None else str(v) for v in row) + "\n" for row in rows)
-    prov = _provenance("sanity", net, x, image=image, size=size, layers=[])
-    del prov["layers"]
+    prov = _unit_provenance("sanity", net, x, image=image, size=size, layer=layer, rep=rep, seed=seed)
     prov |= {
-        "layer": layer,
-        "module": rep.module,
-        "channel": rep.channel,
-        "position": list(rep.position),
-        "receptive_field": list(rep.box),
-        "seed": seed,
         "rules": rep.rules,
         "randomized": labels,
         "seeded_at": "the unit's pre-activation (the step before its ReLU), with its trained value",
@@ -599,15 +600,8 @@ def ablate(
     for i, v in enumerate(rep.variants):
         rows += [(v.name, v.rule, v.unpool, against, *_numbers(sims[i])) for against, sims in comparisons.items()]
     csv = "".join(",".join("" if val is None else str(val) for val in row) + "\n" for row in rows)
-    prov = _provenance("ablate", net, x, image=image, size=size, layers=[])
-    del prov["layers"]
+    prov = _unit_provenance("ablate", net, x, image=image, size=size, layer=layer, rep=rep, seed=seed)
     prov |= {
-        "layer": layer,
-        "module": rep.module,
-        "channel": rep.channel,
-        "position": list(rep.position),
-        "receptive_field": list(rep.box),
-        "seed": seed,
         "randomized": rep.randomized,
         "reference": REFERENCE.name,
         "similarity": "inside the receptive field; Spearman of |r| and r summed over colour channels, SSIM of |r|",

@@ -33,7 +33,7 @@ class ForwardRecord:
     masks: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _maxpool(m: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor]:
+def max_pool_with_indices(m: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor]:
     return F.max_pool2d(
         x,
         m.kernel_size,
@@ -82,7 +82,7 @@ def apply(m: nn.Module, x: Tensor) -> Tensor:
     if isinstance(m, nn.Linear):
         return F.linear(x, m.weight, m.bias)
     if isinstance(m, nn.MaxPool2d):
-        return _maxpool(m, x)[0]
+        return max_pool_with_indices(m, x)[0]
     raise TypeError(f"no forward rule for {type(m).__name__}")  # chain_of() admits only mirrored types
 
 
@@ -105,7 +105,7 @@ def forward_chain(steps: list[Step], x: Tensor, upto: int, *, keep_masks: bool =
             )
         try:
             if isinstance(s.module, nn.MaxPool2d):
-                x, idx = _maxpool(s.module, x)
+                x, idx = max_pool_with_indices(s.module, x)
                 switches[s.name] = Switches(idx, tuple(shapes[-1][-2:]), overlapping(s.module))
             else:
                 x = apply(s.module, x)

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
-from .forward import Switches, overlapping
+from .forward import Switches, max_pool_with_indices, overlapping
 from .reverse import upsample
 from .rules import RULES, Rule, get_rule
 
@@ -617,15 +617,7 @@ def recording(
             planes = bool(args) and isinstance(args[0], Tensor) and args[0].dim() == 4
             if switches and isinstance(mod, nn.MaxPool2d) and planes:
                 with torch.no_grad():
-                    idx = F.max_pool2d(
-                        args[0],
-                        mod.kernel_size,
-                        stride=mod.stride,
-                        padding=mod.padding,
-                        dilation=mod.dilation,
-                        ceil_mode=mod.ceil_mode,
-                        return_indices=True,
-                    )[1]
+                    idx = max_pool_with_indices(mod, args[0])[1]
                 key = name if name not in rec["switches"] else f"{name}#{len(rec['switches'])}"
                 rec["switches"][key] = Switches(idx, tuple(args[0].shape[-2:]), overlapping(mod))
             kept = name in boundaries and isinstance(out, Tensor) and out.requires_grad

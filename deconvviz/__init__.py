@@ -2,8 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .boxes import Box, Point  # noqa: E402
-from .deconvnet import Deconvnet, Projection  # noqa: E402
+from .engine.boxes import Box, Point  # noqa: E402
+from .engine.deconvnet import Deconvnet, Projection  # noqa: E402
+from .engine.forward import Switches  # noqa: E402
+from .engine.request import Request  # noqa: E402
+from .engine.reverse import Stage  # noqa: E402
+from .engine.rules import RULES, Rule  # noqa: E402
+from .engine.selection import Selection  # noqa: E402
 from .errors import (  # noqa: E402
     DeconvvizError,
     ImageError,
@@ -13,14 +18,9 @@ from .errors import (  # noqa: E402
     UnsupportedModelError,
     WeightsError,
 )
-from .forward import Switches  # noqa: E402
 from .images import DEFAULT_IMAGE, load_image, to_batch, to_display  # noqa: E402
-from .network import Network, load_network  # noqa: E402
-from .request import Request  # noqa: E402
-from .reverse import Stage  # noqa: E402
-from .rules import RULES, Rule  # noqa: E402
-from .selection import Selection  # noqa: E402
-from .weights import Weights, load_vgg  # noqa: E402
+from .networks.network import Network, load_network  # noqa: E402
+from .networks.weights import Weights, load_vgg  # noqa: E402
 
 __all__ = [
     "DEFAULT_IMAGE",

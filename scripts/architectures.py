@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 import deconvviz
-from deconvviz.rules import RULES
+from deconvviz.engine.rules import RULES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- architectures:start -->", "<!-- architectures:end -->"

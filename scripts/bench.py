@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 import deconvviz
-import deconvviz.rectified
-from deconvviz.forward import forward_chain
-from deconvviz.weights import load_vgg
+import deconvviz.engine.rectified
+from deconvviz.engine.forward import forward_chain
+from deconvviz.networks.weights import load_vgg
 
 
 def timed(fn, device, repeat):
@@ -79,7 +79,7 @@ def peak_memory_child(device: str, rule: str = "deconvnet") -> float:
     in a fresh process (CPU: the process's high-water mark, reset before projecting; CUDA: the allocator's)."""
     code = f"""
 import torch, deconvviz
-from deconvviz.weights import load_vgg
+from deconvviz.networks.weights import load_vgg
 def rss(key):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
 m, _ = load_vgg("vgg16", "random", device="{device}", verbose=False)
@@ -176,7 +176,7 @@ def resnet_windows(dev: torch.device, repeat: int, k: int) -> dict[str, float]:
 
 def _windows_rows(model: nn.Module, x: torch.Tensor, layer: str, dev, repeat: int, k: int) -> dict[str, float]:
     full, crop = deconvviz.Deconvnet(model, crop=False), deconvviz.Deconvnet(model, crop=True)
-    fwd = timed(lambda: deconvviz.rectified.layer_output(model, x, layer, rule=full.rule), dev, repeat)
+    fwd = timed(lambda: deconvviz.engine.rectified.layer_output(model, x, layer, rule=full.rule), dev, repeat)
     one = lambda d: d.project(x, layer, top=k, mode="max")  # noqa: E731
     a, b = one(full).images, one(crop).images
     return {
@@ -195,8 +195,8 @@ def scan_throughput(device: str, count: int) -> tuple[float, float]:
     the same DataLoader (decoding included in both), on a folder of crops of the built-in photo."""
     from torch.utils.data import DataLoader
 
+    from deconvviz.analysis.scan import ImageFiles, _collate, image_files, scan_folder
     from deconvviz.images import DEFAULT_IMAGE, load_image
-    from deconvviz.scan import ImageFiles, _collate, image_files, scan_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         img = load_image(DEFAULT_IMAGE)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import deconvviz
-from deconvviz.ablation import REFERENCE, VARIANTS, Variant, ablation_report
-from deconvviz.sanity import randomizable, randomized_copy
+from deconvviz.analysis.ablation import REFERENCE, VARIANTS, Variant, ablation_report
+from deconvviz.analysis.sanity import randomizable, randomized_copy
 
 
 def _no_relus() -> nn.Module:

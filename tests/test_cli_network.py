@@ -148,8 +148,8 @@ def test_scan_and_site_of_any_network(run, cwd, residual_factory, name, layer):
     report = json.loads((cwd / "run" / "report.json").read_text())
     assert report["arguments"]["model"] == ("torchvision:resnet18" if name != "FACTORY" else residual_factory)
     # the top-k of one unit, checked against a plain forward pass of the same network with hooks
-    from deconvviz.network import load_network
-    from deconvviz.scan import preprocessed
+    from deconvviz.analysis.scan import preprocessed
+    from deconvviz.networks.network import load_network
 
     net = load_network(spec, "random", "cpu", verbose=False)
     got = {}
@@ -183,7 +183,7 @@ def test_scan_and_site_of_any_network(run, cwd, residual_factory, name, layer):
 
 
 def test_a_user_card_alone_is_enough_and_a_bad_one_is_refused_in_one_line(run, cwd, residual_factory, monkeypatch):
-    from deconvviz.architectures import parse
+    from deconvviz.networks.architectures import parse
 
     cards = cwd / "cards"
     cards.mkdir()

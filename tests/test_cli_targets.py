@@ -9,7 +9,7 @@ import torch
 from oracle import layer_activation
 
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
-from deconvviz.weights import load_vgg
+from deconvviz.networks.weights import load_vgg
 
 
 def test_reconstruct_default_is_the_map_strongest_on_the_bicycle_outside_the_dog(run, cwd):

@@ -10,10 +10,10 @@ import torch
 from oracle import rel_err
 
 from deconvviz import Deconvnet
+from deconvviz.analysis.scan import load_result, scan_folder
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
-from deconvviz.network import load_network
-from deconvviz.scan import load_result, scan_folder
-from deconvviz.weights import load_vgg
+from deconvviz.networks.network import load_network
+from deconvviz.networks.weights import load_vgg
 
 
 @pytest.mark.parametrize(

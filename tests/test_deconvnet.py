@@ -11,10 +11,10 @@ from oracle import VGGS, layer_activation, oracle, randomized, rel_err, vgg
 from torch import nn
 
 import deconvviz
-import deconvviz.rectified
-from deconvviz.deconvnet import _AutogradPath
-from deconvviz.layers import vgg_aliases
-from deconvviz.reverse import reverse_cropped
+import deconvviz.engine.rectified
+from deconvviz.engine.deconvnet import _AutogradPath
+from deconvviz.engine.layers import vgg_aliases
+from deconvviz.engine.reverse import reverse_cropped
 
 TOL = 1e-5
 
@@ -218,7 +218,7 @@ def test_sparse_maps_take_windows_and_agree():
     model[0].bias.data.fill_(-0.05)
     model[3].bias.data.fill_(-0.05)
     full = deconvviz.Deconvnet(model, crop=False).project(x, "4", top=3, mode="map")
-    with mock.patch("deconvviz.deconvnet.reverse_cropped", wraps=reverse_cropped) as spy:
+    with mock.patch("deconvviz.engine.deconvnet.reverse_cropped", wraps=reverse_cropped) as spy:
         auto = deconvviz.Deconvnet(model).project(x, "4", top=3, mode="map")
         assert spy.called
     assert full.images.abs().max() > 0 and rel_err(auto.images, full.images) <= 1e-6
@@ -229,7 +229,7 @@ def test_auto_crop_is_used_where_it_pays_and_agrees_on_vgg():
     model = vgg("vgg11")
     x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(10))
     a = deconvviz.Deconvnet(model, crop=False).project(x, "conv3_1", top=5)
-    with mock.patch("deconvviz.deconvnet.reverse_cropped", wraps=reverse_cropped) as spy:
+    with mock.patch("deconvviz.engine.deconvnet.reverse_cropped", wraps=reverse_cropped) as spy:
         b = deconvviz.Deconvnet(model).project(x, "conv3_1", top=5)  # field 40 px of 96: cropped
         assert spy.called
         deconvviz.Deconvnet(model).project(x, "conv5_2", top=1)  # field wider than the image: full pass
@@ -270,7 +270,7 @@ def test_given_positions_project_those_activations():
     assert torch.equal(out.selections.values, act.flatten(2)[0, [4, 7]][[0, 1], [9, 63]][None])
     # independent: autograd of the layer with the seed at those positions, ReLU backward rectified
     xs = x.clone().requires_grad_(True)
-    with deconvviz.rectified.rectified_relus():
+    with deconvviz.engine.rectified.rectified_relus():
         a = model.features[:13](xs)
     want = []
     for c, p in [(4, 9), (7, 63)]:
@@ -431,7 +431,7 @@ def test_chosen_stages_and_default_boundaries_of_torchvision_models():
     assert out.stages[0].tensor.shape == (1, 1, 4, 8, 8) and out.stages[0].tensor.abs().max() > 0
     with pytest.raises(deconvviz.LayerError, match="did you mean 'conv_a'"):
         deconvviz.Deconvnet(model).project(x, "head", keep_stages=True, stages=["conv_aa"])
-    from deconvviz.layers import stage_modules
+    from deconvviz.engine.layers import stage_modules
 
     r = stage_modules(torchvision.models.resnet18())
     assert r == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]
@@ -481,7 +481,7 @@ def test_windows_share_one_crop_size_and_stay_exact_off_the_stride_grid():
     for size, passes in (((112, 112), 2), ((112, 110), None)):  # the selecting forward, then one for all crops
         xs = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(3))
         full = deconvviz.Deconvnet(resnet, crop=False).project(xs, "layer1", top=6, mode="max")
-        spy = mock.patch("deconvviz.deconvnet.layer_output", wraps=deconvviz.rectified.layer_output)
+        spy = mock.patch("deconvviz.engine.deconvnet.layer_output", wraps=deconvviz.engine.rectified.layer_output)
         with spy as calls, mock.patch.object(_AutogradPath, "backward", side_effect=AssertionError("full plane")):
             crop = deconvviz.Deconvnet(resnet, crop=True).project(xs, "layer1", top=6, mode="max")
         rows = crop.selections.rows_cols[..., 0]

@@ -9,8 +9,8 @@ from oracle import gradient_support
 from torch import nn
 
 import deconvviz
-from deconvviz.fields import module_fields, receptive_field
-from deconvviz.targets import centres, region_mask
+from deconvviz.engine.fields import module_fields, receptive_field
+from deconvviz.engine.targets import centres, region_mask
 
 
 class Residual(nn.Module):

@@ -1,4 +1,4 @@
-"""Tests for deconvviz.filters: a drawn filter is the gradient of its response with respect to RGB pixels."""
+"""Tests for deconvviz.analysis.filters: a drawn filter is the gradient of its response with respect to RGB pixels."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deconvviz.analysis.filters import first_conv, first_layer_filters
 from deconvviz.errors import LayerError
-from deconvviz.filters import first_conv, first_layer_filters
+from deconvviz.networks.weights import load_vgg, skeleton
 from deconvviz.preprocess import CAFFE_VGG, IMAGENET_TORCHVISION
-from deconvviz.weights import load_vgg, skeleton
 
 
 @pytest.mark.parametrize("preprocess", [CAFFE_VGG, IMAGENET_TORCHVISION], ids=["caffe-bgr-255", "torchvision"])

@@ -1,4 +1,4 @@
-"""Tests for deconvviz.invariance: distances and probabilities against a plain recomputation with the model's own
+"""deconvviz.analysis.invariance: distances and probabilities against a plain recomputation with the model's own
 forward and transforms written independently (slicing for whole-pixel shifts, rot90 for quarter turns)."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deconvviz.analysis.invariance import default_amounts, default_layers, invariance, transformed
 from deconvviz.errors import DeconvvizError
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
-from deconvviz.invariance import default_amounts, default_layers, invariance, transformed
-from deconvviz.weights import load_vgg, skeleton
+from deconvviz.networks.weights import load_vgg, skeleton
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import torchvision
 from torch import nn
 
 import deconvviz
-from deconvviz.forward import output_shapes
-from deconvviz.layers import chain_of, layer_names, receptive_fields, resolve, vgg_aliases
+from deconvviz.engine.forward import output_shapes
+from deconvviz.engine.layers import chain_of, layer_names, receptive_fields, resolve, vgg_aliases
 
 # Known VGG configurations (Simonyan & Zisserman, table 1): convs per block; block widths 64, 128, 256, 512, 512.
 CONVS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from deconvviz.errors import WeightsError
-from deconvviz.network import load_network, skeleton_network
+from deconvviz.networks.network import load_network, skeleton_network
 
 
 def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -84,7 +84,7 @@ std = [0.25, 0.25, 0.25]
 
 def user_card(folder, arch, categories='["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]', sha=None, name="mine"):
     """A user's card beside a state dict of `arch` (seed 7); returns (card path, the module saved)."""
-    from deconvviz.architectures import parse
+    from deconvviz.networks.architectures import parse
 
     folder.mkdir(exist_ok=True)
     torch.manual_seed(7)

@@ -13,10 +13,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from deconvviz import DeconvvizError
+from deconvviz.analysis.occlusion import mean_grey, occlusion_maps
 from deconvviz.cli import app
-from deconvviz.occlusion import mean_grey, occlusion_maps
+from deconvviz.networks.weights import load_vgg
 from deconvviz.preprocess import CAFFE_VGG, IMAGENET_TORCHVISION
-from deconvviz.weights import load_vgg
 
 
 def loop(model, module, x, rows, cols, size, grey, channel, cls=None):

@@ -216,7 +216,7 @@ def test_linear_operations_are_projected_through(fn):
     xs = x.clone().requires_grad_(True)
     got = []
     h = model.c2.register_forward_hook(lambda m, i, o: got.append(o))
-    with deconvviz.rectified.rectified_relus():
+    with deconvviz.engine.rectified.rectified_relus():
         model(xs)
     h.remove()
     want = []
@@ -501,8 +501,8 @@ def test_attention_is_refused_under_deconvnet_and_guided_and_exact_under_gradien
 
 
 def test_slopes_are_recorded_compactly_and_only_when_the_rule_needs_them():
-    from deconvviz.rectified import layer_output
-    from deconvviz.rules import RULES
+    from deconvviz.engine.rectified import layer_output
+    from deconvviz.engine.rules import RULES
 
     def saved(act, rule):
         model = seeded_like(Activated(act))
@@ -537,7 +537,7 @@ class Mixed(nn.Module):
 
 
 def test_rule_passes_lists_each_module_for_every_rule():
-    from deconvviz.rectified import rule_passes
+    from deconvviz.engine.rectified import rule_passes
 
     passes = {p.module: p.rules for p in rule_passes(seeded_like(Mixed()), (12, 12))}
     for rule in ("deconvnet", "guided"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deconvviz.errors import DeconvvizError
-from deconvviz.render import write_files
+from deconvviz.render.draw import write_files
 
 
 def test_a_failing_file_leaves_none_of_the_set(tmp_path):
@@ -27,7 +27,7 @@ def test_a_failing_file_leaves_none_of_the_set(tmp_path):
 def test_stage_channel_is_the_channel_most_like_the_stage_mean():
     import numpy as np
 
-    from deconvviz.render import stage_channel
+    from deconvviz.render.draw import stage_channel
 
     t = torch.zeros(4, 4, 5)
     t[0] = -10.0  # large, but negative: rectified away
@@ -45,9 +45,9 @@ def test_reconstruction_figure_letters_every_stage_and_names_the_last_in_its_not
     """A deep network has more than 26 stages: panels go on as aa, ab, ...; the note names the last stage."""
     import numpy as np
 
+    from deconvviz.engine.reverse import Stage
     from deconvviz.preprocess import IMAGENET_TORCHVISION
-    from deconvviz.render import reconstruction_figure
-    from deconvviz.reverse import Stage
+    from deconvviz.render.draw import reconstruction_figure
 
     g = torch.Generator().manual_seed(0)
     stages = [Stage(f"block{i}", "deconv", f"m{i}", torch.randn(4, 8, 8, generator=g)) for i in range(29)]

@@ -10,10 +10,10 @@ from oracle import rel_err, unpool_by_loops, unpool_oracle
 from torch import nn
 
 import deconvviz
+from deconvviz.engine.forward import forward_chain
+from deconvviz.engine.layers import chain_of
+from deconvviz.engine.reverse import UNPOOLS, filter_, get_unpool, unpool, upsample
 from deconvviz.errors import SelectionError
-from deconvviz.forward import forward_chain
-from deconvviz.layers import chain_of
-from deconvviz.reverse import UNPOOLS, filter_, get_unpool, unpool, upsample
 
 Y = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
 RULE_NAMES = ["deconvnet", "guided", "gradient", "linear"]

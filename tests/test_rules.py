@@ -12,9 +12,9 @@ from oracle import VGGS, Concat, Residual, layer_activation, oracle, randomized,
 from torch import nn
 
 import deconvviz
-from deconvviz.layers import vgg_aliases
-from deconvviz.reverse import reverse_cropped
-from deconvviz.rules import RULES, Rule, get_rule
+from deconvviz.engine.layers import vgg_aliases
+from deconvviz.engine.reverse import reverse_cropped
+from deconvviz.engine.rules import RULES, Rule, get_rule
 
 TOL = 1e-5
 OTHER_RULES = ["guided", "gradient"]
@@ -58,7 +58,7 @@ def test_hand_computed_rules(path):
     layer = "c2" if path == "autograd" else "2"
     for rule, value in want.items():
         dn = deconvviz.Deconvnet(model, rule=rule, crop=True if path == "windows" else False)
-        with mock.patch("deconvviz.deconvnet.reverse_cropped", wraps=reverse_cropped) as spy:
+        with mock.patch("deconvviz.engine.deconvnet.reverse_cropped", wraps=reverse_cropped) as spy:
             out = dn.project(x, layer, channels=[0])
         assert spy.called == (path == "windows")
         assert out.images.flatten().tolist() == [value], rule
@@ -179,7 +179,7 @@ def test_rules_differ_and_deconvnet_needs_no_masks():
 
 
 def test_masks_are_booleans_recorded_only_when_asked():
-    from deconvviz.forward import forward_chain
+    from deconvviz.engine.forward import forward_chain
 
     model = vgg("vgg11")
     steps = deconvviz.Deconvnet(model).steps

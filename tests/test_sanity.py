@@ -10,7 +10,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 import deconvviz
-from deconvviz.sanity import randomizable, randomized_copy, sanity_report, similarity
+from deconvviz.analysis.sanity import randomizable, randomized_copy, sanity_report, similarity
 
 
 def chain() -> nn.Sequential:

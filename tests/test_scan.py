@@ -17,13 +17,13 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from deconvviz import Deconvnet
+from deconvviz.analysis.scan import CRASH_AFTER_BATCH, TopK, load_result, scan_folder
 from deconvviz.cli import app
+from deconvviz.engine.layers import resolve
 from deconvviz.errors import ImageError
 from deconvviz.images import DEFAULT_IMAGE, to_batch
-from deconvviz.layers import resolve
-from deconvviz.network import load_network
-from deconvviz.scan import CRASH_AFTER_BATCH, TopK, load_result, scan_folder
-from deconvviz.weights import load_vgg
+from deconvviz.networks.network import load_network
+from deconvviz.networks.weights import load_vgg
 
 VGG11 = load_network("vgg11", "random", "cpu", verbose=False)  # the scans' network: random, seeded
 

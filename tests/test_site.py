@@ -19,13 +19,13 @@ from playwright.sync_api import sync_playwright
 from typer.testing import CliRunner
 
 from deconvviz import Deconvnet
-from deconvviz import site as site_module
+from deconvviz.analysis.scan import scan_folder
 from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE, to_batch
-from deconvviz.network import load_network
-from deconvviz.scan import scan_folder
-from deconvviz.site import MARKER, explore_site, scan_site
-from deconvviz.weights import load_vgg
+from deconvviz.networks.network import load_network
+from deconvviz.networks.weights import load_vgg
+from deconvviz.site import _build as site_module
+from deconvviz.site._build import MARKER, explore_site, scan_site
 
 VGG11 = load_network("vgg11", "random", "cpu", verbose=False)  # the scans' network: random, seeded
 
@@ -328,7 +328,7 @@ def test_a_guided_scan_gives_a_guided_site(tmp_path, browser):
         verbose=False,
         rule="guided",
     )
-    with mock.patch("deconvviz.site.Deconvnet", wraps=Deconvnet) as made:
+    with mock.patch("deconvviz.site._build.Deconvnet", wraps=Deconvnet) as made:
         scan_site(tmp_path / "run", tmp_path / "site", device="cpu", verbose=False)
     assert [c.kwargs.get("rule") for c in made.call_args_list] == ["guided"]
     tab = Watched(browser)
@@ -487,7 +487,7 @@ def test_a_fixed_position_scan_gives_a_fixed_position_site(tmp_path):
         verbose=False,
         unpool="fixed",
     )
-    with mock.patch("deconvviz.site.Deconvnet", wraps=Deconvnet) as made:
+    with mock.patch("deconvviz.site._build.Deconvnet", wraps=Deconvnet) as made:
         scan_site(tmp_path / "run", tmp_path / "site", device="cpu", verbose=False)
     assert [(c.kwargs.get("rule"), c.kwargs.get("unpool")) for c in made.call_args_list] == [("deconvnet", "fixed")]
     index = (tmp_path / "site" / "index.html").read_text()

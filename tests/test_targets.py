@@ -12,9 +12,9 @@ from PIL import Image
 from torch import nn
 
 from deconvviz import Box, Deconvnet, Point, SelectionError
+from deconvviz.engine.targets import class_contributions, named_regions
 from deconvviz.images import to_batch
 from deconvviz.preprocess import Preprocess
-from deconvviz.targets import class_contributions, named_regions
 
 
 def _net(seed: int = 0) -> nn.Sequential:
@@ -246,7 +246,7 @@ def test_sidecar_regions_follow_the_resize_and_centre_crop(tmp_path, wh):
 
 
 def test_a_region_named_in_the_sidecar_outside_the_crop_is_refused(tmp_path):
-    from deconvviz.targets import find_region
+    from deconvviz.engine.targets import find_region
 
     path = tmp_path / "wide.png"
     Image.fromarray(np.zeros((100, 400, 3), np.uint8)).save(path)

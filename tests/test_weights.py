@@ -1,4 +1,4 @@
-"""Tests for deconvviz.weights; no network: downloads are refused and torch's hub dir is a temp folder."""
+"""Tests for deconvviz.networks.weights; no network: downloads are refused and torch's hub dir is a temp folder."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 import torchvision
 from torchvision.models.vgg import cfgs, make_layers
 
-from deconvviz import weights as W
-from deconvviz.cards import cards_folder, load_cards
 from deconvviz.errors import WeightsError
+from deconvviz.networks import weights as W
+from deconvviz.networks.cards import cards_folder, load_cards
 from deconvviz.preprocess import CAFFE_VGG, IMAGENET_TORCHVISION
 
 POOL5 = "functional_1/block5_pool_1/MaxPool2d:0"
@@ -178,7 +178,9 @@ def test_squeezenet_without_ndf_says_how_to_install_it(cache, monkeypatch):
         W.load_from_card(card, device="cpu", verbose=False)
     with pytest.raises(WeightsError, match="unknown model card 'squeezenet1_1'; did you mean 'squeezenet1_1-keras'"):
         W.load_from_card("squeezenet1_1", device="cpu")
-    with pytest.raises(WeightsError, match=r"are for deconvviz.squeezenet:squeezenet1_1_keras, not a VGG; load it"):
+    with pytest.raises(
+        WeightsError, match=r"are for deconvviz.networks.squeezenet:squeezenet1_1_keras, not a VGG; load it"
+    ):
         W.load_vgg("vgg16", "squeezenet1_1-keras")
 
 

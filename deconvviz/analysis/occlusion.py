@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .errors import ImageError, LayerError, OcclusionError, SelectionError
-from .forward import apply, forward_chain
-from .layers import chain_of, resolve, step_index
-from .preprocess import Preprocess
-from .rectified import evaluating
+from ..engine.forward import apply, forward_chain
+from ..engine.layers import chain_of, resolve, step_index
+from ..engine.rectified import evaluating
+from ..errors import ImageError, LayerError, OcclusionError, SelectionError
+from ..preprocess import Preprocess
 
 Grey = Tensor | float | Preprocess | None
 

@@ -31,7 +31,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from .errors import SelectionError, unknown_name
+from ..errors import SelectionError, unknown_name
 
 
 class Rule(ABC):

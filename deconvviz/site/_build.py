@@ -2,7 +2,7 @@
 
 scan run folder -> records, projections (scan.load_result) + the strongest record of every unit projected again
 with its reverse stages -> pictures at display size -> one page per unit, layer and the index, rendered from
-the Jinja2 templates in deconvviz/pages/ (autoescaped: data is text unless a template says otherwise, and none does).
+the Jinja2 templates in pages/ (autoescaped: data is text unless a template says otherwise, and none does).
 
 A site is plain files (HTML, the package's site.css and vanilla JS files copied beside it, JPEG/PNG pictures, no
 network): it opens from file:// and from any static host. Every page and picture is written atomically;
@@ -31,19 +31,19 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from . import __version__
-from .deconvnet import Deconvnet
-from .errors import DeconvvizError, LayerError
-from .fields import Fields, receptive_field
-from .forward import layer_shape, module_activations
-from .images import check_size, load_image, to_batch, to_display
-from .layers import module_outputs, resolve, stage_modules, step_index
-from .network import Network, load_network
-from .preprocess import Preprocess
-from .rectified import evaluating
-from .render import pattern_rgb, stage_channel, write_atomic
-from .scan import ScanResult, activations, load_result, preprocessed
-from .weights import Weights, pick_device
+from .. import __version__
+from ..analysis.scan import ScanResult, activations, load_result, preprocessed
+from ..engine.deconvnet import Deconvnet
+from ..engine.fields import Fields, receptive_field
+from ..engine.forward import layer_shape, module_activations
+from ..engine.layers import module_outputs, resolve, stage_modules, step_index
+from ..engine.rectified import evaluating
+from ..errors import DeconvvizError, LayerError
+from ..images import check_size, load_image, to_batch, to_display
+from ..networks.network import Network, load_network
+from ..networks.weights import Weights, pick_device
+from ..preprocess import Preprocess
+from ..render.draw import pattern_rgb, stage_channel, write_atomic
 
 MARKER = ".deconvviz-site.json"
 THUMB = 112  # side in pixels of every projection, patch and stage picture: written at the size it is shown
@@ -609,7 +609,7 @@ def explore_site(
 ) -> SiteSummary:
     """A static site of one image: per layer its `top` strongest maps projected to pixels, and a picture where a
     click lists the units strongest at that position (the `per_position` strongest, precomputed)."""
-    from .images import DEFAULT_IMAGE
+    from ..images import DEFAULT_IMAGE
 
     check_size(size)
     for what, about, v in (("top", "top", top), ("units per position", "per_position", per_position)):

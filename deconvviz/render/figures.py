@@ -13,19 +13,26 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from . import __version__
-from .ablation import REFERENCE, ablation_report
-from .deconvnet import Deconvnet, Projection, crop_boxes
-from .errors import LayerError, OcclusionError, SelectionError
-from .filters import first_conv_name, first_layer_filters
-from .forward import layer_shape
-from .images import DEFAULT_IMAGE, check_size, load_image, to_batch, to_display
-from .invariance import UNITS
-from .invariance import invariance as invariance_sweep
-from .layers import chain_of, default_layer, module_outputs, receptive_fields, step_index
-from .network import Network, has_classifier
-from .occlusion import occlusion_maps
-from .render import (
+from .. import __version__
+from ..analysis.ablation import REFERENCE, ablation_report
+from ..analysis.filters import first_conv_name, first_layer_filters
+from ..analysis.invariance import UNITS
+from ..analysis.invariance import invariance as invariance_sweep
+from ..analysis.occlusion import occlusion_maps
+from ..analysis.sanity import edge_map, layer_label, sanity_report
+from ..engine.deconvnet import Deconvnet, Projection, crop_boxes
+from ..engine.forward import layer_shape
+from ..engine.layers import chain_of, default_layer, module_outputs, receptive_fields, step_index
+from ..engine.request import Request
+from ..engine.reverse import UNPOOLS, Stage
+from ..engine.rules import RULES
+from ..engine.selection import checked_channels
+from ..engine.targets import check_choice, find_region
+from ..errors import LayerError, OcclusionError, SelectionError
+from ..images import DEFAULT_IMAGE, check_size, load_image, to_batch, to_display
+from ..networks.network import Network, has_classifier
+from ..networks.weights import Weights
+from .draw import (
     STAGE_VIEW,
     AblationPanel,
     GridRow,
@@ -39,13 +46,6 @@ from .render import (
     sanity_figure,
     save,
 )
-from .request import Request
-from .reverse import UNPOOLS, Stage
-from .rules import RULES
-from .sanity import edge_map, layer_label, sanity_report
-from .selection import checked_channels
-from .targets import check_choice, find_region
-from .weights import Weights
 
 Progress = Callable[[str], None]
 # What `reconstruct` shows of the built-in photo when nothing is chosen: the conv5_3 map strongest on the

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..errors import ImageError, LayerError, SelectionError
+from ..images import DEFAULT_IMAGE, resize_crop_geometry
 from .boxes import Box, Point, point, region_box
-from .errors import ImageError, LayerError, SelectionError
 from .forward import forward_chain, output_shapes
-from .images import DEFAULT_IMAGE, resize_crop_geometry
 from .layers import chain_of, receptive_fields, resolve, step_index
 from .rectified import evaluating
 from .selection import strongest_channels, strongest_in_region

@@ -15,12 +15,12 @@ import torch
 import torchvision
 from torch import nn
 
+from ..engine.layers import default_layer, layer_names, module_outputs
+from ..errors import WeightsError
+from ..preprocess import IMAGENET_TORCHVISION, Preprocess
 from . import weights as _weights  # load_vgg through the module: tests watch it
 from .architectures import Architecture, located, parse
 from .cards import Card
-from .errors import WeightsError
-from .layers import default_layer, layer_names, module_outputs
-from .preprocess import IMAGENET_TORCHVISION, Preprocess
 from .weights import KEYWORDS, Weights, find_card, load_state_into, pick_device, skeleton
 from .weights import read_state_dict as _read_state_dict
 
@@ -214,7 +214,7 @@ def skeleton_network(spec: str | None, weights: str | os.PathLike = "auto") -> n
 
 def has_classifier(module: nn.Module) -> bool:
     """Whether the module's output is class scores: (N, K) with K the outputs of the last layer with weights."""
-    from .layers import chain_of
+    from ..engine.layers import chain_of
 
     steps = chain_of(module)
     if steps is not None:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .deconvnet import Deconvnet
-from .errors import LayerError
-from .reverse import UNPOOLS
-from .rules import RULES
+from ..engine.deconvnet import Deconvnet
+from ..engine.reverse import UNPOOLS
+from ..engine.rules import RULES
+from ..errors import LayerError
 from .sanity import Similarity, edge_map, pre_activation, randomizable, randomized_copy, similarity
 
 Progress = Callable[[str], None]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ImageError, LayerError, out_of_memory
+from ..errors import ImageError, LayerError, out_of_memory
 from .layers import Step, chain_of, in_channels, module_outputs, receptive_fields, resolve, step_index, vgg_aliases
 
 

@@ -21,7 +21,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import ImageError, LayerError, UnsupportedModelError
+from ..errors import ImageError, LayerError, UnsupportedModelError
 from .layers import chain_of, receptive_fields, resolve, step_index
 
 

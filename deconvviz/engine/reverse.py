@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import SelectionError, unknown_name
+from ..errors import SelectionError, unknown_name
 from .forward import ForwardRecord, Switches, apply
 from .layers import Step
 from .rules import Rule

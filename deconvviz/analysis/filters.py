@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .errors import LayerError
-from .layers import Step, chain_of, module_outputs, resolve, step_index, vgg_aliases
-from .preprocess import Preprocess
+from ..engine.layers import Step, chain_of, module_outputs, resolve, step_index, vgg_aliases
+from ..errors import LayerError
+from ..preprocess import Preprocess
 
 
 def first_conv_name(model: nn.Module) -> str:

@@ -22,21 +22,21 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
-from .architectures import located
-from .cards import cards_folder
-from .deconvnet import Deconvnet
-from .errors import DeconvvizError, ImageError, LayerError, SelectionError
-from .fields import Fields, receptive_field
-from .forward import apply, layer_shape, module_activations
-from .images import check_size, to_batch, to_display
-from .layers import ReceptiveField, receptive_fields, resolve, step_index
-from .network import Network
-from .preprocess import Preprocess
-from .render import TopImages, channel_figure, overview_figure, save, write_atomic
-from .reverse import UNPOOLS, get_unpool
-from .rules import get_rule
-from .weights import find_card, pick_device
+from .. import __version__
+from ..engine.deconvnet import Deconvnet
+from ..engine.fields import Fields, receptive_field
+from ..engine.forward import apply, layer_shape, module_activations
+from ..engine.layers import ReceptiveField, receptive_fields, resolve, step_index
+from ..engine.reverse import UNPOOLS, get_unpool
+from ..engine.rules import get_rule
+from ..errors import DeconvvizError, ImageError, LayerError, SelectionError
+from ..images import check_size, to_batch, to_display
+from ..networks.architectures import located
+from ..networks.cards import cards_folder
+from ..networks.network import Network
+from ..networks.weights import find_card, pick_device
+from ..preprocess import Preprocess
+from ..render.draw import TopImages, channel_figure, overview_figure, save, write_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHOWN_CHANNELS = 9  # feature maps projected and drawn when none are given: the strongest over the folder

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import VGG, AlexNet
 
-from .errors import LayerError, unknown_name
+from ..errors import LayerError, unknown_name
 
 # Module types the explicit reverse pass mirrors exactly (exact types: a subclass may change forward).
 MIRRORED = (

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import WeightsError
+from ..errors import WeightsError
 
 # (squeeze, expand 1x1, expand 3x3) filters of fire2 ... fire9, and where the 3x3/2 max-pools sit
 SQUEEZE = (16, 16, 32, 32, 48, 48, 64, 64)  # each expand has 4x the squeeze's filters

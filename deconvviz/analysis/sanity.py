@@ -20,10 +20,10 @@ from skimage.metrics import structural_similarity
 from torch import Tensor, nn
 from torchvision.models import VGG
 
-from .deconvnet import Deconvnet, crop_boxes
-from .errors import LayerError, UnsupportedModelError
-from .layers import module_outputs, resolve, step_index, vgg_aliases
-from .rules import RULES, get_rule
+from ..engine.deconvnet import Deconvnet, crop_boxes
+from ..engine.layers import module_outputs, resolve, step_index, vgg_aliases
+from ..engine.rules import RULES, get_rule
+from ..errors import LayerError, UnsupportedModelError
 
 Progress = Callable[[str], None]
 FieldBounds = tuple[int, int, int, int]  # a receptive field: top, bottom, left, right (half-open); not a Box

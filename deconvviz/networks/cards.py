@@ -14,12 +14,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import WeightsError
-from .preprocess import Preprocess
+from ..errors import WeightsError
+from ..preprocess import Preprocess
 
 VGG_ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 # other architectures, named "module:factory": the factory returns the untrained nn.Module
-FACTORIES = ("deconvviz.squeezenet:squeezenet1_1_keras",)
+FACTORIES = ("deconvviz.networks.squeezenet:squeezenet1_1_keras",)
 ARCHITECTURES = (*VGG_ARCHITECTURES, *FACTORIES)
 
 # how a card's file is fetched; weights.py holds one loader each. "file": the user's own weights, a state dict
@@ -53,8 +53,9 @@ class Card:
 
 def cards_folder() -> Path:
     """The cards deconvviz ships: inside an installed wheel, else the checkout's top-level models/."""
-    packaged = Path(__file__).parent / "models"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "models"
+    package = Path(__file__).parents[1]  # deconvviz/
+    packaged = package / "models"
+    return packaged if packaged.is_dir() else package.parent / "models"
 
 
 def load_cards(folder: str | os.PathLike | None = None) -> dict[str, Card]:

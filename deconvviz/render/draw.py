@@ -27,11 +27,11 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from .errors import DeconvvizError  # noqa: E402
-from .images import centred  # noqa: E402
-from .occlusion import OcclusionResult  # noqa: E402
-from .preprocess import Preprocess  # noqa: E402
-from .reverse import Stage  # noqa: E402
+from ..analysis.occlusion import OcclusionResult  # noqa: E402
+from ..engine.reverse import Stage  # noqa: E402
+from ..errors import DeconvvizError  # noqa: E402
+from ..images import centred  # noqa: E402
+from ..preprocess import Preprocess  # noqa: E402
 
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 RECONSTRUCTION_PERCENTILE = 99.9

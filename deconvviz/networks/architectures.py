@@ -18,8 +18,8 @@ from pathlib import Path
 import torchvision
 from torch import nn
 
+from ..errors import WeightsError
 from .cards import VGG_ARCHITECTURES as VGG_NAMES
-from .errors import WeightsError
 
 # Architectures deconvviz builds itself, by name: {spec: builder returning an nn.Module with fresh weights}.
 NAMED: dict[str, Callable[[], nn.Module]] = {}

@@ -10,9 +10,9 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .errors import DeconvvizError
-from .forward import apply, module_activations
-from .layers import chain_of, default_layer, resolve, step_index, vgg_aliases
+from ..engine.forward import apply, module_activations
+from ..engine.layers import chain_of, default_layer, resolve, step_index, vgg_aliases
+from ..errors import DeconvvizError
 
 TRANSFORMS = ("shift", "scale", "rotate")
 UNITS = {"shift": "pixels, down", "scale": "times", "rotate": "degrees, anticlockwise"}
@@ -71,7 +71,7 @@ def transformed(x: Tensor, transform: str, amount: float) -> Tensor:
 
 
 def has_classifier(model: nn.Module) -> bool:
-    from .network import has_classifier as scores
+    from ..networks.network import has_classifier as scores
 
     return scores(model)
 

@@ -11,7 +11,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import SelectionError
+from ..errors import SelectionError
 
 UNITS = ("px", "fraction")
 

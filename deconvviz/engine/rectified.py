@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
+from ..errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
 from .forward import Switches, max_pool_with_indices, overlapping
 from .reverse import upsample
 from .rules import RULES, Rule, get_rule

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import DeconvvizError, SelectionError
+from ..errors import DeconvvizError, SelectionError
 
 MODES = ("max", "map")
 

@@ -15,9 +15,9 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from .boxes import Box, Point
-from .errors import DeconvvizError, out_of_memory
-from .request import Request
+from ..engine.boxes import Box, Point
+from ..engine.request import Request
+from ..errors import DeconvvizError, out_of_memory
 
 MAX_SIZE = 2048  # --size above this needs more memory than a figure is worth; the Python API has no such limit
 
@@ -64,7 +64,7 @@ app = typer.Typer(
 
 def _version(show: bool) -> None:
     if show:
-        from . import __version__
+        from .. import __version__
 
         typer.echo(f"deconvviz {__version__}")
         raise typer.Exit()
@@ -294,7 +294,7 @@ class _Status:
 
 
 def _check_size(size: int) -> None:
-    from .images import check_size
+    from ..images import check_size
 
     check_size(size)
     if size > MAX_SIZE:
@@ -316,7 +316,7 @@ class _Choice:
     and then, on demand, the loaded Network that every function below is given."""
 
     def __init__(self, model: str | None, weights: str, device: str = "auto", seed: int = 0):
-        from .network import architecture_of, skeleton_network
+        from ..networks.network import architecture_of, skeleton_network
 
         arch, _ = architecture_of(model, weights)
         self.spec, self.weights, self.device, self.seed = arch.spec, weights, device, seed
@@ -325,12 +325,12 @@ class _Choice:
 
     @property
     def default_layer(self) -> str:
-        from .layers import default_layer
+        from ..engine.layers import default_layer
 
         return default_layer(self.skeleton)
 
     def load(self, quiet: bool, status: _Status):
-        from .network import load_network
+        from ..networks.network import load_network
 
         status(f"loading {self.spec} weights ({self.weights})")
         return load_network(self.spec, self.weights, self.device, seed=self.seed, verbose=not quiet)
@@ -392,8 +392,8 @@ class _Output:
 def _figure(choice: _Choice, request, output: _Output, make) -> None:
     """Load the network, make (figure, provenance, *tables) with make(net, status), write them atomically."""
     out, image, dpi, quiet = output.out, request.image, output.dpi, output.quiet
-    from . import figures
-    from .render import check_dpi, check_target, check_writable, figure_format
+    from ..render import figures
+    from ..render.draw import check_dpi, check_target, check_writable, figure_format
 
     if out is not None:  # bad arguments fail before any work
         figure_format(out)
@@ -453,7 +453,7 @@ def visualize(
 ) -> None:
     """Grid of feature maps of a layer: each projection to pixels beside its image patch (ZF Fig. 2)."""
     with _errors(debug):
-        from . import figures
+        from ..render import figures
 
         names = _layer_names(layer, layers)
         if (channels or "").strip().lower() == "all":
@@ -532,7 +532,7 @@ def reconstruct(
 ) -> None:
     """Layer-by-layer reconstruction: the input, then each unpooling and deconv stage down to pixels."""
     with _errors(debug):
-        from . import figures
+        from ..render import figures
 
         every = (channels or "").strip().lower() == "all"
         choice = _Choice(model, weights, device)
@@ -576,10 +576,10 @@ def layers_(
     with _errors(debug):
         from dataclasses import replace
 
-        from .forward import layer_table
-        from .images import check_size
-        from .network import load_network
-        from .rectified import rule_passes
+        from ..engine.forward import layer_table
+        from ..engine.rectified import rule_passes
+        from ..images import check_size
+        from ..networks.network import load_network
 
         check_size(size)
         choice = _Choice(model, weights)
@@ -644,7 +644,7 @@ def occlusion(
     """Slide a grey square over the image: a feature map's total activation and a class's probability at each
     position, beside the map's strongest activation projected to pixels (ZF Fig. 7)."""
     with _errors(debug):
-        from . import figures
+        from ..render import figures
 
         choice = _Choice(model, weights, device)
         name = layer or choice.default_layer
@@ -704,7 +704,7 @@ def compare(
 ) -> None:
     """Deconvnet, guided backprop and gradient side by side: each selected activation projected by every rule."""
     with _errors(debug):
-        from . import figures
+        from ..render import figures
 
         choice = _Choice(model, weights, device)
         name = layer or choice.default_layer
@@ -730,11 +730,11 @@ def compare(
 def _unit_report(choice: _Choice, request: Request, report, output: _Output) -> None:
     """sanity and ablate: one unit's figure, its .json and a .csv, all checked before the weights load.
     report(net, request, progress=...) -> (figure, provenance, csv)."""
-    from . import figures
+    from ..render import figures
 
     figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
     if output.out is not None:
-        from .render import check_target
+        from ..render.draw import check_target
 
         check_target(output.out.with_suffix(".csv"))
 
@@ -766,8 +766,8 @@ def sanity(
     """How much of a picture comes from the network: the same unit projected after re-initializing the weights
     from the layer down (cascading) and one layer at a time (independent), unit specificity and image recovery."""
     with _errors(debug):
-        from . import figures
-        from .rules import get_rule
+        from ..engine.rules import get_rule
+        from ..render import figures
 
         chosen = list(dict.fromkeys(get_rule(r.strip()).name for r in rules.split(",") if r.strip()))
         if not chosen:
@@ -802,8 +802,8 @@ def ablate(
     """What makes a deconvnet picture (Mahendran & Vedaldi 2016): one unit drawn by every ReLU rule with the switches
     and with fixed positions, and by nearest and bilinear upsampling, through trained and randomized weights."""
     with _errors(debug):
-        from . import figures
-        from .layers import layer_names
+        from ..engine.layers import layer_names
+        from ..render import figures
 
         choice = _Choice(model, weights, device)
         name = layer or ("pool5" if "pool5" in layer_names(choice.skeleton) else choice.default_layer)
@@ -889,10 +889,10 @@ def scan(
     images are shared out among P processes (one GPU each where there are GPUs) and the results merged.
     """
     with _errors(debug):
-        from . import figures
-        from .network import load_network
-        from .render import check_writable
-        from .scan import scan_device, scan_folder
+        from ..analysis.scan import scan_device, scan_folder
+        from ..networks.network import load_network
+        from ..render import figures
+        from ..render.draw import check_writable
 
         _check_size(size)
         choice = _Choice(model, weights, device)
@@ -950,8 +950,8 @@ def filters(
 ) -> None:
     """The first layer's filters as colour patches, in RGB image terms (ZF Fig. 6)."""
     with _errors(debug):
-        from . import figures
-        from .filters import first_conv, first_conv_name
+        from ..analysis.filters import first_conv, first_conv_name
+        from ..render import figures
 
         choice = _Choice(model, weights, "cpu")
         layer = layer or first_conv_name(choice.skeleton)
@@ -1003,7 +1003,7 @@ def invariance(
     """How far feature vectors move, and the top class's probability, as the image is shifted, scaled or rotated
     (ZF Fig. 5)."""
     with _errors(debug):
-        from . import figures
+        from ..render import figures
 
         choice = _Choice(model, weights, device)
         request = Request(image, _layer_names(None, layers), top=1, size=size)
@@ -1022,8 +1022,8 @@ def models(debug: Debug = False) -> None:
     """The weights sets deconvviz knows (one model card each in models/, and yours in $DECONVVIZ_MODELS) and
     which load offline here."""
     with _errors(debug):
-        from .cards import load_cards
-        from .weights import available_offline
+        from ..networks.cards import load_cards
+        from ..networks.weights import available_offline
 
         cards = load_cards()
         name = max([21, *(len(c.name) for c in cards.values())])
@@ -1080,7 +1080,7 @@ def site(
     """A static HTML site of a finished scan: index, a page per layer (sortable, filterable unit tiles) and a page
     per unit (LAYER/unit-C.html: top-k projections beside their patches, stages, previous/next). Opens from file://."""
     with _errors(debug):
-        from .site import scan_site
+        from ..site._build import scan_site
 
         bar = _Steps(quiet)
         try:
@@ -1119,9 +1119,9 @@ def explore(
     """A static HTML site of one image: every layer's strongest maps, and a picture where a click lists the units
     strongest at that position with their projections. Opens from file://."""
     with _errors(debug):
-        from . import figures
-        from .network import load_network
-        from .site import explore_site
+        from ..networks.network import load_network
+        from ..render import figures
+        from ..site._build import explore_site
 
         _check_size(size)
         names = _layer_names(None, layers)

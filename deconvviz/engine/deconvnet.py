@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .errors import DeconvvizError, ImageError, LayerError, UnsupportedModelError
+from ..errors import DeconvvizError, ImageError, LayerError, UnsupportedModelError
 from .forward import ForwardRecord, Switches, forward_chain
 from .layers import (
     Step,
@@ -141,7 +141,7 @@ class Deconvnet:
         gradient (None: the Deconvnet's own).
         region (a Box: Box.pixels or Box.fractions) or at (a Point): the maps strongest, and
         in each the strongest position, among the positions whose receptive-field centre lies inside
-        (less those inside `exclude` boxes), or at the position nearest the point (see deconvviz.targets).
+        (less those inside `exclude` boxes), or at the position nearest the point (see deconvviz.engine.targets).
         cls: the `top` maps contributing most to class `cls`'s score (gradient times activation).
         keep_stages: also return the reverse signal at stage boundaries, from the layer down to the input (chains:
         after each block of reverse steps and each unpooling; any other model: the signal arriving at the output
@@ -382,7 +382,7 @@ class Deconvnet:
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
         activation, or None where the layer mixes all positions (classifier). Any network: its exact fields
-        (deconvviz.fields.receptive_field)."""
+        (deconvviz.engine.fields.receptive_field)."""
         if len(out.selections.shape) != 3:
             return None
         if self.steps is None:

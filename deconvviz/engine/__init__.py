@@ -1,0 +1,33 @@
+"""The engine, torch only: a forward pass that records switches, the choice of what to project, and the reverse
+pass (unpool, rectify, filter) back to the input.
+
+Modules, in the order a projection meets them: `layers` (a model's steps and names), `forward` (the forward pass
+and its switches), `selection`, `boxes` and `targets` (which activations), `rules` (how an activation passes the
+signal back), `reverse` (the reverse pass of a chain), `rectified` (the autograd path for any network), `fields`
+(receptive fields), `deconvnet` (the `Deconvnet` that runs them), `request` (one command's choices).
+Public: the names below; the rest is used by the other subpackages and the tests.
+"""
+
+from .boxes import Box, Point
+from .deconvnet import Deconvnet, Projection
+from .fields import receptive_field
+from .forward import Switches
+from .request import Request
+from .reverse import UNPOOLS, Stage
+from .rules import RULES, Rule
+from .selection import Selection
+
+__all__ = [
+    "RULES",
+    "UNPOOLS",
+    "Box",
+    "Deconvnet",
+    "Point",
+    "Projection",
+    "Request",
+    "Rule",
+    "Selection",
+    "Stage",
+    "Switches",
+    "receptive_field",
+]

@@ -1,0 +1,8 @@
+"""Pictures drawn from the engine's and the analyses' results. `figures` holds one function per figure the CLI
+writes (`visualize`, `compare`, `sanity`, ...: numbers in, a matplotlib figure and its provenance out); `draw` the
+panels and the files (normalized for display only, never changing a number).
+"""
+
+from . import figures
+
+__all__ = ["figures"]

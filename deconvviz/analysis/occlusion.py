@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.forward import apply, forward_chain
+from ..engine.hooks import evaluating
 from ..engine.layers import chain_of, resolve, step_index
-from ..engine.rectified import evaluating
 from ..errors import ImageError, LayerError, OcclusionError, SelectionError
 from ..preprocess import Preprocess
 

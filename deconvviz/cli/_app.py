@@ -576,8 +576,8 @@ def layers_(
     with _errors(debug):
         from dataclasses import replace
 
-        from ..engine.forward import layer_table
         from ..engine.rectified import rule_passes
+        from ..engine.table import layer_table
         from ..images import check_size
         from ..networks.network import load_network
 

@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import ImageError, LayerError, UnsupportedModelError
+from .forward import output_shapes
+from .hooks import evaluating
 from .layers import chain_of, receptive_fields, resolve, step_index
 
 
@@ -76,8 +78,6 @@ def receptive_field(
     name = resolve(model, steps, layer)
     h_in, w_in = input_size
     if steps is not None:
-        from .forward import output_shapes
-
         upto = step_index(steps, name)
         try:
             fr, fc = receptive_fields(steps, upto)
@@ -93,8 +93,6 @@ def receptive_field(
 
 
 def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: int | None) -> Fields:
-    from .rectified import evaluating
-
     model = _structural_copy(model) if _device(model).type == "meta" else model
     h_in, w_in = input_size
     if channels is None:
@@ -392,8 +390,6 @@ def module_fields(model: nn.Module, input_size: tuple[int, int], channels: int |
     whole network costs about a max-pool per layer instead of a backward per module. Equal to the structural
     probe (receptive_field) wherever the forward uses operations _Hulls knows; a module reached through any
     other operation gets the probe's fields instead."""
-    from .rectified import evaluating
-
     copy = _structural_copy(model)
     for p in copy.parameters():
         p.requires_grad_(False)  # below, requires_grad marks the signal: what depends on the input

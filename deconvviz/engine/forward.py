@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ImageError, LayerError, out_of_memory
-from .layers import Step, chain_of, in_channels, module_outputs, receptive_fields, resolve, step_index, vgg_aliases
+from .layers import Step, chain_of, in_channels, module_outputs, resolve, step_index
 
 
 @dataclass
@@ -184,51 +184,3 @@ def _on_meta(m: nn.Module) -> nn.Module:
     twin._parameters = {k: None if v is None else torch.empty_like(v, device="meta") for k, v in m._parameters.items()}
     twin._buffers = {k: None if v is None else torch.empty_like(v, device="meta") for k, v in m._buffers.items()}
     return twin
-
-
-@dataclass(frozen=True)
-class LayerRow:
-    """One layer a projection can start from: its VGG name (or ""), module path, type, output shape per image,
-    and receptive field size and stride ("all" once every position is mixed; "?" for outputs that are not maps).
-    `columns` is where more per-layer facts go (e.g. how each rule passes the module), by column title."""
-
-    alias: str
-    module: str
-    kind: str
-    shape: tuple
-    rf: str
-    stride: str
-    columns: dict[str, str] = field(default_factory=dict)
-
-
-def layer_table(model: nn.Module, size: tuple[int, int]) -> list[LayerRow]:
-    """One row per layer: every step of a chain model, or every module of any other network that runs once
-    and returns a tensor (the modules a projection can start from), in the order their forwards finish."""
-    steps = chain_of(model)
-    if steps is None:
-        from .fields import module_fields
-
-        outputs = [r for r in module_outputs(model, size) if r.name and r.runs == 1 and r.shape]
-        fields = module_fields(model, size) if any(len(r.shape) == 3 for r in outputs) else {}
-        return [LayerRow("", r.name, type(r.module).__name__, r.shape, *_field_of(r, fields, size)) for r in outputs]
-    shapes, alias = output_shapes(model, steps, size), {v: k for k, v in vgg_aliases(steps).items()}
-    rows, mixed = [], False
-    for i, s in enumerate(steps):
-        mixed = mixed or isinstance(s.module, (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten))
-        field_ = None if mixed else receptive_fields(steps, i)[0]
-        rf = ("all", "-") if field_ is None else (str(field_.size), str(field_.stride))
-        if s.name != "flatten":
-            rows.append(LayerRow(alias.get(s.name, ""), s.name, type(s.module).__name__, shapes[i], *rf))
-    return rows
-
-
-def _field_of(out, fields: dict, size: tuple[int, int]) -> tuple[str, str]:
-    """Receptive field size and stride (input pixels) of a module of a non-chain network, at its centre position
-    (an interior one: fields clip at the image's edge); rows x cols where they differ. "all" for class scores,
-    pooled vectors and maps whose every position sees the whole input; "?" for outputs that are not maps."""
-    if len(out.shape) == 1:
-        return "all", "-"
-    f = fields.get(out.name)
-    if f is None:
-        return "?", "?"
-    return ("all", "-") if f.whole(size) else f.describe()

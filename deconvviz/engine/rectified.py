@@ -28,6 +28,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
 from .forward import Switches, max_pool_with_indices, overlapping
+from .hooks import evaluating
 from .reverse import upsample
 from .rules import RULES, Rule, get_rule
 
@@ -428,18 +429,6 @@ _SHAPE_ONLY = {
     Tensor.dim,
     Tensor.numel,
 }
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the call; every module's `training` flag is restored exactly afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in flags:
-            m.training = t
 
 
 @contextlib.contextmanager

@@ -24,8 +24,8 @@ from ..errors import ImageError, LayerError, SelectionError
 from ..images import DEFAULT_IMAGE, resize_crop_geometry
 from .boxes import Box, Point, point, region_box
 from .forward import forward_chain, output_shapes
+from .hooks import evaluating
 from .layers import chain_of, receptive_fields, resolve, step_index
-from .rectified import evaluating
 from .selection import strongest_channels, strongest_in_region
 
 
@@ -113,7 +113,7 @@ def find_region(
 
 def centres(model: nn.Module, layer: str, *, input_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """Receptive-field centres (rows (h,), cols (w,)) of a layer's positions, in input pixels: a chain's closed
-    form, or any other network's exact fields (deconvviz.fields.receptive_field)."""
+    form, or any other network's exact fields (deconvviz.engine.fields.receptive_field)."""
     steps = chain_of(model)
     if steps is None:
         from .fields import receptive_field

@@ -36,8 +36,8 @@ from ..analysis.scan import ScanResult, activations, load_result, preprocessed
 from ..engine.deconvnet import Deconvnet
 from ..engine.fields import Fields, receptive_field
 from ..engine.forward import layer_shape, module_activations
+from ..engine.hooks import evaluating
 from ..engine.layers import module_outputs, resolve, stage_modules, step_index
-from ..engine.rectified import evaluating
 from ..errors import DeconvvizError, LayerError
 from ..images import check_size, load_image, to_batch, to_display
 from ..networks.network import Network, load_network
@@ -216,7 +216,7 @@ def _environment() -> jinja2.Environment:
 
 
 def render_page(template: str, *, title: str, root: str, crumbs: Sequence[Link], nav: Nav | None, **context) -> str:
-    """A whole page from deconvviz/pages/TEMPLATE; root: the site's top from the page ("" or "../")."""
+    """A whole page from deconvviz/site/pages/TEMPLATE; root: the site's top from the page ("" or "../")."""
     page = _environment().get_template(template)
     return page.render(title=title, root=root, crumbs=list(crumbs), nav=nav, **context)
 

@@ -3,7 +3,7 @@
 # Run it in the project's environment (pip install -e ".[test]"); extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# tests/test_site.py drives Debian's chromium through Playwright (never `playwright install`: no browser download).
+# tests/site/test_site.py drives Debian's chromium through Playwright (never `playwright install`: no browser download).
 browser="${CHROMIUM:-/usr/bin/chromium}"
 if [ ! -x "$browser" ]; then
     echo "scripts/test.sh: no browser at $browser; installing Debian's chromium with apt-get" >&2

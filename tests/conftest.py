@@ -9,6 +9,18 @@ from typer.testing import CliRunner
 
 from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE
+from deconvviz.networks.network import load_network
+
+
+def pytest_collection_modifyitems(items):
+    """A test on a browser page is a `browser` test, one on a torchrun scan a `torchrun` test (markers in
+    pyproject.toml): `pytest -m "not slow and not browser and not torchrun"` is the quick local loop."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & {"browser", "tab"}:
+            item.add_marker(pytest.mark.browser)
+        if "resnet_scans" in used:
+            item.add_marker(pytest.mark.torchrun)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,6 +53,12 @@ def run(runner):
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def random_vgg11():
+    """VGG11 with deconvviz's seeded random weights, on the CPU: the scans' network (built once, never changed)."""
+    return load_network("vgg11", "random", "cpu", verbose=False)
 
 
 @pytest.fixture()

@@ -3,6 +3,7 @@ pyproject.toml) and never in a circle, lazy imports inside functions included.""
 
 from __future__ import annotations
 
+import ast
 import tomllib
 from pathlib import Path
 
@@ -75,3 +76,45 @@ def test_no_import_circle():
     }
     assert len(edges) > 30
     assert circles(edges) == []
+
+
+def _fixtures(tree: ast.Module) -> set[str]:
+    """Names of the module-level functions decorated with pytest.fixture (called or not)."""
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            for d in node.decorator_list:
+                target = d.func if isinstance(d, ast.Call) else d
+                if ast.unparse(target) in ("pytest.fixture", "fixture"):
+                    found.add(node.name)
+    return found
+
+
+TESTS = Path(__file__).parent
+BUILDERS = {"load_network", "load_vgg", "load_from_card", "skeleton", "skeleton_network", "vgg"}
+
+
+def test_the_tests_mirror_the_package_and_shadow_no_fixture():
+    """Test folders are named after the subpackages; no test module defines a fixture that conftest.py has (it
+    would hide conftest's for that module); no module builds a network when it is imported (at collection)."""
+    assert {p.name for p in TESTS.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))} == {
+        "engine",
+        "networks",
+        "analysis",
+        "render",
+        "site",
+        "cli",
+    }
+    shared = _fixtures(ast.parse((TESTS / "conftest.py").read_text()))
+    assert {"run", "runner", "random_vgg11"} <= shared
+    shadowing, built = [], []
+    for path in sorted(TESTS.rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        shadowing += [f"{path.relative_to(TESTS)}: {name}" for name in _fixtures(tree) & shared]
+        for node in tree.body:
+            if isinstance(node, ast.Assign | ast.AnnAssign | ast.Expr):
+                calls = [c for c in ast.walk(node) if isinstance(c, ast.Call)]
+                names = {ast.unparse(c.func).split(".")[-1] for c in calls}
+                built += [f"{path.relative_to(TESTS)}:{node.lineno}" for _ in [0] if names & BUILDERS]
+    assert not shadowing, f"fixtures that hide conftest's: {shadowing}"
+    assert not built, f"networks built at import time (make them fixtures): {built}"

@@ -12,10 +12,7 @@ from oracle import rel_err
 from deconvviz import Box, Deconvnet
 from deconvviz.analysis.scan import load_result, scan_folder
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
-from deconvviz.networks.network import load_network
 from deconvviz.networks.weights import load_vgg
-
-VGG11 = load_network("vgg11", "random", "cpu", verbose=False)  # the scans' network: random, seeded
 
 
 @pytest.mark.parametrize(
@@ -86,7 +83,7 @@ def test_sanity_writes_figure_json_and_csv_with_the_same_numbers(run, small, cwd
     assert (cwd / "s.png").stat().st_size > 10_000
 
 
-def test_scan_projects_with_its_rule_and_records_it(tmp_path):
+def test_scan_projects_with_its_rule_and_records_it(random_vgg11, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     img = load_image(DEFAULT_IMAGE)
@@ -99,7 +96,7 @@ def test_scan_projects_with_its_rule_and_records_it(tmp_path):
         top=2,
         channels=[5],
         size=64,
-        network=VGG11,
+        network=random_vgg11,
         batch_size=2,
         workers=0,
         verbose=False,
@@ -123,7 +120,7 @@ def test_scan_projects_with_its_rule_and_records_it(tmp_path):
             top=2,
             channels=[5],
             size=64,
-            network=VGG11,
+            network=random_vgg11,
             batch_size=2,
             workers=0,
             verbose=False,

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from oracle import layer_activation
 from torch import nn
-from typer.testing import CliRunner
 
 from deconvviz import DeconvvizError
 from deconvviz.analysis.occlusion import mean_grey, occlusion_maps
@@ -117,10 +116,7 @@ def test_class_map_needs_a_classifier():
         occlusion_maps(caffe, torch.zeros(1, 3, 64, 64), "conv5_3", channel=0, cls=3)
 
 
-runner = CliRunner()
-
-
-def test_cli_writes_figure_and_provenance(tmp_path, monkeypatch):
+def test_cli_writes_figure_and_provenance(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["occlusion", "--model", "vgg11", "--weights", "random", "--size", "64", "--layer", "conv4_2",
             "--channel", "5", "--class", "7", "--occluder-size", "16", "--stride", "10", "-q"]  # fmt: skip
@@ -136,7 +132,7 @@ def test_cli_writes_figure_and_provenance(tmp_path, monkeypatch):
     assert meta.read_bytes() == first  # byte-stable provenance
 
 
-def test_cli_default_channel_is_the_strongest_map_and_class_needs_a_classifier(tmp_path, monkeypatch):
+def test_cli_default_channel_is_the_strongest_map_and_class_needs_a_classifier(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["occlusion", "--occluder-size", "64", "--stride", "40", "--out", "o.png", "-q"])
     assert r.exit_code == 0, r.output

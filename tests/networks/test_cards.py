@@ -119,7 +119,7 @@ def test_no_cards_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_the_wheel_carries_every_card():
     """pyproject maps the top-level models/ folder into the package, so `pip install .` installs every card."""
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert setuptools["package-dir"]["deconvviz.models"] == "models" and "deconvviz.models" in setuptools["packages"]
     patterns = setuptools["package-data"]["deconvviz.models"]

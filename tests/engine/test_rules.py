@@ -222,7 +222,7 @@ def test_a_fourth_rule_is_one_class():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", VGGS)
-def test_every_vgg_every_conv_and_pool_layer(name):
+def test_other_rules_on_every_vgg_every_conv_and_pool_layer(name):
     model = vgg(name)
     steps = deconvviz.Deconvnet(model).steps
     mods = dict(model.named_modules())

@@ -22,10 +22,7 @@ from deconvviz.cli import app
 from deconvviz.engine.layers import resolve
 from deconvviz.errors import ImageError
 from deconvviz.images import DEFAULT_IMAGE, to_batch
-from deconvviz.networks.network import load_network
 from deconvviz.networks.weights import load_vgg
-
-VGG11 = load_network("vgg11", "random", "cpu", verbose=False)  # the scans' network: random, seeded
 
 LAYERS, CHANNELS, SIZE, BATCH = ("conv3_1", "pool3"), (3, 17), 64, 16
 OPTIONS = ["--layers", ",".join(LAYERS), "--channels", "3,17", "--model", "vgg11", "--weights", "random",
@@ -63,11 +60,19 @@ def photos(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(photos, tmp_path_factory) -> Path:
+def reference(random_vgg11, photos, tmp_path_factory) -> Path:
     """One uninterrupted single-process scan, in process."""
     out = tmp_path_factory.mktemp("runs") / "reference"
     scan_folder(
-        photos, LAYERS, out, channels=CHANNELS, size=SIZE, network=VGG11, batch_size=BATCH, workers=2, verbose=False
+        photos,
+        LAYERS,
+        out,
+        channels=CHANNELS,
+        size=SIZE,
+        network=random_vgg11,
+        batch_size=BATCH,
+        workers=2,
+        verbose=False,
     )
     return out
 
@@ -171,12 +176,12 @@ def test_killed_scan_resumes_to_identical_files(photos, reference, tmp_path):
     assert files_of(out) == files_of(reference)  # results and checkpoint, byte for byte
 
 
-def test_finished_run_is_not_redone_and_other_arguments_are_refused(photos, reference):
+def test_finished_run_is_not_redone_and_other_arguments_are_refused(random_vgg11, photos, reference):
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
     r = CliRunner().invoke(app, ["scan", *map(str, [photos, *OPTIONS, "--out", reference])])
     assert r.exit_code == 0 and "holds this finished scan; nothing to do" in r.output
     again = scan_folder(
-        photos, LAYERS, reference, channels=CHANNELS, size=SIZE, network=VGG11, batch_size=BATCH, verbose=False
+        photos, LAYERS, reference, channels=CHANNELS, size=SIZE, network=random_vgg11, batch_size=BATCH, verbose=False
     )
     assert again.already_done and not again.written and again.layers[LAYERS[0]][3].projections.shape[0] == 9
     r = CliRunner().invoke(app, ["scan", *map(str, [photos, *OPTIONS, "--out", reference, "--top", 4])])
@@ -185,6 +190,7 @@ def test_finished_run_is_not_redone_and_other_arguments_are_refused(photos, refe
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
 
 
+@pytest.mark.torchrun
 def test_torchrun_two_processes_equal_one_process(photos, reference, tmp_path):
     """With the thread count of the reference (made in this process), every file is equal to the bit."""
     out = tmp_path / "run"

@@ -32,7 +32,7 @@ def check(model, layer_name, module, x, top=2, modes=("max", "map"), channels=No
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", VGGS)
-def test_every_vgg_every_conv_and_pool_layer(name):
+def test_deconvnet_on_every_vgg_every_conv_and_pool_layer(name):
     model = vgg(name)
     steps = deconvviz.Deconvnet(model).steps
     mods = dict(model.named_modules())

@@ -16,7 +16,6 @@ import torch
 from oracle import gradient_support, layer_activation
 from PIL import Image, ImageOps
 from playwright.sync_api import sync_playwright
-from typer.testing import CliRunner
 
 from deconvviz import Deconvnet
 from deconvviz.analysis.scan import scan_folder
@@ -27,13 +26,10 @@ from deconvviz.networks.weights import load_vgg
 from deconvviz.site import _build as site_module
 from deconvviz.site._build import MARKER, explore_site, scan_site
 
-VGG11 = load_network("vgg11", "random", "cpu", verbose=False)  # the scans' network: random, seeded
-
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 HOSTILE = '"><img src=x onerror=alert(1)>.jpg'
 HOSTILE_SKIPPED = "<svg onload=alert(2)>.png"  # not an image: listed as skipped on the index
 LAYERS, SIZE, TOP = ("conv1_1", "conv2_1"), 32, 3
-runner = CliRunner()
 
 
 def photo_folder(root: Path) -> Path:
@@ -48,23 +44,23 @@ def photo_folder(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def scan_run(random_vgg11, tmp_path_factory) -> Path:
     photos = photo_folder(tmp_path_factory.mktemp("photos"))
     out = tmp_path_factory.mktemp("scan") / "run"
-    scan_folder(photos, LAYERS, out, top=TOP, size=SIZE, network=VGG11, batch_size=4, workers=0, verbose=False)
+    scan_folder(photos, LAYERS, out, top=TOP, size=SIZE, network=random_vgg11, batch_size=4, workers=0, verbose=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def site(run, tmp_path_factory) -> Path:
+def site(scan_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site") / "site"
-    scan_site(run, out, device="cpu", verbose=False)
+    scan_site(scan_run, out, device="cpu", verbose=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def report(run) -> dict:
-    return json.loads((run / "report.json").read_text())
+def report(scan_run) -> dict:
+    return json.loads((scan_run / "report.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -249,15 +245,15 @@ def test_every_link_is_relative_inside_the_site_and_exists(site, report):
     assert marker["complete"] and set(marker["files"]) == on_disk
 
 
-def test_a_second_build_replaces_the_site_and_a_failed_one_leaves_nothing(run, tmp_path, monkeypatch):
+def test_a_second_build_replaces_the_site_and_a_failed_one_leaves_nothing(runner, scan_run, tmp_path, monkeypatch):
     out = tmp_path / "site"
-    scan_site(run, out, device="cpu", verbose=False)
+    scan_site(scan_run, out, device="cpu", verbose=False)
     (out / "conv1_1" / "unit-999.html").write_text("from an older build")
     listed = json.loads((out / MARKER).read_text())
     listed["files"] += ["conv1_1/unit-999.html", "../outside.txt"]  # the marker never reaches outside the site
     (tmp_path / "outside.txt").write_text("not the site's")
     (out / MARKER).write_text(json.dumps(listed))
-    r = runner.invoke(app, ["site", str(run), "--out", str(out), "--device", "cpu", "-q"])
+    r = runner.invoke(app, ["site", str(scan_run), "--out", str(out), "--device", "cpu", "-q"])
     assert r.exit_code == 0 and r.output == ""
     assert not (out / "conv1_1" / "unit-999.html").exists() and (out / "conv1_1" / "unit-63.html").is_file()
     assert (tmp_path / "outside.txt").is_file()
@@ -273,21 +269,21 @@ def test_a_second_build_replaces_the_site_and_a_failed_one_leaves_nothing(run, t
     monkeypatch.setattr(site_module._SiteFolder, "page", failing_page)
     fresh = tmp_path / "fresh"
     with pytest.raises(OSError):
-        scan_site(run, fresh / "deeper" / "site", device="cpu", verbose=False)
+        scan_site(scan_run, fresh / "deeper" / "site", device="cpu", verbose=False)
     assert not fresh.exists()  # the folders the failed build made are gone
     calls.clear()
     with pytest.raises(OSError):
-        scan_site(run, out, device="cpu", verbose=False)
+        scan_site(scan_run, out, device="cpu", verbose=False)
     assert not [p for p in out.rglob(".*") if p.name != MARKER]  # no temp file left, pages whole
     monkeypatch.undo()
-    scan_site(run, out, device="cpu", verbose=False)  # a crashed build's folder is still a site: rebuilt
+    scan_site(scan_run, out, device="cpu", verbose=False)  # a crashed build's folder is still a site: rebuilt
     assert json.loads((out / MARKER).read_text())["complete"]
 
 
-def test_bad_inputs_are_one_line_exit_2_and_write_nothing(run, tmp_path):
+def test_bad_inputs_are_one_line_exit_2_and_write_nothing(runner, scan_run, tmp_path):
     (tmp_path / "empty").mkdir()
     old = tmp_path / "old"
-    shutil.copytree(run, old)
+    shutil.copytree(scan_run, old)
     rep = json.loads((old / "report.json").read_text())
     (old / "report.json").write_text(json.dumps({**rep, "deconvviz": "0.0.1"}))
     (tmp_path / "busy").mkdir()
@@ -297,9 +293,9 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(run, tmp_path):
         ([str(tmp_path / "empty")], "is not a finished scan (no report.json)"),
         ([str(tmp_path / "nothing")], "is not a folder"),
         ([str(old)], "was written by deconvviz 0.0.1"),
-        ([str(run), "--out", str(tmp_path / "busy")], "is not empty and holds no deconvviz site"),
-        ([str(run), "--out", str(tmp_path / "afile")], "it is a file"),
-        ([str(run), "--out", str(tmp_path / "afile" / "site")], "cannot write to"),
+        ([str(scan_run), "--out", str(tmp_path / "busy")], "is not empty and holds no deconvviz site"),
+        ([str(scan_run), "--out", str(tmp_path / "afile")], "it is a file"),
+        ([str(scan_run), "--out", str(tmp_path / "afile" / "site")], "cannot write to"),
     ]
     for args, message in cases:
         before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
@@ -312,7 +308,7 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(run, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_a_guided_scan_gives_a_guided_site(tmp_path, browser):
+def test_a_guided_scan_gives_a_guided_site(random_vgg11, tmp_path, browser):
     """The rule the scan projected with (its report's arguments) is shown, and the site projects with it too."""
     (tmp_path / "photos").mkdir()
     photos = photo_folder(tmp_path / "photos")
@@ -322,7 +318,7 @@ def test_a_guided_scan_gives_a_guided_site(tmp_path, browser):
         tmp_path / "run",
         top=TOP,
         size=SIZE,
-        network=VGG11,
+        network=random_vgg11,
         batch_size=4,
         workers=0,
         verbose=False,
@@ -360,12 +356,12 @@ def field_box(features: torch.nn.Sequential, upto: int, row: int, col: int, size
     return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
 
 
-def test_explore_a_click_lists_the_strongest_units_whose_field_holds_it(tmp_path, tab):
+def test_explore_a_click_lists_the_strongest_units_whose_field_holds_it(random_vgg11, tmp_path, tab):
     image = tmp_path / HOSTILE
     Image.open(DEFAULT_IMAGE).resize((64, 64)).save(image)
     out, k = tmp_path / "explore", 4
     explore_site(
-        image, out, layers=["conv2_1", "conv3_1"], top=5, per_position=k, network=VGG11, size=SIZE, verbose=False
+        image, out, layers=["conv2_1", "conv3_1"], top=5, per_position=k, network=random_vgg11, size=SIZE, verbose=False
     )
     net, info = load_vgg("vgg11", "random", device="cpu", verbose=False)
     x = to_batch(image, info.preprocess, SIZE)
@@ -451,7 +447,7 @@ def test_explore_on_networks_that_are_not_chains(name, tmp_path, tab, residual_f
         tab.check()
 
 
-def test_explore_bad_inputs_are_one_line_exit_2_and_write_nothing(tmp_path):
+def test_explore_bad_inputs_are_one_line_exit_2_and_write_nothing(runner, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
@@ -471,7 +467,7 @@ def test_explore_bad_inputs_are_one_line_exit_2_and_write_nothing(tmp_path):
         assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before, args
 
 
-def test_a_fixed_position_scan_gives_a_fixed_position_site(tmp_path):
+def test_a_fixed_position_scan_gives_a_fixed_position_site(random_vgg11, tmp_path):
     """The unpooling the scan projected with (its report's arguments) is what the site projects with, and shows."""
     (tmp_path / "photos").mkdir()
     photos = photo_folder(tmp_path / "photos")
@@ -481,7 +477,7 @@ def test_a_fixed_position_scan_gives_a_fixed_position_site(tmp_path):
         tmp_path / "run",
         top=TOP,
         size=SIZE,
-        network=VGG11,
+        network=random_vgg11,
         batch_size=4,
         workers=0,
         verbose=False,
@@ -503,7 +499,7 @@ def script_elements(page) -> list[str]:
     return page.evaluate("Array.from(document.scripts).map(s => s.src ? s.src.split('/').pop() : s.type)")
 
 
-def test_a_hostile_path_with_script_quotes_and_braces_shows_as_text(tmp_path, browser):
+def test_a_hostile_path_with_script_quotes_and_braces_shows_as_text(random_vgg11, tmp_path, browser):
     """A scanned file under folders whose names close a script element, with quotes and template braces in its
     name: shown as that text on the unit pages, the index and an explore site; no script runs, nothing is
     evaluated as a template."""
@@ -515,7 +511,7 @@ def test_a_hostile_path_with_script_quotes_and_braces_shows_as_text(tmp_path, br
     src.crop((0, 0, 300, 300)).resize((48, 48)).save(hostile, format="JPEG")
     ImageOps.mirror(src).resize((48, 48)).save(photos / "plain.jpg")
     (photos / HOSTILE_PATH_SKIPPED).write_text("not an image")
-    tiny = {"size": SIZE, "network": VGG11, "verbose": False}
+    tiny = {"size": SIZE, "network": random_vgg11, "verbose": False}
     scan_folder(photos, ["conv1_1"], tmp_path / "run", top=2, batch_size=4, workers=0, **tiny)
     scan_site(tmp_path / "run", tmp_path / "site", device="cpu", verbose=False)
     report = json.loads((tmp_path / "run" / "report.json").read_text())

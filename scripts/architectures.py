@@ -1,11 +1,11 @@
 """Every torchvision classification architecture x rule: projects, or refused naming the op and where.
 
-    python scripts/architectures.py [--only resnet18,vit_b_16] [--no-write]
+    python scripts/architectures.py [--only resnet18,vit_b_16] [--no-write] [--page docs/rules.md]
 
 Builds each model of torchvision.models.list_models(module=torchvision.models) with random weights (seeded),
 projects channel 0 of its last module (mode max) from a small input under each rule, and writes the table
-between the architectures markers of README.md (unless --no-write). ViTs get image_size twice their patch;
-a model that cannot run on 64 px is tried at 224.
+between the architectures markers of docs/rules.md (or --page; unless --no-write). ViTs get image_size twice
+their patch; a model that cannot run on 64 px is tried at 224.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torchvision
 import deconvviz
 from deconvviz.engine.rules import RULES
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "rules.md"
 START, END = "<!-- architectures:start -->", "<!-- architectures:end -->"
 
 
@@ -63,14 +63,17 @@ def attempt(model: torch.nn.Module, side: int, layer: str, rule: str) -> tuple[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="comma-separated architecture names")
-    ap.add_argument("--no-write", action="store_true", help="print the table, leave README.md as it is")
+    ap.add_argument("--no-write", action="store_true", help="print the table, leave the page as it is")
+    ap.add_argument("--page", type=Path, default=PAGE, help="the Markdown page whose markers get the table")
     args = ap.parse_args()
     torch.set_num_threads(1)  # small inputs: threads cost more than they give, and far more on a busy machine
     names = torchvision.models.list_models(module=torchvision.models)
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
-    rows = ["| architecture | input | " + " | ".join(f"`{r}`" for r in RULES) + " | conventions (deconvnet) |",
-            "| --- | --- | " + " | ".join("---" for _ in RULES) + " | --- |"]  # fmt: skip
+    rows = [
+        "| architecture | input | " + " | ".join(f"`{r}`" for r in RULES) + " | conventions (deconvnet) |",
+        "| --- | --- | " + " | ".join("---" for _ in RULES) + " | --- |",
+    ]
     for name in names:
         t = time.perf_counter()
         with warnings.catch_warnings():
@@ -90,17 +93,17 @@ def main() -> None:
     if args.no_write:
         print(table)
         return
-    write_readme(table)
-    print(f"wrote {len(names)} architectures into README.md", file=sys.stderr)
+    write_page(args.page, table)
+    print(f"wrote {len(names)} architectures into {args.page}", file=sys.stderr)
 
 
-def write_readme(table: str) -> None:
-    """Put the table between the README's architectures markers."""
-    text = README.read_text()
+def write_page(page: Path, table: str) -> None:
+    """Put the table between the page's architectures markers."""
+    text = page.read_text()
     if START not in text or END not in text:
-        sys.exit(f"README.md has no {START} ... {END} markers")
+        sys.exit(f"{page} has no {START} ... {END} markers")
     head, rest = text.split(START, 1)
-    README.write_text(f"{head}{START}\n{table}\n{END}{rest.split(END, 1)[1]}")
+    page.write_text(f"{head}{START}\n{table}\n{END}{rest.split(END, 1)[1]}")
 
 
 if __name__ == "__main__":

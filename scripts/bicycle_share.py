@@ -38,11 +38,13 @@ def main() -> None:
     old = dn.project(x, "conv5_3", mode="max", top=1, together=True)  # before: the image's strongest map
     new = dn.project(x, "conv5_3", mode=BUILT_IN["mode"], top=1, together=True, region=bicycle, exclude=[dog])
     mask = on_bicycle((224, 224), bicycle, dog)
-    for what, out in (("old default (strongest map overall, mode max)", old),
-                      ("new default (strongest on the bicycle outside the dog, mode map)", new)):  # fmt: skip
-        chans = out.selections.channels[0].tolist()
-        print(f"{what}: conv5_3 map {chans[0]}, share of |r| on the bicycle outside the dog "
-              f"{share(out.images[0, 0], mask):.1%}")  # fmt: skip
+    defaults = {
+        "old default (strongest map overall, mode max)": old,
+        "new default (strongest on the bicycle outside the dog, mode map)": new,
+    }
+    for what, out in defaults.items():
+        channel, part = out.selections.channels[0, 0].item(), share(out.images[0, 0], mask)
+        print(f"{what}: conv5_3 map {channel}, share of |r| on the bicycle outside the dog {part:.1%}")
     print(f"(that area is {float(mask.double().mean()):.1%} of the image: what an evenly spread |r| would score)")
 
 

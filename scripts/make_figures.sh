@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
 # Regenerates every committed figure in figures/ (offline: built-in bicycle, vgg16-caffe weights).
+#   bash scripts/make_figures.sh               # figures/, at the figures' own sizes
+#   bash scripts/make_figures.sh --smoke OUT   # every figure command small (64 px) into OUT: checks they run
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deconvviz reconstruct --weights vgg16-caffe --out figures/bicycle-reconstruction.png -q
-deconvviz reconstruct --weights vgg16-caffe --stage-view mean --out figures/bicycle-reconstruction-mean.png -q
-deconvviz visualize --weights vgg16-caffe --region bicycle --exclude dog --top 6 --out figures/bicycle-region-maps.png -q
-deconvviz visualize --weights vgg16-caffe --out figures/conv5_3-top9.png -q
-deconvviz visualize --weights vgg16-caffe --layers conv1_2,conv3_3,conv5_3 --top 6 --out figures/layers-grid.png -q
-deconvviz reconstruct --weights vgg16-caffe --mode map --channels all --out figures/bicycle-reconstruction-all-maps.png -q
-deconvviz occlusion --weights vgg16-caffe --out figures/occlusion-conv5_3.png -q
-deconvviz compare --weights vgg16-caffe --out figures/compare-conv5_3.png -q
-deconvviz sanity --weights vgg16-caffe --dpi 110 --out figures/sanity-conv5_3.png -q
-deconvviz ablate --weights vgg16-caffe --out figures/ablate-pool5.png -q
-deconvviz filters --weights vgg16-caffe --out figures/filters-conv1_1.png -q
+FIG=figures SMALL=()
+if [ "${1:-}" = "--smoke" ]; then
+    FIG=${2:?usage: make_figures.sh --smoke OUT} SMALL=(--size 64)
+    mkdir -p "$FIG"
+fi
+figure() { deconvviz "$@" "${SMALL[@]}" -q; }
+figure reconstruct --weights vgg16-caffe --out "$FIG/bicycle-reconstruction.png"
+figure reconstruct --weights vgg16-caffe --stage-view mean --out "$FIG/bicycle-reconstruction-mean.png"
+figure visualize --weights vgg16-caffe --region bicycle --exclude dog --top 6 --out "$FIG/bicycle-region-maps.png"
+figure visualize --weights vgg16-caffe --out "$FIG/conv5_3-top9.png"
+figure visualize --weights vgg16-caffe --layers conv1_2,conv3_3,conv5_3 --top 6 --out "$FIG/layers-grid.png"
+figure reconstruct --weights vgg16-caffe --mode map --channels all --out "$FIG/bicycle-reconstruction-all-maps.png"
+figure occlusion --weights vgg16-caffe --out "$FIG/occlusion-conv5_3.png"
+figure compare --weights vgg16-caffe --out "$FIG/compare-conv5_3.png"
+figure sanity --weights vgg16-caffe --dpi 110 --out "$FIG/sanity-conv5_3.png"
+figure ablate --weights vgg16-caffe --out "$FIG/ablate-pool5.png"
+deconvviz filters --weights vgg16-caffe --out "$FIG/filters-conv1_1.png" -q  # the filters: no input size
 for transform in shift scale rotate; do
-    deconvviz invariance --weights vgg16-caffe --transform "$transform" --out "figures/invariance-$transform.png" -q
+    figure invariance --weights vgg16-caffe --transform "$transform" --out "$FIG/invariance-$transform.png"
 done
 # SqueezeNet 1.1 (card squeezenet1_1-keras, offline, with a classifier): block stages, rules, --class 671.
-deconvviz reconstruct --weights squeezenet1_1-keras --region bicycle --exclude dog --mode map --out figures/squeezenet-reconstruction.png -q
-deconvviz compare --weights squeezenet1_1-keras --out figures/squeezenet-compare.png -q
-deconvviz visualize --weights squeezenet1_1-keras --class 671 --out figures/squeezenet-class671.png -q
-# A small dataset scan over the darknet photos beside the checkout (and the built-in bicycle), when present.
+figure reconstruct --weights squeezenet1_1-keras --region bicycle --exclude dog --mode map --out "$FIG/squeezenet-reconstruction.png"
+figure compare --weights squeezenet1_1-keras --out "$FIG/squeezenet-compare.png"
+figure visualize --weights squeezenet1_1-keras --class 671 --out "$FIG/squeezenet-class671.png"
+# A small dataset scan over the darknet photos beside the checkout (and the built-in bicycle), when present;
+# not in --smoke (tests/test_scripts.py runs make_crops.py and site_screenshots.py on their own).
 IMAGES=${IMAGES:-../shared/images}
-if [ -d "$IMAGES" ]; then
+if [ -d "$IMAGES" ] && [ ${#SMALL[@]} -eq 0 ]; then
     rm -rf runs/figures-scan && mkdir -p runs/figures-scan/photos
     cp "$IMAGES"/*.jpg deconvviz/data/bicycle.jpg runs/figures-scan/photos/
     deconvviz scan runs/figures-scan/photos --weights vgg16-caffe --layer conv4_3 --top 4 --out runs/figures-scan/run -q

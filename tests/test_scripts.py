@@ -121,7 +121,7 @@ def test_site_screenshots_of_a_tiny_site(tmp_path):
     if not os.access(CHROMIUM, os.X_OK):  # a failure that says what to do, not a skip: CI must run it
         pytest.fail(f"no browser at {CHROMIUM}: run bash scripts/test.sh (it installs Debian's chromium)")
     import deconvviz
-    from deconvviz.scan import scan_folder
+    from deconvviz.analysis.scan import scan_folder
     from deconvviz.site import scan_site
 
     script("make_crops.py", DEFAULT_IMAGE, "--count", 3, "--out", tmp_path / "photos")

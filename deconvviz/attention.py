@@ -62,7 +62,7 @@ def weights_node(t: Tensor):
     while node is not None and _op(node) in _PASSTHROUGH:
         feeding = [n for n, _ in node.next_functions if n is not None]
         node = feeding[0] if len(feeding) == 1 else None
-    return node if node is not None and _op(node) == "Softmax" else None
+    return node if node is not None and _op(node) in ("Softmax", "SafeSoftmax") else None
 
 
 def fixed_product(func, args: tuple, kwargs: dict, signal: Callable, signal_node: Callable) -> Tensor | None:

@@ -600,7 +600,7 @@ def check_path(
 def _no_rule(node, op: str, feeding: list, signal, gated: dict, rule: str = "deconvnet") -> tuple[str, str] | None:
     """Why the rule has no way through this graph node on the signal's path, (in a word, in a sentence), or
     None when it has one."""
-    if op in ("Softmax", "LogSoftmax"):
+    if op in ("Softmax", "SafeSoftmax", "LogSoftmax"):
         return op.lower(), (
             f"it takes a {op.lower()} of the signal outside attention (its output multiplies no other "
             f"input-dependent signal), which has no {rule} rule"

@@ -663,7 +663,7 @@ def recording(
     if layer is not None and layer not in found:
         raise LayerError(f"unknown layer '{layer}'")
     layer = "" if layer is None else layer
-    rec: dict = {"outputs": [], "owners": {}, "switches": {}, "boundaries": []}
+    rec: dict = {"outputs": [], "owners": {}, "switches": {}, "boundaries": [], "identities": []}
     copies: dict[int, tuple] = {}  # id of a copy the model went on with -> (its entry in boundaries, the copy)
     stack = [] if stack is None else stack
 
@@ -688,6 +688,8 @@ def recording(
                 stack.pop()
             if isinstance(out, Tensor) and out.grad_fn is not None:
                 rec["owners"].setdefault(id(out.grad_fn), f"{name} ({type(mod).__name__})")
+                if args and out is args[0]:  # its input itself: identity, unless an in-place op of its own ran
+                    rec["identities"].append((name, out.grad_fn, out.output_nr))
             planes = bool(args) and isinstance(args[0], Tensor) and args[0].dim() == 4
             if switches and isinstance(mod, nn.MaxPool2d) and planes:
                 with torch.no_grad():
@@ -828,8 +830,9 @@ def project_autograd(
 @dataclass(frozen=True)
 class Passage:
     """How each rule passes the signal through one module: rules maps a rule's name to "exact" (the gradient
-    rule), "no rule: <op>", a convention (CONVENTIONS), "ReLU rule", "switches" (max-pools), "linear", or "-"
-    (the signal from the output does not pass the module)."""
+    rule), "no rule: <op>", a convention (CONVENTIONS), "ReLU rule", "switches" (max-pools), "linear",
+    "identity" (the module returns its input: DropPath and dropout in eval, nn.Identity), or "-" (the signal from
+    the output does not pass the module)."""
 
     module: str
     kind: str
@@ -861,8 +864,11 @@ def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
     with evaluating(model), recording(model, None, stack=mode.stack) as rec, mode, torch.enable_grad():
         model(leaf.clone())
     labels: dict[str, list[str]] = {}
+    edges = set()  # (id(node), output number) of every tensor the signal passes, for the identities below
     for out in [t for t in tree_flatten(rec["outputs"])[0] if isinstance(t, Tensor) and t.grad_fn is not None]:
+        edges.add((id(out.grad_fn), out.output_nr))
         for node, op, feeding, signal, place in _signal_nodes(out, leaf, mode.places):
+            edges.update((id(n), nr) for n, nr in node.next_functions if n is not None and signal(n))
             if rule.exact:
                 label = "exact"
             elif refused := _no_rule(node, op, feeding, signal=signal, gated=mode.gated, rule=rule.name):
@@ -876,6 +882,10 @@ def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
             else:
                 label = "linear"
             labels.setdefault(place, []).append(label)
+    for name, node, nr in rec["identities"]:  # DropPath, stochastic depth, dropout in eval, nn.Identity on the path
+        made_in = mode.places.get(id(node), (None, ""))[1]
+        if (id(node), nr) in edges and made_in != name and not made_in.startswith(name + "."):
+            labels.setdefault(name, []).append("identity")
     return labels
 
 
@@ -888,4 +898,4 @@ def _summary(labels: list[str], rule: Rule) -> str:
     conventions = list(dict.fromkeys(lab for lab in labels if lab.startswith(tuple(CONVENTIONS))))
     if conventions:
         return ", ".join(conventions)
-    return next(lab for lab in ("exact", "ReLU rule", "switches", "linear") if lab in labels)
+    return next(lab for lab in ("exact", "ReLU rule", "switches", "linear", "identity") if lab in labels)

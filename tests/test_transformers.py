@@ -409,6 +409,17 @@ def test_vision_transformer_layers_list_attention_fixed_for_every_rule_but_gradi
     assert "attention fixed" in CONVENTIONS and "Ali et al." in CONVENTIONS["attention fixed"]
 
 
+def test_layerscale_is_linear_and_droppath_in_eval_the_identity(built):
+    model, _ = built("vit_small_layerscale_droppath")
+    passes = {p.module: p.rules for p in rule_passes(model.float(), (64, 64))}
+    model.double()
+    for rule in ALL_RULES:
+        assert passes["blocks.1.drop_path1"][rule] == "identity"  # a timm DropPath, in eval
+        assert passes["blocks.1.ls1"][rule] == ("exact" if rule == "gradient" else "linear")  # LayerScale
+        # the queries' (identity) normalization: on the signal's path only where attention is not fixed
+        assert passes["blocks.1.attn.q_norm"][rule] == ("identity" if rule == "gradient" else "-")
+
+
 TIMM_OTHERS = {
     "swin": lambda: timm.create_model("swin_tiny_patch4_window7_224", img_size=64, window_size=4),
     "convnext": lambda: timm.create_model("convnext_atto"),

@@ -269,7 +269,7 @@ def seeded(model):
 
 class HandRule(torch.autograd.Function):
     """f forward; backward as the rule tables say. deconvnet: max(s, 0); guided: torch's own backward of f
-    fed max(s, 0), i.e. max(s, 0) f'(x); gradient: torch's own backward of f, s f'(x)."""
+    fed max(s, 0), i.e. max(s, 0) f'(x); gradient: torch's own backward of f, s f'(x); linear: s."""
 
     @staticmethod
     def forward(ctx, x, f, rule):
@@ -279,6 +279,8 @@ class HandRule(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, s):
+        if ctx.rule == "linear":
+            return s, None, None
         if ctx.rule == "deconvnet":
             return s.clamp(min=0), None, None
         (x,) = ctx.saved_tensors
@@ -300,7 +302,8 @@ class HandAct(nn.Module):
 
 
 ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
-                    nn.SiLU, nn.Hardswish, nn.Mish, nn.Softplus)  # fmt: skip
+                    nn.SiLU, nn.Hardswish, nn.Mish, nn.Softplus, nn.Tanh, nn.Sigmoid, nn.Hardsigmoid, nn.LogSigmoid,
+                    nn.Softsign, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink)  # fmt: skip
 
 
 def out_of_place(m: nn.Module) -> nn.Module:

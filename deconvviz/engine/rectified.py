@@ -3,10 +3,10 @@
 For a network of convolutions, affine maps, max-pools, additions and concatenations joined by activations,
 autograd's backward is the exact transpose of each linear step and unpools with the switches (or, with
 `unpool`, a max-pool's backward is swapped for nearest, bilinear or fixed-position upsampling); only the
-activation rule differs (deconvnet: ReLU on the signal, not the forward slope; see rules.py). Gates and
-normalizations follow the named `CONVENTIONS` under deconvnet and guided (the gradient rule is exact through
-everything). Anything else on the path from the input to the layer has no rule and is refused, never silently
-approximated.
+activation rule differs (deconvnet: ReLU on the signal, not the forward slope; see rules.py). Gates,
+normalizations and attention follow the named `CONVENTIONS` under deconvnet, guided and linear (the gradient
+rule is exact through everything, every attention kernel included). Anything else on the path from the input
+to the layer has no rule and is refused, never silently approximated.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
+from . import attention
 from .forward import Switches, max_pool_with_indices, overlapping
 from .hooks import evaluating
 from .reverse import upsample
 from .rules import RULES, Rule, get_rule
 
-# What a projection does where deconvnet and guided have no rule of their own (the gradient rule is exact).
+# What a projection does where deconvnet, guided and linear have no rule of their own (gradient is exact).
 CONVENTIONS = {
     "activation rule": "deconvnet max(s, 0), guided max(s, 0) f'(x) at an activation f other than ReLU (ReLU's "
     "rules mapped onto f; zennit's ReLUDeconvNet and ReLUGuidedBackprop on f)",
@@ -42,6 +43,9 @@ CONVENTIONS = {
     "std fixed": "LayerNorm and GroupNorm with the standard deviation fixed to its forward value, the centring and "
     "the affine part kept (Ali et al., ICML 2022, XAI for Transformers: Better Explanations through Conservative "
     "Propagation)",
+    attention.CONVENTION: "attention's weights A = softmax(q k^T / sqrt(d) + bias) fixed to their forward values, "
+    "the signal back through the values only, s_v = A^T s (Ali et al., ICML 2022, the q.k softmax detached; LXT's "
+    "CP-LRP)",
 }
 
 
@@ -81,6 +85,21 @@ _ACTIVATIONS = (
     | _forms("Hardswish", "smooth", F.hardswish, 1)
     | _forms("Mish", "smooth", F.mish, 1)
     | _forms("Softplus", "smooth", F.softplus, None)
+    | _forms("Tanh", "smooth", torch.tanh, None, funcs=(Tensor.tanh,), inplace_funcs=(torch.tanh_, Tensor.tanh_))
+    | _forms(
+        "Sigmoid",
+        "smooth",
+        torch.sigmoid,
+        None,
+        funcs=(Tensor.sigmoid, F.sigmoid, torch.special.expit),
+        inplace_funcs=(torch.sigmoid_, Tensor.sigmoid_),
+    )
+    | _forms("Hardsigmoid", "smooth", F.hardsigmoid, 1)
+    | _forms("LogSigmoid", "smooth", F.logsigmoid, None)
+    | _forms("Softsign", "smooth", F.softsign, None)
+    | _forms("Tanhshrink", "smooth", F.tanhshrink, None)
+    | _forms("Softshrink", "window", F.softshrink, None)
+    | _forms("Hardshrink", "window", F.hardshrink, None)
 )
 # Sigmoid-like gates: a product with one is a fixed gate, or (of its own input) the activation named here.
 _GATES = {f: "SiLU" for f in (torch.sigmoid, Tensor.sigmoid, F.sigmoid, torch.special.expit)} | {
@@ -133,7 +152,7 @@ _LINEAR = set(
     "MiopenBatchNorm ConstantPadNd UpsampleNearest2D UpsampleBilinear2D Alias AsStrided ToCopy Index "
     "IndexSelect Flip Roll Repeat Narrow ReflectionPad1D ReflectionPad2D ReflectionPad3D ReplicationPad1D "
     "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Activated _FixedStd "
-    "_FrozenBatchNorm _Unpooled".split()
+    "_FrozenBatchNorm _Unpooled _FixedAttention".split()
 )
 _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only if one operand carries no signal
 
@@ -307,7 +326,7 @@ def _unpooled(func, args: tuple, kwargs: dict, how: str) -> Tensor:
 
 class _RectifyReLUs(TorchFunctionMode):
     """Routes every activation call (modules, F.relu, torch.relu, x.relu(), F.silu, ..., in-place forms) through
-    _Activated, and, unless the rule is exact, applies the gate and normalization conventions.
+    _Activated, and, unless the rule is exact, applies the gate, normalization and attention conventions.
 
     It also follows values the forward computes from the signal without a gradient (comparisons such as
     `t > 0`, `.detach()`, `torch.no_grad()` blocks): an operation that mixes such a value back into the
@@ -316,11 +335,16 @@ class _RectifyReLUs(TorchFunctionMode):
     innermost one, `marks` the convention its node used.
     """
 
-    def __init__(self, rule: Rule, unpool: str = "switches", *, frozen_batch_norm: bool = False):
+    def __init__(
+        self, rule: Rule, unpool: str = "switches", *, frozen_batch_norm: bool = False, leaf: Tensor | None = None
+    ):
         """unpool: how max-pools are undone (reverse.UNPOOLS); frozen_batch_norm: eval-mode BatchNorm passes only
-        its input's gradient (no parameter gradients)."""
+        its input's gradient (no parameter gradients); leaf: the input, which attention's signal is told by (None:
+        anything that requires a gradient)."""
         super().__init__()
-        self.rule, self.unpool, self.frozen_batch_norm = rule, unpool, frozen_batch_norm
+        self.rule, self.unpool, self.frozen_batch_norm, self.leaf = rule, unpool, frozen_batch_norm, leaf
+        self.depends: dict[int, bool] = {}  # id(grad_fn) -> does it depend on the leaf (`_depending`'s memo)
+        self.kept: list = []  # the nodes `depends` was asked about: alive, so that no id is reused
         self.constants = WeakIdKeyDictionary()  # tensor -> the graph nodes its value was computed from
         self.gated: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, source nodes)
         self.gates = WeakIdKeyDictionary()  # sigmoid-like output -> (activation it makes, its input or None, beta)
@@ -332,10 +356,15 @@ class _RectifyReLUs(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _ACTIVATIONS:
-            return self._activate(_ACTIVATIONS[func], args, kwargs)
+            out = self._activate(_ACTIVATIONS[func], args, kwargs)
+            if func in _GATES or func in _GATES_INPLACE:
+                self._gate(func, args, kwargs, out)
+            return out
         if not self.rule.exact and func in _NORMS:
             return self._mark(_fixed_std(func, args, kwargs), "std fixed")
         if func in _PRODUCT_FUNCS and (out := self._gate_product(func, args, kwargs)) is not None:
+            return out
+        if not self.rule.exact and (out := self._fixed_attention(func, args, kwargs)) is not None:
             return out
         if self.unpool != "switches" and (func in _MAX_POOLS or func in _OTHER_MAX_POOLS) and torch.is_grad_enabled():
             return _unpooled(func, args, kwargs, self.unpool)
@@ -346,16 +375,49 @@ class _RectifyReLUs(TorchFunctionMode):
             tensor = [a for a in args if isinstance(a, Tensor)]
             if scale and tensor and isinstance(out, Tensor):  # beta x: the input of a gate g(beta x) below
                 self.scaled[out] = (tensor[0], float(scale[0]))
-        if func in _GATES or func in _GATES_INPLACE:
-            x = args[0] if args else kwargs.get("input")
-            x, beta = self.scaled[x] if isinstance(x, Tensor) and x in self.scaled else (x, 1.0)
-            self.gates[out] = (_GATES.get(func), None if func in _GATES_INPLACE else x, beta)
-        elif func in _VIEWS and args and isinstance(args[0], Tensor) and args[0] in self.gates:
+        if func in _VIEWS and args and isinstance(args[0], Tensor) and args[0] in self.gates:
             self.gates[out] = (None, None, 1.0)  # a reshaped gate: still a gate, no longer the activation of its input
         if func not in _SHAPE_ONLY:
             self._follow(tree_flatten((args, kwargs))[0], out)
         self._place(out)
         return out
+
+    def _gate(self, func, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """Remember a sigmoid-like output as a gate: which activation it makes with its own (scaled) input."""
+        x = args[0] if args else kwargs.get("input")
+        x, beta = self.scaled[x] if isinstance(x, Tensor) and x in self.scaled else (x, 1.0)
+        self.gates[out] = (_GATES.get(func), None if func in _GATES_INPLACE else x, beta)
+
+    def _fixed_attention(self, func, args: tuple, kwargs: dict) -> Tensor | tuple | None:
+        """Attention with its weights fixed (attention.py), or None when the call is not attention of the signal."""
+        if func in attention.PRODUCTS:
+            out = attention.fixed_product(func, args, kwargs, signal=self._signal, signal_node=self._depends)
+        elif func is F.scaled_dot_product_attention:
+            out = attention.fixed_sdpa(args, kwargs, signal=self._signal)
+        elif func is F.multi_head_attention_forward:
+            out = attention.fixed_multi_head_attention(func, args, kwargs, signal=self._signal)
+        else:
+            return None
+        if out is not None:
+            self._mark(out[0] if isinstance(out, tuple) else out, attention.CONVENTION)
+            self._place(out)
+        return out
+
+    def _signal(self, t) -> bool:
+        """Does t carry the signal (depend on the leaf)?"""
+        if not isinstance(t, Tensor):
+            return False
+        if self.leaf is None or t is self.leaf:
+            return t.requires_grad
+        return t.grad_fn is not None and self._depends(t.grad_fn)
+
+    def _depends(self, node) -> bool:
+        if self.leaf is None:
+            return True
+        if id(node) not in self.depends:
+            self.kept.append(node)
+            _depending([node], self.leaf, self.depends)
+        return self.depends[id(node)]
 
     def _activate(self, spec: Activation, args: tuple, kwargs: dict, convention: bool = True) -> Tensor:
         x, f, inplace, negative = _call(spec, args, kwargs)
@@ -527,10 +589,22 @@ def check_path(
 def _no_rule(node, op: str, feeding: list, signal, gated: dict, rule: str = "deconvnet") -> tuple[str, str] | None:
     """Why the rule has no way through this graph node on the signal's path, (in a word, in a sentence), or
     None when it has one."""
+    if op in ("Softmax", "SafeSoftmax", "LogSoftmax"):
+        return op.lower(), (
+            f"it takes a {op.lower()} of the signal outside attention (its output multiplies no other "
+            f"input-dependent signal), which has no {rule} rule"
+        )
+    if attention.KERNELS.match(op):  # a fused attention kernel: linear where only its values carry the signal
+        if all(n is node.next_functions[2][0] for n in feeding):
+            return None
+        return "attention weights of the signal", (
+            f"its attention kernel ({op}) has weights computed from the signal where deconvviz cannot fix them "
+            f"(values that carry no signal, or a call made inside another function), which has no {rule} rule"
+        )
     if op not in _LINEAR and op != "AccumulateGrad":
         return op.lower(), (
             f"{op} has no {rule} rule (only convolutions, linear maps, pools, BatchNorm, LayerNorm, "
-            "GroupNorm, sums, elementwise activations and gated products)"
+            "GroupNorm, sums, elementwise activations, gated products and attention)"
         )
     if op == "Div" and len(node.next_functions) > 1 and signal(node.next_functions[1][0]):
         return "division by a signal", f"it divides by an input-dependent signal, which has no {rule} rule"
@@ -578,7 +652,7 @@ def recording(
     if layer is not None and layer not in found:
         raise LayerError(f"unknown layer '{layer}'")
     layer = "" if layer is None else layer
-    rec: dict = {"outputs": [], "owners": {}, "switches": {}, "boundaries": []}
+    rec: dict = {"outputs": [], "owners": {}, "switches": {}, "boundaries": [], "identities": []}
     copies: dict[int, tuple] = {}  # id of a copy the model went on with -> (its entry in boundaries, the copy)
     stack = [] if stack is None else stack
 
@@ -603,6 +677,8 @@ def recording(
                 stack.pop()
             if isinstance(out, Tensor) and out.grad_fn is not None:
                 rec["owners"].setdefault(id(out.grad_fn), f"{name} ({type(mod).__name__})")
+                if args and out is args[0]:  # its input itself: identity, unless an in-place op of its own ran
+                    rec["identities"].append((name, out.grad_fn, out.output_nr))
             planes = bool(args) and isinstance(args[0], Tensor) and args[0].dim() == 4
             if switches and isinstance(mod, nn.MaxPool2d) and planes:
                 with torch.no_grad():
@@ -665,7 +741,7 @@ def layer_output(
     memory order (oneDNN's faster convolutions and pools on CPU; the same numbers up to float rounding), or, for
     a model that cannot run on it (a `.view` of an activation), as it is."""
     leaf = x.detach().clone().requires_grad_(True)
-    mode = _RectifyReLUs(rule, unpool, frozen_batch_norm=True)
+    mode = _RectifyReLUs(rule, unpool, frozen_batch_norm=True, leaf=leaf)
     channels_last = channels_last and leaf.dim() == 4
     failed = None
     with torch.random.fork_rng(devices=[leaf.device] if leaf.device.type == "cuda" else []):
@@ -743,8 +819,9 @@ def project_autograd(
 @dataclass(frozen=True)
 class Passage:
     """How each rule passes the signal through one module: rules maps a rule's name to "exact" (the gradient
-    rule), "no rule: <op>", a convention (CONVENTIONS), "ReLU rule", "switches" (max-pools), "linear", or "-"
-    (the signal from the output does not pass the module)."""
+    rule), "no rule: <op>", a convention (CONVENTIONS), "ReLU rule", "switches" (max-pools), "linear",
+    "identity" (the module returns its input: DropPath and dropout in eval, nn.Identity), or "-" (the signal from
+    the output does not pass the module)."""
 
     module: str
     kind: str
@@ -772,12 +849,15 @@ def rule_passes(model: nn.Module, size: tuple[int, int], rules: tuple[str, ...] 
 def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
     """Module path -> what each graph node placed in it does with the signal, from the output down to x."""
     leaf = x.detach().requires_grad_(True)
-    mode = _RectifyReLUs(rule)
+    mode = _RectifyReLUs(rule, leaf=leaf)
     with evaluating(model), recording(model, None, stack=mode.stack) as rec, mode, torch.enable_grad():
         model(leaf.clone())
     labels: dict[str, list[str]] = {}
+    edges = set()  # (id(node), output number) of every tensor the signal passes, for the identities below
     for out in [t for t in tree_flatten(rec["outputs"])[0] if isinstance(t, Tensor) and t.grad_fn is not None]:
+        edges.add((id(out.grad_fn), out.output_nr))
         for node, op, feeding, signal, place in _signal_nodes(out, leaf, mode.places):
+            edges.update((id(n), nr) for n, nr in node.next_functions if n is not None and signal(n))
             if rule.exact:
                 label = "exact"
             elif refused := _no_rule(node, op, feeding, signal=signal, gated=mode.gated, rule=rule.name):
@@ -791,6 +871,10 @@ def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
             else:
                 label = "linear"
             labels.setdefault(place, []).append(label)
+    for name, node, nr in rec["identities"]:  # DropPath, stochastic depth, dropout in eval, nn.Identity on the path
+        made_in = mode.places.get(id(node), (None, ""))[1]
+        if (id(node), nr) in edges and made_in != name and not made_in.startswith(name + "."):
+            labels.setdefault(name, []).append("identity")
     return labels
 
 
@@ -803,4 +887,4 @@ def _summary(labels: list[str], rule: Rule) -> str:
     conventions = list(dict.fromkeys(lab for lab in labels if lab.startswith(tuple(CONVENTIONS))))
     if conventions:
         return ", ".join(conventions)
-    return next(lab for lab in ("exact", "ReLU rule", "switches", "linear") if lab in labels)
+    return next(lab for lab in ("exact", "ReLU rule", "switches", "linear", "identity") if lab in labels)

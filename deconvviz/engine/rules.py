@@ -8,7 +8,8 @@ adjoint for all of them. With f the activation, x its input, s the signal arrivi
     ReLU                                        max(s, 0)    max(s, 0) [x > 0]   s [x > 0]
     ReLU6, Hardtanh, LeakyReLU, PReLU           max(s, 0)    max(s, 0) f'(x)     s f'(x)
     ELU, CELU, SELU, GELU (none, tanh), SiLU,   max(s, 0)    max(s, 0) f'(x)     s f'(x)
-    Hardswish, Mish, Softplus, QuickGELU (x sigmoid(1.702 x)), x sigmoid(beta x)
+    Hardswish, Mish, Softplus, QuickGELU (x sigmoid(1.702 x)), x sigmoid(beta x), Tanh, Sigmoid,
+    Hardsigmoid, LogSigmoid, Softsign, Tanhshrink, Softshrink, Hardshrink
 
 The fourth, `linear` (Mahendran & Vedaldi's fourth combination), passes s unchanged at every activation: no
 rectification, no forward mask.
@@ -19,9 +20,9 @@ A rule is one small class; the chain path, the receptive-field window path and t
 `backward`, and the forward pass records the slope only for rules that ask for it: booleans (where the ReLU let
 its input through) at piecewise-linear activations, f'(x) as floats only at smooth ones.
 
-Products with a sigmoid-like gate from another branch (squeeze-and-excitation) and LayerNorm/GroupNorm have no
-rule of their own: deconvnet and guided follow the named conventions of rectified.py (`CONVENTIONS`), the
-gradient rule is exact there too.
+Products with a sigmoid-like gate from another branch (squeeze-and-excitation), LayerNorm/GroupNorm and attention
+have no rule of their own: deconvnet, guided and linear follow the named conventions of rectified.py
+(`CONVENTIONS`; attention in attention.py), the gradient rule is exact there too.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from oracle import (
     zennit_projection,
 )
 from torch import nn
+from transformer_oracle import hand_projection, transformer_twin
 
 import deconvviz
 
@@ -108,11 +109,15 @@ class Gated(nn.Module):
         return F.relu(self.conv2(y))
 
 
-@pytest.mark.parametrize("act, name", [(nn.Sigmoid(), "Sigmoid"), (nn.Tanh(), "Tanh"), (nn.Softmax(1), "Softmax")])
-@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
-def test_nonlinearities_without_a_rule_are_refused(act, name, rule):
+OUTSIDE_ATTENTION = [(nn.Softmax(1), "Softmax", "softmax"), (nn.Softmin(1), "Softmin", "softmax")]
+
+
+@pytest.mark.parametrize("act, name, op", [*OUTSIDE_ATTENTION, (nn.LogSoftmax(1), "LogSoftmax", "logsoftmax")])
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "linear"])
+def test_a_softmax_of_the_signal_outside_attention_is_refused(act, name, op, rule):
     x = torch.randn(1, 3, 12, 12)
-    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'act \({name}\)'.*no {rule} rule.*rule='gradient'"):
+    why = rf"'act \({name}\)'.*{op} of the signal outside attention.*no {rule} rule.*rule='gradient'"
+    with pytest.raises(deconvviz.UnsupportedModelError, match=why):
         deconvviz.Deconvnet(Gated(act), rule=rule).project(x, "conv2")
     deconvviz.Deconvnet(Gated(act), rule=rule).project(x, "conv1")  # before it: fine
 
@@ -255,6 +260,8 @@ RULE_NAMES = ["deconvnet", "guided", "gradient"]
 ACTIVATIONS = [
     nn.ReLU(), nn.ReLU6(), nn.Hardtanh(-0.5, 0.7), nn.LeakyReLU(0.2), nn.PReLU(6, 0.3), nn.ELU(0.7), nn.CELU(1.3),
     nn.SELU(), nn.GELU(), nn.GELU("tanh"), nn.SiLU(), nn.Hardswish(), nn.Mish(), nn.Softplus(2.0, 3.0),
+    nn.Tanh(), nn.Sigmoid(), nn.Hardsigmoid(), nn.LogSigmoid(), nn.Softsign(), nn.Tanhshrink(), nn.Softshrink(0.3),
+    nn.Hardshrink(0.3),
 ]  # fmt: skip
 
 
@@ -484,12 +491,19 @@ class Attention(nn.Module):
         return self.out(self.attn(t, t, t, need_weights=False)[0])
 
 
-@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
-def test_attention_is_refused_under_deconvnet_and_guided_and_exact_under_gradient(rule):
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "linear"])
+def test_attention_has_its_weights_fixed_and_is_exact_under_gradient(rule):
+    from deconvviz.rectified import layer_output, project_autograd
+    from deconvviz.rules import RULES
+
     model = seeded_like(Attention())
     x = torch.randn(2, 3, 7, 6, generator=torch.Generator().manual_seed(7))
-    with pytest.raises(deconvviz.UnsupportedModelError, match=rf"'attn \(.*no {rule} rule.*rule='gradient'"):
-        deconvviz.Deconvnet(model, rule=rule).project(x, "out", channels=[1], mode="map")
+    leaf, act, record = layer_output(model, x, "out", rule=RULES[rule])
+    seeds = torch.stack([act.detach(), torch.zeros_like(act).index_fill_(1, torch.tensor([3]), 1.0)])
+    got = project_autograd(leaf, act, seeds)[0]
+    want = hand_projection(transformer_twin(model, rule), "out", x, seeds)
+    assert rel_err(got, want) <= 1e-5 and record["conventions"]["attn"] == "attention fixed"
+    assert rel_err(got, hand_projection(transformer_twin(model, rule, attention=False), "out", x, seeds)) > 1e-2
     out = deconvviz.Deconvnet(model, rule="gradient").project(x, "out", channels=[1, 3], mode="map")
     want = []
     for i in range(2):
@@ -547,7 +561,7 @@ def test_rule_passes_lists_each_module_for_every_rule():
         assert got["norm"] == "std fixed" and got["relu"] == "ReLU rule" and got["pool"] == "switches"
     assert {r["gradient"] for r in passes.values()} == {"exact"}
     attention = {p.module: p.rules for p in rule_passes(seeded_like(Attention()), (7, 6))}
-    assert attention["attn"]["deconvnet"].startswith("no rule: ") and attention["attn"]["gradient"] == "exact"
+    assert attention["attn"]["deconvnet"] == "attention fixed" and attention["attn"]["gradient"] == "exact"
     assert attention["stem"]["guided"] == "linear"
 
 

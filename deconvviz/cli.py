@@ -591,11 +591,16 @@ def layers_(
         ]
         extra = list(dict.fromkeys(k for r in rows for k in r.columns))  # more columns, where a row has them
         wide = max([14, *(len(r.module) for r in rows)])
-        head = f"{'name':<9} {'module':<{wide}} {'type':<18} {'output shape':<16} {'rf size':>7} {'stride':>6}"
+        maps = max([0, *(len(r.maps) for r in rows)])  # token and channels-last layers: their maps on the grid
+        shown_maps = f" {'feature maps':<{maps}}" if maps else ""
+        head = (
+            f"{'name':<9} {'module':<{wide}} {'type':<18} {'output shape':<16}{shown_maps} {'rf size':>7} {'stride':>6}"
+        )
         typer.echo("  ".join([head, *(f"{k:<10}" for k in extra)]).rstrip())
         for r in rows:
             shown = "x".join(str(d) for d in r.shape)
-            line = f"{r.alias:<9} {r.module:<{wide}} {r.kind:<18} {shown:<16} {r.rf:>7} {r.stride:>6}"
+            on_grid = f" {r.maps:<{maps}}" if maps else ""
+            line = f"{r.alias:<9} {r.module:<{wide}} {r.kind:<18} {shown:<16}{on_grid} {r.rf:>7} {r.stride:>6}"
             typer.echo("  ".join([line, *(f"{r.columns.get(k, ''):<10}" for k in extra)]).rstrip())
 
 

@@ -198,13 +198,13 @@ class Deconvnet:
                 layout=layout,
             )
 
-    def _layout(self, x, layer, token) -> Layout:
+    def _layout(self, x, layer, token) -> Layout | None:
         """The layout of `layer`'s output (planes on a chain), with a prefix token selected alone if asked."""
         x = self._input(x)
         steps = self.steps
         name = resolve(self.model, steps, str(layer)) if isinstance(layer, (str, int)) else layer
-        layout = Layout() if steps is not None or not isinstance(name, str) else self.layouts(x).get(name, Layout())
-        return layout if token is None else layout.for_token(token, str(layer))
+        layout = Layout() if steps is not None or not isinstance(name, str) else self.layouts(x).get(name)
+        return layout if token is None else (layout or Layout()).for_token(token, str(layer))
 
     def _project(
         self,
@@ -233,7 +233,7 @@ class Deconvnet:
             kept = (stage_modules(self.model) if boundaries is None else boundaries) if keep_stages else []
             known = self.layouts(x)
             path = _AutogradPath(self.model, name, rule, kept, unpool=unpool, layouts=known)
-            path.layout = layout if layout is not None else known.get(name, Layout())
+            path.layout = layout if layout is not None else known.get(name)
         else:
             path = _ChainPath(steps, name, rule, unpool)
             if layout is not None and layout.kind != "planes":
@@ -493,7 +493,7 @@ class _AutogradPath:
     ) -> None:
         self.model, self.name, self.rule, self.boundaries = model, name, rule, list(boundaries)
         self.unpool, self.layouts = unpool, layouts or {}
-        self.layout = self.layouts.get(name, Layout())  # the layer's: its maps are what select sees
+        self.layout = self.layouts.get(name)  # the layer's: its maps are what select sees (None: undecided)
 
     def forward(self, x: Tensor) -> Tensor:
         kept = set(self.boundaries) - {self.name}
@@ -503,6 +503,14 @@ class _AutogradPath:
         self.row_bytes = x.numel() * x.element_size() * 16
         if self.boundaries:  # every kept tensor with a stage per seed
             self.row_bytes += sum(t[0].numel() * t[0].element_size() for *_, t in self.record["boundaries"])
+        if self.layout is None:  # no shape-only run gave it (a model that runs on real tensors only)
+            if self.out.dim() not in (2, 4):
+                raise LayerError(
+                    f"cannot tell how layer '{self.name}' lays out its feature maps: its {tuple(self.out.shape)} "
+                    "output is not (N, C, H, W) and the model does not run on the meta device; choose a "
+                    "convolution's output"
+                )
+            self.layout = Layout()
         return self.layout.maps(self.out.detach(), self.name)
 
     @property

@@ -121,7 +121,7 @@ _KNOWN: WeakKeyDictionary = WeakKeyDictionary()  # model -> {(size, channels, st
 def layouts(model: nn.Module, size: tuple[int, int], *, channels: int | None = None) -> dict[str, Layout]:
     """The layout of every module that runs once and returns a tensor, for an input of `size` (H, W): three
     shape-only runs on the meta device (the model itself and its weights untouched), once per model, input size
-    and set of modules."""
+    and set of modules. {} where the model cannot run on such an input at all."""
     key = (tuple(size), channels, tuple((n, type(m)) for n, m in model.named_modules()))
     known = _KNOWN.setdefault(model, {})
     if key not in known:
@@ -130,7 +130,10 @@ def layouts(model: nn.Module, size: tuple[int, int], *, channels: int | None = N
 
 
 def _layouts(model: nn.Module, size: tuple[int, int], channels: int | None) -> dict[str, Layout]:
-    runs = module_outputs(model, size, channels)
+    try:
+        runs = module_outputs(model, size, channels)
+    except Exception:  # noqa: BLE001 - input the model refuses: its own forward says why (the caller's check)
+        return {}
     h, w = size
     taller, wider = (_shapes(model, s, channels) for s in ((2 * h, w), (h, 2 * w)))
     grids = _grids(runs)

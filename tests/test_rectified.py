@@ -495,7 +495,7 @@ def test_attention_is_refused_under_deconvnet_and_guided_and_exact_under_gradien
     for i in range(2):
         for c in (1, 3):
             xs = x.clone().requires_grad_(True)
-            o = model(xs)[i, c]  # dim 1 is what a selection calls the channel (here: the token)
+            o = model(xs)[i, :, c]  # map c of tokens on the stem's 5x4 grid: feature c of every token
             want.append(torch.autograd.grad((o * o.detach()).sum(), xs)[0][i])
     assert rel_err(out.images.flatten(0, 1), torch.stack(want)) <= 1e-5
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import VGG, AlexNet
 
-from .errors import LayerError, unknown_name
+from .errors import ImageError, LayerError, unknown_name
 
 # Module types the explicit reverse pass mirrors exactly (exact types: a subclass may change forward).
 MIRRORED = (
@@ -248,6 +248,12 @@ def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None
                 try:
                     twin(torch.zeros(1, c, *size, device="meta"))
                     break
+                except AssertionError as e:  # the model's own check of its input (a ViT's fixed image size)
+                    raise ImageError(
+                        f"{type(model).__name__} cannot run on a {size[0]}x{size[1]} input ({e}); use an input "
+                        "size it accepts",
+                        about="size",
+                    ) from None
                 except RuntimeError:
                     if i == len(tries) - 1:
                         raise

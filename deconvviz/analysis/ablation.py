@@ -90,7 +90,7 @@ def ablation_report(
     trained value, at its pre-activation in a copy whose layers up to it are re-initialized (sanity's)."""
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError("ablation_report takes one image, (1, C, H, W)")
-    names = randomizable(model, layer)
+    names = randomizable(model, layer, size=tuple(x.shape[-2:]))
     trained = Deconvnet(model)
     first = trained.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1)
     boxes = trained.receptive_field_boxes(first)

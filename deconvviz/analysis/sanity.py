@@ -102,25 +102,27 @@ def _mean(sims: Sequence[Similarity]) -> Similarity:
     return Similarity(*(avg([getattr(s, f) for s in sims]) for f in ("spearman_abs", "spearman", "ssim")))
 
 
-def _forward_order(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
+def _forward_order(model: nn.Module, layer: str, size: tuple[int, int]) -> list[tuple[str, nn.Module]]:
     """The modules a forward pass runs up to `layer`'s output, in the order they finish: a chain's steps, or
-    on any other network every module whose forward ends before the layer's does (on the meta device)."""
+    on any other network every module whose forward ends before the layer's does (on the meta device, for an
+    input of `size`: a ViT runs at its own size only)."""
     steps = Deconvnet(model).steps
     if steps is not None:
         return [(s.name, s.module) for s in steps[: step_index(steps, resolve(model, steps, layer)) + 1]]
     name = resolve(model, None, layer)
-    runs = [r for r in module_outputs(model, (224, 224)) if r.name]
+    runs = [r for r in module_outputs(model, size) if r.name]
     upto = next((i for i, r in enumerate(runs) if r.name == name), None)
     if upto is None:
         raise LayerError(f"layer '{layer}' does not run in a forward pass; choose a module that does")
     return [(r.name, r.module) for r in runs[: upto + 1]]
 
 
-def randomizable(model: nn.Module, layer: str) -> list[str]:
+def randomizable(model: nn.Module, layer: str, *, size: tuple[int, int] = (224, 224)) -> list[str]:
     """Module paths of the parameterized layers on the way from the input to `layer`, nearest to it first (in
-    reverse order of forward execution). A layer whose parameters cannot be re-initialized is refused by name."""
+    reverse order of forward execution), for an input of `size`. A layer whose parameters cannot be re-initialized
+    is refused by name."""
     names = []
-    for path, module in _forward_order(model, layer):
+    for path, module in _forward_order(model, layer, size):
         if any(True for _ in module.parameters(recurse=False)):
             if not callable(getattr(module, "reset_parameters", None)):
                 raise UnsupportedModelError(
@@ -163,7 +165,7 @@ def sanity_report(
     rules = [get_rule(r).name for r in rules]
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError("sanity_report takes one image, (1, C, H, W)")
-    names = randomizable(model, layer)
+    names = randomizable(model, layer, size=tuple(x.shape[-2:]))
     trained = Deconvnet(model)
     first = trained.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1)
     seeded_at = pre_activation(model, first.layer)

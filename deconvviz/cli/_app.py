@@ -212,6 +212,15 @@ ClassOpt = Annotated[
     ),
 ]
 
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="On a token layer (ViT, DeiT: prefix tokens, then the patch grid), project a prefix token's features "
+        "alone: cls, dist (distilled DeiT), reg0... (registers) or its index. Default: the maps on the patch grid.",
+    ),
+]
+
 
 def _fail(message: str, code: int) -> None:
     typer.echo(f"deconvviz: error: {message}", err=True)
@@ -241,6 +250,7 @@ _FLAGS = {
     "workers": "--workers",
     "checkpoint_every": "--checkpoint-every",
     "per_position": "--per-position",
+    "token": "--token",
 }
 
 
@@ -436,6 +446,7 @@ def visualize(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
+    token: TokenOpt = None,
     model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -473,6 +484,7 @@ def visualize(
             size=size,
             rule=rule.value,
             unpool=unpool.value,
+            token=token,
             **_targets(region, at, exclude),
         )
         figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
@@ -509,6 +521,7 @@ def reconstruct(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
+    token: TokenOpt = None,
     stage_view: Annotated[
         StageView,
         typer.Option(
@@ -547,6 +560,7 @@ def reconstruct(
             size=size,
             rule=rule.value,
             unpool=unpool.value,
+            token=token,
             **_targets(region, at, exclude),
         )
         figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
@@ -591,11 +605,16 @@ def layers_(
         ]
         extra = list(dict.fromkeys(k for r in rows for k in r.columns))  # more columns, where a row has them
         wide = max([14, *(len(r.module) for r in rows)])
-        head = f"{'name':<9} {'module':<{wide}} {'type':<18} {'output shape':<16} {'rf size':>7} {'stride':>6}"
+        maps = max([0, *(len(r.maps) for r in rows)])  # token and channels-last layers: their maps on the grid
+        shown_maps = f" {'feature maps':<{maps}}" if maps else ""
+        head = (
+            f"{'name':<9} {'module':<{wide}} {'type':<18} {'output shape':<16}{shown_maps} {'rf size':>7} {'stride':>6}"
+        )
         typer.echo("  ".join([head, *(f"{k:<10}" for k in extra)]).rstrip())
         for r in rows:
             shown = "x".join(str(d) for d in r.shape)
-            line = f"{r.alias:<9} {r.module:<{wide}} {r.kind:<18} {shown:<16} {r.rf:>7} {r.stride:>6}"
+            on_grid = f" {r.maps:<{maps}}" if maps else ""
+            line = f"{r.alias:<9} {r.module:<{wide}} {r.kind:<18} {shown:<16}{on_grid} {r.rf:>7} {r.stride:>6}"
             typer.echo("  ".join([line, *(f"{r.columns.get(k, ''):<10}" for k in extra)]).rstrip())
 
 
@@ -688,6 +707,7 @@ def compare(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
+    token: TokenOpt = None,
     model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -716,6 +736,7 @@ def compare(
             cls=class_,
             size=size,
             unpool=unpool.value,
+            token=token,
             **_targets(region, at, exclude),
         )
         figures.check_request(choice.skeleton, request, name=choice.name, spatial=True, class_chooses=True)

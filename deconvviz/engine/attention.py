@@ -65,7 +65,7 @@ def weights_node(t: Tensor):
     return node if node is not None and _op(node) in ("Softmax", "SafeSoftmax") else None
 
 
-def fixed_product(func, args: tuple, kwargs: dict, signal: Callable, signal_node: Callable) -> Tensor | None:
+def fixed_product(func, args: tuple, kwargs: dict, *, signal: Callable, signal_node: Callable) -> Tensor | None:
     """A product of attention weights (a softmax of the signal) with another signal, the weights detached; None
     when it is not one (then a softmax on the signal's path stays and is refused)."""
     if "out" in kwargs:
@@ -124,7 +124,7 @@ def fixed_sdpa(args: tuple, kwargs: dict, signal: Callable) -> Tensor | None:
 _MHA_ARGS = tuple(inspect.signature(F.multi_head_attention_forward).parameters)
 
 
-def fixed_multi_head_attention(func, args: tuple, kwargs: dict, signal: Callable) -> tuple | None:
+def fixed_multi_head_attention(func, args: tuple, kwargs: dict, *, signal: Callable) -> tuple | None:
     """F.multi_head_attention_forward with query and key (and masks, static_k) detached, so that only the values
     carry the signal; None when its weights carry no signal or its values none. It runs the path that writes
     softmax and bmm out (need_weights), whose backward batches over seeds, where the fused kernel's loops. Weights

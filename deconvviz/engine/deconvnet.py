@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..errors import DeconvvizError, ImageError, LayerError, UnsupportedModelError
+from ..errors import DeconvvizError, ImageError, LayerError, SelectionError, UnsupportedModelError
 from .forward import ForwardRecord, Switches, forward_chain
 from .layers import (
     Step,
@@ -20,6 +20,7 @@ from .layers import (
     stage_modules,
     step_index,
 )
+from .layout import Layout, layouts
 from .rectified import layer_output, project_autograd
 from .reverse import WINDOWED_UNPOOLING, Stage, croppable, get_unpool, reverse_chain, reverse_cropped
 from .rules import Rule, get_rule
@@ -70,6 +71,11 @@ class Deconvnet:
         self.max_batch_bytes = max_batch_bytes
         self.crop = crop
         self._fields: dict = {}  # receptive fields of the last model seen, by (layer, input shape): structural
+
+    def layouts(self, x: Tensor) -> dict[str, Layout]:
+        """Module path -> how its output lays out its feature maps (layout.Layout), for inputs shaped like x
+        (N, C, H, W); decided once per model and input size (layout.layouts)."""
+        return layouts(self.model, tuple(x.shape[-2:]), channels=x.shape[1])
 
     @property
     def steps(self) -> list[Step] | None:
@@ -130,6 +136,7 @@ class Deconvnet:
         cls: int | None = None,
         stages: Sequence[str] | None = None,
         unpool: str | None = None,
+        token: str | int | None = None,
     ) -> Projection:
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
@@ -148,11 +155,18 @@ class Deconvnet:
         of each module in `stages`, default `layers.stage_modules`, and at each max-pool's input, then the input).
         stages: module paths to use as boundaries instead (a chain given them is projected through autograd).
         unpool: how max-pools are undone, switches, nearest, bilinear or fixed (None: the Deconvnet's own).
+        token: on a token layer (ViT, DeiT: (N, P + H*W, C)), one prefix token selected alone, by name ("cls",
+        "dist", "reg0") or index 0..P-1; its maps are then 1x1. Without it a token layer's map c is
+        tokens[:, P:, c] on the patch grid, and a channels-last layer's (Swin: (N, H, W, C)) map c is out[..., c]:
+        selections and positions are on the grid (deconvviz.engine.layout).
         """
         rule = get_rule(self.rule if rule is None else rule)
         unpool = get_unpool(self.unpool if unpool is None else unpool)
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
+            layout = self._layout(x, layer, token)
             if region is not None or at is not None or cls is not None or exclude:
+                if token is not None and (region is not None or at is not None):
+                    raise SelectionError("a region or point chooses grid positions, and a prefix token has none")
                 channels, positions = choose(
                     self.model,
                     self._input(x),
@@ -165,6 +179,7 @@ class Deconvnet:
                     exclude=exclude,
                     cls=cls,
                     positions=positions,
+                    layout=layout,
                 )
             boundaries = None if stages is None else check_stage_modules(self.model, list(stages))
             return self._project(
@@ -180,7 +195,16 @@ class Deconvnet:
                 values=values,
                 unpool=unpool,
                 boundaries=boundaries,
+                layout=layout,
             )
+
+    def _layout(self, x, layer, token) -> Layout | None:
+        """The layout of `layer`'s output (planes on a chain), with a prefix token selected alone if asked."""
+        x = self._input(x)
+        steps = self.steps
+        name = resolve(self.model, steps, str(layer)) if isinstance(layer, (str, int)) else layer
+        layout = Layout() if steps is not None or not isinstance(name, str) else self.layouts(x).get(name)
+        return layout if token is None else (layout or Layout()).for_token(token, str(layer))
 
     def _project(
         self,
@@ -197,6 +221,7 @@ class Deconvnet:
         *,
         unpool: str = "switches",
         boundaries=None,
+        layout: Layout | None = None,
     ) -> Projection:
         """The one driver of both paths: resolve, forward, select, then the reverse pass in chunks of seeds."""
         x, steps = self._input(x), self.steps if boundaries is None else None
@@ -206,11 +231,16 @@ class Deconvnet:
         name = resolve(self.model, steps, layer)
         if steps is None:
             kept = (stage_modules(self.model) if boundaries is None else boundaries) if keep_stages else []
-            path = _AutogradPath(self.model, name, rule, kept, unpool=unpool)
+            known = self.layouts(x)
+            path = _AutogradPath(self.model, name, rule, kept, unpool=unpool, layouts=known)
+            path.layout = layout if layout is not None else known.get(name)
         else:
             path = _ChainPath(steps, name, rule, unpool)
+            if layout is not None and layout.kind != "planes":
+                raise SelectionError(f"layer '{layer}' of a chain has no tokens")
         act = path.forward(x)
-        sel = select(act, layer, channels=channels, mode=mode, top=top, positions=positions, values=values)
+        chosen = {"channels": channels, "positions": positions, "values": values}
+        sel = select(act, layer, mode=mode, top=top, layout=path.layout, **chosen)
         if not (keep_stages or together) and self.crop is not False and path.windows_possible():
             return self._project_windows(x, path, sel)
         windows_ok = unpool in WINDOWED_UNPOOLING
@@ -304,7 +334,7 @@ class Deconvnet:
         model cannot be probed)."""
         from .fields import receptive_field
 
-        if len(sel.shape) != 3:
+        if len(sel.shape) != 3 or path.layout.kind != "planes":
             return None
         (h, w), key = x.shape[-2:], (path.name, *x.shape[-3:])
         fields = self._fields.get(key) if self._fields.get("model") is self.model else None
@@ -366,7 +396,7 @@ class Deconvnet:
         with torch.no_grad():
             for r in torch.tensor(sorted(full), dtype=torch.long).split(self._chunk(path.row_bytes)) if full else []:
                 r = r.to(x.device)
-                out[r] = path.backward(seeds(path.out.detach(), sel, r), r // k, keep_stages=False)[0]
+                out[r] = path.backward(seeds(path.layout.maps(path.out.detach()), sel, r), r // k, keep_stages=False)[0]
         images = out.unflatten(0, (n, k))
         return Projection(
             images,
@@ -383,7 +413,7 @@ class Deconvnet:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
         activation, or None where the layer mixes all positions (classifier). Any network: its exact fields
         (deconvviz.engine.fields.receptive_field)."""
-        if len(out.selections.shape) != 3:
+        if len(out.selections.shape) != 3 or not out.selections.layout.on_grid:
             return None
         if self.steps is None:
             from .fields import receptive_field
@@ -426,6 +456,7 @@ class _ChainPath:
         return self.record.switches
 
     conventions: dict[str, str] = {}  # a chain has ReLUs only: no conventions
+    layout = Layout()  # a chain's layers are planes
 
     def windows_possible(self) -> bool:
         return self.record.activation.dim() == 4 and croppable(self.steps) and self.unpool in WINDOWED_UNPOOLING
@@ -451,10 +482,18 @@ class _AutogradPath:
     boundaries: module paths whose outputs (and each max-pool's input) give the stages, when not empty."""
 
     def __init__(
-        self, model: nn.Module, name: str, rule: Rule, boundaries: list[str] = (), *, unpool: str = "switches"
+        self,
+        model: nn.Module,
+        name: str,
+        rule: Rule,
+        boundaries: list[str] = (),
+        *,
+        unpool: str = "switches",
+        layouts: dict[str, Layout] | None = None,
     ) -> None:
         self.model, self.name, self.rule, self.boundaries = model, name, rule, list(boundaries)
-        self.unpool = unpool
+        self.unpool, self.layouts = unpool, layouts or {}
+        self.layout = self.layouts.get(name)  # the layer's: its maps are what select sees (None: undecided)
 
     def forward(self, x: Tensor) -> Tensor:
         kept = set(self.boundaries) - {self.name}
@@ -464,7 +503,15 @@ class _AutogradPath:
         self.row_bytes = x.numel() * x.element_size() * 16
         if self.boundaries:  # every kept tensor with a stage per seed
             self.row_bytes += sum(t[0].numel() * t[0].element_size() for *_, t in self.record["boundaries"])
-        return self.out.detach()
+        if self.layout is None:  # no shape-only run gave it (a model that runs on real tensors only)
+            if self.out.dim() not in (2, 4):
+                raise LayerError(
+                    f"cannot tell how layer '{self.name}' lays out its feature maps: its {tuple(self.out.shape)} "
+                    "output is not (N, C, H, W) and the model does not run on the meta device; choose a "
+                    "convolution's output"
+                )
+            self.layout = Layout()
+        return self.layout.maps(self.out.detach(), self.name)
 
     @property
     def switches(self) -> dict[str, Switches]:
@@ -478,11 +525,12 @@ class _AutogradPath:
         return False
 
     def backward(self, seed: Tensor, img: Tensor, *, keep_stages: bool) -> tuple[Tensor, list[Stage]]:
-        """seed (B, ...) for image img (B,) -> (B, C, H, W), and with keep_stages the stages (B, C, h, w), from
-        the layer down: the signal arriving at each boundary the layer depends on, then the input."""
+        """seed (B, C, ...) on the layer's maps for image img (B,) -> (B, C, H, W), and with keep_stages the stages
+        (B, C, h, w), from the layer down: the signal arriving at each boundary the layer depends on (as feature
+        maps: tokens on their grid), then the input."""
         rows = torch.arange(len(img), device=img.device)
         full = seed.new_zeros(len(img), *self.out.shape)
-        full[rows, img] = seed
+        full[rows, img] = self.layout.restore(seed, tuple(self.out.shape[1:]))
         kept = self.record["boundaries"] if keep_stages else []
         y, at = project_autograd(self.leaf, self.out, full, stages=[t for *_, t in kept])
         y = y[rows, img]
@@ -492,9 +540,10 @@ class _AutogradPath:
         for (path, kind, _), g in reversed(list(zip(kept, at, strict=True))):
             if kind == "unpool":
                 pools -= 1
-            if g is not None:
+            shown = Layout() if kind == "unpool" else self.layouts.get(path, Layout())
+            if g is not None and shown.kind != "unknown":
                 name = f"unpool{pools + 1}" if kind == "unpool" else path
-                stages.append(Stage(name, kind, path, g[rows, img]))
+                stages.append(Stage(name, kind, path, shown.maps(g[rows, img])))
         return y, [*stages, Stage("input", "deconv", "", y)]
 
 

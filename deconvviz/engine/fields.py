@@ -25,6 +25,7 @@ from ..errors import ImageError, LayerError, UnsupportedModelError
 from .forward import output_shapes
 from .hooks import evaluating
 from .layers import chain_of, receptive_fields, resolve, step_index
+from .layout import Layout, layout_of, layouts
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,12 @@ def receptive_field(
             spans = [torch.tensor([f.span(i, n) for i in range(m)]) for f, m, n in ((fr, h, h_in), (fc, w, w_in))]
             centres = [torch.arange(m) * f.stride - f.offset + f.size / 2 for f, m in ((fr, h), (fc, w))]
             return Fields(spans[0], spans[1], centres[0], centres[1])
-    return _probe(model, name, input_size, channels)
+    return _probe(model, name, input_size, channels, layout_of(model, name, input_size, channels=channels))
 
 
-def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: int | None) -> Fields:
+def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: int | None, layout: Layout) -> Fields:
+    """The fields of module `name` by one batched backward per row and column of its feature maps (laid out in its
+    output as `layout` says: tokens and channels-last maps are read on their grid)."""
     model = _structural_copy(model) if _device(model).type == "meta" else model
     h_in, w_in = input_size
     if channels is None:
@@ -119,9 +122,12 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
                 ) from None
     finally:
         handle.remove()
-    if len(got) != 1 or got[0].dim() != 4:
-        raise LayerError(f"layer '{name}' must run once per forward and give (N, C, H, W) for receptive fields")
-    out = got[0]
+    out = layout.maps(got[0], name) if len(got) == 1 and layout.on_grid else None
+    if out is None or out.dim() != 4:
+        raise LayerError(
+            f"layer '{name}' must run once per forward and give feature maps ((N, C, H, W), tokens on a patch grid "
+            "or (N, H, W, C)) for receptive fields"
+        )
     h, w = out.shape[-2:]
     if out.grad_fn is None:
         raise LayerError(f"layer '{name}' does not depend on the input; choose a layer on the path from the input")
@@ -251,6 +257,31 @@ def _adaptive_max(x, output_size, return_indices=False):
     return (out, F.adaptive_max_pool2d(x.detach(), output_size, True)[1]) if return_indices else out
 
 
+def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """scaled_dot_product_attention with uniform weights over the keys each query may see (the mask's, causal's):
+    every output depends, positively, on its query and on every allowed key and value."""
+    allowed = torch.ones(query.shape[-2], key.shape[-2], dtype=query.dtype, device=query.device)
+    if is_causal:
+        allowed = allowed.tril()
+    if attn_mask is not None:
+        allowed = allowed * (attn_mask if attn_mask.dtype == torch.bool else attn_mask > -math.inf).to(query.dtype)
+    if enable_gqa and key.dim() > 2 and key.shape[-3] != query.shape[-3]:
+        key, value = (t.repeat_interleave(query.shape[-3] // t.shape[-3], dim=-3) for t in (key, value))
+    weights = allowed / allowed.sum(-1, keepdim=True).clamp_min(1)
+    return weights @ (key.mean(-1, keepdim=True) + value) + query.mean(-1, keepdim=True)
+
+
+def _multi_head(query, key, value, embed_dim, *args, **kwargs):
+    """F.multi_head_attention_forward on (L, N, E) without masks: each output depends on its query and on every
+    key and value position, through every feature."""
+    if any(kwargs.get(k) is not None for k in ("key_padding_mask", "attn_mask")) or any(
+        a is not None for a in args[10:11] + args[12:13]
+    ):
+        raise UnsupportedModelError("cannot trace receptive fields through a masked nn.MultiheadAttention")
+    mixed = query.mean(-1, keepdim=True) + (key.mean(-1, keepdim=True) + value.mean(-1, keepdim=True)).mean(0)
+    return mixed.expand(*query.shape[:-1], embed_dim).clone(), None
+
+
 def _plus_mean(dims_of):
     def norm(x, *args, **kwargs):
         dims = dims_of(x, *args, **kwargs)
@@ -351,6 +382,8 @@ _REPLACED = {
     F.max_pool2d: _pool,
     F.adaptive_max_pool2d: _adaptive_max,
     F.batch_norm: _batch_norm,
+    F.scaled_dot_product_attention: _attention,
+    F.multi_head_attention_forward: _multi_head,
     **{f: _plus_mean(dims) for f, dims in _MIXED_DIMS.items()},
     torch.sub: torch.add,
     Tensor.sub: Tensor.add,
@@ -401,9 +434,12 @@ def module_fields(model: nn.Module, input_size: tuple[int, int], channels: int |
     coords = torch.stack(
         [rows.expand(h_in, w_in), -rows.expand(h_in, w_in), cols.expand(h_in, w_in), -cols.expand(h_in, w_in)]
     )
+    found = layouts(model, input_size, channels=channels)
     for k, c in enumerate(tries):
         seen: dict[str, list] = {}
-        hooks = [m.register_forward_hook(_keep_hull(n, seen)) for n, m in copy.named_modules() if n]
+        hooks = [
+            m.register_forward_hook(_keep_hull(n, seen, found.get(n, Layout()))) for n, m in copy.named_modules() if n
+        ]
         try:
             with evaluating(copy), torch.random.fork_rng(), _Hulls(), torch.enable_grad():
                 copy(coords[:, None].expand(4, c, h_in, w_in).clone().requires_grad_(True))
@@ -424,7 +460,7 @@ def module_fields(model: nn.Module, input_size: tuple[int, int], channels: int |
             continue
         hull = hulls[0]
         if bool(hull.isnan().any()):  # an operation _Hulls does not know: the probe, on the model itself
-            out[name] = _probe(model, name, input_size, channels)
+            out[name] = _probe(model, name, input_size, channels, found.get(name, Layout()))
             continue
         last_row, first_row = hull[0].amax(1), -hull[1].amax(1)  # (H,): union over columns
         last_col, first_col = hull[2].amax(0), -hull[3].amax(0)
@@ -434,10 +470,12 @@ def module_fields(model: nn.Module, input_size: tuple[int, int], channels: int |
     return out
 
 
-def _keep_hull(name: str, seen: dict[str, list]):
+def _keep_hull(name: str, seen: dict[str, list], layout: Layout):
     def keep(m, args, out):
-        ok = isinstance(out, Tensor) and out.dim() == 4 and out.requires_grad
-        seen.setdefault(name, []).append(_channels_hull(out.detach())[:, 0] if ok else None)  # (4, H, W)
+        ok = isinstance(out, Tensor) and out.requires_grad and layout.on_grid
+        maps = layout.maps(out.detach()) if ok else None  # the hulls lie as the values do: tokens on their grid
+        ok = ok and maps.dim() == 4
+        seen.setdefault(name, []).append(_channels_hull(maps)[:, 0] if ok else None)  # (4, H, W)
 
     return keep
 
@@ -576,6 +614,46 @@ def _hull_max(x, *args, **kwargs):
     return torch.return_types.max((x.amax(dim, keepdim), x.detach().argmax(dim, keepdim)))
 
 
+def _hull_matmul(a, b, *args, **kwargs):
+    """out[..., i, j] mixes row i of a with column j of b (a vector operand: its only axis)."""
+    a_rows = _hull_reduce(a, -1, True) if _is_signal(a) else None
+    b_cols = _hull_reduce(b, -2 if b.dim() > 1 else -1, True) if _is_signal(b) else None
+    shape = torch.matmul(a.detach(), b.detach()).shape
+    parts = []
+    if a_rows is not None:
+        parts.append(a_rows if b.dim() > 1 else a_rows.squeeze(-1))
+    if b_cols is not None:
+        parts.append(b_cols if a.dim() > 1 else b_cols.squeeze(-2))
+    out = parts[0] if len(parts) == 1 else torch.maximum(*parts)
+    return out.broadcast_to(shape).clone()
+
+
+def _hull_attention(query, key, value, attn_mask=None, *args, **kwargs):
+    """scaled_dot_product_attention (..., L, E): every query position sees every key and value position; with a
+    mask (which may cut some out) the hulls cannot tell."""
+    out = F.scaled_dot_product_attention(query.detach(), key.detach(), value.detach(), attn_mask, *args, **kwargs)
+    if attn_mask is not None or kwargs.get("is_causal"):
+        return _unknown(out)
+    seen = [t.amax((-2, -1), keepdim=True) for t in (key, value) if _is_signal(t)]
+    own = [query.amax(-1, keepdim=True)] if _is_signal(query) else []
+    hull = seen[0] if seen else own[0]
+    for t in [*seen[1:], *own]:
+        hull = torch.maximum(hull, t)
+    return hull.broadcast_to(out.shape).clone()
+
+
+def _hull_multi_head(query, key, value, embed_dim, *args, **kwargs):
+    """F.multi_head_attention_forward on (L, N, E): every output position sees every position of the query, key
+    and value; with a mask (which may cut some out) the hulls cannot tell."""
+    hulls = [t.amax((0, -1), keepdim=True) for t in (query, key, value) if _is_signal(t)]
+    hull = hulls[0]
+    for t in hulls[1:]:
+        hull = torch.maximum(hull, t)
+    out = hull.broadcast_to((*query.shape[:-1], embed_dim)).clone()
+    masks = [kwargs.get("key_padding_mask"), kwargs.get("attn_mask"), *(args[10:11] + args[12:13])]
+    return (_unknown(out) if any(m is not None for m in masks) else out), None
+
+
 def _hull_cat(tensors, *args, **kwargs):
     """Concatenated parts that are not the signal (a learned token, a constant map) depend on nothing."""
     parts = [t if _is_signal(t) else torch.full_like(t, -math.inf) for t in tensors]
@@ -646,7 +724,16 @@ _HULLS = {
     torch.stack: _hull_stack,
     F.pad: _hull_pad,
     F.interpolate: _hull_interpolate,
+    **dict.fromkeys(_named("matmul bmm __matmul__ mm", torch, Tensor), _hull_matmul),
+    F.scaled_dot_product_attention: _hull_attention,
+    F.multi_head_attention_forward: _hull_multi_head,
 }
+
+
+_FACTORIES = set(
+    _named("new_zeros new_ones new_full new_empty new_tensor", Tensor)
+    + _named("zeros_like ones_like empty_like full_like", torch)
+)
 
 
 class _Hulls(TorchFunctionMode):
@@ -655,7 +742,7 @@ class _Hulls(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if not _signals([*args, *kwargs.values()]):
+        if not _signals([*args, *kwargs.values()]) or func in _FACTORIES:  # a new tensor depends on nothing
             return func(*args, **kwargs)
         if func in _HULLS:
             return _HULLS[func](*args, **kwargs)

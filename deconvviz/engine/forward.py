@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..errors import ImageError, LayerError, out_of_memory
 from .layers import Step, chain_of, in_channels, module_outputs, resolve, step_index
+from .layout import layout_of
 
 
 @dataclass
@@ -161,8 +162,9 @@ def output_shapes(model: nn.Module, steps: list[Step], size: tuple[int, int]) ->
 
 
 def layer_shape(model: nn.Module, layer: str, *, size: int) -> tuple[int, ...]:
-    """Output shape per image of a layer (a name `resolve` knows) for a square input of `size`, on the meta
-    device. A module that does not run exactly once with a tensor output cannot be projected from."""
+    """Feature maps' shape per image (C, *spatial) of a layer (a name `resolve` knows) for a square input of `size`,
+    on the meta device: a token layer's (C, H, W) on its patch grid, a channels-last layer's (C, H, W)
+    (deconvviz.engine.layout). A module that does not run exactly once with a tensor output cannot be projected from."""
     steps = chain_of(model)
     if steps is not None:
         return output_shapes(model, steps, (size, size))[step_index(steps, resolve(model, steps, layer))]
@@ -175,7 +177,9 @@ def layer_shape(model: nn.Module, layer: str, *, size: int) -> tuple[int, ...]:
             "a tensor (see `deconvviz layers`)",
             about="layer",
         )
-    return found.shape
+    layout = layout_of(model, name, (size, size))
+    layout.check(layer)
+    return layout.map_shape(found.shape)
 
 
 def _on_meta(m: nn.Module) -> nn.Module:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import VGG, AlexNet
 
-from ..errors import LayerError, unknown_name
+from ..errors import ImageError, LayerError, unknown_name
 
 # Module types the explicit reverse pass mirrors exactly (exact types: a subclass may change forward).
 MIRRORED = (
@@ -235,19 +235,31 @@ def _recording_outputs(model: nn.Module) -> Iterator[dict[str, list]]:
 
 def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None = None) -> list[ModuleOutput]:
     """Every module in the order its forward finishes for one input of `size` (the model itself, path "", last),
-    run on the meta device: shapes only, no memory or arithmetic, and the model is left as it was. channels
+    run on the meta device in eval mode: shapes only, no memory or arithmetic, and the model is left as it was. channels
     None: the first that runs, of the convolutions' input channels (declared order need not be run order) and 3."""
     twin = model if _on_meta(model) else _meta_copy(model)
     convs = [m.in_channels for m in twin.modules() if isinstance(m, nn.Conv2d)]
     tries = [channels] if channels is not None else list(dict.fromkeys([*convs, 3]))
-    for i, c in enumerate(tries):
-        with _recording_outputs(twin) as seen, torch.no_grad():
-            try:
-                twin(torch.zeros(1, c, *size, device="meta"))
-                break
-            except RuntimeError:
-                if i == len(tries) - 1:
-                    raise
+    training = {m: m.training for m in twin.modules()}  # a skeleton is run as is: in eval mode, then restored
+    twin.eval()
+    try:
+        for i, c in enumerate(tries):
+            with _recording_outputs(twin) as seen, torch.no_grad():
+                try:
+                    twin(torch.zeros(1, c, *size, device="meta"))
+                    break
+                except AssertionError as e:  # the model's own check of its input (a ViT's fixed image size)
+                    raise ImageError(
+                        f"{type(model).__name__} cannot run on a {size[0]}x{size[1]} input ({e}); use an input "
+                        "size it accepts",
+                        about="size",
+                    ) from None
+                except RuntimeError:
+                    if i == len(tries) - 1:
+                        raise
+    finally:
+        for m, mode in training.items():
+            m.training = mode
     modules = dict(model.named_modules())
     return [ModuleOutput(n, modules[n], s[0], len(s)) for n, s in seen.items()]
 
@@ -278,14 +290,32 @@ def in_channels(steps: list[Step]) -> int:
 def stage_modules(model: nn.Module) -> list[str]:
     """Default stage boundaries of a non-chain model: its top-level children, and the children of a top-level
     nn.Sequential of mixed parts (DenseNet's dense blocks and transitions, `features.i` of torchvision's
-    sequential backbones); a Sequential of repeated blocks (ResNet's layer1) stays one stage."""
+    sequential backbones); a Sequential of repeated blocks (ResNet's layer1) stays one stage, but one of repeated
+    attention blocks gives a stage after each block (a ViT's encoder layers, a Swin stage's blocks)."""
     out = []
     for name, child in model.named_children():
         out.append(name)
         parts = list(child.named_children()) if isinstance(child, nn.Sequential) else []
         if len({type(m) for _, m in parts}) > 1:
             out.extend(f"{name}.{n}" for n, _ in parts)
+        out.extend(_attention_blocks(name, child))
     return out
+
+
+def _attention_blocks(prefix: str, module: nn.Module) -> list[str]:
+    """Every block of each stack of repeated attention blocks inside `module` (an nn.Sequential or nn.ModuleList
+    of one block type that holds an attention: nn.MultiheadAttention, timm's and torchvision's *Attention)."""
+    found = []
+    for name, m in module.named_modules(prefix=prefix):
+        kids = list(m.named_children())
+        repeated = isinstance(m, (nn.Sequential, nn.ModuleList)) and len({type(c) for _, c in kids}) == 1
+        if repeated and kids and _attends(kids[0][1]):
+            found += [f"{name}.{k}" for k, _ in kids]
+    return found
+
+
+def _attends(block: nn.Module) -> bool:
+    return any(isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("Attention") for m in block.modules())
 
 
 def check_stage_modules(model: nn.Module, stages: list[str]) -> list[str]:

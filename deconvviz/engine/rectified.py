@@ -753,7 +753,7 @@ def layer_output(
                 model(leaf.clone(memory_format=torch.channels_last) if channels_last else leaf.clone())
             except _LayerReached:
                 pass
-            except RuntimeError as e:
+            except (RuntimeError, AssertionError) as e:  # AssertionError: the model's own input check (ViT)
                 if out_of_memory(e):
                     raise
                 failed = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -16,7 +16,8 @@ class Request:
     layers None: the network's default layer. channels: feature maps, "all" (reconstruct), or None (the `top`
     strongest). region/exclude: Boxes (Box.pixels, Box.fractions) or names from the image's sidecar; at: a Point
     (Point.pixels, Point.fractions); plain tuples are refused (their unit would be a guess). cls: choose the maps
-    contributing most to this class. rule: how ReLUs pass the signal back; unpool: how pools are undone."""
+    contributing most to this class. rule: how ReLUs pass the signal back; unpool: how pools are undone. token: on a
+    token layer (ViT, DeiT), a prefix token selected alone (Deconvnet.project's token)."""
 
     image: str | os.PathLike | None = None  # None: the built-in bicycle
     layers: Sequence[str] | None = None
@@ -30,6 +31,7 @@ class Request:
     size: int | None = 224
     rule: str = "deconvnet"
     unpool: str = "switches"
+    token: str | None = None  # a token layer's prefix token alone ("cls", "dist", "reg0", an index): as project's
 
     @property
     def layer(self) -> str | None:

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from ..errors import DeconvvizError, SelectionError
+from .layout import Layout
 
 MODES = ("max", "map")
 
 
 @dataclass
 class Selection:
-    """K selections per image. channels, values, positions: (N, K); positions index the flattened map."""
+    """K selections per image. channels, values, positions: (N, K); positions index the flattened map.
+
+    shape is the per-image shape of the feature maps (C, H, W), whatever the layer's own layout: for a token layer
+    (N, P + H*W, C) or a channels-last one (N, H, W, C), the patch grid's; layout says how the maps lie in the
+    layer's output (deconvviz.engine.layout)."""
 
     layer: str
     mode: str
     channels: Tensor
     values: Tensor  # the map's strongest activation (what mode max keeps)
     positions: Tensor
-    shape: tuple[int, ...]  # per-image activation shape (C, *spatial)
+    shape: tuple[int, ...]  # per-image feature maps' shape (C, *spatial)
+    layout: Layout = field(default_factory=Layout)  # how the maps lie in the layer's output
 
     @property
     def rows_cols(self) -> Tensor:
@@ -41,8 +47,10 @@ def select(
     top: int = 9,
     positions: Tensor | None = None,
     values: Tensor | None = None,
+    layout: Layout | None = None,
 ) -> Selection:
-    """Pick channels (given, or the `top` strongest per image) of an activation (N, C, ...).
+    """Pick channels (given, or the `top` strongest per image) of feature maps (N, C, ...) (layout: how they lie
+    in the layer's output, recorded in the Selection; the maps are given as maps, Layout.maps).
 
     positions (N, K): flat positions to keep in mode max instead of each map's strongest (e.g. recorded
     by a dataset scan, so a near-tie cannot move the projected activation). values (N, K), with positions:
@@ -80,17 +88,10 @@ def select(
             values = torch.as_tensor(given, dtype=activation.dtype, device=activation.device)
             if values.shape != chans.shape or not bool(torch.isfinite(values).all()):
                 raise SelectionError(f"values must be finite numbers of shape (N, K) = {tuple(chans.shape)}")
-        return Selection(
-            layer, mode=mode, channels=chans, values=values, positions=where, shape=tuple(activation.shape[1:])
-        )
-    return Selection(
-        layer,
-        mode=mode,
-        channels=chans,
-        values=peak.gather(1, chans),
-        positions=where,
-        shape=tuple(activation.shape[1:]),
-    )
+    else:
+        values = peak.gather(1, chans)
+    shape, layout = tuple(activation.shape[1:]), layout or Layout()
+    return Selection(layer, mode=mode, channels=chans, values=values, positions=where, shape=shape, layout=layout)
 
 
 def _channels(channels, layer: str, n: int, c: int) -> Tensor:

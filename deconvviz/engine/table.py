@@ -10,6 +10,7 @@ from torch import nn
 from .fields import module_fields
 from .forward import output_shapes
 from .layers import chain_of, module_outputs, receptive_fields, vgg_aliases
+from .layout import PLANES, UNKNOWN, layouts
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class LayerRow:
     rf: str
     stride: str
     columns: dict[str, str] = field(default_factory=dict)
+    maps: str = (
+        ""  # where the output is not (C, H, W): its feature maps and how they lie ("768x4x4 tokens 1+4x4 (cls)")
+    )
 
 
 def layer_table(model: nn.Module, size: tuple[int, int]) -> list[LayerRow]:
@@ -33,8 +37,19 @@ def layer_table(model: nn.Module, size: tuple[int, int]) -> list[LayerRow]:
     steps = chain_of(model)
     if steps is None:
         outputs = [r for r in module_outputs(model, size) if r.name and r.runs == 1 and r.shape]
-        fields = module_fields(model, size) if any(len(r.shape) == 3 for r in outputs) else {}
-        return [LayerRow("", r.name, type(r.module).__name__, r.shape, *_field_of(r, fields, size)) for r in outputs]
+        found = layouts(model, size)
+        fields = module_fields(model, size) if any(len(r.shape) in (2, 3) for r in outputs) else {}
+        return [
+            LayerRow(
+                "",
+                r.name,
+                type(r.module).__name__,
+                r.shape,
+                *_field_of(r, fields, size),
+                maps=_maps_text(found.get(r.name), r.shape),
+            )
+            for r in outputs
+        ]
     shapes, alias = output_shapes(model, steps, size), {v: k for k, v in vgg_aliases(steps).items()}
     rows, mixed = [], False
     for i, s in enumerate(steps):
@@ -46,13 +61,23 @@ def layer_table(model: nn.Module, size: tuple[int, int]) -> list[LayerRow]:
     return rows
 
 
+def _maps_text(layout, shape: tuple) -> str:
+    """A layer's feature maps in words where its output is not planes: "768x4x4 tokens 1+4x4 (cls)", "96x16x16
+    channels-last 16x16", or why it has none ("no maps: windows?")."""
+    if layout is None or layout.kind == PLANES:
+        return ""
+    if layout.kind == UNKNOWN:
+        return "not a map (see project)"
+    return "x".join(map(str, layout.map_shape(shape))) + " " + layout.describe(shape)
+
+
 def _field_of(out, fields: dict, size: tuple[int, int]) -> tuple[str, str]:
     """Receptive field size and stride (input pixels) of a module of a non-chain network, at its centre position
     (an interior one: fields clip at the image's edge); rows x cols where they differ. "all" for class scores,
     pooled vectors and maps whose every position sees the whole input; "?" for outputs that are not maps."""
     if len(out.shape) == 1:
         return "all", "-"
-    f = fields.get(out.name)
+    f = fields.get(out.name)  # token and channels-last layers: on their grid
     if f is None:
         return "?", "?"
     return ("all", "-") if f.whole(size) else f.describe()

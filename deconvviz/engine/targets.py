@@ -26,6 +26,7 @@ from .boxes import Box, Point, point, region_box
 from .forward import forward_chain, output_shapes
 from .hooks import evaluating
 from .layers import chain_of, receptive_fields, resolve, step_index
+from .layout import CHANNELS_LAST, TOKENS, Layout, layout_of
 from .selection import strongest_channels, strongest_in_region
 
 
@@ -113,7 +114,9 @@ def find_region(
 
 def centres(model: nn.Module, layer: str, *, input_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """Receptive-field centres (rows (h,), cols (w,)) of a layer's positions, in input pixels: a chain's closed
-    form, or any other network's exact fields (deconvviz.engine.fields.receptive_field)."""
+    form, or any other network's exact fields (deconvviz.engine.fields.receptive_field): the centres of their grid, or,
+    on a token or channels-last layer (patches, windows), each field's middle. A layer whose every field is the
+    whole input (after a global attention) has none: refused."""
     steps = chain_of(model)
     if steps is None:
         from .fields import receptive_field
@@ -126,7 +129,18 @@ def centres(model: nn.Module, layer: str, *, input_size: tuple[int, int]) -> tup
                 f"layer '{layer}' has no spatial positions (N, C, H, W): a region or point needs "
                 "a convolution or pool layer"
             ) from None
-        return f.centre_rows, f.centre_cols
+        if layout_of(model, name, input_size).kind not in (TOKENS, CHANNELS_LAST):
+            return f.centre_rows, f.centre_cols
+        # a transformer's fields are patches, then windows (Swin), then the whole input: no regular grid to fit
+        # centres to, so each field's own middle
+        if f.whole(input_size):
+            raise SelectionError(
+                f"every position of layer '{layer}' sees the whole {input_size[1]}x{input_size[0]} input (attention "
+                "has mixed them all), so a region or point cannot choose among them; choose a layer before the "
+                "first global attention, or choose channels",
+                about="region",
+            )
+        return f.rows.double().mean(1), f.cols.double().mean(1)
     name = resolve(model, steps, layer)
     upto = step_index(steps, name)
     try:
@@ -197,10 +211,11 @@ def _watching(model: nn.Module, name: str) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
-def class_contributions(model: nn.Module, x: Tensor, layer: str, *, cls: int) -> Tensor:
+def class_contributions(model: nn.Module, x: Tensor, layer: str, *, cls: int, layout: Layout | None = None) -> Tensor:
     """Each feature map's contribution to class `cls`'s score: gradient times activation, summed over positions.
 
-    x: (N, C, H, W) preprocessed; the score is the model's output (logit) for `cls`. Returns (N, channels)."""
+    x: (N, C, H, W) preprocessed; the score is the model's output (logit) for `cls`; layout: how the layer's output
+    lays out its maps (tokens: summed over the grid's tokens). Returns (N, channels)."""
     steps = chain_of(model)
     name = resolve(model, steps, layer)
     if steps is not None:
@@ -224,6 +239,8 @@ def class_contributions(model: nn.Module, x: Tensor, layer: str, *, cls: int) ->
             raise SelectionError(f"class {cls!r} is out of range for a classifier with {n} classes; use 0..{n - 1}")
         act = got[0]
         (grad,) = torch.autograd.grad(scores[:, int(cls)].sum(), act)
+    if layout is not None:
+        grad, act = layout.maps(grad, layer), layout.maps(act, layer)
     return (grad * act).detach().flatten(2).sum(2) if act.dim() > 2 else (grad * act).detach()
 
 
@@ -266,14 +283,16 @@ def choose(
     exclude: Sequence[Box] = (),
     cls: int | None = None,
     positions: Tensor | None = None,
+    layout: Layout | None = None,
 ):
-    """Channels (N, K) and positions (N, K; None in mode map) for `select`, from a region, point or class.
+    """Channels (N, K) and positions (N, K; None in mode map) for `select`, from a region, point or class;
+    layout: how the layer's output lays out its feature maps (deconvviz.engine.layout), positions on their grid.
 
     cls: the `top` maps with the largest contribution to the class score (`class_contributions`); region or
     at: the maps (given, or the `top` strongest there) and in each its strongest position inside the region."""
     check_choice(region=region, at=at, exclude=exclude, cls=cls, channels=channels, positions=positions)
     if cls is not None:
-        contrib = class_contributions(model, x, layer, cls=cls)
+        contrib = class_contributions(model, x, layer, cls=cls, layout=layout)
         channels = strongest_channels(contrib, top)
     if region is None and at is None:
         return channels, positions
@@ -282,7 +301,7 @@ def choose(
     if steps is None:
         with torch.no_grad(), _watching(model, resolve(model, steps, layer)) as got:
             model(x.detach().clone())
-        act = got[0]
+        act = got[0] if layout is None else layout.maps(got[0], layer)
     else:
         act = forward_chain(steps, x, step_index(steps, resolve(model, steps, layer))).activation
     chans, positions = strongest_in_region(act, mask, channels, top, layer)

@@ -90,6 +90,19 @@ def _letter(i: int) -> str:
     return a[i] if i < 26 else a[i // 26 - 1] + a[i % 26]
 
 
+def _wrapped_path(path: str, width: int = 24) -> str:
+    """A module path on lines of at most about `width` characters, broken after its dots (a ViT's
+    encoder.layers.encoder_layer_2 under a panel as narrow as the panel)."""
+    lines = [""]
+    for part in path.split("."):
+        piece = part if not lines[-1] else "." + part
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append(piece)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
+
+
 def reconstruction_figure(
     image: np.ndarray, stages: Sequence[Stage], preprocess: Preprocess, *, title: str, stage_view: str = STAGE_VIEW
 ) -> Figure:
@@ -128,7 +141,7 @@ def reconstruction_figure(
                 channel, picture = stage_channel(t)
                 ax.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             label = f"({letter}) {h}×{w} {'unpooling' if st.kind == 'unpool' else 'deconv'}"
-            label += "\n(reconstruction)" if last else f"\n{st.name}"
+            label += "\n(reconstruction)" if last else f"\n{_wrapped_path(st.name)}"
             label += f", ch {channel}" if not last and stage_view == "channel" else ""
         ax.set_xlabel(label, fontsize=9)
     fig.suptitle(title, fontsize=10)

@@ -154,7 +154,11 @@ def _selections(dn: Deconvnet, out: Projection) -> dict:
         "channels": sel.channels[0].tolist(),
         "values": [float(v) for v in sel.values[0]],
     }
-    if len(sel.shape) == 3:
+    if sel.layout.kind != "planes":  # where the maps lie in the layer's output (deconvviz.layout)
+        rec["feature_maps"] = {"layout": sel.layout.kind, "shape": list(sel.shape), "from": sel.layout.source}
+        if sel.layout.prefix:
+            rec["feature_maps"]["prefix_tokens"] = list(sel.layout.prefix)
+    if len(sel.shape) == 3 and sel.layout.on_grid:
         rec["positions"] = sel.rows_cols[0].tolist()
     if boxes is not None:
         rec["receptive_fields"] = boxes[0].tolist()  # top, bottom, left, right (half-open)
@@ -173,13 +177,17 @@ def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
     return rows.size, cols.size
 
 
-def _target(x: torch.Tensor, *, image, size: int | None, region=None, at=None, exclude=(), cls=None) -> dict:
-    """project's keywords for a region (a name from the image's sidecar, or a Box), point (a Point) or class."""
+def _target(
+    x: torch.Tensor, *, image, size: int | None, region=None, at=None, exclude=(), cls=None, token=None
+) -> dict:
+    """project's keywords for a region (a name from the image's sidecar, or a Box), point (a Point), class or a
+    token layer's prefix token."""
     h, w = x.shape[-2:]
     out = {
         "region": None if region is None else find_region(region, image, size, width=w, height=h),
         "at": at,
         "cls": cls,
+        "token": token,
     }
     return out | {"exclude": [find_region(e, image, size, width=w, height=h, what="exclude") for e in exclude or ()]}
 
@@ -199,6 +207,8 @@ def _target_record(target: dict) -> dict:
         rec["at"] = [at.x, at.y] if at.unit == "px" else {"fractions": [at.x, at.y]}
     if target["cls"] is not None:
         rec["class"] = int(target["cls"])
+    if target.get("token") is not None:
+        rec["token"] = target["token"]
     return rec
 
 
@@ -210,6 +220,8 @@ def _target_words(target: dict) -> str:
         words += "".join(f" outside {e}" for e in target["exclude"])
     elif target["at"] is not None:
         words += f"{', ' if words else ''}strongest at x, y = {', '.join(f'{v:g}' for v in target['at'])}"
+    if target.get("token") is not None:
+        words += f"{', ' if words else ''}of the {target['token']} token"
     return words
 
 
@@ -274,7 +286,7 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     dn = Deconvnet(model, rule=rule, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
-    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
+    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
     for layer in layers:
         if progress:
             progress(f"projecting {layer}")
@@ -328,7 +340,7 @@ def reconstruct(
         channels = range(layer_shape(net.module, layer, size=x.shape[-1])[0])
     if progress:
         progress(f"projecting {layer}")
-    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
+    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
     out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True, **target)
     stages = [Stage(s.name, s.kind, s.step, s.tensor[0, 0].cpu()) for s in out.stages]
     if not stages:  # the autograd path (a network that is no chain) has no stages yet: the reconstruction alone
@@ -464,7 +476,7 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     layer = layer or default_layer(model)
     dn = Deconvnet(model, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
-    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls)
+    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
     outs, chosen = {}, {"channels": channels, "top": top, **target}
     for rule in (RULES[r] for r in COMPARED):
         if progress:

@@ -493,8 +493,8 @@ class Attention(nn.Module):
 
 @pytest.mark.parametrize("rule", ["deconvnet", "guided", "linear"])
 def test_attention_has_its_weights_fixed_and_is_exact_under_gradient(rule):
-    from deconvviz.rectified import layer_output, project_autograd
-    from deconvviz.rules import RULES
+    from deconvviz.engine.rectified import layer_output, project_autograd
+    from deconvviz.engine.rules import RULES
 
     model = seeded_like(Attention())
     x = torch.randn(2, 3, 7, 6, generator=torch.Generator().manual_seed(7))
@@ -509,7 +509,7 @@ def test_attention_has_its_weights_fixed_and_is_exact_under_gradient(rule):
     for i in range(2):
         for c in (1, 3):
             xs = x.clone().requires_grad_(True)
-            o = model(xs)[i, c]  # dim 1 is what a selection calls the channel (here: the token)
+            o = model(xs)[i, :, c]  # map c of tokens on the stem's 5x4 grid: feature c of every token
             want.append(torch.autograd.grad((o * o.detach()).sum(), xs)[0][i])
     assert rel_err(out.images.flatten(0, 1), torch.stack(want)) <= 1e-5
 

@@ -133,3 +133,26 @@ def test_a_bad_user_card_is_refused_in_one_line(tmp_path, residual_factory, edit
     with pytest.raises(WeightsError) as error:
         load_network(None, card, "cpu", verbose=False)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+VISION_TRANSFORMERS = [
+    n for n in torchvision.models.list_models(module=torchvision.models) if n.startswith(("vit_", "swin_"))
+]
+
+
+@pytest.mark.parametrize("name", VISION_TRANSFORMERS)
+def test_weights_torchvision_reach_torchvision_s_download_for_every_vit_and_swin(name, monkeypatch):
+    """No ViT or Swin weights load offline here, so the download itself is replaced by one that fails, saying
+    which file it was asked for: each model's DEFAULT weights are asked for, and the failure is one WeightsError
+    line (with a network, torchvision downloads them). Built on the meta device: no memory, no init."""
+    asked = []
+
+    def offline(self, *args, **kwargs):
+        asked.append(self.url)
+        raise ConnectionError(f"offline: {self.url}")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    default = torchvision.models.get_model_weights(name).DEFAULT
+    with torch.device("meta"), pytest.raises(WeightsError, match=rf"cannot load torchvision's {default}.*offline"):
+        load_network(f"torchvision:{name}", "torchvision", "cpu", verbose=False)
+    assert asked == [default.url]

@@ -242,11 +242,12 @@ def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None
     tries = [channels] if channels is not None else list(dict.fromkeys([*convs, 3]))
     training = {m: m.training for m in twin.modules()}  # a skeleton is run as is: in eval mode, then restored
     twin.eval()
+    floats = [t.dtype for t in model.parameters() if t.is_floating_point()]  # a double or half model gets its own
     try:
         for i, c in enumerate(tries):
             with _recording_outputs(twin) as seen, torch.no_grad():
                 try:
-                    twin(torch.zeros(1, c, *size, device="meta"))
+                    twin(torch.zeros(1, c, *size, device="meta", dtype=floats[0] if floats else None))
                     break
                 except AssertionError as e:  # the model's own check of its input (a ViT's fixed image size)
                     raise ImageError(

@@ -9,14 +9,13 @@ import torch
 import torchvision
 from torch import nn
 
-from deconvviz import Box, Deconvnet, LayerError, Point, SelectionError, UnsupportedModelError
+from deconvviz import Box, Deconvnet, LayerError, Point, SelectionError
 from deconvviz.engine.fields import receptive_field
 from deconvviz.engine.forward import layer_shape
 from deconvviz.engine.layers import stage_modules
 from deconvviz.engine.layout import CHANNELS_LAST, PLANES, TOKENS, UNKNOWN, layout_of
 
 RULES = ("gradient", "deconvnet", "guided", "linear")
-ATTENTION = "needs the 'attention fixed' convention for attention under non-gradient rules (issue 21, item 2)"
 
 
 def _seeded(build):
@@ -99,12 +98,7 @@ def _maps_by_hand(out: torch.Tensor, kind: str, prefix: int, grid: tuple[int, in
 
 
 def _project(model, x, layer, rule, **kw):
-    try:
-        return Deconvnet(model, rule=rule).project(x, layer, **kw)
-    except UnsupportedModelError:
-        if rule != "gradient":
-            pytest.skip(ATTENTION)
-        raise
+    return Deconvnet(model, rule=rule).project(x, layer, **kw)
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -206,6 +206,30 @@ def test_deconvviz_matches_the_oracle(built, name, rule):
         assert rel_err(got[k], unfixed[k]) > 1e-3 and rel_err(got[k], plain[k]) > 1e-2, (name, rule, k)
 
 
+PUBLIC = [name for name, case in CASES.items() if case.layout != "nchw"]
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
+@pytest.mark.parametrize("name", PUBLIC)
+def test_the_public_projection_of_a_token_or_channels_last_map_matches_the_oracle(built, name, rule):
+    """Deconvnet(model, rule=...).project(x, layer, channels=[c], mode=...) on a token or channels-last layer, as
+    issue 21 defines it: map c is tokens[:, P:, c] (or out[..., c]) on the patch grid; mode max seeds its
+    strongest grid position, mode map the whole map, token="cls" the class token's entry c; each equals the
+    hand-written oracle seeded on the raw output."""
+    model, x = built(name)
+    case = CASES[name]
+    act = layer_of(model, case.layer, x).detach()
+    seeds = seeds_of(act, case)  # one position, the whole map, the class token: of the strongest map c
+    grid = act[:, case.prefix :] if case.layout == "tokens" else act
+    c = int(grid.flatten(0, -2).max(0).values.argmax())
+    want = hand_projection(transformer_twin(model, rule), case.layer, x, seeds)
+    dn = deconvviz.Deconvnet(model, rule=rule)
+    for k, kw in enumerate([{"mode": "max"}, {"mode": "map"}, {"token": "cls"}][: len(seeds)]):
+        out = dn.project(x, case.layer, channels=[c], **kw)
+        assert out.selections.shape[0] == act.shape[-1], (name, kw)  # the channels are the features, not tokens
+        assert rel_err(out.images[0, 0], want[k]) <= 1e-9, (name, rule, kw)
+
+
 class Scaled(nn.Module):
     """Tokens from a conv stem, q, k, v by linear maps, F.scaled_dot_product_attention with `options`, a linear out.
     hand: the same sums with the weights written out (the reference formula of torch's docs) and detached."""

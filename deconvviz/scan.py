@@ -31,6 +31,7 @@ from .fields import Fields, receptive_field
 from .forward import apply, layer_shape, module_activations
 from .images import check_size, to_batch, to_display
 from .layers import ReceptiveField, receptive_fields, resolve, step_index
+from .layout import Layout
 from .network import Network
 from .preprocess import Preprocess
 from .render import TopImages, channel_figure, overview_figure, save, write_atomic
@@ -414,6 +415,9 @@ def _scan_shard(
         if x is not None:
             x = x.to(device, p.dtype)
             found = activations(steps, x, taps) if steps is not None else module_activations(dn.model, x, taps)
+            if steps is None:  # token and channels-last layers: their maps on the grid (deconvviz.layout)
+                laid = dn.layouts(x)
+                found = {name: (laid.get(taps[name]) or Layout()).maps(act, name) for name, act in found.items()}
             for name, act in found.items():
                 if not bool(torch.isfinite(act).all()):
                     where = files[int(index[(~torch.isfinite(act)).flatten(1).any(1)][0])]

@@ -27,6 +27,7 @@ from ..engine.deconvnet import Deconvnet
 from ..engine.fields import Fields, receptive_field
 from ..engine.forward import apply, layer_shape, module_activations
 from ..engine.layers import ReceptiveField, receptive_fields, resolve, step_index
+from ..engine.layout import Layout
 from ..engine.reverse import UNPOOLS, get_unpool
 from ..engine.rules import get_rule
 from ..errors import DeconvvizError, ImageError, LayerError, SelectionError
@@ -414,6 +415,9 @@ def _scan_shard(
         if x is not None:
             x = x.to(device, p.dtype)
             found = activations(steps, x, taps) if steps is not None else module_activations(dn.model, x, taps)
+            if steps is None:  # token and channels-last layers: their maps on the grid (deconvviz.layout)
+                laid = dn.layouts(x)
+                found = {name: (laid.get(taps[name]) or Layout()).maps(act, name) for name, act in found.items()}
             for name, act in found.items():
                 if not bool(torch.isfinite(act).all()):
                     where = files[int(index[(~torch.isfinite(act)).flatten(1).any(1)][0])]

@@ -12,6 +12,7 @@ concatenating blocks, strides, dilation and padding included). Chains keep their
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from copy import deepcopy
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from ..errors import ImageError, LayerError, UnsupportedModelError
 from .forward import output_shapes
 from .hooks import evaluating
 from .layers import chain_of, receptive_fields, resolve, step_index
-from .layout import Layout, layout_of, layouts
+from .layout import CHANNELS_LAST, TOKENS, Layout, layout_of, layouts
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,9 @@ def receptive_field(
 ) -> Fields:
     """The input box every position of `layer` depends on, for an input of input_size (H, W) (channels: the
     model's input channels, default the first convolution's). Chains: their closed form; any other model: the
-    structural probe (see the module). A layer that mixes all positions has every field the whole input."""
+    structural probe (see the module), or, on a token or channels-last layer (a transformer's), the hulls of
+    module_fields (the probe's fields where they know every operation, as for attention). A layer that mixes
+    all positions has every field the whole input."""
     steps = chain_of(model)
     name = resolve(model, steps, layer)
     h_in, w_in = input_size
@@ -90,7 +93,12 @@ def receptive_field(
             spans = [torch.tensor([f.span(i, n) for i in range(m)]) for f, m, n in ((fr, h, h_in), (fc, w, w_in))]
             centres = [torch.arange(m) * f.stride - f.offset + f.size / 2 for f, m in ((fr, h), (fc, w))]
             return Fields(spans[0], spans[1], centres[0], centres[1])
-    return _probe(model, name, input_size, channels, layout_of(model, name, input_size, channels=channels))
+    layout = layout_of(model, name, input_size, channels=channels)
+    if layout.kind in (TOKENS, CHANNELS_LAST):  # a transformer: one cheap forward, where a probe costs h + w backwards
+        found = module_fields(model, input_size, channels, names={name}).get(name)
+        if found is not None:
+            return found
+    return _probe(model, name, input_size, channels, layout)
 
 
 def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: int | None, layout: Layout) -> Fields:
@@ -417,12 +425,14 @@ class _Structural(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def module_fields(model: nn.Module, input_size: tuple[int, int], channels: int | None = None) -> dict[str, Fields]:
-    """Receptive fields of every module with a feature-map output (N, C, H, W) that runs once, from one cheap
-    forward: each position carries the hull of the input rows and columns it depends on (see _Hulls), so a
-    whole network costs about a max-pool per layer instead of a backward per module. Equal to the structural
-    probe (receptive_field) wherever the forward uses operations _Hulls knows; a module reached through any
-    other operation gets the probe's fields instead."""
+def module_fields(
+    model: nn.Module, input_size: tuple[int, int], channels: int | None = None, *, names: Collection[str] | None = None
+) -> dict[str, Fields]:
+    """Receptive fields of every module with feature maps (N, C, H, W), tokens on a patch grid or (N, H, W, C), that
+    runs once (names: of these modules only), from one cheap forward: each position carries the hull of the
+    input rows and columns it depends on (see _Hulls), so a whole network costs about a max-pool per layer
+    instead of a backward per module. Equal to the structural probe (receptive_field) wherever the forward
+    uses operations _Hulls knows; a module reached through any other operation gets the probe's fields instead."""
     copy = _structural_copy(model)
     for p in copy.parameters():
         p.requires_grad_(False)  # below, requires_grad marks the signal: what depends on the input
@@ -456,7 +466,7 @@ def module_fields(model: nn.Module, input_size: tuple[int, int], channels: int |
                 h.remove()
     out = {}
     for name, hulls in seen.items():
-        if len(hulls) != 1 or hulls[0] is None:
+        if len(hulls) != 1 or hulls[0] is None or (names is not None and name not in names):
             continue
         hull = hulls[0]
         if bool(hull.isnan().any()):  # an operation _Hulls does not know: the probe, on the model itself

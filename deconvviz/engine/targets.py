@@ -112,11 +112,13 @@ def find_region(
     return found
 
 
-def centres(model: nn.Module, layer: str, *, input_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def centres(
+    model: nn.Module, layer: str, *, input_size: tuple[int, int], about: str = "region"
+) -> tuple[Tensor, Tensor]:
     """Receptive-field centres (rows (h,), cols (w,)) of a layer's positions, in input pixels: a chain's closed
     form, or any other network's exact fields (deconvviz.engine.fields.receptive_field): the centres of their grid, or,
     on a token or channels-last layer (patches, windows), each field's middle. A layer whose every field is the
-    whole input (after a global attention) has none: refused."""
+    whole input (after a global attention) has none: refused, the error about `about` (region or at)."""
     steps = chain_of(model)
     if steps is None:
         from .fields import receptive_field
@@ -138,7 +140,7 @@ def centres(model: nn.Module, layer: str, *, input_size: tuple[int, int]) -> tup
                 f"every position of layer '{layer}' sees the whole {input_size[1]}x{input_size[0]} input (attention "
                 "has mixed them all), so a region or point cannot choose among them; choose a layer before the "
                 "first global attention, or choose channels",
-                about="region",
+                about=about,
             )
         return f.rows.double().mean(1), f.cols.double().mean(1)
     name = resolve(model, steps, layer)
@@ -165,7 +167,7 @@ def region_mask(
     """(h, w) bool: the layer positions inside `region` and outside every box of `exclude`, or the one
     position nearest to the point `at` (ties: the upper-left one). Empty: a SelectionError naming the valid range."""
     height, width = input_size
-    rows, cols = centres(model, layer, input_size=input_size)
+    rows, cols = centres(model, layer, input_size=input_size, about="region" if at is None else "at")
     if at is not None:
         x, y = point(at, width, height)
         mask = torch.zeros(len(rows), len(cols), dtype=torch.bool)

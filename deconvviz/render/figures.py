@@ -219,7 +219,7 @@ def _target_words(target: dict) -> str:
         words += f"{', ' if words else ''}strongest on {target['region']}"
         words += "".join(f" outside {e}" for e in target["exclude"])
     elif target["at"] is not None:
-        words += f"{', ' if words else ''}strongest at x, y = {', '.join(f'{v:g}' for v in target['at'])}"
+        words += f"{', ' if words else ''}strongest at x, y = {target['at']}"
     if target.get("token") is not None:
         words += f"{', ' if words else ''}of the {target['token']} token"
     return words

@@ -96,3 +96,36 @@ def test_a_token_where_there_is_none_and_a_fixed_size_vit_say_so_in_one_line(run
     assert r.exit_code == 2 and "--token" in r.output and "has none" in r.output and "Traceback" not in r.output
     r = run("visualize", "--layer", "encoder", "--size", 64, *common)
     assert r.exit_code == 2 and "--size" in r.output and "Expected 32 but got 64" in r.output
+
+
+def test_scan_records_tokens_on_the_patch_grid(run, nets, tmp_path):
+    """A scan of a ViT's patch embedding output (tokens, before attention): each map's strongest image and
+    position are those read by hand from the raw tokens, and its box is that patch (8x8 px)."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    src = Image.open(DEFAULT_IMAGE).convert("RGB")
+    for i, (left, top, side) in enumerate([(0, 0, 300), (100, 50, 250), (148, 148, 300)]):
+        src.crop((left, top, left + side, top + side)).resize((40, 40)).save(photos / f"img{i}.jpg")
+    spec, layer = f"{nets}:vit", "encoder.dropout"
+    args = ["--model", spec, "--weights", "random", "--size", 32, "--layers", layer, "--channels", "3", "--top", 1]
+    r = run(
+        "scan", photos, *args, "--rule", "gradient", "--workers", 0, "--device", "cpu", "--out", tmp_path / "s", "-q"
+    )
+    assert r.exit_code == 0, r.output
+    records = json.loads((tmp_path / "s" / "report.json").read_text())["layers"][layer]["channels"]
+    net = load_network(spec, "random", "cpu", verbose=False)
+    got = []
+    handle = dict(net.module.named_modules())[layer].register_forward_hook(lambda m, i, o: got.append(o[0, 1:]))
+    with torch.no_grad():
+        for i in range(3):
+            net.module(to_batch(load_image(photos / f"img{i}.jpg"), net.preprocess, 32))
+    handle.remove()
+    for c in (3, 7):
+        peaks = torch.stack([t[:, c] for t in got])  # (images, 16 grid positions)
+        image, pos = divmod(int(peaks.flatten().argmax()), 16)
+        row, col = divmod(pos, 4)
+        want = {"image": f"img{image}.jpg", "row": row, "col": col, "box": [8 * row, 8 * row + 8, 8 * col, 8 * col + 8]}
+        assert {k: records[str(c)][0][k] for k in want} == want
+        assert records[str(c)][0]["value"] == pytest.approx(float(peaks.max()), rel=1e-5)

@@ -335,3 +335,24 @@ def test_stages_of_a_transformer_are_the_patch_embedding_and_each_block_on_the_g
         "input",
     ]
     assert [tuple(s.tensor.shape[2:]) for s in p.stages] == [(768, 4, 4)] * 3 + [(3, 64, 64)]
+
+
+@pytest.mark.parametrize(
+    ("name", "layers"),
+    [
+        ("vit_b_16", ["conv_proj", "encoder.dropout", "encoder.layers.encoder_layer_0"]),
+        ("swin_t", ["features.0", "features.1.0", "features.1.1"]),
+        ("deit_tiny_distilled", ["patch_embed", "blocks.0.norm1", "blocks.0"]),
+    ],
+)
+def test_the_hulls_of_token_layers_are_the_probe_s_fields(name, layers):
+    """receptive_field takes a transformer layer's fields from the hulls (one forward): the same as the probe's
+    (a backward per row and column of the grid), through scaled_dot_product_attention, nn.MultiheadAttention and
+    Swin's windowed matmuls."""
+    from deconvviz.fields import _probe
+
+    model = net(name)
+    for layer in layers:
+        hulls = receptive_field(model, layer, input_size=(64, 64))
+        probe = _probe(model, layer, (64, 64), None, layout_of(model, layer, (64, 64)))
+        assert torch.equal(hulls.rows, probe.rows) and torch.equal(hulls.cols, probe.cols), layer

@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import ImageError, LayerError, UnsupportedModelError
 from .forward import output_shapes
-from .hooks import evaluating
+from .hooks import evaluating, forward_hooks
 from .layers import chain_of, receptive_fields, resolve, step_index
 
 
@@ -100,9 +100,9 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
         channels = first.in_channels if first is not None else 3
     module = dict(model.named_modules())[name]
     got: list[Tensor] = []
-    handle = module.register_forward_hook(lambda m, i, o: got.append(o) if isinstance(o, Tensor) else None)
+    keep = (module, lambda m, i, o: got.append(o) if isinstance(o, Tensor) else None)
     leaf = torch.ones(1, channels, h_in, w_in, dtype=torch.float64, device=_device(model), requires_grad=True)
-    try:
+    with forward_hooks([keep]):
         with evaluating(model), torch.random.fork_rng(), _Structural(), torch.enable_grad():
             try:
                 model(leaf.clone())
@@ -117,8 +117,6 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
                     f"cannot trace the receptive fields of '{name}' on a {h_in}x{w_in} input ({why}); "
                     "give an input size the model accepts"
                 ) from None
-    finally:
-        handle.remove()
     if len(got) != 1 or got[0].dim() != 4:
         raise LayerError(f"layer '{name}' must run once per forward and give (N, C, H, W) for receptive fields")
     out = got[0]
@@ -403,9 +401,9 @@ def module_fields(model: nn.Module, input_size: tuple[int, int], channels: int |
     )
     for k, c in enumerate(tries):
         seen: dict[str, list] = {}
-        hooks = [m.register_forward_hook(_keep_hull(n, seen)) for n, m in copy.named_modules() if n]
+        keepers = [(m, _keep_hull(n, seen)) for n, m in copy.named_modules() if n]
         try:
-            with evaluating(copy), torch.random.fork_rng(), _Hulls(), torch.enable_grad():
+            with forward_hooks(keepers), evaluating(copy), torch.random.fork_rng(), _Hulls(), torch.enable_grad():
                 copy(coords[:, None].expand(4, c, h_in, w_in).clone().requires_grad_(True))
             break
         except RuntimeError as e:
@@ -415,9 +413,6 @@ def module_fields(model: nn.Module, input_size: tuple[int, int], channels: int |
                     f"cannot trace the receptive fields on a {h_in}x{w_in} input ({why}); "
                     "give an input size the model accepts"
                 ) from None
-        finally:
-            for h in hooks:
-                h.remove()
     out = {}
     for name, hulls in seen.items():
         if len(hulls) != 1 or hulls[0] is None:

@@ -7,10 +7,10 @@ reconstruction (summed over colour channels) at pixels inside the bicycle's box 
 from __future__ import annotations
 
 import torch
-from deconvviz.render.draw.figures import BUILT_IN
 
 from deconvviz import DEFAULT_IMAGE, Deconvnet, load_image, load_vgg, to_batch
 from deconvviz.engine.targets import named_regions
+from deconvviz.render.figures import BUILT_IN
 
 
 def on_bicycle(shape: tuple[int, int], bicycle, dog) -> torch.Tensor:

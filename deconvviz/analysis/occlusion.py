@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.forward import apply, forward_chain
-from ..engine.hooks import evaluating
+from ..engine.hooks import evaluating, forward_hooks
 from ..engine.layers import chain_of, resolve, step_index
 from ..errors import ImageError, LayerError, OcclusionError, SelectionError
 from ..preprocess import Preprocess
@@ -59,12 +59,9 @@ def default_size(side: int) -> int:
 def _reading(model: nn.Module, name: str) -> Iterator[list[Tensor]]:
     """Eval mode and a forward hook collecting the output of module `name`; both undone after the call."""
     got: list[Tensor] = []
-    handle = dict(model.named_modules())[name].register_forward_hook(lambda m, i, o: got.append(o))
-    try:
-        with evaluating(model), torch.no_grad():
-            yield got
-    finally:
-        handle.remove()
+    keep = (dict(model.named_modules())[name], lambda m, i, o: got.append(o))
+    with forward_hooks([keep]), evaluating(model), torch.no_grad():
+        yield got
 
 
 def _band(coords: Tensor, start: Tensor, size: int) -> Tensor:

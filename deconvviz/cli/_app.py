@@ -17,9 +17,13 @@ from typer.core import TyperGroup
 
 from ..engine.boxes import Box, Point
 from ..engine.request import Request
+from ..engine.reverse import UNPOOLS
+from ..engine.rules import RULES
 from ..errors import DeconvvizError, out_of_memory
+from ._progress import Progress
 
 MAX_SIZE = 2048  # --size above this needs more memory than a figure is worth; the Python API has no such limit
+OUTPUTS = Path("runs")  # default outputs (figures, scans): git-ignored here, never over the README's figures/
 
 
 class _OneLineErrors(TyperGroup):
@@ -111,24 +115,27 @@ Size = Annotated[
 ]
 Dpi = Annotated[int, typer.Option(help="Resolution of raster figures (png, jpg), 1 to 1200.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Top = Annotated[int, typer.Option(help="How many feature maps: those with the strongest activations.")]
+Channels = Annotated[str | None, typer.Option(help="Feature maps to show instead of the --top strongest, e.g. 12,40.")]
 UnitChannel = Annotated[
     int | None, typer.Option(help="Feature map whose strongest activation is the unit. Default: the strongest.")
 ]
 Seed = Annotated[int, typer.Option(help="Seed of the re-initialized weights.")]
 
 
-def _report_out(stem: str):
-    """--out of a command that writes a figure, its .json and a .csv."""
+def _figure_out(name: str, *, tables: bool = False):
+    """--out of a command that writes a figure and its .json (tables: and a .csv); name: the default's name."""
+    beside = ".json (provenance and every number) and .csv beside it" if tables else "provenance .json beside it"
     return Annotated[
         Path | None,
-        typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); .json (provenance and every number) and .csv beside it. "
-            f"Default: figures/{stem}-LAYER.png"
-        ),
+        typer.Option(help=f"Figure file (.png .pdf .svg .jpg); {beside}. Default: {OUTPUTS / name}.png"),
     ]
 
 
-SanityOut, AblateOut = _report_out("sanity"), _report_out("ablate")
+VisualizeOut, ReconstructOut = _figure_out("visualize-LAYER"), _figure_out("reconstruct-LAYER")
+OcclusionOut, CompareOut = _figure_out("occlusion-LAYER-cCHANNEL"), _figure_out("compare-LAYER")
+SanityOut, AblateOut = _figure_out("sanity-LAYER", tables=True), _figure_out("ablate-LAYER", tables=True)
+FiltersOut, InvarianceOut = _figure_out("filters-LAYER"), _figure_out("invariance-TRANSFORM")
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Image = Annotated[Path | None, typer.Argument(help="Image file (any format PIL reads). Default: the built-in bicycle.")]
 
@@ -148,38 +155,45 @@ Mode = Annotated[
 ]
 
 
-class RuleChoice(StrEnum):
-    deconvnet = "deconvnet"
-    guided = "guided"
-    gradient = "gradient"
-    linear = "linear"
+def _listed(intro: str, names, described: dict[str, str]) -> str:
+    """Help for a choice from a registry: every name it holds, in its order, with the words below where any."""
+    return intro + ", ".join(f"{n} ({described[n]})" if n in described else n for n in names) + "."
 
 
+# --rule and --unpool offer what the registries hold (rules.RULES, reverse.UNPOOLS): a new rule or unpooling is a
+# choice here without an edit; these words only describe the built-in ones in --help.
+RuleChoice = StrEnum("RuleChoice", {name: name for name in RULES})
 RuleOpt = Annotated[
     RuleChoice,
     typer.Option(
         "--rule",
-        help="How ReLUs pass the signal back: deconvnet (Zeiler-Fergus: rectify it), guided (guided backprop: "
-        "rectify and keep it where the forward ReLU was active), gradient (the unit's plain gradient), linear "
-        "(pass it unchanged).",
+        help=_listed(
+            "How ReLUs pass the signal back: ",
+            RULES,
+            {
+                "deconvnet": "Zeiler-Fergus: rectify it",
+                "guided": "guided backprop: rectify and keep it where the forward ReLU was active",
+                "gradient": "the unit's plain gradient",
+                "linear": "pass it unchanged",
+            },
+        ),
     ),
 ]
-
-
-class UnpoolChoice(StrEnum):
-    switches = "switches"
-    nearest = "nearest"
-    bilinear = "bilinear"
-    fixed = "fixed"
-
-
+UnpoolChoice = StrEnum("UnpoolChoice", {name: name for name in UNPOOLS})
 UnpoolOpt = Annotated[
     UnpoolChoice,
     typer.Option(
         "--unpool",
-        help="How max-pools are undone: switches (Zeiler-Fergus: where each maximum was), nearest (every position "
-        "of the window), bilinear (the pooled map resized), fixed (one fixed position of each window, "
-        "Mahendran & Vedaldi).",
+        help=_listed(
+            "How max-pools are undone: ",
+            UNPOOLS,
+            {
+                "switches": "Zeiler-Fergus: where each maximum was",
+                "nearest": "every position of the window",
+                "bilinear": "the pooled map resized",
+                "fixed": "one fixed position of each window, Mahendran & Vedaldi",
+            },
+        ),
     ),
 ]
 RegionOpt = Annotated[
@@ -281,28 +295,6 @@ def _errors(debug: bool):
         _fail(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", 1)
 
 
-class _Status:
-    """One-line progress on stderr, only on a terminal and without --quiet."""
-
-    def __init__(self, quiet: bool):
-        self.on = not quiet and sys.stderr.isatty()
-        self._status = None
-
-    def __call__(self, text: str) -> None:
-        if not self.on:
-            return
-        from rich.console import Console
-
-        if self._status is None:
-            self._status = Console(stderr=True).status(text)
-            self._status.start()
-        self._status.update(text)
-
-    def stop(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-
-
 def _check_size(size: int) -> None:
     from ..images import check_size
 
@@ -339,7 +331,7 @@ class _Choice:
 
         return default_layer(self.skeleton)
 
-    def load(self, quiet: bool, status: _Status):
+    def load(self, quiet: bool, status: Progress):
         from ..networks.network import load_network
 
         status(f"loading {self.spec} weights ({self.weights})")
@@ -414,7 +406,7 @@ def _figure(choice: _Choice, request, output: _Output, make) -> None:
                 raise DeconvvizError(f"--out '{out}' would overwrite the input image; choose another --out")
     check_dpi(dpi)
     _check_size(request.size)
-    status = _Status(quiet)
+    status = Progress(quiet)
     try:
         net = choice.load(quiet, status)
         fig, prov, *tables = make(net, status)
@@ -435,10 +427,8 @@ def visualize(
         str | None,
         typer.Option(help="Several layers in one figure, e.g. conv1_2,conv3_3,conv5_3 (instead of --layer)."),
     ] = None,
-    top: Annotated[int, typer.Option(help="How many feature maps: those with the strongest activations.")] = 9,
-    channels: Annotated[
-        str | None, typer.Option(help="Feature maps to show instead of the --top strongest, e.g. 12,40.")
-    ] = None,
+    top: Top = 9,
+    channels: Channels = None,
     mode: Mode = ModeChoice.max,
     rule: RuleOpt = RuleChoice.deconvnet,
     unpool: UnpoolOpt = UnpoolChoice.switches,
@@ -451,13 +441,7 @@ def visualize(
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); a .json provenance file is written beside it. "
-            "Default: figures/visualize-LAYER.png"
-        ),
-    ] = None,
+    out: VisualizeOut = None,
     dpi: Dpi = 150,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -488,7 +472,7 @@ def visualize(
             **_targets(region, at, exclude),
         )
         figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
-        default = Path("figures") / f"visualize-{'_'.join(names)}.png"
+        default = OUTPUTS / f"visualize-{'_'.join(names)}.png"
         _figure(
             choice,
             request,
@@ -533,12 +517,7 @@ def reconstruct(
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. Default: figures/reconstruct-LAYER.png"
-        ),
-    ] = None,
+    out: ReconstructOut = None,
     dpi: Dpi = 150,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -568,7 +547,7 @@ def reconstruct(
         def make(net, status):
             return figures.reconstruct(net, request, stage_view=stage_view.value, progress=status)
 
-        _figure(choice, request, _Output(out, lambda _: Path("figures") / f"reconstruct-{name}.png", dpi, quiet), make)
+        _figure(choice, request, _Output(out, lambda _: OUTPUTS / f"reconstruct-{name}.png", dpi, quiet), make)
 
 
 @app.command("layers")
@@ -649,13 +628,7 @@ def occlusion(
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. "
-            "Default: figures/occlusion-LAYER-cCHANNEL.png"
-        ),
-    ] = None,
+    out: OcclusionOut = None,
     dpi: Dpi = 150,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -690,7 +663,7 @@ def occlusion(
                 progress=status,
             )
 
-        default = lambda prov: Path("figures") / f"occlusion-{name}-c{prov['channel']}.png"  # noqa: E731
+        default = lambda prov: OUTPUTS / f"occlusion-{name}-c{prov['channel']}.png"  # noqa: E731
         _figure(choice, request, _Output(out, default, dpi, quiet), make)
 
 
@@ -698,10 +671,8 @@ def occlusion(
 def compare(
     image: Image = None,
     layer: LayerOpt = None,
-    top: Annotated[int, typer.Option(help="How many feature maps: those with the strongest activations.")] = 4,
-    channels: Annotated[
-        str | None, typer.Option(help="Feature maps to show instead of the --top strongest, e.g. 12,40.")
-    ] = None,
+    top: Top = 4,
+    channels: Channels = None,
     unpool: UnpoolOpt = UnpoolChoice.switches,
     region: RegionOpt = None,
     at: AtOpt = None,
@@ -712,12 +683,7 @@ def compare(
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. Default: figures/compare-LAYER.png"
-        ),
-    ] = None,
+    out: CompareOut = None,
     dpi: Dpi = 150,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -743,7 +709,7 @@ def compare(
         _figure(
             choice,
             request,
-            _Output(out, lambda _: Path("figures") / f"compare-{name}.png", dpi, quiet),
+            _Output(out, lambda _: OUTPUTS / f"compare-{name}.png", dpi, quiet),
             lambda net, status: figures.compare(net, request, progress=status),
         )
 
@@ -797,9 +763,7 @@ def sanity(
         name = layer or choice.default_layer
         request = Request(image, [name], None if channel is None else [channel], 1, size=size)
         report = partial(figures.sanity, channel=channel, rules=chosen, seed=seed)
-        _unit_report(
-            choice, request, report, _Output(out, lambda _: Path("figures") / f"sanity-{name}.png", dpi, quiet)
-        )
+        _unit_report(choice, request, report, _Output(out, lambda _: OUTPUTS / f"sanity-{name}.png", dpi, quiet))
 
 
 @app.command()
@@ -830,45 +794,7 @@ def ablate(
         name = layer or ("pool5" if "pool5" in layer_names(choice.skeleton) else choice.default_layer)
         request = Request(image, [name], None if channel is None else [channel], 1, size=size)
         report = partial(figures.ablate, channel=channel, seed=seed)
-        _unit_report(
-            choice, request, report, _Output(out, lambda _: Path("figures") / f"ablate-{name}.png", dpi, quiet)
-        )
-
-
-class _Bar:
-    """Progress bars with images per second on stderr, only on a terminal and without --quiet."""
-
-    def __init__(self, quiet: bool):
-        self.on = not quiet and sys.stderr.isatty()
-        self._bar, self._tasks = None, {}
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if not self.on:
-            return
-        import time
-
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        if self._bar is None:
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-            )
-            self._bar.start()
-        if phase not in self._tasks:
-            task = self._bar.add_task(phase, total=total, completed=done, rate="")
-            self._tasks[phase] = (task, done, time.monotonic())
-        task, first, start = self._tasks[phase]
-        seconds = time.monotonic() - start
-        rate = f"{(done - first) / seconds:.1f} images/s" if done > first and seconds > 0 else ""
-        self._bar.update(task, completed=done, total=total, rate=rate)
-
-    def stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+        _unit_report(choice, request, report, _Output(out, lambda _: OUTPUTS / f"ablate-{name}.png", dpi, quiet))
 
 
 @app.command()
@@ -889,7 +815,7 @@ def scan(
         Path | None,
         typer.Option(
             help="Run directory: report.json, LAYER/channel-C.png, LAYER/overview.png, LAYER/projections.pt and "
-            "checkpoints. Default: runs/scan-LAYER"
+            f"checkpoints. Default: {OUTPUTS}/scan-LAYER"
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass; resume with the same.")] = 32,
@@ -920,11 +846,11 @@ def scan(
         names = _layer_names(layer, layers) or [choice.default_layer]
         chans = "all" if (channels or "").strip().lower() == "all" else _channels(channels)
         figures.check_layers(choice.skeleton, names, channels=None if chans == "all" else chans, top=1, size=size)
-        out = out or Path("runs") / f"scan-{'_'.join(names)}"
+        out = out or OUTPUTS / f"scan-{'_'.join(names)}"
         check_writable(out / "report.json")
         rank = int(os.environ.get("RANK", "0"))
         network = load_network(choice.spec, weights, scan_device(device), verbose=not quiet and rank == 0)
-        bar = _Bar(quiet)
+        bar = Progress(quiet, rate="images")
         try:
             result = scan_folder(
                 folder,
@@ -959,12 +885,7 @@ def filters(
     ] = None,
     model: Model = None,
     weights: WeightsOpt = "auto",
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. Default: figures/filters-LAYER.png"
-        ),
-    ] = None,
+    out: FiltersOut = None,
     dpi: Dpi = 150,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -980,7 +901,7 @@ def filters(
         _figure(
             choice,
             Request(),
-            _Output(out, lambda _: Path("figures") / f"filters-{layer}.png", dpi, quiet),
+            _Output(out, lambda _: OUTPUTS / f"filters-{layer}.png", dpi, quiet),
             lambda net, status: figures.filters(net, layer=layer),
         )
 
@@ -1010,13 +931,7 @@ def invariance(
     weights: WeightsOpt = "auto",
     device: Device = "auto",
     size: Size = 224,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. "
-            "Default: figures/invariance-TRANSFORM.png"
-        ),
-    ] = None,
+    out: InvarianceOut = None,
     dpi: Dpi = 150,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -1029,7 +944,7 @@ def invariance(
         choice = _Choice(model, weights, device)
         request = Request(image, _layer_names(None, layers), top=1, size=size)
         figures.check_request(choice.skeleton, Request(image, request.layers or [], top=1, size=size))
-        default = Path("figures") / f"invariance-{transform.value}.png"
+        default = OUTPUTS / f"invariance-{transform.value}.png"
         _figure(
             choice,
             request,
@@ -1058,32 +973,6 @@ def models(debug: Debug = False) -> None:
             )
 
 
-class _Steps:
-    """Progress bars counting steps (units, pages) on stderr, only on a terminal and without --quiet."""
-
-    def __init__(self, quiet: bool):
-        self.on = not quiet and sys.stderr.isatty()
-        self._bar, self._tasks = None, {}
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if not self.on:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        if self._bar is None:
-            self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-            )
-            self._bar.start()
-        if phase not in self._tasks:
-            self._tasks[phase] = self._bar.add_task(phase, total=total)
-        self._bar.update(self._tasks[phase], completed=done, total=total)
-
-    def stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 SiteOut = Annotated[
     Path,
     typer.Option(help="Site folder: new, empty, or a site made before by deconvviz (it is replaced)."),
@@ -1103,7 +992,7 @@ def site(
     with _errors(debug):
         from ..site._build import scan_site
 
-        bar = _Steps(quiet)
+        bar = Progress(quiet)
         try:
             summary = scan_site(run, out, device=device, progress=bar, verbose=not quiet)
         finally:
@@ -1149,7 +1038,7 @@ def explore(
         choice = _Choice(model, weights, device)
         figures.check_request(choice.skeleton, Request(image, names or [], top=top, size=size), spatial=True)
         network = load_network(choice.spec, weights, device, verbose=not quiet)
-        bar = _Steps(quiet)
+        bar = Progress(quiet)
         try:
             summary = explore_site(
                 image,

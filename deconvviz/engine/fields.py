@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import ImageError, LayerError, UnsupportedModelError
 from .forward import output_shapes
-from .hooks import evaluating
+from .hooks import evaluating, forward_hooks
 from .layers import chain_of, receptive_fields, resolve, step_index
 from .layout import CHANNELS_LAST, TOKENS, Layout, layout_of, layouts
 
@@ -111,9 +111,9 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
         channels = first.in_channels if first is not None else 3
     module = dict(model.named_modules())[name]
     got: list[Tensor] = []
-    handle = module.register_forward_hook(lambda m, i, o: got.append(o) if isinstance(o, Tensor) else None)
+    keep = (module, lambda m, i, o: got.append(o) if isinstance(o, Tensor) else None)
     leaf = torch.ones(1, channels, h_in, w_in, dtype=torch.float64, device=_device(model), requires_grad=True)
-    try:
+    with forward_hooks([keep]):
         with evaluating(model), torch.random.fork_rng(), _Structural(), torch.enable_grad():
             try:
                 model(leaf.clone())
@@ -128,8 +128,6 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
                     f"cannot trace the receptive fields of '{name}' on a {h_in}x{w_in} input ({why}); "
                     "give an input size the model accepts"
                 ) from None
-    finally:
-        handle.remove()
     out = layout.maps(got[0], name) if len(got) == 1 and layout.on_grid else None
     if out is None or out.dim() != 4:
         raise LayerError(
@@ -447,11 +445,9 @@ def module_fields(
     found = layouts(model, input_size, channels=channels)
     for k, c in enumerate(tries):
         seen: dict[str, list] = {}
-        hooks = [
-            m.register_forward_hook(_keep_hull(n, seen, found.get(n, Layout()))) for n, m in copy.named_modules() if n
-        ]
+        keepers = [(m, _keep_hull(n, seen, found.get(n, Layout()))) for n, m in copy.named_modules() if n]
         try:
-            with evaluating(copy), torch.random.fork_rng(), _Hulls(), torch.enable_grad():
+            with forward_hooks(keepers), evaluating(copy), torch.random.fork_rng(), _Hulls(), torch.enable_grad():
                 copy(coords[:, None].expand(4, c, h_in, w_in).clone().requires_grad_(True))
             break
         except RuntimeError as e:
@@ -461,9 +457,6 @@ def module_fields(
                     f"cannot trace the receptive fields on a {h_in}x{w_in} input ({why}); "
                     "give an input size the model accepts"
                 ) from None
-        finally:
-            for h in hooks:
-                h.remove()
     out = {}
     for name, hulls in seen.items():
         if len(hulls) != 1 or hulls[0] is None or (names is not None and name not in names):

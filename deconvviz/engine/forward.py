@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ImageError, LayerError, out_of_memory
+from .hooks import forward_hooks
 from .layers import Step, chain_of, in_channels, module_outputs, resolve, step_index
 from .layout import layout_of
 
@@ -143,12 +144,8 @@ def module_activations(model: nn.Module, x: Tensor, taps: dict[str, str], *, kee
 
         return hook
 
-    handles = [modules[path].register_forward_hook(keep(path)) for path in set(taps.values())]
-    try:
+    with forward_hooks([(modules[path], keep(path)) for path in set(taps.values())]):
         out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
     found = {name: kept[path] for name, path in taps.items()}
     return (found, out) if keep_output else found
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchvision.models import VGG, AlexNet
 
 from ..errors import ImageError, LayerError, unknown_name
+from .hooks import forward_hooks
 
 # Module types the explicit reverse pass mirrors exactly (exact types: a subclass may change forward).
 MIRRORED = (
@@ -225,12 +226,8 @@ def _recording_outputs(model: nn.Module) -> Iterator[dict[str, list]]:
 
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
-    try:
+    with forward_hooks([(m, hook(n)) for n, m in model.named_modules()]):
         yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None = None) -> list[ModuleOutput]:

@@ -29,7 +29,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
 from . import attention
 from .forward import Switches, max_pool_with_indices, overlapping
-from .hooks import evaluating
+from .hooks import evaluating, forward_hooks
 from .reverse import upsample
 from .rules import RULES, Rule, get_rule
 
@@ -705,15 +705,11 @@ def recording(
 
         return hook
 
-    handles = [m.register_forward_pre_hook(enter(n)) for n, m in found.items()]
-    handles += [m.register_forward_hook(owner(n, m)) for n, m in found.items()]
+    pre = [(m, enter(n)) for n, m in found.items()]
     if unpools:
-        handles += [m.register_forward_pre_hook(pool_input(n)) for n, m in found.items() if isinstance(m, nn.MaxPool2d)]
-    try:
+        pre += [(m, pool_input(n)) for n, m in found.items() if isinstance(m, nn.MaxPool2d)]
+    with forward_hooks([(m, owner(n, m)) for n, m in found.items()], pre=pre):
         yield rec
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _rng_state(device: torch.device) -> list[Tensor]:

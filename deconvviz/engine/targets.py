@@ -24,7 +24,7 @@ from ..errors import ImageError, LayerError, SelectionError
 from ..images import DEFAULT_IMAGE, resize_crop_geometry
 from .boxes import Box, Point, point, region_box
 from .forward import forward_chain, output_shapes
-from .hooks import evaluating
+from .hooks import evaluating, forward_hooks
 from .layers import chain_of, receptive_fields, resolve, step_index
 from .layout import CHANNELS_LAST, TOKENS, Layout, layout_of
 from .selection import strongest_channels, strongest_in_region
@@ -205,12 +205,8 @@ def _watching(model: nn.Module, name: str) -> Iterator[list[Tensor]]:
         got.append(o)
         return o.clone() if isinstance(o, Tensor) else o
 
-    handle = dict(model.named_modules())[name].register_forward_hook(hook)
-    try:
-        with evaluating(model), torch.enable_grad():
-            yield got
-    finally:
-        handle.remove()
+    with forward_hooks([(dict(model.named_modules())[name], hook)]), evaluating(model), torch.enable_grad():
+        yield got
 
 
 def class_contributions(model: nn.Module, x: Tensor, layer: str, *, cls: int, layout: Layout | None = None) -> Tensor:

@@ -22,7 +22,7 @@ from deconvviz.networks.weights import load_vgg
 def test_visualize_default_is_top9_conv5_3_of_the_bicycle_with_offline_weights(run, cwd):
     r = run("visualize", "--quiet")
     assert r.exit_code == 0, r.output
-    png, meta = cwd / "figures/visualize-conv5_3.png", cwd / "figures/visualize-conv5_3.json"
+    png, meta = cwd / "runs/visualize-conv5_3.png", cwd / "runs/visualize-conv5_3.json"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     prov = json.loads(meta.read_text())
     assert prov["weights"]["name"] == "vgg16-caffe" and prov["image"]["path"] == "built-in bicycle.jpg"
@@ -37,7 +37,7 @@ def test_visualize_default_is_top9_conv5_3_of_the_bicycle_with_offline_weights(r
     first = meta.read_bytes()
     assert run("visualize", "--quiet").exit_code == 0
     assert meta.read_bytes() == first  # same arguments, byte-identical provenance
-    assert not [p for p in (cwd / "figures").iterdir() if p.name.startswith(".")]  # no temp files left
+    assert not [p for p in (cwd / "runs").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
 def test_reconstruct_default_draws_ten_panels(run, cwd):
@@ -123,13 +123,13 @@ def test_non_finite_weights_are_refused(run, cwd):
     torch.save(state, cwd / "nan.pt")
     r = run("visualize", "--model", "vgg11", "--weights", "nan.pt", "--size", "64")
     assert r.exit_code == 2 and "NaN or infinite activations" in r.output, r.output
-    assert not (cwd / "figures").exists()
+    assert not (cwd / "runs").exists()
 
 
 def test_default_layer_is_the_models_last_conv(run, cwd):
     r = run("visualize", "--model", "vgg13", "--weights", "random", "--size", "64", "--top", "2", "-q")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "figures" / "visualize-conv5_2.json").read_text())
+    prov = json.loads((cwd / "runs" / "visualize-conv5_2.json").read_text())
     assert prov["layers"][0]["layer"] == "conv5_2" and prov["layers"][0]["module"] == "features.23"
 
 

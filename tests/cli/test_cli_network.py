@@ -102,7 +102,7 @@ def test_a_mistyped_module_path_gets_the_nearest_ones(run, cwd):
 def test_filters_draws_the_first_convolution_whatever_its_name(run, cwd, residual_factory):
     r = run("filters", "--model", residual_factory, "--weights", "random", "-q")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "figures" / "filters-stem.0.json").read_text())
+    prov = json.loads((cwd / "runs" / "filters-stem.0.json").read_text())
     assert prov["module"] == "stem.0" and prov["filters"] == 8
 
 

@@ -1,0 +1,84 @@
+"""The CLI's shape: --rule and --unpool choices come from the registries (rules.RULES, reverse.UNPOOLS), its one
+progress class draws a status line and bars (nothing under --quiet or off a terminal), and default outputs go
+under runs/."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+import deconvviz.cli._app as cli_app
+from deconvviz.cli._progress import Progress
+from deconvviz.engine.reverse import UNPOOLS
+from deconvviz.engine.rules import RULES, Rule
+
+
+class HalveRule(Rule):
+    """A rule the CLI has never heard of: half the signal, unrectified."""
+
+    name, needs_slope, title = "halve", False, "halve"
+
+    def backward(self, signal: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor:
+        return signal / 2
+
+
+def test_the_choices_are_the_registries():
+    assert [c.value for c in cli_app.RuleChoice] == list(RULES)
+    assert [c.value for c in cli_app.UnpoolChoice] == list(UNPOOLS)
+
+
+def test_a_new_rule_is_a_choice_of_every_command_without_a_cli_edit(monkeypatch, tmp_path):
+    monkeypatch.setitem(RULES, "halve", HalveRule())
+    try:
+        fresh = importlib.reload(cli_app)  # the registry as a new rule's module leaves it, read on import
+        runner = CliRunner()
+        assert "halve" in runner.invoke(fresh.app, ["visualize", "--help"], terminal_width=200).output
+        out = tmp_path / "halve.png"
+        small = ["--model", "vgg11", "--weights", "random", "--size", "32", "--top", "1", "--layer", "conv2_1"]
+        r = runner.invoke(fresh.app, ["visualize", *small, "--rule", "halve", "--out", str(out), "-q"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(out.with_suffix(".json").read_text())["rule"] == "halve"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(cli_app)
+    assert "halve" not in [c.value for c in cli_app.RuleChoice]
+
+
+def test_progress_draws_a_line_and_bars_on_a_terminal_and_nothing_when_quiet(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    quiet = Progress(quiet=True)
+    quiet("loading")
+    quiet("scanning", 1, 4)
+    assert (quiet._status, quiet._bar) == (None, None)
+    shown = Progress(quiet=False, rate="images")
+    try:
+        shown("loading weights")
+        shown("layer conv1_1", 0, 4)
+        shown("layer conv1_1", 3, 4)
+        shown("layer conv2_1", 1, 2)
+        tasks = {t.description: (t.completed, t.total) for t in shown._bar.tasks}
+        assert tasks == {"layer conv1_1": (3, 4), "layer conv2_1": (1, 2)} and shown._status is not None
+    finally:
+        shown.stop()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    off = Progress(quiet=False)
+    off("loading")
+    assert off._status is None
+
+
+def test_default_outputs_go_to_runs_never_over_the_committed_figures():
+    """Run at the repository's top, no command's default output lands in figures/ (the README's pictures):
+    every --out default is under runs/, which git ignores."""
+    root = Path(__file__).parents[2]
+    assert cli_app.OUTPUTS == Path("runs") and "runs/" in (root / ".gitignore").read_text().splitlines()
+    runner = CliRunner()
+    for command in ("visualize", "reconstruct", "occlusion", "compare", "sanity", "ablate", "filters", "invariance"):
+        text = " ".join(runner.invoke(cli_app.app, [command, "--help"], terminal_width=400).output.split())
+        assert f"Default: runs/{command}-" in text and "figures/" not in text, (command, text)
+    committed = {p.stem.split("-")[0] for p in (root / "figures").glob("*.png")}
+    assert committed & {"compare", "sanity", "ablate", "filters", "invariance"}  # the names that used to collide

@@ -209,7 +209,9 @@ def _target_words(target: dict) -> str:
         words += f"{', ' if words else ''}strongest on {target['region']}"
         words += "".join(f" outside {e}" for e in target["exclude"])
     elif target["at"] is not None:
-        words += f"{', ' if words else ''}strongest at x, y = {', '.join(f'{v:g}' for v in target['at'])}"
+        at = target["at"]
+        where = f"{at.x:g}, {at.y:g}" if at.unit == "px" else f"{at.x:g}, {at.y:g} (fractions)"
+        words += f"{', ' if words else ''}strongest at x, y = {where}"
     return words
 
 

@@ -219,7 +219,9 @@ def _target_words(target: dict) -> str:
         words += f"{', ' if words else ''}strongest on {target['region']}"
         words += "".join(f" outside {e}" for e in target["exclude"])
     elif target["at"] is not None:
-        words += f"{', ' if words else ''}strongest at x, y = {target['at']}"
+        at = target["at"]
+        where = f"{at.x:g}, {at.y:g}" if at.unit == "px" else f"{at.x:g}, {at.y:g} (fractions)"
+        words += f"{', ' if words else ''}strongest at x, y = {where}"
     if target.get("token") is not None:
         words += f"{', ' if words else ''}of the {target['token']} token"
     return words

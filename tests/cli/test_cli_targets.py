@@ -96,3 +96,11 @@ def test_region_at_and_class_reach_the_figures(run, small, cwd):
     assert r.exit_code == 0, r.output
     proj = json.loads((cwd / "o.json").read_text())["projection"]
     assert proj["at"] == [10, 50]
+
+
+def test_reconstruct_at_a_point_draws_and_records_it(run, small, cwd):
+    """--at on reconstruct reaches the figure's title (it raised a TypeError on the Point there) and the provenance."""
+    for spelled, recorded in (("10,50", [10, 50]), ("frac:0.5,0.25", {"fractions": [0.5, 0.25]})):
+        r = run("reconstruct", "--at", spelled, "--mode", "map", *small, "--out", "a.png", "-q")
+        assert r.exit_code == 0, r.output
+        assert json.loads((cwd / "a.json").read_text())["layers"][0]["at"] == recorded

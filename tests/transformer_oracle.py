@@ -27,15 +27,27 @@ def weights(scores: Tensor, fixed: bool) -> Tensor:
     return a.detach() if fixed else a
 
 
-class HandMultiheadAttention(nn.Module):
-    """torchvision ViT's self-attention (nn.MultiheadAttention without masks): q, k, v from in_proj, A v, out_proj."""
+class Hand(nn.Module):
+    """A module written out by hand around the original `m`; fixed: detach what its convention holds. Attributes it
+    lacks are the original's (nn.TransformerEncoderLayer reads its parts' batch_first, eps, weights)."""
 
-    def __init__(self, m: nn.MultiheadAttention, fixed: bool):
+    def __init__(self, m: nn.Module, fixed: bool):
         super().__init__()
         self.m, self.fixed = m, fixed
 
-    def forward(self, query, key, value, need_weights=False):
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.m, name)
+
+
+class HandMultiheadAttention(Hand):
+    """torchvision ViT's self-attention (nn.MultiheadAttention without masks): q, k, v from in_proj, A v, out_proj."""
+
+    def forward(self, query, key, value, need_weights=False, attn_mask=None, key_padding_mask=None, is_causal=False):
         assert query is key is value and not need_weights and self.m.in_proj_weight is not None
+        assert attn_mask is None and key_padding_mask is None and not is_causal
         m = self.m
         x = query if m.batch_first else query.transpose(0, 1)  # (N, L, E)
         qkv = F.linear(x, m.in_proj_weight, m.in_proj_bias).unflatten(-1, (3, m.num_heads, -1))
@@ -45,13 +57,12 @@ class HandMultiheadAttention(nn.Module):
         return (out if m.batch_first else out.transpose(0, 1)), None
 
 
-class HandTimmAttention(nn.Module):
+class HandTimmAttention(Hand):
     """timm's Attention (no qk-norm, no gate, no mask): the same sums whether the model fuses them or not."""
 
     def __init__(self, m: nn.Module, fixed: bool):
-        super().__init__()
         assert isinstance(m.q_norm, nn.Identity) and isinstance(m.norm, nn.Identity) and m.gate is None
-        self.m, self.fixed = m, fixed
+        super().__init__(m, fixed)
 
     def forward(self, x, attn_mask=None, is_causal=False):
         assert attn_mask is None and not is_causal
@@ -69,14 +80,10 @@ def _bands(n: int, window: int, shift: int) -> Tensor:
     return (p >= n - window).long() + (p >= n - shift).long() if shift else torch.zeros(n, dtype=torch.long)
 
 
-class HandSwinAttention(nn.Module):
+class HandSwinAttention(Hand):
     """torchvision's ShiftedWindowAttention and V2, written again: pad, cyclic shift, windows, scores (q kᵀ/√d, or
     V2's cosine similarity times exp(min(logit_scale, log 100))) + relative position bias, -100 between positions of
     different regions, softmax, A v, projection, windows back, shift back, crop."""
-
-    def __init__(self, m: nn.Module, fixed: bool):
-        super().__init__()
-        self.m, self.fixed = m, fixed
 
     def forward(self, x):
         m = self.m
@@ -112,12 +119,8 @@ class HandSwinAttention(nn.Module):
         return out[:, :h, :w]
 
 
-class HandMaxViTAttention(nn.Module):
+class HandMaxViTAttention(Hand):
     """torchvision MaxViT's RelativePositionalMultiHeadAttention (block and grid attention alike), (B, G, P, D)."""
-
-    def __init__(self, m: nn.Module, fixed: bool):
-        super().__init__()
-        self.m, self.fixed = m, fixed
 
     def forward(self, x):
         m = self.m
@@ -128,12 +131,8 @@ class HandMaxViTAttention(nn.Module):
         return F.linear(out, m.merge.weight, m.merge.bias)
 
 
-class HandLayerNorm(nn.Module):
+class HandLayerNorm(Hand):
     """LayerNorm over the last dims, the standard deviation detached when fixed."""
-
-    def __init__(self, m: nn.LayerNorm, fixed: bool):
-        super().__init__()
-        self.m, self.fixed = m, fixed
 
     def forward(self, x):
         m = self.m
@@ -143,12 +142,8 @@ class HandLayerNorm(nn.Module):
         return out * m.weight + m.bias if m.weight is not None else out
 
 
-class HandSqueezeExcitation(nn.Module):
+class HandSqueezeExcitation(Hand):
     """torchvision's SqueezeExcitation, the gate detached when fixed."""
-
-    def __init__(self, m: nn.Module, fixed: bool):
-        super().__init__()
-        self.m, self.fixed = m, fixed
 
     def forward(self, x):
         g = self.m._scale(x)

@@ -86,6 +86,21 @@ def timm_vit(name: str, *, fused: bool = True, **kwargs) -> nn.Module:
     return model
 
 
+class TorchEncoder(nn.Module):
+    """A conv stem's tokens through two nn.TransformerEncoderLayers (post-norm, then pre-norm; GELU as a module)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3)
+        self.body = nn.Sequential(
+            nn.TransformerEncoderLayer(16, 2, 32, activation=nn.GELU(), batch_first=True),
+            nn.TransformerEncoderLayer(16, 4, 32, activation=nn.GELU(), batch_first=True, norm_first=True),
+        )
+
+    def forward(self, x):
+        return self.body(self.stem(x).flatten(2).transpose(1, 2))
+
+
 @dataclass(frozen=True)
 class Case:
     build: Callable[[], nn.Module]
@@ -106,6 +121,7 @@ CASES = {
     "deit_tiny": Case(lambda: timm_vit("deit_tiny_patch16_224"), "blocks.1", 64, "tokens", 1),
     "deit_tiny_unfused": Case(lambda: timm_vit("deit_tiny_patch16_224", fused=False), "blocks.1", 64, "tokens", 1),
     "deit_tiny_distilled": Case(lambda: timm_vit("deit_tiny_distilled_patch16_224"), "blocks.1", 64, "tokens", 2),
+    "torch_encoder_layers": Case(TorchEncoder, "body", 8, "tokens"),
     "vit_small_layerscale_droppath": Case(
         lambda: timm_vit("vit_small_patch16_224", fused=False, init_values=0.5, drop_path_rate=0.3),
         "blocks.1",
@@ -157,8 +173,7 @@ def attention_paths(model: nn.Module, layer: str, x: torch.Tensor) -> set[str]:
     hook = [(n, m) for n, m in model.named_modules() if isinstance(m, attentions())]
     handles = [m.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, m in hook]
     try:
-        with torch.no_grad():
-            layer_of(model, layer, x)
+        layer_of(model, layer, x)  # with a gradient: nn.TransformerEncoderLayer's fast path would skip its attention
     finally:
         for h in handles:
             h.remove()

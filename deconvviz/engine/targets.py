@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import numbers
 import os
 from collections.abc import Iterator, Sequence
@@ -117,8 +118,9 @@ def centres(
 ) -> tuple[Tensor, Tensor]:
     """Receptive-field centres (rows (h,), cols (w,)) of a layer's positions, in input pixels: a chain's closed
     form, or any other network's exact fields (deconvviz.engine.fields.receptive_field): the centres of their grid, or,
-    on a token or channels-last layer (patches, windows), each field's middle. A layer whose every field is the
-    whole input (after a global attention) has none: refused, the error about `about` (region or at)."""
+    on a token or channels-last layer (patches, windows), each field's middle, NaN along an axis its field spans
+    whole (Swin's shifted windows at the edge). A layer whose every field spans the whole input along an axis
+    (after a global attention) has none: refused, the error about `about` (region or at)."""
     steps = chain_of(model)
     if steps is None:
         from .fields import receptive_field
@@ -134,15 +136,18 @@ def centres(
         if layout_of(model, name, input_size).kind not in (TOKENS, CHANNELS_LAST):
             return f.centre_rows, f.centre_cols
         # a transformer's fields are patches, then windows (Swin), then the whole input: no regular grid to fit
-        # centres to, so each field's own middle
-        if f.whole(input_size):
+        # centres to, so each field's own middle; a field spanning the whole input along an axis has no place
+        # along it (NaN: no region holds it, no point is near it)
+        spans = [s.double() for s in (f.rows, f.cols)]
+        whole = [(s[:, 0] == 0) & (s[:, 1] == n) for s, n in zip(spans, input_size, strict=True)]
+        if all(bool(w.all()) for w in whole) or any(bool(w.all()) for w in whole):
             raise SelectionError(
                 f"every position of layer '{layer}' sees the whole {input_size[1]}x{input_size[0]} input (attention "
                 "has mixed them all), so a region or point cannot choose among them; choose a layer before the "
                 "first global attention, or choose channels",
                 about=about,
             )
-        return f.rows.double().mean(1), f.cols.double().mean(1)
+        return tuple(s.mean(1).masked_fill(w, math.nan) for s, w in zip(spans, whole, strict=True))
     name = resolve(model, steps, layer)
     upto = step_index(steps, name)
     try:
@@ -171,7 +176,8 @@ def region_mask(
     if at is not None:
         x, y = point(at, width, height)
         mask = torch.zeros(len(rows), len(cols), dtype=torch.bool)
-        mask[int((rows - y).abs().argmin()), int((cols - x).abs().argmin())] = True
+        near = [(t - v).abs().nan_to_num(math.inf) for t, v in ((rows, y), (cols, x))]  # NaN: no place there
+        mask[int(near[0].argmin()), int(near[1].argmin())] = True
         return mask
     box = region_box(region, width, height)
     mask = _inside(box, rows, cols)

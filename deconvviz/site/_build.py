@@ -38,6 +38,7 @@ from ..engine.fields import Fields, receptive_field
 from ..engine.forward import layer_shape, module_activations
 from ..engine.hooks import evaluating
 from ..engine.layers import module_outputs, resolve, stage_modules, step_index
+from ..engine.layout import Layout, layouts
 from ..errors import DeconvvizError, LayerError
 from ..images import check_size, load_image, to_batch, to_display
 from ..networks.network import Network, load_network
@@ -669,21 +670,24 @@ def strongest_units(activation: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def _explore_layers(dn: Deconvnet, size: int) -> list[str]:
     """The layers explored when none are named: a VGG's conv layers (conv1_1 ... conv5_3); any other network's
-    stage outputs (stage_modules: ResNet's conv1, layer1-layer4, DenseNet's blocks and transitions) that hold a
-    convolution and give a feature map of more than one position."""
+    stage outputs (stage_modules: ResNet's conv1, layer1-layer4, DenseNet's blocks and transitions, a ViT's patch
+    embedding and blocks) that hold a convolution or follow one and give a feature map of more than one position."""
     if dn.steps is not None:
         convs = [n for n in dn.layers() if re.fullmatch(r"conv\d+_\d+", n)]
         if convs:
             return convs
     outputs = {r.name: r for r in module_outputs(dn.model, (size, size))}
     modules = dict(dn.model.named_modules())
+    laid = layouts(dn.model, (size, size))
 
-    def maps(name: str) -> bool:
-        r = outputs.get(name)
-        return r is not None and r.runs == 1 and len(r.shape) == 3 and r.shape[1] * r.shape[2] > 1
+    def maps(name: str) -> bool:  # token and channels-last layers count by their maps on the grid
+        r, lay = outputs.get(name), laid.get(name)
+        shape = lay.map_shape(r.shape) if r is not None and lay is not None and lay.kind != "unknown" else ()
+        return r is not None and r.runs == 1 and len(shape) == 3 and shape[1] * shape[2] > 1
 
     stages = [n for n in stage_modules(dn.model) if maps(n)]
-    found = {n for n in stages if any(isinstance(m, nn.Conv2d) for m in modules[n].modules())}
+    follows = {n for n in stages if laid[n].kind in ("tokens", "channels-last")}  # on a patch embedding's grid
+    found = {n for n in stages if any(isinstance(m, nn.Conv2d) for m in modules[n].modules())} | follows
     if found:
         return [n for n in outputs if n in found]  # in the order the forward reaches them
     return [n for n in dn.layers() if maps(n) and isinstance(modules[n], nn.Conv2d)]
@@ -736,7 +740,8 @@ def _activation(dn: Deconvnet, x: Tensor, layer: str) -> Tensor:
     if dn.steps is not None:
         return activations(dn.steps, x, {"layer": step_index(dn.steps, path)})["layer"].cpu()
     with evaluating(dn.model):
-        return module_activations(dn.model, x, {"layer": path})["layer"].cpu()
+        act = module_activations(dn.model, x, {"layer": path})["layer"]
+    return (dn.layouts(x).get(path) or Layout()).maps(act, layer).cpu()  # tokens: their maps on the grid
 
 
 def _explore_page(ex: _Explore, views: list[_LayerView], i: int) -> str:

@@ -129,3 +129,25 @@ def test_scan_records_tokens_on_the_patch_grid(run, nets, tmp_path):
         want = {"image": f"img{image}.jpg", "row": row, "col": col, "box": [8 * row, 8 * row + 8, 8 * col, 8 * col + 8]}
         assert {k: records[str(c)][0][k] for k in want} == want
         assert records[str(c)][0]["value"] == pytest.approx(float(peaks.max()), rel=1e-5)
+
+
+def test_explore_reads_token_layers_on_the_grid(run, nets, tmp_path):
+    """explore's default layers of a ViT are its patch embedding and blocks (their maps on the grid); a token
+    layer's page lists units at grid positions."""
+    from deconvviz import Deconvnet
+    from deconvviz.site import _explore_layers
+
+    net = load_network(f"{nets}:vit", "random", "cpu", verbose=False)
+    assert _explore_layers(Deconvnet(net.module), 32) == [
+        "conv_proj",
+        "encoder.layers.encoder_layer_0",
+        "encoder.layers.encoder_layer_1",
+        "encoder",
+    ]
+    args = ["--model", f"{nets}:vit", "--weights", "random", "--size", 32, "--device", "cpu", "-q", "--top", 3]
+    r = run("explore", *args, "--layers", "encoder.dropout", "--out", tmp_path / "ex")
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "ex" / "encoder.dropout" / "index.html").read_text()
+    tokens = _tokens(f"{nets}:vit", "encoder.dropout")[1:]  # (16 grid positions, 16 features)
+    for c in tokens.amax(0).argsort(descending=True)[:3].tolist():
+        assert f'data-channel="{c}"' in page

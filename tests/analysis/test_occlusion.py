@@ -122,7 +122,7 @@ def test_cli_writes_figure_and_provenance(runner, tmp_path, monkeypatch):
             "--channel", "5", "--class", "7", "--occluder-size", "16", "--stride", "10", "-q"]  # fmt: skip
     r = runner.invoke(app, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    png, meta = tmp_path / "figures/occlusion-conv4_2-c5.png", tmp_path / "figures/occlusion-conv4_2-c5.json"
+    png, meta = tmp_path / "runs/occlusion-conv4_2-c5.png", tmp_path / "runs/occlusion-conv4_2-c5.json"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     prov = json.loads(meta.read_text())
     assert prov["occluder"]["positions"] == {"rows": [0, 10, 20, 30, 40, 48], "cols": [0, 10, 20, 30, 40, 48]}

@@ -498,3 +498,16 @@ def test_maxvit_t_at_its_smallest_size_matches_the_oracle_through_the_public_api
             want = hand_projection(twin, "blocks.0", x, seeds[:, None])[:, 0]
             assert rel_err(out.images[0], want) <= 1e-5, (rule, mode)
             assert (CONVENTIONS_ATTENTION in ", ".join(out.conventions.values())) == (rule != "gradient")
+
+
+@pytest.mark.parametrize("options", ["bool mask", "grouped query"])
+def test_scaled_dot_product_attention_on_the_math_backend_gives_the_same(options):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kwargs = SDPA_OPTIONS[options]
+    model, hand = double_twin(Scaled(**kwargs), Scaled(hand=True, **kwargs))
+    x = torch.randn(2, 3, 7, 6, dtype=torch.double, generator=torch.Generator().manual_seed(7))
+    with sdpa_kernel([SDPBackend.MATH]):
+        seeds, got, record = project_raw(model, "out", x, "deconvnet")
+    assert rel_err(got, hand_projection(hand, "out", x, seeds)) <= 1e-9
+    assert list(record["conventions"].values()) == [CONVENTIONS_ATTENTION]

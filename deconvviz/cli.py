@@ -122,7 +122,8 @@ def _report_out(stem: str):
     return Annotated[
         Path | None,
         typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); .json (provenance and every number) and .csv beside it. "
+            help="Figure file (.png .pdf .svg .jpg); NAME.provenance.json (provenance and every number) and "
+            "NAME.csv beside it. "
             f"Default: figures/{stem}-LAYER.png"
         ),
     ]
@@ -241,6 +242,7 @@ _FLAGS = {
     "workers": "--workers",
     "checkpoint_every": "--checkpoint-every",
     "per_position": "--per-position",
+    "max_memory": "--max-memory",
 }
 
 
@@ -267,7 +269,7 @@ def _errors(debug: bool):
             traceback.print_exc()
         first = str(e).splitlines()[0] if str(e) else ""
         if out_of_memory(e):
-            _fail(f"out of memory ({type(e).__name__}: {first}); use a smaller --size, --top or --batch-size", 2)
+            _fail(f"out of memory ({type(e).__name__}: {first}); use a smaller --size, --top, --batch-size or --dpi", 2)
         _fail(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", 1)
 
 
@@ -387,21 +389,28 @@ class _Output:
     default: object  # provenance -> Path
     dpi: int = 150
     quiet: bool = False
+    table_suffixes: tuple[str, ...] = ()  # the tables written beside the figure (.csv)
+
+    @property
+    def tables(self) -> list[Path]:
+        return [self.out.with_suffix(s) for s in self.table_suffixes] if self.out is not None else []
 
 
 def _figure(choice: _Choice, request, output: _Output, make) -> None:
     """Load the network, make (figure, provenance, *tables) with make(net, status), write them atomically."""
     out, image, dpi, quiet = output.out, request.image, output.dpi, output.quiet
     from . import figures
-    from .render import check_dpi, check_target, check_writable, figure_format
+    from .outputs import check_beside, check_target, check_writable, provenance_path
+    from .render import check_dpi, figure_format
 
     if out is not None:  # bad arguments fail before any work
         figure_format(out)
-        for target in (out, out.with_suffix(".json")):
+        for target in (out, provenance_path(out)):
             check_target(target)
             check_writable(target)
             if image is not None and target.exists() and target.resolve() == Path(image).resolve():
                 raise DeconvvizError(f"--out '{out}' would overwrite the input image; choose another --out")
+        check_beside(out, output.tables)
     check_dpi(dpi)
     _check_size(request.size)
     status = _Status(quiet)
@@ -443,7 +452,7 @@ def visualize(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); a .json provenance file is written beside it. "
+            help="Figure file (.png .pdf .svg .jpg); NAME.provenance.json (provenance) beside it. "
             "Default: figures/visualize-LAYER.png"
         ),
     ] = None,
@@ -523,7 +532,8 @@ def reconstruct(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. Default: figures/reconstruct-LAYER.png"
+            help="Figure file (.png .pdf .svg .jpg); NAME.provenance.json beside it. "
+            "Default: figures/reconstruct-LAYER.png"
         ),
     ] = None,
     dpi: Dpi = 150,
@@ -633,7 +643,7 @@ def occlusion(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. "
+            help="Figure file (.png .pdf .svg .jpg); NAME.provenance.json beside it. "
             "Default: figures/occlusion-LAYER-cCHANNEL.png"
         ),
     ] = None,
@@ -695,7 +705,7 @@ def compare(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. Default: figures/compare-LAYER.png"
+            help="Figure file (.png .pdf .svg .jpg); NAME.provenance.json beside it. Default: figures/compare-LAYER.png"
         ),
     ] = None,
     dpi: Dpi = 150,
@@ -728,15 +738,17 @@ def compare(
 
 
 def _unit_report(choice: _Choice, request: Request, report, output: _Output) -> None:
-    """sanity and ablate: one unit's figure, its .json and a .csv, all checked before the weights load.
-    report(net, request, progress=...) -> (figure, provenance, csv)."""
+    """sanity and ablate: one unit's figure, its .provenance.json and a .csv, all checked before the weights
+    load. report(net, request, progress=...) -> (figure, provenance, csv)."""
+    from dataclasses import replace
+
     from . import figures
+    from .outputs import check_target
 
     figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
-    if output.out is not None:
-        from .render import check_target
-
-        check_target(output.out.with_suffix(".csv"))
+    output = replace(output, table_suffixes=(".csv",))
+    for table in output.tables:
+        check_target(table)
 
     def make(net, status):
         fig, prov, csv = report(net, request, progress=status)
@@ -874,6 +886,13 @@ def scan(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass; resume with the same.")] = 32,
     workers: Annotated[int | None, typer.Option(help="Processes reading images. Default: min(4, CPU count).")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Images between checkpoints (OUT/state.pt).")] = 1000,
+    max_memory: Annotated[
+        float,
+        typer.Option(
+            help="GiB the kept projections may take (feature maps x --top x 3 x --size squared x 4 bytes); a scan "
+            "that needs more is refused before it runs."
+        ),
+    ] = 4.0,
     rule: RuleOpt = RuleChoice.deconvnet,
     unpool: UnpoolOpt = UnpoolChoice.switches,
     model: Model = None,
@@ -889,10 +908,12 @@ def scan(
     images are shared out among P processes (one GPU each where there are GPUs) and the results merged.
     """
     with _errors(debug):
+        from contextlib import nullcontext
+
         from . import figures
         from .network import load_network
-        from .render import check_writable
-        from .scan import scan_device, scan_folder
+        from .outputs import check_writable, locked
+        from .scan import check_scan, scan_device, scan_folder
 
         _check_size(size)
         choice = _Choice(model, weights, device)
@@ -901,28 +922,34 @@ def scan(
         figures.check_layers(choice.skeleton, names, channels=None if chans == "all" else chans, top=1, size=size)
         out = out or Path("runs") / f"scan-{'_'.join(names)}"
         check_writable(out / "report.json")
+        if max_memory <= 0:
+            raise DeconvvizError(f"--max-memory {max_memory} is not a size; give GiB, such as 4")
+        limits = {"top": top, "batch_size": batch_size, "checkpoint_every": checkpoint_every, "workers": workers}
+        check_scan(folder, out, **limits)  # everything that needs no network, before it loads
         rank = int(os.environ.get("RANK", "0"))
-        network = load_network(choice.spec, weights, scan_device(device), verbose=not quiet and rank == 0)
-        bar = _Bar(quiet)
-        try:
-            result = scan_folder(
-                folder,
-                names,
-                out,
-                top=top,
-                channels=chans,
-                size=size,
-                network=network,
-                batch_size=batch_size,
-                workers=workers,
-                checkpoint_every=checkpoint_every,
-                progress=bar,
-                verbose=not quiet,
-                rule=rule.value,
-                unpool=unpool.value,
-            )
-        finally:
-            bar.stop()
+        with locked(out) if rank == 0 else nullcontext():  # a second scan into `out` is refused before it loads
+            network = load_network(choice.spec, weights, scan_device(device), verbose=not quiet and rank == 0)
+            bar = _Bar(quiet)
+            try:
+                result = scan_folder(
+                    folder,
+                    names,
+                    out,
+                    top=top,
+                    channels=chans,
+                    size=size,
+                    network=network,
+                    batch_size=batch_size,
+                    workers=workers,
+                    checkpoint_every=checkpoint_every,
+                    progress=bar,
+                    verbose=not quiet,
+                    rule=rule.value,
+                    unpool=unpool.value,
+                    max_memory=int(max_memory * 2**30),
+                )
+            finally:
+                bar.stop()
         if result.written and not quiet:
             typer.echo(f"wrote {out / 'report.json'} and {len(result.written) - 1} figures and projections in {out}")
 
@@ -941,7 +968,7 @@ def filters(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. Default: figures/filters-LAYER.png"
+            help="Figure file (.png .pdf .svg .jpg); NAME.provenance.json beside it. Default: figures/filters-LAYER.png"
         ),
     ] = None,
     dpi: Dpi = 150,
@@ -992,7 +1019,7 @@ def invariance(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Figure file (.png .pdf .svg .jpg); provenance .json beside it. "
+            help="Figure file (.png .pdf .svg .jpg); NAME.provenance.json beside it. "
             "Default: figures/invariance-TRANSFORM.png"
         ),
     ] = None,
@@ -1121,28 +1148,31 @@ def explore(
     with _errors(debug):
         from . import figures
         from .network import load_network
+        from .outputs import SITE_MARKER, locked, owned
         from .site import explore_site
 
         _check_size(size)
         names = _layer_names(None, layers)
         choice = _Choice(model, weights, device)
         figures.check_request(choice.skeleton, Request(image, names or [], top=top, size=size), spatial=True)
-        network = load_network(choice.spec, weights, device, verbose=not quiet)
-        bar = _Steps(quiet)
-        try:
-            summary = explore_site(
-                image,
-                out,
-                layers=names,
-                top=top,
-                per_position=per_position,
-                network=network,
-                size=size,
-                progress=bar,
-                verbose=not quiet,
-            )
-        finally:
-            bar.stop()
+        owned(out, SITE_MARKER, what="site")
+        with locked(out):  # a second run into `out` is refused before the network loads
+            network = load_network(choice.spec, weights, device, verbose=not quiet)
+            bar = _Steps(quiet)
+            try:
+                summary = explore_site(
+                    image,
+                    out,
+                    layers=names,
+                    top=top,
+                    per_position=per_position,
+                    network=network,
+                    size=size,
+                    progress=bar,
+                    verbose=not quiet,
+                )
+            finally:
+                bar.stop()
         if not quiet:
             typer.echo(
                 f"wrote {summary.pages} pages ({summary.files} files, {summary.bytes / 1e6:.1f} MB); "

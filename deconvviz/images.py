@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from .errors import ImageError
@@ -116,6 +116,8 @@ def load_image(source: ImageSource, *, fit: int | None = None) -> Image.Image:
         except OSError as e:
             if e.errno in (errno.EINVAL, errno.EISDIR):  # a named pipe, a device (outputs.open_regular)
                 raise ImageError(f"cannot read image '{path}': {e.strerror}; give an image file") from None
+            if isinstance(e, UnidentifiedImageError):  # PIL's message quotes the file object: say it plainly
+                raise ImageError(f"cannot read image '{path}': not an image file PIL knows; {_FORMATS}") from None
             raise ImageError(f"cannot read image '{path}': {e}; {_FORMATS}") from e
         except (SyntaxError, ValueError) as e:
             raise ImageError(f"cannot read image '{path}': {e}; {_FORMATS}") from e

@@ -20,7 +20,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -53,17 +53,19 @@ def irregular(path: str | os.PathLike) -> str | None:
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
     """`path` opened for reading if it is a regular file; a named pipe or a device is refused, never waited on.
+    The file keeps `path` as its name (messages that quote it name the file, not a descriptor number).
     Raises OSError (FileNotFoundError, IsADirectoryError, or errno EINVAL with the reason)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a pipe opened without a writer: no wait
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # a pipe opened without a writer: no wait
+    f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | nonblocking))  # noqa: SIM115 - returned
     try:
-        mode = os.fstat(fd).st_mode
+        mode = os.fstat(f.fileno()).st_mode
         if not stat.S_ISREG(mode):
             error = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
             raise OSError(error, f"{_kind(mode)}, not a regular file", os.fsdecode(path))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        os.set_blocking(f.fileno(), True)
+        return f
     except BaseException:
-        os.close(fd)
+        f.close()
         raise
 
 
@@ -434,8 +436,3 @@ class Staged:
             os.rename(self.out, old)
             os.rename(self.new, self.out)  # killed between the two: recover() puts the old one back
             shutil.rmtree(old)
-
-
-def entries(folder: Path) -> Iterator[Path]:
-    """Files under `folder`, recursively (for sizes and listings)."""
-    return (p for p in folder.rglob("*") if p.is_file())

@@ -327,15 +327,14 @@ def scan_folder(
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     say = (lambda text: print(f"deconvviz: {text}", file=sys.stderr)) if verbose and rank == 0 else lambda text: None
     limits = {"top": top, "batch_size": batch_size, "checkpoint_every": checkpoint_every, "workers": workers}
-    check_scan(folder, out, **limits)
     with locked(out) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
             recover(out)  # a swap that a kill interrupted: the old result back, temporaries gone
+        fresh, made = _owned_scan(out) is None, missing_folders(out)
         if (done := _finished(out, args)) is not None:
             say(f"'{out}' holds this finished scan; nothing to do (give a new output folder to scan again)")
             return done
-        files, odd = check_scan(folder, out, **limits)  # again under the lock: the folder may have changed
-        fresh, made = _owned_scan(out) is None, missing_folders(out)
+        files, odd = check_scan(folder, out, **limits)
         try:
             return _scan(
                 network,

@@ -16,7 +16,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 READ = """
@@ -58,7 +57,8 @@ def main() -> None:
             big.save(path)
             for how in ("full", "reduced"):
                 start, peak = peak_mib([str(path), how])
-                print(f"{ext} {big.width}x{big.height} {how:>8}: peak {peak:8.0f} MiB ({peak - start:6.0f} over the start)")
+                shape = f"{ext} {big.width}x{big.height} {how:>8}"
+                print(f"{shape}: peak {peak:8.0f} MiB ({peak - start:6.0f} over the start)")
         photos = Path(tmp) / "photos"
         photos.mkdir()
         for i in range(5):
@@ -68,8 +68,8 @@ def main() -> None:
         cmd += ["--layer", "conv5_3", "--top", "100000", "--out", str(out), "--workers", "0", "-q"]
         subprocess.run(cmd, check=True)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"scan --top 100000, 5 photos: state.pt {(out / 'state.pt').stat().st_size / 1024:.0f} kB, ", end="")
-        print(textwrap.shorten(f"largest child peak {usage:.0f} MiB", 60))
+        size = (out / "state.pt").stat().st_size / 1024
+        print(f"scan --top 100000, 5 photos: state.pt {size:.0f} kB, largest child peak {usage:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -880,7 +880,7 @@ def scan(
         Path | None,
         typer.Option(
             help="Run directory: report.json, LAYER/channel-C.png, LAYER/overview.png, LAYER/projections.pt and "
-            "checkpoints. Default: runs/scan-LAYER"
+            "checkpoints; new, empty or a scan's own (docs/outputs.md). Default: runs/scan-LAYER"
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass; resume with the same.")] = 32,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -13,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from .errors import ImageError
+from .outputs import open_regular
 from .preprocess import Preprocess
 
 DEFAULT_IMAGE = Path(str(resources.files("deconvviz") / "data" / "bicycle.jpg"))
@@ -61,10 +63,35 @@ def _rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source: ImageSource) -> Image.Image:
+REDUCE_ABOVE = 4  # a file decoded at reduced scale when its shorter side is this many times the input side or more
+
+
+def _reduced(img: Image.Image, fit: int | None) -> Image.Image:
+    """A large image read at reduced size before anything else touches it: JPEG decoded at 1/2, 1/4 or 1/8 scale
+    (draft), others reduced by a whole factor (box filter) right after decoding; the shorter side stays at least
+    REDUCE_ABOVE * fit, so the resize to `fit` that follows still has REDUCE_ABOVE times the pixels it needs."""
+    if fit is None or min(img.size) < 2 * REDUCE_ABOVE * fit:
+        img.load()
+        return img
+    w, h = img.size
+    least = REDUCE_ABOVE * fit / min(w, h)
+    if img.format == "JPEG":
+        img.draft(img.mode, (math.ceil(w * least), math.ceil(h * least)))
+    img.load()
+    factor = min(img.size) // (REDUCE_ABOVE * fit)
+    if factor < 2:
+        return img
+    try:
+        return img.reduce(factor)
+    except ValueError:  # a mode reduce does not take (palette, 1-bit): converted first
+        return _rgb(img).reduce(factor)
+
+
+def load_image(source: ImageSource, *, fit: int | None = None) -> Image.Image:
     """Any PIL image or image file to a new 8-bit RGB image, upright (EXIF orientation applied).
 
-    Transparent pixels become white. A PIL image passed in is not modified. Raises ImageError.
+    Transparent pixels become white. A PIL image passed in is not modified. fit: the side the image will be
+    resized to; a file much larger than that is decoded at reduced size (`_reduced`). Raises ImageError.
     """
     if isinstance(source, Image.Image):
         label = f"<{source.mode} PIL image>"
@@ -77,15 +104,22 @@ def load_image(source: ImageSource) -> Image.Image:
         if path.is_dir():
             raise ImageError(f"image '{path}' is a directory; give an image file")
         try:
-            with warnings.catch_warnings(), Image.open(path) as img:
-                # large photos are fine: they are resized; PIL's hard limit still raises DecompressionBombError
+            # large photos are fine: they are reduced and resized; PIL's hard limit still raises
+            # DecompressionBombError. The warning comes from Image.open, so it is silenced around it.
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img.load()
-                out = _rgb(ImageOps.exif_transpose(img))  # always a new image, safe after close
-                out.load()
+                with open_regular(path) as f, Image.open(f) as img:
+                    out = _rgb(ImageOps.exif_transpose(_reduced(img, fit)))  # always a new image, safe after close
+                    out.load()
         except Image.DecompressionBombError as e:
             raise ImageError(f"cannot read image '{path}': {e}; downscale it first") from e
-        except (OSError, SyntaxError, ValueError) as e:
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.EISDIR):  # a named pipe, a device (outputs.open_regular)
+                raise ImageError(f"cannot read image '{path}': {e.strerror}; give an image file") from None
+            if isinstance(e, UnidentifiedImageError):  # PIL's message quotes the file object: say it plainly
+                raise ImageError(f"cannot read image '{path}': not an image file PIL knows; {_FORMATS}") from None
+            raise ImageError(f"cannot read image '{path}': {e}; {_FORMATS}") from e
+        except (SyntaxError, ValueError) as e:
             raise ImageError(f"cannot read image '{path}': {e}; {_FORMATS}") from e
     else:
         raise ImageError(f"expected an image file path or a PIL image, got {type(source).__name__}")
@@ -97,9 +131,9 @@ def load_image(source: ImageSource) -> Image.Image:
     return out
 
 
-def to_tensor(image: ImageSource) -> Tensor:
-    """An image (anything load_image takes) to RGB float in [0, 1]. Returns (3, H, W)."""
-    a = np.asarray(load_image(image), dtype=np.float32) / 255.0
+def to_tensor(image: ImageSource, *, fit: int | None = None) -> Tensor:
+    """An image (anything load_image takes; fit: as there) to RGB float in [0, 1]. Returns (3, H, W)."""
+    a = np.asarray(load_image(image, fit=fit), dtype=np.float32) / 255.0
     return torch.from_numpy(a).permute(2, 0, 1).contiguous()
 
 
@@ -142,7 +176,7 @@ def to_batch(
     items = [images] if isinstance(images, (str, os.PathLike, Image.Image)) else list(images)
     if not items:
         raise ImageError("no images given; pass at least one image path or PIL image")
-    ts = [to_tensor(i) for i in items]
+    ts = [to_tensor(i, fit=size) for i in items]
     if size is None:
         sizes = sorted({f"{t.shape[2]}x{t.shape[1]}" for t in ts})
         if len(sizes) > 1:

@@ -11,8 +11,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,14 +38,29 @@ from ..networks.architectures import located
 from ..networks.cards import cards_folder
 from ..networks.network import Network
 from ..networks.weights import find_card, pick_device
+from ..outputs import (
+    SCAN_MARKER,
+    SITE_MARKER,
+    Staged,
+    irregular,
+    locked,
+    missing_folders,
+    open_regular,
+    owned,
+    recover,
+    remove_partials,
+    write_atomic,
+    write_locked,
+)
 from ..preprocess import Preprocess
-from ..render.draw import TopImages, channel_figure, overview_figure, save, write_atomic
+from ..render.draw import TopImages, channel_figure, overview_figure, save
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHOWN_CHANNELS = 9  # feature maps projected and drawn when none are given: the strongest over the folder
 OVERVIEW_CHANNELS = 16  # at most this many feature maps in overview.png
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 CRASH_AFTER_BATCH = "DECONVVIZ_TEST_CRASH_AFTER_BATCH"  # tests only: the scan kills itself after that checkpoint
+MAX_MEMORY = 4 * 2**30  # bytes the kept projections may take (max_memory); above it a scan is refused before it runs
 
 
 @dataclass(frozen=True)
@@ -133,13 +150,35 @@ _FIELDS = ("values", "images", "positions")
 
 def image_files(folder: str | os.PathLike) -> list[str]:
     """Every image under `folder` (recursive, by suffix) as sorted relative POSIX paths: the scan's fixed order."""
+    return listed_images(folder)[0]
+
+
+def listed_images(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[list[str], list[dict]]:
+    """The image files under `folder` (recursive, by suffix; sorted relative POSIX paths, names in any encoding)
+    and those that are no regular file ({"path", "reason"}: a dangling link, a named pipe, ...). Folders that
+    deconvviz wrote (`out`, a scan, a site, their temporaries) are not read: a scan never reads its own figures."""
     root = Path(folder)
     if not root.is_dir():
         raise ImageError(f"'{folder}' is not a folder; give a folder of images (read recursively)")
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
+    own = Path(out).resolve() if out is not None else None
+    files, odd = [], []
+    for top, dirs, names in os.walk(root):
+        here = Path(top)
+        dirs[:] = [d for d in dirs if not _written_by_deconvviz(here / d, own)]
+        for name in names:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                rel = (here / name).relative_to(root).as_posix()
+                why = irregular(here / name)
+                files.append(rel) if why is None else odd.append({"path": rel, "reason": f"{why}, not an image"})
+    if not files and not odd:
         raise ImageError(f"no images under '{folder}'; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
-    return files
+    return sorted(files), sorted(odd, key=lambda s: s["path"])
+
+
+def _written_by_deconvviz(folder: Path, out: Path | None) -> bool:
+    if folder.name.startswith(".") and folder.name.endswith((".deconvviz-new", ".deconvviz-old")):
+        return True  # a build of deconvviz beside its folder (outputs.Staged)
+    return (folder / SCAN_MARKER).is_file() or (folder / SITE_MARKER).is_file() or folder.resolve() == out
 
 
 def preprocessed(path: Path, preprocess: Preprocess, size: int) -> Tensor:
@@ -181,6 +220,63 @@ def activations(steps, x: Tensor, taps: dict[str, int]) -> dict[str, Tensor]:
     return {name: kept[i] for name, i in taps.items()}
 
 
+def check_scan(
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    top: int = 9,
+    batch_size: int = 32,
+    checkpoint_every: int = 1000,
+    workers: int | None = None,
+) -> tuple[list[str], list[dict]]:
+    """Every check of a scan that needs no network: the numbers, the folder (some file in it reads as an
+    image), and `out` (new, empty, or a scan's own). Returns the image files and those that are no regular file."""
+    checks = (
+        ("top", "top", top, 1),
+        ("batch size", "batch_size", batch_size, 1),
+        ("checkpoint interval", "checkpoint_every", checkpoint_every, 1),
+        ("workers", "workers", workers, 0),
+    )
+    for what, about, v, least in checks:
+        if v is not None and v < least:
+            raise DeconvvizError(f"{what} must be at least {least}, got {v}", about=about)
+    files, odd = listed_images(folder, out)
+    _owned_scan(Path(out))
+    reasons = [(s["path"], s["reason"]) for s in odd]
+    for f in files:  # the first file whose header reads as an image ends the search
+        why = _unreadable(Path(folder) / f)
+        if why is None:
+            break
+        reasons.append((f, why))
+    else:
+        first, why = sorted(reasons)[0]
+        raise ImageError(
+            f"none of the {len(reasons)} image file(s) under '{folder}' could be read ('{first}': {why}); "
+            "check the folder"
+        )
+    return files, odd
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why an image file's header does not read (a quick look, not a decode); None when it reads."""
+    from PIL import Image
+
+    try:
+        with open_regular(path) as f, Image.open(f):
+            return None
+    except Exception as e:  # noqa: BLE001 - any reason is the file's, said in the message
+        return f"{type(e).__name__}: {e}"
+
+
+def _state_names(world: int) -> list[str]:
+    return ["state.pt"] if world == 1 else [f"state-rank{r}.pt" for r in range(world)]
+
+
+def _owned_scan(out: Path) -> dict | None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return owned(out, SCAN_MARKER, what="scan", allowed=_state_names(world))
+
+
 def scan_folder(
     folder: str | os.PathLike,
     layers: Sequence[str] = ("conv5_3",),
@@ -197,6 +293,7 @@ def scan_folder(
     verbose: bool = True,
     rule: str = "deconvnet",
     unpool: str = "switches",
+    max_memory: int = MAX_MEMORY,
 ) -> ScanResult:
     """For every channel of `layers`, the `top` images of `folder` with its strongest activations; the chosen
     `channels` (None: the 9 strongest, "all") are projected and drawn. Everything is written under `out`.
@@ -206,7 +303,9 @@ def scan_folder(
     (`out/report.json`) is returned without recomputing. rule: deconvnet, guided, gradient or linear; unpool:
     switches, nearest, bilinear or fixed (reverse.UNPOOLS). Under torchrun
     the batches are shared out among the processes and the per-process top-k merged exactly; process 0
-    projects and writes.
+    projects and writes. `out` must be new, empty or a scan's own folder; one scan at a time writes it (an OS
+    lock), and its figures are built beside it and swapped in whole. max_memory: bytes the kept projections
+    may take; a scan that would need more is refused before it runs.
     """
     chans = channels if channels is None or isinstance(channels, str) else tuple(int(c) for c in channels)
     if isinstance(chans, str) and chans != "all":
@@ -225,23 +324,59 @@ def scan_folder(
         unpool=get_unpool(unpool),
     )
     check_size(size)
-    checks = (
-        ("top", "top", top, 1),
-        ("batch size", "batch_size", batch_size, 1),
-        ("checkpoint interval", "checkpoint_every", checkpoint_every, 1),
-        ("workers", "workers", workers, 0),
-    )
-    for what, about, v, least in checks:
-        if v is not None and v < least:
-            raise DeconvvizError(f"{what} must be at least {least}, got {v}", about=about)
     out = Path(out)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     say = (lambda text: print(f"deconvviz: {text}", file=sys.stderr)) if verbose and rank == 0 else lambda text: None
-    if (done := _finished(out, args)) is not None:
-        say(f"'{out}' holds this finished scan; nothing to do (give a new output folder to scan again)")
-        return done
-    root, files = Path(args.folder), image_files(folder)  # resolved: the report must not depend on the cwd
-    created = not out.exists()
+    limits = {"top": top, "batch_size": batch_size, "checkpoint_every": checkpoint_every, "workers": workers}
+    with locked(out) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            recover(out)  # a swap that a kill interrupted: the old result back, temporaries gone
+        fresh, made = _owned_scan(out) is None, missing_folders(out)
+        if (done := _finished(out, args)) is not None:
+            say(f"'{out}' holds this finished scan; nothing to do (give a new output folder to scan again)")
+            return done
+        files, odd = check_scan(folder, out, **limits)
+        try:
+            return _scan(
+                network,
+                args,
+                (files, odd),
+                out,
+                world=world,
+                rank=rank,
+                workers=workers,
+                every=checkpoint_every,
+                progress=progress,
+                say=say,
+                max_memory=max_memory,
+            )
+        except BaseException as e:
+            if fresh and rank == 0:
+                _remove_unfinished(out, made, world, interrupted=isinstance(e, KeyboardInterrupt))
+            raise
+
+
+def _remove_unfinished(out: Path, made: Path | None, world: int, *, interrupted: bool) -> None:
+    """A first run that failed leaves the folder as it found it; one interrupted (Ctrl-C) keeps its checkpoints,
+    to resume from, as a kill does."""
+    names = [*_state_names(world), SCAN_MARKER]
+    if interrupted and any((out / n).is_file() for n in _state_names(world)):
+        return
+    for n in names:
+        (out / n).unlink(missing_ok=True)
+    remove_partials(out, names)
+    for d in (out, *out.parents) if made is not None else ():
+        if not d.is_relative_to(made):
+            break
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _scan(network, args, found, out, *, world, rank, workers, every, progress, say, max_memory) -> ScanResult:
+    """The scan itself, under the lock: the top-k, then the projections and figures, swapped in whole.
+    found: the image files and those that are no regular file (listed_images)."""
+    (files, odd), folder, layers, size, chans = found, args.folder, args.layers, args.size, args.channels
+    root = Path(args.folder)  # resolved: the report must not depend on the cwd
     net, info = network.module, network.weights
     dev = next(net.parameters()).device
     dn = Deconvnet(net, rule=args.rule, unpool=args.unpool)
@@ -252,6 +387,12 @@ def scan_folder(
     plan = {name: (shapes[name], _field(dn, i, shapes[name], size)) for name, i in taps.items()}
     for name, (shape, _) in plan.items():
         _check_channels(chans, name, shape[0])
+    k = min(args.top, len(files))  # no more records than images: the state is sized to what exists
+    _check_memory(plan, chans, k, size, max_memory)
+    if rank == 0:
+        _start(out, world)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
     with _processes(dev, world):
         state = _scan_shard(
             dn,
@@ -266,28 +407,82 @@ def scan_folder(
             rank=rank,
             world=world,
             workers=workers,
-            every=checkpoint_every,
+            every=every,
             progress=progress,
             say=say,
+            k=k,
         )
         state = _gathered(state, world)
         skipped = [{"path": files[i], "reason": why} for i, why in sorted(state["skipped"])]
         if len(skipped) == len(files):
-            _remove_checkpoints(out, rank, world, created)
-            first = skipped[0]
+            (out / ("state.pt" if world == 1 else f"state-rank{rank}.pt")).unlink(missing_ok=True)
+            first = (odd + skipped)[0]
             raise ImageError(
-                f"none of the {len(files)} image file(s) under '{folder}' could be read "
+                f"none of the {len(files) + len(odd)} image file(s) under '{folder}' could be read "
                 f"('{first['path']}': {first['reason']}); check the folder"
             )
-        result = ScanResult(args, len(files), skipped, {})
+        skipped = sorted(odd + skipped, key=lambda s: s["path"])
+        result = ScanResult(args, len(files) + len(odd), skipped, {})
         for name, (shape, rf) in plan.items():
             top_k = TopK(*(state["top"][name][f] for f in _FIELDS))
             result.layers[name] = {c: ChannelResult(r) for c, r in _records(top_k, files, shape, rf, size).items()}
         if rank == 0:
-            result.written = _project_and_write(dn, info, root, result=result, out=out, progress=progress)
+            with Staged(out) as new:
+                written = _project_and_write(dn, info, root, result=result, out=new, progress=progress)
+                _keep_checkpoints(out, new, world)
+                _mark(new, files=[p.relative_to(new).as_posix() for p in written])
+            result.written = [out / p.relative_to(new) for p in written]
             if skipped:
                 say(f"{len(skipped)} unreadable file(s) skipped, listed in {out / 'report.json'}")
     return result
+
+
+def _start(out: Path, world: int) -> None:
+    """Claim the run folder: made if new, marked as a scan's (before any checkpoint), a killed run's temp files
+    of its checkpoints removed by their exact names."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DeconvvizError(
+            f"cannot write to '{out}': {e.strerror or e}; give a writable folder", about="out"
+        ) from None
+    if not (out / SCAN_MARKER).is_file():
+        _mark(out, files=[])
+    remove_partials(out, [*_state_names(world), SCAN_MARKER])
+
+
+def _mark(folder: Path, files: list[str]) -> None:
+    """The marker that makes a folder a scan's own: a later scan may resume or replace it, and nothing else."""
+    data = {"deconvviz": __version__, "kind": "scan", "files": sorted(files)}
+    write_locked(folder / SCAN_MARKER, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+
+
+def _keep_checkpoints(out: Path, new: Path, world: int) -> None:
+    """The finished run keeps its checkpoints (a rerun with other arguments is compared with them)."""
+    for n in _state_names(world):
+        if (out / n).is_file():
+            try:
+                os.link(out / n, new / n)
+            except OSError:
+                shutil.copy2(out / n, new / n)
+
+
+def _check_memory(plan: dict, chans, k: int, size: int, budget: int) -> None:
+    """The kept projections ((k, 3, size, size) float32 per projected map, all layers) fit in `budget` bytes."""
+    maps = {
+        name: shape[0] if chans == "all" else SHOWN_CHANNELS if chans is None else len(set(chans))
+        for name, (shape, _) in plan.items()
+    }
+    maps = {name: min(n, plan[name][0][0]) for name, n in maps.items()}
+    need = sum(maps.values()) * k * 3 * size * size * 4
+    if need > budget:
+        biggest = max(maps, key=maps.get)
+        raise DeconvvizError(
+            f"projecting {sum(maps.values())} feature maps ({maps[biggest]} of {biggest}) x {k} images at size "
+            f"{size} keeps about {need / 2**30:.1f} GiB of projections, more than max_memory "
+            f"{budget / 2**30:.1f} GiB; give fewer channels, a smaller top or size, or a larger max_memory",
+            about="max_memory",
+        )
 
 
 def _located_weights(weights: str) -> str:
@@ -307,14 +502,6 @@ def scan_device(device: str | torch.device | None = "auto") -> torch.device:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return dev
-
-
-def _remove_checkpoints(out: Path, rank: int, world: int, created: bool) -> None:
-    """A scan that found nothing to read leaves nothing behind: its checkpoint, and the run folder it made."""
-    (out / ("state.pt" if world == 1 else f"state-rank{rank}.pt")).unlink(missing_ok=True)
-    if created and rank == 0:
-        with contextlib.suppress(OSError):  # other processes may still be removing theirs
-            out.rmdir()
 
 
 def _tap(dn: Deconvnet, layer: str) -> int | str:
@@ -373,20 +560,26 @@ def _processes(device: torch.device, world: int):
 
 
 def _fingerprint(root: Path, files: list[str]) -> str:
-    """The file list and sizes: a resumed scan must see the same images in the same order."""
-    text = "".join(f"{f}\t{(root / f).stat().st_size}\n" for f in files)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """The file list and sizes: a resumed scan must see the same images in the same order. Names in any
+    encoding are taken as the bytes the system gives (os.fsencode); a file gone since the listing counts -1."""
+    digest = hashlib.sha256()
+    for f in files:
+        try:
+            size = (root / f).stat().st_size
+        except OSError:
+            size = -1
+        digest.update(os.fsencode(f) + f"\t{size}\n".encode())
+    return digest.hexdigest()
 
 
 def _scan_shard(
-    dn, preprocess, root, files, taps, plan, args, out, device, rank, world, workers, every, progress, say
+    dn, preprocess, root, files, taps, plan, args, out, device, rank, world, workers, every, progress, say, k
 ) -> dict:
     """Scan this process's batches (batch b goes to process b mod world), resuming from its checkpoint."""
     path = out / ("state.pt" if world == 1 else f"state-rank{rank}.pt")
-    _remove_temporaries(out, f".{path.name}.")
     b = args.batch_size
     batches = [range(j * b, min(j * b + b, len(files))) for j in range(rank, -(-len(files) // b), world)]
-    empty = {name: asdict(TopK.empty(shape[0], args.top)) for name, (shape, _) in plan.items()}
+    empty = {name: asdict(TopK.empty(shape[0], k)) for name, (shape, _) in plan.items()}
     state = {
         "arguments": args.to_json(),
         "files": _fingerprint(root, files),
@@ -432,7 +625,7 @@ def _scan_shard(
             progress("scanning", done, total)
         if done - saved >= every or state["batches"] == len(batches):
             state["top"] = {name: asdict(t) for name, t in tops.items()}
-            write_atomic(path, lambda f: torch.save(state, f))
+            write_locked(path, lambda f: torch.save(state, f))
             saved = done
             if os.environ.get(CRASH_AFTER_BATCH) == str(state["batches"]):
                 os.kill(os.getpid(), signal.SIGKILL)  # for the resume test: kill -9 right after this checkpoint
@@ -441,17 +634,38 @@ def _scan_shard(
 
 def _resumed(path: Path, fresh: dict, out: Path, batches: int) -> dict:
     try:
-        state = torch.load(path, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - checkpoints are written atomically; this one was not ours
-        raise DeconvvizError(f"cannot read the checkpoint {path} ({e}); delete it to scan again") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True)
+        checked = _checkpoint(state, fresh)
+    except Exception:  # noqa: BLE001 - checkpoints are written atomically; this one was not a scan's
+        raise DeconvvizError(
+            f"'{path}' is not a checkpoint of deconvviz scan; delete it to scan again, or give another output folder",
+            about="out",
+        ) from None
     _same_arguments(out, state.get("arguments"), fresh["arguments"])
-    if state.get("files") != fresh["files"] or state.get("world") != fresh["world"] or state["batches"] > batches:
+    if not checked or state.get("world") != fresh["world"] or state["batches"] > batches:
         raise DeconvvizError(
             f"the images under '{fresh['arguments']['folder']}' (or the number of processes) "
             f"changed since the scan in '{out}' began; give a new output folder",
             about="out",
         )
     return state
+
+
+def _checkpoint(state, fresh: dict) -> bool:
+    """A checkpoint's shape is a scan's (raises otherwise); True when it is of the same images in the same order."""
+    if not isinstance(state, dict) or not isinstance(state.get("arguments"), dict):
+        raise TypeError("not a scan checkpoint")
+    top, batches = state["top"], state["batches"]
+    if not isinstance(batches, int) or set(top) != set(fresh["top"]) or not isinstance(state["skipped"], list):
+        raise TypeError("not a scan checkpoint")
+    for name, t in top.items():
+        want = fresh["top"][name]["values"].shape
+        if any(not isinstance(t[f], Tensor) or t[f].shape != want for f in _FIELDS):
+            if state["arguments"] == fresh["arguments"]:
+                raise TypeError("not a scan checkpoint")
+    return state.get("files") == fresh["files"]
 
 
 def _same_arguments(out: Path, stored: dict | None, now: dict) -> None:
@@ -560,7 +774,6 @@ def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out:
     Nothing written holds a clock or the run directory, so the files of a resumed run are byte-identical
     to those of an uninterrupted one.
     """
-    _remove_temporaries(out, ".", keep=".state")
     args, layers, written = result.arguments, {}, []
     for layer, per_channel in result.layers.items():
         shown = _shown(result, layer)
@@ -609,13 +822,6 @@ def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out:
     return [*written, out / "report.json"]
 
 
-def _remove_temporaries(out: Path, prefix: str, keep: str | None = None) -> None:
-    """Half-written temp files of a killed run (write_atomic's `.NAME.*`) are removed before writing again."""
-    for p in out.rglob(f"{prefix}*") if out.is_dir() else []:
-        if p.is_file() and p.name.startswith(".") and not (keep and p.name.startswith(keep)):
-            p.unlink(missing_ok=True)
-
-
 def _finished(out: Path, args: ScanArguments) -> ScanResult | None:
     if not (out / "report.json").is_file():
         return None
@@ -632,6 +838,17 @@ def load_result(rundir: str | os.PathLike) -> ScanResult:
         report = json.loads((rundir / "report.json").read_text())
     except (OSError, ValueError) as e:
         raise DeconvvizError(f"no finished scan in '{rundir}' ({e}); run `deconvviz scan` there first") from None
+    try:
+        return _result(rundir, report)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DeconvvizError(
+            f"'{rundir / 'report.json'}' is not the report of a finished deconvviz scan ({type(e).__name__}: {e}); "
+            "give another output folder",
+            about="out",
+        ) from None
+
+
+def _result(rundir: Path, report: dict) -> ScanResult:
     a = report["arguments"]
     chans = tuple(a["channels"]) if isinstance(a["channels"], list) else a["channels"]
     args = ScanArguments(

@@ -124,8 +124,8 @@ Seed = Annotated[int, typer.Option(help="Seed of the re-initialized weights.")]
 
 
 def _figure_out(name: str, *, tables: bool = False):
-    """--out of a command that writes a figure and its .json (tables: and a .csv); name: the default's name."""
-    beside = ".json (provenance and every number) and .csv beside it" if tables else "provenance .json beside it"
+    """--out of a command that writes a figure and its .provenance.json (tables: and a .csv); name: the default's."""
+    beside = "NAME.provenance.json (provenance and every number) and NAME.csv" if tables else "NAME.provenance.json"
     return Annotated[
         Path | None,
         typer.Option(help=f"Figure file (.png .pdf .svg .jpg); {beside}. Default: {OUTPUTS / name}.png"),
@@ -265,6 +265,7 @@ _FLAGS = {
     "checkpoint_every": "--checkpoint-every",
     "per_position": "--per-position",
     "token": "--token",
+    "max_memory": "--max-memory",
 }
 
 
@@ -291,7 +292,7 @@ def _errors(debug: bool):
             traceback.print_exc()
         first = str(e).splitlines()[0] if str(e) else ""
         if out_of_memory(e):
-            _fail(f"out of memory ({type(e).__name__}: {first}); use a smaller --size, --top or --batch-size", 2)
+            _fail(f"out of memory ({type(e).__name__}: {first}); use a smaller --size, --top, --batch-size or --dpi", 2)
         _fail(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", 1)
 
 
@@ -389,21 +390,28 @@ class _Output:
     default: object  # provenance -> Path
     dpi: int = 150
     quiet: bool = False
+    table_suffixes: tuple[str, ...] = ()  # the tables written beside the figure (.csv)
+
+    @property
+    def tables(self) -> list[Path]:
+        return [self.out.with_suffix(s) for s in self.table_suffixes] if self.out is not None else []
 
 
 def _figure(choice: _Choice, request, output: _Output, make) -> None:
     """Load the network, make (figure, provenance, *tables) with make(net, status), write them atomically."""
     out, image, dpi, quiet = output.out, request.image, output.dpi, output.quiet
+    from ..outputs import check_beside, check_target, check_writable, provenance_path
     from ..render import figures
-    from ..render.draw import check_dpi, check_target, check_writable, figure_format
+    from ..render.draw import check_dpi, figure_format
 
     if out is not None:  # bad arguments fail before any work
         figure_format(out)
-        for target in (out, out.with_suffix(".json")):
+        for target in (out, provenance_path(out)):
             check_target(target)
             check_writable(target)
             if image is not None and target.exists() and target.resolve() == Path(image).resolve():
                 raise DeconvvizError(f"--out '{out}' would overwrite the input image; choose another --out")
+        check_beside(out, output.tables)
     check_dpi(dpi)
     _check_size(request.size)
     status = Progress(quiet)
@@ -715,15 +723,17 @@ def compare(
 
 
 def _unit_report(choice: _Choice, request: Request, report, output: _Output) -> None:
-    """sanity and ablate: one unit's figure, its .json and a .csv, all checked before the weights load.
-    report(net, request, progress=...) -> (figure, provenance, csv)."""
+    """sanity and ablate: one unit's figure, its .provenance.json and a .csv, all checked before the weights
+    load. report(net, request, progress=...) -> (figure, provenance, csv)."""
+    from dataclasses import replace
+
+    from ..outputs import check_target
     from ..render import figures
 
     figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
-    if output.out is not None:
-        from ..render.draw import check_target
-
-        check_target(output.out.with_suffix(".csv"))
+    output = replace(output, table_suffixes=(".csv",))
+    for table in output.tables:
+        check_target(table)
 
     def make(net, status):
         fig, prov, csv = report(net, request, progress=status)
@@ -815,12 +825,19 @@ def scan(
         Path | None,
         typer.Option(
             help="Run directory: report.json, LAYER/channel-C.png, LAYER/overview.png, LAYER/projections.pt and "
-            f"checkpoints. Default: {OUTPUTS}/scan-LAYER"
+            f"checkpoints; new, empty or a scan's own (docs/outputs.md). Default: {OUTPUTS}/scan-LAYER"
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass; resume with the same.")] = 32,
     workers: Annotated[int | None, typer.Option(help="Processes reading images. Default: min(4, CPU count).")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Images between checkpoints (OUT/state.pt).")] = 1000,
+    max_memory: Annotated[
+        float,
+        typer.Option(
+            help="GiB the kept projections may take (feature maps x --top x 3 x --size squared x 4 bytes); a scan "
+            "that needs more is refused before it runs."
+        ),
+    ] = 4.0,
     rule: RuleOpt = RuleChoice.deconvnet,
     unpool: UnpoolOpt = UnpoolChoice.switches,
     model: Model = None,
@@ -836,10 +853,12 @@ def scan(
     images are shared out among P processes (one GPU each where there are GPUs) and the results merged.
     """
     with _errors(debug):
-        from ..analysis.scan import scan_device, scan_folder
+        from contextlib import nullcontext
+
+        from ..analysis.scan import check_scan, scan_device, scan_folder
         from ..networks.network import load_network
+        from ..outputs import check_writable, locked
         from ..render import figures
-        from ..render.draw import check_writable
 
         _check_size(size)
         choice = _Choice(model, weights, device)
@@ -848,28 +867,34 @@ def scan(
         figures.check_layers(choice.skeleton, names, channels=None if chans == "all" else chans, top=1, size=size)
         out = out or OUTPUTS / f"scan-{'_'.join(names)}"
         check_writable(out / "report.json")
+        if max_memory <= 0:
+            raise DeconvvizError(f"--max-memory {max_memory} is not a size; give GiB, such as 4")
+        limits = {"top": top, "batch_size": batch_size, "checkpoint_every": checkpoint_every, "workers": workers}
+        check_scan(folder, out, **limits)  # everything that needs no network, before it loads
         rank = int(os.environ.get("RANK", "0"))
-        network = load_network(choice.spec, weights, scan_device(device), verbose=not quiet and rank == 0)
-        bar = Progress(quiet, rate="images")
-        try:
-            result = scan_folder(
-                folder,
-                names,
-                out,
-                top=top,
-                channels=chans,
-                size=size,
-                network=network,
-                batch_size=batch_size,
-                workers=workers,
-                checkpoint_every=checkpoint_every,
-                progress=bar,
-                verbose=not quiet,
-                rule=rule.value,
-                unpool=unpool.value,
-            )
-        finally:
-            bar.stop()
+        with locked(out) if rank == 0 else nullcontext():  # a second scan into `out` is refused before it loads
+            network = load_network(choice.spec, weights, scan_device(device), verbose=not quiet and rank == 0)
+            bar = Progress(quiet, rate="images")
+            try:
+                result = scan_folder(
+                    folder,
+                    names,
+                    out,
+                    top=top,
+                    channels=chans,
+                    size=size,
+                    network=network,
+                    batch_size=batch_size,
+                    workers=workers,
+                    checkpoint_every=checkpoint_every,
+                    progress=bar,
+                    verbose=not quiet,
+                    rule=rule.value,
+                    unpool=unpool.value,
+                    max_memory=int(max_memory * 2**30),
+                )
+            finally:
+                bar.stop()
         if result.written and not quiet:
             typer.echo(f"wrote {out / 'report.json'} and {len(result.written) - 1} figures and projections in {out}")
 
@@ -1030,6 +1055,7 @@ def explore(
     strongest at that position with their projections. Opens from file://."""
     with _errors(debug):
         from ..networks.network import load_network
+        from ..outputs import SITE_MARKER, locked, owned
         from ..render import figures
         from ..site._build import explore_site
 
@@ -1037,22 +1063,24 @@ def explore(
         names = _layer_names(None, layers)
         choice = _Choice(model, weights, device)
         figures.check_request(choice.skeleton, Request(image, names or [], top=top, size=size), spatial=True)
-        network = load_network(choice.spec, weights, device, verbose=not quiet)
-        bar = Progress(quiet)
-        try:
-            summary = explore_site(
-                image,
-                out,
-                layers=names,
-                top=top,
-                per_position=per_position,
-                network=network,
-                size=size,
-                progress=bar,
-                verbose=not quiet,
-            )
-        finally:
-            bar.stop()
+        owned(out, SITE_MARKER, what="site")
+        with locked(out):  # a second run into `out` is refused before the network loads
+            network = load_network(choice.spec, weights, device, verbose=not quiet)
+            bar = Progress(quiet)
+            try:
+                summary = explore_site(
+                    image,
+                    out,
+                    layers=names,
+                    top=top,
+                    per_position=per_position,
+                    network=network,
+                    size=size,
+                    progress=bar,
+                    verbose=not quiet,
+                )
+            finally:
+                bar.stop()
         if not quiet:
             typer.echo(
                 f"wrote {summary.pages} pages ({summary.files} files, {summary.bytes / 1e6:.1f} MB); "

@@ -128,7 +128,7 @@ def _factory(target: str) -> Callable[[], object]:
             module = importlib.import_module(where)
     except WeightsError:
         raise
-    except Exception as e:  # noqa: BLE001 - whatever the user's file raises on import, said in one line
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever the user's file raises on import, in one line
         first = str(e).splitlines()[0] if str(e) else ""
         raise WeightsError(
             f"model '{target}': cannot import {where} ({type(e).__name__}: {first})", about="model"
@@ -144,6 +144,10 @@ def _from_factory(target: str) -> nn.Module:
         module = _factory(target)()
     except WeightsError:
         raise
+    except (SystemExit, KeyboardInterrupt) as e:  # user code that ends the program: said, never a silent exit 0
+        raise WeightsError(
+            f"model '{target}': the factory raised {type(e).__name__}({e}) instead of returning a model", about="model"
+        ) from None
     except Exception as e:  # noqa: BLE001
         first = str(e).splitlines()[0] if str(e) else ""
         raise WeightsError(

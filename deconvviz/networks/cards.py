@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import WeightsError
+from ..outputs import open_regular
 from ..preprocess import Preprocess
 
 VGG_ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
@@ -106,6 +107,8 @@ def read_card(path: str | os.PathLike) -> Card:
     converts = loader in CONVERTING_LOADERS
     whole = converts or loader == "file"
     file, sha256 = field.get("file.name", str), field.get("file.sha256", "sha256" if whole else "sha256 prefix")
+    if loader == "file":
+        _beside(file, path, "file.name")
     if loader == "torchvision" and not re.fullmatch(rf".+-{sha256}\.pth?", file):
         raise WeightsError(
             f"model card {path.name}: file.name '{file}' must end in -{sha256}.pth (file.sha256), "
@@ -129,6 +132,16 @@ def read_card(path: str | os.PathLike) -> Card:
     )
 
 
+def _beside(name: str, card: Path, key: str) -> None:
+    """A file a card names lies beside the card: a plain file name, no folder, no '..', no absolute path (checked
+    before anything is read, so a card cannot point deconvviz at a file elsewhere)."""
+    if not name or Path(name).name != name or name in (".", "..") or "\\" in name:
+        raise WeightsError(
+            f"model card {card.name}: {key} '{name}' must be a file name beside the card (no folders); "
+            "put the file beside the card and give its name"
+        )
+
+
 def _categories(field: _Fields, path: Path) -> str | tuple[str, ...]:
     """A category set's name, the class names inline (a list), or from a text file beside the card, one a line."""
     value = field.get("categories", object)
@@ -140,9 +153,12 @@ def _categories(field: _Fields, path: Path) -> str | tuple[str, ...]:
             )
         return value
     if isinstance(value, dict) and isinstance(value.get("file"), str):
-        where = path.parent / Path(value["file"]).expanduser()
+        _beside(value["file"], path, "categories.file")
+        where = path.parent / value["file"]
         try:
-            value = [line.strip() for line in where.read_text(encoding="utf-8").splitlines() if line.strip()]
+            with open_regular(where) as f:
+                text = f.read().decode("utf-8")
+            value = [line.strip() for line in text.splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as e:
             raise WeightsError(f"model card {path.name}: cannot read categories file {where.name} ({e})") from None
     if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import string
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..analysis.occlusion import OcclusionResult  # noqa: E402
 from ..engine.reverse import Stage  # noqa: E402
 from ..errors import DeconvvizError  # noqa: E402
 from ..images import centred  # noqa: E402
+from ..outputs import check_target, check_writable, write_atomic, write_files  # noqa: E402, F401 - their old home
 from ..preprocess import Preprocess  # noqa: E402
 
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -409,6 +409,7 @@ def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 150, also: dict | N
     path = Path(path)
     fmt = "jpeg" if (fmt := figure_format(path)) == "jpg" else fmt
     check_dpi(dpi)
+    check_pixels(fig, dpi)
     files = {path: lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")}
     files |= {Path(p): (lambda f, b=data: f.write(b)) for p, data in (also or {}).items()}
     try:
@@ -419,6 +420,20 @@ def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 150, also: dict | N
 
 
 MAX_DPI = 1200
+MAX_PIXELS = 200_000_000  # a figure above this (size x dpi squared) needs gigabytes to draw; about 14000 px square
+
+
+def check_pixels(fig: Figure, dpi: int) -> None:
+    """A figure of width x height inches at `dpi` stays under MAX_PIXELS; refused before it is drawn."""
+    w, h = fig.get_size_inches()
+    if w * h * dpi * dpi > MAX_PIXELS:
+        most = int((MAX_PIXELS / (w * h)) ** 0.5)
+        plt.close(fig)
+        raise DeconvvizError(
+            f"the figure would be {w * dpi:.0f}x{h * dpi:.0f} pixels at dpi {dpi}, more than {MAX_PIXELS // 10**6} "
+            f"million; use dpi {most} or less",
+            about="dpi",
+        )
 
 
 def check_dpi(dpi: int) -> None:
@@ -432,61 +447,6 @@ def figure_format(path: str | os.PathLike) -> str:
     if fmt not in FORMATS:
         raise DeconvvizError(f"cannot write '{path}': unknown format '{fmt or '(none)'}'; use .png, .pdf, .svg or .jpg")
     return fmt
-
-
-def check_target(path: str | os.PathLike) -> None:
-    """A file can be made at `path`: it is no folder, and no file stands where one of its folders should be."""
-    path = Path(path)
-    if path.is_dir():
-        raise DeconvvizError(f"cannot write '{path}': it is a folder; choose another path", about="out")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise DeconvvizError(
-                    f"cannot write '{path}': '{parent}' is a file, not a folder; choose another path", about="out"
-                )
-            break
-
-
-def check_writable(path: str | os.PathLike) -> None:
-    """A file can be created in the folder of `path` (or, when it does not exist yet, the nearest folder above):
-    tried with a temp file, removed at once, so an unwritable output path fails before any work."""
-    path = Path(path)
-    folder = next((p for p in path.absolute().parents if p.exists()), None)
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-    except OSError as e:
-        raise DeconvvizError(f"cannot write '{path}': {e.strerror}; choose another path", about="out") from None
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call write(file) on a temp file beside `path`, then rename it over `path`: never a half-written file."""
-    write_files({Path(path): write})
-
-
-def write_files(writers: dict) -> None:
-    """{path: write(file)}: each written to a temp file beside its path, then all renamed into place, so a
-    failure leaves no half-written file and no file of the set without the others."""
-    temps: list[str] = []
-    path = next(iter(writers), None)
-    try:
-        for path in writers:
-            check_target(path)
-        for path, write in writers.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            temps.append(tmp)
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.chmod(tmp, 0o644)
-        for path, tmp in zip(writers, temps, strict=True):
-            os.replace(tmp, path)
-    except OSError as e:
-        raise DeconvvizError(f"cannot write '{path}': {e.strerror or e}; choose another path", about="out") from None
-    finally:
-        for tmp in temps:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def compare_figure(

@@ -32,6 +32,7 @@ from ..errors import LayerError, OcclusionError, SelectionError
 from ..images import DEFAULT_IMAGE, check_size, load_image, to_batch, to_display
 from ..networks.network import Network, has_classifier
 from ..networks.weights import Weights
+from ..outputs import check_beside, provenance_path
 from .draw import (
     STAGE_VIEW,
     AblationPanel,
@@ -458,12 +459,14 @@ def occlusion(
 def write(
     fig: Figure, provenance: dict, out: str | os.PathLike, *, dpi: int = 150, tables: dict[str, str] | None = None
 ) -> tuple[Path, ...]:
-    """Figure at `out` and its provenance JSON beside it (same name, .json), and any tables ({suffix: text},
-    e.g. {".csv": ...}) with the same name: all written, or none."""
+    """Figure at `out`, its provenance JSON beside it (`NAME.provenance.json`), and any tables ({suffix: text},
+    e.g. {".csv": ...}) with the same name: all written, or none. A file beside it that deconvviz did not write
+    is never replaced (outputs.check_beside)."""
     out = Path(out)
-    meta = out.with_suffix(".json")
-    text = json.dumps({**provenance, "figure": out.name}, indent=2, allow_nan=False) + "\n"
+    meta = provenance_path(out)
     extra = {out.with_suffix(suffix): body.encode() for suffix, body in (tables or {}).items()}
+    check_beside(out, extra)
+    text = json.dumps({**provenance, "figure": out.name}, indent=2, allow_nan=False) + "\n"
     save(fig, out, dpi=dpi, also={meta: text.encode()} | extra)
     return out, meta, *extra
 

@@ -5,9 +5,9 @@ with its reverse stages -> pictures at display size -> one page per unit, layer 
 the Jinja2 templates in pages/ (autoescaped: data is text unless a template says otherwise, and none does).
 
 A site is plain files (HTML, the package's site.css and vanilla JS files copied beside it, JPEG/PNG pictures, no
-network): it opens from file:// and from any static host. Every page and picture is written atomically;
-`.deconvviz-site.json` marks a folder as a site of deconvviz, so a later build may replace it and no other
-non-empty folder is ever written into.
+network): it opens from file:// and from any static host. A build is locked, written into a folder beside the
+site and swapped in whole (outputs.py); `.deconvviz-site.json` marks a folder as a site of deconvviz, so a later
+build may replace it, and no other non-empty folder is ever written into.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -43,10 +42,11 @@ from ..errors import DeconvvizError, LayerError
 from ..images import check_size, load_image, to_batch, to_display
 from ..networks.network import Network, load_network
 from ..networks.weights import Weights, pick_device
+from ..outputs import SITE_MARKER, Staged, check_folder, locked, owned, write_atomic
 from ..preprocess import Preprocess
-from ..render.draw import pattern_rgb, stage_channel, write_atomic
+from ..render.draw import pattern_rgb, stage_channel
 
-MARKER = ".deconvviz-site.json"
+MARKER = SITE_MARKER
 THUMB = 112  # side in pixels of every projection, patch and stage picture: written at the size it is shown
 INDEX_UNITS = 8  # a layer's strongest units shown on the scan site's index
 PER_POSITION = 5  # explore: units kept per feature-map position, the strongest there
@@ -68,49 +68,40 @@ class SiteSummary:
 
 
 class _SiteFolder:
-    """The output folder: refused unless new, empty or a previous site; every file written atomically; files of
-    an earlier build that this one did not write are removed at the end."""
+    """The output folder: refused unless new, empty or a previous site holding nothing else (outputs.owned);
+    locked for the build, which goes into a folder beside it and is swapped in whole when complete, so an
+    interrupted build leaves the previous site as it was. Use as a context manager."""
 
     def __init__(self, out: str | os.PathLike, kind: str):
         self.out, self.kind, self.written = Path(out), kind, []
-        if self.out.exists() and not self.out.is_dir():
-            raise DeconvvizError(f"cannot write a site to '{out}': it is a file; give a folder", about="out")
-        previous = self.out / MARKER
-        if self.out.is_dir() and any(self.out.iterdir()) and not previous.is_file():
-            raise DeconvvizError(
-                f"'{out}' is not empty and holds no deconvviz site; give a new or empty folder", about="out"
-            )
-        try:
-            self.old_files = json.loads(previous.read_text())["files"] if previous.is_file() else []
-        except (OSError, ValueError, KeyError, TypeError):
-            raise DeconvvizError(
-                f"'{previous}' is unreadable; delete '{out}' or give a new folder", about="out"
-            ) from None
-        made = [d for d in (self.out, *self.out.parents) if not d.exists()]
-        self.created = made[-1] if made else None  # the outermost folder this build makes: removed on failure
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=self.out).close()
-        except OSError as e:
-            self.abandon()
-            raise DeconvvizError(
-                f"cannot write to '{out}': {e.strerror or e}; give a writable folder", about="out"
-            ) from None
+        owned(self.out, MARKER, what="site")  # before any work; again under the lock
+        check_folder(self.out)
+        self.lock, self.staged = locked(self.out), Staged(self.out)
+        self.root = self.out  # where files go: the staging folder during the build
 
-    def start(self) -> None:
-        """Mark the folder as a (not yet complete) site, so that a crashed build can be rerun into it."""
-        self._marker(complete=False, files=self.old_files)
+    def __enter__(self) -> _SiteFolder:
+        self.lock.acquire()
+        try:
+            owned(self.out, MARKER, what="site")
+            self.root = self.staged.__enter__()
+        except BaseException:
+            self.lock.__exit__(*sys.exc_info())
+            raise
+        return self
 
-    def _marker(self, *, complete: bool, files: list[str]) -> None:
-        data = {"deconvviz": __version__, "kind": self.kind, "complete": complete, "files": sorted(set(files))}
-        write_atomic(self.out / MARKER, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+    def __exit__(self, *exc) -> None:
+        try:
+            self.staged.__exit__(*exc)
+        finally:
+            self.root = self.out
+            self.lock.__exit__(*exc)
 
     def write(self, rel: str, data: bytes) -> None:
-        write_atomic(self.out / rel, lambda f: f.write(data))
+        write_atomic(self.root / rel, lambda f: f.write(data))
         self.written.append(rel)
 
     def page(self, rel: str, text: str) -> None:
-        self.write(rel, text.encode())
+        self.write(rel, text.encode("utf-8", "replace"))  # a file name in no encoding shows as '?', never fails
 
     def static(self, name: str) -> None:
         """A CSS or JavaScript file of the package's pages folder, copied to the site's top."""
@@ -128,20 +119,12 @@ class _SiteFolder:
         return Picture(rel, *size)
 
     def finish(self) -> SiteSummary:
-        inside = self.out.resolve()
-        for rel in set(self.old_files) - set(self.written):
-            stale = self.out / rel
-            if stale.resolve().is_relative_to(inside):  # the marker is data: never a path out of the site
-                stale.unlink(missing_ok=True)
-        self._marker(complete=True, files=self.written)
+        """The marker listing every file, written last into the complete build (swapped in on leaving)."""
         files = set(self.written)
-        size = sum((self.out / f).stat().st_size for f in files)
+        data = {"deconvviz": __version__, "kind": self.kind, "complete": True, "files": sorted(files)}
+        write_atomic(self.root / MARKER, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+        size = sum((self.root / f).stat().st_size for f in files)
         return SiteSummary(self.out, sum(f.endswith(".html") for f in files), len(files), size)
-
-    def abandon(self) -> None:
-        """A build that failed leaves nothing of a folder it created."""
-        if self.created is not None:
-            shutil.rmtree(self.created, ignore_errors=True)
 
 
 def _folder_name(layer: str) -> str:
@@ -289,8 +272,7 @@ def scan_site(
             "missing); the site needs the scanned folder where the scan read it"
         )
     rule = args.rule  # how the scan projected; reports without one are deconvnet scans
-    site = _SiteFolder(out, "scan")
-    try:
+    with _SiteFolder(out, "scan") as site:
         network = load_network(args.model, args.weights, pick_device(device), verbose=verbose)  # the scan's network
         net, info = network.module, network.weights
         b = _ScanBuild(
@@ -303,7 +285,6 @@ def scan_site(
             number={image: n for n, image in enumerate(images)},
             progress=progress,
         )
-        site.start()
         for name in ("site.css", "layer.js", "arrows.js"):
             site.static(name)
         _write_sources(b)
@@ -312,10 +293,8 @@ def scan_site(
             drawn[layer] = _layer_pictures(b, layer)
             _layer_pages(b, layer, drawn[layer])
         site.page("index.html", _scan_index(b, drawn))
-        return site.finish()
-    except BaseException:
-        site.abandon()
-        raise
+        summary = site.finish()
+    return summary
 
 
 @dataclass
@@ -620,8 +599,7 @@ def explore_site(
     if not path.is_file():
         raise DeconvvizError(f"'{path}' is not an image file; give the path of an image")
     load_image(path)  # unreadable: fails before any work
-    site = _SiteFolder(out, "explore")
-    try:
+    with _SiteFolder(out, "explore") as site:
         net, info, model = network.module, network.weights, network.spec
         x = to_batch(path, info.preprocess, size)
         dn = Deconvnet(net)
@@ -635,7 +613,6 @@ def explore_site(
                 raise DeconvvizError(
                     f"layer '{n}' has no feature-map positions to click; explore takes conv and pool layers"
                 ) from None
-        site.start()
         for name in ("site.css", "explore.js", "arrows.js"):
             site.static(name)
         ex = _Explore(
@@ -654,10 +631,8 @@ def explore_site(
         for i, v in enumerate(views):
             site.page(f"{_folder_name(v.layer)}/index.html", _explore_page(ex, views, i))
         site.page("index.html", _explore_index(ex, views, path))
-        return site.finish()
-    except BaseException:
-        site.abandon()
-        raise
+        summary = site.finish()
+    return summary
 
 
 def strongest_units(activation: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -65,7 +65,7 @@ def weights_node(t: Tensor):
     return node if node is not None and _op(node) in ("Softmax", "SafeSoftmax") else None
 
 
-def fixed_product(func, args: tuple, kwargs: dict, signal: Callable, signal_node: Callable) -> Tensor | None:
+def fixed_product(func, args: tuple, kwargs: dict, *, signal: Callable, signal_node: Callable) -> Tensor | None:
     """A product of attention weights (a softmax of the signal) with another signal, the weights detached; None
     when it is not one (then a softmax on the signal's path stays and is refused)."""
     if "out" in kwargs:
@@ -109,7 +109,7 @@ class _FixedAttention(torch.autograd.Function):
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
 
 
-def fixed_sdpa(args: tuple, kwargs: dict, signal: Callable) -> Tensor | None:
+def fixed_sdpa(args: tuple, kwargs: dict, *, signal: Callable) -> Tensor | None:
     """F.scaled_dot_product_attention as _FixedAttention when its weights depend on the signal and its values
     carry it; None otherwise (no signal in the weights: linear as it is; dropout: a random forward, refused)."""
     a = dict(zip(_SDPA_ARGS, args, strict=False)) | kwargs
@@ -124,7 +124,7 @@ def fixed_sdpa(args: tuple, kwargs: dict, signal: Callable) -> Tensor | None:
 _MHA_ARGS = tuple(inspect.signature(F.multi_head_attention_forward).parameters)
 
 
-def fixed_multi_head_attention(func, args: tuple, kwargs: dict, signal: Callable) -> tuple | None:
+def fixed_multi_head_attention(func, args: tuple, kwargs: dict, *, signal: Callable) -> tuple | None:
     """F.multi_head_attention_forward with query and key (and masks, static_k) detached, so that only the values
     carry the signal; None when its weights carry no signal or its values none. It runs the path that writes
     softmax and bmm out (need_weights), whose backward batches over seeds, where the fused kernel's loops. Weights

@@ -109,7 +109,7 @@ class _FixedAttention(torch.autograd.Function):
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
 
 
-def fixed_sdpa(args: tuple, kwargs: dict, signal: Callable) -> Tensor | None:
+def fixed_sdpa(args: tuple, kwargs: dict, *, signal: Callable) -> Tensor | None:
     """F.scaled_dot_product_attention as _FixedAttention when its weights depend on the signal and its values
     carry it; None otherwise (no signal in the weights: linear as it is; dropout: a random forward, refused)."""
     a = dict(zip(_SDPA_ARGS, args, strict=False)) | kwargs

@@ -316,8 +316,8 @@ def test_a_model_changed_after_the_deconvnet_was_made_is_projected_as_it_is_now(
     model[3] = small_chain(seed=7)[3]
     fresh = deconvviz.Deconvnet(model).project(x, "4", channels=[0, 1], mode="map").images
     assert torch.equal(dn.project(x, "4", channels=[0, 1], mode="map").images, fresh)
-    model[1] = nn.Tanh()  # no rule (GELU now has one)
-    with pytest.raises(deconvviz.UnsupportedModelError, match="Tanh"):
+    model[1] = nn.Softmax(dim=1)  # no rule (GELU and Tanh now have one): a softmax of the signal, not attention
+    with pytest.raises(deconvviz.UnsupportedModelError, match="softmax"):
         dn.project(x, "4", channels=[0])
 
 

@@ -155,7 +155,7 @@ def _scan_site(run, photos: Path, tmp_path: Path, layer: str) -> Path:
 
 KILLED_SITE = """
 import os, signal, sys
-from deconvviz import site
+from deconvviz.site import _build as site
 calls = []
 real = site._SiteFolder.page
 def page(self, rel, text):
@@ -186,7 +186,7 @@ def test_an_interrupted_rebuild_leaves_the_old_site_whole_and_a_rerun_the_new(ru
 
 
 def test_a_failed_write_leaves_the_previous_result_whole_and_no_new_folder(run, photos, tmp_path, monkeypatch):
-    from deconvviz import scan
+    from deconvviz.analysis import scan
 
     out = tmp_path / "run"
     assert run("scan", photos, *SCAN, "--out", out).exit_code == 0

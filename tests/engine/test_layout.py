@@ -349,7 +349,7 @@ def test_the_hulls_of_token_layers_are_the_probe_s_fields(name, layers):
     """receptive_field takes a transformer layer's fields from the hulls (one forward): the same as the probe's
     (a backward per row and column of the grid), through scaled_dot_product_attention, nn.MultiheadAttention and
     Swin's windowed matmuls."""
-    from deconvviz.fields import _probe
+    from deconvviz.engine.fields import _probe
 
     model = net(name)
     for layer in layers:

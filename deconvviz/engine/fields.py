@@ -141,6 +141,13 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
     hit = torch.cat([_support(out, leaf, _line_seeds(out, part, h)) for part in torch.arange(h + w).split(16)])
     rows = _spans(hit[:h].any(2), h_in)
     cols = _spans(hit[h:].any(1), w_in)
+    if bool(((rows[:, 1] <= rows[:, 0]).any() | (cols[:, 1] <= cols[:, 0]).any())):
+        # the layer depends on the input, so an empty field means the trace lost the dependence (an operation it
+        # does not follow, e.g. MaxViT's partitions): no field is better than a wrong one
+        raise LayerError(
+            f"cannot trace the receptive fields of '{name}': some positions seem to depend on no input pixel; "
+            "choose an earlier layer for a region or a point"
+        )
     return Fields(rows, cols, _centres(rows, h_in), _centres(cols, w_in))
 
 

@@ -190,3 +190,25 @@ def test_a_grouped_gated_network_and_an_operation_the_hulls_do_not_know():
     fields = module_fields(model, (17, 17))
     assert fields["a"].rows.tolist()[:2] == [[0, 3], [2, 5]]  # by hand: 3x3 by 2
     assert _same_fields(fields["b"], receptive_field(model, "b", input_size=(17, 17)))
+
+
+def test_a_field_that_lost_its_input_is_refused_and_the_crop_falls_back(monkeypatch):
+    """A position of a layer that depends on the input always has a field. When the probe loses the dependence
+    (maxvit_t's blocks.1 at 224 px gave every position an empty field, and visualize died cropping its patches
+    to nothing), receptive_field refuses in one line and the crop falls back to the pixels the projection touches.
+    Simulated here by a probe whose support comes back empty."""
+    import deconvviz
+    from deconvviz.engine import fields
+    from deconvviz.engine.deconvnet import crop_boxes
+
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    fields.receptive_field(model, "layer1", input_size=(64, 64))  # traced as usual
+    monkeypatch.setattr(fields, "_support", lambda out, leaf, seeds: torch.zeros(len(seeds), *leaf.shape[-2:]) > 0)
+    with pytest.raises(deconvviz.LayerError, match="cannot trace the receptive fields of 'layer1'"):
+        fields.receptive_field(model, "layer1", input_size=(64, 64))
+    dn = deconvviz.Deconvnet(model)
+    out = dn.project(x, "layer1", top=2)
+    assert dn.receptive_field_boxes(out) is None
+    boxes = crop_boxes(dn, out)
+    assert bool(((boxes[..., 1] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 2])).all())

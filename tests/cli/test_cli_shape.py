@@ -42,7 +42,7 @@ def test_a_new_rule_is_a_choice_of_every_command_without_a_cli_edit(monkeypatch,
         small = ["--model", "vgg11", "--weights", "random", "--size", "32", "--top", "1", "--layer", "conv2_1"]
         r = runner.invoke(fresh.app, ["visualize", *small, "--rule", "halve", "--out", str(out), "-q"])
         assert r.exit_code == 0, r.output
-        assert json.loads(out.with_suffix(".json").read_text())["rule"] == "halve"
+        assert json.loads(out.with_suffix(".provenance.json").read_text())["rule"] == "halve"
     finally:
         monkeypatch.undo()
         importlib.reload(cli_app)

@@ -103,4 +103,4 @@ def test_reconstruct_at_a_point_draws_and_records_it(run, small, cwd):
     for spelled, recorded in (("10,50", [10, 50]), ("frac:0.5,0.25", {"fractions": [0.5, 0.25]})):
         r = run("reconstruct", "--at", spelled, "--mode", "map", *small, "--out", "a.png", "-q")
         assert r.exit_code == 0, r.output
-        assert json.loads((cwd / "a.json").read_text())["layers"][0]["at"] == recorded
+        assert json.loads((cwd / "a.provenance.json").read_text())["layers"][0]["at"] == recorded

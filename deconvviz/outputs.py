@@ -211,7 +211,7 @@ def check_beside(figure: str | os.PathLike, others: Iterable[Path]) -> None:
         if (p.exists() or p.is_symlink()) and not ours:
             raise DeconvvizError(
                 f"'{p}' exists and was not written by deconvviz for '{figure.name}'; it would be overwritten: "
-                "move it, or choose another --out",
+                "move it, or choose another output path",
                 about="out",
             )
 

@@ -94,8 +94,9 @@ def shell_env(work: Path) -> dict[str, str]:
 
 
 def commands(code: str) -> list[str]:
-    """The block's commands: a heredoc with the rest of its line as one, every other line split on '&&'."""
-    out, lines = [], iter(code.splitlines())
+    """The block's commands: a heredoc with the rest of its line as one, every other line split on '&&'; a line
+    ending in a backslash continues on the next, as in the shell."""
+    out, lines = [], iter(re.sub(r"\\\n\s*", " ", code).splitlines())
     for line in lines:
         heredoc = re.search(r"<<'?(\w+)'?", line)
         if heredoc:

@@ -135,3 +135,19 @@ def test_site_screenshots_of_a_tiny_site(tmp_path):
     sizes = {name: Image.open(f"{prefix}-{name}.png").size for name in ("index", "layer", "unit")}
     assert sizes["index"] == sizes["layer"] == (800, 600)
     assert sizes["unit"][0] == 800 and sizes["unit"][1] >= 600
+
+
+@pytest.mark.slow
+def test_bench_memory_reads_a_large_image_reduced_and_sizes_the_scan_state_to_the_images():
+    """bench_memory.py at a small side (4000 px): the reduced decode peaks no higher than the full one, and the
+    scan with --top 100000 over five photos keeps a small state.pt (issue 19, items 11 and 12)."""
+    out = script("bench_memory.py", "--side", 4000).stdout
+    over = {}
+    for line in out.splitlines():
+        if " over the start)" in line:
+            kind, how = line.split(":")[0].split()[0], line.split(":")[0].split()[-1]
+            over[kind, how] = float(line.split("(")[1].split()[0])
+    assert set(over) == {(k, h) for k in ("png", "jpg") for h in ("full", "reduced")}
+    assert all(over[k, "reduced"] <= over[k, "full"] for k in ("png", "jpg"))
+    state_kb = float(out.split("state.pt ")[1].split()[0])
+    assert state_kb < 1024  # sized to 5 images, not to --top 100000 (1 GB before)

@@ -141,7 +141,7 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
     hit = torch.cat([_support(out, leaf, _line_seeds(out, part, h)) for part in torch.arange(h + w).split(16)])
     rows = _spans(hit[:h].any(2), h_in)
     cols = _spans(hit[h:].any(1), w_in)
-    if bool(((rows[:, 1] <= rows[:, 0]).any() | (cols[:, 1] <= cols[:, 0]).any())):
+    if bool((rows[:, 1] <= rows[:, 0]).any() | (cols[:, 1] <= cols[:, 0]).any()):
         # the layer depends on the input, so an empty field means the trace lost the dependence (an operation it
         # does not follow, e.g. MaxViT's partitions): no field is better than a wrong one
         raise LayerError(

@@ -1015,7 +1015,7 @@ def site(
     """A static HTML site of a finished scan: index, a page per layer (sortable, filterable unit tiles) and a page
     per unit (LAYER/unit-C.html: top-k projections beside their patches, stages, previous/next). Opens from file://."""
     with _errors(debug):
-        from ..site._build import scan_site
+        from ..site import scan_site
 
         bar = Progress(quiet)
         try:
@@ -1057,7 +1057,7 @@ def explore(
         from ..networks.network import load_network
         from ..outputs import SITE_MARKER, locked, owned
         from ..render import figures
-        from ..site._build import explore_site
+        from ..site import explore_site
 
         _check_size(size)
         names = _layer_names(None, layers)

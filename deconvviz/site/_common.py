@@ -30,9 +30,6 @@ from ..outputs import SITE_MARKER, Staged, check_folder, locked, owned, write_at
 
 MARKER = SITE_MARKER
 THUMB = 112  # side in pixels of every projection, patch and stage picture: written at the size it is shown
-INDEX_UNITS = 8  # a layer's strongest units shown on the scan site's index
-PER_POSITION = 5  # explore: units kept per feature-map position, the strongest there
-STAGE_CHUNK = 8  # selections per reverse pass with stages (each keeps every stage's full planes)
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 

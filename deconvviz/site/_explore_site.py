@@ -28,7 +28,6 @@ from ..networks.network import Network
 from ..networks.weights import Weights
 from ..render.draw import pattern_rgb
 from ._common import (
-    PER_POSITION,
     Link,
     Nav,
     Picture,
@@ -39,6 +38,8 @@ from ._common import (
     _SiteFolder,
     render_page,
 )
+
+PER_POSITION = 5  # explore: units kept per feature-map position, the strongest there
 
 # ------------------------------------------------------------------------------------------- the explore site
 

@@ -27,8 +27,6 @@ from ..networks.weights import pick_device
 from ..preprocess import Preprocess
 from ..render.draw import pattern_rgb, stage_channel
 from ._common import (
-    INDEX_UNITS,
-    STAGE_CHUNK,
     Link,
     Nav,
     Picture,
@@ -39,6 +37,9 @@ from ._common import (
     _SiteFolder,
     render_page,
 )
+
+INDEX_UNITS = 8  # a layer's strongest units shown on the scan site's index
+STAGE_CHUNK = 8  # selections per reverse pass with stages (each keeps every stage's full planes)
 
 # ---------------------------------------------------------------------------------------------- the scan site
 

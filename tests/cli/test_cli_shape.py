@@ -4,49 +4,60 @@ under runs/."""
 
 from __future__ import annotations
 
-import importlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from typer.testing import CliRunner
 
-import deconvviz.cli._app as cli_app
+import deconvviz.cli._options as cli_options
+from deconvviz.cli import app
 from deconvviz.cli._progress import Progress
 from deconvviz.engine.reverse import UNPOOLS
+from deconvviz.engine.rules import RULES
+
+# A rule the CLI has never heard of (half the signal, unrectified), registered as a new rule's module would
+# register it: before the command line is imported. Run in a fresh process, so nothing of it stays behind here.
+NEW_RULE = """
+import sys
+import torch
 from deconvviz.engine.rules import RULES, Rule
 
-
 class HalveRule(Rule):
-    """A rule the CLI has never heard of: half the signal, unrectified."""
-
     name, needs_slope, title = "halve", False, "halve"
 
     def backward(self, signal: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor:
         return signal / 2
 
+RULES["halve"] = HalveRule()
+from deconvviz.cli import main
+sys.argv = ["deconvviz", *sys.argv[1:]]
+main()
+"""
+
 
 def test_the_choices_are_the_registries():
-    assert [c.value for c in cli_app.RuleChoice] == list(RULES)
-    assert [c.value for c in cli_app.UnpoolChoice] == list(UNPOOLS)
+    assert [c.value for c in cli_options.RuleChoice] == list(RULES)
+    assert [c.value for c in cli_options.UnpoolChoice] == list(UNPOOLS)
 
 
-def test_a_new_rule_is_a_choice_of_every_command_without_a_cli_edit(monkeypatch, tmp_path):
-    monkeypatch.setitem(RULES, "halve", HalveRule())
-    try:
-        fresh = importlib.reload(cli_app)  # the registry as a new rule's module leaves it, read on import
-        runner = CliRunner()
-        assert "halve" in runner.invoke(fresh.app, ["visualize", "--help"], terminal_width=200).output
-        out = tmp_path / "halve.png"
-        small = ["--model", "vgg11", "--weights", "random", "--size", "32", "--top", "1", "--layer", "conv2_1"]
-        r = runner.invoke(fresh.app, ["visualize", *small, "--rule", "halve", "--out", str(out), "-q"])
-        assert r.exit_code == 0, r.output
-        assert json.loads(out.with_suffix(".provenance.json").read_text())["rule"] == "halve"
-    finally:
-        monkeypatch.undo()
-        importlib.reload(cli_app)
-    assert "halve" not in [c.value for c in cli_app.RuleChoice]
+def test_a_new_rule_is_a_choice_of_every_command_without_a_cli_edit(tmp_path):
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-c", NEW_RULE, *args], capture_output=True, text=True)
+        return done.returncode, done.stdout + done.stderr
+
+    for command in ("visualize", "scan"):
+        code, text = cli(command, "--help")
+        assert code == 0 and "halve" in text.split("--rule", 1)[1], (command, text)
+    out = tmp_path / "halve.png"
+    small = ["--model", "vgg11", "--weights", "random", "--size", "32", "--top", "1", "--layer", "conv2_1"]
+    code, text = cli("visualize", *small, "--rule", "halve", "--out", str(out), "-q")
+    assert code == 0, text
+    assert json.loads(out.with_suffix(".provenance.json").read_text())["rule"] == "halve"
+    assert "halve" not in RULES and "halve" not in [c.value for c in cli_options.RuleChoice]  # only there
+    code, text = cli("visualize", *small, "--rule", "halved", "--out", str(out), "-q")
+    assert code == 2 and "'halved' is not one of" in text and "halve" in text, text
 
 
 def test_progress_draws_a_line_and_bars_on_a_terminal_and_nothing_when_quiet(monkeypatch):
@@ -75,10 +86,10 @@ def test_default_outputs_go_to_runs_never_over_the_committed_figures():
     """Run at the repository's top, no command's default output lands in figures/ (the README's pictures):
     every --out default is under runs/, which git ignores."""
     root = Path(__file__).parents[2]
-    assert cli_app.OUTPUTS == Path("runs") and "runs/" in (root / ".gitignore").read_text().splitlines()
+    assert cli_options.OUTPUTS == Path("runs") and "runs/" in (root / ".gitignore").read_text().splitlines()
     runner = CliRunner()
     for command in ("visualize", "reconstruct", "occlusion", "compare", "sanity", "ablate", "filters", "invariance"):
-        text = " ".join(runner.invoke(cli_app.app, [command, "--help"], terminal_width=400).output.split())
+        text = " ".join(runner.invoke(app, [command, "--help"], terminal_width=400).output.split())
         assert f"Default: runs/{command}-" in text and "figures/" not in text, (command, text)
     committed = {p.stem.split("-")[0] for p in (root / "figures").glob("*.png")}
     assert committed & {"compare", "sanity", "ablate", "filters", "invariance"}  # the names that used to collide

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import typer
 from typer.testing import CliRunner
 
 import deconvviz.cli._options as cli_options
@@ -93,3 +94,54 @@ def test_default_outputs_go_to_runs_never_over_the_committed_figures():
         assert f"Default: runs/{command}-" in text and "figures/" not in text, (command, text)
     committed = {p.stem.split("-")[0] for p in (root / "figures").glob("*.png")}
     assert committed & {"compare", "sanity", "ablate", "filters", "invariance"}  # the names that used to collide
+
+
+# The shared flags a command gives another meaning or default, with the number of variants that has: --out names
+# each command's own file, the unit commands' --layer defaults differ (pool5, the first conv), layers' --weights
+# and --size only decide shapes, occlusion's --class and --channel watch instead of choose, scan's --top counts
+# images and explore's maps per layer, compare draws 4 maps by default (three pictures each), and so on.
+VARIANTS = {
+    "--out": 11,
+    "--layer": 3,
+    "--layers": 4,
+    "--top": 4,
+    "--channels": 3,
+    "--channel": 2,
+    "--class": 2,
+    "--weights": 2,
+    "--size": 2,
+    "--batch-size": 2,
+    "--mode": 2,
+}
+
+
+def test_a_shared_flag_means_one_thing_except_where_a_command_says_otherwise():
+    """Every flag several commands share has one help text and one default, so each is declared once (an alias
+    in cli/_options.py); the exceptions are the variants above, and no more of them than listed."""
+    command = typer.main.get_command(app)
+    seen: dict[str, dict[tuple, list[str]]] = {}
+    for name, sub in command.commands.items():
+        for param in sub.params:
+            flag = param.opts[0]
+            seen.setdefault(flag, {}).setdefault((param.help, repr(param.default)), []).append(name)
+    shared = {flag: kinds for flag, kinds in seen.items() if sum(len(c) for c in kinds.values()) > 1}
+    assert {"--model", "--weights", "--rule", "--unpool", "--quiet", "--debug", "--region"} <= set(shared)
+    for flag, kinds in shared.items():
+        assert len(kinds) == VARIANTS.get(flag, 1), (flag, kinds)
+
+
+def test_options_are_declared_only_in_the_options_module():
+    """The commands' modules use the aliases of cli/_options.py; only _app declares one (the app's --version)."""
+    folder = Path(__file__).parents[2] / "deconvviz" / "cli"
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        declared = text.count("typer.Option(") + text.count("typer.Argument(")
+        assert declared == 0 or path.name in ("_options.py", "_app.py"), path.name
+    assert (folder / "_app.py").read_text().count("typer.Option(") == 1
+
+
+def test_one_progress_class():
+    """The commands show progress with the one class in cli/_progress.py; nothing else in the package draws."""
+    package = Path(__file__).parents[2] / "deconvviz"
+    drawing = [p for p in package.rglob("*.py") if "rich.progress" in p.read_text() or "rich.console" in p.read_text()]
+    assert drawing == [package / "cli" / "_progress.py"]

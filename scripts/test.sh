@@ -22,4 +22,6 @@ if [ ! -x "$browser" ]; then
 fi
 ruff check .
 ruff format --check .
-python -m pytest --durations=25 "$@"  # the slowest tests named in every run: CI must stay well under 30 minutes
+# One worker per core (pytest-xdist; a file's tests stay together, so its fixtures are built once), each torch on one
+# thread so the workers do not fight over the cores; the 25 slowest tests named: CI must stay well under 30 minutes.
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" python -m pytest -n auto --dist loadfile --durations=25 "$@"

@@ -4,7 +4,8 @@ pass (unpool, rectify, filter) back to the input.
 Modules, in the order a projection meets them: `layers` (a model's steps and names), `forward` (the forward pass
 and its switches), `selection`, `boxes` and `targets` (which activations), `rules` (how an activation passes the
 signal back), `reverse` (the reverse pass of a chain), `rectified` (the autograd path for any network), `fields`
-(receptive fields), `deconvnet` (the `Deconvnet` that runs them), `request` (one command's choices).
+(receptive fields), `_paths` (a chain or autograd, forward and back), `_strategies` (the seeds back on the whole
+plane or on windows), `deconvnet` (the `Deconvnet` that chooses among them), `request` (one command's choices).
 Public: the names below; the rest is used by the other subpackages and the tests.
 """
 

@@ -319,18 +319,18 @@ class _Choice:
     and then, on demand, the loaded Network that every function below is given."""
 
     def __init__(self, model: str | None, weights: str, device: str = "auto", seed: int = 0):
+        from ..engine.model import ModelView
         from ..networks.network import architecture_of, skeleton_network
 
         arch, _ = architecture_of(model, weights)
         self.spec, self.weights, self.device, self.seed = arch.spec, weights, device, seed
         self.skeleton = skeleton_network(arch.spec, weights)
+        self.view = ModelView.of(self.skeleton)  # the architecture resolved once, for every check below
         self.name = f"{arch.spec} with weights {weights}"  # what errors call it
 
     @property
     def default_layer(self) -> str:
-        from ..engine.layers import default_layer
-
-        return default_layer(self.skeleton)
+        return self.view.default_layer()
 
     def load(self, quiet: bool, status: Progress):
         from ..networks.network import load_network
@@ -479,7 +479,7 @@ def visualize(
             token=token,
             **_targets(region, at, exclude),
         )
-        figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
+        figures.check_request(choice.view, request, name=choice.name, class_chooses=True)
         default = OUTPUTS / f"visualize-{'_'.join(names)}.png"
         _figure(
             choice,
@@ -550,7 +550,7 @@ def reconstruct(
             token=token,
             **_targets(region, at, exclude),
         )
-        figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
+        figures.check_request(choice.view, request, name=choice.name, class_chooses=True)
 
         def make(net, status):
             return figures.reconstruct(net, request, stage_view=stage_view.value, progress=status)
@@ -588,7 +588,7 @@ def layers_(
         passes = {p.module: p.rules for p in rule_passes(built, (size, size))}
         rows = [
             replace(r, columns={**r.columns, **passes.get(r.module, {})})
-            for r in layer_table(choice.skeleton, (size, size))
+            for r in layer_table(choice.view, (size, size))
         ]
         extra = list(dict.fromkeys(k for r in rows for k in r.columns))  # more columns, where a row has them
         wide = max([14, *(len(r.module) for r in rows)])
@@ -658,7 +658,7 @@ def occlusion(
             rule=rule.value,
             **_targets(region, at, exclude),
         )
-        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
+        figures.check_request(choice.view, request, name=choice.name, spatial=True)
 
         def make(net, status):
             return figures.occlusion(
@@ -713,7 +713,7 @@ def compare(
             token=token,
             **_targets(region, at, exclude),
         )
-        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True, class_chooses=True)
+        figures.check_request(choice.view, request, name=choice.name, spatial=True, class_chooses=True)
         _figure(
             choice,
             request,
@@ -730,7 +730,7 @@ def _unit_report(choice: _Choice, request: Request, report, output: _Output) -> 
     from ..outputs import check_target
     from ..render import figures
 
-    figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
+    figures.check_request(choice.view, request, name=choice.name, spatial=True)
     output = replace(output, table_suffixes=(".csv",))
     for table in output.tables:
         check_target(table)
@@ -797,11 +797,10 @@ def ablate(
     """What makes a deconvnet picture (Mahendran & Vedaldi 2016): one unit drawn by every ReLU rule with the switches
     and with fixed positions, and by nearest and bilinear upsampling, through trained and randomized weights."""
     with _errors(debug):
-        from ..engine.layers import layer_names
         from ..render import figures
 
         choice = _Choice(model, weights, device)
-        name = layer or ("pool5" if "pool5" in layer_names(choice.skeleton) else choice.default_layer)
+        name = layer or ("pool5" if "pool5" in choice.view.layer_names() else choice.default_layer)
         request = Request(image, [name], None if channel is None else [channel], 1, size=size)
         report = partial(figures.ablate, channel=channel, seed=seed)
         _unit_report(choice, request, report, _Output(out, lambda _: OUTPUTS / f"ablate-{name}.png", dpi, quiet))
@@ -864,7 +863,7 @@ def scan(
         choice = _Choice(model, weights, device)
         names = _layer_names(layer, layers) or [choice.default_layer]
         chans = "all" if (channels or "").strip().lower() == "all" else _channels(channels)
-        figures.check_layers(choice.skeleton, names, channels=None if chans == "all" else chans, top=1, size=size)
+        figures.check_layers(choice.view, names, channels=None if chans == "all" else chans, top=1, size=size)
         out = out or OUTPUTS / f"scan-{'_'.join(names)}"
         check_writable(out / "report.json")
         if max_memory <= 0:
@@ -921,8 +920,8 @@ def filters(
         from ..render import figures
 
         choice = _Choice(model, weights, "cpu")
-        layer = layer or first_conv_name(choice.skeleton)
-        first_conv(choice.skeleton, layer)
+        layer = layer or first_conv_name(choice.view)
+        first_conv(choice.view, layer)
         _figure(
             choice,
             Request(),
@@ -968,7 +967,7 @@ def invariance(
 
         choice = _Choice(model, weights, device)
         request = Request(image, _layer_names(None, layers), top=1, size=size)
-        figures.check_request(choice.skeleton, Request(image, request.layers or [], top=1, size=size))
+        figures.check_request(choice.view, Request(image, request.layers or [], top=1, size=size))
         default = OUTPUTS / f"invariance-{transform.value}.png"
         _figure(
             choice,
@@ -1062,7 +1061,7 @@ def explore(
         _check_size(size)
         names = _layer_names(None, layers)
         choice = _Choice(model, weights, device)
-        figures.check_request(choice.skeleton, Request(image, names or [], top=top, size=size), spatial=True)
+        figures.check_request(choice.view, Request(image, names or [], top=top, size=size), spatial=True)
         owned(out, SITE_MARKER, what="site")
         with locked(out):  # a second run into `out` is refused before the network loads
             network = load_network(choice.spec, weights, device, verbose=not quiet)

@@ -13,17 +13,9 @@ from ._paths import AutogradPath, ChainPath, Path
 from ._strategies import ChainWindows, FieldWindows, FullPlane, Reconstruction, Strategy
 from .fields import Fields, receptive_field
 from .forward import ForwardRecord, Switches, forward_chain
-from .layers import (
-    Step,
-    chain_of,
-    check_stage_modules,
-    layer_names,
-    receptive_fields,
-    resolve,
-    stage_modules,
-    step_index,
-)
+from .layers import Step, receptive_fields, resolve, step_index
 from .layout import Layout, layouts
+from .model import ModelView, view_of
 from .reverse import WINDOWED_UNPOOLING, Stage, get_unpool
 from .rules import Rule, get_rule
 from .selection import Selection, select
@@ -56,7 +48,7 @@ class Deconvnet:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | ModelView,
         *,
         rule: str | Rule = "deconvnet",
         unpool: str = "switches",
@@ -67,13 +59,14 @@ class Deconvnet:
         max-pools are undone (switches, nearest, bilinear, fixed; reverse.UNPOOLS); max_batch_bytes bounds
         the memory of one chunk of selections (as the allowances in _paths and _strategies estimate it);
         crop: run mode-max projections on receptive-field windows (None: on chains, when the window is smaller
-        than half the image; other models: only with crop=True). Same result either way."""
-        self.model = model
+        than half the image; other models: only with crop=True). Same result either way. model may be a model's
+        view (engine.model.ModelView) already made, which the Deconvnet then shares."""
+        self._view = view_of(model)
+        self.model = self._view.model
         self.rule = get_rule(rule)
         self.unpool = get_unpool(unpool)
         self.max_batch_bytes = max_batch_bytes
         self.crop = crop
-        self._fields: dict = {}  # receptive fields of the last model seen, by (layer, input shape): structural
 
     def layouts(self, x: Tensor) -> dict[str, Layout]:
         """Module path -> how its output lays out its feature maps (layout.Layout), for inputs shaped like x
@@ -81,14 +74,22 @@ class Deconvnet:
         return layouts(self.model, tuple(x.shape[-2:]), channels=x.shape[1])
 
     @property
+    def view(self) -> ModelView:
+        """The model resolved (engine.model.ModelView): made again when the model changed since the last use (a
+        module replaced or added, a hook registered, `model` itself reassigned), so a model changed after the
+        Deconvnet was made is projected as it is now; otherwise the same view, with the fields it has found."""
+        if not self._view.current(self.model):
+            self._view = ModelView.of(self.model)
+        return self._view
+
+    @property
     def steps(self) -> list[Step] | None:
-        """The model as a chain of mirrored steps (None: projected through autograd), read anew on every
-        use, so a model changed after the Deconvnet was made is projected as it is now."""
-        return chain_of(self.model)
+        """The model as a chain of mirrored steps (None: projected through autograd), as the model is now."""
+        return self.view.steps
 
     def layers(self) -> list[str]:
         """Every layer name `project` accepts, in forward order."""
-        return layer_names(self.model)
+        return self.view.layer_names()
 
     @property
     def device(self) -> torch.device:
@@ -162,13 +163,14 @@ class Deconvnet:
         """
         rule = get_rule(self.rule if rule is None else rule)
         unpool = get_unpool(self.unpool if unpool is None else unpool)
+        view = self.view  # the model as it is now, for the whole call
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
-            layout = self._layout(x, layer, token)
+            layout = self._layout(view, x, layer, token)
             if region is not None or at is not None or cls is not None or exclude:
                 if token is not None and (region is not None or at is not None):
                     raise SelectionError("a region or point chooses grid positions, and a prefix token has none")
                 channels, positions = choose(
-                    self.model,
+                    view,
                     self._input(x),
                     layer,
                     channels=channels,
@@ -181,8 +183,9 @@ class Deconvnet:
                     positions=positions,
                     layout=layout,
                 )
-            boundaries = None if stages is None else check_stage_modules(self.model, list(stages))
+            boundaries = None if stages is None else view.check_stage_modules(list(stages))
             return self._project(
+                view,
                 x,
                 layer,
                 channels=channels,
@@ -198,16 +201,16 @@ class Deconvnet:
                 layout=layout,
             )
 
-    def _layout(self, x, layer, token) -> Layout | None:
+    def _layout(self, view: ModelView, x, layer, token) -> Layout | None:
         """The layout of `layer`'s output (planes on a chain), with a prefix token selected alone if asked."""
         x = self._input(x)
-        steps = self.steps
-        name = resolve(self.model, steps, str(layer)) if isinstance(layer, (str, int)) else layer
-        layout = Layout() if steps is not None or not isinstance(name, str) else self.layouts(x).get(name)
+        name = view.resolve(str(layer)) if isinstance(layer, (str, int)) else layer
+        layout = Layout() if view.is_chain or not isinstance(name, str) else self.layouts(x).get(name)
         return layout if token is None else (layout or Layout()).for_token(token, str(layer))
 
     def _project(
         self,
+        view: ModelView,
         x,
         layer,
         channels,
@@ -225,15 +228,15 @@ class Deconvnet:
     ) -> Projection:
         """The one driver of every projection: resolve, forward (on a path), select, then the first strategy
         that can run the seeds back (`_strategies`), and one `Projection` from what it gives."""
-        x, steps = self._input(x), self.steps if boundaries is None else None
+        x, steps = self._input(x), view.steps if boundaries is None else None
         layer = str(layer) if isinstance(layer, int) and not isinstance(layer, bool) else layer
         if not isinstance(layer, str):
             raise LayerError(f"layer must be a name such as 'conv5_3' or a module path, got {type(layer).__name__}")
-        name = resolve(self.model, steps, layer)
+        name = resolve(view.model, steps, layer)  # given stages, a chain too is resolved as any module
         if steps is None:
-            kept = (stage_modules(self.model) if boundaries is None else boundaries) if keep_stages else []
+            kept = (view.stage_modules() if boundaries is None else boundaries) if keep_stages else []
             known = self.layouts(x)
-            path = AutogradPath(self.model, name, rule, kept, unpool=unpool, layouts=known)
+            path = AutogradPath(view.model, name, rule, kept, unpool=unpool, layouts=known)
             path.layout = layout if layout is not None else known.get(name)
         else:
             path = ChainPath(steps, name, rule, unpool)
@@ -257,7 +260,7 @@ class Deconvnet:
             return [ChainWindows(self.max_batch_bytes, every=bool(self.crop))]
         field_windows = isinstance(path, AutogradPath) and self.crop and sel.mode == "max"
         if field_windows and path.unpool in WINDOWED_UNPOOLING:
-            return [FieldWindows(self.max_batch_bytes, self._receptive_field), plane]
+            return [FieldWindows(self.max_batch_bytes, self._fields_or_none), plane]
         return [plane]
 
     @staticmethod
@@ -274,18 +277,13 @@ class Deconvnet:
             unpool=path.unpool,
         )
 
-    def _receptive_field(self, path: AutogradPath, x: Tensor) -> Fields | None:
-        """The fields of the path's layer for inputs like x, kept while the model stays the same object (probing them
-        costs more than a full-plane backward); None where they cannot be traced."""
-        key = (path.name, *x.shape[-3:])
-        fields = self._fields.get(key) if self._fields.get("model") is self.model else None
-        if fields is None:
-            try:
-                fields = receptive_field(self.model, path.name, input_size=tuple(x.shape[-2:]), channels=x.shape[1])
-            except DeconvvizError:
-                return None
-            self._fields = {"model": self.model, key: fields}
-        return fields
+    def _fields_or_none(self, path: AutogradPath, x: Tensor) -> Fields | None:
+        """The fields of the path's layer for inputs like x, kept in the model's view (probing them costs more than
+        a full-plane backward); None where they cannot be traced."""
+        try:
+            return receptive_field(self.view, path.name, input_size=tuple(x.shape[-2:]), channels=x.shape[1])
+        except DeconvvizError:
+            return None
 
     def receptive_field_boxes(self, out: Projection) -> Tensor | None:
         """(N, K, 4) input box (top, bottom, left, right; half-open) of each selection's strongest
@@ -293,15 +291,16 @@ class Deconvnet:
         (deconvviz.engine.fields.receptive_field)."""
         if len(out.selections.shape) != 3 or not out.selections.layout.on_grid:
             return None
-        if self.steps is None:
+        view = self.view
+        if view.steps is None:
             try:
                 f = receptive_field(
-                    self.model, out.layer, input_size=tuple(out.images.shape[-2:]), channels=out.images.shape[-3]
+                    view, out.layer, input_size=tuple(out.images.shape[-2:]), channels=out.images.shape[-3]
                 )
             except LayerError:
                 return None
             return f.boxes(out.selections.rows_cols.cpu())
-        steps = self.steps
+        steps = view.steps
         upto = step_index(steps, out.layer)
         try:
             rows, cols = receptive_fields(steps, upto)

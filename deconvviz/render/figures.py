@@ -22,7 +22,8 @@ from ..analysis.occlusion import occlusion_maps
 from ..analysis.sanity import edge_map, layer_label, sanity_report
 from ..engine.deconvnet import Deconvnet, Projection, crop_boxes
 from ..engine.forward import layer_shape
-from ..engine.layers import chain_of, default_layer, module_outputs, receptive_fields, step_index
+from ..engine.layers import module_outputs, receptive_fields, step_index
+from ..engine.model import ModelView, view_of
 from ..engine.request import Request
 from ..engine.reverse import UNPOOLS, Stage
 from ..engine.rules import RULES
@@ -71,7 +72,7 @@ def _image_record(path: str | os.PathLike | None) -> dict:
 
 
 def check_request(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     request: Request,
     *,
     spatial: bool = False,
@@ -83,14 +84,14 @@ def check_request(
     (network.skeleton_network: no weights, no memory). spatial: the layers must have receptive fields (conv,
     pool). class_chooses: cls chooses the maps (so it excludes channels), rather than naming a probability.
     name: what the messages call the network (e.g. "vgg16 with weights vgg16-caffe")."""
-    r, size = request, request.size or 224
+    r, size, view = request, request.size or 224, view_of(model)
     check_size(size)
     load_image(r.image if r.image is not None else DEFAULT_IMAGE)
     channels = None if isinstance(r.channels, str) else r.channels
-    layers = list(r.layers) if r.layers is not None else [default_layer(model)]
+    layers = list(r.layers) if r.layers is not None else [view.default_layer()]
     check_choice(region=r.region, at=r.at, exclude=r.exclude, cls=r.cls if class_chooses else None, channels=channels)
     check_layers(
-        model,
+        view,
         layers,
         channels=channels,
         top=r.top,
@@ -106,11 +107,11 @@ def check_request(
             "exclude": [find_region(e, r.image, size, width=size, height=size, what="exclude") for e in r.exclude],
         }
         for layer in layers:
-            check_choice(model, layer, input_size=(size, size), channels=channels, **found)
+            check_choice(view, layer, input_size=(size, size), channels=channels, **found)
 
 
 def check_layers(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     layers: Sequence[str] = (),
     *,
     channels: Sequence[int] | None = None,
@@ -122,23 +123,24 @@ def check_layers(
 ) -> None:
     """check_request without an image: layers, channels and class checked on the architecture alone."""
     check_size(size)
+    view = view_of(model)
     for layer in layers:
-        shape = layer_shape(model, layer, size=size)
+        shape = layer_shape(view, layer, size=size)
         checked_channels(layer, count=shape[0], channels=channels, top=top)
         if spatial and len(shape) != 3:
             raise LayerError(
                 f"layer '{layer}' mixes all positions of the image (no receptive field); choose a "
-                f"convolution or pool layer, e.g. {default_layer(model)}"
+                f"convolution or pool layer, e.g. {view.default_layer()}"
             )
     if cls is None:
         return
-    if not has_classifier(model):
+    if not has_classifier(view):
         raise OcclusionError(
             f"a class needs a model with a classifier (class scores), and {name} has none; "
             "use weights with a classifier (torchvision, a card or a state dict)",
             about="class",
         )
-    n = [r for r in module_outputs(model, (size, size)) if r.name == ""][0].shape[0]
+    n = [r for r in module_outputs(view.model, (size, size)) if r.name == ""][0].shape[0]
     if not 0 <= cls < n:
         raise SelectionError(
             f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}", about="class"
@@ -280,13 +282,13 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     """Layer grid: per layer (None: the last conv layer), the selected feature maps' projections beside
     their image patches. request.rule: how ReLUs pass the signal back (deconvnet, guided, gradient). region (a
     sidecar name or a box), at, exclude, cls: as `Deconvnet.project`."""
-    model, weights, model_name, image, layers = net.module, net.weights, net.name, request.image, request.layers
+    weights, model_name, image, layers = net.weights, net.name, request.image, request.layers
     top, channels, mode, size, rule = request.top, request.channels, request.mode, request.size, request.rule
     region, at, exclude, cls = request.region, request.at, request.exclude, request.cls
-    layers = list(dict.fromkeys(layers)) if layers is not None else [default_layer(model)]
+    layers = list(dict.fromkeys(layers)) if layers is not None else [net.view.default_layer()]
     if not layers:
         raise LayerError("no layers given; name one or more, e.g. conv1_2,conv3_3,conv5_3")
-    dn = Deconvnet(model, rule=rule, unpool=request.unpool)
+    dn = Deconvnet(net.view, rule=rule, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
@@ -328,19 +330,19 @@ def reconstruct(
     outside the dog, whole (BUILT_IN).
     mode None: "max", or the built-in choice's. stage_view: how the intermediate stages are drawn (render).
     """
-    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    weights, model_name, image, layer = net.weights, net.name, request.image, request.layer
     channels, mode, size, rule = request.channels, request.mode, request.size, request.rule
     region, at, exclude, cls = request.region, request.at, request.exclude, request.cls
-    layer = layer or default_layer(model)
+    layer = layer or net.view.default_layer()
     # the built-in choice needs receptive-field centres, known here for chains only (targets.centres)
     plain = image is None and channels is None and region is None and at is None and cls is None and not exclude
-    if plain and chain_of(model) is not None:
+    if plain and net.view.is_chain:
         region, exclude, mode = BUILT_IN["region"], BUILT_IN["exclude"], mode or BUILT_IN["mode"]
     mode = mode or "max"
-    dn = Deconvnet(model, rule=rule, unpool=request.unpool)
+    dn = Deconvnet(net.view, rule=rule, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     if channels == "all":
-        channels = range(layer_shape(net.module, layer, size=x.shape[-1])[0])
+        channels = range(layer_shape(dn.view, layer, size=x.shape[-1])[0])
     if progress:
         progress(f"projecting {layer}")
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
@@ -383,11 +385,11 @@ def occlusion(
     layer None: the last conv layer. rule: how the projection panel passes ReLUs (deconvnet, guided, gradient).
     region, at, exclude: watch the map strongest there (`Deconvnet.project`). occluder: the square's side.
     """
-    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    weights, model_name, image, layer = net.weights, net.name, request.image, request.layer
     cls, size, image_size, rule = request.cls, occluder, request.size, request.rule
     region, at, exclude = request.region, request.at, request.exclude
-    layer = layer or default_layer(model)
-    dn = Deconvnet(model, rule=rule)
+    layer = layer or net.view.default_layer()
+    dn = Deconvnet(net.view, rule=rule)
     x = to_batch(
         load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, image_size, device=dn.device
     )
@@ -397,7 +399,7 @@ def occlusion(
     out = dn.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1, **target)
     channel = int(out.selections.channels[0, 0])
     res = occlusion_maps(
-        model,
+        dn.view,
         x,
         layer,
         channel=channel,
@@ -475,11 +477,11 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     """Deconvnet, guided backprop and gradient side by side (Springenberg et al.): the selected feature maps'
     strongest activations (default: the `top` strongest maps; region, at, exclude, cls: as `Deconvnet.project`),
     each projected by every rule, all unpooled by request.unpool; the first rule's selections are the others'."""
-    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    weights, model_name, image, layer = net.weights, net.name, request.image, request.layer
     top, channels, size, cls = request.top, request.channels, request.size, request.cls
     region, at, exclude = request.region, request.at, request.exclude
-    layer = layer or default_layer(model)
-    dn = Deconvnet(model, unpool=request.unpool)
+    layer = layer or net.view.default_layer()
+    dn = Deconvnet(net.view, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
     outs, chosen = {}, {"channels": channels, "top": top, **target}
@@ -524,13 +526,13 @@ def sanity(
     progress: Progress | None = None,
 ) -> tuple[Figure, dict, str]:
     """The sanity report of one unit (sanity.py): figure, provenance with every number, and the numbers as CSV."""
-    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    weights, model_name, image, layer = net.weights, net.name, request.image, request.layer
     size = request.size
-    layer = layer or default_layer(model)
-    device = Deconvnet(model).device
+    layer = layer or net.view.default_layer()
+    device = Deconvnet(net.view).device
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
-    rep = sanity_report(model, x, layer, channel=channel, rules=rules, seed=seed, progress=progress)
-    labels = [layer_label(model, n) for n in rep.randomized]
+    rep = sanity_report(net.view, x, layer, channel=channel, rules=rules, seed=seed, progress=progress)
+    labels = [layer_label(net.view, n) for n in rep.randomized]
     titles = {r: RULES[r].title for r in rep.rules}
     fig = sanity_figure(
         to_display(x[0].cpu(), weights.preprocess),
@@ -577,11 +579,11 @@ def ablate(
 ) -> tuple[Figure, dict, str]:
     """Mahendran & Vedaldi's ablation of one unit (ablation.py): figure, provenance with every number, and CSV.
     request.layer None: pool5 where the network has one (VGG), else its default layer."""
-    model, weights, model_name, image, size = net.module, net.weights, net.name, request.image, request.size
+    weights, model_name, image, size = net.weights, net.name, request.image, request.size
     layer = request.layer or ("pool5" if "pool5" in net.layer_names else net.default_layer)
-    device = Deconvnet(model).device
+    device = Deconvnet(net.view).device
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
-    rep = ablation_report(model, x, layer, channel=channel, seed=seed, progress=progress)
+    rep = ablation_report(net.view, x, layer, channel=channel, seed=seed, progress=progress)
 
     def words(s, what: str) -> str:
         return f"{what} ρ {_shown(s.spearman_abs)} S {_shown(s.ssim)}"
@@ -652,9 +654,9 @@ def _numbers(s) -> tuple:
 def filters(net: Network, *, layer: str | None = None) -> tuple[Figure, dict]:
     """First-layer filters as colour patches (ZF Fig. 6), in RGB image terms (filters.first_layer_filters).
     layer None: the first convolution, whatever its name."""
-    model, weights, model_name = net.module, net.weights, net.name
-    layer = layer or first_conv_name(model)
-    module, templates = first_layer_filters(model, layer, preprocess=weights.preprocess)
+    weights, model_name = net.weights, net.name
+    layer = layer or first_conv_name(net.view)
+    module, templates = first_layer_filters(net.view, layer, preprocess=weights.preprocess)
     k, _, kh, kw = templates.shape
     undone = "BGR order and 0-255 scale" if weights.preprocess.bgr else "per-channel std"
     title = (
@@ -691,7 +693,7 @@ def invariance(
         size,
         device=next(model.parameters()).device,
     )
-    res = invariance_sweep(model, x, transform, layers=layers, progress=progress)
+    res = invariance_sweep(net.view, x, transform, layers=layers, progress=progress)
     picks = sorted({round(i * (len(res.amounts) - 1) / 4) for i in range(5)})
     unit = UNITS[transform]
     thumbs = [

@@ -261,7 +261,8 @@ def scan_throughput(device: str, count: int, size: int) -> tuple[float, float]:
     the same DataLoader (decoding included in both), on a folder of crops of the built-in photo."""
     from torch.utils.data import DataLoader
 
-    from deconvviz.analysis.scan import ImageFiles, _collate, image_files, scan_folder
+    from deconvviz.analysis._scan_files import ImageFiles, _collate, image_files
+    from deconvviz.analysis.scan import scan_folder
     from deconvviz.images import DEFAULT_IMAGE, load_image
 
     with tempfile.TemporaryDirectory() as tmp:

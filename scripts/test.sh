@@ -22,4 +22,4 @@ if [ ! -x "$browser" ]; then
 fi
 ruff check .
 ruff format --check .
-python -m pytest "$@"
+python -m pytest --durations=25 "$@"  # the slowest tests named in every run: CI must stay well under 30 minutes

@@ -155,16 +155,17 @@ def _scan_site(run, photos: Path, tmp_path: Path, layer: str) -> Path:
 
 KILLED_SITE = """
 import os, signal, sys
-from deconvviz.site import _build as site
+from deconvviz.site import scan_site
+from deconvviz.site._common import _SiteFolder
 calls = []
-real = site._SiteFolder.page
+real = _SiteFolder.page
 def page(self, rel, text):
     calls.append(rel)
     if len(calls) == int(sys.argv[3]):
         os.kill(os.getpid(), getattr(signal, sys.argv[4]))
     real(self, rel, text)
-site._SiteFolder.page = page
-site.scan_site(sys.argv[1], sys.argv[2], device="cpu", verbose=False)
+_SiteFolder.page = page
+scan_site(sys.argv[1], sys.argv[2], device="cpu", verbose=False)
 """
 
 

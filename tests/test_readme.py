@@ -72,9 +72,9 @@ def test_the_test_script_installs_chromium_when_missing_then_lints_and_runs_pyte
     r = subprocess.run(["bash", str(script), "-x", "-q"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     install = prefix or ["apt-get update -q", "apt-get install -y -q chromium"]
-    tail = ["ruff check .", "ruff format --check .", "python -m pytest -x -q"]
+    tail = ["ruff check .", "ruff format --check .", "python -m pytest --durations=25 -x -q"]
     assert log.read_text().splitlines() == ["id -u", *install, *tail]
     assert f"no browser at {browser}; installing Debian's chromium" in r.stderr
     log.unlink()  # a second run with the browser present installs nothing
     assert subprocess.run(["bash", str(script)], env=env, capture_output=True).returncode == 0
-    assert log.read_text().splitlines() == ["ruff check .", "ruff format --check .", "python -m pytest"]
+    assert log.read_text().splitlines() == ["ruff check .", "ruff format --check .", "python -m pytest --durations=25"]

@@ -7,14 +7,11 @@ channel (checkpointed; merged across torchrun processes) -> projections of the k
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
-import shutil
 import signal
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..engine.deconvnet import Deconvnet
@@ -33,29 +30,37 @@ from ..engine.layout import Layout
 from ..engine.reverse import UNPOOLS, get_unpool
 from ..engine.rules import get_rule
 from ..errors import DeconvvizError, ImageError, LayerError, SelectionError
-from ..images import check_size, to_batch, to_display
+from ..images import check_size, to_display
 from ..networks.architectures import located
 from ..networks.cards import cards_folder
 from ..networks.network import Network
 from ..networks.weights import find_card, pick_device
 from ..outputs import (
     SCAN_MARKER,
-    SITE_MARKER,
     Staged,
-    irregular,
     locked,
     missing_folders,
-    open_regular,
     owned,
     recover,
-    remove_partials,
     write_atomic,
     write_locked,
 )
 from ..preprocess import Preprocess
 from ..render.draw import TopImages, channel_figure, overview_figure, save
+from ._scan_files import ImageFiles, _collate, _fingerprint, _unreadable, listed_images, preprocessed
+from ._scan_state import (
+    _FIELDS,
+    TopK,
+    _gathered,
+    _keep_checkpoints,
+    _mark,
+    _remove_unfinished,
+    _resumed,
+    _same_arguments,
+    _start,
+    _state_names,
+)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHOWN_CHANNELS = 9  # feature maps projected and drawn when none are given: the strongest over the folder
 OVERVIEW_CHANNELS = 16  # at most this many feature maps in overview.png
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -117,98 +122,6 @@ class ScanResult:
     written: list[Path] = field(default_factory=list)  # files this call wrote (process 0 only)
 
 
-@dataclass
-class TopK:
-    """Per channel the k strongest images so far, best first (value desc, then image order asc). (C, k) each."""
-
-    values: Tensor  # the map's strongest activation in the image; -inf in unused slots
-    images: Tensor  # index in the scan's file order; -1 in unused slots
-    positions: Tensor  # flat position of that activation in the map
-
-    @classmethod
-    def empty(cls, channels: int, k: int) -> TopK:
-        full = torch.full((channels, k), -1, dtype=torch.long)
-        return cls(torch.full((channels, k), -math.inf), full, torch.zeros_like(full))
-
-    def add(self, activation: Tensor, images: Tensor) -> TopK:
-        """Merge in a batch: activation (B, C, ...) of the images with these indices (B,)."""
-        peak, where = activation.reshape(*activation.shape[:2], -1).max(dim=2)  # as selection.select does
-        c = peak.shape[1]
-        return self.merge(TopK(peak.T.float().cpu(), images.cpu()[None].expand(c, -1), where.T.cpu()))
-
-    def merge(self, *others: TopK) -> TopK:
-        """The k best of all candidates; sorted by image, then stably by value, so ties go to the earlier image."""
-        values, images, positions = (torch.cat([getattr(t, f) for t in (self, *others)], 1) for f in _FIELDS)
-        by_image = images.argsort(dim=1, stable=True)
-        best = values.gather(1, by_image).argsort(dim=1, descending=True, stable=True)[:, : self.values.shape[1]]
-        keep = by_image.gather(1, best)
-        return TopK(values.gather(1, keep), images.gather(1, keep), positions.gather(1, keep))
-
-
-_FIELDS = ("values", "images", "positions")
-
-
-def image_files(folder: str | os.PathLike) -> list[str]:
-    """Every image under `folder` (recursive, by suffix) as sorted relative POSIX paths: the scan's fixed order."""
-    return listed_images(folder)[0]
-
-
-def listed_images(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[list[str], list[dict]]:
-    """The image files under `folder` (recursive, by suffix; sorted relative POSIX paths, names in any encoding)
-    and those that are no regular file ({"path", "reason"}: a dangling link, a named pipe, ...). Folders that
-    deconvviz wrote (`out`, a scan, a site, their temporaries) are not read: a scan never reads its own figures."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ImageError(f"'{folder}' is not a folder; give a folder of images (read recursively)")
-    own = Path(out).resolve() if out is not None else None
-    files, odd = [], []
-    for top, dirs, names in os.walk(root):
-        here = Path(top)
-        dirs[:] = [d for d in dirs if not _written_by_deconvviz(here / d, own)]
-        for name in names:
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                rel = (here / name).relative_to(root).as_posix()
-                why = irregular(here / name)
-                files.append(rel) if why is None else odd.append({"path": rel, "reason": f"{why}, not an image"})
-    if not files and not odd:
-        raise ImageError(f"no images under '{folder}'; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
-    return sorted(files), sorted(odd, key=lambda s: s["path"])
-
-
-def _written_by_deconvviz(folder: Path, out: Path | None) -> bool:
-    if folder.name.startswith(".") and folder.name.endswith((".deconvviz-new", ".deconvviz-old")):
-        return True  # a build of deconvviz beside its folder (outputs.Staged)
-    return (folder / SCAN_MARKER).is_file() or (folder / SITE_MARKER).is_file() or folder.resolve() == out
-
-
-def preprocessed(path: Path, preprocess: Preprocess, size: int) -> Tensor:
-    """One image file as network input, exactly as the scan reads it (`to_batch` on CPU). (3, size, size)."""
-    return to_batch(path, preprocess, size)[0]
-
-
-class ImageFiles(Dataset):
-    """The scanned files, preprocessed; an unreadable one gives (None, index, reason) instead of failing."""
-
-    def __init__(self, root: Path, files: list[str], preprocess: Preprocess, size: int):
-        self.root, self.files, self.preprocess, self.size = root, files, preprocess, size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[Tensor | None, int, str | None]:
-        try:
-            return preprocessed(self.root / self.files[i], self.preprocess, self.size), i, None
-        except Exception as e:  # noqa: BLE001 - one bad file never stops a scan; the reason goes into the report
-            return None, i, str(e) if isinstance(e, DeconvvizError) else f"{type(e).__name__}: {e}"
-
-
-def _collate(items: list) -> tuple[Tensor | None, Tensor, list[tuple[int, str]]]:
-    """A batch of the readable images (B, 3, H, W) with their indices (B,), and the unreadable (index, reason)."""
-    good = [(t, i) for t, i, _ in items if t is not None]
-    x = torch.stack([t for t, _ in good]) if good else None
-    return x, torch.tensor([i for _, i in good], dtype=torch.long), [(i, why) for t, i, why in items if t is None]
-
-
 @torch.no_grad()
 def activations(steps, x: Tensor, taps: dict[str, int]) -> dict[str, Tensor]:
     """One pass along the chain up to the deepest tap, keeping the output of each tapped step (by layer name)."""
@@ -255,21 +168,6 @@ def check_scan(
             "check the folder"
         )
     return files, odd
-
-
-def _unreadable(path: Path) -> str | None:
-    """Why an image file's header does not read (a quick look, not a decode); None when it reads."""
-    from PIL import Image
-
-    try:
-        with open_regular(path) as f, Image.open(f):
-            return None
-    except Exception as e:  # noqa: BLE001 - any reason is the file's, said in the message
-        return f"{type(e).__name__}: {e}"
-
-
-def _state_names(world: int) -> list[str]:
-    return ["state.pt"] if world == 1 else [f"state-rank{r}.pt" for r in range(world)]
 
 
 def _owned_scan(out: Path) -> dict | None:
@@ -356,22 +254,6 @@ def scan_folder(
             raise
 
 
-def _remove_unfinished(out: Path, made: Path | None, world: int, *, interrupted: bool) -> None:
-    """A first run that failed leaves the folder as it found it; one interrupted (Ctrl-C) keeps its checkpoints,
-    to resume from, as a kill does."""
-    names = [*_state_names(world), SCAN_MARKER]
-    if interrupted and any((out / n).is_file() for n in _state_names(world)):
-        return
-    for n in names:
-        (out / n).unlink(missing_ok=True)
-    remove_partials(out, names)
-    for d in (out, *out.parents) if made is not None else ():
-        if not d.is_relative_to(made):
-            break
-        with contextlib.suppress(OSError):
-            d.rmdir()
-
-
 def _scan(network, args, found, out, *, world, rank, workers, every, progress, say, max_memory) -> ScanResult:
     """The scan itself, under the lock: the top-k, then the projections and figures, swapped in whole.
     found: the image files and those that are no regular file (listed_images)."""
@@ -435,36 +317,6 @@ def _scan(network, args, found, out, *, world, rank, workers, every, progress, s
             if skipped:
                 say(f"{len(skipped)} unreadable file(s) skipped, listed in {out / 'report.json'}")
     return result
-
-
-def _start(out: Path, world: int) -> None:
-    """Claim the run folder: made if new, marked as a scan's (before any checkpoint), a killed run's temp files
-    of its checkpoints removed by their exact names."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DeconvvizError(
-            f"cannot write to '{out}': {e.strerror or e}; give a writable folder", about="out"
-        ) from None
-    if not (out / SCAN_MARKER).is_file():
-        _mark(out, files=[])
-    remove_partials(out, [*_state_names(world), SCAN_MARKER])
-
-
-def _mark(folder: Path, files: list[str]) -> None:
-    """The marker that makes a folder a scan's own: a later scan may resume or replace it, and nothing else."""
-    data = {"deconvviz": __version__, "kind": "scan", "files": sorted(files)}
-    write_locked(folder / SCAN_MARKER, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
-
-
-def _keep_checkpoints(out: Path, new: Path, world: int) -> None:
-    """The finished run keeps its checkpoints (a rerun with other arguments is compared with them)."""
-    for n in _state_names(world):
-        if (out / n).is_file():
-            try:
-                os.link(out / n, new / n)
-            except OSError:
-                shutil.copy2(out / n, new / n)
 
 
 def _check_memory(plan: dict, chans, k: int, size: int, budget: int) -> None:
@@ -559,19 +411,6 @@ def _processes(device: torch.device, world: int):
         dist.destroy_process_group()
 
 
-def _fingerprint(root: Path, files: list[str]) -> str:
-    """The file list and sizes: a resumed scan must see the same images in the same order. Names in any
-    encoding are taken as the bytes the system gives (os.fsencode); a file gone since the listing counts -1."""
-    digest = hashlib.sha256()
-    for f in files:
-        try:
-            size = (root / f).stat().st_size
-        except OSError:
-            size = -1
-        digest.update(os.fsencode(f) + f"\t{size}\n".encode())
-    return digest.hexdigest()
-
-
 def _scan_shard(
     dn, preprocess, root, files, taps, plan, args, out, device, rank, world, workers, every, progress, say, k
 ) -> dict:
@@ -630,66 +469,6 @@ def _scan_shard(
             if os.environ.get(CRASH_AFTER_BATCH) == str(state["batches"]):
                 os.kill(os.getpid(), signal.SIGKILL)  # for the resume test: kill -9 right after this checkpoint
     return state
-
-
-def _resumed(path: Path, fresh: dict, out: Path, batches: int) -> dict:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(path, weights_only=True)
-        checked = _checkpoint(state, fresh)
-    except Exception:  # noqa: BLE001 - checkpoints are written atomically; this one was not a scan's
-        raise DeconvvizError(
-            f"'{path}' is not a checkpoint of deconvviz scan; delete it to scan again, or give another output folder",
-            about="out",
-        ) from None
-    _same_arguments(out, state.get("arguments"), fresh["arguments"])
-    if not checked or state.get("world") != fresh["world"] or state["batches"] > batches:
-        raise DeconvvizError(
-            f"the images under '{fresh['arguments']['folder']}' (or the number of processes) "
-            f"changed since the scan in '{out}' began; give a new output folder",
-            about="out",
-        )
-    return state
-
-
-def _checkpoint(state, fresh: dict) -> bool:
-    """A checkpoint's shape is a scan's (raises otherwise); True when it is of the same images in the same order."""
-    if not isinstance(state, dict) or not isinstance(state.get("arguments"), dict):
-        raise TypeError("not a scan checkpoint")
-    top, batches = state["top"], state["batches"]
-    if not isinstance(batches, int) or set(top) != set(fresh["top"]) or not isinstance(state["skipped"], list):
-        raise TypeError("not a scan checkpoint")
-    for name, t in top.items():
-        want = fresh["top"][name]["values"].shape
-        if any(not isinstance(t[f], Tensor) or t[f].shape != want for f in _FIELDS):
-            if state["arguments"] == fresh["arguments"]:
-                raise TypeError("not a scan checkpoint")
-    return state.get("files") == fresh["files"]
-
-
-def _same_arguments(out: Path, stored: dict | None, now: dict) -> None:
-    if stored != now:
-        stored = stored or {}
-        diff = "; ".join(f"{k} {stored.get(k)!r}, now {v!r}" for k, v in now.items() if stored.get(k) != v)
-        raise DeconvvizError(
-            f"'{out}' holds a scan with other arguments ({diff}); rerun with the same "
-            "arguments to resume or reuse it, or give a new output folder",
-            about="out",
-        )
-
-
-def _gathered(state: dict, world: int) -> dict:
-    """All processes' top-k merged (the same tie rule makes it equal to a single-process scan)."""
-    if world == 1:
-        return state
-    parts = [None] * world
-    dist.all_gather_object(parts, {"top": state["top"], "skipped": state["skipped"]})
-    top = {
-        name: asdict(TopK(**parts[0]["top"][name]).merge(*(TopK(**p["top"][name]) for p in parts[1:])))
-        for name in state["top"]
-    }
-    return {"top": top, "skipped": [s for p in parts for s in p["skipped"]]}
 
 
 def _records(top: TopK, files: list[str], shape, rf, size: int) -> dict[int, list[Record]]:

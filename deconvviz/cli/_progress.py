@@ -9,7 +9,8 @@ import time
 class Progress:
     """Progress with rich, only when stderr is a terminal and without --quiet. progress("loading weights") shows
     a status line; progress("layer conv5_3", done, total) a bar for that phase (one per phase), with `rate` per
-    second beside it when given (e.g. "images"). stop() clears what is shown."""
+    second beside it when given (e.g. "images"). stop() clears what is shown; `with Progress(q) as p:` stops
+    on the way out, also on error."""
 
     def __init__(self, quiet: bool, *, rate: str | None = None):
         self.on = not quiet and sys.stderr.isatty()
@@ -47,6 +48,12 @@ class Progress:
         seconds = time.monotonic() - start
         rate = f"{(done - first) / seconds:.1f} {self.rate}/s" if self.rate and done > first and seconds > 0 else ""
         self._bar.update(task, completed=done, total=total, rate=rate)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def stop(self) -> None:
         for shown in (self._status, self._bar):

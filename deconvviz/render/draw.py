@@ -7,6 +7,10 @@
   the channel mean of the rectified signal; either divided by its 99.5th percentile, clipped to [0, 1], grey;
 - occlusion maps: the values themselves, colours spanning the map's range and its unoccluded value (marked
   on the colorbar), each value drawn at the centre of its occluder position, over a faint copy of the image.
+
+One module on purpose (665 lines): every figure below draws its panels with the same letters, notes, normalizations
+and `save` (which checks the pixel budget and writes the figure atomically); kept together, a change to how a
+figure is normalized or written is made once and seen in every figure.
 """
 
 from __future__ import annotations

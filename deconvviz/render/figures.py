@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-from torch import nn
 
 from .. import __version__
 from ..analysis.ablation import REFERENCE, ablation_report
@@ -20,20 +18,20 @@ from ..analysis.invariance import UNITS
 from ..analysis.invariance import invariance as invariance_sweep
 from ..analysis.occlusion import occlusion_maps
 from ..analysis.sanity import edge_map, layer_label, sanity_report
-from ..engine.deconvnet import Deconvnet, Projection, crop_boxes
+from ..engine.deconvnet import Deconvnet, crop_boxes
 from ..engine.forward import layer_shape
-from ..engine.layers import module_outputs, receptive_fields, step_index
-from ..engine.model import ModelView, view_of
+from ..engine.layers import receptive_fields, step_index
 from ..engine.request import Request
 from ..engine.reverse import UNPOOLS, Stage
 from ..engine.rules import RULES
-from ..engine.selection import checked_channels
-from ..engine.targets import check_choice, find_region
-from ..errors import LayerError, OcclusionError, SelectionError
-from ..images import DEFAULT_IMAGE, check_size, load_image, to_batch, to_display
-from ..networks.network import Network, has_classifier
-from ..networks.weights import Weights
+from ..engine.targets import find_region
+from ..errors import LayerError
+from ..images import DEFAULT_IMAGE, load_image, to_batch, to_display
+from ..networks.network import Network
 from ..outputs import check_beside, provenance_path
+from ._checks import check_layers as check_layers  # the CLI checks a request here before loading weights
+from ._checks import check_request as check_request
+from ._provenance import _network_record, _provenance, _selections, _target_record, _unit_provenance, _weights_record
 from .draw import (
     STAGE_VIEW,
     AblationPanel,
@@ -55,117 +53,6 @@ Progress = Callable[[str], None]
 # shows the bicycle's frame and wheels (the image's strongest map overall responds to the dog's face).
 BUILT_IN = {"region": "bicycle", "exclude": ("dog",), "mode": "map"}
 COMPARED = ("deconvnet", "guided", "gradient")  # compare's rules (Springenberg et al.); linear is ablate's
-
-
-def _image_record(path: str | os.PathLike | None) -> dict:
-    """The image's name when built in, else its path relative to the working folder (its file name when it
-    lies outside it): provenance names no path of the machine that made it."""
-    p = Path(path) if path is not None else DEFAULT_IMAGE
-    data = p.read_bytes() if p.is_file() else b""
-    if path is None:
-        shown = "built-in bicycle.jpg"
-    elif p.resolve().is_relative_to(Path.cwd().resolve()):
-        shown = p.resolve().relative_to(Path.cwd().resolve()).as_posix()
-    else:
-        shown = p.name
-    return {"path": shown, "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def check_request(
-    model: nn.Module | ModelView,
-    request: Request,
-    *,
-    spatial: bool = False,
-    class_chooses: bool = False,
-    name: str = "this network",
-) -> None:
-    """Refuse a bad request before any weights are loaded: the image is read, and the layers, channels, class
-    and region, point or excluded boxes (names from the image's sidecar) are checked on the architecture alone
-    (network.skeleton_network: no weights, no memory). spatial: the layers must have receptive fields (conv,
-    pool). class_chooses: cls chooses the maps (so it excludes channels), rather than naming a probability.
-    name: what the messages call the network (e.g. "vgg16 with weights vgg16-caffe")."""
-    r, size, view = request, request.size or 224, view_of(model)
-    check_size(size)
-    load_image(r.image if r.image is not None else DEFAULT_IMAGE)
-    channels = None if isinstance(r.channels, str) else r.channels
-    layers = list(r.layers) if r.layers is not None else [view.default_layer()]
-    check_choice(region=r.region, at=r.at, exclude=r.exclude, cls=r.cls if class_chooses else None, channels=channels)
-    check_layers(
-        view,
-        layers,
-        channels=channels,
-        top=r.top,
-        size=size,
-        cls=r.cls,
-        spatial=spatial or r.region is not None or r.at is not None,
-        name=name,
-    )
-    if r.region is not None or r.at is not None:
-        found = {
-            "region": None if r.region is None else find_region(r.region, r.image, size, width=size, height=size),
-            "at": r.at,
-            "exclude": [find_region(e, r.image, size, width=size, height=size, what="exclude") for e in r.exclude],
-        }
-        for layer in layers:
-            check_choice(view, layer, input_size=(size, size), channels=channels, **found)
-
-
-def check_layers(
-    model: nn.Module | ModelView,
-    layers: Sequence[str] = (),
-    *,
-    channels: Sequence[int] | None = None,
-    top: int = 9,
-    size: int = 224,
-    cls: int | None = None,
-    spatial: bool = False,
-    name: str = "this network",
-) -> None:
-    """check_request without an image: layers, channels and class checked on the architecture alone."""
-    check_size(size)
-    view = view_of(model)
-    for layer in layers:
-        shape = layer_shape(view, layer, size=size)
-        checked_channels(layer, count=shape[0], channels=channels, top=top)
-        if spatial and len(shape) != 3:
-            raise LayerError(
-                f"layer '{layer}' mixes all positions of the image (no receptive field); choose a "
-                f"convolution or pool layer, e.g. {view.default_layer()}"
-            )
-    if cls is None:
-        return
-    if not has_classifier(view):
-        raise OcclusionError(
-            f"a class needs a model with a classifier (class scores), and {name} has none; "
-            "use weights with a classifier (torchvision, a card or a state dict)",
-            about="class",
-        )
-    n = [r for r in module_outputs(view.model, (size, size)) if r.name == ""][0].shape[0]
-    if not 0 <= cls < n:
-        raise SelectionError(
-            f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}", about="class"
-        )
-
-
-def _selections(dn: Deconvnet, out: Projection) -> dict:
-    sel = out.selections
-    boxes = dn.receptive_field_boxes(out)
-    rec = {
-        "layer": sel.layer,
-        "module": out.layer,
-        "mode": sel.mode,
-        "channels": sel.channels[0].tolist(),
-        "values": [float(v) for v in sel.values[0]],
-    }
-    if sel.layout.kind != "planes":  # where the maps lie in the layer's output (deconvviz.layout)
-        rec["feature_maps"] = {"layout": sel.layout.kind, "shape": list(sel.shape), "from": sel.layout.source}
-        if sel.layout.prefix:
-            rec["feature_maps"]["prefix_tokens"] = list(sel.layout.prefix)
-    if len(sel.shape) == 3 and sel.layout.on_grid:
-        rec["positions"] = sel.rows_cols[0].tolist()
-    if boxes is not None:
-        rec["receptive_fields"] = boxes[0].tolist()  # top, bottom, left, right (half-open)
-    return rec
 
 
 def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
@@ -195,26 +82,6 @@ def _target(
     return out | {"exclude": [find_region(e, image, size, width=w, height=h, what="exclude") for e in exclude or ()]}
 
 
-def _target_record(target: dict) -> dict:
-    """What chose the selections, for the provenance: boxes in input pixels."""
-    rec = {}
-    for key in ("region", "exclude"):
-        boxes = target[key] if key == "exclude" else [target[key]] if target[key] is not None else []
-        if boxes:
-            found = [
-                {"name": b.name, "box": [b.x0, b.y0, b.x1, b.y1]} if b.name else [b.x0, b.y0, b.x1, b.y1] for b in boxes
-            ]
-            rec[key] = found if key == "exclude" else found[0]
-    if target["at"] is not None:
-        at = target["at"]
-        rec["at"] = [at.x, at.y] if at.unit == "px" else {"fractions": [at.x, at.y]}
-    if target["cls"] is not None:
-        rec["class"] = int(target["cls"])
-    if target.get("token") is not None:
-        rec["token"] = target["token"]
-    return rec
-
-
 def _target_words(target: dict) -> str:
     """The selection rule for a figure's title, e.g. "strongest on 'bicycle' outside 'dog'"."""
     words = f"contributing most to class {target['cls']}" if target["cls"] is not None else ""
@@ -228,54 +95,6 @@ def _target_words(target: dict) -> str:
     if target.get("token") is not None:
         words += f"{', ' if words else ''}of the {target['token']} token"
     return words
-
-
-def _weights_record(weights: Weights) -> dict:
-    return {
-        "name": weights.name,
-        "source": weights.source,
-        "sha256": weights.sha256,
-        "preprocess": weights.preprocess.name,
-    }
-
-
-def _shown_path(text: str) -> str:
-    """A path inside the working folder relative to it, else its file name: provenance names no local path."""
-    p = Path(text).expanduser()
-    if not p.is_absolute():
-        return text
-    return p.relative_to(Path.cwd()).as_posix() if p.is_relative_to(Path.cwd()) else p.name
-
-
-def _network_record(net: Network) -> dict:
-    """Network.record() with the files it names (a factory file, a state dict or card) as _shown_path shows them."""
-    where, colon, attr = net.spec.rpartition(":")
-    spec = f"{_shown_path(where)}:{attr}" if where.endswith(".py") else net.spec
-    weights = _shown_path(net.weights_choice) if Path(net.weights_choice).suffix in (".pt", ".pth", ".toml") else None
-    return net.record() | {"spec": spec, "weights": weights or net.weights_choice}
-
-
-def _provenance(command: str, net: Network, x, *, image, size, layers: list[dict]) -> dict:
-    return {
-        "command": command,
-        "deconvviz": __version__,
-        "torch": torch.__version__.split("+")[0],
-        "image": _image_record(image),
-        "model": _network_record(net)["spec"],
-        "network": _network_record(net),
-        "weights": _weights_record(net.weights),
-        "input_size": list(x.shape[-2:]),
-        "size": size,
-        "layers": layers,
-    }
-
-
-def _unit_provenance(command: str, net: Network, x, *, image, size, layer: str, rep, seed: int) -> dict:
-    """The provenance of a one-unit report (sanity, ablate): the unit, its receptive field and the seed."""
-    prov = _provenance(command, net, x, image=image, size=size, layers=[])
-    del prov["layers"]
-    unit = {"layer": layer, "module": rep.module, "channel": rep.channel, "position": list(rep.position)}
-    return prov | unit | {"receptive_field": list(rep.box), "seed": seed}
 
 
 def visualize(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:

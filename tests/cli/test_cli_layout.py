@@ -135,7 +135,7 @@ def test_explore_reads_token_layers_on_the_grid(run, nets, tmp_path):
     """explore's default layers of a ViT are its patch embedding and blocks (their maps on the grid); a token
     layer's page lists units at grid positions."""
     from deconvviz import Deconvnet
-    from deconvviz.site._build import _explore_layers
+    from deconvviz.site._explore_site import _explore_layers
 
     net = load_network(f"{nets}:vit", "random", "cpu", verbose=False)
     assert _explore_layers(Deconvnet(net.module), 32) == [

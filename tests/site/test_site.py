@@ -23,8 +23,11 @@ from deconvviz.cli import app
 from deconvviz.images import DEFAULT_IMAGE, to_batch
 from deconvviz.networks.network import load_network
 from deconvviz.networks.weights import load_vgg
-from deconvviz.site import _build as site_module
-from deconvviz.site._build import MARKER, explore_site, scan_site
+from deconvviz.site import _common as site_module
+from deconvviz.site import explore_site, scan_site
+from deconvviz.site._common import MARKER
+from deconvviz.site._explore_site import _explore_layers
+from deconvviz.site._scan_site import _RecordCard
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 HOSTILE = '"><img src=x onerror=alert(1)>.jpg'
@@ -324,7 +327,7 @@ def test_a_guided_scan_gives_a_guided_site(random_vgg11, tmp_path, browser):
         verbose=False,
         rule="guided",
     )
-    with mock.patch("deconvviz.site._build.Deconvnet", wraps=Deconvnet) as made:
+    with mock.patch("deconvviz.site._scan_site.Deconvnet", wraps=Deconvnet) as made:
         scan_site(tmp_path / "run", tmp_path / "site", device="cpu", verbose=False)
     assert [c.kwargs.get("rule") for c in made.call_args_list] == ["guided"]
     tab = Watched(browser)
@@ -415,7 +418,7 @@ def test_explore_on_networks_that_are_not_chains(name, tmp_path, tab, residual_f
     network = load_network(spec, "random", "cpu", verbose=False)
     net, size, k = network.module, 48, 3
     want = ["stem.0", "stem", "block1", "block2"] if name == "FACTORY" else ["conv1", *(f"layer{i}" for i in "1234")]
-    assert site_module._explore_layers(Deconvnet(net), size) == want
+    assert _explore_layers(Deconvnet(net), size) == want
     layers = want if name == "FACTORY" else ["layer1", "layer3"]
     image = tmp_path / "img.jpg"
     Image.open(DEFAULT_IMAGE).resize((64, 64)).save(image)
@@ -483,7 +486,7 @@ def test_a_fixed_position_scan_gives_a_fixed_position_site(random_vgg11, tmp_pat
         verbose=False,
         unpool="fixed",
     )
-    with mock.patch("deconvviz.site._build.Deconvnet", wraps=Deconvnet) as made:
+    with mock.patch("deconvviz.site._scan_site.Deconvnet", wraps=Deconvnet) as made:
         scan_site(tmp_path / "run", tmp_path / "site", device="cpu", verbose=False)
     assert [(c.kwargs.get("rule"), c.kwargs.get("unpool")) for c in made.call_args_list] == [("deconvnet", "fixed")]
     index = (tmp_path / "site" / "index.html").read_text()
@@ -558,7 +561,7 @@ def test_a_hostile_layer_and_labels_render_as_text_in_every_template(tmp_path, b
     folder.picture("image.jpg", torch.full((8, 8, 3), 0.5).numpy(), side=SIZE)
     folder.picture("layer/unit-3.jpg", torch.full((4, 4, 3), 0.5).numpy())
     tile = s.Tile(3, 0.5, pic, pic, text, href="unit.html")
-    card = s._RecordCard(1, 0.5, 0, 0, text, "pic.png", text, pic, pic)
+    card = _RecordCard(1, 0.5, 0, 0, text, "pic.png", text, pic, pic)
     nav = s.Nav(s.Link(text, "../index.html"), s.Link(text, "../index.html"), s.Link(text, "../index.html"))
     frame = {"title": f"{text} · deconvviz", "crumbs": [s.Link(text, "../index.html"), s.Link(text)], "nav": nav}
     strip = {"layer": text, "href": "layer/index.html", "units": 1, "projected": 1, "tiles": [tile]}

@@ -1,0 +1,66 @@
+"""The commands that only print: layers (a model's layer table) and models (the weights sets known)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import typer
+
+from ._exits import _errors
+from ._options import Debug, Model, ShapeSize, ShapeWeights, _Choice
+
+
+def layers(
+    model: Model = None,
+    weights: ShapeWeights = "random",
+    size: ShapeSize = 224,
+    debug: Debug = False,
+) -> None:
+    """Every layer you can project from, with its output shape, receptive field size and stride for an input size,
+    and how each rule passes it (ReLU rule, linear, switches, a named convention, or no rule)."""
+    with _errors(debug):
+        from ..engine.rectified import rule_passes
+        from ..engine.table import layer_table
+        from ..images import check_size
+        from ..networks.network import load_network
+
+        check_size(size)
+        choice = _Choice(model, weights)
+        built = load_network(choice.spec, "random", "cpu", verbose=False).module  # how rules pass: structure only
+        passes = {p.module: p.rules for p in rule_passes(built, (size, size))}
+        rows = [
+            replace(r, columns={**r.columns, **passes.get(r.module, {})})
+            for r in layer_table(choice.view, (size, size))
+        ]
+        extra = list(dict.fromkeys(k for r in rows for k in r.columns))  # more columns, where a row has them
+        wide = max([14, *(len(r.module) for r in rows)])
+        maps = max([0, *(len(r.maps) for r in rows)])  # token and channels-last layers: their maps on the grid
+        shown_maps = f" {'feature maps':<{maps}}" if maps else ""
+        head = (
+            f"{'name':<9} {'module':<{wide}} {'type':<18} {'output shape':<16}{shown_maps} {'rf size':>7} {'stride':>6}"
+        )
+        typer.echo("  ".join([head, *(f"{k:<10}" for k in extra)]).rstrip())
+        for r in rows:
+            shown = "x".join(str(d) for d in r.shape)
+            on_grid = f" {r.maps:<{maps}}" if maps else ""
+            line = f"{r.alias:<9} {r.module:<{wide}} {r.kind:<18} {shown:<16}{on_grid} {r.rf:>7} {r.stride:>6}"
+            typer.echo("  ".join([line, *(f"{r.columns.get(k, ''):<10}" for k in extra)]).rstrip())
+
+
+def models(debug: Debug = False) -> None:
+    """The weights sets deconvviz knows (one model card each in models/, and yours in $DECONVVIZ_MODELS) and
+    which load offline here."""
+    with _errors(debug):
+        from ..networks.cards import load_cards
+        from ..networks.weights import available_offline
+
+        cards = load_cards()
+        name = max([21, *(len(c.name) for c in cards.values())])
+        model = max([9, *(len(c.architecture) for c in cards.values())])
+        typer.echo(f"{'weights':<{name}} {'model':<{model}} {'classifier':<10} {'offline here':<12} summary")
+        for card in cards.values():
+            offline = "yes" if available_offline(card) else "no"
+            classifier = "yes" if card.classifier else "no"
+            typer.echo(
+                f"{card.name:<{name}} {card.architecture:<{model}} {classifier:<10} {offline:<12} {card.summary}"
+            )

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.deconvnet import Deconvnet
+from ..engine.model import ModelView
 from ..engine.reverse import UNPOOLS
 from ..engine.rules import RULES
 from ..errors import LayerError
@@ -76,7 +77,7 @@ class AblationReport:
 
 
 def ablation_report(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     x: Tensor,
     layer: str,
     *,
@@ -90,18 +91,19 @@ def ablation_report(
     trained value, at its pre-activation in a copy whose layers up to it are re-initialized (sanity's)."""
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError("ablation_report takes one image, (1, C, H, W)")
-    names = randomizable(model, layer, size=tuple(x.shape[-2:]))
     trained = Deconvnet(model)
+    view, model = trained.view, trained.model
+    names = randomizable(view, layer, size=tuple(x.shape[-2:]))
     first = trained.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1)
     boxes = trained.receptive_field_boxes(first)
     if boxes is None:
         raise LayerError(f"'{layer}' mixes all positions; the ablation needs a convolution or pool layer")
     box = tuple(int(v) for v in boxes[0, 0])
     sel = first.selections
-    seeded_at = pre_activation(model, first.layer)
+    seeded_at = pre_activation(view, first.layer)
     random_net = randomized_copy(model, names, seed)
 
-    def picture(net: nn.Module, v: Variant) -> Tensor:  # the unit, seeded alike, in either network
+    def picture(net: nn.Module | ModelView, v: Variant) -> Tensor:  # the unit, seeded alike, in either network
         dn = Deconvnet(net, rule=v.rule, unpool=v.unpool)
         return dn.project(x, seeded_at, channels=sel.channels[0], positions=sel.positions, values=sel.values)
 
@@ -109,7 +111,7 @@ def ablation_report(
     for i, v in enumerate(variants):
         if progress:
             progress(f"ablation {i + 1}/{len(variants)}: {v.name}")
-        pictures.append(picture(model, v).images[0, 0].cpu())
+        pictures.append(picture(view, v).images[0, 0].cpu())
         random_pictures.append(picture(random_net, v).images[0, 0].cpu())
     row, col = (int(v) for v in sel.rows_cols[0, 0])
     rep = AblationReport(

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..engine.layers import Step, chain_of, module_outputs, resolve, step_index, vgg_aliases
+from ..engine.layers import Step, module_outputs, vgg_aliases
+from ..engine.model import ModelView, view_of
 from ..errors import LayerError
 from ..preprocess import Preprocess
 
 
-def first_conv_name(model: nn.Module) -> str:
+def first_conv_name(model: nn.Module | ModelView) -> str:
     """The name of the first convolution a forward pass runs: conv1_1 on a VGG, else its module path."""
-    steps = chain_of(model)
+    view = view_of(model)
+    model, steps = view.model, view.steps
     if steps is not None:
         aliases = vgg_aliases(steps) if any(s.name.startswith("features.") for s in steps) else {}
         first = next((s for s in steps if isinstance(s.module, nn.Conv2d)), None)
@@ -25,19 +27,20 @@ def first_conv_name(model: nn.Module) -> str:
     return first.name
 
 
-def first_conv(model: nn.Module, layer: str) -> Step:
+def first_conv(model: nn.Module | ModelView, layer: str) -> Step:
     """The conv step of `layer` when it is the first layer (its filters see pixels); else a LayerError that
     says to use the scan. Works on a skeleton (network.skeleton_network), so a bad layer fails before loading."""
-    steps = chain_of(model)
+    view = view_of(model)
+    model, steps = view.model, view.steps
     if steps is None:
-        name, first = resolve(model, None, layer), first_conv_name(model)
+        name, first = view.resolve(layer), first_conv_name(view)
         if name != first:
             raise LayerError(
                 f"the filters of '{layer}' do not see pixels: only the first convolution's ('{first}') "
                 "can be drawn as colour patches"
             )
         return Step(name, dict(model.named_modules())[name])
-    upto = step_index(steps, resolve(model, steps, layer))
+    upto = view.step_index(layer)
     convs = [s for s in steps[: upto + 1] if isinstance(s.module, nn.Conv2d)]
     mixers = [s for s in steps[:upto] if isinstance(s.module, (nn.Conv2d, nn.Linear))]
     if not convs or len(mixers) > 1 or (len(mixers) == 1 and mixers[0] is not convs[-1]):
@@ -49,7 +52,7 @@ def first_conv(model: nn.Module, layer: str) -> Step:
     return convs[-1]
 
 
-def first_layer_filters(model: nn.Module, layer: str, *, preprocess: Preprocess) -> tuple[str, Tensor]:
+def first_layer_filters(model: nn.Module | ModelView, layer: str, *, preprocess: Preprocess) -> tuple[str, Tensor]:
     """The conv module path of `layer` and its filters as RGB image templates. Returns (K, 3, kh, kw).
 
     A filter w answers an image with sum_c w_c * (pixel_c * scale - mean_c) / std_c in the weights' own

@@ -11,7 +11,8 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ..engine.forward import apply, module_activations
-from ..engine.layers import chain_of, default_layer, resolve, step_index, vgg_aliases
+from ..engine.layers import vgg_aliases
+from ..engine.model import ModelView, view_of
 from ..errors import DeconvvizError
 
 TRANSFORMS = ("shift", "scale", "rotate")
@@ -70,27 +71,28 @@ def transformed(x: Tensor, transform: str, amount: float) -> Tensor:
     )
 
 
-def has_classifier(model: nn.Module) -> bool:
+def has_classifier(model: nn.Module | ModelView) -> bool:
     from ..networks.network import has_classifier as scores
 
     return scores(model)
 
 
-def default_layers(model: nn.Module) -> list[str]:
+def default_layers(model: nn.Module | ModelView) -> list[str]:
     """A low layer (the first block's last conv: conv1_2 on vgg16), the last conv layer (conv5_3 on vgg16)
     and, with a classifier, fc7; on other networks the first convolution and the default layer."""
-    steps = chain_of(model)
+    view = view_of(model)
+    steps = view.steps
     if steps is None or not any(s.name.startswith("features.") for s in steps):
         from .filters import first_conv_name
 
-        return list(dict.fromkeys([first_conv_name(model), default_layer(model)]))
+        return list(dict.fromkeys([first_conv_name(view), view.default_layer()]))
     low = [a for a in vgg_aliases(steps) if a.startswith("conv1_")]
-    return [*low[-1:], default_layer(model)] + (["fc7"] if has_classifier(model) else [])
+    return [*low[-1:], view.default_layer()] + (["fc7"] if has_classifier(view) else [])
 
 
 @torch.no_grad()
 def invariance(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     x: Tensor,
     transform: str,
     *,
@@ -101,14 +103,15 @@ def invariance(
 ) -> Invariance:
     """Feature-vector distances to the original image (1, 3, H, W) over a range of a transform, per layer, and
     the probability of the original's top class where the model has a classifier."""
-    steps = chain_of(model)
+    view = view_of(model)
+    model, steps = view.model, view.steps
     if x.dim() != 4 or x.shape[0] != 1:
         raise DeconvvizError(f"invariance takes one preprocessed image (1, 3, H, W), got {tuple(x.shape)}")
     amounts = torch.as_tensor(default_amounts(transform, x.shape[-1]) if amounts is None else amounts).float()
-    layers = list(dict.fromkeys(layers)) if layers else default_layers(model)
-    classify = has_classifier(model)
+    layers = list(dict.fromkeys(layers)) if layers else default_layers(view)
+    classify = has_classifier(view)
     if steps is None:  # any other network: one whole forward, the layers read by hooks
-        taps = {layer: resolve(model, None, layer) for layer in layers}
+        taps = {layer: view.resolve(layer) for layer in layers}
 
         def features(batch: Tensor) -> tuple[list[Tensor], Tensor | None]:
             kept, out = module_activations(model, batch, taps, keep_output=True)
@@ -124,7 +127,7 @@ def invariance(
             features=features,
             classify=classify,
         )
-    where = [step_index(steps, resolve(model, steps, layer)) for layer in layers]
+    where = [view.step_index(layer) for layer in layers]
     upto = len(steps) - 1 if classify else max(where)
 
     def features(batch: Tensor) -> tuple[list[Tensor], Tensor | None]:

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from ..engine.forward import apply, forward_chain
 from ..engine.hooks import evaluating, forward_hooks
-from ..engine.layers import chain_of, resolve, step_index
+from ..engine.layers import step_index
+from ..engine.model import ModelView, view_of
 from ..errors import ImageError, LayerError, OcclusionError, SelectionError
 from ..preprocess import Preprocess
 
@@ -70,7 +71,7 @@ def _band(coords: Tensor, start: Tensor, size: int) -> Tensor:
 
 
 def occlusion_maps(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     x: Tensor,
     layer: str,
     *,
@@ -103,14 +104,15 @@ def occlusion_maps(
             ("occluder stride", "stride", stride) if stride < 1 else ("batch size", "batch_size", batch_size)
         )
         raise OcclusionError(f"{what} must be at least 1, got {v}", about=about)
+    view = view_of(model)
+    model = view.model
     p = next(model.parameters(), None)
     if p is not None:
         x = x.to(p.device, p.dtype)
     grey = mean_grey(grey) if isinstance(grey, Preprocess) else torch.as_tensor(0.0 if grey is None else grey)
     grey = grey.to(x.device, x.dtype).expand(x.shape[1])
 
-    steps = chain_of(model)
-    name = resolve(model, steps, layer)
+    steps, name = view.steps, view.resolve(layer)
     if steps is not None:
         upto = step_index(steps, name)
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]

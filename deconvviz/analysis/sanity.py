@@ -18,10 +18,10 @@ from scipy.stats import spearmanr
 from skimage.filters import sobel
 from skimage.metrics import structural_similarity
 from torch import Tensor, nn
-from torchvision.models import VGG
 
 from ..engine.deconvnet import Deconvnet, crop_boxes
-from ..engine.layers import module_outputs, resolve, step_index, vgg_aliases
+from ..engine.layers import module_outputs, step_index
+from ..engine.model import ModelView, view_of
 from ..engine.rules import RULES, get_rule
 from ..errors import LayerError, UnsupportedModelError
 
@@ -102,22 +102,23 @@ def _mean(sims: Sequence[Similarity]) -> Similarity:
     return Similarity(*(avg([getattr(s, f) for s in sims]) for f in ("spearman_abs", "spearman", "ssim")))
 
 
-def _forward_order(model: nn.Module, layer: str, size: tuple[int, int]) -> list[tuple[str, nn.Module]]:
+def _forward_order(model: nn.Module | ModelView, layer: str, size: tuple[int, int]) -> list[tuple[str, nn.Module]]:
     """The modules a forward pass runs up to `layer`'s output, in the order they finish: a chain's steps, or
     on any other network every module whose forward ends before the layer's does (on the meta device, for an
     input of `size`: a ViT runs at its own size only)."""
-    steps = Deconvnet(model).steps
+    view = view_of(model)
+    steps = view.steps
     if steps is not None:
-        return [(s.name, s.module) for s in steps[: step_index(steps, resolve(model, steps, layer)) + 1]]
-    name = resolve(model, None, layer)
-    runs = [r for r in module_outputs(model, size) if r.name]
+        return [(s.name, s.module) for s in steps[: view.step_index(layer) + 1]]
+    name = view.resolve(layer)
+    runs = [r for r in module_outputs(view.model, size) if r.name]
     upto = next((i for i, r in enumerate(runs) if r.name == name), None)
     if upto is None:
         raise LayerError(f"layer '{layer}' does not run in a forward pass; choose a module that does")
     return [(r.name, r.module) for r in runs[: upto + 1]]
 
 
-def randomizable(model: nn.Module, layer: str, *, size: tuple[int, int] = (224, 224)) -> list[str]:
+def randomizable(model: nn.Module | ModelView, layer: str, *, size: tuple[int, int] = (224, 224)) -> list[str]:
     """Module paths of the parameterized layers on the way from the input to `layer`, nearest to it first (in
     reverse order of forward execution), for an input of `size`. A layer whose parameters cannot be re-initialized
     is refused by name."""
@@ -150,7 +151,7 @@ def randomized_copy(model: nn.Module, names: Sequence[str], seed: int) -> nn.Mod
 
 
 def sanity_report(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     x: Tensor,
     layer: str,
     *,
@@ -165,10 +166,11 @@ def sanity_report(
     rules = [get_rule(r).name for r in rules]
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError("sanity_report takes one image, (1, C, H, W)")
-    names = randomizable(model, layer, size=tuple(x.shape[-2:]))
     trained = Deconvnet(model)
+    view, model = trained.view, trained.model
+    names = randomizable(view, layer, size=tuple(x.shape[-2:]))
     first = trained.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1)
-    seeded_at = pre_activation(model, first.layer)
+    seeded_at = pre_activation(view, first.layer)
     if len(first.selections.shape) != 3:
         raise LayerError(f"'{layer}' mixes all positions; the sanity report needs a convolution or pool layer")
     boxes = crop_boxes(trained, first)  # the receptive field (on other networks: what the projection touches)
@@ -186,7 +188,7 @@ def sanity_report(
         seed=seed,
     )
 
-    def unit(net: nn.Module, rule: str, unpool: str = "switches") -> Tensor:  # the same unit, seeded alike, anywhere
+    def unit(net: nn.Module | ModelView, rule: str, unpool: str = "switches") -> Tensor:  # one unit, seeded alike
         dn = Deconvnet(net, rule=rule, unpool=unpool)
         return dn.project(x, seeded_at, channels=chan[0], positions=pos, values=value).images[0, 0]
 
@@ -204,7 +206,7 @@ def sanity_report(
     rep.specificity_units = others
     edges = edge_map(x[0])
     for rule in rules:
-        base = unit(model, rule)
+        base = unit(view, rule)
         tick(f"{rule}, trained")
         pictures, cascade, alone = [base], [], []
         for i, name in enumerate(names):
@@ -216,7 +218,7 @@ def sanity_report(
             tick(f"{rule}, only {name}")
         rep.images[rule] = torch.stack(pictures).cpu()
         rep.cascading[rule], rep.independent[rule] = cascade, alone
-        per_unit = Deconvnet(model, rule=rule).project(x, layer, channels=others, mode="max")
+        per_unit = Deconvnet(view, rule=rule).project(x, layer, channels=others, mode="max")
         unit_boxes = crop_boxes(trained, per_unit)[0].tolist()
         pairs = [
             similarity(per_unit.images[0, i], per_unit.images[0, j], _union(unit_boxes[i], unit_boxes[j]))
@@ -225,16 +227,16 @@ def sanity_report(
         ]
         rep.specificity[rule] = _mean(pairs)
         rep.recovery[rule] = similarity(base, edges.to(base), box)
-        rep.fixed_images[rule] = unit(model, rule, "fixed").cpu()
+        rep.fixed_images[rule] = unit(view, rule, "fixed").cpu()
         rep.fixed_positions[rule] = similarity(base, rep.fixed_images[rule].to(base), box)
     return rep
 
 
-def pre_activation(model: nn.Module, name: str) -> str:
+def pre_activation(model: nn.Module | ModelView, name: str) -> str:
     """The step before a ReLU (its input), else the step itself. A unit is seeded there so that a unit that a
     randomized layer below switches off still has a projection: through its own ReLU, guided backprop and the
     gradient of an inactive unit are zero whatever the network learned, which would say nothing."""
-    steps = Deconvnet(model).steps
+    steps = view_of(model).steps
     if steps is None:  # a graph: the autograd path seeds at a module's output, so the unit itself
         return name
     i = step_index(steps, name)
@@ -245,13 +247,14 @@ def _union(a: Sequence[int], b: Sequence[int]) -> FieldBounds:
     return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
 
 
-def layer_label(model: nn.Module, name: str) -> str:
+def layer_label(model: nn.Module | ModelView, name: str) -> str:
     """A randomized module's VGG name where it has one: the ReLU alias of the block it feeds (conv5_3 for
     that conv, "conv5_3 bn" for its BatchNorm), else its module path."""
-    steps = Deconvnet(model).steps
+    view = view_of(model)
+    steps = view.steps
     if steps is None:
         return name
-    by_relu = {path: alias for alias, path in vgg_aliases(steps).items()} if isinstance(model, VGG) else {}
+    by_relu = {path: alias for alias, path in view.aliases.items()}
     i = step_index(steps, name)
     after = next((s.name for s in steps[i:] if isinstance(s.module, nn.ReLU)), None)
     if after not in by_relu:

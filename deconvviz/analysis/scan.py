@@ -25,7 +25,7 @@ from .. import __version__
 from ..engine.deconvnet import Deconvnet
 from ..engine.fields import Fields, receptive_field
 from ..engine.forward import apply, layer_shape, module_activations
-from ..engine.layers import ReceptiveField, receptive_fields, resolve, step_index
+from ..engine.layers import ReceptiveField, receptive_fields
 from ..engine.layout import Layout
 from ..engine.reverse import UNPOOLS, get_unpool
 from ..engine.rules import get_rule
@@ -265,7 +265,7 @@ def _scan(network, args, found, out, *, world, rank, workers, every, progress, s
     taps = {name: _tap(dn, name) for name in dict.fromkeys(layers)}
     # shapes fail early, and clearly, on a too small size; fields: None where positions see the whole image (the
     # records then hold no box)
-    shapes = {name: layer_shape(net, name, size=size) for name in taps}
+    shapes = {name: layer_shape(dn.view, name, size=size) for name in taps}
     plan = {name: (shapes[name], _field(dn, i, shapes[name], size)) for name, i in taps.items()}
     for name, (shape, _) in plan.items():
         _check_channels(chans, name, shape[0])
@@ -358,8 +358,8 @@ def scan_device(device: str | torch.device | None = "auto") -> torch.device:
 
 def _tap(dn: Deconvnet, layer: str) -> int | str:
     """Where a layer's activation is read: its step in a chain, else its module path."""
-    steps = dn.steps
-    return resolve(dn.model, None, layer) if steps is None else step_index(steps, resolve(dn.model, steps, layer))
+    view = dn.view
+    return view.resolve(layer) if view.steps is None else view.step_index(layer)
 
 
 def _field(
@@ -371,7 +371,7 @@ def _field(
         if len(shape) != 3:
             return None
         try:
-            return receptive_field(dn.model, i, input_size=(size, size))
+            return receptive_field(dn.view, i, input_size=(size, size))
         except DeconvvizError:  # a model the probe cannot trace: the records hold no box (the whole image)
             return None
     try:
@@ -511,7 +511,7 @@ def _project(
         for r in per_channel[c].records:
             wanted.setdefault(r.image, []).append(c)
     recon, patches, p = {}, {}, next(dn.model.parameters())
-    shape = layer_shape(dn.model, layer, size=size)
+    shape = layer_shape(dn.view, layer, size=size)
     width = shape[-1] if len(shape) == 3 else 1
     for n, (image, chans) in enumerate(sorted(wanted.items())):
         if progress:

@@ -162,7 +162,7 @@ def visualize(
             token=token,
             **_targets(region, at, exclude),
         )
-        figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
+        figures.check_request(choice.view, request, name=choice.name, class_chooses=True)
         default = OUTPUTS / f"visualize-{'_'.join(names)}.png"
         _figure(
             choice,
@@ -214,7 +214,7 @@ def reconstruct(
             token=token,
             **_targets(region, at, exclude),
         )
-        figures.check_request(choice.skeleton, request, name=choice.name, class_chooses=True)
+        figures.check_request(choice.view, request, name=choice.name, class_chooses=True)
 
         def make(net, status):
             return figures.reconstruct(net, request, stage_view=stage_view.value, progress=status)
@@ -260,7 +260,7 @@ def occlusion(
             rule=rule.value,
             **_targets(region, at, exclude),
         )
-        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
+        figures.check_request(choice.view, request, name=choice.name, spatial=True)
 
         def make(net, status):
             return figures.occlusion(
@@ -314,7 +314,7 @@ def compare(
             token=token,
             **_targets(region, at, exclude),
         )
-        figures.check_request(choice.skeleton, request, name=choice.name, spatial=True, class_chooses=True)
+        figures.check_request(choice.view, request, name=choice.name, spatial=True, class_chooses=True)
         _figure(
             choice,
             request,
@@ -329,7 +329,7 @@ def _unit_report(choice: _Choice, request: Request, report, output: _Output) -> 
     from ..outputs import check_target
     from ..render import figures
 
-    figures.check_request(choice.skeleton, request, name=choice.name, spatial=True)
+    figures.check_request(choice.view, request, name=choice.name, spatial=True)
     output = replace(output, table_suffixes=(".csv",))
     for table in output.tables:
         check_target(table)
@@ -389,11 +389,10 @@ def ablate(
     """What makes a deconvnet picture (Mahendran & Vedaldi 2016): one unit drawn by every ReLU rule with the switches
     and with fixed positions, and by nearest and bilinear upsampling, through trained and randomized weights."""
     with _errors(debug):
-        from ..engine.layers import layer_names
         from ..render import figures
 
         choice = _Choice(model, weights, device)
-        name = layer or ("pool5" if "pool5" in layer_names(choice.skeleton) else choice.default_layer)
+        name = layer or ("pool5" if "pool5" in choice.view.layer_names() else choice.default_layer)
         request = Request(image, [name], None if channel is None else [channel], 1, size=size)
         report = partial(figures.ablate, channel=channel, seed=seed)
         _unit_report(choice, request, report, _Output(out, lambda _: OUTPUTS / f"ablate-{name}.png", dpi, quiet))
@@ -414,8 +413,8 @@ def filters(
         from ..render import figures
 
         choice = _Choice(model, weights, "cpu")
-        layer = layer or first_conv_name(choice.skeleton)
-        first_conv(choice.skeleton, layer)
+        layer = layer or first_conv_name(choice.view)
+        first_conv(choice.view, layer)
         _figure(
             choice,
             Request(),
@@ -444,7 +443,7 @@ def invariance(
 
         choice = _Choice(model, weights, device)
         request = Request(image, _layer_names(None, layers), top=1, size=size)
-        figures.check_request(choice.skeleton, Request(image, request.layers or [], top=1, size=size))
+        figures.check_request(choice.view, Request(image, request.layers or [], top=1, size=size))
         default = OUTPUTS / f"invariance-{transform.value}.png"
         _figure(
             choice,

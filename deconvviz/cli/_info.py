@@ -30,7 +30,7 @@ def layers(
         passes = {p.module: p.rules for p in rule_passes(built, (size, size))}
         rows = [
             replace(r, columns={**r.columns, **passes.get(r.module, {})})
-            for r in layer_table(choice.skeleton, (size, size))
+            for r in layer_table(choice.view, (size, size))
         ]
         extra = list(dict.fromkeys(k for r in rows for k in r.columns))  # more columns, where a row has them
         wide = max([14, *(len(r.module) for r in rows)])

@@ -329,18 +329,18 @@ class _Choice:
     and then, on demand, the loaded Network that every function below is given."""
 
     def __init__(self, model: str | None, weights: str, device: str = "auto", seed: int = 0):
+        from ..engine.model import ModelView
         from ..networks.network import architecture_of, skeleton_network
 
         arch, _ = architecture_of(model, weights)
         self.spec, self.weights, self.device, self.seed = arch.spec, weights, device, seed
         self.skeleton = skeleton_network(arch.spec, weights)
+        self.view = ModelView.of(self.skeleton)  # the architecture resolved once, for every check below
         self.name = f"{arch.spec} with weights {weights}"  # what errors call it
 
     @property
     def default_layer(self) -> str:
-        from ..engine.layers import default_layer
-
-        return default_layer(self.skeleton)
+        return self.view.default_layer()
 
     def load(self, quiet: bool, status: Progress):
         from ..networks.network import load_network

@@ -84,7 +84,7 @@ def scan(
         choice = _Choice(model, weights, device)
         names = _layer_names(layer, layers) or [choice.default_layer]
         chans = "all" if (channels or "").strip().lower() == "all" else _channels(channels)
-        figures.check_layers(choice.skeleton, names, channels=None if chans == "all" else chans, top=1, size=size)
+        figures.check_layers(choice.view, names, channels=None if chans == "all" else chans, top=1, size=size)
         out = out or OUTPUTS / f"scan-{'_'.join(names)}"
         check_writable(out / "report.json")
         if max_memory <= 0:
@@ -166,7 +166,7 @@ def explore(
         _check_size(size)
         names = _layer_names(None, layers)
         choice = _Choice(model, weights, device)
-        figures.check_request(choice.skeleton, Request(image, names or [], top=top, size=size), spatial=True)
+        figures.check_request(choice.view, Request(image, names or [], top=top, size=size), spatial=True)
         owned(out, SITE_MARKER, what="site")
         with locked(out):  # a second run into `out` is refused before the network loads
             network = load_network(choice.spec, weights, device, verbose=not quiet)

@@ -1,10 +1,12 @@
 """The engine, torch only: a forward pass that records switches, the choice of what to project, and the reverse
 pass (unpool, rectify, filter) back to the input.
 
-Modules, in the order a projection meets them: `layers` (a model's steps and names), `forward` (the forward pass
+Modules, in the order a projection meets them: `layers` (a model's steps and names), `model` (a model resolved
+once into a `ModelView`, handed down to the rest), `forward` (the forward pass
 and its switches), `selection`, `boxes` and `targets` (which activations), `rules` (how an activation passes the
 signal back), `reverse` (the reverse pass of a chain), `rectified` (the autograd path for any network), `fields`
-(receptive fields), `deconvnet` (the `Deconvnet` that runs them), `request` (one command's choices).
+(receptive fields), `_paths` (a chain or autograd, forward and back), `_strategies` (the seeds back on the whole
+plane or on windows), `deconvnet` (the `Deconvnet` that chooses among them), `request` (one command's choices).
 Public: the names below; the rest is used by the other subpackages and the tests.
 """
 
@@ -12,6 +14,7 @@ from .boxes import Box, Point
 from .deconvnet import Deconvnet, Projection
 from .fields import receptive_field
 from .forward import Switches
+from .model import ModelView
 from .request import Request
 from .reverse import UNPOOLS, Stage
 from .rules import RULES, Rule
@@ -22,6 +25,7 @@ __all__ = [
     "UNPOOLS",
     "Box",
     "Deconvnet",
+    "ModelView",
     "Point",
     "Projection",
     "Request",

@@ -25,8 +25,9 @@ from torch.overrides import TorchFunctionMode
 from ..errors import ImageError, LayerError, UnsupportedModelError
 from .forward import output_shapes
 from .hooks import evaluating, forward_hooks
-from .layers import chain_of, receptive_fields, resolve, step_index
+from .layers import receptive_fields, step_index
 from .layout import CHANNELS_LAST, TOKENS, Layout, layout_of, layouts
+from .model import ModelView, view_of
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,24 @@ def _pair_text(pair: list) -> str:
 
 
 def receptive_field(
-    model: nn.Module, layer: str, *, input_size: tuple[int, int], channels: int | None = None
+    model: nn.Module | ModelView, layer: str, *, input_size: tuple[int, int], channels: int | None = None
 ) -> Fields:
     """The input box every position of `layer` depends on, for an input of input_size (H, W) (channels: the
     model's input channels, default the first convolution's). Chains: their closed form; any other model: the
     structural probe (see the module), or, on a token or channels-last layer (a transformer's), the hulls of
     module_fields (the probe's fields where they know every operation, as for attention). A layer that mixes
-    all positions has every field the whole input."""
-    steps = chain_of(model)
-    name = resolve(model, steps, layer)
+    all positions has every field the whole input. Given a model's view (engine.model), the fields are kept in
+    it: the same layer, size and channels are not traced twice."""
+    view = view_of(model)
+    name = view.resolve(layer)
+    key = (name, tuple(input_size), channels)
+    if key not in view.fields:
+        view.fields[key] = _receptive_field(view, name, tuple(input_size), channels)
+    return view.fields[key]
+
+
+def _receptive_field(view: ModelView, name: str, input_size: tuple[int, int], channels: int | None) -> Fields:
+    model, steps = view.model, view.steps
     h_in, w_in = input_size
     if steps is not None:
         upto = step_index(steps, name)

@@ -11,8 +11,9 @@ from torch import Tensor, nn
 
 from ..errors import ImageError, LayerError, out_of_memory
 from .hooks import forward_hooks
-from .layers import Step, chain_of, in_channels, module_outputs, resolve, step_index
+from .layers import Step, in_channels, module_outputs, step_index
 from .layout import layout_of
+from .model import ModelView, view_of
 
 
 @dataclass
@@ -85,7 +86,7 @@ def apply(m: nn.Module, x: Tensor) -> Tensor:
         return F.linear(x, m.weight, m.bias)
     if isinstance(m, nn.MaxPool2d):
         return max_pool_with_indices(m, x)[0]
-    raise TypeError(f"no forward rule for {type(m).__name__}")  # chain_of() admits only mirrored types
+    raise TypeError(f"no forward rule for {type(m).__name__}")  # a chain (layers.chain_of) has only mirrored types
 
 
 def _layout(x: Tensor) -> torch.memory_format:
@@ -158,14 +159,14 @@ def output_shapes(model: nn.Module, steps: list[Step], size: tuple[int, int]) ->
     return [tuple(t[1:]) for t in forward_chain(meta, x, len(steps) - 1).shapes[1:]]
 
 
-def layer_shape(model: nn.Module, layer: str, *, size: int) -> tuple[int, ...]:
+def layer_shape(model: nn.Module | ModelView, layer: str, *, size: int) -> tuple[int, ...]:
     """Feature maps' shape per image (C, *spatial) of a layer (a name `resolve` knows) for a square input of `size`,
     on the meta device: a token layer's (C, H, W) on its patch grid, a channels-last layer's (C, H, W)
     (deconvviz.engine.layout). A module that does not run exactly once with a tensor output cannot be projected from."""
-    steps = chain_of(model)
+    view = view_of(model)
+    model, steps, name = view.model, view.steps, view.resolve(layer)
     if steps is not None:
-        return output_shapes(model, steps, (size, size))[step_index(steps, resolve(model, steps, layer))]
-    name = resolve(model, None, layer)
+        return output_shapes(model, steps, (size, size))[step_index(steps, name)]
     found = next((r for r in module_outputs(model, (size, size)) if r.name == name), None)
     if found is None or found.runs != 1 or not found.shape:
         why = "does not run" if found is None else f"runs {found.runs} times" if found.runs != 1 else "is no tensor"

@@ -1,4 +1,7 @@
-"""Which layers a model has: the chain of steps a deconvnet can mirror, their names, receptive fields."""
+"""Which layers a model has: the chain of steps a deconvnet can mirror, their names, receptive fields.
+
+`chain_of` is asked once per model, by its view (engine.model.ModelView); the functions here that need the
+answer take it as `steps`."""
 
 from __future__ import annotations
 
@@ -108,9 +111,9 @@ def vgg_aliases(steps: list[Step]) -> dict[str, str]:
     return aliases
 
 
-def layer_names(model: nn.Module) -> list[str]:
-    """Every name `project` accepts for this model, in forward order (aliases first for VGG)."""
-    steps = chain_of(model)
+def layer_names(model: nn.Module, steps: list[Step] | None) -> list[str]:
+    """Every name `project` accepts for this model, whose chain is `steps` (None: no chain), in forward order
+    (aliases first for VGG). Called through a model's view (engine.model.ModelView.layer_names)."""
     if steps is None:
         return [name for name, _ in model.named_modules() if name]
     aliases = list(vgg_aliases(steps)) if isinstance(model, VGG) else []
@@ -135,7 +138,7 @@ def resolve(model: nn.Module, steps: list[Step] | None, layer: str) -> str:
                 "conv/pool layer",
                 about="layer",
             )
-        raise LayerError(unknown_name("layer", layer, layer_names(model), fix="; see `deconvviz layers`"))
+        raise LayerError(unknown_name("layer", layer, layer_names(model, steps), fix="; see `deconvviz layers`"))
     return layer
 
 
@@ -176,12 +179,12 @@ def receptive_fields(steps: list[Step], upto: int) -> tuple[ReceptiveField, Rece
     return out[0], out[1]
 
 
-def default_layer(model: nn.Module) -> str:
-    """The layer shown when none is named: a VGG's last conv layer (conv5_3 on vgg16), a chain's last
-    convolution, else the last convolutional block's output (layer4 on a ResNet, features.denseblock4 on a
-    DenseNet): going down from the model, the last child that holds a convolution and keeps a spatial map,
-    until a stage of repeated blocks or a module that is not an nn.Sequential."""
-    steps = chain_of(model)
+def default_layer(model: nn.Module, steps: list[Step] | None) -> str:
+    """The layer shown when none is named, for a model whose chain is `steps` (None: no chain): a VGG's last conv
+    layer (conv5_3 on vgg16), a chain's last convolution, else the last convolutional block's output (layer4 on a
+    ResNet, features.denseblock4 on a DenseNet): going down from the model, the last child that holds a
+    convolution and keeps a spatial map, until a stage of repeated blocks or a module that is not an
+    nn.Sequential. Called through a model's view (engine.model.ModelView.default_layer)."""
     if steps is not None and isinstance(model, VGG):
         convs = [a for a in vgg_aliases(steps) if a.startswith("conv")]
         if convs:

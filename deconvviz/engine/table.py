@@ -9,8 +9,9 @@ from torch import nn
 
 from .fields import module_fields
 from .forward import output_shapes
-from .layers import chain_of, module_outputs, receptive_fields, vgg_aliases
+from .layers import module_outputs, receptive_fields, vgg_aliases
 from .layout import PLANES, UNKNOWN, layouts
+from .model import ModelView, view_of
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,11 @@ class LayerRow:
     )
 
 
-def layer_table(model: nn.Module, size: tuple[int, int]) -> list[LayerRow]:
+def layer_table(model: nn.Module | ModelView, size: tuple[int, int]) -> list[LayerRow]:
     """One row per layer: every step of a chain model, or every module of any other network that runs once
     and returns a tensor (the modules a projection can start from), in the order their forwards finish."""
-    steps = chain_of(model)
+    view = view_of(model)
+    model, steps = view.model, view.steps
     if steps is None:
         outputs = [r for r in module_outputs(model, size) if r.name and r.runs == 1 and r.shape]
         found = layouts(model, size)

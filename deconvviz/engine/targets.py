@@ -24,10 +24,12 @@ from torch import Tensor, nn
 from ..errors import ImageError, LayerError, SelectionError
 from ..images import DEFAULT_IMAGE, resize_crop_geometry
 from .boxes import Box, Point, point, region_box
+from .fields import receptive_field
 from .forward import forward_chain, output_shapes
 from .hooks import evaluating, forward_hooks
-from .layers import chain_of, receptive_fields, resolve, step_index
+from .layers import receptive_fields, step_index
 from .layout import CHANNELS_LAST, TOKENS, Layout, layout_of
+from .model import ModelView, view_of
 from .selection import strongest_channels, strongest_in_region
 
 
@@ -114,20 +116,18 @@ def find_region(
 
 
 def centres(
-    model: nn.Module, layer: str, *, input_size: tuple[int, int], about: str = "region"
+    model: nn.Module | ModelView, layer: str, *, input_size: tuple[int, int], about: str = "region"
 ) -> tuple[Tensor, Tensor]:
     """Receptive-field centres (rows (h,), cols (w,)) of a layer's positions, in input pixels: a chain's closed
     form, or any other network's exact fields (deconvviz.engine.fields.receptive_field): the centres of their grid, or,
     on a token or channels-last layer (patches, windows), each field's middle, NaN along an axis its field spans
     whole (Swin's shifted windows at the edge). A layer whose every field spans the whole input along an axis
     (after a global attention) has none: refused, the error about `about` (region or at)."""
-    steps = chain_of(model)
+    view = view_of(model)
+    model, steps, name = view.model, view.steps, view.resolve(layer)
     if steps is None:
-        from .fields import receptive_field
-
-        name = resolve(model, steps, layer)
         try:
-            f = receptive_field(model, name, input_size=input_size)
+            f = receptive_field(view, name, input_size=input_size)
         except LayerError:
             raise SelectionError(
                 f"layer '{layer}' has no spatial positions (N, C, H, W): a region or point needs "
@@ -148,7 +148,6 @@ def centres(
                 about=about,
             )
         return tuple(s.mean(1).masked_fill(w, math.nan) for s, w in zip(spans, whole, strict=True))
-    name = resolve(model, steps, layer)
     upto = step_index(steps, name)
     try:
         rows, cols = receptive_fields(steps, upto)
@@ -161,7 +160,7 @@ def centres(
 
 
 def region_mask(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     layer: str,
     *,
     input_size: tuple[int, int],
@@ -215,13 +214,15 @@ def _watching(model: nn.Module, name: str) -> Iterator[list[Tensor]]:
         yield got
 
 
-def class_contributions(model: nn.Module, x: Tensor, layer: str, *, cls: int, layout: Layout | None = None) -> Tensor:
+def class_contributions(
+    model: nn.Module | ModelView, x: Tensor, layer: str, *, cls: int, layout: Layout | None = None
+) -> Tensor:
     """Each feature map's contribution to class `cls`'s score: gradient times activation, summed over positions.
 
     x: (N, C, H, W) preprocessed; the score is the model's output (logit) for `cls`; layout: how the layer's output
     lays out its maps (tokens: summed over the grid's tokens). Returns (N, channels)."""
-    steps = chain_of(model)
-    name = resolve(model, steps, layer)
+    view = view_of(model)
+    model, steps, name = view.model, view.steps, view.resolve(layer)
     if steps is not None:
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
         if not isinstance(last.module, nn.Linear):
@@ -249,7 +250,7 @@ def class_contributions(model: nn.Module, x: Tensor, layer: str, *, cls: int, la
 
 
 def check_choice(
-    model: nn.Module | None = None,
+    model: nn.Module | ModelView | None = None,
     layer: str | None = None,
     *,
     input_size: tuple[int, int] | None = None,
@@ -275,7 +276,7 @@ def check_choice(
 
 
 def choose(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     x: Tensor,
     layer: str,
     *,
@@ -295,18 +296,18 @@ def choose(
     cls: the `top` maps with the largest contribution to the class score (`class_contributions`); region or
     at: the maps (given, or the `top` strongest there) and in each its strongest position inside the region."""
     check_choice(region=region, at=at, exclude=exclude, cls=cls, channels=channels, positions=positions)
+    view = view_of(model)
     if cls is not None:
-        contrib = class_contributions(model, x, layer, cls=cls, layout=layout)
+        contrib = class_contributions(view, x, layer, cls=cls, layout=layout)
         channels = strongest_channels(contrib, top)
     if region is None and at is None:
         return channels, positions
-    mask = region_mask(model, layer, input_size=tuple(x.shape[-2:]), region=region, at=at, exclude=exclude)
-    steps = chain_of(model)
-    if steps is None:
-        with torch.no_grad(), _watching(model, resolve(model, steps, layer)) as got:
-            model(x.detach().clone())
+    mask = region_mask(view, layer, input_size=tuple(x.shape[-2:]), region=region, at=at, exclude=exclude)
+    if view.steps is None:
+        with torch.no_grad(), _watching(view.model, view.resolve(layer)) as got:
+            view.model(x.detach().clone())
         act = got[0] if layout is None else layout.maps(got[0], layer)
     else:
-        act = forward_chain(steps, x, step_index(steps, resolve(model, steps, layer))).activation
+        act = forward_chain(view.steps, x, view.step_index(layer)).activation
     chans, positions = strongest_in_region(act, mask, channels, top, layer)
     return chans, positions if mode == "max" else None

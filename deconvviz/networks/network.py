@@ -15,7 +15,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ..engine.layers import default_layer, layer_names, module_outputs
+from ..engine.layers import module_outputs
+from ..engine.model import ModelView, view_of
 from ..errors import WeightsError
 from ..preprocess import IMAGENET_TORCHVISION, Preprocess
 from . import weights as _weights  # load_vgg through the module: tests watch it
@@ -51,19 +52,28 @@ class Network:
         return f"{Path(where).name}:{attr}" if where.endswith(".py") else self.spec
 
     @property
+    def view(self) -> ModelView:
+        """The module resolved (engine.model.ModelView), made once and again only if the module changed since."""
+        kept = self.__dict__.get("_view")
+        if kept is None or not kept.current(self.module):
+            kept = ModelView.of(self.module)
+            object.__setattr__(self, "_view", kept)  # a cache, not a field: frozen otherwise
+        return kept
+
+    @property
     def layer_names(self) -> list[str]:
         """Every layer name projections accept: VGG's aliases and module paths, else module paths."""
-        return layer_names(self.module)
+        return self.view.layer_names()
 
     @property
     def default_layer(self) -> str:
         """The last convolutional block's output (conv5_3 on vgg16, layer4 on a ResNet)."""
-        return default_layer(self.module)
+        return self.view.default_layer()
 
     @property
     def classifier(self) -> bool:
         """Whether the output is class scores (N, classes)."""
-        return has_classifier(self.module)
+        return has_classifier(self.view)
 
     def record(self) -> dict:
         """What provenance and scan reports store to rebuild it (no local path but what the user typed)."""
@@ -212,11 +222,10 @@ def skeleton_network(spec: str | None, weights: str | os.PathLike = "auto") -> n
         return _seeded(arch, 0)
 
 
-def has_classifier(module: nn.Module) -> bool:
+def has_classifier(module: nn.Module | ModelView) -> bool:
     """Whether the module's output is class scores: (N, K) with K the outputs of the last layer with weights."""
-    from ..engine.layers import chain_of
-
-    steps = chain_of(module)
+    view = view_of(module)
+    module, steps = view.model, view.steps
     if steps is not None:
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))]
         return bool(last) and isinstance(last[-1].module, nn.Linear)

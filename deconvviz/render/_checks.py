@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..engine.forward import layer_shape
-from ..engine.layers import default_layer, module_outputs
+from ..engine.layers import module_outputs
+from ..engine.model import ModelView, view_of
 from ..engine.request import Request
 from ..engine.selection import checked_channels
 from ..engine.targets import check_choice, find_region
@@ -19,7 +20,7 @@ from ..networks.network import has_classifier
 
 
 def check_request(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     request: Request,
     *,
     spatial: bool = False,
@@ -31,14 +32,14 @@ def check_request(
     (network.skeleton_network: no weights, no memory). spatial: the layers must have receptive fields (conv,
     pool). class_chooses: cls chooses the maps (so it excludes channels), rather than naming a probability.
     name: what the messages call the network (e.g. "vgg16 with weights vgg16-caffe")."""
-    r, size = request, request.size or 224
+    r, size, view = request, request.size or 224, view_of(model)
     check_size(size)
     load_image(r.image if r.image is not None else DEFAULT_IMAGE)
     channels = None if isinstance(r.channels, str) else r.channels
-    layers = list(r.layers) if r.layers is not None else [default_layer(model)]
+    layers = list(r.layers) if r.layers is not None else [view.default_layer()]
     check_choice(region=r.region, at=r.at, exclude=r.exclude, cls=r.cls if class_chooses else None, channels=channels)
     check_layers(
-        model,
+        view,
         layers,
         channels=channels,
         top=r.top,
@@ -54,11 +55,11 @@ def check_request(
             "exclude": [find_region(e, r.image, size, width=size, height=size, what="exclude") for e in r.exclude],
         }
         for layer in layers:
-            check_choice(model, layer, input_size=(size, size), channels=channels, **found)
+            check_choice(view, layer, input_size=(size, size), channels=channels, **found)
 
 
 def check_layers(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     layers: Sequence[str] = (),
     *,
     channels: Sequence[int] | None = None,
@@ -70,23 +71,24 @@ def check_layers(
 ) -> None:
     """check_request without an image: layers, channels and class checked on the architecture alone."""
     check_size(size)
+    view = view_of(model)
     for layer in layers:
-        shape = layer_shape(model, layer, size=size)
+        shape = layer_shape(view, layer, size=size)
         checked_channels(layer, count=shape[0], channels=channels, top=top)
         if spatial and len(shape) != 3:
             raise LayerError(
                 f"layer '{layer}' mixes all positions of the image (no receptive field); choose a "
-                f"convolution or pool layer, e.g. {default_layer(model)}"
+                f"convolution or pool layer, e.g. {view.default_layer()}"
             )
     if cls is None:
         return
-    if not has_classifier(model):
+    if not has_classifier(view):
         raise OcclusionError(
             f"a class needs a model with a classifier (class scores), and {name} has none; "
             "use weights with a classifier (torchvision, a card or a state dict)",
             about="class",
         )
-    n = [r for r in module_outputs(model, (size, size)) if r.name == ""][0].shape[0]
+    n = [r for r in module_outputs(view.model, (size, size)) if r.name == ""][0].shape[0]
     if not 0 <= cls < n:
         raise SelectionError(
             f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}", about="class"

@@ -20,7 +20,7 @@ from ..analysis.occlusion import occlusion_maps
 from ..analysis.sanity import edge_map, layer_label, sanity_report
 from ..engine.deconvnet import Deconvnet, crop_boxes
 from ..engine.forward import layer_shape
-from ..engine.layers import chain_of, default_layer, receptive_fields, step_index
+from ..engine.layers import receptive_fields, step_index
 from ..engine.request import Request
 from ..engine.reverse import UNPOOLS, Stage
 from ..engine.rules import RULES
@@ -101,13 +101,13 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     """Layer grid: per layer (None: the last conv layer), the selected feature maps' projections beside
     their image patches. request.rule: how ReLUs pass the signal back (deconvnet, guided, gradient). region (a
     sidecar name or a box), at, exclude, cls: as `Deconvnet.project`."""
-    model, weights, model_name, image, layers = net.module, net.weights, net.name, request.image, request.layers
+    weights, model_name, image, layers = net.weights, net.name, request.image, request.layers
     top, channels, mode, size, rule = request.top, request.channels, request.mode, request.size, request.rule
     region, at, exclude, cls = request.region, request.at, request.exclude, request.cls
-    layers = list(dict.fromkeys(layers)) if layers is not None else [default_layer(model)]
+    layers = list(dict.fromkeys(layers)) if layers is not None else [net.view.default_layer()]
     if not layers:
         raise LayerError("no layers given; name one or more, e.g. conv1_2,conv3_3,conv5_3")
-    dn = Deconvnet(model, rule=rule, unpool=request.unpool)
+    dn = Deconvnet(net.view, rule=rule, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
@@ -149,19 +149,19 @@ def reconstruct(
     outside the dog, whole (BUILT_IN).
     mode None: "max", or the built-in choice's. stage_view: how the intermediate stages are drawn (render).
     """
-    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    weights, model_name, image, layer = net.weights, net.name, request.image, request.layer
     channels, mode, size, rule = request.channels, request.mode, request.size, request.rule
     region, at, exclude, cls = request.region, request.at, request.exclude, request.cls
-    layer = layer or default_layer(model)
+    layer = layer or net.view.default_layer()
     # the built-in choice needs receptive-field centres, known here for chains only (targets.centres)
     plain = image is None and channels is None and region is None and at is None and cls is None and not exclude
-    if plain and chain_of(model) is not None:
+    if plain and net.view.is_chain:
         region, exclude, mode = BUILT_IN["region"], BUILT_IN["exclude"], mode or BUILT_IN["mode"]
     mode = mode or "max"
-    dn = Deconvnet(model, rule=rule, unpool=request.unpool)
+    dn = Deconvnet(net.view, rule=rule, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     if channels == "all":
-        channels = range(layer_shape(net.module, layer, size=x.shape[-1])[0])
+        channels = range(layer_shape(dn.view, layer, size=x.shape[-1])[0])
     if progress:
         progress(f"projecting {layer}")
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
@@ -204,11 +204,11 @@ def occlusion(
     layer None: the last conv layer. rule: how the projection panel passes ReLUs (deconvnet, guided, gradient).
     region, at, exclude: watch the map strongest there (`Deconvnet.project`). occluder: the square's side.
     """
-    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    weights, model_name, image, layer = net.weights, net.name, request.image, request.layer
     cls, size, image_size, rule = request.cls, occluder, request.size, request.rule
     region, at, exclude = request.region, request.at, request.exclude
-    layer = layer or default_layer(model)
-    dn = Deconvnet(model, rule=rule)
+    layer = layer or net.view.default_layer()
+    dn = Deconvnet(net.view, rule=rule)
     x = to_batch(
         load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, image_size, device=dn.device
     )
@@ -218,7 +218,7 @@ def occlusion(
     out = dn.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1, **target)
     channel = int(out.selections.channels[0, 0])
     res = occlusion_maps(
-        model,
+        dn.view,
         x,
         layer,
         channel=channel,
@@ -296,11 +296,11 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     """Deconvnet, guided backprop and gradient side by side (Springenberg et al.): the selected feature maps'
     strongest activations (default: the `top` strongest maps; region, at, exclude, cls: as `Deconvnet.project`),
     each projected by every rule, all unpooled by request.unpool; the first rule's selections are the others'."""
-    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    weights, model_name, image, layer = net.weights, net.name, request.image, request.layer
     top, channels, size, cls = request.top, request.channels, request.size, request.cls
     region, at, exclude = request.region, request.at, request.exclude
-    layer = layer or default_layer(model)
-    dn = Deconvnet(model, unpool=request.unpool)
+    layer = layer or net.view.default_layer()
+    dn = Deconvnet(net.view, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
     outs, chosen = {}, {"channels": channels, "top": top, **target}
@@ -345,13 +345,13 @@ def sanity(
     progress: Progress | None = None,
 ) -> tuple[Figure, dict, str]:
     """The sanity report of one unit (sanity.py): figure, provenance with every number, and the numbers as CSV."""
-    model, weights, model_name, image, layer = net.module, net.weights, net.name, request.image, request.layer
+    weights, model_name, image, layer = net.weights, net.name, request.image, request.layer
     size = request.size
-    layer = layer or default_layer(model)
-    device = Deconvnet(model).device
+    layer = layer or net.view.default_layer()
+    device = Deconvnet(net.view).device
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
-    rep = sanity_report(model, x, layer, channel=channel, rules=rules, seed=seed, progress=progress)
-    labels = [layer_label(model, n) for n in rep.randomized]
+    rep = sanity_report(net.view, x, layer, channel=channel, rules=rules, seed=seed, progress=progress)
+    labels = [layer_label(net.view, n) for n in rep.randomized]
     titles = {r: RULES[r].title for r in rep.rules}
     fig = sanity_figure(
         to_display(x[0].cpu(), weights.preprocess),
@@ -398,11 +398,11 @@ def ablate(
 ) -> tuple[Figure, dict, str]:
     """Mahendran & Vedaldi's ablation of one unit (ablation.py): figure, provenance with every number, and CSV.
     request.layer None: pool5 where the network has one (VGG), else its default layer."""
-    model, weights, model_name, image, size = net.module, net.weights, net.name, request.image, request.size
+    weights, model_name, image, size = net.weights, net.name, request.image, request.size
     layer = request.layer or ("pool5" if "pool5" in net.layer_names else net.default_layer)
-    device = Deconvnet(model).device
+    device = Deconvnet(net.view).device
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
-    rep = ablation_report(model, x, layer, channel=channel, seed=seed, progress=progress)
+    rep = ablation_report(net.view, x, layer, channel=channel, seed=seed, progress=progress)
 
     def words(s, what: str) -> str:
         return f"{what} ρ {_shown(s.spearman_abs)} S {_shown(s.ssim)}"
@@ -473,9 +473,9 @@ def _numbers(s) -> tuple:
 def filters(net: Network, *, layer: str | None = None) -> tuple[Figure, dict]:
     """First-layer filters as colour patches (ZF Fig. 6), in RGB image terms (filters.first_layer_filters).
     layer None: the first convolution, whatever its name."""
-    model, weights, model_name = net.module, net.weights, net.name
-    layer = layer or first_conv_name(model)
-    module, templates = first_layer_filters(model, layer, preprocess=weights.preprocess)
+    weights, model_name = net.weights, net.name
+    layer = layer or first_conv_name(net.view)
+    module, templates = first_layer_filters(net.view, layer, preprocess=weights.preprocess)
     k, _, kh, kw = templates.shape
     undone = "BGR order and 0-255 scale" if weights.preprocess.bgr else "per-channel std"
     title = (
@@ -512,7 +512,7 @@ def invariance(
         size,
         device=next(model.parameters()).device,
     )
-    res = invariance_sweep(model, x, transform, layers=layers, progress=progress)
+    res = invariance_sweep(net.view, x, transform, layers=layers, progress=progress)
     picks = sorted({round(i * (len(res.amounts) - 1) / 4) for i in range(5)})
     unit = UNITS[transform]
     thumbs = [

@@ -20,7 +20,7 @@ from ..engine.deconvnet import Deconvnet
 from ..engine.fields import Fields, receptive_field
 from ..engine.forward import module_activations
 from ..engine.hooks import evaluating
-from ..engine.layers import module_outputs, resolve, stage_modules, step_index
+from ..engine.layers import module_outputs, step_index
 from ..engine.layout import Layout, layouts
 from ..errors import DeconvvizError, LayerError
 from ..images import check_size, load_image, to_batch, to_display
@@ -117,9 +117,9 @@ def explore_site(
         names = list(layers) if layers else _explore_layers(dn, size)
         fields = {}
         for n in names:
-            resolve(net, dn.steps, n)  # an unknown name: its own message
+            dn.view.resolve(n)  # an unknown name: its own message
             try:
-                fields[n] = receptive_field(net, n, input_size=(size, size))
+                fields[n] = receptive_field(dn.view, n, input_size=(size, size))
             except LayerError:
                 raise DeconvvizError(
                     f"layer '{n}' has no feature-map positions to click; explore takes conv and pool layers"
@@ -171,7 +171,7 @@ def _explore_layers(dn: Deconvnet, size: int) -> list[str]:
         shape = lay.map_shape(r.shape) if r is not None and lay is not None and lay.kind != "unknown" else ()
         return r is not None and r.runs == 1 and len(shape) == 3 and shape[1] * shape[2] > 1
 
-    stages = [n for n in stage_modules(dn.model) if maps(n)]
+    stages = [n for n in dn.view.stage_modules() if maps(n)]
     follows = {n for n in stages if laid[n].kind in ("tokens", "channels-last")}  # on a patch embedding's grid
     found = {n for n in stages if any(isinstance(m, nn.Conv2d) for m in modules[n].modules())} | follows
     if found:
@@ -222,9 +222,10 @@ def _explore_layer(ex: _Explore, layer: str, rf: Fields) -> _LayerView:
 @torch.no_grad()
 def _activation(dn: Deconvnet, x: Tensor, layer: str) -> Tensor:
     """A layer's activation (1, C, H, W) for x, on the CPU: a chain's steps, or any network's module output."""
-    path = resolve(dn.model, dn.steps, layer)
-    if dn.steps is not None:
-        return activations(dn.steps, x, {"layer": step_index(dn.steps, path)})["layer"].cpu()
+    view = dn.view
+    path = view.resolve(layer)
+    if view.steps is not None:
+        return activations(view.steps, x, {"layer": step_index(view.steps, path)})["layer"].cpu()
     with evaluating(dn.model):
         act = module_activations(dn.model, x, {"layer": path})["layer"]
     return (dn.layouts(x).get(path) or Layout()).maps(act, layer).cpu()  # tokens: their maps on the grid

@@ -202,7 +202,7 @@ def _layer_pictures(b: _ScanBuild, layer: str) -> dict[int, _UnitPictures]:
     for c, ch in per_channel.items():
         if ch.records:
             by_image.setdefault(ch.records[0].image, []).append(c)
-    shape = layer_shape(dn.model, layer, size=args.size)
+    shape = layer_shape(dn.view, layer, size=args.size)
     width = shape[-1] if len(shape) == 3 else 1
     pictures: dict[int, _UnitPictures] = {}
     p = next(dn.model.parameters())

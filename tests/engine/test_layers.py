@@ -11,7 +11,8 @@ from torch import nn
 
 import deconvviz
 from deconvviz.engine.forward import output_shapes
-from deconvviz.engine.layers import chain_of, layer_names, receptive_fields, resolve, vgg_aliases
+from deconvviz.engine.layers import chain_of, receptive_fields, resolve, vgg_aliases
+from deconvviz.engine.model import ModelView
 
 # Known VGG configurations (Simonyan & Zisserman, table 1): convs per block; block widths 64, 128, 256, 512, 512.
 CONVS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -62,7 +63,7 @@ def test_layer_names_and_resolve():
     model = vgg("vgg16")
     steps = chain_of(model)
     modules = [f"features.{i}" for i in range(31)] + ["avgpool"] + [f"classifier.{i}" for i in range(7)]
-    assert layer_names(model) == list(expected_aliases("vgg16")) + modules
+    assert ModelView.of(model).layer_names() == list(expected_aliases("vgg16")) + modules
     assert [s.name for s in steps] == modules[:32] + ["flatten"] + modules[32:]
     for name, path in [("conv5_3", "features.29"), ("pool5", "features.30"), ("fc6", "classifier.1"),
                        ("fc8", "classifier.6"), ("features.28", "features.28"), ("avgpool", "avgpool"),
@@ -75,7 +76,7 @@ def test_layer_names_and_resolve():
 
     tiny = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), nn.MaxPool2d(2))
     steps = chain_of(tiny)
-    assert layer_names(tiny) == ["0.0", "0.1", "1"] == [s.name for s in steps]
+    assert ModelView.of(tiny).layer_names() == ["0.0", "0.1", "1"] == [s.name for s in steps]
     assert [resolve(tiny, steps, n) for n in ("0", "0.0", "1")] == ["0.1", "0.0", "1"]
     with pytest.raises(deconvviz.LayerError, match=r"did you mean '0\.1'"):
         resolve(tiny, steps, "0.2")
@@ -101,7 +102,7 @@ def test_chain_of():
     ]
     for m in unsupported:
         assert chain_of(m) is None, m
-    assert layer_names(unsupported[0]) == ["0", "1"]  # falls back to module paths
+    assert ModelView.of(unsupported[0]).layer_names() == ["0", "1"]  # falls back to module paths
 
 
 def surrogate(steps, upto: int) -> nn.Sequential:

@@ -58,7 +58,7 @@ def test_hand_computed_rules(path):
     layer = "c2" if path == "autograd" else "2"
     for rule, value in want.items():
         dn = deconvviz.Deconvnet(model, rule=rule, crop=True if path == "windows" else False)
-        with mock.patch("deconvviz.engine.deconvnet.reverse_cropped", wraps=reverse_cropped) as spy:
+        with mock.patch("deconvviz.engine._strategies.reverse_cropped", wraps=reverse_cropped) as spy:
             out = dn.project(x, layer, channels=[0])
         assert spy.called == (path == "windows")
         assert out.images.flatten().tolist() == [value], rule

@@ -77,4 +77,5 @@ def test_the_test_script_installs_chromium_when_missing_then_lints_and_runs_pyte
     assert f"no browser at {browser}; installing Debian's chromium" in r.stderr
     log.unlink()  # a second run with the browser present installs nothing
     assert subprocess.run(["bash", str(script)], env=env, capture_output=True).returncode == 0
-    assert log.read_text().splitlines() == ["ruff check .", "ruff format --check .", "python -m pytest -n auto --dist loadfile --durations=25"]
+    pytest = "python -m pytest -n auto --dist loadfile --durations=25"
+    assert log.read_text().splitlines() == ["ruff check .", "ruff format --check .", pytest]

@@ -2,6 +2,11 @@
 
 folder -> DataLoader (workers, batches) -> one chain forward per batch for all layers -> running top-k per
 channel (checkpointed; merged across torchrun processes) -> projections of the kept activations -> report, figures.
+
+What a scan reads is in _scan_files.py, what it keeps on disk (top-k, checkpoints, marks) in _scan_state.py. The
+rest stays one module (about 650 lines) on purpose: checking, scanning, projecting and writing share the run's
+arguments, its result types and one order of steps that makes an interrupted scan resumable, and reading them in
+one place is how that order is checked.
 """
 
 from __future__ import annotations

@@ -198,13 +198,13 @@ def test_a_field_that_lost_its_input_is_refused_and_the_crop_falls_back(monkeypa
     to nothing), receptive_field refuses in one line and the crop falls back to the pixels the projection touches.
     Simulated here by a probe whose support comes back empty."""
     import deconvviz
-    from deconvviz.engine import fields
+    from deconvviz.engine import _probe, fields
     from deconvviz.engine.deconvnet import crop_boxes
 
     model = torchvision.models.resnet18().eval()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     fields.receptive_field(model, "layer1", input_size=(64, 64))  # traced as usual
-    monkeypatch.setattr(fields, "_support", lambda out, leaf, seeds: torch.zeros(len(seeds), *leaf.shape[-2:]) > 0)
+    monkeypatch.setattr(_probe, "_support", lambda out, leaf, seeds: torch.zeros(len(seeds), *leaf.shape[-2:]) > 0)
     with pytest.raises(deconvviz.LayerError, match="cannot trace the receptive fields of 'layer1'"):
         fields.receptive_field(model, "layer1", input_size=(64, 64))
     dn = deconvviz.Deconvnet(model)

@@ -245,7 +245,15 @@ def class_contributions(
         act = got[0]
         (grad,) = torch.autograd.grad(scores[:, int(cls)].sum(), act)
     if layout is not None:
+        whole = grad
         grad, act = layout.maps(grad, layer), layout.maps(act, layer)
+        if layout.prefix and layout.token is None and not grad.any() and whole.any():
+            raise SelectionError(  # a ViT's last blocks: the head reads the class token only, so every map scores 0
+                f"class {cls}'s score depends on none of layer '{layer}''s patch-grid maps, only on its prefix "
+                f"token(s) ({', '.join(layout.prefix)}); choose one with token='{layout.prefix[0]}', or an earlier "
+                "layer",
+                about="token",
+            )
     return (grad * act).detach().flatten(2).sum(2) if act.dim() > 2 else (grad * act).detach()
 
 

@@ -177,6 +177,30 @@ def test_a_token_that_does_not_exist_is_refused_in_one_line():
         dn.project(_image(), "blocks.0", channels=[1], token="cls", at=Point.pixels(3, 3))
 
 
+def test_a_class_on_a_vits_last_block_needs_its_class_token():
+    """A ViT's head reads only the class token of its last block, so every patch-grid map there contributes exactly
+    0 to a class score (checked by hand below with plain autograd): cls without token is refused in one line naming
+    token='cls', where it used to pick maps by scores all zero; with token='cls', and at an earlier block, it
+    projects."""
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(32, 16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32).eval()
+    nn.init.normal_(vit.heads.head.weight)  # torchvision starts the head at zero: no class would depend on anything
+    x, last = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)), "encoder.layers.encoder_layer_1"
+    got = []
+    handle = dict(vit.named_modules())[last].register_forward_hook(lambda m, i, o: got.append(o))
+    try:
+        score = vit(x)[0, 3]
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(score, got[0])
+    assert not grad[:, 1:].any() and grad[:, 0].any()  # the patch tokens: none of the score; the class token: all
+    dn = Deconvnet(vit)
+    with pytest.raises(SelectionError, match=r"class 3's score depends on none of .*token='cls'"):
+        dn.project(x, last, cls=3, top=2)
+    assert dn.project(x, last, cls=3, top=2, token="cls").images.abs().sum() > 0
+    assert dn.project(x, "encoder.layers.encoder_layer_0", cls=3, top=2).images.abs().sum() > 0
+
+
 def test_layouts_come_from_the_network():
     """The patch grid is the patch embedding's output grid, the prefix what the model declares; Swin's blocks are
     channels-last because their first two axes follow the input's size; window partitions are refused."""

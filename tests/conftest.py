@@ -139,3 +139,39 @@ def resnet_scans(tmp_path_factory):
         r = subprocess.run(cmd, capture_output=True, text=True, env=threads)
         assert r.returncode == 0, r.stderr[-3000:]
     return one, two
+
+
+@pytest.fixture()
+def scan_matches_the_api(random_vgg11, tmp_path):
+    """scan(**option): a scan of three crops of the built-in photo (conv3_1, map 5, 64 px) with one option (rule=...
+    or unpool=...) that its report records, and whose kept projection equals the API's at the same position.
+    Returns the scan's arguments, for another run into the same folder."""
+    import json
+
+    from oracle import rel_err
+
+    from deconvviz import Deconvnet
+    from deconvviz.analysis.scan import load_result, scan_folder
+    from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
+    from deconvviz.networks.weights import load_vgg
+
+    def scan(**option):
+        (name, value), photos = next(iter(option.items())), tmp_path / "photos"
+        photos.mkdir()
+        img = load_image(DEFAULT_IMAGE)
+        for i in range(3):
+            img.crop((40 * i, 0, 40 * i + 300, 300)).save(photos / f"p{i}.png")
+        args = dict(top=2, channels=[5], size=64, network=random_vgg11, batch_size=2, workers=0, verbose=False)
+        res = scan_folder(photos, ["conv3_1"], tmp_path / "run", **args, **option)
+        assert json.loads((tmp_path / "run" / "report.json").read_text())["arguments"][name] == value
+        again = load_result(tmp_path / "run")
+        assert getattr(again.arguments, name) == value
+        rec = res.layers["conv3_1"][5].records[0]
+        model, w = load_vgg("vgg11", "random", device="cpu", verbose=False)  # a model of its own, as a user's
+        x = to_batch(load_image(photos / rec.image), w.preprocess, 64)
+        pos = torch.tensor([[rec.row * 16 + rec.col]])  # conv3_1 of a 64 input: 16x16
+        want = Deconvnet(model, **option).project(x, "conv3_1", channels=[5], positions=pos)
+        assert rel_err(again.layers["conv3_1"][5].projections[0], want.images[0, 0]) <= 1e-5
+        return photos, args
+
+    return scan

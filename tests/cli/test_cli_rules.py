@@ -6,11 +6,9 @@ import csv
 import json
 
 import pytest
-import torch
-from oracle import rel_err
 
 from deconvviz import Box, Deconvnet
-from deconvviz.analysis.scan import load_result, scan_folder
+from deconvviz.analysis.scan import scan_folder
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
 from deconvviz.networks.weights import load_vgg
 
@@ -83,49 +81,10 @@ def test_sanity_writes_figure_json_and_csv_with_the_same_numbers(run, small, cwd
     assert (cwd / "s.png").stat().st_size > 10_000
 
 
-def test_scan_projects_with_its_rule_and_records_it(random_vgg11, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    img = load_image(DEFAULT_IMAGE)
-    for i in range(3):
-        img.crop((40 * i, 0, 40 * i + 300, 300)).save(photos / f"p{i}.png")
-    res = scan_folder(
-        photos,
-        ["conv3_1"],
-        tmp_path / "run",
-        top=2,
-        channels=[5],
-        size=64,
-        network=random_vgg11,
-        batch_size=2,
-        workers=0,
-        verbose=False,
-        rule="guided",
-    )
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["arguments"]["rule"] == "guided"
-    again = load_result(tmp_path / "run")
-    assert again.arguments.rule == "guided"
-    model, w = load_vgg("vgg11", "random", device="cpu", verbose=False)
-    rec = res.layers["conv3_1"][5].records[0]
-    x = to_batch(load_image(photos / rec.image), w.preprocess, 64)
-    pos = torch.tensor([[rec.row * 16 + rec.col]])  # conv3_1 of a 64 input: 16x16
-    want = Deconvnet(model, rule="guided").project(x, "conv3_1", channels=[5], positions=pos).images[0, 0]
-    assert rel_err(again.layers["conv3_1"][5].projections[0], want) <= 1e-5
+def test_scan_projects_with_its_rule_and_records_it(scan_matches_the_api, tmp_path):
+    photos, args = scan_matches_the_api(rule="guided")
     with pytest.raises(Exception, match="other arguments|different"):
-        scan_folder(
-            photos,
-            ["conv3_1"],
-            tmp_path / "run",
-            top=2,
-            channels=[5],
-            size=64,
-            network=random_vgg11,
-            batch_size=2,
-            workers=0,
-            verbose=False,
-            rule="gradient",
-        )
+        scan_folder(photos, ["conv3_1"], tmp_path / "run", **args, rule="gradient")
 
 
 def test_compare_chooses_by_region_and_every_rule_projects_the_same_activations(run, small, cwd):

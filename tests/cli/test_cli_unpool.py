@@ -6,13 +6,9 @@ import csv
 import json
 
 import pytest
-import torch
-from oracle import rel_err
 
 from deconvviz import Deconvnet
-from deconvviz.analysis.scan import load_result, scan_folder
 from deconvviz.images import DEFAULT_IMAGE, load_image, to_batch
-from deconvviz.networks.network import load_network
 from deconvviz.networks.weights import load_vgg
 
 
@@ -98,32 +94,5 @@ def test_ablate_writes_figure_json_and_csv_with_the_same_numbers(run, small, cwd
     assert (cwd / "a.png").stat().st_size > 20_000
 
 
-def test_scan_projects_with_its_unpooling_and_records_it(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    img = load_image(DEFAULT_IMAGE)
-    for i in range(2):
-        img.crop((40 * i, 0, 40 * i + 300, 300)).save(photos / f"p{i}.png")
-    res = scan_folder(
-        photos,
-        ["conv3_1"],
-        tmp_path / "run",
-        top=1,
-        channels=[5],
-        size=64,
-        network=load_network("vgg11", "random", "cpu", verbose=False),
-        batch_size=2,
-        workers=0,
-        verbose=False,
-        unpool="bilinear",
-    )
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["arguments"]["unpool"] == "bilinear"
-    again = load_result(tmp_path / "run")
-    assert again.arguments.unpool == "bilinear"
-    model, w = load_vgg("vgg11", "random", device="cpu", verbose=False)
-    rec = res.layers["conv3_1"][5].records[0]
-    x = to_batch(load_image(photos / rec.image), w.preprocess, 64)
-    pos = torch.tensor([[rec.row * 16 + rec.col]])  # conv3_1 of a 64 input: 16x16
-    want = Deconvnet(model, unpool="bilinear").project(x, "conv3_1", channels=[5], positions=pos).images[0, 0]
-    assert rel_err(again.layers["conv3_1"][5].projections[0], want) <= 1e-5
+def test_scan_projects_with_its_unpooling_and_records_it(scan_matches_the_api):
+    scan_matches_the_api(unpool="bilinear")

@@ -78,7 +78,7 @@ def scan(
         from ..analysis.scan import check_scan, scan_device, scan_folder
         from ..networks.network import load_network
         from ..outputs import check_writable, locked
-        from ..render import figures
+        from ..render import figures, scan_figures
 
         _check_size(size)
         choice = _Choice(model, weights, device)
@@ -111,6 +111,7 @@ def scan(
                     rule=rule.value,
                     unpool=unpool.value,
                     max_memory=int(max_memory * 2**30),
+                    draw=scan_figures,
                 )
         if result.written and not quiet:
             typer.echo(f"wrote {out / 'report.json'} and {len(result.written) - 1} figures and projections in {out}")

@@ -94,7 +94,7 @@ def scan(
         rank = int(os.environ.get("RANK", "0"))
         with locked(out) if rank == 0 else nullcontext():  # a second scan into `out` is refused before it loads
             network = load_network(choice.spec, weights, scan_device(device), verbose=not quiet and rank == 0)
-            with Progress(quiet, rate="images") as bar:
+            with Progress(quiet, rate={"scanning": "images", "projecting": "images", "drawing": "maps"}) as bar:
                 result = scan_folder(
                     folder,
                     names,

@@ -10,7 +10,8 @@ deconvviz's reverse pass, 5 mode max at conv3_3, full reverse pass vs receptive-
 memory for the guided and gradient rules, beside captum's NeuronGuidedBackprop and NeuronGradient, 8 the autograd
 path (any network): K whole layer3 maps of torchvision resnet50 against captum batched, and its peak memory,
 9 mode max at resnet50 layer1 and layer2 (K strongest maps), full plane vs receptive-field windows (same output),
-and the peak memory of each, 10 scan throughput against a plain forward over the same batches.
+and the peak memory of each, 10 scan throughput against a plain forward over the same batches, 11 a scan's figures:
+drawing time per unit against projecting time per unit (resnet50 layer4, --units maps, 3 photos, 64 px).
 
 Method, for a shared machine whose speed drifts: each comparison runs its contenders in alternation (A B A B
 ..., one warm-up each) for --rounds rounds and reports the median of the per-round ratios. captum is timed at
@@ -299,6 +300,49 @@ def scan_throughput(device: str, count: int, size: int) -> tuple[float, float]:
     return count / scan_s, count / plain_s
 
 
+def scan_drawing(dev: torch.device, a: argparse.Namespace) -> dict:
+    """Per unit of a scan (resnet50 layer4, --units maps, 3 crops of the built-in photo, top 3): projecting its
+    records (the scan's 'projecting' phase) against drawing its figures (render.scan_figures, channel figures and
+    the overview), both timed in each of --rounds scans into new folders; median of the per-round ratios."""
+    from deconvviz.analysis.scan import scan_folder
+    from deconvviz.images import DEFAULT_IMAGE, load_image
+    from deconvviz.render import scan_figures
+
+    size = 32 if a.smoke else 64
+    network = deconvviz.load_network("torchvision:resnet50", "random", str(dev), verbose=False)
+    projecting, drawing = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        img = load_image(DEFAULT_IMAGE)
+        for i in range(3):
+            img.crop((40 * i, 20 * i, 40 * i + 360, 20 * i + 360)).save(f"{tmp}/p{i}.jpg")
+        marks: list[float] = []
+
+        def progress(what, done, total):
+            if what.startswith("projecting") and (done == 0 or done == total):
+                synchronize(dev)
+                marks.append(time.perf_counter())
+
+        def draw(*args, **kwargs):
+            t = time.perf_counter()
+            written = scan_figures(*args, **kwargs)
+            drawing.append(time.perf_counter() - t)
+            return written
+
+        options = dict(top=3, channels=list(range(a.units)), size=size, workers=0, verbose=False)
+        for i in range(a.rounds + 1):  # the first is the warm-up
+            marks.clear()
+            scan_folder(tmp, ["layer4"], f"{tmp}/run{i}", network=network, progress=progress, draw=draw, **options)
+            projecting.append(marks[-1] - marks[0])
+    projecting, drawing = projecting[1:], drawing[1:]
+    return {
+        "resnet50_layer4_scan_projecting_per_unit_s": statistics.median(projecting) / a.units,
+        "resnet50_layer4_scan_drawing_per_unit_s": statistics.median(drawing) / a.units,
+        "resnet50_layer4_scan_drawing_over_projecting": statistics.median(
+            d / p for d, p in zip(drawing, projecting, strict=True)
+        ),
+    }
+
+
 def vgg16(dev: torch.device, a: argparse.Namespace) -> dict:
     """Rows 1-7 and 10: VGG16 with random weights."""
     r = {}
@@ -387,6 +431,7 @@ RATIOS = {  # label (target) -> how it is computed from the measurements
     "resnet50 layer2 windows speedup (>= 10)": lambda r: (
         r["resnet50_layer2_full_per_projection_s"] / r["resnet50_layer2_windows_per_projection_s"]
     ),
+    "resnet50 layer4 scan, drawing / projecting (<= 1)": lambda r: r["resnet50_layer4_scan_drawing_over_projecting"],
 }
 
 
@@ -398,13 +443,14 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=16, help="feature maps per projection")
     ap.add_argument("--size", type=int, default=224, help="input side")
     ap.add_argument("--images", type=int, default=96, help="images in the scan benchmark's folder")
+    ap.add_argument("--units", type=int, default=64, help="feature maps projected and drawn in the drawing benchmark")
     ap.add_argument("--matmul", type=int, default=None, help="matmul side (default 2048, 4096 on CUDA)")
     ap.add_argument("--only-resnet", action="store_true", help="only the autograd rows (resnet50)")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes: 32 px, 2 maps, 4 images, 1 repeat, 2 rounds")
+    ap.add_argument("--smoke", action="store_true", help="tiny: 32 px, 2 maps, 4 images, 4 units, 1 repeat, 2 rounds")
     ap.add_argument("--docs", type=Path, help="write the table between this Markdown file's bench markers")
     a = ap.parse_args()
     if a.smoke:
-        a.size, a.k, a.images, a.repeat, a.rounds, a.matmul = 32, 2, 4, 1, 2, 128
+        a.size, a.k, a.images, a.repeat, a.rounds, a.matmul, a.units = 32, 2, 4, 1, 2, 128, 4
     a.matmul = a.matmul or (4096 if a.device.startswith("cuda") else 2048)
     return a
 
@@ -442,6 +488,7 @@ def main() -> None:
         r.update(vgg16(dev, a))
     r.update(resnet_autograd(dev, a))
     r.update(resnet_windows(dev, a))
+    r.update(scan_drawing(dev, a))
     ratios = {label: f(r) for label, f in RATIOS.items() if not a.only_resnet or label.startswith("resnet50")}
     for key, v in {**r, **ratios}.items():
         print(f"{key:<52} {v:.4g}" if isinstance(v, float) else f"{key:<52} {v}")

@@ -82,6 +82,8 @@ def test_bench_smoke_runs_to_its_json_line_and_agrees_with_captum(tmp_path):
     assert len(references) == 5 and set(references) <= {"captum_inplace", "captum_no_inplace"}
     assert any(line.startswith("captum at its best") for line in out)
     assert r["ratios"]["speedup vs captum, batched (>= 4)"] == r["speedup_batched"] > 0
+    drawing = r["ratios"]["resnet50 layer4 scan, drawing / projecting (<= 1)"]
+    assert drawing == r["resnet50_layer4_scan_drawing_over_projecting"] > 0  # the scan's figures were drawn and timed
     table = page.read_text()
     assert "| speedup vs captum, batched (>= 4) |" in table and table.endswith("<!-- bench:end -->\n")
 

@@ -1,7 +1,8 @@
 """Dataset scan (Zeiler & Fergus Fig. 2): for each feature map, the k images that excite it most, projected to pixels.
 
 folder -> DataLoader (workers, batches) -> one chain forward per batch for all layers -> running top-k per
-channel (checkpointed; merged across torchrun processes) -> projections of the kept activations -> report, figures.
+channel (checkpointed; merged across torchrun processes) -> projections of the kept activations -> report (and the
+figures of `draw`, a function of the layers above: deconvviz.render.scan_figures).
 
 What a scan reads is in _scan_files.py, what it keeps on disk (top-k, checkpoints, marks) in _scan_state.py. The
 rest stays one module (about 650 lines) on purpose: checking, scanning, projecting and writing share the run's
@@ -32,10 +33,10 @@ from ..engine.fields import Fields, receptive_field
 from ..engine.forward import apply, layer_shape, module_activations
 from ..engine.layers import ReceptiveField, receptive_fields
 from ..engine.layout import Layout
-from ..engine.reverse import UNPOOLS, get_unpool
+from ..engine.reverse import get_unpool
 from ..engine.rules import get_rule
 from ..errors import DeconvvizError, ImageError, LayerError, SelectionError
-from ..images import check_size, to_display
+from ..images import check_size
 from ..networks.architectures import located
 from ..networks.cards import cards_folder
 from ..networks.network import Network
@@ -51,7 +52,6 @@ from ..outputs import (
     write_locked,
 )
 from ..preprocess import Preprocess
-from ..render.draw import TopImages, channel_figure, overview_figure, save
 from ._scan_files import ImageFiles, _collate, _fingerprint, _unreadable, listed_images, preprocessed
 from ._scan_state import (
     _FIELDS,
@@ -67,8 +67,8 @@ from ._scan_state import (
 )
 
 SHOWN_CHANNELS = 9  # feature maps projected and drawn when none are given: the strongest over the folder
-OVERVIEW_CHANNELS = 16  # at most this many feature maps in overview.png
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+Draw = Callable[..., list[Path]]  # draw(result, folder, weights, progress=...): the files it wrote under folder
 CRASH_AFTER_BATCH = "DECONVVIZ_TEST_CRASH_AFTER_BATCH"  # tests only: the scan kills itself after that checkpoint
 MAX_MEMORY = 4 * 2**30  # bytes the kept projections may take (max_memory); above it a scan is refused before it runs
 
@@ -123,6 +123,7 @@ class ScanResult:
     images: int  # image files found
     skipped: list[dict]  # unreadable files: {"path", "reason"}
     layers: dict[str, dict[int, ChannelResult]]
+    projected: dict[str, list[int]] = field(default_factory=dict)  # per layer the channels projected, in order
     already_done: bool = False  # the run directory held this finished scan; nothing was recomputed
     written: list[Path] = field(default_factory=list)  # files this call wrote (process 0 only)
 
@@ -197,9 +198,12 @@ def scan_folder(
     rule: str = "deconvnet",
     unpool: str = "switches",
     max_memory: int = MAX_MEMORY,
+    draw: Draw | None = None,
 ) -> ScanResult:
     """For every channel of `layers`, the `top` images of `folder` with its strongest activations; the chosen
-    `channels` (None: the 9 strongest, "all") are projected and drawn. Everything is written under `out`.
+    `channels` (None: the 9 strongest, "all") are projected. Everything is written under `out`: report.json and
+    LAYER/projections.pt, and the figures of `draw` (such as deconvviz.render.scan_figures, called as
+    draw(result, folder, network.weights, progress=progress) on the folder before it is swapped in; None: none).
 
     Resumable: `out/state.pt` is checkpointed every `checkpoint_every` images; run again with the same
     arguments after an interruption and the result is that of an uninterrupted run. A finished run
@@ -252,6 +256,7 @@ def scan_folder(
                 progress=progress,
                 say=say,
                 max_memory=max_memory,
+                draw=draw,
             )
         except BaseException as e:
             if fresh and rank == 0:
@@ -259,8 +264,8 @@ def scan_folder(
             raise
 
 
-def _scan(network, args, found, out, *, world, rank, workers, every, progress, say, max_memory) -> ScanResult:
-    """The scan itself, under the lock: the top-k, then the projections and figures, swapped in whole.
+def _scan(network, args, found, out, *, world, rank, workers, every, progress, say, max_memory, draw) -> ScanResult:
+    """The scan itself, under the lock: the top-k, then the projections and `draw`'s figures, swapped in whole.
     found: the image files and those that are no regular file (listed_images)."""
     (files, odd), folder, layers, size, chans = found, args.folder, args.layers, args.size, args.channels
     root = Path(args.folder)  # resolved: the report must not depend on the cwd
@@ -316,6 +321,8 @@ def _scan(network, args, found, out, *, world, rank, workers, every, progress, s
         if rank == 0:
             with Staged(out) as new:
                 written = _project_and_write(dn, info, root, result=result, out=new, progress=progress)
+                if draw is not None:
+                    written += draw(result, new, info, progress=progress)
                 _keep_checkpoints(out, new, world)
                 _mark(new, files=[p.relative_to(new).as_posix() for p in written])
             result.written = [out / p.relative_to(new) for p in written]
@@ -509,20 +516,19 @@ def _project(
     per_channel: dict[int, ChannelResult],
     shown: list[int],
     progress,
-) -> list[TopImages]:
+) -> None:
     """Project the shown channels' records, one pass per image for all its channels; fills their projections."""
     wanted: dict[str, list[int]] = {}  # image -> the shown channels whose top-k hold it
     for c in shown:
         for r in per_channel[c].records:
             wanted.setdefault(r.image, []).append(c)
-    recon, patches, p = {}, {}, next(dn.model.parameters())
+    recon, p = {}, next(dn.model.parameters())
     shape = layer_shape(dn.view, layer, size=size)
     width = shape[-1] if len(shape) == 3 else 1
     for n, (image, chans) in enumerate(sorted(wanted.items())):
         if progress:
             progress(f"projecting {layer}", n, len(wanted))
         x = preprocessed(root / image, preprocess, size)[None].to(dn.device, p.dtype)
-        picture = to_display(x[0].cpu(), preprocess)
         # the recorded positions, not a fresh argmax: a near-tie in a batch of one cannot move the activation
         pos = torch.tensor(
             [[next(r.row * width + r.col for r in per_channel[c].records if r.image == image) for c in chans]]
@@ -530,30 +536,16 @@ def _project(
         for c, y in zip(
             chans, dn.project(x, layer, channels=chans, mode="max", positions=pos).images[0].cpu(), strict=True
         ):
-            box = next(r.box for r in per_channel[c].records if r.image == image)
-            top, bottom, left, right = box or (0, size, 0, size)  # None: a classifier layer sees all
-            recon[c, image], patches[c, image] = y, picture[top:bottom, left:right]
+            recon[c, image] = y
     if progress:
         progress(f"projecting {layer}", len(wanted), len(wanted))
-    items = []
     for c in shown:
         recs = per_channel[c].records
         per_channel[c].projections = torch.stack([recon[c, r.image] for r in recs]) if recs else None
-        items.append(
-            TopImages(
-                layer,
-                channel=c,
-                reconstructions=per_channel[c].projections,
-                patches=[patches[c, r.image] for r in recs],
-                boxes=[r.box for r in recs],
-                values=[r.value for r in recs],
-            )
-        )
-    return items
 
 
 def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out: Path, progress) -> list[Path]:
-    """Project, draw and write everything; report.json comes last and marks the run finished.
+    """Project and write the projections; report.json comes last and marks the run finished.
 
     Nothing written holds a clock or the run directory, so the files of a resumed run are byte-identical
     to those of an uninterrupted one.
@@ -561,7 +553,7 @@ def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out:
     args, layers, written = result.arguments, {}, []
     for layer, per_channel in result.layers.items():
         shown = _shown(result, layer)
-        tops = _project(
+        _project(
             dn,
             info.preprocess,
             root,
@@ -571,16 +563,8 @@ def _project_and_write(dn: Deconvnet, info, root: Path, result: ScanResult, out:
             shown=shown,
             progress=progress,
         )
-        drawn = [t for t in tops if t.reconstructions is not None]
-        written += [save(channel_figure(t, info.preprocess), out / layer / f"channel-{t.channel}.png") for t in drawn]
-        if drawn:
-            title = f"{args.model} ({info.name}), {layer}: each feature map's {args.top} strongest images"
-            title += "" if args.rule == "deconvnet" else f" ({dn.rule.title})"
-            title += "" if args.unpool == "switches" else f" (unpooled: {UNPOOLS[args.unpool]})"
-            written.append(
-                save(overview_figure(drawn[:OVERVIEW_CHANNELS], info.preprocess, title), out / layer / "overview.png")
-            )
-        projections = {t.channel: t.reconstructions for t in drawn}
+        result.projected[layer] = shown
+        projections = {c: per_channel[c].projections for c in shown if per_channel[c].projections is not None}
         written.append(out / layer / "projections.pt")
         write_atomic(written[-1], lambda f, pr=projections: torch.save(pr, f))
         layers[layer] = {
@@ -638,8 +622,9 @@ def _result(rundir: Path, report: dict) -> ScanResult:
     args = ScanArguments(
         **{**a, "layers": tuple(a["layers"]), "channels": chans}
     )  # no "rule": deconvnet, no "unpool": switches
-    layers = {}
+    layers, projected = {}, {}
     for layer, rec in report["layers"].items():
+        projected[layer] = [int(c) for c in rec["projected"]]
         proj = torch.load(rundir / layer / "projections.pt", weights_only=True)
         layers[layer] = {
             int(c): ChannelResult(
@@ -647,4 +632,4 @@ def _result(rundir: Path, report: dict) -> ScanResult:
             )
             for c, recs in rec["channels"].items()
         }
-    return ScanResult(args, report["images"]["found"], report["skipped"], layers)
+    return ScanResult(args, report["images"]["found"], report["skipped"], layers, projected)

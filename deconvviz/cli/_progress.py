@@ -9,10 +9,10 @@ import time
 class Progress:
     """Progress with rich, only when stderr is a terminal and without --quiet. progress("loading weights") shows
     a status line; progress("layer conv5_3", done, total) a bar for that phase (one per phase), with `rate` per
-    second beside it when given (e.g. "images"). stop() clears what is shown; `with Progress(q) as p:` stops
-    on the way out, also on error."""
+    second beside it when given: one unit (e.g. "images"), or one per phase's first word ({"drawing": "maps"}).
+    stop() clears what is shown; `with Progress(q) as p:` stops on the way out, also on error."""
 
-    def __init__(self, quiet: bool, *, rate: str | None = None):
+    def __init__(self, quiet: bool, *, rate: str | dict[str, str] | None = None):
         self.on = not quiet and sys.stderr.isatty()
         self.rate = rate
         self._status, self._bar, self._tasks = None, None, {}
@@ -46,7 +46,8 @@ class Progress:
             self._tasks[phase] = (task, done, time.monotonic())
         task, first, start = self._tasks[phase]
         seconds = time.monotonic() - start
-        rate = f"{(done - first) / seconds:.1f} {self.rate}/s" if self.rate and done > first and seconds > 0 else ""
+        unit = self.rate.get(phase.split()[0]) if isinstance(self.rate, dict) else self.rate
+        rate = f"{(done - first) / seconds:.1f} {unit}/s" if unit and done > first and seconds > 0 else ""
         self._bar.update(task, completed=done, total=total, rate=rate)
 
     def __enter__(self) -> Progress:

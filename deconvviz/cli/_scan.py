@@ -78,7 +78,7 @@ def scan(
         from ..analysis.scan import check_scan, scan_device, scan_folder
         from ..networks.network import load_network
         from ..outputs import check_writable, locked
-        from ..render import figures
+        from ..render import figures, scan_figures
 
         _check_size(size)
         choice = _Choice(model, weights, device)
@@ -94,7 +94,7 @@ def scan(
         rank = int(os.environ.get("RANK", "0"))
         with locked(out) if rank == 0 else nullcontext():  # a second scan into `out` is refused before it loads
             network = load_network(choice.spec, weights, scan_device(device), verbose=not quiet and rank == 0)
-            with Progress(quiet, rate="images") as bar:
+            with Progress(quiet, rate={"scanning": "images", "projecting": "images", "drawing": "maps"}) as bar:
                 result = scan_folder(
                     folder,
                     names,
@@ -111,6 +111,7 @@ def scan(
                     rule=rule.value,
                     unpool=unpool.value,
                     max_memory=int(max_memory * 2**30),
+                    draw=scan_figures,
                 )
         if result.written and not quiet:
             typer.echo(f"wrote {out / 'report.json'} and {len(result.written) - 1} figures and projections in {out}")

@@ -8,7 +8,7 @@
 - occlusion maps: the values themselves, colours spanning the map's range and its unoccluded value (marked
   on the colorbar), each value drawn at the centre of its occluder position, over a faint copy of the image.
 
-One module on purpose (665 lines): every figure below draws its panels with the same letters, notes, normalizations
+One module on purpose (585 lines): every figure below draws its panels with the same letters, notes, normalizations
 and `save` (which checks the pixel budget and writes the figure atomically); kept together, a change to how a
 figure is normalized or written is made once and seen in every figure.
 """
@@ -320,90 +320,6 @@ def occlusion_figure(
     contrast = "projection: mid-grey = 0, contrast: 99.9th percentile of |r|"
     _note(fig, 0.01, f"maps: {maps} (line on the colorbar) | {contrast}")
     fig.tight_layout(rect=(0, 0.04, 1, 1), w_pad=2.5)
-    return fig
-
-
-@dataclass
-class TopImages:
-    """One feature map's k strongest images of a dataset scan: reconstructions (k, 3, H, W), the image patches
-    under their receptive fields ((h, w, 3) RGB in [0, 1]), boxes (top, bottom, left, right; None: all), values."""
-
-    layer: str
-    channel: int
-    reconstructions: Tensor
-    patches: Sequence[np.ndarray]
-    boxes: Sequence[tuple[int, int, int, int] | None]
-    values: Sequence[float]
-
-
-def _mosaic(tiles: Sequence[np.ndarray], cols: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Tiles (h, w, 3) centred in equal cells (the largest tile) on white, `cols` a row; and each cell's (x, y)."""
-    ch, cw = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
-    gap = max(1, max(ch, cw) // 24)
-    rows = -(-len(tiles) // cols)
-    canvas = np.ones((rows * (ch + gap) - gap, cols * (cw + gap) - gap, 3), np.float32)
-    corners = []
-    for i, t in enumerate(tiles):
-        y, x = (i // cols) * (ch + gap), (i % cols) * (cw + gap)
-        top, left = y + (ch - t.shape[0]) // 2, x + (cw - t.shape[1]) // 2
-        canvas[top : top + t.shape[0], left : left + t.shape[1]] = t
-        corners.append((x, y))
-    return canvas, corners
-
-
-def _top_mosaics(t: TopImages, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-    """The projections (cropped to the receptive field, `centred` per crop) and the patches, as two square-ish grids."""
-    boxed = zip(t.reconstructions, t.boxes, strict=True)
-    crops = [pattern_rgb(r if b is None else r[:, b[0] : b[1], b[2] : b[3]], preprocess) for r, b in boxed]
-    cols = int(np.ceil(np.sqrt(len(crops))))
-    (proj, corners), (patches, _) = _mosaic(crops, cols), _mosaic(list(t.patches), cols)
-    return proj, patches, corners
-
-
-_SCAN_NOTE = (
-    "projections to pixels (mid-grey = 0, contrast: 99.9th percentile of |r| per crop), cropped to the "
-    "receptive field of the activation | the image patches under it"
-)
-
-
-def channel_figure(t: TopImages, preprocess: Preprocess, title: str | None = None) -> Figure:
-    """One feature map, Zeiler-Fergus Fig. 2 style: the projections of its k strongest images (left, each
-    labelled with its activation) beside the image patches that caused them (right)."""
-    proj, patches, corners = _top_mosaics(t, preprocess)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.06, wspace=0.06)
-    for ax, picture, what in zip(axes, (proj, patches), ("projections", "image patches"), strict=True):
-        _off(ax)
-        ax.imshow(picture, interpolation="nearest")
-        ax.set_title(what, fontsize=9)
-    for (x, y), v in zip(corners, t.values, strict=True):
-        axes[0].text(
-            x, y, f"{v:.3g}", fontsize=7, va="top", ha="left", bbox={"fc": "white", "alpha": 0.8, "pad": 1, "lw": 0}
-        )
-    fig.suptitle(title or f"{t.layer}, feature map {t.channel}: its {len(t.values)} strongest images", fontsize=10)
-    _note(fig, 0.02, _SCAN_NOTE, 6.5, wrap=True)
-    return fig
-
-
-def overview_figure(items: Sequence[TopImages], preprocess: Preprocess, title: str) -> Figure:
-    """Several feature maps (Zeiler-Fergus Fig. 2): per map a grid of its top projections beside a grid of patches."""
-    per_row = int(np.ceil(np.sqrt(len(items))))
-    rows = -(-len(items) // per_row)
-    height = 1.95 * rows + 0.8
-    fig = plt.figure(figsize=(3.6 * per_row + 0.4, height))
-    ratios = ([1, 1, 0.15] * per_row)[:-1]
-    margins = {"left": 0.02, "right": 0.98, "top": 1 - 0.55 / height, "bottom": 0.25 / height}
-    grid = fig.add_gridspec(rows, 3 * per_row - 1, width_ratios=ratios, wspace=0.04, hspace=0.25, **margins)
-    for i, t in enumerate(items):
-        r, c = divmod(i, per_row)
-        for j, picture in enumerate(_top_mosaics(t, preprocess)[:2]):
-            ax = fig.add_subplot(grid[r, 3 * c + j])
-            _off(ax)
-            ax.imshow(picture, interpolation="nearest")
-            if j == 0:
-                ax.set_title(f"map {t.channel}: {t.values[0]:.3g}", fontsize=8, loc="left")
-    fig.suptitle(title, fontsize=10)
-    _note(fig, 0.005, f"each map: {_SCAN_NOTE}; 'map c: a' = feature map c, its strongest activation a", 6.5, wrap=True)
     return fig
 
 

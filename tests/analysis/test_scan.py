@@ -23,6 +23,7 @@ from deconvviz.engine.layers import resolve
 from deconvviz.errors import ImageError
 from deconvviz.images import DEFAULT_IMAGE, to_batch
 from deconvviz.networks.weights import load_vgg
+from deconvviz.render import scan_figures
 
 LAYERS, CHANNELS, SIZE, BATCH = ("conv3_1", "pool3"), (3, 17), 64, 16
 OPTIONS = ["--layers", ",".join(LAYERS), "--channels", "3,17", "--model", "vgg11", "--weights", "random",
@@ -61,7 +62,7 @@ def photos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(random_vgg11, photos, tmp_path_factory) -> Path:
-    """One uninterrupted single-process scan, in process."""
+    """One uninterrupted single-process scan, in process, with the command's figures."""
     out = tmp_path_factory.mktemp("runs") / "reference"
     scan_folder(
         photos,
@@ -73,6 +74,7 @@ def reference(random_vgg11, photos, tmp_path_factory) -> Path:
         batch_size=BATCH,
         workers=2,
         verbose=False,
+        draw=scan_figures,
     )
     return out
 

@@ -77,6 +77,14 @@ def test_progress_draws_a_line_and_bars_on_a_terminal_and_nothing_when_quiet(mon
         assert tasks == {"layer conv1_1": (3, 4), "layer conv2_1": (1, 2)} and shown._status is not None
     finally:
         shown.stop()
+    per_phase = Progress(quiet=False, rate={"projecting": "images", "drawing": "maps"})
+    try:
+        for phase in ("projecting conv1_1", "drawing conv1_1"):
+            per_phase(phase, 0, 4)
+            per_phase(phase, 2, 4)
+        assert [t.fields["rate"].split()[-1] for t in per_phase._bar.tasks] == ["images/s", "maps/s"]
+    finally:
+        per_phase.stop()
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     off = Progress(quiet=False)
     off("loading")

@@ -138,7 +138,11 @@ def _split(text: str) -> list[str]:
 
 
 def _shown(value) -> str:
-    return value if isinstance(value, str) and "," not in value and value == value.strip() else json.dumps(value)
+    return (
+        value
+        if isinstance(value, str) and "," not in value and value == value.strip()
+        else json.dumps(value, separators=(",", ":"))
+    )
 
 
 def _config(hf: HFSpec):

@@ -66,4 +66,4 @@ def models(debug: Debug = False) -> None:
             )
         from ..networks.huggingface import models_line
 
-        typer.echo(models_line())
+        typer.echo(models_line(), err=True)  # beside the table, which stays one card a line

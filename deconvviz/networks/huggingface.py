@@ -52,7 +52,7 @@ def models_line() -> str:
     """What `deconvviz models` says about Hugging Face models."""
     here = "installed here" if available() else f"not installed here: {NEEDS}"
     return (
-        "\nHugging Face transformers models: --model hf:ORG/NAME (the hub, or its cache offline), hf:PATH (a folder "
+        "Hugging Face transformers models: --model hf:ORG/NAME (the hub, or its cache offline), hf:PATH (a folder "
         "save_pretrained wrote, offline) or hf:TYPE --weights random (hf:vit, hf:swin, ...), config overrides as "
         f"hf:TYPE:key=value,...; they need transformers, pip install 'deconvviz[transformers]' ({here})."
     )

@@ -469,7 +469,15 @@ def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
     leaf = x.detach().requires_grad_(True)
     mode = _RectifyReLUs(rule, leaf=leaf)
     with evaluating(model), recording(model, None, stack=mode.stack) as rec, mode, torch.enable_grad():
-        model(leaf.clone())
+        try:
+            model(leaf.clone())
+        except (AssertionError, ValueError) as e:  # the model's own check of its input size (a ViT's)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ImageError(
+                f"{type(model).__name__} cannot run on a {x.shape[-2]}x{x.shape[-1]} input ({first}); use an input "
+                "size it accepts",
+                about="size",
+            ) from None
     labels: dict[str, list[str]] = {}
     edges = set()  # (id(node), output number) of every tensor the signal passes, for the identities below
     for out in [t for t in tree_flatten(rec["outputs"])[0] if isinstance(t, Tensor) and t.grad_fn is not None]:

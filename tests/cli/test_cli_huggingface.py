@@ -213,3 +213,11 @@ def test_bad_hf_specs_are_one_line(run, cwd, monkeypatch, spec, weights, said):
 def test_models_says_what_hf_needs(run):
     r = run("models")
     assert r.exit_code == 0 and "hf:ORG/NAME" in r.output and "deconvviz[transformers]" in r.output
+
+
+@pytest.mark.parametrize("command", [["layers"], ["visualize", "--layer", "vit.layers.1", "--out", "x.png"]])
+def test_a_vit_at_another_size_than_its_config_is_one_line_about_size(run, cwd, command):
+    """transformers' ViT raises ValueError on an input of another size than config.image_size: --size, one line."""
+    r = run(*command, "--model", SPECS["vit"], "--weights", "random", "--size", 64)
+    assert r.exit_code == 2 and "--size" in r.output and "cannot run on a 64x64 input" in r.output, r.output
+    assert "Traceback" not in r.output and not (cwd / "x.png").exists()

@@ -216,12 +216,11 @@ def _random(hf: HFSpec) -> tuple[nn.Module, str]:
     return _auto(config, kernel, lambda auto: auto.from_config(config, **kernel))
 
 
-def load(text: str, choice: str, seed: int) -> tuple[nn.Module, object]:
-    """(module in eval mode, Weights) for `hf:text` with weights `choice`: auto (the hub's or the folder's
-    weights) or random (the config's model, transformers' initialization drawn with `seed`)."""
+def load(text: str, choice: str, seed: int) -> tuple[nn.Module, dict]:
+    """(module in eval mode, the fields of its weights.Weights) for `hf:text` with weights `choice`: auto (the
+    hub's or the folder's weights) or random (the config's model, transformers' initialization drawn with
+    `seed`)."""
     import torch
-
-    from .weights import Weights
 
     hf = parse_hf(text)
     if choice not in ("auto", "random"):
@@ -261,8 +260,9 @@ def load(text: str, choice: str, seed: int) -> tuple[nn.Module, object]:
     source = hf.source if hf.kind != "folder" else Path(hf.source).name
     desc = f"{hf.spec if hf.kind != 'folder' else 'hf:' + source} {how}, as {type(module).__name__} ({auto})"
     name = "hf-random" if choice == "random" else f"hf-{source}"
-    info = Weights(name, desc, pre, categories=cats, source=source if choice != "random" else None, details=details)
-    return module.eval(), info
+    kept = source if choice != "random" else None
+    info = {"name": name, "description": desc, "preprocess": pre, "categories": cats, "source": kept}
+    return module.eval(), info | {"details": details}
 
 
 def categories(config) -> tuple[str, ...] | None:

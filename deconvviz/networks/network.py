@@ -127,7 +127,8 @@ def load_network(
     elif arch.kind == "hf":  # the hub's, the folder's or random weights, with the image processor's preprocessing
         from .huggingface import load
 
-        module, info = load(arch.name, choice, seed)
+        module, fields = load(arch.name, choice, seed)
+        info = Weights(**fields)
     else:
         module, info = _load(arch, choice, seed)
     if verbose:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +176,14 @@ def _pretrained(auto, source: str, **kwargs):
     try:
         return auto.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError:
+        pass
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    hub.setLevel(logging.ERROR)  # its retries' warnings: the error that follows says it in one line
+    try:
         return auto.from_pretrained(source, **kwargs)
+    finally:
+        hub.setLevel(level)
 
 
 def _cannot(hf: HFSpec, e: Exception, what: str) -> str:

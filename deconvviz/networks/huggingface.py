@@ -198,7 +198,7 @@ def _cannot(hf: HFSpec, e: Exception, what: str) -> str:
     return f"cannot load {what} of 'hf:{hf.source}' {where} ({type(e).__name__}: {first}){fix}".replace("  ", " ")
 
 
-def _auto(config, kernel: dict, make) -> tuple[nn.Module, str]:
+def _auto(config, make) -> tuple[nn.Module, str]:
     """The first auto class (AUTO_CLASSES) that knows the config, and the module `make(auto class)` gives."""
     import transformers
 
@@ -221,7 +221,7 @@ def build(text: str) -> nn.Module:
 def _random(hf: HFSpec) -> tuple[nn.Module, str]:
     config = _config(hf)
     kernel = {_KERNEL: hf.overrides[_KERNEL]} if _KERNEL in hf.overrides else {}
-    return _auto(config, kernel, lambda auto: auto.from_config(config, **kernel))
+    return _auto(config, lambda auto: auto.from_config(config, **kernel))
 
 
 def load(text: str, choice: str, seed: int) -> tuple[nn.Module, dict]:
@@ -258,7 +258,7 @@ def load(text: str, choice: str, seed: int) -> tuple[nn.Module, dict]:
             except Exception as e:  # noqa: BLE001
                 raise WeightsError(_cannot(hf, e, "the weights"), about="weights") from None
 
-        module, auto = _auto(config, kernel, pretrained)
+        module, auto = _auto(config, pretrained)
         how = "from the hub or its cache" if hf.kind == "hub" else "from its folder"
     pre, details = preprocessing(hf, module.config)
     cats = categories(module.config)

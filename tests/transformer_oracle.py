@@ -6,8 +6,9 @@ fixed), its LayerNorms detach the standard deviation (std fixed), its squeeze-an
 (gate fixed), and its activations are autograd Functions with the rule's backward (oracle.HandRule). With
 fixed=False nothing is detached and the activations are exact: then the copy's gradient is the plain gradient,
 which checks the hand-written modules themselves. Covers torchvision's ViT (nn.MultiheadAttention), Swin and
-Swin V2 (shifted windows, relative position bias, cosine attention), MaxViT (block and grid attention), and
-timm's Attention (fused or not: the copy writes it out either way).
+Swin V2 (shifted windows, relative position bias, cosine attention), MaxViT (block and grid attention),
+timm's Attention (fused or not: the copy writes it out either way), and transformers' ViT attention (eager or
+SDPA) with its activation modules (GELUActivation, NewGELUActivation, ...).
 """
 
 from __future__ import annotations
@@ -131,6 +132,28 @@ class HandMaxViTAttention(Hand):
         return F.linear(out, m.merge.weight, m.merge.bias)
 
 
+class HandHFAttention(Hand):
+    """transformers' self-attention of ViT, DeiT, DINOv2 (q_proj, k_proj, v_proj, o_proj, no mask), written out
+    whichever kernel the model runs (eager or SDPA): softmax(q kᵀ scaling) v, heads joined, o_proj; returns
+    (output, None) as the module does."""
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        assert attention_mask is None
+        m = self.m
+        heads = (*hidden_states.shape[:-1], -1, m.head_dim)
+        q, k, v = (f(hidden_states).view(heads).transpose(1, 2) for f in (m.q_proj, m.k_proj, m.v_proj))
+        a = weights(q @ k.transpose(-2, -1) * m.scaling, self.fixed)
+        return m.o_proj((a @ v).transpose(1, 2).flatten(2)), None
+
+
+def hf_activation_types() -> tuple[type, ...]:
+    """transformers' activation modules whose forward is a formula (GELUActivation, NewGELUActivation, ...)."""
+    from transformers import activations
+
+    names = "GELUActivation GELUTanh NewGELUActivation FastGELUActivation QuickGELUActivation MishActivation"
+    return tuple(getattr(activations, n) for n in names.split() if hasattr(activations, n))
+
+
 class HandLayerNorm(Hand):
     """LayerNorm over the last dims, the standard deviation detached when fixed."""
 
@@ -164,7 +187,14 @@ def transformer_twin(
     fixed = rule != "gradient" if fixed is None else fixed
     attention = fixed if attention is None else attention
     attentions = (nn.MultiheadAttention, TimmAttention, ShiftedWindowAttention, RelativePositionalMultiHeadAttention)
+    hf_acts: tuple[type, ...] = ()
+    if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
+        from transformers.models.vit.modeling_vit import ViTAttention
+
+        attentions += (ViTAttention,)
+        hf_acts = hf_activation_types()
     hand = {
+        **dict.fromkeys(attentions[4:], HandHFAttention),
         nn.MultiheadAttention: HandMultiheadAttention,
         TimmAttention: HandTimmAttention,
         ShiftedWindowAttention: HandSwinAttention,
@@ -181,7 +211,7 @@ def transformer_twin(
                 swap(child)
             if kind is not None:
                 setattr(parent, name, hand[kind](child, attention if kind in attentions else fixed))
-            elif isinstance(child, ACTIVATION_TYPES):
+            elif isinstance(child, ACTIVATION_TYPES) or type(child) in hf_acts:
                 setattr(parent, name, HandAct(out_of_place(child), rule))
             else:
                 swap(child)
@@ -195,11 +225,12 @@ class _Reached(Exception):
 
 
 def layer_of(model: nn.Module, layer: str, x: Tensor) -> Tensor:
-    """The layer's output for x, with its graph (the forward ends there)."""
+    """The layer's output for x, with its graph (the forward ends there); a tuple's first element (transformers'
+    blocks return (hidden_states, attentions))."""
     got = []
 
     def hook(m, i, o):
-        got.append(o)
+        got.append(o[0] if isinstance(o, tuple) else o)
         raise _Reached
 
     handle = model.get_submodule(layer).register_forward_hook(hook)

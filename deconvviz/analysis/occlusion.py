@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.forward import apply, forward_chain
-from ..engine.hooks import evaluating, forward_hooks
+from ..engine.hooks import evaluating, forward_hooks, hidden_states
 from ..engine.layers import step_index
 from ..engine.model import ModelView, view_of
 from ..errors import ImageError, LayerError, OcclusionError, SelectionError
@@ -60,7 +60,7 @@ def default_size(side: int) -> int:
 def _reading(model: nn.Module, name: str) -> Iterator[list[Tensor]]:
     """Eval mode and a forward hook collecting the output of module `name`; both undone after the call."""
     got: list[Tensor] = []
-    keep = (dict(model.named_modules())[name], lambda m, i, o: got.append(o))
+    keep = (dict(model.named_modules())[name], lambda m, i, o: got.append(hidden_states(o)))  # a tuple: its first
     with forward_hooks([keep]), evaluating(model), torch.no_grad():
         yield got
 

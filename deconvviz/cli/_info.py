@@ -49,7 +49,7 @@ def layers(
 
 def models(debug: Debug = False) -> None:
     """The weights sets deconvviz knows (one model card each in models/, and yours in $DECONVVIZ_MODELS) and
-    which load offline here."""
+    which load offline here; and what Hugging Face models (hf:) need."""
     with _errors(debug):
         from ..networks.cards import load_cards
         from ..networks.weights import available_offline
@@ -64,3 +64,6 @@ def models(debug: Debug = False) -> None:
             typer.echo(
                 f"{card.name:<{name}} {card.architecture:<{model}} {classifier:<10} {offline:<12} {card.summary}"
             )
+        from ..networks.huggingface import models_line
+
+        typer.echo(models_line(), err=True)  # beside the table, which stays one card a line

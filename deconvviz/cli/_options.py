@@ -56,8 +56,10 @@ Model = Annotated[
     str | None,
     typer.Option(
         help="Network: vgg11 ... vgg19_bn, torchvision:NAME (or a bare torchvision name such as resnet50), "
-        "timm:NAME, package.module:factory or path/to/file.py:factory (returns an nn.Module). Default: the "
-        "architecture the --weights card names, else vgg16."
+        "timm:NAME, package.module:factory or path/to/file.py:factory (returns an nn.Module), or a Hugging Face "
+        "model: hf:ORG/NAME, hf:PATH (a save_pretrained folder) or hf:TYPE with --weights random, config "
+        "overrides as hf:vit:image_size=32,num_hidden_layers=2. Default: the architecture the --weights card names, "
+        "else vgg16."
     ),
 ]
 LayerOpt = Annotated[

@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import ImageError
 from ._probe import _ACTIVATIONS, _INPLACE, _MIXED_DIMS, Fields, _centres, _identity_, _probe, _structural_copy
-from .hooks import evaluating, forward_hooks
+from .hooks import evaluating, forward_hooks, hidden_states
 from .layout import Layout, layouts
 
 
@@ -76,6 +76,7 @@ def module_fields(
 
 def _keep_hull(name: str, seen: dict[str, list], layout: Layout):
     def keep(m, args, out):
+        out = hidden_states(out)  # a tuple's first tensor (Hugging Face's blocks), else the output
         ok = isinstance(out, Tensor) and out.requires_grad and layout.on_grid
         maps = layout.maps(out.detach()) if ok else None  # the hulls lie as the values do: tokens on their grid
         ok = ok and maps.dim() == 4

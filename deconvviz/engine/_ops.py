@@ -89,6 +89,42 @@ _ACTIVATIONS = (
 )
 
 
+# Activation modules whose forward is a formula of several ops (transformers.activations: GELU as erf or tanh
+# formulas, x sigmoid(1.702 x), x tanh(softplus(x)), ...): each call is one activation of the rules, by the
+# module's own function (its slope f'(x) by autograd through it), never its pieces (a tanh's rule inside a
+# product of the signal with itself). By class name and the package that defines it.
+ACTIVATION_MODULES = {
+    "transformers.activations": (
+        "GELUActivation GELUTanh NewGELUActivation FastGELUActivation QuickGELUActivation ClippedGELUActivation "
+        "AccurateGELUActivation MishActivation SiLUActivation LaplaceActivation ReLUSquaredActivation "
+        "SqrtSoftplusActivation XIELUActivation PytorchGELUTanh".split()
+    ),
+}
+
+
+def activation_module(module: nn.Module) -> bool:
+    """Whether `module` is one of ACTIVATION_MODULES (its class, not a subclass: one may change forward)."""
+    cls = type(module)
+    return cls.__name__ in ACTIVATION_MODULES.get(cls.__module__, ())
+
+
+def _module_call(t: Tensor, module: nn.Module) -> Tensor:
+    return module.forward(t)  # not module(t): its hooks (the one that made this call among them) ran already
+
+
+def module_activation(x: Tensor, module: nn.Module) -> Tensor:
+    """module(x) for an activation module (ACTIVATION_MODULES), as one call a torch function mode sees (the
+    rules' mode makes it one activation); the module itself where no mode runs."""
+    if torch.overrides.has_torch_function((x,)):
+        return torch.overrides.handle_torch_function(module_activation, (x,), x, module)
+    return module.forward(x)
+
+
+def module_activation_spec(module: nn.Module) -> Activation:
+    """The activation a module_activation call applies: smooth, f the module itself."""
+    return Activation(type(module).__name__, "smooth", _module_call)
+
+
 # Sigmoid-like gates: a product with one is a fixed gate, or (of its own input) the activation named here.
 _GATES = {f: "SiLU" for f in (torch.sigmoid, Tensor.sigmoid, F.sigmoid, torch.special.expit)} | {
     F.hardsigmoid: "Hardswish"

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import ImageError, LayerError, UnsupportedModelError
-from .hooks import evaluating, forward_hooks
+from .hooks import evaluating, forward_hooks, hidden_states
 from .layout import Layout
 
 
@@ -78,7 +78,7 @@ def _probe(model: nn.Module, name: str, input_size: tuple[int, int], channels: i
         channels = first.in_channels if first is not None else 3
     module = dict(model.named_modules())[name]
     got: list[Tensor] = []
-    keep = (module, lambda m, i, o: got.append(o) if isinstance(o, Tensor) else None)
+    keep = (module, lambda m, i, o: got.append(hidden_states(o)) if hidden_states(o) is not None else None)
     leaf = torch.ones(1, channels, h_in, w_in, dtype=torch.float64, device=_device(model), requires_grad=True)
     with forward_hooks([keep]):
         with evaluating(model), torch.random.fork_rng(), _Structural(), torch.enable_grad():

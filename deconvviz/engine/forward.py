@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ImageError, LayerError, out_of_memory
-from .hooks import forward_hooks
+from .hooks import forward_hooks, hidden_states
 from .layers import Step, in_channels, module_outputs, step_index
 from .layout import layout_of
 from .model import ModelView, view_of
@@ -141,6 +141,7 @@ def module_activations(model: nn.Module, x: Tensor, taps: dict[str, str], *, kee
 
     def keep(path: str):
         def hook(m, args, out):
+            out = hidden_states(out)  # a tuple's first tensor (Hugging Face's blocks), else the output
             kept[path] = out.detach().clone()  # later in-place steps (a residual's +=) must not change it
 
         return hook

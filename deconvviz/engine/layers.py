@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from torchvision.models import VGG, AlexNet
 
 from ..errors import ImageError, LayerError, unknown_name
-from .hooks import forward_hooks
+from .hooks import forward_hooks, hidden_states
 
 # Module types the explicit reverse pass mirrors exactly (exact types: a subclass may change forward).
 MIRRORED = (
@@ -194,7 +195,8 @@ def default_layer(model: nn.Module, steps: list[Step] | None) -> str:
         raise LayerError(f"{type(model).__name__} has no convolution; name a layer (see `deconvviz layers`)")
     if steps is not None:
         return convs[-1]
-    spatial = {r.name for r in module_outputs(model, (224, 224)) if len(r.shape) == 3 and r.shape[1] * r.shape[2] > 1}
+    runs = module_outputs(model, native_size(model))
+    spatial = {r.name for r in runs if len(r.shape) == 3 and r.shape[1] * r.shape[2] > 1}
     path, module = "", model
     while True:
         kids = [(f"{path}.{k}".lstrip("."), c) for k, c in module.named_children()]
@@ -207,30 +209,84 @@ def default_layer(model: nn.Module, steps: list[Step] | None) -> str:
             return path
 
 
+def native_size(model: nn.Module) -> tuple[int, int]:
+    """The input size to run a model at to learn its structure: the image size its config names (a Hugging Face
+    model's `config.image_size`, which a ViT requires), else 224x224."""
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return int(size[0]), int(size[1])
+    return 224, 224
+
+
 @dataclass(frozen=True)
 class ModuleOutput:
     """One module run in a forward pass: its path, the module, its output shape per image (() if not a
-    tensor) and how many times it ran (a projection needs a module that runs once)."""
+    tensor; a tuple's first tensor), how many times it ran (a projection needs a module that runs once) and the
+    (H, W) grid of tokens it was told it gets (`input_dimensions`, `height` and `width`: Hugging Face's Swin and
+    SegFormer blocks), None if none."""
 
     name: str
     module: nn.Module
     shape: tuple[int, ...]
     runs: int
+    grid: tuple[int, int] | None = None
+
+
+# Arguments by which a module is told the grid of its tokens (transformers' Swin, SegFormer, ...).
+_GRID_ARGS = (("input_dimensions",), ("height", "width"))
+
+
+def told_grid(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, int] | None:
+    """The (H, W) grid a call of `module` names in its arguments (`input_dimensions`, or `height` and `width`),
+    read by the names of its forward's parameters; None where it names none."""
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return None
+    for names in _GRID_ARGS:
+        values = [bound.get(n) for n in names]
+        if len(values) == 1 and isinstance(values[0], (tuple, list)):
+            values = list(values[0])
+        if len(values) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            return int(values[0]), int(values[1])
+    return None
 
 
 @contextlib.contextmanager
-def _recording_outputs(model: nn.Module) -> Iterator[dict[str, list]]:
-    """Forward hooks on every module that note its output shapes in the order forwards finish; always removed."""
+def _recording_outputs(model: nn.Module) -> Iterator[tuple[dict[str, list], dict[str, tuple]]]:
+    """Forward hooks on every module that note its output shapes (a tuple's first tensor) in the order forwards
+    finish, and the grids modules are told in their arguments (`told_grid`); always removed."""
     seen: dict[str, list] = {}
+    grids: dict[str, tuple] = {}
 
     def hook(name: str):
         def record(m, args, out):
+            out = hidden_states(out)
             seen.setdefault(name, []).append(tuple(out.shape[1:]) if isinstance(out, Tensor) else ())
 
         return record
 
-    with forward_hooks([(m, hook(n)) for n, m in model.named_modules()]):
-        yield seen
+    def told(name: str):
+        def record(m, args, kwargs):
+            if (grid := told_grid(m, args, kwargs)) is not None:
+                grids.setdefault(name, grid)
+
+        return record
+
+    named = list(model.named_modules())
+    told_modules = [(m, told(n)) for n, m in named if _names_grid(m)]
+    with forward_hooks([(m, hook(n)) for n, m in named], pre_kwargs=told_modules):
+        yield seen, grids
+
+
+def _names_grid(module: nn.Module) -> bool:
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return any(all(n in params for n in names) for names in _GRID_ARGS)
 
 
 def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None = None) -> list[ModuleOutput]:
@@ -245,11 +301,11 @@ def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None
     floats = [t.dtype for t in model.parameters() if t.is_floating_point()]  # a double or half model gets its own
     try:
         for i, c in enumerate(tries):
-            with _recording_outputs(twin) as seen, torch.no_grad():
+            with _recording_outputs(twin) as (seen, grids), torch.no_grad():
                 try:
                     twin(torch.zeros(1, c, *size, device="meta", dtype=floats[0] if floats else None))
                     break
-                except AssertionError as e:  # the model's own check of its input (a ViT's fixed image size)
+                except (AssertionError, ValueError) as e:  # the model's own check of its input (a ViT's size)
                     raise ImageError(
                         f"{type(model).__name__} cannot run on a {size[0]}x{size[1]} input ({e}); use an input "
                         "size it accepts",
@@ -262,7 +318,7 @@ def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None
         for m, mode in training.items():
             m.training = mode
     modules = dict(model.named_modules())
-    return [ModuleOutput(n, modules[n], s[0], len(s)) for n, s in seen.items()]
+    return [ModuleOutput(n, modules[n], s[0], len(s), grids.get(n)) for n, s in seen.items()]
 
 
 def _on_meta(model: nn.Module) -> bool:

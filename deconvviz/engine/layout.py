@@ -8,7 +8,9 @@ of a channels-last layer (Swin's blocks, ConvNeXt's MLPs) is out[..., c]. How th
   with the height, then the width, doubled (a model that runs at one input size only: see below);
 - tokens: the grid is the output grid of the patch embedding, the last convolution that runs before the layer,
   and the prefix is what the model declares (timm's num_prefix_tokens, cls_token, dist_token, reg_token;
-  torchvision's class_token), placed first as both libraries place them;
+  torchvision's class_token; transformers' embeddings.cls_token, distillation_token, register_tokens), placed
+  first as the libraries place them; a grid a model names in its blocks' arguments (transformers' Swin
+  `input_dimensions`, SegFormer's `height` and `width`) is the grid of the tokens it holds, with no prefix;
 - a model that runs at one input size only: a 3-d output is planes if its last two axes are a grid of some
   convolution or pool of the model and its first two are none, channels last the other way round.
 Anything else cannot be decided for sure and is refused in one line, never guessed.
@@ -138,12 +140,16 @@ def _layouts(model: nn.Module, size: tuple[int, int], channels: int | None) -> d
     taller, wider = (_shapes(model, s, channels) for s in ((2 * h, w), (h, 2 * w)))
     grids = _grids(runs)
     declared = _declared_prefix(model)
+    told: dict[tuple[int, int], str] = {}
+    for r in runs:
+        if r.grid is not None:
+            told.setdefault(r.grid, r.name)
     out = {}
     for i, r in enumerate(runs):
         if r.runs != 1 or not r.shape:
             continue
         if len(r.shape) == 2:
-            out[r.name] = _tokens(r, runs[:i], declared, taller)
+            out[r.name] = _told(r, told) or _tokens(r, runs[:i], declared, taller)
         elif len(r.shape) == 3:
             moved = [_moved(r.shape, other.get(r.name)) if other is not None else None for other in (taller, wider)]
             out[r.name] = _planes_or_last(r, moved, grids)
@@ -210,7 +216,30 @@ def _planes_or_last(r: ModuleOutput, moved: list, grids: set) -> Layout:
 
 def _declared_prefix(model: nn.Module) -> tuple[str, ...] | None:
     """The names of the prefix tokens the model declares, in the order timm and torchvision place them, or None
-    where it declares nothing about them."""
+    where it declares nothing about them; a model that declares none itself may hold an embedding that does, as
+    transformers' do (`_hf_prefix`)."""
+    own = _own_prefix(model)
+    if own is not None:
+        return own
+    return next((found for m in model.modules() if (found := _hf_prefix(m)) is not None), None)
+
+
+def _hf_prefix(module: nn.Module) -> tuple[str, ...] | None:
+    """The prefix tokens a transformers embedding declares, in the order its forward places them: `cls_token`,
+    then DeiT's `distillation_token` ([cls, dist, patches]), then Dinov2WithRegisters' `register_tokens`
+    (1, R, C) ([cls, reg0..reg(R-1), patches]); None where it holds no `cls_token`."""
+    if not isinstance(getattr(module, "cls_token", None), Tensor):
+        return None
+    names = ["cls"]
+    if isinstance(getattr(module, "distillation_token", None), Tensor):
+        names.append("dist")
+    reg = getattr(module, "register_tokens", None)
+    if isinstance(reg, Tensor):
+        names += [f"reg{i}" for i in range(reg.shape[1])]
+    return tuple(names)
+
+
+def _own_prefix(model: nn.Module) -> tuple[str, ...] | None:
     names: list[str] = []
     if isinstance(getattr(model, "class_token", None), Tensor) or isinstance(getattr(model, "cls_token", None), Tensor):
         names.append("cls")
@@ -223,6 +252,20 @@ def _declared_prefix(model: nn.Module) -> tuple[str, ...] | None:
     if isinstance(count, int):
         return tuple(names) if count == len(names) else tuple(f"prefix{i}" for i in range(count))
     return tuple(names) if names else None
+
+
+def _told(r: ModuleOutput, told: dict[tuple[int, int], str]) -> Layout | None:
+    """A 2-d output (T, C) on a grid the model names in its blocks' arguments (transformers' Swin and SegFormer:
+    `input_dimensions`, `height` and `width`): the module's own grid if it holds T tokens, else the one grid told
+    to any module that holds T; None where none or two do."""
+    t = r.shape[0]
+    if r.grid is not None and r.grid[0] * r.grid[1] == t:
+        return Layout(TOKENS, grid=r.grid, source=f"grid {r.grid[0]}x{r.grid[1]} named in its own arguments")
+    fits = [g for g in told if g[0] * g[1] == t]
+    if len(fits) != 1:
+        return None
+    (h, w), where = fits[0], told[fits[0]]
+    return Layout(TOKENS, grid=(h, w), source=f"grid {h}x{w} named in the arguments of '{where}'")
 
 
 def _tokens(r: ModuleOutput, before: list[ModuleOutput], declared: tuple[str, ...] | None, taller) -> Layout:

@@ -45,10 +45,13 @@ from ._ops import (
     _frozen_batch_norm,
     _gated_activation,
     _unpooled,
+    activation_module,
+    module_activation,
+    module_activation_spec,
 )
 from ._refusals import _depending, _no_rule, _signal_nodes, check_path
 from .forward import Switches, max_pool_with_indices, overlapping
-from .hooks import evaluating, forward_hooks
+from .hooks import evaluating, forward_hooks, hidden_states, with_hidden_states
 from .rules import RULES, Rule, get_rule
 
 
@@ -83,6 +86,8 @@ class _RectifyReLUs(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is module_activation:  # an activation module whose forward is a formula (transformers' GELUs)
+            return self._activate(module_activation_spec(args[1]), args, kwargs)
         if func in _ACTIVATIONS:
             out = self._activate(_ACTIVATIONS[func], args, kwargs)
             if func in _GATES or func in _GATES_INPLACE:
@@ -275,9 +280,10 @@ def recording(
         return hook
 
     def owner(name, m):
-        def hook(mod, args, out):
+        def hook(mod, args, whole):
             if stack and stack[-1] == name:
                 stack.pop()
+            out = hidden_states(whole)  # a tuple's first tensor (Hugging Face's blocks), else the output
             if isinstance(out, Tensor) and out.grad_fn is not None:
                 rec["owners"].setdefault(id(out.grad_fn), f"{name} ({type(mod).__name__})")
                 if args and out is args[0]:  # its input itself: identity, unless an in-place op of its own ran
@@ -303,7 +309,7 @@ def recording(
                 copy = out.clone()  # the model goes on with a copy: its in-place ops must not change ours
                 if kept or id(out) in copies:
                     copies[id(copy)] = (copies.pop(id(out), (len(rec["boundaries"]) - 1,))[0], copy)
-                return copy
+                return with_hidden_states(whole, copy)
             return None
 
         return hook
@@ -311,8 +317,18 @@ def recording(
     pre = [(m, enter(n)) for n, m in found.items()]
     if unpools:
         pre += [(m, pool_input(n)) for n, m in found.items() if isinstance(m, nn.MaxPool2d)]
-    with forward_hooks([(m, owner(n, m)) for n, m in found.items()], pre=pre):
+    # an activation module's output made again as one activation (module_activation), before anything reads it
+    activations = [(m, _as_activation) for m in found.values() if activation_module(m)]
+    with forward_hooks([*activations, *[(m, owner(n, m)) for n, m in found.items()]], pre=pre):
         yield rec
+
+
+def _as_activation(module: nn.Module, args: tuple, out):
+    """A forward hook: the output of an activation module (ACTIVATION_MODULES) computed again as one call of
+    module_activation, which the rules' mode gives the activation rule; its pieces' graph is left unused."""
+    if len(args) != 1 or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
+        return None
+    return module_activation(args[0], module)
 
 
 def _rng_state(device: torch.device) -> list[Tensor]:
@@ -352,7 +368,7 @@ def layer_output(
                 model(leaf.clone(memory_format=torch.channels_last) if channels_last else leaf.clone())
             except _LayerReached:
                 pass
-            except (RuntimeError, AssertionError) as e:  # AssertionError: the model's own input check (ViT)
+            except (RuntimeError, AssertionError, ValueError) as e:  # the model's own input check (ViT)
                 if out_of_memory(e):
                     raise
                 failed = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -374,7 +390,10 @@ def layer_output(
     if len(outs) != 1 or not isinstance(outs[0], Tensor):
         n = len(outs)
         why = f"runs {n} times in one forward" if n > 1 else "returns no tensor" if n else "is not called in forward"
-        raise LayerError(f"layer '{layer}' {why}; choose a module that runs once and returns a tensor")
+        raise LayerError(
+            f"layer '{layer}' {why}; choose a module that runs once and returns a tensor (or a tuple whose first "
+            "element is one)"
+        )
     out = outs[0]
     if out.grad_fn is None:
         raise LayerError(f"layer '{layer}' does not depend on the input; choose a layer on the path from the input")
@@ -450,7 +469,15 @@ def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
     leaf = x.detach().requires_grad_(True)
     mode = _RectifyReLUs(rule, leaf=leaf)
     with evaluating(model), recording(model, None, stack=mode.stack) as rec, mode, torch.enable_grad():
-        model(leaf.clone())
+        try:
+            model(leaf.clone())
+        except (AssertionError, ValueError) as e:  # the model's own check of its input size (a ViT's)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ImageError(
+                f"{type(model).__name__} cannot run on a {x.shape[-2]}x{x.shape[-1]} input ({first}); use an input "
+                "size it accepts",
+                about="size",
+            ) from None
     labels: dict[str, list[str]] = {}
     edges = set()  # (id(node), output number) of every tensor the signal passes, for the identities below
     for out in [t for t in tree_flatten(rec["outputs"])[0] if isinstance(t, Tensor) and t.grad_fn is not None]:

@@ -26,7 +26,7 @@ from ..images import DEFAULT_IMAGE, resize_crop_geometry
 from .boxes import Box, Point, point, region_box
 from .fields import receptive_field
 from .forward import forward_chain, output_shapes
-from .hooks import evaluating, forward_hooks
+from .hooks import evaluating, forward_hooks, hidden_states, with_hidden_states
 from .layers import receptive_fields, step_index
 from .layout import CHANNELS_LAST, TOKENS, Layout, layout_of
 from .model import ModelView, view_of
@@ -206,9 +206,10 @@ def _watching(model: nn.Module, name: str) -> Iterator[list[Tensor]]:
     leave the recorded tensor (and its gradient) alone; both undone after the call."""
     got: list[Tensor] = []
 
-    def hook(m, i, o):
-        got.append(o)
-        return o.clone() if isinstance(o, Tensor) else o
+    def hook(m, i, whole):
+        o = hidden_states(whole)  # a tuple's first tensor (Hugging Face's blocks), else the output
+        got.append(o if o is not None else whole)
+        return with_hidden_states(whole, o.clone()) if o is not None else whole
 
     with forward_hooks([(dict(model.named_modules())[name], hook)]), evaluating(model), torch.enable_grad():
         yield got

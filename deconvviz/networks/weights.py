@@ -55,6 +55,7 @@ class Weights:
     categories: tuple[str, ...] | None
     source: str | None  # where the weights come from: the card's source, or a state dict's file name
     sha256: str | None = None  # of the weights file (a prefix where that is all the card knows); None: random
+    details: dict | None = None  # more that provenance records (a Hugging Face model's image processor, ...)
 
 
 def weight_choices() -> tuple[str, ...]:

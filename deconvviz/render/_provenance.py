@@ -74,12 +74,15 @@ def _target_record(target: dict) -> dict:
 
 
 def _weights_record(weights: Weights) -> dict:
-    return {
+    rec = {
         "name": weights.name,
         "source": weights.source,
         "sha256": weights.sha256,
         "preprocess": weights.preprocess.name,
     }
+    if weights.details:  # a Hugging Face model: its image processor's settings, model class, categories' source
+        rec |= weights.details | {"categories": list(weights.categories) if weights.categories else None}
+    return rec
 
 
 def _shown_path(text: str) -> str:
@@ -94,6 +97,9 @@ def _network_record(net: Network) -> dict:
     """Network.record() with the files it names (a factory file, a state dict or card) as _shown_path shows them."""
     where, colon, attr = net.spec.rpartition(":")
     spec = f"{_shown_path(where)}:{attr}" if where.endswith(".py") else net.spec
+    if net.spec.startswith("hf:"):  # a save_pretrained folder by its path inside the working folder, else its name
+        source, colon, overrides = net.spec[3:].partition(":")
+        spec = f"hf:{_shown_path(source)}{colon}{overrides}"
     weights = _shown_path(net.weights_choice) if Path(net.weights_choice).suffix in (".pt", ".pth", ".toml") else None
     return net.record() | {"spec": spec, "weights": weights or net.weights_choice}
 

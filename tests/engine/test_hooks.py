@@ -90,3 +90,50 @@ def test_no_hook_stays_after_a_call_that_fails():
     with pytest.raises(ImageError):
         deconvviz.Deconvnet(model).project(x, "conv2", channels=[0])
     assert hooks_left(model) == [] and model.training
+
+
+class Pair(nn.Module):
+    """A block returning (hidden states, a second tensor), as transformers' blocks do; the rest of the forward uses
+    both, and writes into the first in place (so a hook must hand it on as a copy, in its place)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return y, y.mean((2, 3))
+
+
+class PairNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block, self.head = Pair(), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        h, pooled = self.block(x)
+        h += pooled[:, :, None, None]
+        return self.head(h)
+
+
+def test_a_tuple_result_is_read_by_its_first_tensor_in_every_recorder():
+    """The layer's maps are the tuple's first tensor: the gradient rule's projection is plain autograd of it, the
+    activations, shapes and occlusion read it, and the model's own forward still gets the whole tuple."""
+    from deconvviz.engine.hooks import hidden_states, with_hidden_states
+
+    torch.manual_seed(0)
+    model = PairNet().double().eval()
+    x = torch.randn(1, 3, 9, 9, dtype=torch.double)
+    xs = x.clone().requires_grad_(True)
+    first = model.block(xs)[0]
+    seed = torch.zeros_like(first)
+    seed[0, 2] = first[0, 2].detach()
+    want = torch.autograd.grad(first, xs, seed)[0]
+    out = deconvviz.Deconvnet(model, rule="gradient").project(x, "block", channels=[2], mode="map")
+    assert torch.allclose(out.images[0, 0], want[0], atol=1e-12)
+    assert torch.equal(module_activations(model, x, {"b": "block"})["b"], first.detach())
+    assert next(r.shape for r in module_outputs(model, (9, 9)) if r.name == "block") == (4, 7, 7)
+    assert not hooks_left(model)
+    t, u = torch.zeros(2), torch.ones(2)
+    assert hidden_states((t, u)) is t and hidden_states([t]) is t and hidden_states((None, t)) is None
+    assert with_hidden_states((t, u), u)[0] is u and with_hidden_states((t, u), u)[1] is u

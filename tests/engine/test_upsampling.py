@@ -1,6 +1,7 @@
 """Networks that upsample: a decoder's own unpooling (fed its max-pools' switches), transposed convolutions,
 interpolation in every mode, pixel shuffles, pads, crops and skip concatenations, under every rule and both modes,
-against a hand oracle (a copy whose ReLUs are autograd Functions with the rule's backward) and captum."""
+against a hand oracle (a copy whose ReLUs are autograd Functions with the rule's backward) and captum; and their
+receptive fields against a brute-force field (the input pixels whose perturbation changes the activation)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from torch import Tensor, nn
 from transformer_oracle import layer_of
 
 import deconvviz
+from deconvviz.engine._hulls import module_fields
+from deconvviz.engine._probe import Fields, _centres
+from deconvviz.engine.fields import receptive_field
 from deconvviz.engine.rectified import rule_passes
+from deconvviz.engine.table import layer_table
+from deconvviz.engine.targets import region_mask
 from deconvviz.errors import UnsupportedModelError
 
 RULES = ("deconvnet", "guided", "gradient", "linear")
@@ -282,3 +288,70 @@ def test_layers_says_how_each_rule_passes_the_upsampling_operators():
     assert passes["r4"]["deconvnet"] == "ReLU rule"
     unet = {p.module: p.rules for p in rule_passes(UNet(), (16, 16))}
     assert unet["up"] == {"deconvnet": "linear", "guided": "linear", "gradient": "exact", "linear": "linear"}
+
+
+# ---- receptive fields, against a brute-force field ----
+
+
+def brute_fields(model: nn.Module, layer: str, size: tuple[int, int], inputs: int = 2) -> Fields:
+    """The input rows (columns) each row (column) of the layer depends on: those of the pixels whose perturbation,
+    by +-1000 in every channel, changes some activation of that row (column), over a few random inputs."""
+    h_in, w_in = size
+    rows = cols = None
+    for k in range(inputs):
+        x = torch.randn(1, 3, h_in, w_in, generator=torch.Generator().manual_seed(10 + k), dtype=torch.float64)
+        with torch.no_grad():
+            base = layer_of(model, layer, x)
+            for sign in (1.0, -1.0):
+                batch = x.repeat(h_in * w_in, 1, 1, 1)
+                batch.view(h_in * w_in, 3, -1)[torch.arange(h_in * w_in), :, torch.arange(h_in * w_in)] += sign * 1e3
+                out = torch.cat([layer_of(model, layer, b) for b in batch.split(64)])
+                changed = ((out - base).abs() > 1e-6 * (1 + base.abs())).any(1).view(h_in, w_in, *out.shape[-2:])
+                r, c = changed.any(3).any(1).T, changed.any(2).any(0).T  # (h, H_in), (w, W_in)
+                rows, cols = (r, c) if rows is None else (rows | r, cols | c)
+    spans = []
+    for hit, n in ((rows, h_in), (cols, w_in)):
+        first, last = hit.int().argmax(1), n - hit.flip(1).int().argmax(1)
+        spans.append(torch.stack([first.where(hit.any(1), 0), last.where(hit.any(1), 0)], 1))
+    return Fields(spans[0], spans[1], _centres(spans[0], h_in), _centres(spans[1], w_in))
+
+
+FIELD_CASES = [(name, "r2") for name in OPERATORS if "1d" not in name and "linear" != name[:6]] + [
+    ("SegNet", "r4"),
+    ("SegNet", "r5"),
+    ("UNet", "r4"),
+    ("UNet", "head"),
+    ("FCN", "up"),
+]
+
+
+@pytest.mark.parametrize(("name", "layer"), FIELD_CASES)
+def test_receptive_fields_through_upsampling_are_exact(name, layer):
+    nets = {"SegNet": SegNet, "UNet": UNet, "FCN": FCN}
+    model = _seeded(nets[name]() if name in nets else Around(OPERATORS[name]()))
+    size = (16, 16)
+    want = brute_fields(model, layer, size)
+    probe = receptive_field(model, layer, input_size=size)
+    hulls = module_fields(model, size)[layer]
+    for got in (probe, hulls):
+        assert torch.equal(got.rows, want.rows) and torch.equal(got.cols, want.cols), name
+    row = next(r for r in layer_table(model, size) if r.module == layer)
+    assert (row.rf, row.stride) == (("all", "-") if want.whole(size) else want.describe())  # `deconvviz layers`
+
+
+@pytest.mark.parametrize("net", [SegNet, UNet])
+def test_region_and_at_choose_positions_by_the_exact_fields(net):
+    model = _seeded(net())
+    size = (16, 16)
+    want = brute_fields(model, "r4", size)
+    for px, py in ((3.2, 11.3), (12.6, 4.3)):  # no ties between centres
+        got = region_mask(model, "r4", input_size=size, at=deconvviz.Point.pixels(px, py))
+        i, j = int((want.centre_rows - py).abs().argmin()), int((want.centre_cols - px).abs().argmin())
+        assert got.nonzero().tolist() == [[i, j]]
+        out = deconvviz.Deconvnet(model).project(_input(3), "r4", channels=[1], at=deconvviz.Point.pixels(px, py))
+        assert int(out.selections.positions[0, 0]) == i * len(want.centre_cols) + j
+    box = deconvviz.Box.pixels(4, 4, 12, 12)
+    inside = region_mask(model, "r4", input_size=size, region=box)
+    rows = (want.centre_rows >= 4) & (want.centre_rows < 12)
+    cols = (want.centre_cols >= 4) & (want.centre_cols < 12)
+    assert torch.equal(inside, rows[:, None] & cols[None, :])

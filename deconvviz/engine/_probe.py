@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from copy import deepcopy
 from dataclasses import dataclass
 
@@ -167,19 +168,39 @@ def _spans(hit: Tensor, limit: int) -> Tensor:
 def _centres(spans: Tensor, limit: int) -> Tensor:
     """Field centres unclipped by the image's edge. The fields' first rows lie on a line i * stride + a where the
     edge does not cut them (lo > 0), their ends on i * stride + b (hi < limit); a side cut everywhere is taken
-    from the other by the grid's mirror symmetry (the first field's start mirrors the last one's end)."""
+    from the other by the grid's mirror symmetry (the first field's start mirrors the last one's end). After an
+    upsampling the fields step unevenly (an unpooling by 2: neighbours share a field, steps 0, 4, 0, 4): stride,
+    a and b are then means over one period of the steps (medians of them, against a pad's or a crop's bends at
+    the edges), so that neighbours sharing a field lie on either side of its centre."""
     lo, hi = spans[:, 0].double(), spans[:, 1].double()
     n, i = len(lo), torch.arange(len(lo), dtype=torch.float64)
     low, high = lo > 0, hi < limit
-    steps = [d for ok, v in ((low, lo), (high, hi)) for d in (v[1:] - v[:-1])[ok[1:] & ok[:-1]].tolist()]
-    stride = float(torch.tensor(steps).median()) if steps else limit / n
-    a = float((lo - i * stride)[low].median()) if bool(low.any()) else None
-    b = float((hi - i * stride)[high].median()) if bool(high.any()) else None
+    runs = [(v[1:] - v[:-1])[ok[1:] & ok[:-1]] for ok, v in ((low, lo), (high, hi))]
+    period = max((_period(r) for r in runs), default=1)
+
+    def middle(t: Tensor) -> float:  # the median of the means over each period
+        return float((t.unfold(0, period, 1).mean(1) if len(t) >= period else t).median())
+
+    steps = [r for r in runs if len(r)]
+    stride = statistics.median(middle(r) for r in steps) if steps else limit / n
+    if stride == 0:  # no period found in an uneven grid: its mean step
+        stride = float(torch.cat(steps).mean())
+    a = middle((lo - i * stride)[low]) if bool(low.any()) else None
+    b = middle((hi - i * stride)[high]) if bool(high.any()) else None
     if a is None and b is None:
         return (limit / 2 + (i - (n - 1) / 2) * stride).float()
     a = limit - b - (n - 1) * stride if a is None else a
     b = limit - a - (n - 1) * stride if b is None else b
     return (i * stride + (a + b) / 2).float()
+
+
+def _period(steps: Tensor) -> int:
+    """The shortest period (up to 8) that three quarters of a sequence of steps between fields repeat with; 1
+    where none does (a regular grid has period 1)."""
+    for p in range(1, 9):
+        if len(steps) > p and float((steps[p:] == steps[:-p]).double().mean()) >= 0.75:
+            return p
+    return 1
 
 
 def _weights(w: Tensor, x: Tensor, fan_dims: tuple[int, ...]) -> Tensor:

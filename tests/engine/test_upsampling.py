@@ -339,19 +339,32 @@ def test_receptive_fields_through_upsampling_are_exact(name, layer):
     assert (row.rf, row.stride) == (("all", "-") if want.whole(size) else want.describe())  # `deconvviz layers`
 
 
-@pytest.mark.parametrize("net", [SegNet, UNet])
-def test_region_and_at_choose_positions_by_the_exact_fields(net):
+@pytest.mark.parametrize(("net", "layer"), [(SegNet, "r4"), (SegNet, "r5"), (UNet, "r4"), (UNet, "r5")])
+def test_region_and_at_choose_positions_by_the_exact_fields(net, layer):
+    """On a decoder's layers neighbours share a field (an unpooling by 2: steps 0, 4, 0, 4), yet a point chooses
+    a position whose exact field is centred on it, within one stride (input pixels per position), and a region
+    the positions centred inside it."""
     model = _seeded(net())
-    size = (16, 16)
-    want = brute_fields(model, "r4", size)
-    for px, py in ((3.2, 11.3), (12.6, 4.3)):  # no ties between centres
-        got = region_mask(model, "r4", input_size=size, at=deconvviz.Point.pixels(px, py))
-        i, j = int((want.centre_rows - py).abs().argmin()), int((want.centre_cols - px).abs().argmin())
-        assert got.nonzero().tolist() == [[i, j]]
-        out = deconvviz.Deconvnet(model).project(_input(3), "r4", channels=[1], at=deconvviz.Point.pixels(px, py))
-        assert int(out.selections.positions[0, 0]) == i * len(want.centre_cols) + j
-    box = deconvviz.Box.pixels(4, 4, 12, 12)
-    inside = region_mask(model, "r4", input_size=size, region=box)
-    rows = (want.centre_rows >= 4) & (want.centre_rows < 12)
-    cols = (want.centre_cols >= 4) & (want.centre_cols < 12)
-    assert torch.equal(inside, rows[:, None] & cols[None, :])
+    size = (32, 32)
+    want = brute_fields(model, layer, size, inputs=1)
+    mids = [s.double().mean(1) for s in (want.rows, want.cols)]  # exact field centres (interior ones unclipped)
+    stride = [size[0] / len(mids[0]), size[1] / len(mids[1])]
+    for px, py in ((11.3, 17.6), (19.8, 13.2)):
+        got = region_mask(model, layer, input_size=size, at=deconvviz.Point.pixels(px, py))
+        centre = (py + 0.5, px + 0.5)  # Point.pixels(x, y): the centre of that pixel
+        (i, j), near = got.nonzero()[0].tolist(), [(m - v).abs() for m, v in zip(mids, centre, strict=True)]
+        assert float(near[0][i]) <= float(near[0].min()) + stride[0] and float(near[0][i]) <= stride[0]
+        assert float(near[1][j]) <= float(near[1].min()) + stride[1] and float(near[1][j]) <= stride[1]
+        out = deconvviz.Deconvnet(model).project(_input(3, 32), layer, channels=[1], at=deconvviz.Point.pixels(px, py))
+        assert int(out.selections.positions[0, 0]) == i * len(mids[1]) + j
+    inside = region_mask(model, layer, input_size=size, region=deconvviz.Box.pixels(10, 8, 22, 20))
+    rows, cols = inside.any(1).nonzero()[:, 0], inside.any(0).nonzero()[:, 0]
+    for chosen, m, (a, b), s in ((rows, mids[0], (8, 20), stride[0]), (cols, mids[1], (10, 22), stride[1])):
+        assert bool(((m[chosen] >= a - s) & (m[chosen] <= b + s)).all())
+        assert abs(len(chosen) - (b - a) / s) <= 1
+
+
+def test_layers_gives_a_decoders_stride_in_input_pixels_per_position():
+    rows = {r.module: (r.rf, r.stride) for r in layer_table(_seeded(SegNet()), (32, 32))}
+    assert [rows[n][1] for n in ("r3", "u2", "r4", "u1", "r5", "head")] == ["4", "2", "2", "1", "1", "1"]
+    assert rows["u2"][0] == rows["r3"][0]  # an unpooling adds its window, which the pool's field holds already

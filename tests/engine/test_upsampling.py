@@ -368,3 +368,14 @@ def test_layers_gives_a_decoders_stride_in_input_pixels_per_position():
     rows = {r.module: (r.rf, r.stride) for r in layer_table(_seeded(SegNet()), (32, 32))}
     assert [rows[n][1] for n in ("r3", "u2", "r4", "u1", "r5", "head")] == ["4", "2", "2", "1", "1", "1"]
     assert rows["u2"][0] == rows["r3"][0]  # an unpooling adds its window, which the pool's field holds already
+
+
+def test_field_windows_give_the_full_planes_numbers_on_an_encoder_decoder():
+    """crop=True: each selection on the crop of its field (encoder layers) or, where the fields are not on a regular
+    grid (after an unpooling), the full plane; the same numbers either way."""
+    model, x = _seeded(SegNet()), _input(4, size=32)
+    for layer in ("r3", "r5"):
+        full = deconvviz.Deconvnet(model, crop=False).project(x, layer, top=3)
+        windows = deconvviz.Deconvnet(model, crop=True).project(x, layer, top=3)
+        assert torch.equal(windows.selections.channels, full.selections.channels)
+        assert rel_err(windows.images, full.images) <= 1e-9

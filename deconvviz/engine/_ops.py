@@ -159,7 +159,7 @@ _UPSAMPLING = set(
     "UpsampleBicubic2DAa UpsampleTrilinear3D".split()
 )
 _UNPOOLING = {"MaxUnpool2D", "MaxUnpool3D"}  # max_unpool1d runs as 2-d
-_LINEAR |= _UPSAMPLING | _UNPOOLING
+_LINEAR |= _UPSAMPLING | _UNPOOLING | {"Im2Col", "Col2Im"}  # F.unfold, F.fold: patches out, patches summed back
 
 
 _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only if one operand carries no signal

@@ -180,6 +180,9 @@ OPERATORS = {
     "pad replicate": lambda: Call(lambda m, x: F.pad(x, (2, 2, 1, 3), mode="replicate")),
     "pad circular": lambda: Call(lambda m, x: F.pad(x, (2, 1, 1, 2), mode="circular")),
     "conv padding_mode circular": lambda: nn.Conv2d(4, 4, 3, padding=2, padding_mode="circular"),
+    "fold (patches summed back)": lambda: Call(
+        lambda m, x: F.fold(F.unfold(x, 3, padding=1), x.shape[-2:], 3, padding=1)
+    ),
     "crop": lambda: Call(lambda m, x: x[:, :, 2:-1, 1:-3]),
     "skip concatenation": lambda: Call(_skip, nn.Conv2d(8, 4, 1)),
 }

@@ -3,8 +3,10 @@ which each position carries the hull of the input rows and columns it depends on
 (_probe.py) per module.
 
 On the signal, every operation `_Hulls` knows combines hulls by a max: a window's maximum over the hulls it
-covers, a sum's or product's elementwise union, a reduction's union over what it reduces, attention's union over
-the tokens. An operation it does not know gives NaN, and a module reached through one gets the probe's fields.
+covers (a transposed convolution's and an unpooling's: over the windows that cover a position; an interpolation's:
+over its kernel's support), a sum's or product's elementwise union, a reduction's union over what it reduces,
+attention's union over the tokens. An operation it does not know gives NaN, and a module reached through one gets
+the probe's fields.
 """
 
 from __future__ import annotations
@@ -19,7 +21,19 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import ImageError
-from ._probe import _ACTIVATIONS, _INPLACE, _MIXED_DIMS, Fields, _centres, _identity_, _probe, _structural_copy
+from ._probe import (
+    _ACTIVATIONS,
+    _INPLACE,
+    _MIXED_DIMS,
+    Fields,
+    _centres,
+    _identity_,
+    _nd,
+    _probe,
+    _spread,
+    _structural_copy,
+    interpolation_weights,
+)
 from .hooks import evaluating, forward_hooks, hidden_states
 from .layout import Layout, layouts
 
@@ -32,7 +46,7 @@ def module_fields(
     input rows and columns it depends on (see _Hulls), so a whole network costs about a max-pool per layer
     instead of a backward per module. Equal to the structural probe (receptive_field) wherever the forward
     uses operations _Hulls knows; a module reached through any other operation gets the probe's fields instead."""
-    copy = _structural_copy(model)
+    copy = _structural_copy(model).float()  # the hulls' own dtype, whatever the model's
     for p in copy.parameters():
         p.requires_grad_(False)  # below, requires_grad marks the signal: what depends on the input
     h_in, w_in = input_size
@@ -275,9 +289,44 @@ def _hull_pad(x, pad, mode="constant", value=None):
 
 
 def _hull_interpolate(x, size=None, scale_factor=None, mode="nearest", *args, **kwargs):
-    """Nearest neighbours move positions; any other interpolation mixes neighbours: unknown here."""
-    out = F.interpolate(x, size, scale_factor, mode, *args, **kwargs)
-    return out if mode in ("nearest", "nearest-exact") else _unknown(out)
+    """An interpolation in any mode: each output position the hull of the inputs its kernel's support covers
+    (nearest one, bilinear 2x2, bicubic 4x4, area and antialiasing their windows), axis by axis."""
+    kwargs = dict(zip(("align_corners", "recompute_scale_factor", "antialias"), args, strict=False)) | kwargs
+    shared = x.dim() == 4 and x.stride(1) == 0
+    out = x[:, :1] if shared else x
+    for d, w in enumerate(interpolation_weights(x, size, scale_factor, mode, **kwargs)):
+        taps = w != 0  # (out, in): a contiguous run of inputs per output
+        lo, hi = taps.int().argmax(1), taps.shape[1] - 1 - taps.flip(1).int().argmax(1)
+        at = (lo[:, None] + torch.arange(int((hi - lo).max()) + 1, device=lo.device)).minimum(hi[:, None])
+        moved = out.movedim(2 + d, -1)
+        out = moved[..., at].amax(-1).movedim(-1, 2 + d)
+    return out.expand(-1, x.shape[1], *out.shape[2:]) if shared else out
+
+
+def _hull_unpool(dims: int):
+    """max_unpool: each output the hull of every pooled position whose window covers it (any of them may have
+    had its maximum there; the probe's structural unpooling)."""
+
+    def unpool(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+        real = getattr(F, f"max_unpool{dims}d")(
+            x.detach(), indices, kernel_size, stride=stride, padding=padding, output_size=output_size
+        )
+        stride = kernel_size if stride is None else stride
+        return _spread(x, kernel_size, stride, 1, padding, tuple(real.shape[-dims:]), -math.inf, torch.maximum)
+
+    return unpool
+
+
+def _hull_conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """A transposed convolution: each output the hull of the inputs whose kernels reach it."""
+    k = weight.shape[-2:]
+    s, p, op, d = (_nd(v, 2) for v in (stride, padding, output_padding, dilation))
+    geometry = zip(x.shape[-2:], s, p, d, k, op, strict=True)
+    size = tuple((n - 1) * a - 2 * b + c * (kk - 1) + e + 1 for n, a, b, c, kk, e in geometry)
+    grouped = _channels_hull(x) if groups == 1 else x.unflatten(1, (groups, -1)).amax(2)
+    hull = _spread(grouped, k, s, d, p, size, -math.inf, torch.maximum)
+    channels = weight.shape[1] * groups
+    return hull.expand(-1, channels, -1, -1) if groups == 1 else hull.repeat_interleave(channels // groups, dim=1)
 
 
 def _unknown(t: Tensor) -> Tensor:
@@ -325,6 +374,9 @@ _HULLS = {
     F.conv2d: _hull_conv,
     F.linear: _hull_linear,
     F.max_pool2d: _hull_max_pool,
+    F.max_pool2d_with_indices: lambda *args, **kwargs: _hull_max_pool(*args, **(kwargs | {"return_indices": True})),
+    F.max_unpool2d: _hull_unpool(2),
+    F.conv_transpose2d: _hull_conv_transpose,
     F.avg_pool2d: _hull_avg_pool,
     F.adaptive_max_pool2d: _hull_adaptive,
     F.adaptive_avg_pool2d: _hull_adaptive,

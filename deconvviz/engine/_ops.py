@@ -176,17 +176,26 @@ _VIEWS = {
 _NORMS = {F.layer_norm: "layer", torch.layer_norm: "layer", F.group_norm: "group", torch.group_norm: "group"}
 
 
-# autograd nodes (names without "Backward<n>") that are linear in the signal or the max-pool switch rule.
+# autograd nodes (names without "Backward<n>") that are linear in the signal or the max-pool switch rule: autograd's
+# backward is their exact transpose. Interpolation in every mode, and a network's own unpooling, linear given the
+# switches its max-pool recorded (a gather there; rectified.py refuses indices from anywhere else).
 _LINEAR = set(
     "Convolution ConvolutionBackwardOverrideable Addmm Mm Bmm Mv Matmul Linear Mul Div Add Sub Neg Cat Stack "
     "View UnsafeView Reshape ReshapeAlias Permute Transpose T Expand Squeeze Unsqueeze Slice Select Split "
     "SplitWithSizes Unbind Clone Mean Sum AvgPool2D AvgPool3D AdaptiveAvgPool2D AdaptiveAvgPool3D "
     "MaxPool2DWithIndices MaxPool3DWithIndices AdaptiveMaxPool2D NativeBatchNorm CudnnBatchNorm "
-    "MiopenBatchNorm ConstantPadNd UpsampleNearest2D UpsampleBilinear2D Alias AsStrided ToCopy Index "
+    "MiopenBatchNorm ConstantPadNd Alias AsStrided ToCopy Index "
     "IndexSelect Flip Roll Repeat Narrow ReflectionPad1D ReflectionPad2D ReflectionPad3D ReplicationPad1D "
-    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle UpsampleBicubic2D _Activated _FixedStd "
+    "ReplicationPad2D ReplicationPad3D PixelShuffle PixelUnshuffle _Activated _FixedStd "
     "_FrozenBatchNorm _Unpooled _FixedAttention".split()
 )
+_UPSAMPLING = set(
+    "UpsampleNearest1D UpsampleNearest2D UpsampleNearest3D UpsampleNearestExact1D UpsampleNearestExact2D "
+    "UpsampleNearestExact3D UpsampleLinear1D UpsampleBilinear2D UpsampleBilinear2DAa UpsampleBicubic2D "
+    "UpsampleBicubic2DAa UpsampleTrilinear3D".split()
+)
+_UNPOOLING = {"MaxUnpool2D", "MaxUnpool3D"}  # max_unpool1d runs as 2-d
+_LINEAR |= _UPSAMPLING | _UNPOOLING | {"Im2Col", "Col2Im"}  # F.unfold, F.fold: patches out, patches summed back
 
 
 _PRODUCTS = {"Mul", "Div", "Mm", "Bmm", "Mv", "Matmul", "Addmm"}  # linear only if one operand carries no signal
@@ -345,6 +354,43 @@ _OTHER_MAX_POOLS = {
     torch.adaptive_max_pool1d,
     F.fractional_max_pool2d,
 }
+
+
+def _circular_pad(args: tuple, kwargs: dict) -> Tensor | None:
+    """F.pad(mode="circular") as slices and a concatenation, the same values: its own kernel's backward is a
+    CopySlices node, which cannot be told from an in-place op with no rule. None: another mode."""
+    names = ("input", "pad", "mode", "value")
+    given = dict(zip(names, args, strict=False)) | kwargs
+    x, pad = given["input"], list(given["pad"])
+    if given.get("mode", "constant") != "circular" or min(pad, default=0) < 0:
+        return None
+    for i in range(len(pad) // 2):
+        dim, left, right = x.dim() - 1 - i, pad[2 * i], pad[2 * i + 1]
+        wrapped = [x.narrow(dim, x.shape[dim] - left, left)] if left else []
+        x = torch.cat([*wrapped, x, *([x.narrow(dim, 0, right)] if right else [])], dim)
+    return x
+
+
+# Max-pools that return their switches (the indices of each maximum), and the unpoolings a network feeds them to.
+_POOLS_WITH_INDICES = {
+    F.max_pool1d_with_indices,
+    F.max_pool2d_with_indices,
+    F.max_pool3d_with_indices,
+    F.adaptive_max_pool1d_with_indices,
+    F.adaptive_max_pool2d_with_indices,
+    F.adaptive_max_pool3d_with_indices,
+    F.fractional_max_pool2d_with_indices,
+    F.fractional_max_pool3d_with_indices,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+}
+
+
+_UNPOOLS = {F.max_unpool1d, F.max_unpool2d, F.max_unpool3d}
 
 
 def _unpooled(func, args: tuple, kwargs: dict, how: str) -> Tensor:

@@ -1,8 +1,10 @@
 """The structural probe: the input box each position of a module depends on, for any network.
 
 The probe runs the model once on an input of ones with every dependency counted positively: convolutions
-and linear maps with equal positive weights (1 / fan-in, so values stay near 1), max-pools as mean-pools
-over the same windows (a max-pool depends on its whole window), elementwise activations as the identity,
+and linear maps (transposed convolutions too) with equal positive weights (1 / fan-in, so values stay near 1),
+max-pools as mean-pools over the same windows (a max-pool depends on its whole window), unpoolings spreading each
+position over its window (its maximum may have come from any tap of it), interpolations with the magnitudes of
+their own weights (bicubic's negative lobes included: the kernel's support), elementwise activations as the identity,
 normalizations as the signal plus its mean over what they normalize, subtractions as additions and factors
 that are not the signal as their magnitude. No contribution is then negative, so none cancels: the support
 of a position's gradient in the probe is exactly the set of input pixels it depends on (residual and
@@ -12,7 +14,9 @@ column of the module's feature maps.
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
 from copy import deepcopy
 from dataclasses import dataclass
 
@@ -164,14 +168,25 @@ def _spans(hit: Tensor, limit: int) -> Tensor:
 def _centres(spans: Tensor, limit: int) -> Tensor:
     """Field centres unclipped by the image's edge. The fields' first rows lie on a line i * stride + a where the
     edge does not cut them (lo > 0), their ends on i * stride + b (hi < limit); a side cut everywhere is taken
-    from the other by the grid's mirror symmetry (the first field's start mirrors the last one's end)."""
+    from the other by the grid's mirror symmetry (the first field's start mirrors the last one's end). After an
+    upsampling the fields step unevenly (an unpooling by 2: neighbours share a field, steps 0, 4, 0, 4): stride,
+    a and b are then means over one period of the steps (medians of them, against a pad's or a crop's bends at
+    the edges), so that neighbours sharing a field lie on either side of its centre."""
     lo, hi = spans[:, 0].double(), spans[:, 1].double()
     n, i = len(lo), torch.arange(len(lo), dtype=torch.float64)
     low, high = lo > 0, hi < limit
-    steps = [d for ok, v in ((low, lo), (high, hi)) for d in (v[1:] - v[:-1])[ok[1:] & ok[:-1]].tolist()]
-    stride = float(torch.tensor(steps).median()) if steps else limit / n
-    a = float((lo - i * stride)[low].median()) if bool(low.any()) else None
-    b = float((hi - i * stride)[high].median()) if bool(high.any()) else None
+    runs = [(v[1:] - v[:-1])[ok[1:] & ok[:-1]] for ok, v in ((low, lo), (high, hi))]
+    period = max((_period(r) for r in runs), default=1)
+
+    def middle(t: Tensor) -> float:  # the median of the means over each period
+        return float((t.unfold(0, period, 1).mean(1) if len(t) >= period else t).median())
+
+    steps = [r for r in runs if len(r)]
+    stride = statistics.median(middle(r) for r in steps) if steps else limit / n
+    if stride == 0:  # no period found in an uneven grid: its mean step
+        stride = float(torch.cat(steps).mean())
+    a = middle((lo - i * stride)[low]) if bool(low.any()) else None
+    b = middle((hi - i * stride)[high]) if bool(high.any()) else None
     if a is None and b is None:
         return (limit / 2 + (i - (n - 1) / 2) * stride).float()
     a = limit - b - (n - 1) * stride if a is None else a
@@ -179,28 +194,99 @@ def _centres(spans: Tensor, limit: int) -> Tensor:
     return (i * stride + (a + b) / 2).float()
 
 
+def _period(steps: Tensor) -> int:
+    """The shortest period (up to 8) that three quarters of a sequence of steps between fields repeat with; 1
+    where none does (a regular grid has period 1)."""
+    for p in range(1, 9):
+        if len(steps) > p and float((steps[p:] == steps[:-p]).double().mean()) >= 0.75:
+            return p
+    return 1
+
+
 def _weights(w: Tensor, x: Tensor, fan_dims: tuple[int, ...]) -> Tensor:
     fan = math.prod(w.shape[d] for d in fan_dims)
     return torch.full(w.shape, 1.0 / fan, dtype=x.dtype, device=x.device)
 
 
-def _conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    return F.conv2d(
-        x, _weights(weight, x, (1, 2, 3)), bias=None, stride=stride, padding=padding, dilation=dilation, groups=groups
-    )
+def _conv_nd(dims: int):
+    def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        w = _weights(weight, x, tuple(range(1, weight.dim())))
+        return getattr(F, f"conv{dims}d")(x, w, None, stride, padding, dilation, groups)
+
+    return conv
 
 
-def _conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    return F.conv_transpose2d(
-        x,
-        _weights(weight, x, (0, 2, 3)),
-        bias=None,
-        stride=stride,
-        padding=padding,
-        output_padding=output_padding,
-        groups=groups,
-        dilation=dilation,
-    )
+def _conv_transpose_nd(dims: int):
+    def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+        w = _weights(weight, x, (0, *range(2, weight.dim())))
+        return getattr(F, f"conv_transpose{dims}d")(x, w, None, stride, padding, output_padding, groups, dilation)
+
+    return conv_transpose
+
+
+def _nd(value, dims: int) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple, torch.Size)) else (value,) * dims
+
+
+def interpolation_weights(x: Tensor, size=None, scale_factor=None, mode="nearest", **kwargs) -> list[Tensor]:
+    """The (out, in) weights of an F.interpolate call along each spatial axis of x (every mode is separable: nearest,
+    nearest-exact, (bi/tri)linear, bicubic, area, antialiased), from the call itself on one-hot inputs: the same
+    size or scale factor along that axis, 1 along the others. float64; exactly 0 where an output ignores an input."""
+    dims, found = x.dim() - 2, []
+    for d in range(dims):
+        n = x.shape[2 + d]
+        # 4 positions, left as they are, along the other axes: torch's antialiased kernels mis-weight an axis of 1
+        one = [n if e == d else 4 for e in range(dims)]
+        sizes = None if size is None else [v if e == d else 4 for e, v in enumerate(_nd(size, dims))]
+        factors = (
+            None if scale_factor is None else [v if e == d else 1.0 for e, v in enumerate(_nd(scale_factor, dims))]
+        )
+        basis = torch.eye(n, dtype=torch.float64, device=x.device).reshape(
+            n, 1, *[n if e == d else 1 for e in range(dims)]
+        )
+        out = F.interpolate(basis.expand(n, 1, *one).contiguous(), sizes, factors, mode, **kwargs)
+        found.append(out[(slice(None), 0, *[slice(None) if e == d else 0 for e in range(dims)])].T)
+    return found
+
+
+def _interpolate(x, size=None, scale_factor=None, mode="nearest", *args, **kwargs):
+    """An interpolation with the magnitudes of its weights (bicubic's negative lobes included): each output
+    depends, positively, on exactly the inputs its kernel's support covers."""
+    kwargs = dict(zip(("align_corners", "recompute_scale_factor", "antialias"), args, strict=False)) | kwargs
+    out = x
+    for d, w in enumerate(interpolation_weights(x, size, scale_factor, mode, **kwargs)):
+        out = (out.movedim(2 + d, -1) @ w.abs().T.to(x.dtype)).movedim(-1, 2 + d)
+    return out
+
+
+def _spread(x: Tensor, kernel, stride, dilation, padding, size: tuple, fill: float, combine) -> Tensor:
+    """Each position of x (N, C, *spatial) to every tap of its window in an output of `size` (spatial): output
+    o gets x[i] wherever o = i * stride - padding + tap * dilation, combined by `combine` over the windows
+    that cover o (fill where none does). The structure of an unpooling and a transposed convolution."""
+    dims = len(size)
+    k, st, dl, pd = (_nd(v, dims) for v in (kernel, stride, dilation, padding))
+    n = x.shape[-dims:]
+    full = [(m - 1) * a + b * (kk - 1) + 1 for m, a, b, kk in zip(n, st, dl, k, strict=True)]
+    canvas = x.new_full((*x.shape[:-dims], *[max(f, p + o) for f, p, o in zip(full, pd, size, strict=True)]), fill)
+    for taps in itertools.product(*(range(kk) for kk in k)):
+        at = tuple(slice(t * b, t * b + (m - 1) * a + 1, a) for t, b, m, a in zip(taps, dl, n, st, strict=True))
+        canvas = canvas.clone()
+        canvas[(..., *at)] = combine(canvas[(..., *at)], x)
+    return canvas[(..., *(slice(p, p + o) for p, o in zip(pd, size, strict=True)))]
+
+
+def _unpool(dims: int):
+    """max_unpool (1-3d) as structure: a pooled position may have come from any tap of its window, so each output
+    depends on every window that covers it (whatever the switches of this input were)."""
+
+    def unpool(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+        real = getattr(F, f"max_unpool{dims}d")(
+            x.detach(), indices, kernel_size, stride=stride, padding=padding, output_size=output_size
+        )
+        stride = kernel_size if stride is None else stride
+        return _spread(x, kernel_size, stride, 1, padding, tuple(real.shape[-dims:]), 0.0, torch.add)
+
+    return unpool
 
 
 def _linear(x, weight, bias=None):
@@ -230,6 +316,33 @@ def _pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, r
     means = cols.unflatten(1, (-1, k[0] * k[1])).mean(2).unflatten(-1, grid)[..., :h, :w]
     out = means.reshape(*x.shape[:-2], h, w)
     return (out, real[1]) if return_indices else out
+
+
+def _pool_nd(dims: int):
+    """A 1-d or 3-d max-pool as the mean over its windows, like _pool: a depthwise convolution of ones."""
+
+    def pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+        k, p, d = (_nd(v, dims) for v in (kernel_size, padding, dilation))
+        s = _nd(stride, dims) if stride not in (None, []) else k
+        real = getattr(F, f"max_pool{dims}d")(x.detach(), k, s, p, d, ceil_mode=ceil_mode, return_indices=True)
+        batched = x if x.dim() == dims + 2 else x[None]
+        n = real[0].shape[-dims:]
+        need = [
+            (m - 1) * ss + dd * (kk - 1) + 1 - (z + 2 * pp)
+            for m, ss, dd, kk, z, pp in zip(n, s, d, k, x.shape[-dims:], p, strict=True)
+        ]
+        pads = [v for pp, e in zip(p[::-1], need[::-1], strict=True) for v in (pp, pp + max(e, 0))]
+        ones = batched.new_ones(batched.shape[1], 1, *k) / math.prod(k)
+        conv = getattr(F, f"conv{dims}d")
+        out = conv(F.pad(batched, pads), ones, stride=s, dilation=d, groups=batched.shape[1])
+        out = out[(..., *(slice(0, m) for m in n))].reshape(real[0].shape)
+        return (out, real[1]) if return_indices else out
+
+    return pool
+
+
+def _with_indices(pool):
+    return lambda *args, **kwargs: pool(*args, **(kwargs | {"return_indices": True}))
 
 
 def _adaptive_max(x, output_size, return_indices=False):
@@ -360,10 +473,15 @@ _MIXED_DIMS = {
 _REPLACED = {
     **dict.fromkeys(_ACTIVATIONS, _identity),
     **dict.fromkeys(_INPLACE, _identity_),
-    F.conv2d: _conv,
-    F.conv_transpose2d: _conv_transpose,
+    **{getattr(F, f"conv{d}d"): _conv_nd(d) for d in (1, 2, 3)},
+    **{getattr(F, f"conv_transpose{d}d"): _conv_transpose_nd(d) for d in (1, 2, 3)},
     F.linear: _linear,
     F.max_pool2d: _pool,
+    F.max_pool2d_with_indices: _with_indices(_pool),
+    **{getattr(F, f"max_pool{d}d"): _pool_nd(d) for d in (1, 3)},
+    **{getattr(F, f"max_pool{d}d_with_indices"): _with_indices(_pool_nd(d)) for d in (1, 3)},
+    **{getattr(F, f"max_unpool{d}d"): _unpool(d) for d in (1, 2, 3)},
+    F.interpolate: _interpolate,
     F.adaptive_max_pool2d: _adaptive_max,
     F.batch_norm: _batch_norm,
     F.scaled_dot_product_attention: _attention,

@@ -15,6 +15,7 @@ from . import attention
 from ._ops import (
     _LINEAR,
     _PRODUCTS,
+    _UNPOOLING,
 )
 from .rules import RULES, Rule
 
@@ -121,8 +122,9 @@ def _no_rule(node, op: str, feeding: list, signal, gated: dict, rule: str = "dec
         )
     if op not in _LINEAR and op != "AccumulateGrad":
         return op.lower(), (
-            f"{op} has no {rule} rule (only convolutions, linear maps, pools, BatchNorm, LayerNorm, "
-            "GroupNorm, sums, elementwise activations, gated products and attention)"
+            f"{op} has no {rule} rule (only convolutions and transposed ones, linear maps, pools, unpooling "
+            "with a max-pool's switches, interpolation, pads and crops, BatchNorm, LayerNorm, GroupNorm, sums, "
+            "elementwise activations, gated products and attention)"
         )
     if op == "Div" and len(node.next_functions) > 1 and signal(node.next_functions[1][0]):
         return "division by a signal", f"it divides by an input-dependent signal, which has no {rule} rule"
@@ -134,6 +136,11 @@ def _no_rule(node, op: str, feeding: list, signal, gated: dict, rule: str = "dec
         return "batch statistics", (
             "it normalizes with the batch's own statistics (BatchNorm without running "
             f"statistics, InstanceNorm), which has no {rule} rule"
+        )
+    if op in _UNPOOLING and id(node) in gated and any(signal(n) for n in gated[id(node)][1]):
+        return "unpooling at computed indices", (
+            "it unpools at indices computed from the input that are not the switches a max-pool of the network "
+            f"returned (return_indices=True), which has no {rule} rule"
         )
     if id(node) in gated and any(signal(n) for n in gated[id(node)][1]):
         return "data-dependent mask", (

@@ -35,12 +35,15 @@ from ._ops import (
     _MAX_POOLS,
     _NORMS,
     _OTHER_MAX_POOLS,
+    _POOLS_WITH_INDICES,
     _PRODUCT_FUNCS,
+    _UNPOOLS,
     _VIEWS,
     CONVENTIONS,
     Activation,
     _Activated,
     _call,
+    _circular_pad,
     _fixed_std,
     _frozen_batch_norm,
     _gated_activation,
@@ -80,6 +83,7 @@ class _RectifyReLUs(TorchFunctionMode):
         self.gated: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, source nodes)
         self.gates = WeakIdKeyDictionary()  # sigmoid-like output -> (activation it makes, its input or None, beta)
         self.scaled = WeakIdKeyDictionary()  # beta x -> (x, beta), for a gate g(beta x) of x
+        self.switches = WeakIdKeyDictionary()  # the indices a max-pool returned: an unpooling fed them is linear
         self.stack: list[str] = []
         self.places: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, module path)
         self.marks: dict[int, tuple] = {}  # id(grad_fn) -> (grad_fn, module path, convention)
@@ -102,6 +106,7 @@ class _RectifyReLUs(TorchFunctionMode):
         if self.unpool != "switches" and (func in _MAX_POOLS or func in _OTHER_MAX_POOLS) and torch.is_grad_enabled():
             return _unpooled(func, args, kwargs, self.unpool)
         out = _frozen_batch_norm(args, kwargs) if func is F.batch_norm and self.frozen_batch_norm else None
+        out = _circular_pad(args, kwargs) if func is F.pad else out
         out = func(*args, **kwargs) if out is None else out
         if func in _PRODUCT_FUNCS and func not in _INPLACE_PRODUCTS and not kwargs and len(args) == 2:
             scale = [a for a in args if isinstance(a, numbers.Real) and not isinstance(a, bool)]
@@ -110,8 +115,13 @@ class _RectifyReLUs(TorchFunctionMode):
                 self.scaled[out] = (tensor[0], float(scale[0]))
         if func in _VIEWS and args and isinstance(args[0], Tensor) and args[0] in self.gates:
             self.gates[out] = (None, None, 1.0)  # a reshaped gate: still a gate, no longer the activation of its input
+        if func in _POOLS_WITH_INDICES and isinstance(out, tuple):
+            self.switches[out[1]] = True
         if func not in _SHAPE_ONLY:
-            self._follow(tree_flatten((args, kwargs))[0], out)
+            inputs = tree_flatten((args, kwargs))[0]
+            if func in _UNPOOLS:  # the network's own switches are fixed, as a max-pool's are: linear given them
+                inputs = [t for t in inputs if not (isinstance(t, Tensor) and t in self.switches)]
+            self._follow(inputs, out)
         self._place(out)
         return out
 
@@ -437,7 +447,8 @@ def project_autograd(
 @dataclass(frozen=True)
 class Passage:
     """How each rule passes the signal through one module: rules maps a rule's name to "exact" (the gradient
-    rule), "no rule: <op>", a convention (CONVENTIONS), "ReLU rule", "switches" (max-pools), "linear",
+    rule), "no rule: <op>", a convention (CONVENTIONS), "ReLU rule", "switches" (max-pools, and unpoolings fed
+    their switches), "linear" (the exact transpose: convolutions, transposed ones, interpolation, pads, ...),
     "identity" (the module returns its input: DropPath and dropout in eval, nn.Identity), or "-" (the signal from
     the output does not pass the module)."""
 
@@ -492,7 +503,7 @@ def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
                 label = mode.marks[id(node)][2]
             elif op == "_Activated":
                 label = "ReLU rule"
-            elif op.startswith(("MaxPool", "AdaptiveMaxPool")):
+            elif op.startswith(("MaxPool", "AdaptiveMaxPool", "MaxUnpool")):
                 label = "switches"
             else:
                 label = "linear"

@@ -274,9 +274,20 @@ def test_arguments_are_checked_before_the_network_loads_and_nothing_is_created(r
         assert listing(tmp_path) == before, args  # no runs/ folder
 
 
-def test_a_factory_that_exits_is_one_line(run):
-    line = error_line(run("layers", "--model", "sys:exit"))
+def test_a_factory_that_exits_is_one_line(run, tmp_path):
+    (tmp_path / "quits.py").write_text("import sys\n\n\ndef build():\n    sys.exit(3)\n")
+    line = error_line(run("layers", "--model", f"{tmp_path / 'quits.py'}:build"))
     assert "the factory raised SystemExit" in line
+
+
+def test_a_builtin_is_no_factory_and_is_never_called():
+    """os:fork would fork: parent and child would each print a line. It is refused before the call: one line."""
+    r = subprocess.run(
+        [sys.executable, "-m", "deconvviz", "layers", "--model", "os:fork"], capture_output=True, text=True
+    )
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
+    assert "'fork' is a built-in function, not a Python function or class" in lines[0] and "--model" in lines[0]
 
 
 def test_top_is_capped_at_the_number_of_images(run, photos, tmp_path):

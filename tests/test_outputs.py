@@ -131,19 +131,58 @@ def test_provenance_never_lands_on_the_images_regions_file(run, tmp_path):
     r = run("visualize", photo, *small, "--out", f"{photo}.png")
     assert r.exit_code == 0, r.output
     assert json.loads(regions.read_text()) == {"head": [10, 10, 200, 200]}
-    prov = json.loads((tmp_path / "side.jpg.provenance.json").read_text())
+    prov = json.loads((tmp_path / "side.jpg.png.provenance.json").read_text())
     assert prov["figure"] == "side.jpg.png" and prov["command"] == "visualize"
     assert run("visualize", photo, *small, "--region", "head", "--out", f"{photo}.png").exit_code == 0  # again
 
-    mine = tmp_path / "notes.provenance.json"
+    mine = tmp_path / "notes.png.provenance.json"
     mine.write_text("my notes")
     before = listing(tmp_path)
     line = error_line(run("visualize", photo, *small, "--out", tmp_path / "notes.png"))
-    assert "was not written by deconvviz" in line and "--out" in line
+    assert "notes.png.provenance.json' exists and was not written by deconvviz" in line and "--out" in line
     (tmp_path / "unit.csv").write_text("my table")  # sanity writes NAME.csv beside its figure
     line = error_line(run("sanity", photo, *small[:-3], "--out", tmp_path / "unit.png"))
     assert "unit.csv' exists and was not written by deconvviz" in line
     assert listing(tmp_path) == {**before, "unit.csv": b"my table"}
+
+
+def test_each_format_of_a_figure_has_its_own_provenance(run, tmp_path, residual_factory):
+    """out.png, then out.pdf, then out.png again: all written, every file kept, each record naming its own file;
+    sanity's table (NAME.csv) is shared by its formats."""
+    small = ["--model", residual_factory, "--weights", "random", "--size", "32", "-q"]
+    for name in ("out.png", "out.pdf", "out.png"):
+        assert run("visualize", *small, "--top", "2", "--out", tmp_path / name).exit_code == 0, name
+    for name in ("unit.png", "unit.svg"):
+        assert run("sanity", *small, "--out", tmp_path / name).exit_code == 0, name
+    files = {k: v for k, v in listing(tmp_path).items() if not k.endswith(".py")}
+    formats = [("out", "png"), ("out", "pdf"), ("unit", "png"), ("unit", "svg")]
+    made = [f"{stem}.{ext}{tail}" for stem, ext in formats for tail in ("", ".provenance.json")]
+    assert sorted(files) == sorted([*made, "unit.csv"])
+    for stem, ext in formats:
+        prov = json.loads(files[f"{stem}.{ext}.provenance.json"])
+        assert prov["figure"] == f"{stem}.{ext}" and prov["command"] == {"out": "visualize", "unit": "sanity"}[stem]
+    assert files["out.pdf"].startswith(b"%PDF") and files["out.png"].startswith(b"\x89PNG")
+
+
+def test_an_old_named_record_is_still_deconvviz_own(run, tmp_path, residual_factory):
+    """A figure written by an earlier version has NAME.provenance.json beside it: a run over it is not refused,
+    replaces that record by NAME.EXT.provenance.json, and keeps the old record of another format."""
+    small = ["--model", residual_factory, "--weights", "random", "--size", "32", "-q"]
+    assert run("sanity", *small, "--out", tmp_path / "unit.png").exit_code == 0
+    (tmp_path / "unit.png.provenance.json").rename(tmp_path / "unit.provenance.json")  # as earlier versions named it
+    assert run("sanity", *small, "--out", tmp_path / "unit.pdf").exit_code == 0  # unit.csv: deconvviz's own
+    assert json.loads((tmp_path / "unit.provenance.json").read_text())["figure"] == "unit.png"  # still unit.png's
+    assert run("visualize", *small, "--top", "2", "--out", tmp_path / "unit.png").exit_code == 0
+    names = ("csv", "pdf", "pdf.provenance.json", "png", "png.provenance.json")
+    assert sorted(p.name for p in tmp_path.glob("unit*")) == [f"unit.{n}" for n in names]
+
+    (tmp_path / "notes.provenance.json").write_text("my notes")  # not deconvviz's: never touched
+    (tmp_path / "notes.csv").write_text("my table")
+    line = error_line(run("sanity", *small, "--out", tmp_path / "notes.png"))
+    assert "notes.csv' exists and was not written by deconvviz" in line
+    assert run("visualize", *small, "--top", "2", "--out", tmp_path / "notes.png").exit_code == 0
+    assert (tmp_path / "notes.provenance.json").read_text() == "my notes"
+    assert (tmp_path / "notes.csv").read_text() == "my table"
 
 
 def _scan_site(run, photos: Path, tmp_path: Path, layer: str) -> Path:

@@ -110,7 +110,7 @@ def test_make_figures_smoke_draws_every_figure_small(tmp_path):
     made = {p.stem for p in (tmp_path / "out").glob("*.png")}
     photos = {"scan-conv4_3-overview"} | {n for n in committed if n.startswith("site-")}  # need the photos
     assert made == committed - photos
-    assert all((tmp_path / "out" / f"{n}.provenance.json").is_file() for n in made)
+    assert all((tmp_path / "out" / f"{n}.png.provenance.json").is_file() for n in made)
     assert {p.name: p.stat().st_mtime_ns for p in (ROOT / "figures").iterdir()} == before
 
 

@@ -28,7 +28,7 @@ from ..engine.targets import find_region
 from ..errors import LayerError
 from ..images import DEFAULT_IMAGE, load_image, to_batch, to_display
 from ..networks.network import Network
-from ..outputs import check_beside, provenance_path
+from ..outputs import check_beside, forget_old_provenance, provenance_path
 from ._checks import check_layers as check_layers  # the CLI checks a request here before loading weights
 from ._checks import check_request as check_request
 from ._provenance import _network_record, _provenance, _selections, _target_record, _unit_provenance, _weights_record
@@ -280,15 +280,17 @@ def occlusion(
 def write(
     fig: Figure, provenance: dict, out: str | os.PathLike, *, dpi: int = 150, tables: dict[str, str] | None = None
 ) -> tuple[Path, ...]:
-    """Figure at `out`, its provenance JSON beside it (`NAME.provenance.json`), and any tables ({suffix: text},
-    e.g. {".csv": ...}) with the same name: all written, or none. A file beside it that deconvviz did not write
-    is never replaced (outputs.check_beside)."""
+    """Figure at `out`, its provenance JSON beside it (`NAME.EXT.provenance.json`: each format its own), and any
+    tables ({suffix: text}, e.g. {".csv": ...}) named after it (`NAME.csv`): all written, or none. A file beside
+    it that deconvviz did not write is never replaced (outputs.check_beside); this figure's old-named record
+    (`NAME.provenance.json`) is removed once the new one is in place."""
     out = Path(out)
     meta = provenance_path(out)
     extra = {out.with_suffix(suffix): body.encode() for suffix, body in (tables or {}).items()}
     check_beside(out, extra)
     text = json.dumps({**provenance, "figure": out.name}, indent=2, allow_nan=False) + "\n"
     save(fig, out, dpi=dpi, also={meta: text.encode()} | extra)
+    forget_old_provenance(out)
     return out, meta, *extra
 
 

@@ -132,9 +132,10 @@ def load_image(source: ImageSource, *, fit: int | None = None) -> Image.Image:
 
 
 def to_tensor(image: ImageSource, *, fit: int | None = None) -> Tensor:
-    """An image (anything load_image takes; fit: as there) to RGB float in [0, 1]. Returns (3, H, W)."""
-    a = np.asarray(load_image(image, fit=fit), dtype=np.float32) / 255.0
-    return torch.from_numpy(a).permute(2, 0, 1).contiguous()
+    """An image (anything load_image takes; fit: as there) to RGB float in [0, 1]. Returns (3, H, W).
+    One float copy: the bytes are laid out as planes first, then turned to float and scaled in place."""
+    planes = np.ascontiguousarray(np.asarray(load_image(image, fit=fit)).transpose(2, 0, 1))  # (3, H, W) uint8
+    return torch.from_numpy(planes).to(torch.float32).div_(255.0)
 
 
 def resize_crop_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:

@@ -115,6 +115,20 @@ def test_to_tensor():
     assert torch.allclose(t[:, 0, 0], torch.tensor([1.0, 0.0, 0.2]))
 
 
+def test_a_large_png_gives_the_batch_of_the_float_copy_it_no_longer_makes(tmp_path):
+    """3000x2000: read reduced (a whole factor), then one float copy laid out as planes; the batch is exactly the
+    one of the earlier code, which made the float copy pixels first and laid it out as planes after."""
+    from deconvviz.images import _resize_crop
+
+    path = tmp_path / "big.png"
+    Image.open(DEFAULT_IMAGE).convert("RGB").resize((3000, 2000)).save(path, compress_level=1)
+    x = to_batch(path, TORCHVISION, size=224)
+    a = np.asarray(load_image(path, fit=224), dtype=np.float32) / 255.0
+    assert a.shape == (2000 // 2, 3000 // 2, 3)  # 2000 // (4 * 224) = 2
+    want = TORCHVISION.to_input(_resize_crop(torch.from_numpy(a).permute(2, 0, 1).contiguous(), 224)[None])
+    assert torch.equal(x, want)
+
+
 def test_to_batch_shape_dtype_and_single_or_many(tmp_path):
     path = saved(Image.new("RGB", (50, 40), (9, 9, 9)), tmp_path / "a.png")
     x = to_batch(path, TORCHVISION, size=64)

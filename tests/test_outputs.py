@@ -362,6 +362,22 @@ def test_a_large_image_is_decoded_at_reduced_size_without_a_bomb_warning(tmp_pat
         assert abs(got - want).mean() < 3, name
 
 
+def test_a_figure_reads_a_large_image_as_to_batch_does(run, tmp_path):
+    """visualize reads a 3000x2000 PNG reduced, as scan and to_batch do (no full-size copy for its panels): its
+    recorded values are the API's on to_batch(path)."""
+    from deconvviz import Deconvnet, load_network
+
+    path = tmp_path / "big.png"
+    Image.open(DEFAULT_IMAGE).convert("RGB").resize((3000, 2000)).save(path, compress_level=1)
+    small = ["--model", "vgg11", "--weights", "random", "--size", "64", "--layer", "conv3_1", "--top", "3", "-q"]
+    assert run("visualize", path, *small, "--out", tmp_path / "v.png").exit_code == 0
+    rec = json.loads((tmp_path / "v.png.provenance.json").read_text())["layers"][0]
+    net = load_network("vgg11", "random", "cpu", verbose=False)
+    out = Deconvnet(net.module).project(to_batch(path, net.preprocess, 64), "conv3_1", top=3)
+    assert rec["channels"] == out.selections.channels[0].tolist()
+    assert rec["values"] == pytest.approx(out.selections.values[0].tolist(), rel=1e-6)
+
+
 def _decoded(path: Path) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

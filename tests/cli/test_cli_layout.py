@@ -36,9 +36,10 @@ def nets(tmp_path):
 
 
 def _tokens(spec: str, layer: str) -> torch.Tensor:
-    """The layer's raw output on the built-in photo at 32 px, from the same network the CLI builds (seed 0)."""
+    """The layer's raw output on the built-in photo at 32 px, from the same network the CLI builds (seed 0) and the
+    same input (the file read as to_batch reads it: at 32 px, 448 px is read reduced by 3)."""
     net = load_network(spec, "random", "cpu", verbose=False)
-    x = to_batch(load_image(DEFAULT_IMAGE), net.preprocess, 32)
+    x = to_batch(DEFAULT_IMAGE, net.preprocess, 32)
     got = []
     handle = dict(net.module.named_modules())[layer].register_forward_hook(lambda m, i, o: got.append(o))
     with torch.no_grad():

@@ -35,7 +35,7 @@ def _scaled_to_8bit(img: Image.Image) -> Image.Image:
     16-bit (how some readers store 16-bit data), larger by the image's max. F: clipped to [0, 1] when
     the max is at most 1, else divided by the max. Negative values become 0.
     """
-    a = np.asarray(img).astype(np.float64)
+    a = np.asarray(img)
     top = float(a.max()) if a.size else 0.0
     if img.mode.startswith("I;16"):
         full = 65535.0
@@ -43,8 +43,13 @@ def _scaled_to_8bit(img: Image.Image) -> Image.Image:
         full = 1.0 if top <= 1 else top
     else:
         full = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
-    a = np.rint(np.clip(a / full, 0, 1) * 255).astype(np.uint8)
-    return Image.fromarray(a, mode="L")
+    out = np.empty(a.shape, np.uint8)
+    for i in range(0, len(a), _BAND):  # a band of rows at a time: no float copy of a large image
+        out[i : i + _BAND] = np.rint(np.clip(a[i : i + _BAND].astype(np.float64) / full, 0, 1) * 255).astype(np.uint8)
+    return Image.fromarray(out, mode="L")
+
+
+_BAND = 512  # rows scaled at once by _scaled_to_8bit
 
 
 def _rgb(img: Image.Image) -> Image.Image:
@@ -83,8 +88,9 @@ def _reduced(img: Image.Image, fit: int | None) -> Image.Image:
         return img
     try:
         return img.reduce(factor)
-    except ValueError:  # a mode reduce does not take (palette, 1-bit): converted first
-        return _rgb(img).reduce(factor)
+    except ValueError:  # a mode reduce does not take (palette, 1-bit, 16-bit grey): converted first
+        eight_bit = _scaled_to_8bit(img) if img.mode.startswith("I;16") else _rgb(img)  # grey stays one channel
+        return eight_bit.reduce(factor)
 
 
 def load_image(source: ImageSource, *, fit: int | None = None) -> Image.Image:
@@ -132,9 +138,10 @@ def load_image(source: ImageSource, *, fit: int | None = None) -> Image.Image:
 
 
 def to_tensor(image: ImageSource, *, fit: int | None = None) -> Tensor:
-    """An image (anything load_image takes; fit: as there) to RGB float in [0, 1]. Returns (3, H, W)."""
-    a = np.asarray(load_image(image, fit=fit), dtype=np.float32) / 255.0
-    return torch.from_numpy(a).permute(2, 0, 1).contiguous()
+    """An image (anything load_image takes; fit: as there) to RGB float in [0, 1]. Returns (3, H, W).
+    One float copy: the bytes are laid out as planes first, then turned to float and scaled in place."""
+    planes = np.ascontiguousarray(np.asarray(load_image(image, fit=fit)).transpose(2, 0, 1))  # (3, H, W) uint8
+    return torch.from_numpy(planes).to(torch.float32).div_(255.0)
 
 
 def resize_crop_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:

@@ -184,36 +184,78 @@ def partial_name(path: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ provenance
 
 
+RECORD = ".provenance.json"  # the end of a figure's provenance file's name
+
+
 def provenance_path(figure: str | os.PathLike) -> Path:
-    """Where a figure's provenance goes: `NAME.provenance.json`, a name no input of deconvviz reads (an image's
-    regions are `IMAGE.json` beside it; `photo.jpg.png` would put `NAME.json` on them)."""
+    """Where a figure's provenance goes: `NAME.EXT.provenance.json`, one record per figure file (so `fig.png` and
+    `fig.pdf` sit side by side), a name no input of deconvviz reads (an image's regions are `IMAGE.json` beside
+    it: `photo.jpg.json`)."""
     figure = Path(figure)
-    return figure.with_name(f"{figure.stem}.provenance.json")
+    return figure.with_name(f"{figure.name}{RECORD}")
 
 
-def written_by_deconvviz(provenance: Path, figure: Path) -> bool:
-    """`provenance` is a provenance file deconvviz wrote for `figure` (a JSON object naming it)."""
+def old_provenance_path(figure: str | os.PathLike) -> Path:
+    """Where earlier versions put a figure's provenance: `NAME.provenance.json`, one per stem. Still read."""
+    figure = Path(figure)
+    return figure.with_name(f"{figure.stem}{RECORD}")
+
+
+def _figure_named(provenance: Path) -> str | None:
+    """The figure a provenance file deconvviz wrote names (a JSON object with `figure` and `command`), else None."""
     try:
         with open_regular(provenance) as f:
             data = json.loads(f.read(1 << 24))
     except (OSError, ValueError):
+        return None
+    ours = isinstance(data, dict) and isinstance(data.get("figure"), str) and "command" in data
+    return data["figure"] if ours else None
+
+
+def written_by_deconvviz(provenance: Path, figure: Path) -> bool:
+    """`provenance` is a provenance file deconvviz wrote for `figure` (a JSON object naming it)."""
+    return _figure_named(provenance) == Path(figure).name
+
+
+def _records_of_stem(figure: Path) -> bool:
+    """Some figure `NAME.*` beside `figure` has a provenance deconvviz wrote (new or old name): the tables beside
+    a figure (`NAME.csv`) are shared by its formats, so they are deconvviz's own when such a record is there."""
+    stem, folder = figure.stem, figure.parent
+    if not folder.is_dir():
         return False
-    return isinstance(data, dict) and data.get("figure") == figure.name and "command" in data
+    for entry in folder.iterdir():
+        if not (entry.name.startswith(f"{stem}.") and entry.name.endswith(RECORD)):
+            continue
+        shown = _figure_named(entry)
+        if shown is not None and Path(shown).stem == stem:
+            if entry in (provenance_path(folder / shown), old_provenance_path(folder / shown)):
+                return True
+    return False
 
 
 def check_beside(figure: str | os.PathLike, others: Iterable[Path]) -> None:
-    """The files written beside a figure (its provenance, tables) replace only files deconvviz wrote there: an
-    existing one is refused unless the provenance beside it is deconvviz's own for this figure."""
+    """The files written beside a figure (its provenance, tables) replace only files deconvviz wrote there: its
+    provenance only when that names this figure, a table (`NAME.csv`) only when some figure `NAME.*` beside it has
+    deconvviz's provenance (its formats share the table)."""
     figure = Path(figure)
     meta = provenance_path(figure)
-    ours = written_by_deconvviz(meta, figure)
-    for p in (meta, *others):
-        if (p.exists() or p.is_symlink()) and not ours:
-            raise DeconvvizError(
-                f"'{p}' exists and was not written by deconvviz for '{figure.name}'; it would be overwritten: "
-                "move it, or choose another output path",
-                about="out",
-            )
+    refused = [meta] if (meta.exists() or meta.is_symlink()) and not written_by_deconvviz(meta, figure) else []
+    taken = [p for p in others if p.exists() or p.is_symlink()]
+    refused += taken if taken and not _records_of_stem(figure) else []
+    if refused:
+        raise DeconvvizError(
+            f"'{refused[0]}' exists and was not written by deconvviz for '{figure.name}'; it would be overwritten: "
+            "move it, or choose another output path",
+            about="out",
+        )
+
+
+def forget_old_provenance(figure: str | os.PathLike) -> None:
+    """Remove the old-named record (`NAME.provenance.json`) of exactly this figure once its new one is written:
+    it describes the figure just replaced. A record of another format (`NAME.pdf`) or not deconvviz's stays."""
+    old = old_provenance_path(figure)
+    if old != provenance_path(figure) and written_by_deconvviz(old, Path(figure)):
+        old.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------- owned folders

@@ -4,6 +4,9 @@
 
 - a large PNG and JPEG (side x 0.45 side) read for a 224 input: to_batch (reduced decode) against a full
   decode followed by the same resize (what deconvviz did before);
+- `deconvviz visualize` on that PNG against the same command on the built-in photo: the peak over the
+  network's own (the difference) as a multiple of the decoded image (side x 0.45 side x 3 bytes); issue 24
+  asks for at most 2 (it was 12 at 20000 px: the whole image read twice, three 8-bit copies and float copies);
 - scan --top 100000 over five photos: the checkpoint's size (the top-k is sized to the images that exist).
 
 Nothing here is a test: the numbers depend on the machine. Run it after a change to images.py or scan.py.
@@ -35,6 +38,27 @@ print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+VISUALIZE = """
+import resource, runpy, sys
+sys.argv = ["deconvviz", "visualize", *sys.argv[1:]]
+try:
+    runpy.run_module("deconvviz", run_name="__main__")
+except SystemExit as e:
+    if e.code:
+        raise
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def visualize_peak_mib(image: Path, out: Path) -> float:
+    """Peak RSS of `deconvviz visualize IMAGE` (vgg11, random weights, 224 px) in a fresh process."""
+    args = [str(image), "--model", "vgg11", "--weights", "random", "--top", "2", "--device", "cpu", "-q"]
+    r = subprocess.run([sys.executable, "-c", VISUALIZE, *args, "--out", str(out)], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"visualize failed: {r.stderr.strip()}")
+    return int(r.stdout.split()[-1]) / 1024
+
+
 def peak_mib(args: list[str]) -> tuple[float, float]:
     r = subprocess.run([sys.executable, "-c", READ, *args], capture_output=True, text=True, check=True)
     before, after = map(int, r.stdout.split())
@@ -59,6 +83,13 @@ def main() -> None:
                 start, peak = peak_mib([str(path), how])
                 shape = f"{ext} {big.width}x{big.height} {how:>8}"
                 print(f"{shape}: peak {peak:8.0f} MiB ({peak - start:6.0f} over the start)")
+        small = visualize_peak_mib(DEFAULT_IMAGE, Path(tmp) / "small.png")
+        large = visualize_peak_mib(Path(tmp) / "big.png", Path(tmp) / "large.png")
+        decoded = big.width * big.height * 3 / 2**20
+        print(
+            f"visualize png {big.width}x{big.height} (decoded {decoded:.0f} MiB): peak {large:.0f} MiB, "
+            f"{small:.0f} MiB on the built-in photo; (peak - that) / decoded = {(large - small) / decoded:.2f}"
+        )
         photos = Path(tmp) / "photos"
         photos.mkdir()
         for i in range(5):

@@ -57,6 +57,31 @@ def test_scaled_modes_keep_relative_values(tmp_path):
     assert px(img, (30, 0)) == (255,) * 3 and px(img, (0, 0)) == (128,) * 3 and px(img, (0, 30)) == (0,) * 3
 
 
+@pytest.mark.parametrize("mode, top", [("I;16", 65535), ("I", 255), ("I", 4000), ("I", 100000), ("F", 1.0), ("F", 8.0)])
+def test_scaled_modes_are_scaled_a_band_at_a_time_as_in_one_piece(monkeypatch, mode, top):
+    """Bands of rows give exactly the whole array's v / full * 255, rounded (full: 65535, 255, the max...)."""
+    from deconvviz import images
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, top, (45, 13)).astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode])
+    img = Image.fromarray(a) if mode != "I;16" else Image.frombytes("I;16", (13, 45), a.tobytes())
+    high = float(a.max())
+    full = {"I;16": 65535.0, "F": 1.0 if high <= 1 else high}.get(mode)
+    full = full or (255.0 if high <= 255 else 65535.0 if high <= 65535 else high)
+    want = np.rint(np.clip(a.astype(np.float64) / full, 0, 1) * 255).astype(np.uint8)
+    monkeypatch.setattr(images, "_BAND", 4)
+    assert np.array_equal(np.asarray(images._scaled_to_8bit(img)), want)
+
+
+def test_a_large_16_bit_grey_png_is_reduced_as_grey(tmp_path):
+    a = (np.arange(600 * 400, dtype=np.uint32).reshape(400, 600) % 65536).astype(np.uint16)
+    path = tmp_path / "g16.png"
+    Image.frombytes("I;16", (600, 400), a.tobytes()).save(path)
+    reduced = load_image(path, fit=32)  # 400 // 128 = 3
+    whole = np.asarray(load_image(path).reduce(3))  # scaled to 8 bit, then to RGB, then reduced
+    assert reduced.mode == "RGB" and reduced.size == (200, 134) and np.array_equal(np.asarray(reduced), whole)
+
+
 def test_palette_with_and_without_transparency(tmp_path):
     p = Image.new("P", (40, 40), 1)
     p.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
@@ -113,6 +138,20 @@ def test_to_tensor():
     t = to_tensor(Image.new("RGB", (40, 33), (255, 0, 51)))
     assert t.shape == (3, 33, 40) and t.dtype == torch.float32
     assert torch.allclose(t[:, 0, 0], torch.tensor([1.0, 0.0, 0.2]))
+
+
+def test_a_large_png_gives_the_batch_of_the_float_copy_it_no_longer_makes(tmp_path):
+    """3000x2000: read reduced (a whole factor), then one float copy laid out as planes; the batch is exactly the
+    one of the earlier code, which made the float copy pixels first and laid it out as planes after."""
+    from deconvviz.images import _resize_crop
+
+    path = tmp_path / "big.png"
+    Image.open(DEFAULT_IMAGE).convert("RGB").resize((3000, 2000)).save(path, compress_level=1)
+    x = to_batch(path, TORCHVISION, size=224)
+    a = np.asarray(load_image(path, fit=224), dtype=np.float32) / 255.0
+    assert a.shape == (2000 // 2, 3000 // 2, 3)  # 2000 // (4 * 224) = 2
+    want = TORCHVISION.to_input(_resize_crop(torch.from_numpy(a).permute(2, 0, 1).contiguous(), 224)[None])
+    assert torch.equal(x, want)
 
 
 def test_to_batch_shape_dtype_and_single_or_many(tmp_path):

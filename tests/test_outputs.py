@@ -131,19 +131,58 @@ def test_provenance_never_lands_on_the_images_regions_file(run, tmp_path):
     r = run("visualize", photo, *small, "--out", f"{photo}.png")
     assert r.exit_code == 0, r.output
     assert json.loads(regions.read_text()) == {"head": [10, 10, 200, 200]}
-    prov = json.loads((tmp_path / "side.jpg.provenance.json").read_text())
+    prov = json.loads((tmp_path / "side.jpg.png.provenance.json").read_text())
     assert prov["figure"] == "side.jpg.png" and prov["command"] == "visualize"
     assert run("visualize", photo, *small, "--region", "head", "--out", f"{photo}.png").exit_code == 0  # again
 
-    mine = tmp_path / "notes.provenance.json"
+    mine = tmp_path / "notes.png.provenance.json"
     mine.write_text("my notes")
     before = listing(tmp_path)
     line = error_line(run("visualize", photo, *small, "--out", tmp_path / "notes.png"))
-    assert "was not written by deconvviz" in line and "--out" in line
+    assert "notes.png.provenance.json' exists and was not written by deconvviz" in line and "--out" in line
     (tmp_path / "unit.csv").write_text("my table")  # sanity writes NAME.csv beside its figure
     line = error_line(run("sanity", photo, *small[:-3], "--out", tmp_path / "unit.png"))
     assert "unit.csv' exists and was not written by deconvviz" in line
     assert listing(tmp_path) == {**before, "unit.csv": b"my table"}
+
+
+def test_each_format_of_a_figure_has_its_own_provenance(run, tmp_path, residual_factory):
+    """out.png, then out.pdf, then out.png again: all written, every file kept, each record naming its own file;
+    sanity's table (NAME.csv) is shared by its formats."""
+    small = ["--model", residual_factory, "--weights", "random", "--size", "32", "-q"]
+    for name in ("out.png", "out.pdf", "out.png"):
+        assert run("visualize", *small, "--top", "2", "--out", tmp_path / name).exit_code == 0, name
+    for name in ("unit.png", "unit.svg"):
+        assert run("sanity", *small, "--out", tmp_path / name).exit_code == 0, name
+    files = {k: v for k, v in listing(tmp_path).items() if not k.endswith(".py")}
+    formats = [("out", "png"), ("out", "pdf"), ("unit", "png"), ("unit", "svg")]
+    made = [f"{stem}.{ext}{tail}" for stem, ext in formats for tail in ("", ".provenance.json")]
+    assert sorted(files) == sorted([*made, "unit.csv"])
+    for stem, ext in formats:
+        prov = json.loads(files[f"{stem}.{ext}.provenance.json"])
+        assert prov["figure"] == f"{stem}.{ext}" and prov["command"] == {"out": "visualize", "unit": "sanity"}[stem]
+    assert files["out.pdf"].startswith(b"%PDF") and files["out.png"].startswith(b"\x89PNG")
+
+
+def test_an_old_named_record_is_still_deconvviz_own(run, tmp_path, residual_factory):
+    """A figure written by an earlier version has NAME.provenance.json beside it: a run over it is not refused,
+    replaces that record by NAME.EXT.provenance.json, and keeps the old record of another format."""
+    small = ["--model", residual_factory, "--weights", "random", "--size", "32", "-q"]
+    assert run("sanity", *small, "--out", tmp_path / "unit.png").exit_code == 0
+    (tmp_path / "unit.png.provenance.json").rename(tmp_path / "unit.provenance.json")  # as earlier versions named it
+    assert run("sanity", *small, "--out", tmp_path / "unit.pdf").exit_code == 0  # unit.csv: deconvviz's own
+    assert json.loads((tmp_path / "unit.provenance.json").read_text())["figure"] == "unit.png"  # still unit.png's
+    assert run("visualize", *small, "--top", "2", "--out", tmp_path / "unit.png").exit_code == 0
+    names = ("csv", "pdf", "pdf.provenance.json", "png", "png.provenance.json")
+    assert sorted(p.name for p in tmp_path.glob("unit*")) == [f"unit.{n}" for n in names]
+
+    (tmp_path / "notes.provenance.json").write_text("my notes")  # not deconvviz's: never touched
+    (tmp_path / "notes.csv").write_text("my table")
+    line = error_line(run("sanity", *small, "--out", tmp_path / "notes.png"))
+    assert "notes.csv' exists and was not written by deconvviz" in line
+    assert run("visualize", *small, "--top", "2", "--out", tmp_path / "notes.png").exit_code == 0
+    assert (tmp_path / "notes.provenance.json").read_text() == "my notes"
+    assert (tmp_path / "notes.csv").read_text() == "my table"
 
 
 def _scan_site(run, photos: Path, tmp_path: Path, layer: str) -> Path:
@@ -274,9 +313,20 @@ def test_arguments_are_checked_before_the_network_loads_and_nothing_is_created(r
         assert listing(tmp_path) == before, args  # no runs/ folder
 
 
-def test_a_factory_that_exits_is_one_line(run):
-    line = error_line(run("layers", "--model", "sys:exit"))
+def test_a_factory_that_exits_is_one_line(run, tmp_path):
+    (tmp_path / "quits.py").write_text("import sys\n\n\ndef build():\n    sys.exit(3)\n")
+    line = error_line(run("layers", "--model", f"{tmp_path / 'quits.py'}:build"))
     assert "the factory raised SystemExit" in line
+
+
+def test_a_builtin_is_no_factory_and_is_never_called():
+    """os:fork would fork: parent and child would each print a line. It is refused before the call: one line."""
+    r = subprocess.run(
+        [sys.executable, "-m", "deconvviz", "layers", "--model", "os:fork"], capture_output=True, text=True
+    )
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
+    assert "'fork' is a built-in function, not a Python function or class" in lines[0] and "--model" in lines[0]
 
 
 def test_top_is_capped_at_the_number_of_images(run, photos, tmp_path):
@@ -310,6 +360,22 @@ def test_a_large_image_is_decoded_at_reduced_size_without_a_bomb_warning(tmp_pat
         want = np.asarray(full.resize((85, 64), Image.Resampling.BICUBIC).crop((10, 0, 74, 64)), dtype=np.float32)
         got = IMAGENET_TORCHVISION.to_rgb(x[0]).permute(1, 2, 0).numpy() * 255
         assert abs(got - want).mean() < 3, name
+
+
+def test_a_figure_reads_a_large_image_as_to_batch_does(run, tmp_path):
+    """visualize reads a 3000x2000 PNG reduced, as scan and to_batch do (no full-size copy for its panels): its
+    recorded values are the API's on to_batch(path)."""
+    from deconvviz import Deconvnet, load_network
+
+    path = tmp_path / "big.png"
+    Image.open(DEFAULT_IMAGE).convert("RGB").resize((3000, 2000)).save(path, compress_level=1)
+    small = ["--model", "vgg11", "--weights", "random", "--size", "64", "--layer", "conv3_1", "--top", "3", "-q"]
+    assert run("visualize", path, *small, "--out", tmp_path / "v.png").exit_code == 0
+    rec = json.loads((tmp_path / "v.png.provenance.json").read_text())["layers"][0]
+    net = load_network("vgg11", "random", "cpu", verbose=False)
+    out = Deconvnet(net.module).project(to_batch(path, net.preprocess, 64), "conv3_1", top=3)
+    assert rec["channels"] == out.selections.channels[0].tolist()
+    assert rec["values"] == pytest.approx(out.selections.values[0].tolist(), rel=1e-6)
 
 
 def _decoded(path: Path) -> Image.Image:

@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,18 @@ def test_quick_start_has_two_commands_and_ci_runs_the_second():
     assert len(commands) == 2 and commands[1].endswith("bash scripts/test.sh")
     ci = (Path(__file__).parents[1] / ".ci" / "run").read_text().splitlines()
     assert [line for line in ci if line.startswith("python3 -m venv")] == [commands[1]] and ci[-1] == commands[1]
+
+
+def test_the_test_command_pins_torch_and_the_package_caps_nothing():
+    """The pins are the test environment's (a constraints file the test command uses), not every user's."""
+    root = Path(__file__).parents[1]
+    constraints = re.search(r" -c (\S+) ", _quick_start()[1]).group(1)
+    pins = dict(re.findall(r"^([a-z]+)==(\S+)$", (root / constraints).read_text(), re.M))
+    assert set(pins) >= {"torch", "torchvision"}
+    dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    bounds = {re.match(r"[A-Za-z0-9_.-]+", d).group(0): d for d in dependencies}
+    for name in ("torch", "torchvision"):
+        assert re.fullmatch(rf"{name}>=[0-9.]+", bounds[name]), bounds[name]  # a lower bound only
 
 
 FAKE = """#!/usr/bin/env bash

@@ -173,10 +173,11 @@ SiteOut = Annotated[
 
 def _figure_out(name: str, *, tables: bool = False):
     """--out of a command that writes a figure and its .provenance.json (tables: and a .csv); name: the default's."""
-    beside = "NAME.provenance.json (provenance and every number) and NAME.csv" if tables else "NAME.provenance.json"
+    record = "NAME.EXT.provenance.json"
+    beside = f"{record} (provenance and every number) and NAME.csv" if tables else record
     return Annotated[
         Path | None,
-        typer.Option(help=f"Figure file (.png .pdf .svg .jpg); {beside}. Default: {OUTPUTS / name}.png"),
+        typer.Option(help=f"Figure file (.png .pdf .svg .jpg); beside it {beside}. Default: {OUTPUTS / name}.png"),
     ]
 
 

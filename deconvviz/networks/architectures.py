@@ -9,9 +9,11 @@ A registered name (NAMED) builds its own architecture: adding one is one entry.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.util
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +144,42 @@ def _factory(target: str) -> Callable[[], object]:
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise WeightsError(f"model '{target}': {where} has no callable '{attr}'; give module:factory", about="model")
+    refused = _not_python_code(factory)
+    if refused:
+        raise WeightsError(
+            f"model '{target}': '{attr}' is {refused}, not a Python function or class; give module:factory "
+            "naming a function or an nn.Module class that returns the model",
+            about="model",
+        )
     return factory
+
+
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: not a static C type (int, OrderedDict)
+
+
+def _python_class(cls: type) -> bool:
+    """An nn.Module subclass, or a class whose own or inherited methods include Python code (a C extension's
+    heap types, such as operator.itemgetter, hold none)."""
+    if not cls.__flags__ & _HEAP_TYPE:
+        return False
+    code = (types.FunctionType, classmethod, staticmethod, property)
+    return issubclass(cls, nn.Module) or any(isinstance(v, code) for k in cls.__mro__ for v in vars(k).values())
+
+
+def _not_python_code(factory: object) -> str | None:
+    """What `factory` is when it is not a Python function, a Python class (an nn.Module subclass, usually), or a
+    functools.partial or bound method of one (os:fork, os:getpid, builtins:print are refused before a call)."""
+    if isinstance(factory, functools.partial):
+        return _not_python_code(factory.func)
+    if isinstance(factory, types.MethodType):
+        return _not_python_code(factory.__func__)
+    if isinstance(factory, types.FunctionType):
+        return None
+    if isinstance(factory, type):
+        return None if _python_class(factory) else f"a class built in C ({factory.__name__})"
+    if isinstance(factory, types.BuiltinFunctionType | types.BuiltinMethodType):
+        return "a built-in function"
+    return f"a {type(factory).__name__} object"
 
 
 def _from_factory(target: str) -> nn.Module:

@@ -34,7 +34,7 @@ def check_request(
     name: what the messages call the network (e.g. "vgg16 with weights vgg16-caffe")."""
     r, size, view = request, request.size or 224, view_of(model)
     check_size(size)
-    load_image(r.image if r.image is not None else DEFAULT_IMAGE)
+    load_image(r.image if r.image is not None else DEFAULT_IMAGE, fit=r.size)  # read as to_batch reads it
     channels = None if isinstance(r.channels, str) else r.channels
     layers = list(r.layers) if r.layers is not None else [view.default_layer()]
     check_choice(region=r.region, at=r.at, exclude=r.exclude, cls=r.cls if class_chooses else None, channels=channels)

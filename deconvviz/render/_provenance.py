@@ -1,4 +1,4 @@
-"""What a figure's provenance records (NAME.provenance.json beside it): the command, versions, the image by its
+"""What a figure's provenance records (NAME.EXT.provenance.json beside it): the command, versions, the image by its
 name and checksum, the network as its spec rebuilds it, the weights, and what chose each layer's selections. It
 names no path of the machine that made it: a file inside the working folder by its relative path, else its name.
 """

@@ -26,9 +26,9 @@ from ..engine.reverse import UNPOOLS, Stage
 from ..engine.rules import RULES
 from ..engine.targets import find_region
 from ..errors import LayerError
-from ..images import DEFAULT_IMAGE, load_image, to_batch, to_display
+from ..images import DEFAULT_IMAGE, to_batch, to_display
 from ..networks.network import Network
-from ..outputs import check_beside, provenance_path
+from ..outputs import check_beside, forget_old_provenance, provenance_path
 from ._checks import check_layers as check_layers  # the CLI checks a request here before loading weights
 from ._checks import check_request as check_request
 from ._provenance import _network_record, _provenance, _selections, _target_record, _unit_provenance, _weights_record
@@ -108,7 +108,7 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     if not layers:
         raise LayerError("no layers given; name one or more, e.g. conv1_2,conv3_3,conv5_3")
     dn = Deconvnet(net.view, rule=rule, unpool=request.unpool)
-    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
+    x = to_batch(image if image is not None else DEFAULT_IMAGE, weights.preprocess, size, device=dn.device)
     rows, records = [], []
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
     for layer in layers:
@@ -159,7 +159,7 @@ def reconstruct(
         region, exclude, mode = BUILT_IN["region"], BUILT_IN["exclude"], mode or BUILT_IN["mode"]
     mode = mode or "max"
     dn = Deconvnet(net.view, rule=rule, unpool=request.unpool)
-    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
+    x = to_batch(image if image is not None else DEFAULT_IMAGE, weights.preprocess, size, device=dn.device)
     if channels == "all":
         channels = range(layer_shape(dn.view, layer, size=x.shape[-1])[0])
     if progress:
@@ -209,9 +209,7 @@ def occlusion(
     region, at, exclude = request.region, request.at, request.exclude
     layer = layer or net.view.default_layer()
     dn = Deconvnet(net.view, rule=rule)
-    x = to_batch(
-        load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, image_size, device=dn.device
-    )
+    x = to_batch(image if image is not None else DEFAULT_IMAGE, weights.preprocess, image_size, device=dn.device)
     if progress:
         progress(f"projecting {layer}")
     target = _target(x, image=image, size=image_size, region=region, at=at, exclude=exclude)
@@ -280,15 +278,17 @@ def occlusion(
 def write(
     fig: Figure, provenance: dict, out: str | os.PathLike, *, dpi: int = 150, tables: dict[str, str] | None = None
 ) -> tuple[Path, ...]:
-    """Figure at `out`, its provenance JSON beside it (`NAME.provenance.json`), and any tables ({suffix: text},
-    e.g. {".csv": ...}) with the same name: all written, or none. A file beside it that deconvviz did not write
-    is never replaced (outputs.check_beside)."""
+    """Figure at `out`, its provenance JSON beside it (`NAME.EXT.provenance.json`: each format its own), and any
+    tables ({suffix: text}, e.g. {".csv": ...}) named after it (`NAME.csv`): all written, or none. A file beside
+    it that deconvviz did not write is never replaced (outputs.check_beside); this figure's old-named record
+    (`NAME.provenance.json`) is removed once the new one is in place."""
     out = Path(out)
     meta = provenance_path(out)
     extra = {out.with_suffix(suffix): body.encode() for suffix, body in (tables or {}).items()}
     check_beside(out, extra)
     text = json.dumps({**provenance, "figure": out.name}, indent=2, allow_nan=False) + "\n"
     save(fig, out, dpi=dpi, also={meta: text.encode()} | extra)
+    forget_old_provenance(out)
     return out, meta, *extra
 
 
@@ -301,7 +301,7 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     region, at, exclude = request.region, request.at, request.exclude
     layer = layer or net.view.default_layer()
     dn = Deconvnet(net.view, unpool=request.unpool)
-    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
+    x = to_batch(image if image is not None else DEFAULT_IMAGE, weights.preprocess, size, device=dn.device)
     target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
     outs, chosen = {}, {"channels": channels, "top": top, **target}
     for rule in (RULES[r] for r in COMPARED):
@@ -349,7 +349,7 @@ def sanity(
     size = request.size
     layer = layer or net.view.default_layer()
     device = Deconvnet(net.view).device
-    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
+    x = to_batch(image if image is not None else DEFAULT_IMAGE, weights.preprocess, size, device=device)
     rep = sanity_report(net.view, x, layer, channel=channel, rules=rules, seed=seed, progress=progress)
     labels = [layer_label(net.view, n) for n in rep.randomized]
     titles = {r: RULES[r].title for r in rep.rules}
@@ -401,7 +401,7 @@ def ablate(
     weights, model_name, image, size = net.weights, net.name, request.image, request.size
     layer = request.layer or ("pool5" if "pool5" in net.layer_names else net.default_layer)
     device = Deconvnet(net.view).device
-    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=device)
+    x = to_batch(image if image is not None else DEFAULT_IMAGE, weights.preprocess, size, device=device)
     rep = ablation_report(net.view, x, layer, channel=channel, seed=seed, progress=progress)
 
     def words(s, what: str) -> str:
@@ -507,7 +507,7 @@ def invariance(
     model, weights, model_name, image = net.module, net.weights, net.name, request.image
     layers, size = request.layers, request.size
     x = to_batch(
-        load_image(image if image is not None else DEFAULT_IMAGE),
+        image if image is not None else DEFAULT_IMAGE,
         weights.preprocess,
         size,
         device=next(model.parameters()).device,

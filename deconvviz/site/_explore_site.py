@@ -109,7 +109,7 @@ def explore_site(
     path = Path(image) if image is not None else Path(DEFAULT_IMAGE)
     if not path.is_file():
         raise DeconvvizError(f"'{path}' is not an image file; give the path of an image")
-    load_image(path)  # unreadable: fails before any work
+    load_image(path, fit=size)  # unreadable: fails before any work (read as to_batch reads it)
     with _SiteFolder(out, "explore") as site:
         net, info, model = network.module, network.weights, network.spec
         x = to_batch(path, info.preprocess, size)

@@ -122,7 +122,7 @@ def test_cli_writes_figure_and_provenance(runner, tmp_path, monkeypatch):
             "--channel", "5", "--class", "7", "--occluder-size", "16", "--stride", "10", "-q"]  # fmt: skip
     r = runner.invoke(app, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    png, meta = tmp_path / "runs/occlusion-conv4_2-c5.png", tmp_path / "runs/occlusion-conv4_2-c5.provenance.json"
+    png, meta = tmp_path / "runs/occlusion-conv4_2-c5.png", tmp_path / "runs/occlusion-conv4_2-c5.png.provenance.json"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     prov = json.loads(meta.read_text())
     assert prov["occluder"]["positions"] == {"rows": [0, 10, 20, 30, 40, 48], "cols": [0, 10, 20, 30, 40, 48]}
@@ -136,7 +136,7 @@ def test_cli_default_channel_is_the_strongest_map_and_class_needs_a_classifier(r
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["occlusion", "--occluder-size", "64", "--stride", "40", "--out", "o.png", "-q"])
     assert r.exit_code == 0, r.output
-    prov = json.loads((tmp_path / "o.provenance.json").read_text())
+    prov = json.loads((tmp_path / "o.png.provenance.json").read_text())
     assert prov["weights"]["name"] == "vgg16-caffe" and prov["layer"] == "conv5_3"
     assert prov["occluder"]["positions"]["rows"] == [0, 40, 80, 120, 160]
     assert prov["channel"] == prov["projection"]["channel"]  # the strongest conv5_3 map of the bicycle

@@ -22,7 +22,7 @@ from deconvviz.networks.weights import load_vgg
 def test_visualize_default_is_top9_conv5_3_of_the_bicycle_with_offline_weights(run, cwd):
     r = run("visualize", "--quiet")
     assert r.exit_code == 0, r.output
-    png, meta = cwd / "runs/visualize-conv5_3.png", cwd / "runs/visualize-conv5_3.provenance.json"
+    png, meta = cwd / "runs/visualize-conv5_3.png", cwd / "runs/visualize-conv5_3.png.provenance.json"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     prov = json.loads(meta.read_text())
     assert prov["weights"]["name"] == "vgg16-caffe" and prov["image"]["path"] == "built-in bicycle.jpg"
@@ -45,7 +45,7 @@ def test_reconstruct_default_draws_ten_panels(run, cwd):
     assert r.exit_code == 0, r.output
     assert "weights: auto" in r.output and "wrote bike.pdf" in r.output
     assert (cwd / "bike.pdf").read_bytes()[:4] == b"%PDF"
-    prov = json.loads((cwd / "bike.provenance.json").read_text())
+    prov = json.loads((cwd / "bike.pdf.provenance.json").read_text())
     assert [(s["name"], s["size"]) for s in prov["stages"]] == [
         ("deconv5", [14, 14]), ("unpool4", [28, 28]), ("deconv4", [28, 28]), ("unpool3", [56, 56]),
         ("deconv3", [56, 56]), ("unpool2", [112, 112]), ("deconv2", [112, 112]), ("unpool1", [224, 224]),
@@ -59,7 +59,7 @@ def test_several_layers_channels_and_map_mode(run, cwd, tmp_path):
     r = run("visualize", img, "--layers", "conv2_1,pool2", "--channels", "3,7", "--mode", "map",
             "--model", "vgg11", "--weights", "random", "--size", "64", "--out", "g.svg", "-q")  # fmt: skip
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "g.provenance.json").read_text())
+    prov = json.loads((cwd / "g.svg.provenance.json").read_text())
     assert [lay["channels"] for lay in prov["layers"]] == [[3, 7], [3, 7]]
     assert prov["input_size"] == [64, 64] and prov["image"]["path"] == "in.png"  # relative to the working folder
 
@@ -95,7 +95,7 @@ def test_several_layers_channels_and_map_mode(run, cwd, tmp_path):
         (["visualize", "--mode", "mean"], "is not one of 'max', 'map'"),
         (["visualize", "a.jpg", "b.jpg"], "unexpected extra argument"),
         (["visualize", "--out", "folder.png"], "--out: cannot write 'folder.png': it is a folder; choose another path"),
-        (["visualize", "--out", "pair.png"], "cannot write 'pair.provenance.json': it is a folder"),
+        (["visualize", "--out", "pair.png"], "cannot write 'pair.png.provenance.json': it is a folder"),
         (["visualize", "--out", "afile/f.png"], "'afile' is a file, not a folder"),
         (["visualize", "photo.png", "--out", "photo.png"], "would overwrite the input image"),
     ],
@@ -105,7 +105,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(run, cwd, args, messag
     (cwd / "garbage.pt").write_bytes(b"\x80\x04 definitely not a checkpoint")
     (cwd / "empty.pt").touch()
     (cwd / "folder.png").mkdir()
-    (cwd / "pair.provenance.json").mkdir()
+    (cwd / "pair.png.provenance.json").mkdir()
     (cwd / "afile").write_text("a file where a folder should be")
     load_image(DEFAULT_IMAGE).resize((64, 64)).save(cwd / "photo.png")
     before = {p: p.stat().st_mtime_ns for p in cwd.rglob("*")}
@@ -129,7 +129,7 @@ def test_non_finite_weights_are_refused(run, cwd):
 def test_default_layer_is_the_models_last_conv(run, cwd):
     r = run("visualize", "--model", "vgg13", "--weights", "random", "--size", "64", "--top", "2", "-q")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "runs" / "visualize-conv5_2.provenance.json").read_text())
+    prov = json.loads((cwd / "runs" / "visualize-conv5_2.png.provenance.json").read_text())
     assert prov["layers"][0]["layer"] == "conv5_2" and prov["layers"][0]["module"] == "features.23"
 
 
@@ -151,7 +151,7 @@ def test_existing_output_is_replaced(run, cwd):
         == 0
     )
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in out.parent.iterdir()) == ["x.png", "x.provenance.json"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x.png", "x.png.provenance.json"]
 
 
 def test_layers_lists_shapes_and_receptive_fields(run):
@@ -238,7 +238,7 @@ def test_filters_draws_the_first_layer_and_its_provenance_names_no_path(runner, 
     notice = r.stderr.splitlines()
     assert len(notice) == 1 and notice[0].startswith("deconvviz: weights: auto (") and "vgg16-caffe" in notice[0]
     _no_machine_paths(r.stderr, cwd)
-    text = (cwd / "f.provenance.json").read_text()
+    text = (cwd / "f.png.provenance.json").read_text()
     _no_machine_paths(text, cwd)
     prov = json.loads(text)
     model, w = load_vgg("vgg16", "vgg16-caffe", device="cpu", verbose=False)
@@ -255,7 +255,7 @@ def test_invariance_records_distances_class_and_a_relative_image_path(run, cwd, 
     args = ["--transform", "shift", "--model", "vgg11", "--weights", "random", "--size", "48", "-q"]
     r = run("invariance", inside.resolve(), *args, "--out", "inv.png")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "inv.provenance.json").read_text())
+    prov = json.loads((cwd / "inv.png.provenance.json").read_text())
     assert prov["image"]["path"] == "photos/bike.png" and prov["transform"] == "shift"
     assert list(prov["distances"]) == ["conv1_1", "conv5_2", "fc7"] and len(prov["amounts"]) == 25
     assert len(prov["class"]["probabilities"]) == 25 and 0 <= prov["class"]["index"] < 1000
@@ -263,6 +263,6 @@ def test_invariance_records_distances_class_and_a_relative_image_path(run, cwd, 
     load_image(DEFAULT_IMAGE).resize((64, 64)).save(outside)
     r = run("invariance", outside, *args, "--layers", "conv2_1", "--out", "far.png")
     assert r.exit_code == 0, r.output
-    text = (cwd / "far.provenance.json").read_text()
+    text = (cwd / "far.png.provenance.json").read_text()
     assert json.loads(text)["image"]["path"] == "far.png"  # outside the working folder: its name only
     _no_machine_paths(text, cwd, outside.parent)

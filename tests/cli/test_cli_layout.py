@@ -36,9 +36,10 @@ def nets(tmp_path):
 
 
 def _tokens(spec: str, layer: str) -> torch.Tensor:
-    """The layer's raw output on the built-in photo at 32 px, from the same network the CLI builds (seed 0)."""
+    """The layer's raw output on the built-in photo at 32 px, from the same network the CLI builds (seed 0) and the
+    same input (the file read as to_batch reads it: at 32 px, 448 px is read reduced by 3)."""
     net = load_network(spec, "random", "cpu", verbose=False)
-    x = to_batch(load_image(DEFAULT_IMAGE), net.preprocess, 32)
+    x = to_batch(DEFAULT_IMAGE, net.preprocess, 32)
     got = []
     handle = dict(net.module.named_modules())[layer].register_forward_hook(lambda m, i, o: got.append(o))
     with torch.no_grad():
@@ -73,7 +74,7 @@ def test_visualize_and_reconstruct_select_on_the_patch_grid(run, nets, tmp_path)
     common = ["--model", spec, "--weights", "random", "--size", 32, "--rule", "gradient", "--device", "cpu", "-q"]
     r = run("visualize", "--layer", layer, "--channels", "3,5", *common, "--out", tmp_path / "v.png")
     assert r.exit_code == 0, r.output
-    rec = json.loads((tmp_path / "v.provenance.json").read_text())["layers"][0]
+    rec = json.loads((tmp_path / "v.png.provenance.json").read_text())["layers"][0]
     tokens = _tokens(spec, layer)
     want = [divmod(int(tokens[1:, c].argmax()), 4) for c in (3, 5)]
     assert rec["channels"] == [3, 5] and rec["positions"] == [list(p) for p in want]
@@ -81,11 +82,11 @@ def test_visualize_and_reconstruct_select_on_the_patch_grid(run, nets, tmp_path)
     assert rec["values"] == pytest.approx([float(tokens[1:, c].max()) for c in (3, 5)], rel=1e-5)
     r = run("visualize", "--layer", layer, "--channels", "3", "--token", "cls", *common, "--out", tmp_path / "t.png")
     assert r.exit_code == 0, r.output
-    rec = json.loads((tmp_path / "t.provenance.json").read_text())["layers"][0]
+    rec = json.loads((tmp_path / "t.png.provenance.json").read_text())["layers"][0]
     assert rec["token"] == "cls" and "positions" not in rec and rec["values"] == pytest.approx([float(tokens[0, 3])])
     r = run("reconstruct", "--layer", layer, "--channels", "3", *common, "--out", tmp_path / "r.png")
     assert r.exit_code == 0, r.output
-    stages = json.loads((tmp_path / "r.provenance.json").read_text())["stages"]
+    stages = json.loads((tmp_path / "r.png.provenance.json").read_text())["stages"]
     assert [s["name"] for s in stages] == ["encoder.layers.encoder_layer_0", "conv_proj", "input"]
     assert [s["size"] for s in stages] == [[4, 4], [4, 4], [32, 32]]
 

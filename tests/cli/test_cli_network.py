@@ -24,7 +24,7 @@ def test_figures_of_any_network(run, cwd, residual_factory, name):
     for command in (["visualize", "--top", "2"], ["reconstruct"], ["compare", "--top", "2"]):
         r = run(*command, *common, "--out", f"{command[0]}.png")
         assert r.exit_code == 0, r.output
-        prov = json.loads((cwd / f"{command[0]}.provenance.json").read_text())
+        prov = json.loads((cwd / f"{command[0]}.png.provenance.json").read_text())
         assert prov["network"] == {"spec": prov["model"], "weights": "random", "seed": 0}
         assert str(cwd) not in json.dumps(prov)  # provenance holds no local path
     default = {"resnet18": "layer4", "torchvision:densenet121": "features.denseblock4", "FACTORY": "block2"}[name]
@@ -51,7 +51,7 @@ def test_sanity_of_any_network(run, cwd, residual_factory, name, layer):
         "s.png",
     )
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "s.provenance.json").read_text())
+    prov = json.loads((cwd / "s.png.provenance.json").read_text())
     if name == "FACTORY":  # reverse order of forward execution, by hand
         assert prov["randomized"] == ["block1.conv2", "block1.conv1", "stem.0"]
     else:
@@ -102,7 +102,7 @@ def test_a_mistyped_module_path_gets_the_nearest_ones(run, cwd):
 def test_filters_draws_the_first_convolution_whatever_its_name(run, cwd, residual_factory):
     r = run("filters", "--model", residual_factory, "--weights", "random", "-q")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "runs" / "filters-stem.0.provenance.json").read_text())
+    prov = json.loads((cwd / "runs" / "filters-stem.0.png.provenance.json").read_text())
     assert prov["module"] == "stem.0" and prov["filters"] == 8
 
 
@@ -201,7 +201,7 @@ def test_a_user_card_alone_is_enough_and_a_bad_one_is_refused_in_one_line(run, c
     assert r.exit_code == 0 and any(line.split()[:1] == ["mine"] for line in r.stdout.splitlines()), r.output
     r = run("visualize", "--weights", "mine", "--size", "64", "--top", "2", "-q", "--out", "v.png")
     assert r.exit_code == 0, r.output
-    assert json.loads((cwd / "v.provenance.json").read_text())["weights"]["name"] == "mine"
+    assert json.loads((cwd / "v.png.provenance.json").read_text())["weights"]["name"] == "mine"
     r = run("visualize", "--model", "resnet18", "--weights", "mine", "--out", "x.png")
     assert r.exit_code == 2 and "are for model" in r.output and r.output.count("\n") == 1
     for bad, message in (
@@ -211,4 +211,4 @@ def test_a_user_card_alone_is_enough_and_a_bad_one_is_refused_in_one_line(run, c
         (cards / "mine.toml").write_text(bad)
         r = run("visualize", "--weights", str(cards / "mine.toml"), "--size", "64", "--out", "x.png")
         assert r.exit_code == 2 and message in r.output and r.output.count("\n") == 1, r.output
-    assert not (cwd / "x.png").exists() and not (cwd / "x.provenance.json").exists()
+    assert not (cwd / "x.png").exists() and not (cwd / "x.png.provenance.json").exists()

@@ -45,11 +45,11 @@ def _model_and_input():
 @pytest.mark.parametrize("rule", ["guided", "gradient"])
 def test_reconstruct_and_visualize_record_the_rule_and_project_with_it(run, small, cwd, rule):
     assert run("reconstruct", "--rule", rule, "--out", "r.png", "-q", *small).exit_code == 0
-    prov = json.loads((cwd / "r.provenance.json").read_text())
+    prov = json.loads((cwd / "r.png.provenance.json").read_text())
     assert prov["rule"] == rule
     r = run("visualize", "--rule", rule, "--layer", "conv3_2", "--top", "2", "--out", "v.png", "-q", *small)
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "v.provenance.json").read_text())
+    prov = json.loads((cwd / "v.png.provenance.json").read_text())
     model, x = _model_and_input()
     out = Deconvnet(model, rule=rule).project(x, "conv3_2", top=2)
     assert prov["rule"] == rule and prov["layers"][0]["channels"] == out.selections.channels[0].tolist()
@@ -58,7 +58,7 @@ def test_reconstruct_and_visualize_record_the_rule_and_project_with_it(run, smal
 def test_compare_draws_every_rule(run, small, cwd):
     r = run("compare", "--layer", "conv4_1", "--top", "2", "--out", "c.png", *small)
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "c.provenance.json").read_text())
+    prov = json.loads((cwd / "c.png.provenance.json").read_text())
     assert prov["rules"] == ["deconvnet", "guided", "gradient"] and len(prov["layers"][0]["channels"]) == 2
     assert (cwd / "c.png").stat().st_size > 5000
 
@@ -66,7 +66,7 @@ def test_compare_draws_every_rule(run, small, cwd):
 def test_sanity_writes_figure_json_and_csv_with_the_same_numbers(run, small, cwd):
     r = run("sanity", "--layer", "conv3_2", "--rules", "deconvnet,gradient", "--out", "s.png", "-q", *small)
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "s.provenance.json").read_text())
+    prov = json.loads((cwd / "s.png.provenance.json").read_text())
     assert prov["rules"] == ["deconvnet", "gradient"] and prov["randomized"][0] == "conv3_2"
     assert (
         prov["randomized"][-1] == "conv1_1" and len(prov["randomized"]) == 4
@@ -90,7 +90,7 @@ def test_scan_projects_with_its_rule_and_records_it(scan_matches_the_api, tmp_pa
 def test_compare_chooses_by_region_and_every_rule_projects_the_same_activations(run, small, cwd):
     r = run("compare", "--layer", "conv4_1", "--region", "0,0,32,32", "--top", "2", "--out", "c.png", *small)
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "c.provenance.json").read_text())
+    prov = json.loads((cwd / "c.png.provenance.json").read_text())
     model, x = _model_and_input()
     want = Deconvnet(model).project(x, "conv4_1", top=2, region=Box.pixels(0, 0, 32, 32))
     assert prov["layers"][0]["channels"] == want.selections.channels[0].tolist()

@@ -55,7 +55,7 @@ def test_a_new_rule_is_a_choice_of_every_command_without_a_cli_edit(tmp_path):
     small = ["--model", "vgg11", "--weights", "random", "--size", "32", "--top", "1", "--layer", "conv2_1"]
     code, text = cli("visualize", *small, "--rule", "halve", "--out", str(out), "-q")
     assert code == 0, text
-    assert json.loads(out.with_suffix(".provenance.json").read_text())["rule"] == "halve"
+    assert json.loads(out.with_name(f"{out.name}.provenance.json").read_text())["rule"] == "halve"
     assert "halve" not in RULES and "halve" not in [c.value for c in cli_options.RuleChoice]  # only there
     code, text = cli("visualize", *small, "--rule", "halved", "--out", str(out), "-q")
     assert code == 2 and "'halved' is not one of" in text and "halve" in text, text

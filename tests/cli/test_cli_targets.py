@@ -15,7 +15,7 @@ from deconvviz.networks.weights import load_vgg
 def test_reconstruct_default_is_the_map_strongest_on_the_bicycle_outside_the_dog(run, cwd):
     r = run("reconstruct", "--quiet", "--out", "bike.png")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "bike.provenance.json").read_text())
+    prov = json.loads((cwd / "bike.png.provenance.json").read_text())
     (layer,) = prov["layers"]
     assert layer["mode"] == "map" and layer["region"]["name"] == "bicycle" and layer["exclude"][0]["name"] == "dog"
     assert prov["stage_view"] == "channel"
@@ -77,24 +77,24 @@ def _refused(r, cwd, message: str) -> None:
 def test_region_at_and_class_reach_the_figures(run, small, cwd):
     r = run("visualize", "--region", "0.0,0.0,0.5,0.5", "--top", "2", *small, "--out", "v.png", "-q")
     assert r.exit_code == 0, r.output
-    layer = json.loads((cwd / "v.provenance.json").read_text())["layers"][0]
+    layer = json.loads((cwd / "v.png.provenance.json").read_text())["layers"][0]
     assert layer["region"] == [0.0, 0.0, 32.0, 32.0] and len(layer["channels"]) == 2
     assert all(f[0] < 32 and f[2] < 32 for f in layer["receptive_fields"])  # fields start in the top-left quarter
     for spelled in ("frac:0,0,0.5,0.5", "0,0,32,32"):  # the explicit fractions and the same box in pixels
         r = run("visualize", "--region", spelled, "--top", "2", *small, "--out", "w.png", "-q")
         assert r.exit_code == 0, r.output
-        same = json.loads((cwd / "w.provenance.json").read_text())["layers"][0]
+        same = json.loads((cwd / "w.png.provenance.json").read_text())["layers"][0]
         assert (same["region"], same["channels"]) == (layer["region"], layer["channels"])
     r = run("visualize", "--region", "0,0,1,1", "--layer", "conv1_1", "--top", "1", *small, "--out", "p.png", "-q")
     assert r.exit_code == 0, r.output  # whole numbers are pixels: one pixel, not the whole image
-    assert json.loads((cwd / "p.provenance.json").read_text())["layers"][0]["region"] == [0.0, 0.0, 1.0, 1.0]
+    assert json.loads((cwd / "p.png.provenance.json").read_text())["layers"][0]["region"] == [0.0, 0.0, 1.0, 1.0]
     r = run("reconstruct", "--class", "3", "--stage-view", "mean", *small, "--out", "r.png", "-q")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "r.provenance.json").read_text())
+    prov = json.loads((cwd / "r.png.provenance.json").read_text())
     assert prov["layers"][0]["class"] == 3 and prov["stage_view"] == "mean"
     r = run("occlusion", "--at", "10,50", "--stride", "32", *small, "--out", "o.png", "-q")
     assert r.exit_code == 0, r.output
-    proj = json.loads((cwd / "o.provenance.json").read_text())["projection"]
+    proj = json.loads((cwd / "o.png.provenance.json").read_text())["projection"]
     assert proj["at"] == [10, 50]
 
 
@@ -103,4 +103,4 @@ def test_reconstruct_at_a_point_draws_and_records_it(run, small, cwd):
     for spelled, recorded in (("10,50", [10, 50]), ("frac:0.5,0.25", {"fractions": [0.5, 0.25]})):
         r = run("reconstruct", "--at", spelled, "--mode", "map", *small, "--out", "a.png", "-q")
         assert r.exit_code == 0, r.output
-        assert json.loads((cwd / "a.provenance.json").read_text())["layers"][0]["at"] == recorded
+        assert json.loads((cwd / "a.png.provenance.json").read_text())["layers"][0]["at"] == recorded

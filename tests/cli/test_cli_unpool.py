@@ -61,21 +61,21 @@ def test_visualize_reconstruct_compare_record_the_unpooling(run, small, cwd, unp
         *small,
     )
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "v.provenance.json").read_text())
+    prov = json.loads((cwd / "v.png.provenance.json").read_text())
     assert prov["unpool"] == unpool and prov["rule"] == "linear"
     assert run("reconstruct", "--unpool", unpool, "--out", "r.png", "-q", *small).exit_code == 0
-    assert json.loads((cwd / "r.provenance.json").read_text())["unpool"] == unpool
+    assert json.loads((cwd / "r.png.provenance.json").read_text())["unpool"] == unpool
     assert (
         run("compare", "--unpool", unpool, "--layer", "conv3_2", "--top", "1", "--out", "c.png", "-q", *small).exit_code
         == 0
     )
-    assert json.loads((cwd / "c.provenance.json").read_text())["unpool"] == unpool
+    assert json.loads((cwd / "c.png.provenance.json").read_text())["unpool"] == unpool
 
 
 def test_ablate_writes_figure_json_and_csv_with_the_same_numbers(run, small, cwd):
     r = run("ablate", "--layer", "conv3_2", "--out", "a.png", "-q", *small)
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "a.provenance.json").read_text())
+    prov = json.loads((cwd / "a.png.provenance.json").read_text())
     assert prov["command"] == "ablate" and prov["reference"] == "deconvnet+switches"
     assert [v["name"] for v in prov["variants"]][8:] == ["deconvnet+nearest", "deconvnet+bilinear"]
     assert prov["variants"][0]["reference"]["spearman_abs"] == pytest.approx(1.0)

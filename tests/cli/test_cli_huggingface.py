@@ -60,7 +60,7 @@ def test_visualize_hf_vit_records_the_tokens_layout_and_reads_the_maps_on_the_gr
     layer = "vit.layers.1"
     r = run("visualize", *common("vit"), "--layer", layer, "--channels", "1,2", "--out", "v.png")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "v.provenance.json").read_text())
+    prov = json.loads((cwd / "v.png.provenance.json").read_text())
     rec = prov["layers"][0]
     assert rec["feature_maps"]["layout"] == "tokens" and rec["feature_maps"]["prefix_tokens"] == ["cls"]
     assert rec["feature_maps"]["shape"] == [32, 4, 4]
@@ -92,7 +92,7 @@ def test_a_save_pretrained_folder_loads_offline_with_its_processor_and_labels(ru
         "visualize", "--model", "hf:saved", "--size", 32, "--layer", "vit.layers.0", "--channels", 3, "--out", "f.png"
     )
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "f.provenance.json").read_text())
+    prov = json.loads((cwd / "f.png.provenance.json").read_text())
     assert prov["network"]["spec"] == "hf:saved" and prov["weights"]["categories"] == ["cat", "dog"]
     assert prov["weights"]["size"] == {"height": 32, "width": 32} and prov["weights"]["mean"] == [0.4, 0.5, 0.6]
     assert prov["layers"][0]["feature_maps"]["prefix_tokens"] == ["cls"]
@@ -120,7 +120,7 @@ def test_figure_commands_on_each_family(run, cwd, family, command, args, prefix)
     r = run(command, *common(family), *args, "--out", "fig.png")
     assert r.exit_code == 0, r.output
     assert (cwd / "fig.png").stat().st_size > 0
-    maps = json.loads((cwd / "fig.provenance.json").read_text())["layers"][0]["feature_maps"]
+    maps = json.loads((cwd / "fig.png.provenance.json").read_text())["layers"][0]["feature_maps"]
     if prefix is None:
         assert maps["layout"] == "channels-last"
     else:

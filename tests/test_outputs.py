@@ -226,22 +226,22 @@ def test_an_interrupted_rebuild_leaves_the_old_site_whole_and_a_rerun_the_new(ru
 
 
 def test_a_failed_write_leaves_the_previous_result_whole_and_no_new_folder(run, photos, tmp_path, monkeypatch):
-    from deconvviz.analysis import scan
+    from deconvviz.render import scan
 
     out = tmp_path / "run"
     assert run("scan", photos, *SCAN, "--out", out).exit_code == 0
     finished = listing(out)
     (out / "report.json").unlink()  # unfinished again: the next run draws everything anew, from its checkpoint
     old = listing(out)
-    calls, real = [], scan.save
+    calls, real = [], scan._save
 
-    def full_disk(fig, path, **kwargs):
+    def full_disk(sheet, path):
         calls.append(path)
         if len(calls) == 3:
             raise DeconvvizError(f"cannot write '{path}': No space left on device; choose another path")
-        return real(fig, path, **kwargs)
+        return real(sheet, path)
 
-    monkeypatch.setattr(scan, "save", full_disk)
+    monkeypatch.setattr(scan, "_save", full_disk)
     other = [*BASE, "--layer", "conv1_1", "--top", "3", *QUICK]  # other arguments: a folder of its own
     assert "No space left" in error_line(run("scan", photos, *other, "--out", tmp_path / "new" / "run"))
     assert not (tmp_path / "new").exists()  # an error (not an interruption) leaves nothing of a first run

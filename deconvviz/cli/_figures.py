@@ -39,6 +39,9 @@ from ._options import (
     OcclusionBatch,
     OcclusionClass,
     OcclusionOut,
+    OutputOpt,
+    PixelsChoice,
+    PixelsOpt,
     Quiet,
     ReconstructChannels,
     ReconstructMode,
@@ -53,6 +56,7 @@ from ._options import (
     StageView,
     StageViewOpt,
     Stride,
+    TargetBoxOpt,
     TokenOpt,
     Top,
     Transform,
@@ -67,6 +71,7 @@ from ._options import (
     _check_size,
     _Choice,
     _layer_names,
+    _scoring,
     _targets,
 )
 from ._progress import Progress
@@ -127,6 +132,9 @@ def visualize(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
+    output: OutputOpt = None,
+    pixels: PixelsOpt = PixelsChoice.all,
+    target_box: TargetBoxOpt = None,
     token: TokenOpt = None,
     model: Model = None,
     weights: WeightsOpt = "auto",
@@ -161,6 +169,7 @@ def visualize(
             unpool=unpool.value,
             token=token,
             **_targets(region, at, exclude),
+            **_scoring(output, pixels, target_box),
         )
         figures.check_request(choice.view, request, name=choice.name, class_chooses=True)
         default = OUTPUTS / f"visualize-{'_'.join(names)}.png"
@@ -183,6 +192,9 @@ def reconstruct(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
+    output: OutputOpt = None,
+    pixels: PixelsOpt = PixelsChoice.all,
+    target_box: TargetBoxOpt = None,
     token: TokenOpt = None,
     stage_view: StageViewOpt = StageView.channel,
     model: Model = None,
@@ -213,6 +225,7 @@ def reconstruct(
             unpool=unpool.value,
             token=token,
             **_targets(region, at, exclude),
+            **_scoring(output, pixels, target_box),
         )
         figures.check_request(choice.view, request, name=choice.name, class_chooses=True)
 
@@ -227,6 +240,9 @@ def occlusion(
     layer: LayerOpt = None,
     channel: WatchedChannel = None,
     class_: OcclusionClass = None,
+    output: OutputOpt = None,
+    pixels: PixelsOpt = PixelsChoice.all,
+    target_box: TargetBoxOpt = None,
     occluder_size: OccluderSize = None,
     stride: Stride = None,
     batch_size: OcclusionBatch = 32,
@@ -259,6 +275,7 @@ def occlusion(
             size=size,
             rule=rule.value,
             **_targets(region, at, exclude),
+            **_scoring(output, pixels, target_box),
         )
         figures.check_request(choice.view, request, name=choice.name, spatial=True)
 
@@ -287,6 +304,9 @@ def compare(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
+    output: OutputOpt = None,
+    pixels: PixelsOpt = PixelsChoice.all,
+    target_box: TargetBoxOpt = None,
     token: TokenOpt = None,
     model: Model = None,
     weights: WeightsOpt = "auto",
@@ -313,6 +333,7 @@ def compare(
             unpool=unpool.value,
             token=token,
             **_targets(region, at, exclude),
+            **_scoring(output, pixels, target_box),
         )
         figures.check_request(choice.view, request, name=choice.name, spatial=True, class_chooses=True)
         _figure(

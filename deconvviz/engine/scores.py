@@ -130,18 +130,20 @@ class ScoreRecord:
     counts: tuple[int, ...] = field(default_factory=tuple)  # pixels scored, per image
 
     def words(self) -> str:
-        """e.g. "class 2 summed over all 4096 pixels (64x64) of output 'out'"."""
-        part = "" if self.output is None else f" of output {self.output!r}"
+        """e.g. "class 2's logits summed over all 4096 output pixels (64x64) of 'out'"."""
         if self.kind == "vector":
-            return f"class {self.cls}'s score{part}"
+            return f"class {self.cls}'s score" + ("" if self.output is None else f" in {self.output!r}")
+        return f"class {self.cls}'s logits summed over {self.pixel_words()}"
+
+    def pixel_words(self) -> str:
+        """Which pixels of a map were scored, e.g. "1736 of 4096 output pixels (64x64: where it is predicted)"."""
         h, w = self.grid
+        part = "" if self.output is None else f" of {self.output!r}"
         if self.pixels == "all" and self.target is None:
-            which = f"all {h * w} pixels ({h}x{w})"
-        else:
-            conditions = [*(["where it is predicted"] if self.pixels == "predicted" else [])]
-            conditions += [] if self.target is None else [f"in {self.target}"]
-            which = f"{self.counts[0]} of {h * w} pixels ({' and '.join(conditions)})"
-        return f"class {self.cls} summed over {which}{part}"
+            return f"all {h * w} output pixels ({h}x{w}){part}"
+        conditions = ["where it is predicted"] if self.pixels == "predicted" else []
+        conditions += [] if self.target is None else [f"in {self.target}"]
+        return f"{self.counts[0]} of {h * w} output pixels ({h}x{w}: {', '.join(conditions)}){part}"
 
     def record(self) -> dict:
         """The provenance's "score" entry."""
@@ -234,26 +236,30 @@ class ClassScore:
                 about="pixels",
             )
         counts = tuple(int(c) for c in mask.flatten(1).sum(1))
-        record = ScoreRecord(int(self.cls), name, "map", self.pixels, box, (h, w), counts)
+        record = ScoreRecord(int(self.cls), name, "map", pixels=self.pixels, target=box, grid=(h, w), counts=counts)
         return PixelClass(int(self.cls), mask), record
 
 
-def scored_shape(model: nn.Module, size: tuple[int, int], output: str | int | None = None) -> tuple[int, ...]:
-    """The per-image shape of the scored part of the model's result for one input of `size` (run on the meta device:
-    shapes only): (K,) or (K, h, w) for class scores. A wrong output key is refused here, before any weights."""
+def meta_result(model: nn.Module, size: tuple[int, int]):
+    """The model's result for one input of `size`, run on the meta device (shapes only, no weights read or memory
+    used): what checks a request's output and class before any work. The model is left as it was."""
     from .layers import _meta_copy, _on_meta
 
     twin = model if _on_meta(model) else _meta_copy(model)
     convs = [m.in_channels for m in twin.modules() if isinstance(m, nn.Conv2d)]
     floats = [t.dtype for t in twin.parameters() if t.is_floating_point()]
+    x = torch.zeros(1, convs[0] if convs else 3, *size, device="meta", dtype=floats[0] if floats else None)
     training = {m: m.training for m in twin.modules()}
     twin.eval()
     try:
         with torch.no_grad():
-            result = twin(
-                torch.zeros(1, convs[0] if convs else 3, *size, device="meta", dtype=floats[0] if floats else None)
-            )
+            return twin(x)
     finally:
         for m, mode in training.items():
             m.training = mode
-    return tuple(scored_part(result, output)[0].shape[1:])
+
+
+def scored_shape(model: nn.Module, size: tuple[int, int], output: str | int | None = None) -> tuple[int, ...]:
+    """The per-image shape of the scored part of the model's result for one input of `size` (meta_result): (K,) or
+    (K, h, w) for class scores. A wrong output key is refused here, before any weights."""
+    return tuple(scored_part(meta_result(model, size), output)[0].shape[1:])

@@ -24,6 +24,7 @@ from ..engine.layers import receptive_fields, step_index
 from ..engine.request import Request
 from ..engine.reverse import UNPOOLS, Stage
 from ..engine.rules import RULES
+from ..engine.scores import ScoreRecord
 from ..engine.targets import find_region
 from ..errors import LayerError
 from ..images import DEFAULT_IMAGE, load_image, to_batch, to_display
@@ -68,10 +69,20 @@ def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
 
 
 def _target(
-    x: torch.Tensor, *, image, size: int | None, region=None, at=None, exclude=(), cls=None, token=None
+    x: torch.Tensor,
+    *,
+    image,
+    size: int | None,
+    region=None,
+    at=None,
+    exclude=(),
+    cls=None,
+    token=None,
+    scoring: Request | None = None,
 ) -> dict:
     """project's keywords for a region (a name from the image's sidecar, or a Box), point (a Point), class or a
-    token layer's prefix token."""
+    token layer's prefix token; scoring: the request whose output, pixels and target_box say how the class is
+    scored (with cls only)."""
     h, w = x.shape[-2:]
     out = {
         "region": None if region is None else find_region(region, image, size, width=w, height=h),
@@ -79,12 +90,18 @@ def _target(
         "cls": cls,
         "token": token,
     }
+    if cls is not None and scoring is not None:
+        box = scoring.target_box
+        out |= {"output": scoring.output, "pixels": scoring.pixels}
+        out["target"] = None if box is None else find_region(box, image, size, width=w, height=h, what="target")
     return out | {"exclude": [find_region(e, image, size, width=w, height=h, what="exclude") for e in exclude or ()]}
 
 
-def _target_words(target: dict) -> str:
-    """The selection rule for a figure's title, e.g. "strongest on 'bicycle' outside 'dog'"."""
-    words = f"contributing most to class {target['cls']}" if target["cls"] is not None else ""
+def _target_words(target: dict, score: ScoreRecord | None = None) -> str:
+    """The selection rule for a figure's title, e.g. "strongest on 'bicycle' outside 'dog'"; score: what a class
+    scored (Projection.score), e.g. "class 2 summed over all 4096 pixels (64x64) of output 'out'"."""
+    scored = score.words() if score is not None else f"class {target['cls']}"
+    words = f"contributing most to {scored}" if target["cls"] is not None else ""
     if target["region"] is not None:
         words += f"{', ' if words else ''}strongest on {target['region']}"
         words += "".join(f" outside {e}" for e in target["exclude"])
@@ -95,6 +112,11 @@ def _target_words(target: dict) -> str:
     if target.get("token") is not None:
         words += f"{', ' if words else ''}of the {target['token']} token"
     return words
+
+
+def _dense(res) -> bool:
+    """Whether an occlusion's class was scored over the pixels of a map (its title then says which)."""
+    return res.score is not None and res.score.kind == "map"
 
 
 def visualize(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
@@ -110,7 +132,9 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     dn = Deconvnet(net.view, rule=rule, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
     rows, records = [], []
-    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
+    target = _target(
+        x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token, scoring=request
+    )
     for layer in layers:
         if progress:
             progress(f"projecting {layer}")
@@ -132,7 +156,7 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     what = "strongest activation" if mode == "max" else "whole feature map"
     title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title}"
     title += ")" if dn.unpool == "switches" else f", unpooled: {UNPOOLS[dn.unpool]})"
-    title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
+    title += f"\nmaps {_target_words(target, out.score)}" if _target_words(target) else ""
     fig = layer_grid(picture, rows, weights.preprocess, title=title)
     prov = _provenance("visualize", net, x, image=image, size=size, layers=records)
     return fig, prov | {"rule": dn.rule.name, "unpool": dn.unpool}
@@ -164,7 +188,9 @@ def reconstruct(
         channels = range(layer_shape(dn.view, layer, size=x.shape[-1])[0])
     if progress:
         progress(f"projecting {layer}")
-    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
+    target = _target(
+        x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token, scoring=request
+    )
     out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True, **target)
     stages = [Stage(s.name, s.kind, s.step, s.tensor[0, 0].cpu()) for s in out.stages]
     if not stages:  # the autograd path (a network that is no chain) has no stages yet: the reconstruction alone
@@ -176,7 +202,7 @@ def reconstruct(
     )
     title += "" if dn.rule.name == "deconvnet" else f", {dn.rule.title}"
     title += "" if dn.unpool == "switches" else f", unpooled: {UNPOOLS[dn.unpool]}"
-    title += f"\nthe map {_target_words(target)}" if _target_words(target) else ""
+    title += f"\nthe map {_target_words(target, out.score)}" if _target_words(target) else ""
     picture = to_display(x[0].cpu(), weights.preprocess)
     fig = reconstruction_figure(picture, stages, weights.preprocess, title=title, stage_view=stage_view)
     chosen = _selections(dn, out) | _target_record(target)
@@ -217,6 +243,9 @@ def occlusion(
     target = _target(x, image=image, size=image_size, region=region, at=at, exclude=exclude)
     out = dn.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1, **target)
     channel = int(out.selections.channels[0, 0])
+    h, w = x.shape[-2:]
+    box = request.target_box if cls is not None else None
+    scored_box = None if box is None else find_region(box, image, image_size, width=w, height=h, what="target")
     res = occlusion_maps(
         dn.view,
         x,
@@ -225,6 +254,9 @@ def occlusion(
         size=size,
         stride=stride,
         cls=cls,
+        output=request.output if cls is not None else None,
+        pixels=request.pixels if cls is not None else "all",
+        target=scored_box,
         grey=weights.preprocess,
         batch_size=batch_size,
         progress=progress,
@@ -234,6 +266,7 @@ def occlusion(
         name = weights.categories[cls] if weights.categories and cls < len(weights.categories) else f"class {cls}"
     title = f"{model_name} ({weights.name}): occluding the image, watching {layer} map {channel}"
     title += f" and p({name})" if name else ""
+    title += f"\np({name}) averaged over {res.score.pixel_words()}, chosen unoccluded" if _dense(res) else ""
     title += "" if dn.rule.name == "deconvnet" else f"; {dn.rule.title} projection"
     picture = to_display(x[0].cpu(), weights.preprocess)
     strongest = float(out.selections.values[0, 0])
@@ -274,6 +307,7 @@ def occlusion(
     }
     if cls is not None:
         prov["class"] = {"index": cls, "name": name} | summary(res.probability, res.baseline_probability)
+        prov["class"]["score"] = res.score.record()
     return fig, prov
 
 
@@ -302,7 +336,9 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     layer = layer or net.view.default_layer()
     dn = Deconvnet(net.view, unpool=request.unpool)
     x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
-    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
+    target = _target(
+        x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token, scoring=request
+    )
     outs, chosen = {}, {"channels": channels, "top": top, **target}
     for rule in (RULES[r] for r in COMPARED):
         if progress:
@@ -316,7 +352,7 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     sel = first.selections
     title = f"{model_name} ({weights.name}), {layer}: the same activations projected by three rules"
     title += "" if dn.unpool == "switches" else f" (unpooled: {UNPOOLS[dn.unpool]})"
-    title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
+    title += f"\nmaps {_target_words(target, first.score)}" if _target_words(target) else ""
     fig = compare_figure(
         to_display(x[0].cpu(), weights.preprocess),
         {k: o.images[0].cpu() for k, o in outs.items()},

@@ -199,6 +199,8 @@ def default_layer(model: nn.Module, steps: list[Step] | None) -> str:
     while True:
         kids = [(f"{path}.{k}".lstrip("."), c) for k, c in module.named_children()]
         blocks = [(p, c) for p, c in kids if p in spatial and any(isinstance(m, nn.Conv2d) for m in c.modules())]
+        blocks = [(p, c) for p, c in blocks if not p.rpartition(".")[2].startswith("aux")] or blocks  # training's
+        # auxiliary heads (torchvision's segmentation models' aux_classifier) are not what the network computes
         if not blocks:
             return path or convs[-1]
         path, module = blocks[-1]

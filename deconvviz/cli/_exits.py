@@ -53,6 +53,7 @@ _FLAGS = {
     "output": "--output",
     "pixels": "--pixels",
     "target": "--target-box",
+    "activations": "--activations",
     "weights": "--weights",
     "model": "--model",
     "channels": "--channels",

@@ -17,6 +17,7 @@ from ._options import (
     OUTPUTS,
     AblateLayer,
     AblateOut,
+    ActivationsOpt,
     AtOpt,
     Channels,
     ClassOpt,
@@ -197,6 +198,7 @@ def reconstruct(
     target_box: TargetBoxOpt = None,
     token: TokenOpt = None,
     stage_view: StageViewOpt = StageView.channel,
+    activations: ActivationsOpt = False,
     model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -215,7 +217,7 @@ def reconstruct(
         name = layer or choice.default_layer
         request = Request(
             image,
-            [name],
+            None if activations and layer is None else [name],  # --activations: the last decoder stage
             "all" if every else _channels(channels),
             1,
             mode and mode.value,
@@ -228,11 +230,18 @@ def reconstruct(
             **_scoring(output, pixels, target_box),
         )
         figures.check_request(choice.view, request, name=choice.name, class_chooses=True)
+        if activations:
+            if class_ is None:
+                raise DeconvvizError("--activations shows a decoder's stages for a class: give --class too")
+            figures.check_decoder(choice.view, size)
 
         def make(net, status):
+            if activations:
+                return figures.decoder(net, request, progress=status)
             return figures.reconstruct(net, request, stage_view=stage_view.value, progress=status)
 
-        _figure(choice, request, _Output(out, lambda _: OUTPUTS / f"reconstruct-{name}.png", dpi, quiet), make)
+        default = OUTPUTS / f"reconstruct-{'decoder' if activations else name}.png"
+        _figure(choice, request, _Output(out, lambda _: default, dpi, quiet), make)
 
 
 def occlusion(

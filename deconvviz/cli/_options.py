@@ -184,6 +184,15 @@ TargetBoxOpt = Annotated[
         "the input (same forms as --region); with --pixels predicted, both conditions.",
     ),
 ]
+ActivationsOpt = Annotated[  # reconstruct
+    bool,
+    typer.Option(
+        "--activations",
+        help="On an encoder-decoder, with --class: the decoder's own stages forward (each unpooling, upsampling and "
+        "transposed convolution: its channel contributing most to the class) beside the class's projection from "
+        "--layer (default: the last decoder stage), as Noh et al.'s Fig. 4.",
+    ),
+]
 TokenOpt = Annotated[
     str | None,
     typer.Option(

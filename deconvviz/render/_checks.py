@@ -10,6 +10,7 @@ from torch import nn
 
 from ..engine.boxes import Box
 from ..engine.forward import layer_shape
+from ..engine.layers import decoder_modules
 from ..engine.model import ModelView, view_of
 from ..engine.request import Request
 from ..engine.scores import ClassScore, meta_result
@@ -99,3 +100,16 @@ def check_layers(
             about="class",
         )
     ClassScore(cls, output=output, pixels=pixels, target=target).logits(meta_result(view.model, (size, size)))
+
+
+def check_decoder(model: nn.Module | ModelView, size: int = 224) -> None:
+    """Refuse the decoder-stages figure of a network with no decoder stages (engine.layers.decoder_modules), on
+    the architecture alone."""
+    view = view_of(model)
+    if not decoder_modules(view.model, (size, size)):
+        raise LayerError(
+            f"{type(view.model).__name__} has no unpooling, upsampling or transposed-convolution module "
+            "(nn.MaxUnpool2d, nn.Upsample, nn.ConvTranspose2d, ...), so no decoder stages to show (F.interpolate "
+            "calls are not modules); use reconstruct without activations",
+            about="activations",
+        )

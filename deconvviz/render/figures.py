@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from .. import __version__
 from ..analysis.ablation import REFERENCE, ablation_report
+from ..analysis.decoder import decoder_activations
 from ..analysis.filters import first_conv_name, first_layer_filters
 from ..analysis.invariance import UNITS
 from ..analysis.invariance import invariance as invariance_sweep
@@ -24,12 +25,13 @@ from ..engine.layers import receptive_fields, step_index
 from ..engine.request import Request
 from ..engine.reverse import UNPOOLS, Stage
 from ..engine.rules import RULES
-from ..engine.scores import ScoreRecord
+from ..engine.scores import ClassScore, ScoreRecord
 from ..engine.targets import find_region
-from ..errors import LayerError
+from ..errors import LayerError, SelectionError
 from ..images import DEFAULT_IMAGE, load_image, to_batch, to_display
 from ..networks.network import Network
 from ..outputs import check_beside, provenance_path
+from ._checks import check_decoder as check_decoder
 from ._checks import check_layers as check_layers  # the CLI checks a request here before loading weights
 from ._checks import check_request as check_request
 from ._provenance import _network_record, _provenance, _selections, _target_record, _unit_provenance, _weights_record
@@ -39,6 +41,7 @@ from .draw import (
     GridRow,
     ablation_figure,
     compare_figure,
+    decoder_figure,
     filter_grid,
     invariance_figure,
     layer_grid,
@@ -211,6 +214,40 @@ def reconstruct(
     prov["unpool"] = dn.unpool
     prov["stage_view"] = stage_view
     prov["stages"] = [{"name": s.name, "kind": s.kind, "size": list(s.size), "undoes": s.step} for s in out.stages]
+    return fig, prov
+
+
+def decoder(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
+    """An encoder-decoder's stages forward for one image and one class (Noh et al. Fig. 4 as Noh made it): each
+    unpooling, upsampling and deconvolution's activation, its channel contributing most to request.cls's score,
+    beside the projection of the same class from request.layer (default: the last decoder stage), whole maps unless
+    request.mode says max. The class is scored as `Deconvnet.project` scores it (output, pixels, target_box)."""
+    weights, image, size = net.weights, request.image, request.size
+    if request.cls is None:
+        raise SelectionError("a decoder's stages are shown for a class: give cls", about="class")
+    dn = Deconvnet(net.view, rule=request.rule, unpool=request.unpool)
+    x = to_batch(load_image(image if image is not None else DEFAULT_IMAGE), weights.preprocess, size, device=dn.device)
+    target = _target(x, image=image, size=size, cls=request.cls, token=request.token, scoring=request)
+    score = ClassScore(request.cls, output=target["output"], pixels=target["pixels"], target=target["target"])
+    if progress:
+        progress("running the decoder")
+    stages, record = decoder_activations(dn.view, x, cls=score)
+    layer = request.layer or stages[-1].name
+    mode = request.mode or "map"
+    if progress:
+        progress(f"projecting {layer}")
+    out = dn.project(x, layer, mode=mode, top=1, **target)
+    channel = int(out.selections.channels[0, 0])
+    projected = f"{layer} map {channel} projected\n({dn.rule.title})"
+    title = f"{net.name} ({weights.name}): the decoder's stages for {record.words()}"
+    title += f"\nforward, and {layer} map {channel} ({'whole' if mode == 'map' else 'strongest activation'}) projected"
+    picture = to_display(x[0].cpu(), weights.preprocess)
+    fig = decoder_figure(picture, stages, out.images[0, 0].cpu(), weights.preprocess, title=title, projected=projected)
+    prov = _provenance("reconstruct", net, x, image=image, size=size, layers=[_selections(dn, out)])
+    prov |= {"rule": dn.rule.name, "unpool": dn.unpool, "activations": True, "score": record.record()}
+    prov["decoder_stages"] = [
+        {"name": s.name, "kind": s.kind, "size": list(s.activation.shape), "channel": s.channel} for s in stages
+    ]
     return fig, prov
 
 

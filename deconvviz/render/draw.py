@@ -161,7 +161,7 @@ def reconstruction_figure(
 
 
 def decoder_figure(
-    image: np.ndarray, stages: Sequence, projection: Tensor, preprocess: Preprocess, *, title: str, projected: str
+    image: np.ndarray, stages: Sequence, projection: Tensor, *, preprocess: Preprocess, title: str, projected: str
 ) -> Figure:
     """A decoder's stages forward, as Noh et al. Fig. 4 draws them: (a) the input, then each unpooling, upsampling
     and deconvolution's activation (analysis.decoder.DecoderStage: its channel contributing most to the class), then

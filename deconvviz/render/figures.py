@@ -242,7 +242,9 @@ def decoder(net: Network, request: Request, *, progress: Progress | None = None)
     title = f"{net.name} ({weights.name}): the decoder's stages for {record.words()}"
     title += f"\nforward, and {layer} map {channel} ({'whole' if mode == 'map' else 'strongest activation'}) projected"
     picture = to_display(x[0].cpu(), weights.preprocess)
-    fig = decoder_figure(picture, stages, out.images[0, 0].cpu(), weights.preprocess, title=title, projected=projected)
+    fig = decoder_figure(
+        picture, stages, out.images[0, 0].cpu(), preprocess=weights.preprocess, title=title, projected=projected
+    )
     prov = _provenance("reconstruct", net, x, image=image, size=size, layers=[_selections(dn, out)])
     prov |= {"rule": dn.rule.name, "unpool": dn.unpool, "activations": True, "score": record.record()}
     prov["decoder_stages"] = [

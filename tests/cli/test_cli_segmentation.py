@@ -105,10 +105,10 @@ def test_the_other_commands_run_on_a_segmentation_network(run, cwd, segmenter):
     r = run("sanity", *small, "--layer", "relu2", "--out", "s.png", "-q")
     assert r.exit_code == 0 and (cwd / "s.csv").is_file(), r.output
     r = run(
-        "scan", photos, *small, "--layers", "relu2", "--channels", "1,2", "--top", 2, "--workers", 0, "--out", "scan"
+        "scan", photos, *small, "--layers", "relu2,up", "--channels", "1,2", "--top", 2, "--workers", 0, "--out", "scan"
     )
     assert r.exit_code == 0, r.output
-    assert list(json.loads((cwd / "scan" / "report.json").read_text())["layers"]) == ["relu2"]
+    assert list(json.loads((cwd / "scan" / "report.json").read_text())["layers"]) == ["relu2", "up"]  # and a decoder's
     r = run("site", "scan", "--out", "site", "-q")
     assert r.exit_code == 0 and (cwd / "site" / "index.html").is_file(), r.output
     r = run("explore", *small, "--layers", "relu1,relu2", "--top", 2, "--out", "explore", "-q")

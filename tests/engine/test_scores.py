@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -162,6 +163,10 @@ def test_wrong_parts_classes_and_pixels_are_refused_in_one_line(kw, message):
 def test_results_without_a_part_to_score_are_refused_naming_the_keys():
     with pytest.raises(SelectionError, match=r"a dict without 'out' \(keys: a, b\); choose the scored part"):
         scored_part({"a": torch.zeros(1), "b": torch.zeros(1)})
+    logits = torch.zeros(1, 3)
+    assert scored_part(SimpleNamespace(logits=logits, hidden=None))[0] is logits  # an object, not a dict
+    assert scored_part(_Logits(loss=torch.zeros(()), logits=logits)) == (logits, "logits")  # logits before a dict
+    assert scored_part((logits, None)) == (logits, 0) and scored_part([None, logits], "1") == (logits, 1)
     with pytest.raises(SelectionError, match=r"valid: 0\.\.1"):
         scored_part((torch.zeros(1), torch.zeros(1)), 2)
     with pytest.raises(SelectionError, match="returns a tensor; leave output out"):

@@ -156,7 +156,9 @@ ClassOpt = Annotated[
     typer.Option(
         "--class",
         help="Choose the maps contributing most to this class's score (gradient times activation, summed over "
-        "positions), e.g. 671 (mountain bike); needs a classifier (--weights torchvision).",
+        "positions), e.g. 671 (mountain bike); needs class scores: a classifier (--weights torchvision), or a "
+        "segmentation network's map of them, the class's logits summed over the pixels --pixels and --target-box "
+        "choose.",
     ),
 ]
 OutputOpt = Annotated[
@@ -265,8 +267,9 @@ OcclusionClass = Annotated[
     typer.Option(
         "--class",
         help="Also map this class's probability: an ImageNet class index 0-999 (needs a classifier: "
-        "--weights torchvision, or a state dict with one). Here --class does not choose the watched map (as "
-        "it does in visualize and reconstruct): --channel, --region or --at do.",
+        "--weights torchvision, or a state dict with one), or of a segmentation network's map of class scores, "
+        "averaged over the pixels --pixels and --target-box choose. Here --class does not choose the watched map "
+        "(as it does in visualize and reconstruct): --channel, --region or --at do.",
     ),
 ]
 OccluderSize = Annotated[

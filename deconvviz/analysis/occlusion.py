@@ -14,6 +14,7 @@ from ..engine.forward import apply, forward_chain
 from ..engine.hooks import evaluating, forward_hooks, hidden_states
 from ..engine.layers import step_index
 from ..engine.model import ModelView, view_of
+from ..engine.scores import ClassScore, ScoreRecord
 from ..errors import ImageError, LayerError, OcclusionError, SelectionError
 from ..preprocess import Preprocess
 
@@ -34,8 +35,9 @@ class OcclusionResult:
     activation: Tensor  # (R, C) total activation of the feature map (sum over its positions)
     baseline_activation: float  # the same, unoccluded
     cls: int | None = None
-    probability: Tensor | None = None  # (R, C) softmax probability of class `cls`
+    probability: Tensor | None = None  # (R, C) softmax probability of class `cls` (a map's: mean over `score`'s pixels)
     baseline_probability: float | None = None
+    score: ScoreRecord | None = None  # with cls: the part of the result and the pixels scored (fixed unoccluded)
 
 
 def mean_grey(preprocess: Preprocess) -> Tensor:
@@ -79,6 +81,9 @@ def occlusion_maps(
     size: int | None = None,
     stride: int | None = None,
     cls: int | None = None,
+    output: str | int | None = None,
+    pixels: str = "all",
+    target=None,
     grey: Grey = None,
     batch_size: int = 32,
     progress: Callable[[str], None] | None = None,
@@ -87,8 +92,10 @@ def occlusion_maps(
 
     size: occluder side (default 48 at 224, scaled); stride: step between positions (default size // 3);
     grey: the occluder's input-space value, (3,) or a scalar, or a Preprocess: its dataset mean colour
-    (`mean_grey`); None: 0, the mean of mean-subtracted input. cls: also map this class's softmax probability
-    (the model's output must be class scores). The model is not modified: eval semantics for the call, no
+    (`mean_grey`); None: 0, the mean of mean-subtracted input. cls: also map this class's softmax probability; output,
+    pixels, target: which part of the model's result and which pixels of a map of class scores (as
+    Deconvnet.project: deconvviz.engine.scores); on a map, the probability is averaged over those pixels, chosen on
+    the unoccluded image and kept for every position. The model is not modified: eval semantics for the call, no
     hooks left behind.
     """
     if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] != 1:
@@ -104,6 +111,9 @@ def occlusion_maps(
             ("occluder stride", "stride", stride) if stride < 1 else ("batch size", "batch_size", batch_size)
         )
         raise OcclusionError(f"{what} must be at least 1, got {v}", about=about)
+    if cls is None and (output is not None or pixels != "all" or target is not None):
+        raise OcclusionError("output, pixels and target say how a class is scored: give cls too", about="class")
+    score = None if cls is None else ClassScore(cls, output=output, pixels=pixels, target=target)
     view = view_of(model)
     model = view.model
     p = next(model.parameters(), None)
@@ -116,7 +126,7 @@ def occlusion_maps(
     if steps is not None:
         upto = step_index(steps, name)
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
-        if cls is not None and not isinstance(last.module, nn.Linear):
+        if cls is not None and not isinstance(last.module, (nn.Linear, nn.Conv2d)):
             raise OcclusionError(
                 f"class {cls} needs a model with a classifier, and this one ends with '{last.name}' "
                 "(no class scores); use the torchvision weights",
@@ -144,16 +154,7 @@ def occlusion_maps(
     if not 0 <= channel < base_act.shape[1]:
         n = base_act.shape[1]
         raise SelectionError(f"channel {channel} is out of range for layer '{layer}' with {n} channels; use 0..{n - 1}")
-    if cls is not None:
-        if not isinstance(base_out, Tensor) or base_out.dim() != 2:
-            shape = tuple(base_out.shape) if isinstance(base_out, Tensor) else type(base_out).__name__
-            raise OcclusionError(
-                f"class {cls} needs a model whose output is class scores (N, classes), got {shape}", about="class"
-            )
-        n = base_out.shape[1]
-        if not 0 <= cls < n:
-            raise SelectionError(f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}")
-
+    scorer, record = score.target_for(base_out, (h, w)) if score is not None else (None, None)
     rows, cols = (torch.tensor(occluder_positions(n, size, stride), device=x.device) for n in (h, w))
     corners = torch.cartesian_prod(rows, cols)  # (R*C, 2), row-major
     ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
@@ -166,7 +167,7 @@ def occlusion_maps(
         act, out = run(torch.where(inside[:, None], grey.view(1, -1, 1, 1), x))
         totals.append(act[:, channel].reshape(len(r), -1).sum(1))
         if cls is not None:
-            probs.append(out.softmax(1)[:, cls])
+            probs.append(scorer.probability(score.logits(out)[0]))
     grid = (len(rows), len(cols))
     return OcclusionResult(
         rows.cpu(),
@@ -180,5 +181,6 @@ def occlusion_maps(
         baseline_activation=float(base_act[0, channel].sum()),
         cls=cls,
         probability=torch.cat(probs).view(grid).cpu() if cls is not None else None,
-        baseline_probability=float(base_out.softmax(1)[0, cls]) if cls is not None else None,
+        baseline_probability=float(scorer.probability(score.logits(base_out)[0])[0]) if cls is not None else None,
+        score=record,
     )

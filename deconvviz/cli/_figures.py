@@ -17,6 +17,7 @@ from ._options import (
     OUTPUTS,
     AblateLayer,
     AblateOut,
+    ActivationsOpt,
     AtOpt,
     Channels,
     ClassOpt,
@@ -39,6 +40,9 @@ from ._options import (
     OcclusionBatch,
     OcclusionClass,
     OcclusionOut,
+    OutputOpt,
+    PixelsChoice,
+    PixelsOpt,
     Quiet,
     ReconstructChannels,
     ReconstructMode,
@@ -53,6 +57,7 @@ from ._options import (
     StageView,
     StageViewOpt,
     Stride,
+    TargetBoxOpt,
     TokenOpt,
     Top,
     Transform,
@@ -67,6 +72,7 @@ from ._options import (
     _check_size,
     _Choice,
     _layer_names,
+    _scoring,
     _targets,
 )
 from ._progress import Progress
@@ -127,6 +133,9 @@ def visualize(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
+    output: OutputOpt = None,
+    pixels: PixelsOpt = PixelsChoice.all,
+    target_box: TargetBoxOpt = None,
     token: TokenOpt = None,
     model: Model = None,
     weights: WeightsOpt = "auto",
@@ -161,6 +170,7 @@ def visualize(
             unpool=unpool.value,
             token=token,
             **_targets(region, at, exclude),
+            **_scoring(output, pixels, target_box),
         )
         figures.check_request(choice.view, request, name=choice.name, class_chooses=True)
         default = OUTPUTS / f"visualize-{'_'.join(names)}.png"
@@ -183,8 +193,12 @@ def reconstruct(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
+    output: OutputOpt = None,
+    pixels: PixelsOpt = PixelsChoice.all,
+    target_box: TargetBoxOpt = None,
     token: TokenOpt = None,
     stage_view: StageViewOpt = StageView.channel,
+    activations: ActivationsOpt = False,
     model: Model = None,
     weights: WeightsOpt = "auto",
     device: Device = "auto",
@@ -203,7 +217,7 @@ def reconstruct(
         name = layer or choice.default_layer
         request = Request(
             image,
-            [name],
+            None if activations and layer is None else [name],  # --activations: the last decoder stage
             "all" if every else _channels(channels),
             1,
             mode and mode.value,
@@ -213,13 +227,21 @@ def reconstruct(
             unpool=unpool.value,
             token=token,
             **_targets(region, at, exclude),
+            **_scoring(output, pixels, target_box),
         )
         figures.check_request(choice.view, request, name=choice.name, class_chooses=True)
+        if activations:
+            if class_ is None:
+                raise DeconvvizError("--activations shows a decoder's stages for a class: give --class too")
+            figures.check_decoder(choice.view, size)
 
         def make(net, status):
+            if activations:
+                return figures.decoder(net, request, progress=status)
             return figures.reconstruct(net, request, stage_view=stage_view.value, progress=status)
 
-        _figure(choice, request, _Output(out, lambda _: OUTPUTS / f"reconstruct-{name}.png", dpi, quiet), make)
+        default = OUTPUTS / f"reconstruct-{'decoder' if activations else name}.png"
+        _figure(choice, request, _Output(out, lambda _: default, dpi, quiet), make)
 
 
 def occlusion(
@@ -227,6 +249,9 @@ def occlusion(
     layer: LayerOpt = None,
     channel: WatchedChannel = None,
     class_: OcclusionClass = None,
+    output: OutputOpt = None,
+    pixels: PixelsOpt = PixelsChoice.all,
+    target_box: TargetBoxOpt = None,
     occluder_size: OccluderSize = None,
     stride: Stride = None,
     batch_size: OcclusionBatch = 32,
@@ -259,6 +284,7 @@ def occlusion(
             size=size,
             rule=rule.value,
             **_targets(region, at, exclude),
+            **_scoring(output, pixels, target_box),
         )
         figures.check_request(choice.view, request, name=choice.name, spatial=True)
 
@@ -287,6 +313,9 @@ def compare(
     at: AtOpt = None,
     exclude: ExcludeOpt = None,
     class_: ClassOpt = None,
+    output: OutputOpt = None,
+    pixels: PixelsOpt = PixelsChoice.all,
+    target_box: TargetBoxOpt = None,
     token: TokenOpt = None,
     model: Model = None,
     weights: WeightsOpt = "auto",
@@ -313,6 +342,7 @@ def compare(
             unpool=unpool.value,
             token=token,
             **_targets(region, at, exclude),
+            **_scoring(output, pixels, target_box),
         )
         figures.check_request(choice.view, request, name=choice.name, spatial=True, class_chooses=True)
         _figure(

@@ -64,6 +64,24 @@ def models(debug: Debug = False) -> None:
             typer.echo(
                 f"{card.name:<{name}} {card.architecture:<{model}} {classifier:<10} {offline:<12} {card.summary}"
             )
+        _segmentation_models()
         from ..networks.huggingface import models_line
 
         typer.echo(models_line(), err=True)  # beside the table, which stays one card a line
+
+
+def _segmentation_models() -> None:
+    """torchvision's segmentation models, named by spec: their weights are torchvision's, not a card's."""
+    from ..networks.architectures import segmentation_names
+    from ..networks.network import torchvision_weights_cached
+
+    typer.echo(
+        "\nsegmentation networks by spec (--model torchvision:NAME; --weights torchvision: COCO with the 21 VOC "
+        "classes, downloaded once; --weights random: offline):"
+    )
+    specs = [f"torchvision:{n}" for n in segmentation_names()]
+    wide = max(len(s) for s in specs)
+    typer.echo(f"{'model':<{wide}} {'classes':<10} {'offline here':<12} output")
+    for spec in specs:
+        offline = "yes" if torchvision_weights_cached(spec.split(":")[1]) else "random only"
+        typer.echo(f"{spec:<{wide}} {'21 (VOC)':<10} {offline:<12} {{'out': (N, 21, H, W), ...}}")

@@ -15,6 +15,7 @@ import typer
 from ..engine.boxes import Box, Point
 from ..engine.reverse import UNPOOLS
 from ..engine.rules import RULES
+from ..engine.scores import PIXELS
 from ..errors import DeconvvizError
 from ._exits import _fail
 from ._progress import Progress
@@ -31,6 +32,9 @@ class ModeChoice(StrEnum):
 class StageView(StrEnum):
     channel = "channel"
     mean = "mean"
+
+
+PixelsChoice = StrEnum("PixelsChoice", {name: name for name in PIXELS})
 
 
 class TransformChoice(StrEnum):
@@ -154,7 +158,43 @@ ClassOpt = Annotated[
     typer.Option(
         "--class",
         help="Choose the maps contributing most to this class's score (gradient times activation, summed over "
-        "positions), e.g. 671 (mountain bike); needs a classifier (--weights torchvision).",
+        "positions), e.g. 671 (mountain bike); needs class scores: a classifier (--weights torchvision), or a "
+        "segmentation network's map of them, the class's logits summed over the pixels --pixels and --target-box "
+        "choose.",
+    ),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        help="With --class: the part of the model's result that holds the class scores, a dict's key (aux) or a "
+        "tuple's index (1). Default: the result itself when it is a tensor, its logits where it has them, 'out' of "
+        "a dict (torchvision's segmentation models), the first of a tuple.",
+    ),
+]
+PixelsOpt = Annotated[
+    PixelsChoice,
+    typer.Option(
+        "--pixels",
+        help="With --class on a map of class scores (N, K, H, W, a segmentation network): which output pixels the "
+        "class's logits are summed over: all, or predicted (where the class wins).",
+    ),
+]
+TargetBoxOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target-box",
+        help="With --class on a map of class scores: sum only the output pixels whose centres lie in this box of "
+        "the input (same forms as --region); with --pixels predicted, both conditions.",
+    ),
+]
+ActivationsOpt = Annotated[  # reconstruct
+    bool,
+    typer.Option(
+        "--activations",
+        help="On an encoder-decoder, with --class: the decoder's own stages forward (each unpooling, upsampling and "
+        "transposed convolution: its channel contributing most to the class) beside the class's projection from "
+        "--layer (default: the last decoder stage), as Noh et al.'s Fig. 4.",
     ),
 ]
 TokenOpt = Annotated[
@@ -230,8 +270,9 @@ OcclusionClass = Annotated[
     typer.Option(
         "--class",
         help="Also map this class's probability: an ImageNet class index 0-999 (needs a classifier: "
-        "--weights torchvision, or a state dict with one). Here --class does not choose the watched map (as "
-        "it does in visualize and reconstruct): --channel, --region or --at do.",
+        "--weights torchvision, or a state dict with one), or of a segmentation network's map of class scores, "
+        "averaged over the pixels --pixels and --target-box choose. Here --class does not choose the watched map "
+        "(as it does in visualize and reconstruct): --channel, --region or --at do.",
     ),
 ]
 OccluderSize = Annotated[
@@ -387,6 +428,12 @@ def _box(text: str | None, count: int, option: str):
         fractions = True
     kind = Box if count == 4 else Point
     return kind.fractions(*values) if fractions else kind.pixels(*values)
+
+
+def _scoring(output: str | None, pixels, target_box: str | None) -> dict:
+    """How --class is scored, as Request keywords, from --output, --pixels and --target-box."""
+    key = int(output) if output is not None and output.strip().isdigit() else output
+    return {"output": key, "pixels": pixels.value, "target_box": _box(target_box, 4, "--target-box")}
 
 
 def _targets(region: str | None, at: str | None, exclude: list[str] | None) -> dict:

@@ -3,7 +3,8 @@ pass (unpool, rectify, filter) back to the input.
 
 Modules, in the order a projection meets them: `layers` (a model's steps and names), `model` (a model resolved
 once into a `ModelView`, handed down to the rest), `forward` (the forward pass
-and its switches), `selection`, `boxes` and `targets` (which activations), `rules` (how an activation passes the
+and its switches), `selection`, `boxes` and `targets` (which activations), `scores` (how a model's result becomes a
+class score: the part scored, a class of a vector or over a map's pixels), `rules` (how an activation passes the
 signal back), `reverse` (the reverse pass of a chain), `rectified` (the autograd path for any network), `fields`
 (receptive fields), `_paths` (a chain or autograd, forward and back), `_strategies` (the seeds back on the whole
 plane or on windows), `deconvnet` (the `Deconvnet` that chooses among them), `request` (one command's choices).

@@ -18,6 +18,7 @@ from .layout import Layout, layouts
 from .model import ModelView, view_of
 from .reverse import WINDOWED_UNPOOLING, Stage, get_unpool
 from .rules import Rule, get_rule
+from .scores import ClassScore, ScoreRecord
 from .selection import Selection, select
 from .targets import Box, Point, choose
 
@@ -34,6 +35,7 @@ class Projection:
     rule: str = "deconvnet"  # how activations passed the signal back (rules.py)
     conventions: dict[str, str] = field(default_factory=dict)  # module path -> conventions used (CONVENTIONS)
     unpool: str = "switches"  # how max-pools were undone (reverse.UNPOOLS)
+    score: ScoreRecord | None = None  # with cls: what was scored (the part of the result, the pixels of a map)
 
 
 class Deconvnet:
@@ -138,6 +140,9 @@ class Deconvnet:
         stages: Sequence[str] | None = None,
         unpool: str | None = None,
         token: str | int | None = None,
+        output: str | int | None = None,
+        pixels: str = "all",
+        target: Box | None = None,
     ) -> Projection:
         """Project selected activations of `layer` to input space. x: (N, C, H, W) -> images (N, K, C, H, W).
 
@@ -150,7 +155,12 @@ class Deconvnet:
         region (a Box: Box.pixels or Box.fractions) or at (a Point): the maps strongest, and
         in each the strongest position, among the positions whose receptive-field centre lies inside
         (less those inside `exclude` boxes), or at the position nearest the point (see deconvviz.engine.targets).
-        cls: the `top` maps contributing most to class `cls`'s score (gradient times activation).
+        cls: the `top` maps contributing most to class `cls`'s score (gradient times activation). The score is
+        read from the model's result (deconvviz.engine.scores): output chooses the part (None: a tensor as it is,
+        `logits` of an object that has them, "out" of a dict, the first of a tuple; or a key, an index); of a
+        (N, K) vector it is class cls's logit, of a (N, K, h, w) map its logits summed over the pixels chosen by
+        pixels ("all", or "predicted": where cls is the argmax) and target (a Box on the input: the output pixels
+        whose centres, mapped to the input, lie inside it). Projection.score records what was scored.
         keep_stages: also return the reverse signal at stage boundaries, from the layer down to the input (chains:
         after each block of reverse steps and each unpooling; any other model: the signal arriving at the output
         of each module in `stages`, default `layers.stage_modules`, and at each max-pool's input, then the input).
@@ -163,13 +173,17 @@ class Deconvnet:
         """
         rule = get_rule(self.rule if rule is None else rule)
         unpool = get_unpool(self.unpool if unpool is None else unpool)
+        if cls is None and (output is not None or pixels != "all" or target is not None):
+            raise SelectionError("output, pixels and target say how a class is scored: give cls too", about="class")
+        score = None if cls is None else ClassScore(cls, output=output, pixels=pixels, target=target)
+        record = None
         view = self.view  # the model as it is now, for the whole call
         with torch.inference_mode(False):  # also inside inference_mode: some reverse steps use autograd
             layout = self._layout(view, x, layer, token)
             if region is not None or at is not None or cls is not None or exclude:
                 if token is not None and (region is not None or at is not None):
                     raise SelectionError("a region or point chooses grid positions, and a prefix token has none")
-                channels, positions = choose(
+                channels, positions, record = choose(
                     view,
                     self._input(x),
                     layer,
@@ -179,12 +193,12 @@ class Deconvnet:
                     region=region,
                     at=at,
                     exclude=exclude,
-                    cls=cls,
+                    cls=score,
                     positions=positions,
                     layout=layout,
                 )
             boundaries = None if stages is None else view.check_stage_modules(list(stages))
-            return self._project(
+            out = self._project(
                 view,
                 x,
                 layer,
@@ -200,6 +214,8 @@ class Deconvnet:
                 boundaries=boundaries,
                 layout=layout,
             )
+        out.score = record
+        return out
 
     def _layout(self, view: ModelView, x, layer, token) -> Layout | None:
         """The layout of `layer`'s output (planes on a chain), with a prefix token selected alone if asked."""

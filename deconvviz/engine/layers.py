@@ -201,6 +201,8 @@ def default_layer(model: nn.Module, steps: list[Step] | None) -> str:
     while True:
         kids = [(f"{path}.{k}".lstrip("."), c) for k, c in module.named_children()]
         blocks = [(p, c) for p, c in kids if p in spatial and any(isinstance(m, nn.Conv2d) for m in c.modules())]
+        blocks = [(p, c) for p, c in blocks if not p.rpartition(".")[2].startswith("aux")] or blocks  # training's
+        # auxiliary heads (torchvision's segmentation models' aux_classifier) are not what the network computes
         if not blocks:
             return path or convs[-1]
         path, module = blocks[-1]
@@ -344,11 +346,25 @@ def in_channels(steps: list[Step]) -> int:
     return 3
 
 
+# A decoder's own stages: the modules that upsample (each unpooling, upsampling and transposed convolution).
+UPSAMPLING = (
+    nn.MaxUnpool1d,
+    nn.MaxUnpool2d,
+    nn.MaxUnpool3d,
+    nn.Upsample,  # and UpsamplingNearest2d, UpsamplingBilinear2d
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.PixelShuffle,
+)
+
+
 def stage_modules(model: nn.Module) -> list[str]:
     """Default stage boundaries of a non-chain model: its top-level children, and the children of a top-level
     nn.Sequential of mixed parts (DenseNet's dense blocks and transitions, `features.i` of torchvision's
     sequential backbones); a Sequential of repeated blocks (ResNet's layer1) stays one stage, but one of repeated
-    attention blocks gives a stage after each block (a ViT's encoder layers, a Swin stage's blocks)."""
+    attention blocks gives a stage after each block (a ViT's encoder layers, a Swin stage's blocks); and an
+    encoder-decoder's own stages, each module that upsamples (UPSAMPLING: unpooling, upsampling, deconvolution)."""
     out = []
     for name, child in model.named_children():
         out.append(name)
@@ -356,7 +372,21 @@ def stage_modules(model: nn.Module) -> list[str]:
         if len({type(m) for _, m in parts}) > 1:
             out.extend(f"{name}.{n}" for n, _ in parts)
         out.extend(_attention_blocks(name, child))
+    out.extend(n for n, m in model.named_modules() if isinstance(m, UPSAMPLING) and n not in out)
     return out
+
+
+def decoder_modules(model: nn.Module, size: tuple[int, int] = (224, 224)) -> list[str]:
+    """A decoder's own stages: every module that upsamples (UPSAMPLING), in the order they run for an input of
+    `size` (module_outputs; declared order where the shapes-only run cannot follow the model)."""
+    found = [n for n, m in model.named_modules() if isinstance(m, UPSAMPLING)]
+    if not found:
+        return []
+    try:
+        ran = [r.name for r in module_outputs(model, size)]
+    except Exception:  # noqa: BLE001 - an op the meta device lacks: the declared order
+        return found
+    return [n for n in dict.fromkeys(ran) if n in found] or found
 
 
 def _attention_blocks(prefix: str, module: nn.Module) -> list[str]:

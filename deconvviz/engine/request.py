@@ -17,7 +17,8 @@ class Request:
     strongest). region/exclude: Boxes (Box.pixels, Box.fractions) or names from the image's sidecar; at: a Point
     (Point.pixels, Point.fractions); plain tuples are refused (their unit would be a guess). cls: choose the maps
     contributing most to this class. rule: how ReLUs pass the signal back; unpool: how pools are undone. token: on a
-    token layer (ViT, DeiT), a prefix token selected alone (Deconvnet.project's token)."""
+    token layer (ViT, DeiT), a prefix token selected alone (Deconvnet.project's token). output, pixels, target_box: how
+    the class is scored (Deconvnet.project's output, pixels and target; target_box may name a sidecar region)."""
 
     image: str | os.PathLike | None = None  # None: the built-in bicycle
     layers: Sequence[str] | None = None
@@ -32,6 +33,9 @@ class Request:
     rule: str = "deconvnet"
     unpool: str = "switches"
     token: str | None = None  # a token layer's prefix token alone ("cls", "dist", "reg0", an index): as project's
+    output: str | int | None = None  # with cls: the part of the model's result scored (project's output)
+    pixels: str = "all"  # with cls, on a map of class scores: all, or predicted (project's pixels)
+    target_box: Box | str | None = None  # with cls, on a map: only its pixels in this box (project's target)
 
     @property
     def layer(self) -> str | None:

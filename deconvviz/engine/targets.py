@@ -30,6 +30,7 @@ from .hooks import evaluating, forward_hooks, hidden_states, with_hidden_states
 from .layers import receptive_fields, step_index
 from .layout import CHANNELS_LAST, TOKENS, Layout, layout_of
 from .model import ModelView, view_of
+from .scores import ClassScore, ScoreRecord
 from .selection import strongest_channels, strongest_in_region
 
 
@@ -216,17 +217,38 @@ def _watching(model: nn.Module, name: str) -> Iterator[list[Tensor]]:
 
 
 def class_contributions(
-    model: nn.Module | ModelView, x: Tensor, layer: str, *, cls: int, layout: Layout | None = None
+    model: nn.Module | ModelView,
+    x: Tensor,
+    layer: str,
+    *,
+    cls: int | ClassScore,
+    layout: Layout | None = None,
 ) -> Tensor:
     """Each feature map's contribution to class `cls`'s score: gradient times activation, summed over positions.
 
-    x: (N, C, H, W) preprocessed; the score is the model's output (logit) for `cls`; layout: how the layer's output
-    lays out its maps (tokens: summed over the grid's tokens). Returns (N, channels)."""
+    x: (N, C, H, W) preprocessed; cls: a class of the model's result, or a ClassScore (which part of the result,
+    which pixels of a map: deconvviz.engine.scores), its score the logit of a (N, K) vector or the logits summed
+    over the chosen pixels of a (N, K, h, w) map; layout: how the layer's output lays out its maps (tokens: summed
+    over the grid's tokens). Returns (N, channels)."""
+    return scored_contributions(model, x, layer, score=cls, layout=layout)[0]
+
+
+def scored_contributions(
+    model: nn.Module | ModelView,
+    x: Tensor,
+    layer: str,
+    *,
+    score: int | ClassScore,
+    layout: Layout | None = None,
+) -> tuple[Tensor, ScoreRecord]:
+    """class_contributions, with what was scored (scores.ScoreRecord: the part of the result, the pixels)."""
     view = view_of(model)
     model, steps, name = view.model, view.steps, view.resolve(layer)
+    score = score if isinstance(score, ClassScore) else ClassScore(score)
+    cls = score.cls
     if steps is not None:
         last = [s for s in steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1]
-        if not isinstance(last.module, nn.Linear):
+        if not isinstance(last.module, (nn.Linear, nn.Conv2d)):
             raise SelectionError(
                 f"class {cls} needs a model with a classifier (class scores), and this one has "
                 f"none (it ends with '{last.name}'; vgg16-caffe weights are conv layers only): use "
@@ -234,17 +256,18 @@ def class_contributions(
                 about="class",
             )
     with _watching(model, name) as got:
-        scores = model(x.detach().clone())
+        result = model(x.detach().clone())
         if len(got) != 1 or not isinstance(got[0], Tensor):
             raise LayerError(f"layer '{layer}' must run once per forward and return a tensor")
-        if not isinstance(scores, Tensor) or scores.dim() != 2:
-            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise SelectionError(f"class {cls} needs a model whose output is class scores (N, classes), got {shape}")
-        if not isinstance(cls, numbers.Integral) or isinstance(cls, bool) or not 0 <= cls < scores.shape[1]:
-            n = scores.shape[1]
-            raise SelectionError(f"class {cls!r} is out of range for a classifier with {n} classes; use 0..{n - 1}")
+        target, record = score.target_for(result, tuple(x.shape[-2:]))
         act = got[0]
-        (grad,) = torch.autograd.grad(scores[:, int(cls)].sum(), act)
+        (grad,) = torch.autograd.grad(target(score.logits(result)[0]).sum(), act, allow_unused=True)
+    if grad is None:
+        part = "" if record.output is None else f" (output {record.output!r})"
+        raise SelectionError(
+            f"class {cls}'s score{part} does not depend on layer '{layer}'; choose a layer it is computed from",
+            about="class",
+        )
     if layout is not None:
         whole = grad
         grad, act = layout.maps(grad, layer), layout.maps(act, layer)
@@ -255,7 +278,8 @@ def class_contributions(
                 "layer",
                 about="token",
             )
-    return (grad * act).detach().flatten(2).sum(2) if act.dim() > 2 else (grad * act).detach()
+    contributions = (grad * act).detach()
+    return (contributions.flatten(2).sum(2) if act.dim() > 2 else contributions), record
 
 
 def check_choice(
@@ -295,22 +319,23 @@ def choose(
     region: Box | None = None,
     at: Point | None = None,
     exclude: Sequence[Box] = (),
-    cls: int | None = None,
+    cls: int | ClassScore | None = None,
     positions: Tensor | None = None,
     layout: Layout | None = None,
 ):
-    """Channels (N, K) and positions (N, K; None in mode map) for `select`, from a region, point or class;
+    """Channels (N, K), positions (N, K; None in mode map) for `select`, and what a class scored (ScoreRecord;
+    None without cls), from a region, point or class (an int or a ClassScore: which part, which pixels);
     layout: how the layer's output lays out its feature maps (deconvviz.engine.layout), positions on their grid.
 
     cls: the `top` maps with the largest contribution to the class score (`class_contributions`); region or
     at: the maps (given, or the `top` strongest there) and in each its strongest position inside the region."""
     check_choice(region=region, at=at, exclude=exclude, cls=cls, channels=channels, positions=positions)
-    view = view_of(model)
+    view, record = view_of(model), None
     if cls is not None:
-        contrib = class_contributions(view, x, layer, cls=cls, layout=layout)
+        contrib, record = scored_contributions(view, x, layer, score=cls, layout=layout)
         channels = strongest_channels(contrib, top)
     if region is None and at is None:
-        return channels, positions
+        return channels, positions, record
     mask = region_mask(view, layer, input_size=tuple(x.shape[-2:]), region=region, at=at, exclude=exclude)
     if view.steps is None:
         with torch.no_grad(), _watching(view.model, view.resolve(layer)) as got:
@@ -319,4 +344,4 @@ def choose(
     else:
         act = forward_chain(view.steps, x, view.step_index(layer)).activation
     chans, positions = strongest_in_region(act, mask, channels, top, layer)
-    return chans, positions if mode == "max" else None
+    return chans, positions if mode == "max" else None, record

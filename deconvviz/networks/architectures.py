@@ -94,10 +94,20 @@ def _unknown(name: str, valid: list[str], kind: str) -> str:
 
 
 def _torchvision_names() -> list[str]:
-    return torchvision.models.list_models(module=torchvision.models)
+    return torchvision.models.list_models(module=torchvision.models) + segmentation_names()
+
+
+def segmentation_names() -> list[str]:
+    """torchvision's semantic segmentation models (FCN, DeepLabV3, LR-ASPP), which return {"out": (N, 21, H, W),
+    ...} at the input's size; their own weights are COCO's with the 21 VOC classes."""
+    return torchvision.models.list_models(module=torchvision.models.segmentation)
 
 
 def _torchvision(name: str) -> nn.Module:
+    if name in segmentation_names():  # random, with no backbone weights (no download); FCN and DeepLabV3 with
+        # their auxiliary head, as their own weights have it ({"out", "aux"})
+        aux = {} if name.startswith("lraspp") else {"aux_loss": True}
+        return torchvision.models.get_model(name, weights=None, weights_backbone=None, **aux)
     return torchvision.models.get_model(name)
 
 

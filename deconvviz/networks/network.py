@@ -198,6 +198,15 @@ def _torchvision(name: str) -> tuple[nn.Module, Weights]:
     return module, Weights(f"torchvision-{name}", desc, pre, categories=cats, source=enum.url, sha256=sha)
 
 
+def torchvision_weights_cached(name: str) -> bool:
+    """Whether torchvision's default weights for `name` are in torch's cache (they then load offline)."""
+    try:
+        enum = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return False
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name).is_file()
+
+
 def _timm_pretrained(name: str) -> tuple[nn.Module, Weights]:
     import timm
 

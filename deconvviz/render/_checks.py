@@ -8,15 +8,16 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..engine.boxes import Box
 from ..engine.forward import layer_shape
-from ..engine.layers import module_outputs
+from ..engine.layers import decoder_modules
 from ..engine.model import ModelView, view_of
 from ..engine.request import Request
+from ..engine.scores import ClassScore, meta_result
 from ..engine.selection import checked_channels
 from ..engine.targets import check_choice, find_region
 from ..errors import LayerError, OcclusionError, SelectionError
 from ..images import DEFAULT_IMAGE, check_size, load_image
-from ..networks.network import has_classifier
 
 
 def check_request(
@@ -47,6 +48,9 @@ def check_request(
         cls=r.cls,
         spatial=spatial or r.region is not None or r.at is not None,
         name=name,
+        output=r.output,
+        pixels=r.pixels,
+        target=None if r.target_box is None else find_region(r.target_box, r.image, size, width=size, height=size),
     )
     if r.region is not None or r.at is not None:
         found = {
@@ -68,8 +72,12 @@ def check_layers(
     cls: int | None = None,
     spatial: bool = False,
     name: str = "this network",
+    output: str | int | None = None,
+    pixels: str = "all",
+    target: Box | None = None,
 ) -> None:
-    """check_request without an image: layers, channels and class checked on the architecture alone."""
+    """check_request without an image: layers, channels and class checked on the architecture alone; output,
+    pixels and target: how the class is scored (deconvviz.engine.scores), checked on the model's result."""
     check_size(size)
     view = view_of(model)
     for layer in layers:
@@ -81,15 +89,32 @@ def check_layers(
                 f"convolution or pool layer, e.g. {view.default_layer()}"
             )
     if cls is None:
+        if output is not None or pixels != "all" or target is not None:
+            raise SelectionError("output, pixels and target say how a class is scored: give a class too", about="class")
         return
-    if not has_classifier(view):
+    last = [s for s in view.steps if not isinstance(s.module, (nn.Identity, nn.Dropout))][-1:] if view.is_chain else []
+    if view.is_chain and not (last and isinstance(last[0].module, (nn.Linear, nn.Conv2d))):
         raise OcclusionError(
             f"a class needs a model with a classifier (class scores), and {name} has none; "
             "use weights with a classifier (torchvision, a card or a state dict)",
             about="class",
         )
-    n = [r for r in module_outputs(view.model, (size, size)) if r.name == ""][0].shape[0]
-    if not 0 <= cls < n:
-        raise SelectionError(
-            f"class {cls} is out of range for a classifier with {n} classes; use 0..{n - 1}", about="class"
+    score = ClassScore(cls, output=output, pixels=pixels, target=target)
+    try:
+        result = meta_result(view.model, (size, size))
+    except Exception:  # noqa: BLE001 - a forward the meta device cannot run: checked when the class is scored
+        return
+    score.logits(result)
+
+
+def check_decoder(model: nn.Module | ModelView, size: int = 224) -> None:
+    """Refuse the decoder-stages figure of a network with no decoder stages (engine.layers.decoder_modules), on
+    the architecture alone."""
+    view = view_of(model)
+    if not decoder_modules(view.model, (size, size)):
+        raise LayerError(
+            f"{type(view.model).__name__} has no unpooling, upsampling or transposed-convolution module "
+            "(nn.MaxUnpool2d, nn.Upsample, nn.ConvTranspose2d, ...), so no decoder stages to show (F.interpolate "
+            "calls are not modules); use reconstruct without activations",
+            about="activations",
         )

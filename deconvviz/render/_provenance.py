@@ -50,6 +50,8 @@ def _selections(dn: Deconvnet, out: Projection) -> dict:
         rec["positions"] = sel.rows_cols[0].tolist()
     if boxes is not None:
         rec["receptive_fields"] = boxes[0].tolist()  # top, bottom, left, right (half-open)
+    if out.score is not None:  # what a class scored: the part of the model's result, the pixels of a map
+        rec["score"] = out.score.record()
     return rec
 
 

@@ -160,6 +160,47 @@ def reconstruction_figure(
     return fig
 
 
+def decoder_figure(
+    image: np.ndarray, stages: Sequence, projection: Tensor, *, preprocess: Preprocess, title: str, projected: str
+) -> Figure:
+    """A decoder's stages forward, as Noh et al. Fig. 4 draws them: (a) the input, then each unpooling, upsampling
+    and deconvolution's activation (analysis.decoder.DecoderStage: its channel contributing most to the class), then
+    the deconvnet projection of the same class (3, H, W), labelled `projected`."""
+    panels = len(stages) + 2
+    cols = min(5, panels)
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.75 * rows + 0.7), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        _off(ax)
+        if i >= panels:
+            ax.set_visible(False)
+            continue
+        if i == 0:
+            ax.imshow(image, interpolation="nearest")
+            label = f"(a) input {image.shape[0]}×{image.shape[1]}"
+        elif i == panels - 1:
+            ax.imshow(pattern_rgb(projection, preprocess), interpolation="nearest")
+            label = f"({_letter(i)}) {projected}"
+        else:
+            st = stages[i - 1]
+            a = st.activation[st.channel].float()
+            scale = float(torch.quantile(a.abs().flatten(), 0.995)) or float(a.abs().max()) or 1.0
+            ax.imshow(a.cpu().numpy(), cmap="gray", vmin=-scale, vmax=scale, interpolation="nearest")
+            h, w = a.shape[-2:]
+            label = f"({_letter(i)}) {h}×{w} {st.kind}\n{_wrapped_path(st.name)}, ch {st.channel}"
+        ax.set_xlabel(label, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    last = _letter(panels - 2)
+    _note(
+        fig,
+        0.005,
+        f"(b)-({last}): each stage's forward activation, its channel contributing most to the class (gradient x "
+        "activation); mid-grey = 0, contrast: 99.5th percentile of |a| | projection: mid-grey = 0, 99.9th of |r|",
+    )
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    return fig
+
+
 @dataclass
 class GridRow:
     """One layer of a layer grid: per selection the reconstruction (3, H, W), box, channel, value."""

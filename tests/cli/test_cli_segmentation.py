@@ -65,7 +65,7 @@ def test_visualize_scores_a_class_over_the_predicted_pixels_in_a_box_and_records
     args = ["--model", segmenter, "--layer", "relu2", "--size", 32, "--top", 3, "--class", cls]
     r = run("visualize", *args, "--pixels", "predicted", "--target-box", "0,0,16,32", "--out", "v.png", "-q")
     assert r.exit_code == 0, r.output
-    (layer,) = json.loads((cwd / "v.provenance.json").read_text())["layers"]
+    (layer,) = json.loads((cwd / "v.png.provenance.json").read_text())["layers"]
     assert layer["score"] == {
         "class": cls,
         "output": "out",
@@ -90,7 +90,7 @@ def test_the_class_commands_score_the_chosen_output(run, cwd, segmenter, command
     args = ["--model", segmenter, "--layer", "conv1", "--size", 32, "--class", 1, "--output", "aux"]
     r = run(command, *args, "--out", "f.png", "-q")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "f.provenance.json").read_text())
+    prov = json.loads((cwd / "f.png.provenance.json").read_text())
     score = prov["class"]["score"] if command == "occlusion" else prov["layers"][0]["score"]
     assert score["output"] == "aux" and score["grid"] == [16, 16] and score["pixels_scored"] == [256]
 
@@ -138,7 +138,7 @@ def test_fcn_resnet50_with_random_weights_says_which_pixels_it_scored(run, cwd):
     args = ["--model", "torchvision:fcn_resnet50", "--weights", "random", "--layer", "classifier", "--class", 2]
     r = run("visualize", *args, "--size", 64, "--out", "fcn.png", "-q")
     assert r.exit_code == 0, r.output
-    prov = json.loads((cwd / "fcn.provenance.json").read_text())
+    prov = json.loads((cwd / "fcn.png.provenance.json").read_text())
     score = prov["layers"][0]["score"]
     assert score["output"] == "out" and score["pixels"] == "all" and score["pixels_scored"] == [64 * 64]
     assert prov["layers"][0]["channels"][0] == 2  # at the head's output only class 2's own map feeds its score

@@ -282,6 +282,20 @@ def scored_contributions(
     return (contributions.flatten(2).sum(2) if act.dim() > 2 else contributions), record
 
 
+def _contributing(contributions: Tensor, layer: str, record: ScoreRecord) -> int:
+    """How many maps contribute to the class at all (the most of any image): a map whose contribution is exactly 0
+    is no choice (at a segmentation head only class k's own map feeds its score): it ranks after every map that
+    contributes, even negatively, and `top` stops at the contributing maps."""
+    count = int(contributions.ne(0).sum(1).max())
+    if count == 0:
+        raise SelectionError(
+            f"class {record.cls}'s score gets nothing from layer '{layer}' on this input (every map's gradient "
+            "times activation is 0); choose an earlier layer or another image",
+            about="class",
+        )
+    return count
+
+
 def check_choice(
     model: nn.Module | ModelView | None = None,
     layer: str | None = None,
@@ -333,7 +347,8 @@ def choose(
     view, record = view_of(model), None
     if cls is not None:
         contrib, record = scored_contributions(view, x, layer, score=cls, layout=layout)
-        channels = strongest_channels(contrib, top)
+        count = _contributing(contrib, layer, record)
+        channels = strongest_channels(contrib.double().masked_fill(contrib == 0, -math.inf), min(top, count))
     if region is None and at is None:
         return channels, positions, record
     mask = region_mask(view, layer, input_size=tuple(x.shape[-2:]), region=region, at=at, exclude=exclude)

@@ -75,8 +75,10 @@ def _by_hand(model: Seg, x, cls: int, mask=None, part=lambda r: r["out"]):
 
 
 def _ranked(contributions):
-    """Channels by contribution, largest first (ties: the lower channel)."""
-    return contributions.double().sort(dim=1, descending=True, stable=True).indices
+    """Channels by contribution, largest first (ties: the lower channel), without the maps that contribute exactly
+    nothing (one image: those are no choice)."""
+    ranked = contributions.double().sort(dim=1, descending=True, stable=True).indices
+    return ranked[:, contributions.gather(1, ranked)[0] != 0]
 
 
 @pytest.mark.parametrize("returns", ["tensor", "dict", "tuple", "logits"])
@@ -212,3 +214,11 @@ def test_occlusion_of_a_dense_output_averages_the_class_probability_over_the_sco
         )
     with pytest.raises(DeconvvizError, match="give cls too"):
         occlusion_maps(model, x, "relu2", channel=1, pixels="predicted")
+
+
+def test_at_a_segmentation_head_only_the_classs_own_map_is_chosen():
+    """At the (N, K, H, W) scores themselves, class k's score is the sum of map k: every other map contributes
+    exactly 0, so it is no choice; top=K gives map k alone, never maps picked among zeros."""
+    model, x = _seg("tensor", upsample=False), torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    out = Deconvnet(model).project(x, "head", cls=2, top=4)
+    assert out.selections.channels.tolist() == [[2]]

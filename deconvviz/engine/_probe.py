@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import ImageError, LayerError, UnsupportedModelError
+from ._batched import over_seeds
 from .hooks import evaluating, forward_hooks
 from .layout import Layout
 
@@ -135,7 +136,7 @@ def _support(out: Tensor, leaf: Tensor, seeds: Tensor) -> Tensor:
     def grad(seed):
         return torch.autograd.grad(out, leaf, seed, retain_graph=True)[0]
 
-    return torch.func.vmap(grad)(seeds).abs().sum((1, 2)) > 0
+    return over_seeds(grad, seeds).abs().sum((1, 2)) > 0
 
 
 def _structural_copy(model: nn.Module) -> nn.Module:

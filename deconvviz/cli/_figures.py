@@ -21,6 +21,7 @@ from ._options import (
     Channels,
     ClassOpt,
     CompareOut,
+    CompareTop,
     Debug,
     Device,
     Dpi,
@@ -280,7 +281,7 @@ def occlusion(
 def compare(
     image: Image = None,
     layer: LayerOpt = None,
-    top: Top = 4,
+    top: CompareTop = 4,
     channels: Channels = None,
     unpool: UnpoolOpt = UnpoolChoice.switches,
     region: RegionOpt = None,

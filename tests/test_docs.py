@@ -1,9 +1,10 @@
 """The documentation runs as written: every ```sh and ```python block of README.md and docs/ is executed, in
 page order, in one shared working folder; a block that cannot run here says why in the page source
 (<!-- not run: reason -->), and a long one is marked <!-- slow -->. A block that shows a refusal is marked
-<!-- exit 2 -->: each command in it followed by a comment `# deconvviz: error: ...` must exit 2 and print exactly
-that one line (`...` in it stands for any text), so a refusal the docs show that stops happening fails here. The
-site builds with `mkdocs build --strict`."""
+<!-- exit 2 -->: each command in it followed by a comment `# deconvviz: error: ...` must exit 2 and print that
+one line (`...` in it stands for any text; only the weights notice may come before it, where the refusal comes
+after the network loaded), so a refusal the docs show that stops happening fails here. The site builds with
+`mkdocs build --strict`."""
 
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ def matches(expected: str, line: str) -> bool:
 
 def run_command(command: str, work: Path, refusal: str | None = None) -> None:
     """A deconvviz command in-process (typer's runner, its environment assignments applied), anything else
-    through bash. With a refusal: exit 2, and that one line on stderr and nothing else."""
+    through bash. With a refusal: exit 2, that line on stderr (after the weights notice at most), nothing on stdout."""
     env = shell_env(work)
     words = [] if "<<" in command else shlex.split(command, comments=True)
     assignments = {}
@@ -225,7 +226,7 @@ def known() -> Known:
         options.update(o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--"))
     for script in (ROOT / "scripts").glob("*.py"):
         options.update(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", script.read_text()))
-    conventions = {c for c in CONVENTIONS if c.endswith((" fixed", " rule"))} | {"ReLU rule"}
+    conventions = {*CONVENTIONS, "no rule"}  # and `layers`' label for an op with no rule ("no rule: op")
     return Known(frozenset(options), frozenset(RULES), frozenset(UNPOOLS), frozenset(conventions))
 
 

@@ -1,6 +1,10 @@
 """The documentation runs as written: every ```sh and ```python block of README.md and docs/ is executed, in
 page order, in one shared working folder; a block that cannot run here says why in the page source
-(<!-- not run: reason -->), and a long one is marked <!-- slow -->. The site builds with `mkdocs build --strict`."""
+(<!-- not run: reason -->), and a long one is marked <!-- slow -->. A block that shows a refusal is marked
+<!-- exit 2 -->: each command in it followed by a comment `# deconvviz: error: ...` must exit 2 and print that
+one line (`...` in it stands for any text; only the weights notice may come before it, where the refusal comes
+after the network loaded), so a refusal the docs show that stops happening fails here. The site builds with
+`mkdocs build --strict`."""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from deconvviz.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"(?:^<!-- (?P<marker>[^\n]*?) -->\n)?^```(?P<lang>sh|python)\n(?P<code>.*?)^```", re.S | re.M)
-MARKER = re.compile(r"not run: \S.{9,}|slow")  # a reason of ten characters at least
+MARKER = re.compile(r"not run: \S.{9,}|slow|exit 2")  # a reason of ten characters at least
+REFUSAL = "# deconvviz: error: "  # in an exit 2 block: the line the command before it prints
 
 
 @dataclass
@@ -69,7 +74,17 @@ BLOCKS = blocks()
 def test_every_marker_is_known_and_every_not_run_says_why():
     assert BLOCKS, "no code blocks found"
     bad = [f"{b.id}: <!-- {b.marker} -->" for b in BLOCKS if b.marker and not MARKER.fullmatch(b.marker)]
-    assert not bad, "markers are <!-- slow --> or <!-- not run: REASON -->:\n" + "\n".join(bad)
+    assert not bad, "markers are <!-- slow -->, <!-- exit 2 --> or <!-- not run: REASON -->:\n" + "\n".join(bad)
+
+
+def test_every_exit_2_block_shows_its_line_after_each_refused_command():
+    """An exit 2 block holds refusals: at least one, each line right after a command, none after a comment."""
+    refusals = [b for b in BLOCKS if b.marker == "exit 2"]
+    assert refusals, "no <!-- exit 2 --> block in the docs"
+    for b in refusals:
+        assert b.lang == "sh", f"{b.id}: an exit 2 block is a sh block"
+        steps = refused_commands(b.code)
+        assert any(expected for _, expected in steps), f"{b.id}: no '{REFUSAL}...' line after a command"
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +126,29 @@ def commands(code: str) -> list[str]:
     return out
 
 
-def run_command(command: str, work: Path) -> None:
+def refused_commands(code: str) -> list[tuple[str, str | None]]:
+    """An exit 2 block's commands, each with the one line it must print (None: it must succeed). The line is the
+    comment right after the command, without its '# '."""
+    steps: list[tuple[str, str | None]] = []
+    for command in commands(code):
+        if command.startswith(REFUSAL):
+            assert steps and steps[-1][1] is None and not steps[-1][0].startswith("#"), (
+                f"{command!r} follows no command"
+            )
+            steps[-1] = (steps[-1][0], command[2:])
+        else:
+            steps.append((command, None))
+    return steps
+
+
+def matches(expected: str, line: str) -> bool:
+    """The printed line is the expected one, where '...' in the expected stands for any text."""
+    return re.fullmatch(".*".join(map(re.escape, expected.split("..."))), line) is not None
+
+
+def run_command(command: str, work: Path, refusal: str | None = None) -> None:
     """A deconvviz command in-process (typer's runner, its environment assignments applied), anything else
-    through bash."""
+    through bash. With a refusal: exit 2, that line on stderr (after the weights notice at most), nothing on stdout."""
     env = shell_env(work)
     words = [] if "<<" in command else shlex.split(command, comments=True)
     assignments = {}
@@ -122,10 +157,20 @@ def run_command(command: str, work: Path) -> None:
         assignments[key] = os.path.expandvars(value.replace("$PWD", str(work)))
     if words and words[0] == "deconvviz":
         r = CliRunner().invoke(app, words[1:], env=assignments, catch_exceptions=False)
-        assert r.exit_code == 0, f"{command}\nexit {r.exit_code}: {r.output}"
+        code, stdout, stderr = r.exit_code, r.stdout, r.stderr
+    else:
+        p = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command], cwd=work, env=env, capture_output=True, text=True
+        )
+        code, stdout, stderr = p.returncode, p.stdout, p.stderr
+    if refusal is None:
+        assert code == 0, f"{command}\nexit {code}: {stdout}{stderr}"
         return
-    r = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=work, env=env, capture_output=True, text=True)
-    assert r.returncode == 0, f"{command}\nexit {r.returncode}: {r.stdout}{r.stderr}"
+    assert code == 2, f"{command}\nexit {code}, not 2 as the docs show: {stdout}{stderr}"
+    assert stdout == "", f"{command}\nprinted on stdout: {stdout}"
+    *before, last = stderr.splitlines() or [""]  # a refusal found while computing follows the weights notice
+    shown = matches(refusal, last) and all(line.startswith("deconvviz: weights: ") for line in before)
+    assert shown, f"{command}\nthe docs show: {refusal}\nit printed: {stderr}"
 
 
 RUN = [
@@ -141,8 +186,101 @@ def test_block_runs(block: Block, workspace: Path, monkeypatch):
     if block.lang == "python":
         exec(compile(block.code, block.id, "exec"), {"__name__": "__docs__"})
         return
+    if block.marker == "exit 2":
+        for command, refusal in refused_commands(block.code):
+            run_command(command, workspace, refusal)
+        return
     for command in commands(block.code):
         run_command(command, workspace)
+
+
+# Options the docs may name that belong to other programs: the scripts' own (read from their argparse calls below)
+# and these, each with its program.
+FOREIGN_OPTIONS = {"--strict": "mkdocs build", "--nproc-per-node": "torchrun"}
+OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+RULE_NAMES = re.compile(r"--rules?[ =]([a-z]+(?:,[a-z]+)*)|\brules?=\(?\[?[\"']([a-z_]+)[\"']")
+UNPOOL_NAMES = re.compile(r"--unpool[ =]([a-z]+)|\bunpool=[\"']([a-z_]+)[\"']")
+CONVENTION_NAMES = re.compile(r"`([a-z]+ fixed|[a-z]+ rule)\b")
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the code has: the CLI's options, the scripts' options, the rules, unpoolings and conventions."""
+
+    options: frozenset[str]
+    rules: frozenset[str]
+    unpools: frozenset[str]
+    conventions: frozenset[str]
+
+
+def known() -> Known:
+    import typer.main
+
+    from deconvviz import RULES
+    from deconvviz.engine import UNPOOLS
+    from deconvviz.engine._ops import CONVENTIONS
+
+    options = {"--help", *FOREIGN_OPTIONS}
+    root = typer.main.get_command(app)
+    for command in [root, *root.commands.values()]:
+        options.update(o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--"))
+    for script in (ROOT / "scripts").glob("*.py"):
+        options.update(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", script.read_text()))
+    conventions = {*CONVENTIONS, "no rule"}  # and `layers`' label for an op with no rule ("no rule: op")
+    return Known(frozenset(options), frozenset(RULES), frozenset(UNPOOLS), frozenset(conventions))
+
+
+def unknown_names(text: str, have: Known) -> list[str]:
+    """The CLI options, rule names, unpoolings and conventions that `text` names and the code does not have."""
+    bad = [o for o in OPTION.findall(text) if o not in have.options]
+    for pattern, names, what in (
+        (RULE_NAMES, have.rules, "rule"),
+        (UNPOOL_NAMES, have.unpools, "unpooling"),
+        (CONVENTION_NAMES, have.conventions, "convention"),
+    ):
+        for m in pattern.finditer(text):
+            words = ",".join(g for g in m.groups() if g).split(",")
+            bad += [f"{what} {w!r}" for w in words if w not in names]
+    return bad
+
+
+def test_docs_name_only_options_rules_and_conventions_that_the_code_has():
+    """Every `--option`, rule (`--rule NAME`, `rule="NAME"`), unpooling and named convention in README.md and docs/
+    exists: a renamed or removed one fails here. docs/cli.md is generated from the app itself."""
+    have = known()
+    found = {
+        str(page.relative_to(ROOT)): unknown_names(page.read_text(), have)
+        for page in pages()
+        if page != ROOT / "docs" / "cli.md"
+    }
+    assert not {page: bad for page, bad in found.items() if bad}
+
+
+def test_the_claims_check_finds_a_planted_name():
+    """The check above is not blind: a planted option, rule, unpooling and convention are each reported, and the
+    real names beside them are not."""
+    have = known()
+    text = (
+        "`deconvviz visualize --layer conv5_3 --no-such-option`, `--rule backwards`, `--rules deconvnet,sideways`, "
+        'rule="gradient", rule="upwards", `--unpool switches`, `--unpool sideways`, `std fixed`, `mask fixed`'
+    )
+    assert unknown_names(text, have) == [
+        "--no-such-option",
+        "rule 'backwards'",
+        "rule 'sideways'",
+        "rule 'upwards'",
+        "unpooling 'sideways'",
+        "convention 'mask fixed'",
+    ]
+
+
+def test_a_refusal_that_stops_happening_fails(workspace: Path):
+    """An exit 2 block whose command now succeeds, or prints another line, fails."""
+    with pytest.raises(AssertionError, match="not 2 as the docs show"):
+        run_command("deconvviz --version", workspace, "deconvviz: error: no such thing")
+    with pytest.raises(AssertionError, match="the docs show"):
+        run_command("deconvviz visualize --dpi 0", workspace, "deconvviz: error: --dpi: something else")
+    run_command("deconvviz visualize --dpi 0", workspace, "deconvviz: error: --dpi: dpi 0 ...; use 1 to 1200...")
 
 
 def test_mkdocs_build_strict(tmp_path):

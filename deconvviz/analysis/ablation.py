@@ -10,7 +10,6 @@ weights? Everything runs on the caller's model or on seeded deep copies of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -18,12 +17,11 @@ from torch import Tensor, nn
 
 from ..engine.deconvnet import Deconvnet
 from ..engine.model import ModelView
+from ..engine.progress import Status
 from ..engine.reverse import UNPOOLS
 from ..engine.rules import RULES
 from ..errors import LayerError
 from .sanity import Similarity, edge_map, pre_activation, randomizable, randomized_copy, similarity
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ def ablation_report(
     channel: int | None = None,
     seed: int = 0,
     variants: tuple[Variant, ...] = VARIANTS,
-    progress: Progress | None = None,
+    progress: Status | None = None,
 ) -> AblationReport:
     """Every variant's picture of one unit of `layer`: the strongest activation of `channel` (None: of the image's
     strongest map). x: one preprocessed image (1, C, H, W). The randomized pictures seed the same unit, with its

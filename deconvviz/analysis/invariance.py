@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..engine.forward import apply, module_activations
 from ..engine.layers import vgg_aliases
 from ..engine.model import ModelView, view_of
+from ..engine.progress import Status
 from ..errors import DeconvvizError
 
 TRANSFORMS = ("shift", "scale", "rotate")
@@ -99,7 +100,7 @@ def invariance(
     amounts: Sequence[float] | Tensor | None = None,
     layers: Sequence[str] | None = None,
     batch_size: int = 8,
-    progress: Callable[[str], None] | None = None,
+    progress: Status | None = None,
 ) -> Invariance:
     """Feature-vector distances to the original image (1, 3, H, W) over a range of a transform, per layer, and
     the probability of the original's top class where the model has a classifier."""

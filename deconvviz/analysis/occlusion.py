@@ -4,7 +4,7 @@ and, for a classifier, a class probability, with the square at each position."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +14,7 @@ from ..engine.forward import apply, forward_chain
 from ..engine.hooks import evaluating, forward_hooks, hidden_states
 from ..engine.layers import step_index
 from ..engine.model import ModelView, view_of
+from ..engine.progress import Status
 from ..engine.scores import ClassScore, ScoreRecord
 from ..errors import ImageError, LayerError, OcclusionError, SelectionError
 from ..preprocess import Preprocess
@@ -86,7 +87,7 @@ def occlusion_maps(
     target=None,
     grey: Grey = None,
     batch_size: int = 32,
-    progress: Callable[[str], None] | None = None,
+    progress: Status | None = None,
 ) -> OcclusionResult:
     """Occlusion maps for one image x (1, 3, H, W), already preprocessed.
 

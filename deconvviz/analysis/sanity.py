@@ -9,7 +9,7 @@ network learned. Everything here runs on a deep copy of the model (never the cal
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from ..engine.deconvnet import Deconvnet, crop_boxes
 from ..engine.layers import module_outputs, step_index
 from ..engine.model import ModelView, view_of
+from ..engine.progress import Status
 from ..engine.rules import RULES, get_rule
 from ..errors import LayerError, UnsupportedModelError
 
-Progress = Callable[[str], None]
 FieldBounds = tuple[int, int, int, int]  # a receptive field: top, bottom, left, right (half-open); not a Box
 
 
@@ -159,7 +159,7 @@ def sanity_report(
     rules: Sequence[str] = tuple(RULES),
     seed: int = 0,
     units: int = 8,
-    progress: Progress | None = None,
+    progress: Status | None = None,
 ) -> SanityReport:
     """Randomization, specificity and recovery numbers for one unit of `layer` (the strongest activation of
     `channel`; None: of the image's strongest map). x: one preprocessed image (1, C, H, W)."""

@@ -33,6 +33,7 @@ from ..engine.fields import Fields, receptive_field
 from ..engine.forward import apply, layer_shape, module_activations
 from ..engine.layers import ReceptiveField, receptive_fields
 from ..engine.layout import Layout
+from ..engine.progress import Progress
 from ..engine.reverse import get_unpool
 from ..engine.rules import get_rule
 from ..errors import DeconvvizError, ImageError, LayerError, SelectionError
@@ -67,7 +68,6 @@ from ._scan_state import (
 )
 
 SHOWN_CHANNELS = 9  # feature maps projected and drawn when none are given: the strongest over the folder
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 Draw = Callable[..., list[Path]]  # draw(result, folder, weights, progress=...): the files it wrote under folder
 CRASH_AFTER_BATCH = "DECONVVIZ_TEST_CRASH_AFTER_BATCH"  # tests only: the scan kills itself after that checkpoint
 MAX_MEMORY = 4 * 2**30  # bytes the kept projections may take (max_memory); above it a scan is refused before it runs

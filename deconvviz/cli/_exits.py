@@ -1,11 +1,13 @@
 """How a command ends on an error: one line on stderr and an exit code (2 for bad input, 1 for a bug), never a
-traceback unless --debug asks for it. Apart from `_app` so that the command modules can use it without a circle."""
+traceback unless --debug asks for it; and how a warning is shown: once, as one line `deconvviz: note: ...`. Apart
+from `_app` so that the command modules can use it without a circle."""
 
 from __future__ import annotations
 
 import os
 import sys
 import traceback
+import warnings
 from contextlib import contextmanager
 
 import typer
@@ -21,7 +23,8 @@ class _OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, False, **extra)
+            with _notes():
+                code = super().main(args, prog_name, complete_var, False, **extra)
         except typer.Abort:
             typer.echo("deconvviz: error: interrupted", err=True)
             code = 130
@@ -38,6 +41,24 @@ class _OneLineErrors(TyperGroup):
             else:
                 raise
         sys.exit(code or 0)
+
+
+@contextmanager
+def _notes():
+    """Warnings from the libraries a command runs (those deconvviz causes and that tell the user nothing are
+    silenced where they arise): each shown once, as one line on stderr, not Python's two lines with a source line.
+    The filters are left as they are, so `-W error` and PYTHONWARNINGS still apply."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split()) or category.__name__
+        if text not in shown:
+            shown.add(text)
+            typer.echo(f"deconvviz: note: {text}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _fail(message: str, code: int) -> None:

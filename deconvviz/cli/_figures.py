@@ -22,6 +22,7 @@ from ._options import (
     Channels,
     ClassOpt,
     CompareOut,
+    CompareTop,
     Debug,
     Device,
     Dpi,
@@ -306,7 +307,7 @@ def occlusion(
 def compare(
     image: Image = None,
     layer: LayerOpt = None,
-    top: Top = 4,
+    top: CompareTop = 4,
     channels: Channels = None,
     unpool: UnpoolOpt = UnpoolChoice.switches,
     region: RegionOpt = None,

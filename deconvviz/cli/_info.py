@@ -33,18 +33,35 @@ def layers(
             for r in layer_table(choice.view, (size, size))
         ]
         extra = list(dict.fromkeys(k for r in rows for k in r.columns))  # more columns, where a row has them
-        wide = max([14, *(len(r.module) for r in rows)])
-        maps = max([0, *(len(r.maps) for r in rows)])  # token and channels-last layers: their maps on the grid
-        shown_maps = f" {'feature maps':<{maps}}" if maps else ""
-        head = (
-            f"{'name':<9} {'module':<{wide}} {'type':<18} {'output shape':<16}{shown_maps} {'rf size':>7} {'stride':>6}"
-        )
-        typer.echo("  ".join([head, *(f"{k:<10}" for k in extra)]).rstrip())
-        for r in rows:
-            shown = "x".join(str(d) for d in r.shape)
-            on_grid = f" {r.maps:<{maps}}" if maps else ""
-            line = f"{r.alias:<9} {r.module:<{wide}} {r.kind:<18} {shown:<16}{on_grid} {r.rf:>7} {r.stride:>6}"
-            typer.echo("  ".join([line, *(f"{r.columns.get(k, ''):<10}" for k in extra)]).rstrip())
+        maps = any(r.maps for r in rows)  # token and channels-last layers: their maps on the grid
+        head = ["name", "module", "type", "output shape", *(["feature maps"] if maps else []), "rf size", "stride"]
+        body = [
+            [
+                r.alias,
+                r.module,
+                r.kind,
+                "x".join(str(d) for d in r.shape),
+                *([r.maps] if maps else []),
+                r.rf,
+                r.stride,
+                *(r.columns.get(k, "") for k in extra),
+            ]
+            for r in rows
+        ]
+        numbers = {len(head) - 2, len(head) - 1}  # rf size and stride, right-aligned
+        for line in _aligned([[*head, *extra], *body], numbers):
+            typer.echo(line)
+
+
+def _aligned(table: list[list[str]], right: set[int]) -> list[str]:
+    """Rows of text cells as lines, each column as wide as its widest cell (left-aligned, or right-aligned where
+    its index is in `right`), two spaces apart."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+
+    def cell(i: int, text: str) -> str:
+        return text.rjust(widths[i]) if i in right else text.ljust(widths[i])
+
+    return ["  ".join(cell(i, text) for i, text in enumerate(row)).rstrip() for row in table]
 
 
 def models(debug: Debug = False) -> None:

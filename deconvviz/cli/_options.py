@@ -91,7 +91,9 @@ Size = Annotated[
 Dpi = Annotated[int, typer.Option(help="Resolution of raster figures (png, jpg), 1 to 1200.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
-Top = Annotated[int, typer.Option(help="How many feature maps: those with the strongest activations.")]
+Top = Annotated[
+    int, typer.Option(help="How many feature maps: those with the strongest activations, each beside its image patch.")
+]
 Channels = Annotated[str | None, typer.Option(help="Feature maps to show instead of the --top strongest, e.g. 12,40.")]
 UnitChannel = Annotated[
     int | None, typer.Option(help="Feature map whose strongest activation is the unit. Default: the strongest.")
@@ -280,6 +282,14 @@ OccluderSize = Annotated[
 ]
 Stride = Annotated[int | None, typer.Option(help="Step between occluder positions. Default: a third of its side.")]
 OcclusionBatch = Annotated[int, typer.Option(help="Occluded copies evaluated per forward pass.")]
+CompareTop = Annotated[  # compare
+    int,
+    typer.Option(
+        "--top",
+        help="How many feature maps: those with the strongest activations. Fewer by default than visualize's 9, "
+        "as each map takes a row here, one picture per rule.",
+    ),
+]
 SanityRules = Annotated[str, typer.Option(help="Rules to test, comma-separated: deconvnet, guided, gradient.")]
 AblateLayer = Annotated[
     str | None,

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import ImageError, LayerError, UnsupportedModelError
+from ._batched import over_seeds
 from .hooks import evaluating, forward_hooks, hidden_states
 from .layout import Layout
 
@@ -56,16 +57,24 @@ class Fields:
 
     def interior(self) -> tuple[tuple[int, int], tuple[float | None, float | None]]:
         """Size (rows, cols) of the centre position's field, clipped to the input, and the stride between
-        neighbouring fields' centres (None along an axis of one position)."""
+        neighbouring fields' centres: None along an axis where the fields lie on no regular grid (one position;
+        windows, whose positions share a field; global fields, all centred alike)."""
         sizes = tuple(int(s[len(s) // 2, 1] - s[len(s) // 2, 0]) for s in (self.rows, self.cols))
-        strides = tuple(float(c[1] - c[0]) if len(c) > 1 else None for c in (self.centre_rows, self.centre_cols))
-        return sizes, strides
+        return sizes, (_stride(self.centre_rows), _stride(self.centre_cols))
 
     def describe(self) -> tuple[str, str]:
         """Size and stride as text: "99" and "16", or rows x cols ("99x51") where they differ; "-": no stride."""
         sizes, strides = self.interior()
         shown = ["-" if v is None else str(round(v)) if abs(v - round(v)) < 1e-6 else f"{v:g}" for v in strides]
         return _pair_text(list(sizes)), _pair_text(shown)
+
+
+def _stride(centres: Tensor) -> float | None:
+    """The step between neighbouring centres where they step evenly forward, else None."""
+    steps = centres.double().diff()
+    if len(steps) == 0 or not bool(steps[0] > 1e-6) or not torch.allclose(steps, steps[0], atol=1e-6, rtol=0):
+        return None
+    return float(steps[0])
 
 
 def _pair_text(pair: list) -> str:
@@ -139,7 +148,7 @@ def _support(out: Tensor, leaf: Tensor, seeds: Tensor) -> Tensor:
     def grad(seed):
         return torch.autograd.grad(out, leaf, seed, retain_graph=True)[0]
 
-    return torch.func.vmap(grad)(seeds).abs().sum((1, 2)) > 0
+    return over_seeds(grad, seeds).abs().sum((1, 2)) > 0
 
 
 def _structural_copy(model: nn.Module) -> nn.Module:

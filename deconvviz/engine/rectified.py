@@ -27,6 +27,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import ImageError, LayerError, UnsupportedModelError, out_of_memory
 from . import attention
+from ._batched import over_seeds
 from ._ops import (
     _ACTIVATIONS,
     _GATES,
@@ -434,7 +435,7 @@ def project_autograd(
     """Input-space reconstructions for K seeds at once, in one backward. seed (K, *out.shape) -> (K, *x.shape),
     and the signal arriving at each tensor of `stages` (K, *t.shape; None where out does not depend on it)."""
     try:
-        grads = torch.func.vmap(partial(_grads, out, [x, *stages]))(seed)
+        grads = over_seeds(partial(_grads, out, [x, *stages]), seed)
         return grads[0], [g if g.shape[1:] != (0,) else None for g in grads[1:]]
     except torch.utils.checkpoint.CheckpointError:
         raise UnsupportedModelError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from ..analysis.sanity import edge_map, layer_label, sanity_report
 from ..engine.deconvnet import Deconvnet, crop_boxes
 from ..engine.forward import layer_shape
 from ..engine.layers import receptive_fields, step_index
+from ..engine.progress import Status
 from ..engine.request import Request
 from ..engine.reverse import UNPOOLS, Stage
 from ..engine.rules import RULES
@@ -51,7 +52,6 @@ from .draw import (
     save,
 )
 
-Progress = Callable[[str], None]
 # What `reconstruct` shows of the built-in photo when nothing is chosen: the conv5_3 map strongest on the
 # bicycle where the dog is not (the dog sits inside the bicycle's box), projected whole, so the last panel
 # shows the bicycle's frame and wheels (the image's strongest map overall responds to the dog's face).
@@ -122,7 +122,7 @@ def _dense(res) -> bool:
     return res.score is not None and res.score.kind == "map"
 
 
-def visualize(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
+def visualize(net: Network, request: Request, *, progress: Status | None = None) -> tuple[Figure, dict]:
     """Layer grid: per layer (None: the last conv layer), the selected feature maps' projections beside
     their image patches. request.rule: how ReLUs pass the signal back (deconvnet, guided, gradient). region (a
     sidecar name or a box), at, exclude, cls: as `Deconvnet.project`."""
@@ -166,7 +166,7 @@ def visualize(net: Network, request: Request, *, progress: Progress | None = Non
 
 
 def reconstruct(
-    net: Network, request: Request, *, stage_view: str = STAGE_VIEW, progress: Progress | None = None
+    net: Network, request: Request, *, stage_view: str = STAGE_VIEW, progress: Status | None = None
 ) -> tuple[Figure, dict]:
     """Layer-by-layer reconstruction: the input, then every stage of the reverse journey to pixels.
 
@@ -217,7 +217,7 @@ def reconstruct(
     return fig, prov
 
 
-def decoder(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
+def decoder(net: Network, request: Request, *, progress: Status | None = None) -> tuple[Figure, dict]:
     """An encoder-decoder's stages forward for one image and one class (Noh et al. Fig. 4 as Noh made it): each
     unpooling, upsampling and deconvolution's activation, its channel contributing most to request.cls's score,
     beside the projection of the same class from request.layer (default: the last decoder stage), whole maps unless
@@ -261,7 +261,7 @@ def occlusion(
     occluder: int | None = None,
     stride: int | None = None,
     batch_size: int = 32,
-    progress: Progress | None = None,
+    progress: Status | None = None,
 ) -> tuple[Figure, dict]:
     """Occlusion sensitivity (ZF Fig. 7) of one feature map (default: the image's strongest) and, with cls, a class.
 
@@ -365,7 +365,7 @@ def write(
     return out, meta, *extra
 
 
-def compare(net: Network, request: Request, *, progress: Progress | None = None) -> tuple[Figure, dict]:
+def compare(net: Network, request: Request, *, progress: Status | None = None) -> tuple[Figure, dict]:
     """Deconvnet, guided backprop and gradient side by side (Springenberg et al.): the selected feature maps'
     strongest activations (default: the `top` strongest maps; region, at, exclude, cls: as `Deconvnet.project`),
     each projected by every rule, all unpooled by request.unpool; the first rule's selections are the others'."""
@@ -417,7 +417,7 @@ def sanity(
     channel: int | None = None,
     rules: Sequence[str] = tuple(RULES),
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: Status | None = None,
 ) -> tuple[Figure, dict, str]:
     """The sanity report of one unit (sanity.py): figure, provenance with every number, and the numbers as CSV."""
     weights, model_name, image, layer = net.weights, net.name, request.image, request.layer
@@ -469,7 +469,7 @@ def sanity(
 
 
 def ablate(
-    net: Network, request: Request, *, channel: int | None = None, seed: int = 0, progress: Progress | None = None
+    net: Network, request: Request, *, channel: int | None = None, seed: int = 0, progress: Status | None = None
 ) -> tuple[Figure, dict, str]:
     """Mahendran & Vedaldi's ablation of one unit (ablation.py): figure, provenance with every number, and CSV.
     request.layer None: pool5 where the network has one (VGG), else its default layer."""
@@ -575,7 +575,7 @@ def filters(net: Network, *, layer: str | None = None) -> tuple[Figure, dict]:
 
 
 def invariance(
-    net: Network, request: Request, *, transform: str = "rotate", progress: Progress | None = None
+    net: Network, request: Request, *, transform: str = "rotate", progress: Status | None = None
 ) -> tuple[Figure, dict]:
     """ZF Fig. 5: distances of feature vectors to the original's over a range of `transform`, per layer, and the
     probability of the image's top class where the weights have a classifier."""

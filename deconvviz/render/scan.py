@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from ..analysis.scan import ScanResult, preprocessed
+from ..engine.progress import Progress
 from ..engine.reverse import UNPOOLS
 from ..engine.rules import get_rule
 from ..images import to_display
@@ -263,7 +264,7 @@ def scan_figures(
     out: str | os.PathLike,
     weights: Weights,
     *,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[Path]:
     """A scan's figures under `out`: LAYER/channel-C.png for every projected feature map and LAYER/overview.png
     (the first 16, strongest first where the scan chose them). result: from scan_folder or load_result; weights:

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -30,7 +30,6 @@ from ..outputs import SITE_MARKER, Staged, check_folder, locked, owned, write_at
 
 MARKER = SITE_MARKER
 THUMB = 112  # side in pixels of every projection, patch and stage picture: written at the size it is shown
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from ..engine.forward import module_activations
 from ..engine.hooks import evaluating
 from ..engine.layers import module_outputs, step_index
 from ..engine.layout import Layout, layouts
+from ..engine.progress import Progress
 from ..errors import DeconvvizError, LayerError
 from ..images import check_size, load_image, to_batch, to_display
 from ..networks.network import Network
@@ -31,7 +32,6 @@ from ._common import (
     Link,
     Nav,
     Picture,
-    Progress,
     SiteSummary,
     Tile,
     _folder_name,

@@ -20,6 +20,7 @@ from .. import __version__
 from ..analysis.scan import ScanResult, load_result, preprocessed
 from ..engine.deconvnet import Deconvnet
 from ..engine.forward import layer_shape
+from ..engine.progress import Progress
 from ..errors import DeconvvizError
 from ..images import to_display
 from ..networks.network import load_network
@@ -30,7 +31,6 @@ from ._common import (
     Link,
     Nav,
     Picture,
-    Progress,
     SiteSummary,
     Tile,
     _folder_name,

@@ -266,3 +266,45 @@ def test_invariance_records_distances_class_and_a_relative_image_path(run, cwd, 
     text = (cwd / "far.png.provenance.json").read_text()
     assert json.loads(text)["image"]["path"] == "far.png"  # outside the working folder: its name only
     _no_machine_paths(text, cwd, outside.parent)
+
+
+TINY_VIT = """import torchvision
+
+
+def tiny_vit():
+    return torchvision.models.VisionTransformer(32, 16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+"""
+
+
+def test_a_vit_under_the_gradient_rule_prints_only_deconvvizs_own_lines(tmp_path):
+    """Torch's note that vmap has no batching rule for the CPU attention's backward is not shown: stderr holds
+    deconvviz's own lines only (a fresh process, as a user runs it)."""
+    (tmp_path / "nets.py").write_text(TINY_VIT)
+    args = ["--model", "nets.py:tiny_vit", "--weights", "random", "--size", "32", "--rule", "gradient", "--top", "2"]
+    layer = ["--layer", "encoder.layers.encoder_layer_1", "--out", "vit.png"]
+    r = subprocess.run(
+        [sys.executable, "-m", "deconvviz", "visualize", *args, *layer], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr and all(line.startswith("deconvviz: ") for line in r.stderr.splitlines()), r.stderr
+    assert "note:" not in r.stderr and (tmp_path / "vit.png").is_file()
+
+
+def test_a_warning_inside_a_command_is_one_note_shown_once(run, monkeypatch):
+    """A library's warning raised while a command runs: one line `deconvviz: note: ...`, once, however often it
+    is raised, with no source line."""
+    import warnings
+
+    import deconvviz.images
+
+    check_size = deconvviz.images.check_size
+
+    def noisy(size):
+        for _ in range(3):
+            warnings.warn("a library's note\nover two lines", UserWarning, stacklevel=1)
+        return check_size(size)
+
+    monkeypatch.setattr(deconvviz.images, "check_size", noisy)
+    r = run("layers", "--model", "vgg11", "--size", "32")
+    assert r.exit_code == 0
+    assert r.stderr == "deconvviz: note: a library's note over two lines\n"

@@ -28,6 +28,9 @@ def swin():
 '''
 
 
+RULE_TITLES = ["deconvnet", "guided", "gradient", "linear"]
+
+
 @pytest.fixture()
 def nets(tmp_path):
     path = tmp_path / "transformers.py"
@@ -65,6 +68,30 @@ def test_layers_shows_the_grid_the_fields_and_the_rules(run, nets):
     assert r.exit_code == 0, r.output
     rows = {line.split()[0]: line for line in r.output.splitlines()[1:]}
     assert rows["features.0"].split()[2:6] == ["8x8x8", "8x8x8", "channels-last", "8x8"]
+
+
+def test_layers_columns_fit_their_content_and_windows_have_no_stride(run, nets):
+    """Every cell lies in its header's column, long types (ShiftedWindowAttention) and conventions (activation
+    rule (GELU)) included; a field stride shows only where the fields step on a grid, '-' in Swin's windows, whose
+    positions share a field (the probe's centres step 0, 0, ..., 8), never 0."""
+    r = run("layers", "--model", f"{nets}:swin", "--size", "32")
+    assert r.exit_code == 0, r.output
+    head, *lines = r.stdout.splitlines()
+    titles = ["name", "module", "type", "output shape", "feature maps", "rf size", "stride", *RULE_TITLES]
+    starts = [head.index(t) for t in titles]
+    cells = {}
+    for line in lines:
+        row = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        assert all(line[a - 2 : a].strip() == "" for a in starts[1:]), line  # the gutters stay blank
+        cells[row[1]] = dict(zip(titles, row, strict=True))
+    assert cells["features.1.0.attn"]["type"] == "ShiftedWindowAttention"
+    assert cells["features.1.0.mlp.1"]["deconvnet"] == "activation rule (GELU)"
+    assert cells["features.1.0.mlp.1"]["gradient"] == "exact"
+    assert cells["features.0.0"]["stride"] == "4"  # the patch embedding: a grid of 4 px
+    assert cells["features.1.0.norm1"]["stride"] == "4"  # before the first window attention: still the grid
+    windowed = [c for m, c in cells.items() if m.startswith("features.1") and m != "features.1.0.norm1"]
+    assert len(windowed) == 10 and all(c["stride"] == "-" for c in windowed)
+    assert all(c["stride"] == "-" or float(c["stride"].split("x")[0]) > 0 for c in cells.values())
 
 
 def test_visualize_and_reconstruct_select_on_the_patch_grid(run, nets, tmp_path):

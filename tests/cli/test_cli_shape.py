@@ -107,7 +107,8 @@ def test_default_outputs_go_to_runs_never_over_the_committed_figures():
 # The shared flags a command gives another meaning or default, with the number of variants that has: --out names
 # each command's own file, the unit commands' --layer defaults differ (pool5, the first conv), layers' --weights
 # and --size only decide shapes, occlusion's --class and --channel watch instead of choose, scan's --top counts
-# images and explore's maps per layer, compare draws 4 maps by default (three pictures each), and so on.
+# images and explore's maps per layer, compare draws 4 maps by default (a row each, one picture per rule; its
+# help says so), and so on.
 VARIANTS = {
     "--out": 11,
     "--layer": 3,

@@ -312,7 +312,8 @@ def _hull_unpool(dims: int):
             x.detach(), indices, kernel_size, stride=stride, padding=padding, output_size=output_size
         )
         stride = kernel_size if stride is None else stride
-        return _spread(x, kernel_size, stride, 1, padding, tuple(real.shape[-dims:]), -math.inf, torch.maximum)
+        window = {"kernel": kernel_size, "stride": stride, "dilation": 1, "padding": padding}
+        return _spread(x, tuple(real.shape[-dims:]), **window, fill=-math.inf, combine=torch.maximum)
 
     return unpool
 
@@ -321,10 +322,10 @@ def _hull_conv_transpose(x, weight, bias=None, stride=1, padding=0, output_paddi
     """A transposed convolution: each output the hull of the inputs whose kernels reach it."""
     k = weight.shape[-2:]
     s, p, op, d = (_nd(v, 2) for v in (stride, padding, output_padding, dilation))
-    geometry = zip(x.shape[-2:], s, p, d, k, op, strict=True)
+    geometry = zip(*(x.shape[-2:], s, p, d, k, op), strict=True)
     size = tuple((n - 1) * a - 2 * b + c * (kk - 1) + e + 1 for n, a, b, c, kk, e in geometry)
     grouped = _channels_hull(x) if groups == 1 else x.unflatten(1, (groups, -1)).amax(2)
-    hull = _spread(grouped, k, s, d, p, size, -math.inf, torch.maximum)
+    hull = _spread(grouped, size, kernel=k, stride=s, dilation=d, padding=p, fill=-math.inf, combine=torch.maximum)
     channels = weight.shape[1] * groups
     return hull.expand(-1, channels, -1, -1) if groups == 1 else hull.repeat_interleave(channels // groups, dim=1)
 

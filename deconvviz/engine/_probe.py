@@ -60,7 +60,7 @@ class Fields:
         neighbouring fields' centres: None along an axis where the fields lie on no regular grid (one position;
         windows, whose positions share a field; global fields, all centred alike)."""
         sizes = tuple(int(s[len(s) // 2, 1] - s[len(s) // 2, 0]) for s in (self.rows, self.cols))
-        return sizes, (_stride(self.centre_rows), _stride(self.centre_cols))
+        return sizes, (_stride(self.rows, self.centre_rows), _stride(self.cols, self.centre_cols))
 
     def describe(self) -> tuple[str, str]:
         """Size and stride as text: "99" and "16", or rows x cols ("99x51") where they differ; "-": no stride."""
@@ -69,9 +69,13 @@ class Fields:
         return _pair_text(list(sizes)), _pair_text(shown)
 
 
-def _stride(centres: Tensor) -> float | None:
-    """The step between neighbouring centres where they step evenly forward, else None."""
-    steps = centres.double().diff()
+def _stride(spans: Tensor, centres: Tensor) -> float | None:
+    """The step between neighbouring fields where they step evenly forward, else None. Read on the fields the
+    image's edges do not cut, as they are (a window's positions, or an unpooling's neighbours, share a field: no
+    grid); where fewer than three are uncut, on the unclipped centres."""
+    lo, hi = spans[:, 0].double(), spans[:, 1].double()
+    uncut = (lo > lo.min()) & (hi < hi.max())
+    steps = lo[uncut].diff() if int(uncut.sum()) >= 3 else centres.double().diff()
     if len(steps) == 0 or not bool(steps[0] > 1e-6) or not torch.allclose(steps, steps[0], atol=1e-6, rtol=0):
         return None
     return float(steps[0])
@@ -220,7 +224,7 @@ def _weights(w: Tensor, x: Tensor, fan_dims: tuple[int, ...]) -> Tensor:
 def _conv_nd(dims: int):
     def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         w = _weights(weight, x, tuple(range(1, weight.dim())))
-        return getattr(F, f"conv{dims}d")(x, w, None, stride, padding, dilation, groups)
+        return getattr(F, f"conv{dims}d")(x, w, None, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
     return conv
 
@@ -228,7 +232,8 @@ def _conv_nd(dims: int):
 def _conv_transpose_nd(dims: int):
     def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
         w = _weights(weight, x, (0, *range(2, weight.dim())))
-        return getattr(F, f"conv_transpose{dims}d")(x, w, None, stride, padding, output_padding, groups, dilation)
+        geometry = {"stride": stride, "padding": padding, "output_padding": output_padding, "dilation": dilation}
+        return getattr(F, f"conv_transpose{dims}d")(x, w, None, groups=groups, **geometry)
 
     return conv_transpose
 
@@ -268,7 +273,7 @@ def _interpolate(x, size=None, scale_factor=None, mode="nearest", *args, **kwarg
     return out
 
 
-def _spread(x: Tensor, kernel, stride, dilation, padding, size: tuple, fill: float, combine) -> Tensor:
+def _spread(x: Tensor, size: tuple, *, kernel, stride, dilation, padding, fill: float, combine) -> Tensor:
     """Each position of x (N, C, *spatial) to every tap of its window in an output of `size` (spatial): output
     o gets x[i] wherever o = i * stride - padding + tap * dilation, combined by `combine` over the windows
     that cover o (fill where none does). The structure of an unpooling and a transposed convolution."""
@@ -293,7 +298,8 @@ def _unpool(dims: int):
             x.detach(), indices, kernel_size, stride=stride, padding=padding, output_size=output_size
         )
         stride = kernel_size if stride is None else stride
-        return _spread(x, kernel_size, stride, 1, padding, tuple(real.shape[-dims:]), 0.0, torch.add)
+        window = {"kernel": kernel_size, "stride": stride, "dilation": 1, "padding": padding}
+        return _spread(x, tuple(real.shape[-dims:]), **window, fill=0.0, combine=torch.add)
 
     return unpool
 
@@ -338,7 +344,7 @@ def _pool_nd(dims: int):
         n = real[0].shape[-dims:]
         need = [
             (m - 1) * ss + dd * (kk - 1) + 1 - (z + 2 * pp)
-            for m, ss, dd, kk, z, pp in zip(n, s, d, k, x.shape[-dims:], p, strict=True)
+            for m, ss, dd, kk, z, pp in zip(*(n, s, d, k, x.shape[-dims:], p), strict=True)
         ]
         pads = [v for pp, e in zip(p[::-1], need[::-1], strict=True) for v in (pp, pp + max(e, 0))]
         ones = batched.new_ones(batched.shape[1], 1, *k) / math.prod(k)

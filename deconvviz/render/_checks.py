@@ -33,7 +33,7 @@ def check_request(
     (network.skeleton_network: no weights, no memory). spatial: the layers must have receptive fields (conv,
     pool). class_chooses: cls chooses the maps (so it excludes channels), rather than naming a probability.
     name: what the messages call the network (e.g. "vgg16 with weights vgg16-caffe")."""
-    r, size, view = request, request.size or 224, view_of(model)
+    r, size, view = request, 224 if request.size is None else request.size, view_of(model)
     check_size(size)
     load_image(r.image if r.image is not None else DEFAULT_IMAGE, fit=r.size)  # read as to_batch reads it
     channels = None if isinstance(r.channels, str) else r.channels

@@ -367,9 +367,12 @@ def test_region_and_at_choose_positions_by_the_exact_fields(net, layer):
         assert abs(len(chosen) - (b - a) / s) <= 1
 
 
-def test_layers_gives_a_decoders_stride_in_input_pixels_per_position():
+def test_layers_gives_a_stride_only_where_a_decoders_fields_step_evenly():
+    """After an unpooling neighbours share a field (steps 0, 4, 0, 4): no grid, so `-`, as in Swin's windows;
+    the encoder's layers keep their strides."""
     rows = {r.module: (r.rf, r.stride) for r in layer_table(_seeded(SegNet()), (32, 32))}
-    assert [rows[n][1] for n in ("r3", "u2", "r4", "u1", "r5", "head")] == ["4", "2", "2", "1", "1", "1"]
+    assert [rows[n][1] for n in ("r1", "p1", "r2", "p2", "r3")] == ["1", "2", "2", "4", "4"]
+    assert [rows[n][1] for n in ("u2", "r4", "u1", "r5", "head")] == ["-"] * 5
     assert rows["u2"][0] == rows["r3"][0]  # an unpooling adds its window, which the pool's field holds already
 
 

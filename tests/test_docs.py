@@ -3,8 +3,9 @@ page order, in one shared working folder; a block that cannot run here says why 
 (<!-- not run: reason -->), and a long one is marked <!-- slow -->. A block that shows a refusal is marked
 <!-- exit 2 -->: each command in it followed by a comment `# deconvviz: error: ...` must exit 2 and print that
 one line (`...` in it stands for any text; only the weights notice may come before it, where the refusal comes
-after the network loaded), so a refusal the docs show that stops happening fails here. The site builds with
-`mkdocs build --strict`."""
+after the network loaded), so a refusal the docs show that stops happening fails here. A paragraph of docs/ that
+says something is refused is followed in its section by a block that shows it, or points to one
+(test_every_refusal_the_docs_state_is_shown). The site builds with `mkdocs build --strict`."""
 
 from __future__ import annotations
 

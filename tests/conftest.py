@@ -32,6 +32,16 @@ def _private_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`): small
+    models on small inputs are faster so, and far faster on a machine shared with others."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def cwd(tmp_path, monkeypatch):
     """A fresh working folder for a command that writes its default outputs there."""
@@ -108,11 +118,22 @@ def not_a_module():
 
 
 @pytest.fixture()
-def residual_factory(tmp_path):
+def factory_file(tmp_path):
+    """factory_file(source, "nets.py", attr="build"): writes a factory's source into the test's folder and returns
+    its --model spec, path/to/nets.py:build."""
+
+    def write(source: str, name: str, attr: str = "build") -> str:
+        path = tmp_path / name
+        path.write_text(source)
+        return f"{path}:{attr}"
+
+    return write
+
+
+@pytest.fixture()
+def residual_factory(factory_file):
     """The spec of a factory file with a small residual network: path/to/file.py:build."""
-    path = tmp_path / "residual_nets.py"
-    path.write_text(RESIDUAL_NETS)
-    return f"{path}:build"
+    return factory_file(RESIDUAL_NETS, "residual_nets.py")
 
 
 RESNET_MODEL = ["--model", "torchvision:resnet18", "--weights", "random", "--size", "48", "--device", "cpu"]

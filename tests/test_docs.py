@@ -3,8 +3,9 @@ page order, in one shared working folder; a block that cannot run here says why 
 (<!-- not run: reason -->), and a long one is marked <!-- slow -->. A block that shows a refusal is marked
 <!-- exit 2 -->: each command in it followed by a comment `# deconvviz: error: ...` must exit 2 and print that
 one line (`...` in it stands for any text; only the weights notice may come before it, where the refusal comes
-after the network loaded), so a refusal the docs show that stops happening fails here. The site builds with
-`mkdocs build --strict`."""
+after the network loaded), so a refusal the docs show that stops happening fails here. A paragraph of docs/ that
+says something is refused is followed in its section by a block that shows it, or points to one
+(test_every_refusal_the_docs_state_is_shown). The site builds with `mkdocs build --strict`."""
 
 from __future__ import annotations
 
@@ -294,3 +295,94 @@ def test_mkdocs_build_strict(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "site" / "reference" / "index.html").is_file()
+
+
+REFUSAL_WORD = re.compile(r"\brefus(?:ed|es)\b", re.I)
+POINTER = re.compile(r"<!-- refusal shown in (?P<page>[\w/.-]+\.md)#(?P<anchor>[\w-]+) -->")
+HEADING = re.compile(r"^#{1,6} (.*)$", re.M)
+
+
+def slug(heading: str) -> str:
+    """A heading's anchor as mkdocs writes it (Python-Markdown's slugify): punctuation dropped, lower case, each run
+    of spaces and hyphens one '-'."""
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
+
+
+def shows_a_refusal(lang: str, marker: str | None, code: str) -> bool:
+    """An exit 2 block, or a python block that catches deconvviz's error (`except ...DeconvvizError`)."""
+    return marker == "exit 2" or (lang == "python" and re.search(r"except .*DeconvvizError", code) is not None)
+
+
+def refusal_sections(text: str) -> dict[str, bool]:
+    """A page's sections by anchor, each with whether it holds a block that shows a refusal."""
+    masked = FENCE.sub(lambda m: re.sub(r"[^\n]", " ", m[0]), text)  # headings outside code only, same offsets
+    heads = list(HEADING.finditer(masked))
+    ends = [h.start() for h in heads[1:]] + [len(text)]
+    return {
+        slug(h[1]): any(shows_a_refusal(m["lang"], m["marker"], m["code"]) for m in FENCE.finditer(text[h.end() : e]))
+        for h, e in zip(heads, ends, strict=True)
+    }
+
+
+def unshown_refusals(text: str, page_of=lambda page: None) -> list[str]:
+    """The paragraphs of `text` that say something is refused ('refused', 'refuses') and that neither a block
+    later in their section shows (an exit 2 block, or a python block that catches DeconvvizError) nor a pointer
+    `<!-- refusal shown in PAGE.md#anchor -->` in the paragraph sends to a section that shows one; each as
+    'line N: its start'. page_of(name) is the text of the page a pointer names (None: no such page)."""
+    masked = FENCE.sub(lambda m: re.sub(r"[^\n]", " ", m[0]), text)  # code blocks blanked, same offsets
+    heads = [m.start() for m in HEADING.finditer(masked)]
+    shown = [m.start() for m in FENCE.finditer(text) if shows_a_refusal(m["lang"], m["marker"], m["code"])]
+    bad = []
+    for para in re.finditer(r"(?:^[^\n]*\S[^\n]*(?:\n|$))+", masked, re.M):
+        if not REFUSAL_WORD.search(para[0]) or HEADING.match(para[0]):
+            continue
+        where = f"line {text.count(chr(10), 0, para.start()) + 1}: {' '.join(para[0].split())[:100]}"
+        pointer = POINTER.search(para[0])
+        if pointer:
+            target = page_of(pointer["page"])
+            if not (target is not None and refusal_sections(target).get(pointer["anchor"])):
+                bad.append(f"{where} (its pointer leads to no refusal shown)")
+            continue
+        end = min([h for h in heads if h > para.start()], default=len(text))
+        if not any(para.end() <= at < end for at in shown):
+            bad.append(where)
+    return bad
+
+
+def test_every_refusal_the_docs_state_is_shown():
+    """Every paragraph of docs/ (docs/cli.md aside: it is the app's help) that says something is refused, with
+    the word 'refused' or 'refuses', is followed in its section (up to the next heading) by a block that shows a
+    refusal: an exit 2 block, or a python block that catches deconvviz.DeconvvizError and prints it. Where the
+    refusal is shown elsewhere, the paragraph says where: `<!-- refusal shown in PAGE.md#anchor -->` (PAGE
+    relative to docs/), and that section holds such a block. A refusal stated in the docs and never shown fails."""
+    docs = ROOT / "docs"
+
+    def page_of(name: str) -> str | None:
+        path = docs / name
+        return path.read_text() if path.is_file() else None
+
+    found = {
+        str(page.relative_to(ROOT)): unshown_refusals(page.read_text(), page_of)
+        for page in sorted(docs.rglob("*.md"))
+        if page != docs / "cli.md"
+    }
+    bad = {page: paragraphs for page, paragraphs in found.items() if paragraphs}
+    assert not bad, "refusals stated and not shown:\n" + "\n".join(f"{p}: {b}" for p, bs in bad.items() for b in bs)
+
+
+def test_the_refusal_check_finds_a_planted_unshown_refusal():
+    """The check above is not blind: a refusal with no block after it, one whose block comes before it, and one
+    whose pointer leads to a section with no refusal are found; a shown one and a good pointer are not."""
+    shown = "<!-- exit 2 -->\n```sh\ndeconvviz visualize --dpi 0\n# deconvviz: error: --dpi: ...\n```\n"
+    page = (
+        "# Page\n\nA negative dpi is refused.\n\n" + shown + "\n## Later\n\nA zero size is refused too.\n\n"
+        "## Other\n\n" + shown + "\nA tall image is refused.\n\n"
+        "## Pointing\n\nThe dpi is refused <!-- refusal shown in p.md#page -->.\n\n"
+        "A size is refused <!-- refusal shown in p.md#later -->.\n"
+    )
+    bad = unshown_refusals(page, {"p.md": page}.get)
+    assert bad == [
+        "line 13: A zero size is refused too.",
+        "line 23: A tall image is refused.",
+        "line 29: A size is refused <!-- refusal shown in p.md#later -->. (its pointer leads to no refusal shown)",
+    ]

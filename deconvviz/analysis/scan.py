@@ -343,10 +343,15 @@ def _check_memory(plan: dict, chans, k: int, size: int, budget: int) -> None:
         biggest = max(maps, key=maps.get)
         raise DeconvvizError(
             f"projecting {sum(maps.values())} feature maps ({maps[biggest]} of {biggest}) x {k} images at size "
-            f"{size} keeps about {need / 2**30:.1f} GiB of projections, more than max_memory "
-            f"{budget / 2**30:.1f} GiB; give fewer channels, a smaller top or size, or a larger max_memory",
+            f"{size} keeps about {_bytes(need)} of projections, more than the {_bytes(budget)} allowed; give "
+            "fewer channels, a smaller top or size, or allow more memory",
             about="max_memory",
         )
+
+
+def _bytes(n: int) -> str:
+    """A size in the unit that shows it: GiB from 1 GiB, MiB below (at least 0.1 MiB)."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{max(n / 2**20, 0.1):.1f} MiB"
 
 
 def _located_weights(weights: str) -> str:

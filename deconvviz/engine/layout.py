@@ -278,7 +278,7 @@ def _tokens(r: ModuleOutput, before: list[ModuleOutput], declared: tuple[str, ..
     prefix = t - h * w
     names = () if prefix == 0 else declared
     if names is None or len(names) != prefix:
-        said = "declares none" if declared is None else f"declares {len(declared)}"
+        said = "declares no" if declared is None else f"declares {len(declared)}"
         return Layout(
             UNKNOWN,
             source=f"its {t} tokens are not the {h}x{w} patch grid of '{embed.name}' (and the model {said} prefix "

@@ -46,10 +46,9 @@ def build():
 
 
 @pytest.fixture()
-def segnet_spec(tmp_path):
-    path = tmp_path / "segnet.py"
-    path.write_text(SEGNET)
-    return f"{path}:build"
+def segnet_spec(factory_file):
+    """The spec of a factory file with the SegNet above: path/to/segnet.py:build."""
+    return factory_file(SEGNET, "segnet.py")
 
 
 def _segnet() -> nn.Module:

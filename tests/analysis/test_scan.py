@@ -273,3 +273,21 @@ def test_a_folder_with_nothing_readable_is_an_error_and_leaves_nothing(tmp_path)
     assert r.exit_code == 2 and len(lines) == 1, r.output
     assert "none of the 2 image file(s)" in lines[0] and "corrupt.jpg" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_the_memory_refusal_counts_in_a_unit_that_shows_the_numbers():
+    """The kept projections (maps x k x 3 x size x size x 4 bytes) against the budget, worked by hand: MiB under
+    1 GiB (it said '0.0 GiB' there), GiB from 1 GiB; nothing is refused at the budget itself."""
+    from deconvviz.analysis.scan import _check_memory
+    from deconvviz.errors import DeconvvizError
+
+    plan = {"conv": ((64, 8, 8), None)}  # 64 maps: each image kept costs 64 x 3 x 64 x 64 x 4 = 3 MiB at size 64
+    with pytest.raises(DeconvvizError, match=r"about 6\.0 MiB of projections, more than the 1\.0 MiB allowed") as e:
+        _check_memory(plan, "all", 2, 64, 2**20)
+    assert e.value.about == "max_memory"
+    with pytest.raises(DeconvvizError, match=r"about 1\.5 GiB of projections, more than the 1\.0 GiB allowed"):
+        _check_memory(plan, "all", 512, 64, 2**30)
+    _check_memory(plan, "all", 2, 64, 6 * 2**20)
+    six = r"6 feature maps \(6 of conv\) x 2 images at size 64 keeps about 0\.6 MiB of projections, more than the 0\.5"
+    with pytest.raises(DeconvvizError, match=six):  # 6 x 2 x 3 x 64 x 64 x 4 bytes = 0.5625 MiB
+        _check_memory(plan, [1, 2, 3, 4, 5, 6], 2, 64, 2**19)

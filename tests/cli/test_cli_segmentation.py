@@ -41,11 +41,9 @@ def build():
 
 
 @pytest.fixture()
-def segmenter(tmp_path):
+def segmenter(factory_file):
     """The spec of a factory file with the small segmentation network: path/to/file.py:build."""
-    path = tmp_path / "segmenter.py"
-    path.write_text(SEGMENTATION_NET)
-    return f"{path}:build"
+    return factory_file(SEGMENTATION_NET, "segmenter.py")
 
 
 def _predicted_in(spec: str, cls: int, size: int, box: tuple[int, int, int, int] | None = None) -> int:

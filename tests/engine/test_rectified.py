@@ -28,14 +28,7 @@ from transformer_oracle import hand_projection, transformer_twin
 
 import deconvviz
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models on small inputs: one thread is faster, and far faster on a machine shared with others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: see conftest's one_thread
 
 
 def compare(model, twin, layer, x, modes=("max", "map")):

@@ -25,12 +25,7 @@ from deconvviz.engine.rules import RULES
 ALL_RULES = ["deconvnet", "guided", "linear", "gradient"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: see conftest's one_thread
 
 
 def attentions() -> tuple[type, ...]:

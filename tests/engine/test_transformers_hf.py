@@ -23,12 +23,7 @@ VIT = dict(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: see conftest's one_thread
 
 
 def hf_model(model_type: str, *, auto: str = "AutoModel", sharpen: float = 1.0, **config) -> nn.Module:

@@ -122,13 +122,13 @@ def randomizable(model: nn.Module | ModelView, layer: str, *, size: tuple[int, i
     """Module paths of the parameterized layers on the way from the input to `layer`, nearest to it first (in
     reverse order of forward execution), for an input of `size`. A layer whose parameters cannot be re-initialized
     is refused by name."""
-    names = []
+    names, root = [], view_of(model).model
     for path, module in _forward_order(model, layer, size):
         if any(True for _ in module.parameters(recurse=False)):
-            if not callable(getattr(module, "reset_parameters", None)):
+            if _initializer(root, module) is None:
                 raise UnsupportedModelError(
                     f"cannot randomize '{path}' ({type(module).__name__}): it has no "
-                    "reset_parameters(); choose a layer before it"
+                    "reset_parameters() and the model no _init_weights(module); choose a layer before it"
                 )
             names.append(path)
     if not names:
@@ -136,15 +136,26 @@ def randomizable(model: nn.Module | ModelView, layer: str, *, size: tuple[int, i
     return names[::-1]
 
 
+def _initializer(root: nn.Module, module: nn.Module):
+    """How `module` is re-initialized: its own reset_parameters(), else the model's own init of that module (a
+    Hugging Face model's `_init_weights(module)`: embeddings and class tokens drawn anew, a layer scale back to its
+    initial constant); None when there is neither."""
+    if callable(getattr(module, "reset_parameters", None)):
+        return module.reset_parameters
+    init = getattr(root, "_init_weights", None)
+    return (lambda: init(module)) if callable(init) else None
+
+
 def randomized_copy(model: nn.Module, names: Sequence[str], seed: int) -> nn.Module:
-    """A deep copy with the named modules re-initialized (their own reset_parameters), seeded per module, so
-    that a module gets the same random weights in every cascade step that includes it."""
+    """A deep copy with the named modules re-initialized (their own reset_parameters, else the model's own
+    _init_weights of the module), seeded per module, so that a module gets the same random weights in every
+    cascade step that includes it."""
     twin = copy.deepcopy(model)
     modules = dict(twin.named_modules())
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         for name in names:
             torch.manual_seed(seed + list(modules).index(name))
-            modules[name].reset_parameters()
+            _initializer(twin, modules[name])()
             if isinstance(modules[name], nn.modules.batchnorm._BatchNorm):
                 modules[name].reset_running_stats()
     return twin

@@ -182,6 +182,29 @@ def test_what_cannot_be_randomized_is_named():
         randomizable(nn.Sequential(nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(3, 2, 3)), "1")
     with pytest.raises(deconvviz.UnsupportedModelError, match="cannot randomize 'gain' .Gain.: it has no reset_"):
         sanity_report(NoReset(), x, "gain")
+
+
+class OwnInit(NoReset):
+    """NoReset with a model-wide init, as a Hugging Face model has (`_init_weights(module)`): it draws Gain anew."""
+
+    def _init_weights(self, module):
+        if isinstance(module, Gain):
+            for p in module.parameters(recurse=False):
+                p.normal_(0.0, 0.5)
+
+
+def test_a_module_without_reset_parameters_is_randomized_by_the_models_own_init():
+    model = OwnInit().eval()
+    assert randomizable(model, "gain") == ["gain", "conv"]
+    twin, again = randomized_copy(model, ["gain"], 3), randomized_copy(model, ["gain"], 3)
+    for name, p in model.gain.named_parameters():
+        drawn = dict(twin.gain.named_parameters())[name]
+        assert not torch.equal(drawn, p) and torch.equal(drawn, dict(again.gain.named_parameters())[name])
+        torch.manual_seed(3 + list(dict(model.named_modules())).index("gain"))  # the documented seed, by hand
+        assert torch.equal(drawn, torch.empty_like(p).normal_(0.0, 0.5))
+    assert torch.equal(twin.conv.weight, model.conv.weight)  # only the named modules
+    rep = sanity_report(model, torch.randn(1, 3, 8, 8), "gain", rules=["gradient"], units=1)
+    assert rep.randomized == ["gain", "conv"]
     with pytest.raises(deconvviz.SelectionError, match="unknown rule"):
         sanity_report(chain(), torch.randn(1, 3, 16, 16), "7", rules=["guidde"])
 

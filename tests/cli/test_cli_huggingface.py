@@ -132,20 +132,18 @@ def test_figure_commands_on_each_family(run, cwd, family, command, args, prefix)
     [
         ("dinov2", "occlusion", "dinov2.encoder.layer.1", ["--occluder-size", 8, "--stride", 8]),
         ("resnet", "sanity", "resnet.encoder.stages.1", []),
+        ("dinov2", "sanity", "dinov2.encoder.layer.1", []),
     ],
 )
-def test_occlusion_on_dinov2_and_sanity_on_resnet(run, cwd, family, command, layer, extra):
-    """(sanity re-initializes each layer by its reset_parameters(); transformers' embeddings and layer scales
-    have none, and are refused by name, as for any model.)"""
+def test_occlusion_on_dinov2_and_sanity_on_resnet_and_dinov2(run, cwd, family, command, layer, extra):
+    """(sanity re-initializes each layer by its reset_parameters(), else by the model's own _init_weights(module):
+    transformers' embeddings drawn anew, layer scales back to their initial value.)"""
     r = run(command, *common(family), "--layer", layer, "--channel", 3, *extra, "--out", f"{command}.png")
     assert r.exit_code == 0, (command, r.output)
     assert (cwd / f"{command}.png").stat().st_size > 0
-
-
-def test_sanity_refuses_a_transformers_embedding_by_name(run, cwd):
-    r = run("sanity", *common("dinov2"), "--layer", "dinov2.encoder.layer.1", "--channel", 3, "--out", "s.png")
-    assert r.exit_code == 2 and "cannot randomize 'dinov2.embeddings' (Dinov2Embeddings)" in r.output, r.output
-    assert not (cwd / "s.png").exists()
+    if (family, command) == ("dinov2", "sanity"):  # the embeddings (class token, positions) by the model's init
+        randomized = json.loads((cwd / "sanity.png.provenance.json").read_text())["randomized"]
+        assert randomized[-2:] == ["dinov2.embeddings", "dinov2.embeddings.patch_embeddings.projection"]
 
 
 def test_layers_lists_resnet_and_swin_with_their_rules(run):

@@ -5,8 +5,9 @@ Specs: `hf:ORG/NAME` (the hub, or its cache offline), `hf:PATH` (a folder `save_
 `hf:TYPE` (a model type's default config, `AutoConfig.for_model`: random weights only), each optionally followed
 by config overrides, `hf:vit:image_size=32,num_hidden_layers=2` (values read as JSON: numbers, true/false,
 lists; anything else a string) or `hf:vit:overrides.json`. `attn_implementation=eager` chooses transformers'
-attention kernel (default: its own, SDPA). The model class is the first of AutoModelForImageClassification,
-AutoModelForSemanticSegmentation and AutoModel that knows the config; the weights' description names it.
+attention kernel (default: its own, SDPA). The model class is the one the config names (`architectures`, as
+save_pretrained wrote it), else the first of AutoModelForImageClassification, AutoModelForSemanticSegmentation and
+AutoModel that knows the config; the weights' description names it.
 """
 
 from __future__ import annotations
@@ -199,9 +200,15 @@ def _cannot(hf: HFSpec, e: Exception, what: str) -> str:
 
 
 def _auto(config, make) -> tuple[nn.Module, str]:
-    """The first auto class (AUTO_CLASSES) that knows the config, and the module `make(auto class)` gives."""
+    """The class the config names (`architectures`: what save_pretrained wrote, e.g. a segmentation model, whose
+    head an auto class for classification would drop and replace by a random one), else the first auto class
+    (AUTO_CLASSES) that knows the config; and the module `make(class)` gives."""
     import transformers
 
+    named = [getattr(transformers, n, None) for n in getattr(config, "architectures", None) or []]
+    named = [c for c in named if isinstance(c, type) and isinstance(config, c.config_class)]
+    if named:
+        return make(named[0]), "config.architectures"
     for name in AUTO_CLASSES:
         auto = getattr(transformers, name)
         if type(config) not in auto._model_mapping:
@@ -221,7 +228,12 @@ def build(text: str) -> nn.Module:
 def _random(hf: HFSpec) -> tuple[nn.Module, str]:
     config = _config(hf)
     kernel = {_KERNEL: hf.overrides[_KERNEL]} if _KERNEL in hf.overrides else {}
-    return _auto(config, lambda auto: auto.from_config(config, **kernel))
+    return _auto(config, lambda cls: _from_config(cls, config, **kernel))
+
+
+def _from_config(cls, config, **kernel) -> nn.Module:
+    """A model of `cls` (an auto class, or the model class a config names) with transformers' random init."""
+    return cls.from_config(config, **kernel) if hasattr(cls, "from_config") else cls._from_config(config, **kernel)
 
 
 def load(text: str, choice: str, seed: int) -> tuple[nn.Module, dict]:

@@ -62,3 +62,21 @@ def test_preprocessing_is_the_processor_classs_and_categories_config_id2label():
     labels = 'id2label={"0":"cat","1":"dog"},label2id={"cat":0,"dog":1}'
     named = load_network(f"hf:resnet:embedding_size=8,hidden_sizes=[8],depths=[1],{labels}", "random", "cpu")
     assert named.categories == ("cat", "dog") and named.module.classifier[-1].out_features == 2
+
+
+@pytest.mark.parametrize("weights", ["auto", "random"])
+def test_a_saved_segmentation_model_loads_as_the_class_its_config_names(tmp_path, weights):
+    """A SegformerForSemanticSegmentation folder: AutoModelForImageClassification knows SegformerConfig too, and
+    would drop the decode head and draw a random classifier; the config's `architectures` names the class."""
+    config = transformers.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], num_labels=4)
+    config.update(dict(hidden_sizes=[8, 16], num_attention_heads=[1, 2], decoder_hidden_size=16))
+    torch.manual_seed(0)
+    saved = transformers.SegformerForSemanticSegmentation(config).eval()
+    saved.save_pretrained(tmp_path / "seg")
+    net = load_network(f"hf:{tmp_path / 'seg'}", weights, "cpu", verbose=False)
+    assert type(net.module) is transformers.SegformerForSemanticSegmentation
+    assert "config.architectures" in net.weights.description
+    if weights == "auto":
+        assert same_weights(net.module, saved)
+        x = torch.randn(1, 3, 32, 32)
+        torch.testing.assert_close(net.module(x).logits, saved(x).logits)

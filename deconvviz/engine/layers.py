@@ -222,6 +222,18 @@ def native_size(model: nn.Module) -> tuple[int, int]:
     return 224, 224
 
 
+def size_advice(model: nn.Module) -> str:
+    """How to fix an input size the model refused: the image size its config names (Hugging Face) or it holds
+    (torchvision's ViT: `image_size`), where there is one."""
+    if getattr(getattr(model, "config", None), "image_size", None) is not None:
+        h, w = native_size(model)
+        return f"use {h} (its config's image_size)" if h == w else f"use {h}x{w} (its config's image_size)"
+    own = getattr(model, "image_size", None)
+    if isinstance(own, int) and not isinstance(own, bool) and own > 0:
+        return f"use {own} (its image_size)"
+    return "use an input size it accepts"
+
+
 @dataclass(frozen=True)
 class ModuleOutput:
     """One module run in a forward pass: its path, the module, its output shape per image (() if not a
@@ -309,8 +321,7 @@ def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None
                     break
                 except (AssertionError, ValueError) as e:  # the model's own check of its input (a ViT's size)
                     raise ImageError(
-                        f"{type(model).__name__} cannot run on a {size[0]}x{size[1]} input ({e}); use an input "
-                        "size it accepts",
+                        f"{type(model).__name__} cannot run on a {size[0]}x{size[1]} input ({e}); {size_advice(model)}",
                         about="size",
                     ) from None
                 except RuntimeError:

@@ -56,6 +56,7 @@ from ._ops import (
 from ._refusals import _depending, _no_rule, _signal_nodes, check_path
 from .forward import Switches, max_pool_with_indices, overlapping
 from .hooks import evaluating, forward_hooks, hidden_states, with_hidden_states
+from .layers import size_advice
 from .rules import RULES, Rule, get_rule
 
 
@@ -486,8 +487,8 @@ def _labels(model: nn.Module, x: Tensor, rule: Rule) -> dict[str, list[str]]:
         except (AssertionError, ValueError) as e:  # the model's own check of its input size (a ViT's)
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ImageError(
-                f"{type(model).__name__} cannot run on a {x.shape[-2]}x{x.shape[-1]} input ({first}); use an input "
-                "size it accepts",
+                f"{type(model).__name__} cannot run on a {x.shape[-2]}x{x.shape[-1]} input ({first}); "
+                f"{size_advice(model)}",
                 about="size",
             ) from None
     labels: dict[str, list[str]] = {}

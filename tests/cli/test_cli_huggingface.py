@@ -218,4 +218,5 @@ def test_a_vit_at_another_size_than_its_config_is_one_line_about_size(run, cwd, 
     """transformers' ViT raises ValueError on an input of another size than config.image_size: --size, one line."""
     r = run(*command, "--model", SPECS["vit"], "--weights", "random", "--size", 64)
     assert r.exit_code == 2 and "--size" in r.output and "cannot run on a 64x64 input" in r.output, r.output
+    assert r.output.rstrip().endswith("use 32 (its config's image_size)"), r.output  # SPECS["vit"]: image_size=32
     assert "Traceback" not in r.output and not (cwd / "x.png").exists()

@@ -11,6 +11,8 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from ..errors import SelectionError
 
 UNITS = ("px", "fraction")
@@ -63,6 +65,10 @@ class Box:
             fix = f"give x0 < x1 and y0 < y1 within the {width}x{height} input"
             raise SelectionError(f"{what} {box} is empty; {fix}", about=what)
         return box
+
+    def holds(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """(h, w) whether each place (rows[i], cols[j]), in the box's unit, lies in the box: x0 <= x < x1."""
+        return ((rows >= self.y0) & (rows < self.y1))[:, None] & ((cols >= self.x0) & (cols < self.x1))[None, :]
 
     def __str__(self) -> str:
         box = ",".join(f"{v:g}" for v in (self.x0, self.y0, self.x1, self.y1))

@@ -305,8 +305,18 @@ def _names_grid(module: nn.Module) -> bool:
 
 def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None = None) -> list[ModuleOutput]:
     """Every module in the order its forward finishes for one input of `size` (the model itself, path "", last),
-    run on the meta device in eval mode: shapes only, no memory or arithmetic, and the model is left as it was. channels
-    None: the first that runs, of the convolutions' input channels (declared order need not be run order) and 3."""
+    run on the meta device in eval mode (meta_forward): shapes only, no memory or arithmetic, and the model is left
+    as it was. channels None: the first that runs, of the convolutions' input channels and 3."""
+    _, (seen, grids) = meta_forward(model, size, channels, recording=_recording_outputs)
+    modules = dict(model.named_modules())
+    return [ModuleOutput(n, modules[n], s[0], len(s), grids.get(n)) for n, s in seen.items()]
+
+
+def meta_forward(model: nn.Module, size: tuple[int, int], channels: int | None = None, *, recording=None):
+    """The model's result for one input of `size`, run on a meta copy in eval mode (shapes only, no weights read or
+    memory used; the model is left as it was), and what `recording(twin)`, a context manager around the run, gave
+    (None without one). channels None: the first that runs, of the convolutions' input channels (declared order
+    need not be run order) and 3. A model that checks its input size and refuses this one: the --size error."""
     twin = model if _on_meta(model) else _meta_copy(model)
     convs = [m.in_channels for m in twin.modules() if isinstance(m, nn.Conv2d)]
     tries = [channels] if channels is not None else list(dict.fromkeys([*convs, 3]))
@@ -315,10 +325,9 @@ def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None
     floats = [t.dtype for t in model.parameters() if t.is_floating_point()]  # a double or half model gets its own
     try:
         for i, c in enumerate(tries):
-            with _recording_outputs(twin) as (seen, grids), torch.no_grad():
+            with recording(twin) if recording else contextlib.nullcontext() as recorded, torch.no_grad():
                 try:
-                    twin(torch.zeros(1, c, *size, device="meta", dtype=floats[0] if floats else None))
-                    break
+                    return twin(torch.zeros(1, c, *size, device="meta", dtype=floats[0] if floats else None)), recorded
                 except (AssertionError, ValueError) as e:  # the model's own check of its input (a ViT's size)
                     raise ImageError(
                         f"{type(model).__name__} cannot run on a {size[0]}x{size[1]} input ({e}); {size_advice(model)}",
@@ -330,8 +339,6 @@ def module_outputs(model: nn.Module, size: tuple[int, int], channels: int | None
     finally:
         for m, mode in training.items():
             m.training = mode
-    modules = dict(model.named_modules())
-    return [ModuleOutput(n, modules[n], s[0], len(s), grids.get(n)) for n, s in seen.items()]
 
 
 def _on_meta(model: nn.Module) -> bool:

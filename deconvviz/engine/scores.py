@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import SelectionError
 from .boxes import Box, region_box
@@ -217,7 +217,7 @@ class ClassScore:
             box = region_box(self.target, width, height, what="target")
             rows = (torch.arange(h, device=logits.device) + 0.5) * height / h  # each output pixel's centre
             cols = (torch.arange(w, device=logits.device) + 0.5) * width / w
-            inside = ((rows >= box.y0) & (rows < box.y1))[:, None] & ((cols >= box.x0) & (cols < box.x1))[None]
+            inside = box.holds(rows, cols)
             if not bool(inside.any()):
                 raise SelectionError(
                     f"target {box} holds no pixel centre of the {h}x{w} output (each covers {height / h:g}x"
@@ -238,28 +238,3 @@ class ClassScore:
         counts = tuple(int(c) for c in mask.flatten(1).sum(1))
         record = ScoreRecord(int(self.cls), name, "map", pixels=self.pixels, target=box, grid=(h, w), counts=counts)
         return PixelClass(int(self.cls), mask), record
-
-
-def meta_result(model: nn.Module, size: tuple[int, int]):
-    """The model's result for one input of `size`, run on the meta device (shapes only, no weights read or memory
-    used): what checks a request's output and class before any work. The model is left as it was."""
-    from .layers import _meta_copy, _on_meta
-
-    twin = model if _on_meta(model) else _meta_copy(model)
-    convs = [m.in_channels for m in twin.modules() if isinstance(m, nn.Conv2d)]
-    floats = [t.dtype for t in twin.parameters() if t.is_floating_point()]
-    x = torch.zeros(1, convs[0] if convs else 3, *size, device="meta", dtype=floats[0] if floats else None)
-    training = {m: m.training for m in twin.modules()}
-    twin.eval()
-    try:
-        with torch.no_grad():
-            return twin(x)
-    finally:
-        for m, mode in training.items():
-            m.training = mode
-
-
-def scored_shape(model: nn.Module, size: tuple[int, int], output: str | int | None = None) -> tuple[int, ...]:
-    """The per-image shape of the scored part of the model's result for one input of `size` (meta_result): (K,) or
-    (K, h, w) for class scores. A wrong output key is refused here, before any weights."""
-    return tuple(scored_part(meta_result(model, size), output)[0].shape[1:])

@@ -180,9 +180,9 @@ def region_mask(
         mask[int(near[0].argmin()), int(near[1].argmin())] = True
         return mask
     box = region_box(region, width, height)
-    mask = _inside(box, rows, cols)
+    mask = box.holds(rows, cols)
     for other in exclude:
-        mask &= ~_inside(region_box(other, width, height, what="exclude"), rows, cols)
+        mask &= ~region_box(other, width, height, what="exclude").holds(rows, cols)
     if not bool(mask.any()):
         spans = (
             f"x {cols[0]:g}..{cols[-1]:g}, y {rows[0]:g}..{rows[-1]:g}, every {float(cols[1] - cols[0]):g} px"
@@ -195,10 +195,6 @@ def region_mask(
             f"at {spans} (input pixels): give a region that holds one"
         )
     return mask
-
-
-def _inside(box: Box, rows: Tensor, cols: Tensor) -> Tensor:
-    return ((rows >= box.y0) & (rows < box.y1))[:, None] & ((cols >= box.x0) & (cols < box.x1))[None, :]
 
 
 @contextlib.contextmanager

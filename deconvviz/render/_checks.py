@@ -10,10 +10,10 @@ from torch import nn
 
 from ..engine.boxes import Box
 from ..engine.forward import layer_shape
-from ..engine.layers import decoder_modules
+from ..engine.layers import decoder_modules, meta_forward
 from ..engine.model import ModelView, view_of
 from ..engine.request import Request
-from ..engine.scores import ClassScore, meta_result
+from ..engine.scores import ClassScore
 from ..engine.selection import checked_channels
 from ..engine.targets import check_choice, find_region
 from ..errors import LayerError, OcclusionError, SelectionError
@@ -101,7 +101,7 @@ def check_layers(
         )
     score = ClassScore(cls, output=output, pixels=pixels, target=target)
     try:
-        result = meta_result(view.model, (size, size))
+        result, _ = meta_forward(view.model, (size, size))
     except Exception:  # noqa: BLE001 - a forward the meta device cannot run: checked when the class is scored
         return
     score.logits(result)

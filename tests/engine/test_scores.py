@@ -13,7 +13,8 @@ from torch import nn
 
 from deconvviz import Box, Deconvnet
 from deconvviz.analysis.occlusion import occlusion_maps
-from deconvviz.engine.scores import ClassScore, scored_part, scored_shape
+from deconvviz.engine.layers import meta_forward
+from deconvviz.engine.scores import ClassScore, scored_part
 from deconvviz.engine.targets import class_contributions
 from deconvviz.errors import DeconvvizError, SelectionError
 
@@ -189,12 +190,19 @@ def test_predicted_with_no_winning_pixel_is_refused():
         Deconvnet(model).project(torch.randn(1, 3, 16, 16), "relu2", cls=2, pixels="predicted")
 
 
-def test_scored_shape_reads_the_part_on_the_architecture_alone():
-    assert scored_shape(_seg("dict"), (16, 16)) == (4, 16, 16)
-    assert scored_shape(_seg("dict"), (16, 16), "aux") == (4, 8, 8)
+def scored_shape(model, size, output=None):
+    """The per-image shape of the scored part, on the meta device (what the CLI checks before any weights)."""
+    return tuple(scored_part(meta_forward(model, size)[0], output)[0].shape[1:])
+
+
+def test_the_scored_part_is_read_on_the_architecture_alone():
+    model = _seg("dict")
+    assert scored_shape(model, (16, 16)) == (4, 16, 16)
+    assert scored_shape(model, (16, 16), "aux") == (4, 8, 8)
     assert scored_shape(_seg("logits"), (32, 32)) == (4, 32, 32)
     with pytest.raises(SelectionError, match="valid: out, aux"):
-        scored_shape(_seg("dict"), (16, 16), "x")
+        scored_shape(model, (16, 16), "x")
+    assert not any(p.is_meta for p in model.parameters()) and not model.training  # the model left as it was
 
 
 def test_occlusion_of_a_dense_output_averages_the_class_probability_over_the_scored_pixels():

@@ -280,9 +280,7 @@ def occlusion(
     target = _target(x, image=image, size=image_size, region=region, at=at, exclude=exclude)
     out = dn.project(x, layer, channels=None if channel is None else [channel], mode="max", top=1, **target)
     channel = int(out.selections.channels[0, 0])
-    h, w = x.shape[-2:]
-    box = request.target_box if cls is not None else None
-    scored_box = None if box is None else find_region(box, image, image_size, width=w, height=h, what="target")
+    scoring = _target(x, image=image, size=image_size, cls=cls, scoring=request)  # output, pixels, target box
     res = occlusion_maps(
         dn.view,
         x,
@@ -291,9 +289,9 @@ def occlusion(
         size=size,
         stride=stride,
         cls=cls,
-        output=request.output if cls is not None else None,
-        pixels=request.pixels if cls is not None else "all",
-        target=scored_box,
+        output=scoring.get("output"),
+        pixels=scoring.get("pixels", "all"),
+        target=scoring.get("target"),
         grey=weights.preprocess,
         batch_size=batch_size,
         progress=progress,

@@ -8,9 +8,9 @@
 - occlusion maps: the values themselves, colours spanning the map's range and its unoccluded value (marked
   on the colorbar), each value drawn at the centre of its occluder position, over a faint copy of the image.
 
-One module on purpose (about 630 lines): every figure below draws its panels with the same letters, notes, normalizations
-and `save` (which checks the pixel budget and writes the figure atomically); kept together, a change to how a
-figure is normalized or written is made once and seen in every figure.
+One module on purpose (about 630 lines): every figure below draws its panels with the same letters, notes,
+normalizations and `save` (which checks the pixel budget and writes the figure atomically); kept together, a change
+to how a figure is normalized or written is made once and seen in every figure.
 """
 
 from __future__ import annotations
